@@ -1,0 +1,208 @@
+// Accounting: holds, charges and ledger entries. Each operation is one call of a SQL function
+// (prisma/migrations/*_init) so caps hold across any number of gateway processes: the bucket
+// row and every cap counter are locked in one fixed order and checked in the same statement.
+import { db, type PrismaClient } from "../db/index.ts";
+import { DomainError, badInput, conflict, notFound } from "../errors.ts";
+import type { BalanceBucket, CapScope, LedgerKind } from "../generated/prisma/enums.ts";
+import type { LedgerEntry, WalletBucket } from "../generated/prisma/client.ts";
+import { MAX_AMOUNT_MICROS } from "../money.ts";
+
+export type Refusal = CapScope | "INSUFFICIENT_BALANCE" | "RUN_CANCELLED";
+
+/** Anything that can run raw SQL: the process client, a second client in tests, a transaction. */
+export type SqlClient = Pick<PrismaClient, "$queryRawUnsafe">;
+
+const utc = (d: Date) => d.toISOString();
+
+export function dayStart(now: Date): Date {
+  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate()));
+}
+export function monthStart(now: Date): Date {
+  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+}
+export const RUN_WINDOW = new Date(0);
+
+/** The window a scope's counter is kept in. */
+export function windowFor(scope: CapScope, now: Date): Date {
+  switch (scope) {
+    case "PROJECT_MONTHLY":
+      return monthStart(now);
+    case "RUN_TOTAL":
+      return RUN_WINDOW;
+    default:
+      return dayStart(now);
+  }
+}
+
+/** Turns the SQL functions' TG_* exceptions into domain errors. */
+export function translateDbError(error: unknown): never {
+  const message = error instanceof Error ? `${error.message} ${String((error as { cause?: unknown }).cause ?? "")}` : String(error);
+  const match = /TG_([A-Z_]+): ([^\n"]*)/.exec(message);
+  if (match) {
+    const [, code, detail] = match;
+    switch (code) {
+      case "CONFLICT":
+        throw conflict(detail!.trim());
+      case "NOT_FOUND":
+        throw new DomainError("NOT_FOUND", detail!.trim());
+      case "INSUFFICIENT_BALANCE":
+        throw new DomainError("BAD_USER_INPUT", `amount: ${detail!.trim()}`, "amount");
+      default:
+        break;
+    }
+  }
+  throw error;
+}
+
+export interface ReserveInput {
+  requestId: string;
+  bucketId: string;
+  amount: bigint;
+  keyId: string;
+  projectId: string;
+  routeId?: string | null;
+  runId?: string | null;
+  now?: Date;
+  ttlMs: number;
+}
+
+export type ReserveResult = { ok: true; holdId: string } | { ok: false; refusal: Refusal };
+
+/** Places a hold if the bucket and every cap (key, project, route, run) admit it; otherwise writes nothing. */
+export async function reserve(input: ReserveInput, client: SqlClient = db): Promise<ReserveResult> {
+  if (input.amount < 0n || input.amount > MAX_AMOUNT_MICROS) throw new RangeError("reservation amount out of range");
+  const rows = await client
+    .$queryRawUnsafe<{ hold_id: string | null; refusal: string | null }[]>(
+      `SELECT hold_id, refusal FROM tg_reserve($1, $2, $3::bigint, $4, $5, $6, $7, $8::timestamptz AT TIME ZONE 'UTC', $9::int)`,
+      input.requestId,
+      input.bucketId,
+      input.amount.toString(),
+      input.keyId,
+      input.projectId,
+      input.routeId ?? null,
+      input.runId ?? null,
+      utc(input.now ?? new Date()),
+      input.ttlMs,
+    )
+    .catch(translateDbError);
+  const row = rows[0]!;
+  if (row.hold_id) return { ok: true, holdId: row.hold_id };
+  return { ok: false, refusal: row.refusal as Refusal };
+}
+
+export interface Resolution {
+  ledgerEntryId: string | null;
+  charged: bigint;
+  balanceAfter: bigint;
+}
+
+async function resolveHold(
+  holdId: string,
+  charge: bigint,
+  status: "SETTLED" | "RELEASED" | "EXPIRED",
+  links: { receiptId?: string | null; failedRequestId?: string | null; now?: Date },
+  client: SqlClient,
+): Promise<Resolution> {
+  const rows = await client
+    .$queryRawUnsafe<{ ledger_entry_id: string | null; charged: bigint; balance_after: bigint }[]>(
+      `SELECT ledger_entry_id, charged, balance_after FROM tg_resolve_hold($1, $2::bigint, $3::"HoldStatus", $4, $5, $6::timestamptz AT TIME ZONE 'UTC')`,
+      holdId,
+      charge.toString(),
+      status,
+      links.receiptId ?? null,
+      links.failedRequestId ?? null,
+      utc(links.now ?? new Date()),
+    )
+    .catch(translateDbError);
+  const row = rows[0]!;
+  return { ledgerEntryId: row.ledger_entry_id, charged: BigInt(row.charged), balanceAfter: BigInt(row.balance_after) };
+}
+
+/** Turns a hold into the actual charge (capped at the hold), writes the CHARGE entry linked to the receipt, releases the rest. */
+export function settle(
+  holdId: string,
+  charge: bigint,
+  links: { receiptId?: string | null; now?: Date } = {},
+  client: SqlClient = db,
+): Promise<Resolution> {
+  return resolveHold(holdId, charge, "SETTLED", links, client);
+}
+
+/** Drops a hold, optionally charging part of it (a failed request under its key's charge policy). */
+export function release(
+  holdId: string,
+  charge = 0n,
+  links: { failedRequestId?: string | null; now?: Date } = {},
+  client: SqlClient = db,
+): Promise<Resolution> {
+  return resolveHold(holdId, charge, "RELEASED", links, client);
+}
+
+/** Releases holds whose TTL passed: a crashed process never locks budget for longer than the TTL. */
+export async function expireHolds(now = new Date(), client: SqlClient = db): Promise<number> {
+  const rows = await client.$queryRawUnsafe<{ n: number }[]>(
+    `SELECT tg_expire_holds($1::timestamptz AT TIME ZONE 'UTC') AS n`,
+    utc(now),
+  );
+  return Number(rows[0]!.n);
+}
+
+/** Runs expireHolds on an interval; returns a stop function. */
+export function startHoldSweeper(intervalMs: number, onError: (e: unknown) => void): () => void {
+  const timer = setInterval(() => {
+    expireHolds().catch(onError);
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+export interface PostEntryInput {
+  bucketId: string;
+  kind: Exclude<LedgerKind, "CHARGE">;
+  amount: bigint;
+  idempotencyKey: string;
+  actorTokenId?: string | null;
+  memo?: string | null;
+  now?: Date;
+}
+
+/** Writes a TOPUP / ADJUSTMENT / REFUND once per idempotency key; a replay returns the first entry. */
+export async function postEntry(input: PostEntryInput, client: SqlClient = db): Promise<{ entry: LedgerEntry; created: boolean }> {
+  if (!input.idempotencyKey.trim()) throw badInput("idempotencyKey", "must not be empty");
+  if (input.idempotencyKey.length > 200) throw badInput("idempotencyKey", "must be at most 200 characters");
+  const rows = await client
+    .$queryRawUnsafe<{ entry_id: string; created: boolean }[]>(
+      `SELECT entry_id, created FROM tg_post_entry($1, $2::"LedgerKind", $3::bigint, $4, $5, $6, $7::timestamptz AT TIME ZONE 'UTC')`,
+      input.bucketId,
+      input.kind,
+      input.amount.toString(),
+      // Namespaced so client keys can never collide with the internal `hold:` keys of charges.
+      `client:${input.idempotencyKey}`,
+      input.actorTokenId ?? null,
+      input.memo ?? null,
+      utc(input.now ?? new Date()),
+    )
+    .catch(translateDbError);
+  const row = rows[0]!;
+  const entry = await db.ledgerEntry.findUniqueOrThrow({ where: { id: row.entry_id } });
+  return { entry, created: row.created };
+}
+
+export async function walletBucket(organizationId: string, bucket: BalanceBucket): Promise<WalletBucket> {
+  const found = await db.walletBucket.findFirst({ where: { bucket, wallet: { organizationId } } });
+  if (!found) throw notFound("wallet bucket", `${organizationId}/${bucket}`);
+  return found;
+}
+
+export interface ScopeSpend {
+  spent: bigint;
+  held: bigint;
+}
+
+/** Spent and held for one scope, bucket and window (zero when nothing was reserved yet). */
+export async function scopeSpend(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date()): Promise<ScopeSpend> {
+  const counter = await db.spendCounter.findUnique({
+    where: { scope_scopeId_bucket_windowStart: { scope, scopeId, bucket, windowStart: windowFor(scope, now) } },
+  });
+  return { spent: counter?.spent ?? 0n, held: counter?.held ?? 0n };
+}

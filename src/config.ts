@@ -1,0 +1,69 @@
+// Every setting tokengate reads from the environment, in one place (README lists them).
+
+export interface Config {
+  port: number;
+  host: string;
+  /** postgres://… selects PostgreSQL; unset selects embedded PGlite in dataDir. */
+  databaseUrl: string | undefined;
+  dataDir: string;
+  redisUrl: string | undefined;
+  adminToken: string | undefined;
+  secret: string | undefined;
+  /** How long a hold lives before the sweeper releases it (a crashed process never locks budget forever). */
+  holdTtlMs: number;
+  sweepIntervalMs: number;
+  upstream: {
+    connectTimeoutMs: number;
+    firstByteTimeoutMs: number;
+    idleTimeoutMs: number;
+    totalTimeoutMs: number;
+  };
+  /** Largest accepted /v1 request body. */
+  maxBodyBytes: number;
+  /** How long a key lookup may be served from the in-process cache. */
+  keyCacheTtlMs: number;
+  logLevel: "debug" | "info" | "warn" | "error" | "silent";
+}
+
+function intFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) {
+    throw new Error(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
+  }
+  return value;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const databaseUrl = env.DATABASE_URL || undefined;
+  if (databaseUrl && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
+    throw new Error("DATABASE_URL must start with postgres:// or postgresql://");
+  }
+  const logLevel = (env.LOG_LEVEL ?? "info") as Config["logLevel"];
+  if (!["debug", "info", "warn", "error", "silent"].includes(logLevel)) {
+    throw new Error("LOG_LEVEL must be one of debug, info, warn, error, silent");
+  }
+  const totalTimeoutMs = intFrom(env, "UPSTREAM_TOTAL_TIMEOUT_MS", 600_000);
+  return {
+    port: intFrom(env, "PORT", 4000),
+    host: env.HOST || "127.0.0.1",
+    databaseUrl,
+    dataDir: env.DATA_DIR || "./data",
+    redisUrl: env.REDIS_URL || undefined,
+    adminToken: env.TOKENGATE_ADMIN_TOKEN || undefined,
+    secret: env.TOKENGATE_SECRET || undefined,
+    // A hold must outlive the longest upstream call it covers.
+    holdTtlMs: intFrom(env, "HOLD_TTL_MS", totalTimeoutMs + 60_000),
+    sweepIntervalMs: intFrom(env, "HOLD_SWEEP_INTERVAL_MS", 15_000),
+    upstream: {
+      connectTimeoutMs: intFrom(env, "UPSTREAM_CONNECT_TIMEOUT_MS", 10_000),
+      firstByteTimeoutMs: intFrom(env, "UPSTREAM_FIRST_BYTE_TIMEOUT_MS", 120_000),
+      idleTimeoutMs: intFrom(env, "UPSTREAM_IDLE_TIMEOUT_MS", 60_000),
+      totalTimeoutMs,
+    },
+    maxBodyBytes: intFrom(env, "MAX_BODY_BYTES", 4 * 1024 * 1024),
+    keyCacheTtlMs: intFrom(env, "KEY_CACHE_TTL_MS", 1_000),
+    logLevel,
+  };
+}

@@ -1,0 +1,104 @@
+// The database: embedded PGlite by default, PostgreSQL when DATABASE_URL is set.
+// One Prisma schema and one migration history serve both.
+import { mkdir } from "node:fs/promises";
+import path from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import { PrismaPGlite } from "pglite-prisma-adapter";
+import { PrismaPg } from "@prisma/adapter-pg";
+import pg from "pg";
+import { PrismaClient } from "../generated/prisma/client.ts";
+import { applyMigrations, type SqlExecutor } from "./migrate.ts";
+
+export type { PrismaClient };
+export type DatabaseKind = "pglite" | "postgres";
+
+export interface Database {
+  kind: DatabaseKind;
+  prisma: PrismaClient;
+  /** Direct SQL, for migrations and test set-up (the app itself goes through prisma). */
+  sql: SqlExecutor;
+  close(): Promise<void>;
+}
+
+export interface OpenOptions {
+  databaseUrl?: string;
+  /** PGlite lives in `${dataDir}/pglite`; ignored with a databaseUrl. */
+  dataDir?: string;
+  /** An already opened PGlite (tests load one from a migrated template). */
+  pglite?: PGlite;
+  migrate?: boolean;
+  /** Pool size for PostgreSQL. */
+  poolSize?: number;
+  onQuery?: (sql: string) => void;
+}
+
+function prismaWithLogging(adapter: ConstructorParameters<typeof PrismaClient>[0]["adapter"], onQuery?: (sql: string) => void): PrismaClient {
+  if (!onQuery) return new PrismaClient({ adapter });
+  const client = new PrismaClient({ adapter, log: [{ emit: "event", level: "query" }] });
+  client.$on("query", (e) => onQuery(e.query));
+  return client;
+}
+
+export async function openDatabase(options: OpenOptions = {}): Promise<Database> {
+  let database: Database;
+  if (options.databaseUrl) {
+    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10 });
+    // A dropped idle connection must not crash the process.
+    pool.on("error", () => undefined);
+    const prisma = prismaWithLogging(new PrismaPg(pool), options.onQuery);
+    database = {
+      kind: "postgres",
+      prisma,
+      sql: {
+        exec: async (text) => {
+          const client = await pool.connect();
+          try {
+            await client.query(text);
+          } finally {
+            client.release();
+          }
+        },
+        query: async <Row>(text: string, params?: unknown[]) => (await pool.query(text, params)).rows as Row[],
+      },
+      close: async () => {
+        await prisma.$disconnect();
+        await pool.end();
+      },
+    };
+  } else {
+    let pglite = options.pglite;
+    if (!pglite) {
+      const dir = path.resolve(options.dataDir ?? "./data", "pglite");
+      await mkdir(dir, { recursive: true });
+      pglite = await PGlite.create(dir);
+    }
+    const instance = pglite;
+    const prisma = prismaWithLogging(new PrismaPGlite(instance), options.onQuery);
+    database = {
+      kind: "pglite",
+      prisma,
+      sql: {
+        exec: async (text) => {
+          await instance.exec(text);
+        },
+        query: async <Row>(text: string, params?: unknown[]) => (await instance.query<Row>(text, params)).rows,
+      },
+      close: async () => {
+        await prisma.$disconnect();
+        await instance.close();
+      },
+    };
+  }
+  if (options.migrate !== false) await applyMigrations(database.sql);
+  return database;
+}
+
+/**
+ * The process's database client. Domain modules import `db` (the complex-app habit: the client
+ * is a module, not a context field); the entry point and test harness install it.
+ */
+export let db: PrismaClient;
+
+export function useDatabase(database: Database): void {
+  db = database.prisma;
+}

@@ -1,0 +1,18 @@
+// Domain errors carry the GraphQL `extensions.code` they map to; the gateway maps them to OpenAI errors.
+export type ErrorCode = "UNAUTHENTICATED" | "FORBIDDEN" | "NOT_FOUND" | "BAD_USER_INPUT" | "CONFLICT";
+
+export class DomainError extends Error {
+  readonly code: ErrorCode;
+  readonly field: string | undefined;
+  constructor(code: ErrorCode, message: string, field?: string) {
+    super(message);
+    this.name = "DomainError";
+    this.code = code;
+    this.field = field;
+  }
+}
+
+export const notFound = (what: string, id: string) => new DomainError("NOT_FOUND", `${what} ${id} not found`);
+export const badInput = (field: string, message: string) => new DomainError("BAD_USER_INPUT", `${field}: ${message}`, field);
+export const forbidden = (message = "not allowed for this token") => new DomainError("FORBIDDEN", message);
+export const conflict = (message: string) => new DomainError("CONFLICT", message);

