@@ -12,6 +12,7 @@ export default defineConfig({
   adapter: async () => {
     const { PGlite } = await import("@electric-sql/pglite");
     const { PrismaPGlite } = await import("pglite-prisma-adapter");
-    return new PrismaPGlite(new PGlite());
+    // Typed against an older @prisma/driver-adapter-utils; the runtime contract is the same.
+    return new PrismaPGlite(new PGlite()) as never;
   },
 });

@@ -167,7 +167,7 @@ export interface PostEntryInput {
 }
 
 /** Writes a TOPUP / ADJUSTMENT / REFUND once per idempotency key; a replay returns the first entry. */
-export async function postEntry(input: PostEntryInput, client: SqlClient = db): Promise<{ entry: LedgerEntry; created: boolean }> {
+export async function postEntry(input: PostEntryInput, client: SqlClient & Pick<PrismaClient, "ledgerEntry"> = db): Promise<{ entry: LedgerEntry; created: boolean }> {
   if (!input.idempotencyKey.trim()) throw badInput("idempotencyKey", "must not be empty");
   if (input.idempotencyKey.length > 200) throw badInput("idempotencyKey", "must be at most 200 characters");
   const rows = await client
@@ -184,7 +184,7 @@ export async function postEntry(input: PostEntryInput, client: SqlClient = db): 
     )
     .catch(translateDbError);
   const row = rows[0]!;
-  const entry = await db.ledgerEntry.findUniqueOrThrow({ where: { id: row.entry_id } });
+  const entry = await client.ledgerEntry.findUniqueOrThrow({ where: { id: row.entry_id } });
   return { entry, created: row.created };
 }
 

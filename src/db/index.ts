@@ -6,7 +6,7 @@ import { PGlite } from "@electric-sql/pglite";
 import { PrismaPGlite } from "pglite-prisma-adapter";
 import { PrismaPg } from "@prisma/adapter-pg";
 import pg from "pg";
-import { PrismaClient } from "../generated/prisma/client.ts";
+import { PrismaClient, type Prisma } from "../generated/prisma/client.ts";
 import { applyMigrations, type SqlExecutor } from "./migrate.ts";
 
 export type { PrismaClient };
@@ -32,7 +32,9 @@ export interface OpenOptions {
   onQuery?: (sql: string) => void;
 }
 
-function prismaWithLogging(adapter: ConstructorParameters<typeof PrismaClient>[0]["adapter"], onQuery?: (sql: string) => void): PrismaClient {
+type AdapterFactory = NonNullable<Prisma.PrismaClientOptions["adapter"]>;
+
+function prismaWithLogging(adapter: AdapterFactory, onQuery?: (sql: string) => void): PrismaClient {
   if (!onQuery) return new PrismaClient({ adapter });
   const client = new PrismaClient({ adapter, log: [{ emit: "event", level: "query" }] });
   client.$on("query", (e) => onQuery(e.query));
@@ -73,7 +75,11 @@ export async function openDatabase(options: OpenOptions = {}): Promise<Database>
       pglite = await PGlite.create(dir);
     }
     const instance = pglite;
-    const prisma = prismaWithLogging(new PrismaPGlite(instance), options.onQuery);
+    const prisma = prismaWithLogging(
+      // pglite-prisma-adapter is typed against an older @prisma/driver-adapter-utils; the runtime contract is the same.
+      new PrismaPGlite(instance) as unknown as AdapterFactory,
+      options.onQuery,
+    );
     database = {
       kind: "pglite",
       prisma,

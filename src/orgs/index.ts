@@ -8,21 +8,19 @@ export const DEFAULT_ORGANIZATION_NAME = "default";
 export async function ensureOrganization(name: string): Promise<Organization> {
   const existing = await db.organization.findUnique({ where: { name } });
   if (existing) return existing;
-  return db.organization
-    .create({
-      data: {
-        name,
-        wallet: {
-          create: {
-            buckets: {
-              create: [
-                { bucket: "CREDIT", currency: BUCKET_CURRENCY.CREDIT },
-                { bucket: "ROUTED", currency: BUCKET_CURRENCY.ROUTED },
-              ],
-            },
-          },
-        },
-      },
+  return db
+    .$transaction(async (tx) => {
+      const org = await tx.organization.create({ data: { name } });
+      const wallet = await tx.wallet.create({ data: { organizationId: org.id } });
+      await tx.walletBucket.createMany({
+        data: (["CREDIT", "ROUTED"] as const).map((bucket) => ({
+          organizationId: org.id,
+          walletId: wallet.id,
+          bucket,
+          currency: BUCKET_CURRENCY[bucket],
+        })),
+      });
+      return org;
     })
     .catch(async (error: unknown) => {
       // Another instance created it first.

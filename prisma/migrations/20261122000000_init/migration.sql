@@ -77,6 +77,7 @@ CREATE TABLE "Wallet" (
 -- CreateTable
 CREATE TABLE "WalletBucket" (
     "id" TEXT NOT NULL DEFAULT gen_random_uuid()::text,
+    "organizationId" TEXT NOT NULL,
     "walletId" TEXT NOT NULL,
     "bucket" "BalanceBucket" NOT NULL,
     "currency" TEXT NOT NULL,
@@ -90,6 +91,7 @@ CREATE TABLE "WalletBucket" (
 -- CreateTable
 CREATE TABLE "LedgerEntry" (
     "id" TEXT NOT NULL DEFAULT gen_random_uuid()::text,
+    "organizationId" TEXT NOT NULL,
     "bucketId" TEXT NOT NULL,
     "kind" "LedgerKind" NOT NULL,
     "amount" BIGINT NOT NULL,
@@ -211,6 +213,7 @@ CREATE TABLE "Route" (
 -- CreateTable
 CREATE TABLE "Channel" (
     "id" TEXT NOT NULL DEFAULT gen_random_uuid()::text,
+    "organizationId" TEXT NOT NULL,
     "routeId" TEXT NOT NULL,
     "name" TEXT NOT NULL,
     "baseUrl" TEXT NOT NULL,
@@ -242,6 +245,7 @@ CREATE TABLE "ChannelHealthEvent" (
 -- CreateTable
 CREATE TABLE "PriceSnapshot" (
     "id" TEXT NOT NULL DEFAULT gen_random_uuid()::text,
+    "organizationId" TEXT NOT NULL,
     "channelId" TEXT NOT NULL,
     "bucket" "BalanceBucket" NOT NULL,
     "currency" TEXT NOT NULL,
@@ -369,6 +373,9 @@ CREATE UNIQUE INDEX "LedgerEntry_failedRequestId_key" ON "LedgerEntry"("failedRe
 CREATE INDEX "LedgerEntry_bucketId_createdAt_idx" ON "LedgerEntry"("bucketId", "createdAt");
 
 -- CreateIndex
+CREATE INDEX "LedgerEntry_organizationId_createdAt_idx" ON "LedgerEntry"("organizationId", "createdAt");
+
+-- CreateIndex
 CREATE INDEX "Hold_status_expiresAt_idx" ON "Hold"("status", "expiresAt");
 
 -- CreateIndex
@@ -462,7 +469,13 @@ ALTER TABLE "AdminToken" ADD CONSTRAINT "AdminToken_projectId_fkey" FOREIGN KEY 
 ALTER TABLE "Wallet" ADD CONSTRAINT "Wallet_organizationId_fkey" FOREIGN KEY ("organizationId") REFERENCES "Organization"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
 
 -- AddForeignKey
+ALTER TABLE "WalletBucket" ADD CONSTRAINT "WalletBucket_organizationId_fkey" FOREIGN KEY ("organizationId") REFERENCES "Organization"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
+
+-- AddForeignKey
 ALTER TABLE "WalletBucket" ADD CONSTRAINT "WalletBucket_walletId_fkey" FOREIGN KEY ("walletId") REFERENCES "Wallet"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
+
+-- AddForeignKey
+ALTER TABLE "LedgerEntry" ADD CONSTRAINT "LedgerEntry_organizationId_fkey" FOREIGN KEY ("organizationId") REFERENCES "Organization"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
 
 -- AddForeignKey
 ALTER TABLE "LedgerEntry" ADD CONSTRAINT "LedgerEntry_bucketId_fkey" FOREIGN KEY ("bucketId") REFERENCES "WalletBucket"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
@@ -513,10 +526,16 @@ ALTER TABLE "ApiKeySecret" ADD CONSTRAINT "ApiKeySecret_keyId_fkey" FOREIGN KEY 
 ALTER TABLE "Route" ADD CONSTRAINT "Route_organizationId_fkey" FOREIGN KEY ("organizationId") REFERENCES "Organization"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
 
 -- AddForeignKey
+ALTER TABLE "Channel" ADD CONSTRAINT "Channel_organizationId_fkey" FOREIGN KEY ("organizationId") REFERENCES "Organization"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
+
+-- AddForeignKey
 ALTER TABLE "Channel" ADD CONSTRAINT "Channel_routeId_fkey" FOREIGN KEY ("routeId") REFERENCES "Route"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
 
 -- AddForeignKey
 ALTER TABLE "ChannelHealthEvent" ADD CONSTRAINT "ChannelHealthEvent_channelId_fkey" FOREIGN KEY ("channelId") REFERENCES "Channel"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
+
+-- AddForeignKey
+ALTER TABLE "PriceSnapshot" ADD CONSTRAINT "PriceSnapshot_organizationId_fkey" FOREIGN KEY ("organizationId") REFERENCES "Organization"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
 
 -- AddForeignKey
 ALTER TABLE "PriceSnapshot" ADD CONSTRAINT "PriceSnapshot_channelId_fkey" FOREIGN KEY ("channelId") REFERENCES "Channel"("id") ON DELETE RESTRICT ON UPDATE CASCADE;
@@ -698,6 +717,7 @@ RETURNS TABLE (ledger_entry_id text, charged bigint, balance_after bigint) LANGU
 DECLARE
   h "Hold"%ROWTYPE;
   v_bucket "BalanceBucket";
+  v_org text;
   v_charge bigint;
   v_balance bigint;
   v_entry text;
@@ -715,14 +735,14 @@ BEGIN
   v_charge := LEAST(GREATEST(COALESCE(p_charge, 0), 0), h.amount);
 
   UPDATE "WalletBucket" SET balance = balance - v_charge, held = held - h.amount, "updatedAt" = p_now
-   WHERE id = h."bucketId" RETURNING balance, bucket INTO v_balance, v_bucket;
+   WHERE id = h."bucketId" RETURNING balance, bucket, "organizationId" INTO v_balance, v_bucket, v_org;
   UPDATE "SpendCounter" c SET held = c.held - h.amount, spent = c.spent + v_charge
     FROM tg_hold_scopes(h."keyId", h."projectId", h."routeId", h."runId", h."dayStart", h."monthStart") s
    WHERE c.scope = s.scope AND c."scopeId" = s.scope_id AND c.bucket = v_bucket AND c."windowStart" = s.window_start;
   IF v_charge > 0 THEN
-    INSERT INTO "LedgerEntry" (id, "bucketId", kind, amount, "balanceAfter", "idempotencyKey",
+    INSERT INTO "LedgerEntry" (id, "organizationId", "bucketId", kind, amount, "balanceAfter", "idempotencyKey",
                                "receiptId", "failedRequestId", "holdId", "createdAt")
-      VALUES (gen_random_uuid()::text, h."bucketId", 'CHARGE', -v_charge, v_balance, 'hold:' || h.id,
+      VALUES (gen_random_uuid()::text, v_org, h."bucketId", 'CHARGE', -v_charge, v_balance, 'hold:' || h.id,
               p_receipt_id, p_failed_request_id, h.id, p_now)
       RETURNING id INTO v_entry;
   END IF;
@@ -753,13 +773,14 @@ DECLARE
   e "LedgerEntry"%ROWTYPE;
   v_available bigint;
   v_balance bigint;
+  v_org text;
   v_entry text;
 BEGIN
   IF p_kind = 'CHARGE' THEN
     RAISE EXCEPTION 'TG_BAD_KIND: charges are written by tg_resolve_hold';
   END IF;
   -- Lock the bucket first: two replays of one key serialise here, and the second sees the first's entry.
-  SELECT b.balance - b.held INTO v_available FROM "WalletBucket" b WHERE b.id = p_bucket_id FOR UPDATE;
+  SELECT b.balance - b.held, b."organizationId" INTO v_available, v_org FROM "WalletBucket" b WHERE b.id = p_bucket_id FOR UPDATE;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'TG_NOT_FOUND: bucket %', p_bucket_id;
   END IF;
@@ -776,8 +797,8 @@ BEGIN
   UPDATE "WalletBucket" SET balance = balance + p_amount, "updatedAt" = p_now
    WHERE id = p_bucket_id RETURNING balance INTO v_balance;
   BEGIN
-    INSERT INTO "LedgerEntry" (id, "bucketId", kind, amount, "balanceAfter", "idempotencyKey", "actorTokenId", memo, "createdAt")
-      VALUES (gen_random_uuid()::text, p_bucket_id, p_kind, p_amount, v_balance, p_idempotency_key, p_actor_token_id, p_memo, p_now)
+    INSERT INTO "LedgerEntry" (id, "organizationId", "bucketId", kind, amount, "balanceAfter", "idempotencyKey", "actorTokenId", memo, "createdAt")
+      VALUES (gen_random_uuid()::text, v_org, p_bucket_id, p_kind, p_amount, v_balance, p_idempotency_key, p_actor_token_id, p_memo, p_now)
       RETURNING id INTO v_entry;
   EXCEPTION WHEN unique_violation THEN
     -- The same key was committed meanwhile on another bucket.

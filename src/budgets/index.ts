@@ -1,0 +1,125 @@
+// Caps: one row per scope, bucket and window kind (BudgetCap). Absent row = no cap.
+import { db } from "../db/index.ts";
+import type { Prisma, Project } from "../generated/prisma/client.ts";
+import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
+import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";
+import { writeAudit } from "../audit/index.ts";
+import { badInput, conflict, notFound } from "../errors.ts";
+import { parseMoney } from "../money.ts";
+import { scopeSpend, type ScopeSpend } from "../accounting/index.ts";
+
+type Tx = Prisma.TransactionClient;
+
+/** A cap change from an input: undefined leaves it, null removes it, a string sets it. */
+export type CapInput = string | null | undefined;
+
+export function parseCapInput(value: CapInput, field: string): bigint | null | undefined {
+  if (value === undefined) return undefined;
+  if (value === null) return null;
+  return parseMoney(value, field);
+}
+
+export async function setCap(
+  tx: Tx,
+  target: { organizationId: string; scope: CapScope; scopeId: string; bucket: BalanceBucket },
+  amount: bigint | null | undefined,
+): Promise<void> {
+  if (amount === undefined) return;
+  const where = { scope_scopeId_bucket: { scope: target.scope, scopeId: target.scopeId, bucket: target.bucket } };
+  if (amount === null) {
+    await tx.budgetCap.deleteMany({ where: { scope: target.scope, scopeId: target.scopeId, bucket: target.bucket } });
+    return;
+  }
+  await tx.budgetCap.upsert({
+    where,
+    create: { ...target, amount },
+    update: { amount, updatedAt: new Date() },
+  });
+}
+
+export interface CapView {
+  scope: CapScope;
+  bucket: BalanceBucket;
+  amount: bigint;
+}
+
+export async function capsOf(tx: Tx | typeof db, scopeId: string): Promise<CapView[]> {
+  const caps = await tx.budgetCap.findMany({ where: { scopeId }, orderBy: [{ scope: "asc" }, { bucket: "asc" }] });
+  return caps.map((c) => ({ scope: c.scope, bucket: c.bucket, amount: c.amount }));
+}
+
+export async function capAmount(scope: CapScope, scopeId: string, bucket: BalanceBucket): Promise<bigint | null> {
+  const cap = await db.budgetCap.findUnique({ where: { scope_scopeId_bucket: { scope, scopeId, bucket } } });
+  return cap?.amount ?? null;
+}
+
+export interface BudgetStatus extends ScopeSpend {
+  scope: CapScope;
+  bucket: BalanceBucket;
+  cap: bigint | null;
+  /** cap − spent − held, never below zero; null when uncapped. */
+  remaining: bigint | null;
+}
+
+export async function budgetStatus(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date()): Promise<BudgetStatus> {
+  const [spend, cap] = await Promise.all([scopeSpend(scope, scopeId, bucket, now), capAmount(scope, scopeId, bucket)]);
+  const remaining = cap === null ? null : cap - spend.spent - spend.held > 0n ? cap - spend.spent - spend.held : 0n;
+  return { scope, bucket, cap, remaining, ...spend };
+}
+
+export interface ProjectBudgetInput {
+  dailyCap?: CapInput;
+  monthlyCap?: CapInput;
+  /** The bucket these caps count (default CREDIT): buckets have their own currencies. */
+  bucket?: BalanceBucket | null;
+}
+
+export async function createProject(viewer: Viewer, input: { organizationId?: string | null; name: string } & ProjectBudgetInput): Promise<Project> {
+  const organizationId = await resolveOrganizationId(viewer, input.organizationId);
+  assertCanWrite(viewer, organizationId);
+  const name = input.name.trim();
+  if (!name) throw badInput("name", "must not be empty");
+  if (name.length > 200) throw badInput("name", "must be at most 200 characters");
+  const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
+  const monthlyCap = parseCapInput(input.monthlyCap, "monthlyCap");
+  const bucket = input.bucket ?? "CREDIT";
+  if (await db.project.findUnique({ where: { organizationId_name: { organizationId, name } } })) {
+    throw conflict(`a project named ${JSON.stringify(name)} already exists`);
+  }
+  return db.$transaction(async (tx) => {
+    const project = await tx.project.create({ data: { organizationId, name } });
+    await setCap(tx, { organizationId, scope: "PROJECT_DAILY", scopeId: project.id, bucket }, dailyCap);
+    await setCap(tx, { organizationId, scope: "PROJECT_MONTHLY", scopeId: project.id, bucket }, monthlyCap);
+    await writeAudit(tx, viewer, {
+      organizationId,
+      action: "createProject",
+      targetType: "Project",
+      targetId: project.id,
+      after: { ...project, caps: await capsOf(tx, project.id) },
+    });
+    return project;
+  });
+}
+
+export async function setProjectBudget(viewer: Viewer, input: { projectId: string } & ProjectBudgetInput): Promise<Project> {
+  const project = await db.project.findUnique({ where: { id: input.projectId } });
+  if (!project) throw notFound("project", input.projectId);
+  assertCanWrite(viewer, project.organizationId);
+  const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
+  const monthlyCap = parseCapInput(input.monthlyCap, "monthlyCap");
+  const bucket = input.bucket ?? "CREDIT";
+  return db.$transaction(async (tx) => {
+    const before = await capsOf(tx, project.id);
+    await setCap(tx, { organizationId: project.organizationId, scope: "PROJECT_DAILY", scopeId: project.id, bucket }, dailyCap);
+    await setCap(tx, { organizationId: project.organizationId, scope: "PROJECT_MONTHLY", scopeId: project.id, bucket }, monthlyCap);
+    await writeAudit(tx, viewer, {
+      organizationId: project.organizationId,
+      action: "setProjectBudget",
+      targetType: "Project",
+      targetId: project.id,
+      before: { caps: before },
+      after: { caps: await capsOf(tx, project.id) },
+    });
+    return project;
+  });
+}

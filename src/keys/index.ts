@@ -1,0 +1,274 @@
+// API keys: creation (secret shown once, stored as SHA-256), caps, status, rotation, and the
+// hashed lookup the gateway runs on every request (cached ≤ KEY_CACHE_TTL_MS and cleared by key events).
+import { db } from "../db/index.ts";
+import type { ApiKey, Prisma } from "../generated/prisma/client.ts";
+import type { BalanceBucket, FailedChargePolicy, KeyStatus } from "../generated/prisma/enums.ts";
+import { assertCanWrite, type Viewer } from "../auth/index.ts";
+import { writeAudit } from "../audit/index.ts";
+import { capsOf, parseCapInput, setCap, type CapInput } from "../budgets/index.ts";
+import { badInput, conflict, notFound } from "../errors.ts";
+import { displayParts, generateSecret, sha256 } from "../secrets.ts";
+import { events } from "../events/index.ts";
+
+export const API_KEY_PREFIX = "tg_";
+const DISPLAY_PREFIX_LENGTH = API_KEY_PREFIX.length + 6;
+const MAX_RETRY_CEILING = 10;
+const MAX_GRACE_SECONDS = 30 * 24 * 3600;
+export const DEFAULT_ROTATION_GRACE_SECONDS = 3600;
+
+export interface KeyCapsInput {
+  dailyCap?: CapInput;
+  perRequestMaxCharge?: CapInput;
+  /** The bucket dailyCap / perRequestMaxCharge apply to (default: the key's first allowed bucket). */
+  capBucket?: BalanceBucket | null;
+  retryCeiling?: number | null;
+  failedChargePolicy?: FailedChargePolicy | null;
+  allowedModels?: string[] | null;
+  allowedBuckets?: BalanceBucket[] | null;
+  lowerCostRoutes?: boolean | null;
+  backupRoutes?: boolean | null;
+  expiresAt?: Date | null;
+}
+
+/** The bucket a key's single-valued money fields (dailyCap, spendToday…) are shown in. */
+export const primaryBucket = (key: Pick<ApiKey, "allowedBuckets">): BalanceBucket => key.allowedBuckets[0] ?? "CREDIT";
+
+function validateModels(models: string[]): string[] {
+  const cleaned = [...new Set(models.map((m) => m.trim()))];
+  if (cleaned.some((m) => !m || m.length > 200)) throw badInput("allowedModels", "model names must be 1–200 characters");
+  return cleaned;
+}
+
+function validateBuckets(buckets: BalanceBucket[]): BalanceBucket[] {
+  const unique = [...new Set(buckets)];
+  if (unique.length === 0) throw badInput("allowedBuckets", "must allow at least one bucket");
+  return unique;
+}
+
+function validateRetryCeiling(value: number): number {
+  if (!Number.isInteger(value) || value < 0 || value > MAX_RETRY_CEILING) {
+    throw badInput("retryCeiling", `must be an integer from 0 to ${MAX_RETRY_CEILING}`);
+  }
+  return value;
+}
+
+async function applyCaps(tx: Prisma.TransactionClient, key: ApiKey, dailyCap: bigint | null | undefined, perRequest: bigint | null | undefined, bucket: BalanceBucket) {
+  await setCap(tx, { organizationId: key.organizationId, scope: "KEY_DAILY", scopeId: key.id, bucket }, dailyCap);
+  await setCap(tx, { organizationId: key.organizationId, scope: "KEY_PER_REQUEST", scopeId: key.id, bucket }, perRequest);
+}
+
+export async function createApiKey(
+  viewer: Viewer,
+  input: { projectId: string; name: string } & KeyCapsInput,
+): Promise<{ apiKey: ApiKey; secret: string }> {
+  const project = await db.project.findUnique({ where: { id: input.projectId } });
+  if (!project) throw notFound("project", input.projectId);
+  assertCanWrite(viewer, project.organizationId);
+  const name = input.name.trim();
+  if (!name) throw badInput("name", "must not be empty");
+  if (name.length > 200) throw badInput("name", "must be at most 200 characters");
+  const allowedBuckets = validateBuckets(input.allowedBuckets ?? ["CREDIT", "ROUTED"]);
+  const allowedModels = validateModels(input.allowedModels ?? []);
+  const retryCeiling = validateRetryCeiling(input.retryCeiling ?? 2);
+  const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
+  const perRequest = parseCapInput(input.perRequestMaxCharge, "perRequestMaxCharge");
+  const capBucket = input.capBucket ?? allowedBuckets[0]!;
+  if (input.expiresAt && input.expiresAt.getTime() <= Date.now()) throw badInput("expiresAt", "must be in the future");
+
+  const secret = generateSecret(API_KEY_PREFIX);
+  const { prefix, last4 } = displayParts(secret, DISPLAY_PREFIX_LENGTH);
+  const apiKey = await db.$transaction(async (tx) => {
+    const key = await tx.apiKey.create({
+      data: {
+        organizationId: project.organizationId,
+        projectId: project.id,
+        name,
+        prefix,
+        last4,
+        allowedModels,
+        allowedBuckets,
+        lowerCostRoutes: input.lowerCostRoutes ?? true,
+        backupRoutes: input.backupRoutes ?? true,
+        retryCeiling,
+        failedChargePolicy: input.failedChargePolicy ?? "NEVER",
+        expiresAt: input.expiresAt ?? null,
+        secrets: { create: { secretHash: sha256(secret), prefix, last4 } },
+      },
+    });
+    await applyCaps(tx, key, dailyCap, perRequest, capBucket);
+    await writeAudit(tx, viewer, {
+      organizationId: key.organizationId,
+      action: "createApiKey",
+      targetType: "ApiKey",
+      targetId: key.id,
+      after: { ...key, caps: await capsOf(tx, key.id) },
+    });
+    return key;
+  });
+  return { apiKey, secret };
+}
+
+async function loadWritableKey(viewer: Viewer, id: string): Promise<ApiKey> {
+  const key = await db.apiKey.findUnique({ where: { id } });
+  if (!key) throw notFound("API key", id);
+  assertCanWrite(viewer, key.organizationId);
+  return key;
+}
+
+export async function setKeyCaps(viewer: Viewer, input: { keyId: string } & KeyCapsInput): Promise<ApiKey> {
+  const key = await loadWritableKey(viewer, input.keyId);
+  if (key.status === "REVOKED") throw conflict("a revoked key cannot be changed");
+  const data: Prisma.ApiKeyUpdateInput = { updatedAt: new Date() };
+  if (input.allowedBuckets != null) data.allowedBuckets = validateBuckets(input.allowedBuckets);
+  if (input.allowedModels != null) data.allowedModels = validateModels(input.allowedModels);
+  if (input.retryCeiling != null) data.retryCeiling = validateRetryCeiling(input.retryCeiling);
+  if (input.failedChargePolicy != null) data.failedChargePolicy = input.failedChargePolicy;
+  if (input.lowerCostRoutes != null) data.lowerCostRoutes = input.lowerCostRoutes;
+  if (input.backupRoutes != null) data.backupRoutes = input.backupRoutes;
+  if (input.expiresAt !== undefined) {
+    if (input.expiresAt && input.expiresAt.getTime() <= Date.now()) throw badInput("expiresAt", "must be in the future");
+    data.expiresAt = input.expiresAt;
+  }
+  const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
+  const perRequest = parseCapInput(input.perRequestMaxCharge, "perRequestMaxCharge");
+  const capBucket = input.capBucket ?? primaryBucket({ allowedBuckets: (data.allowedBuckets as BalanceBucket[] | undefined) ?? key.allowedBuckets });
+  const updated = await db.$transaction(async (tx) => {
+    const before = { ...key, caps: await capsOf(tx, key.id) };
+    const next = await tx.apiKey.update({ where: { id: key.id }, data });
+    await applyCaps(tx, next, dailyCap, perRequest, capBucket);
+    await writeAudit(tx, viewer, {
+      organizationId: key.organizationId,
+      action: "setKeyCaps",
+      targetType: "ApiKey",
+      targetId: key.id,
+      before,
+      after: { ...next, caps: await capsOf(tx, key.id) },
+    });
+    return next;
+  });
+  announceKeyChange(updated);
+  return updated;
+}
+
+const TRANSITIONS: Record<"pauseKey" | "resumeKey" | "revokeKey", { from: KeyStatus[]; to: KeyStatus }> = {
+  pauseKey: { from: ["ACTIVE", "PAUSED"], to: "PAUSED" },
+  resumeKey: { from: ["PAUSED", "ACTIVE"], to: "ACTIVE" },
+  revokeKey: { from: ["ACTIVE", "PAUSED", "REVOKED"], to: "REVOKED" },
+};
+
+/** pause / resume / revoke. Revocation is final; repeating a transition is a no-op that still answers. */
+export async function changeKeyStatus(viewer: Viewer, id: string, action: keyof typeof TRANSITIONS): Promise<ApiKey> {
+  const key = await loadWritableKey(viewer, id);
+  const { from, to } = TRANSITIONS[action];
+  if (!from.includes(key.status)) throw conflict(`cannot ${action.replace("Key", "")} a ${key.status.toLowerCase()} key`);
+  if (key.status === to) return key;
+  const updated = await db.$transaction(async (tx) => {
+    const next = await tx.apiKey.update({ where: { id }, data: { status: to, updatedAt: new Date() } });
+    await writeAudit(tx, viewer, {
+      organizationId: key.organizationId,
+      action,
+      targetType: "ApiKey",
+      targetId: id,
+      before: { status: key.status },
+      after: { status: to },
+    });
+    return next;
+  });
+  announceKeyChange(updated);
+  return updated;
+}
+
+/** Issues a new secret; the old ones keep working for graceSeconds, then stop. */
+export async function rotateKey(viewer: Viewer, id: string, graceSeconds?: number | null): Promise<{ apiKey: ApiKey; secret: string }> {
+  const key = await loadWritableKey(viewer, id);
+  if (key.status === "REVOKED") throw conflict("a revoked key cannot be rotated");
+  const grace = graceSeconds ?? DEFAULT_ROTATION_GRACE_SECONDS;
+  if (!Number.isInteger(grace) || grace < 0 || grace > MAX_GRACE_SECONDS) {
+    throw badInput("graceSeconds", `must be an integer from 0 to ${MAX_GRACE_SECONDS}`);
+  }
+  const secret = generateSecret(API_KEY_PREFIX);
+  const { prefix, last4 } = displayParts(secret, DISPLAY_PREFIX_LENGTH);
+  const now = new Date();
+  const graceEnds = new Date(now.getTime() + grace * 1000);
+  const apiKey = await db.$transaction(async (tx) => {
+    await tx.apiKeySecret.updateMany({
+      where: { keyId: id, OR: [{ expiresAt: null }, { expiresAt: { gt: graceEnds } }] },
+      data: { expiresAt: graceEnds },
+    });
+    await tx.apiKeySecret.create({ data: { keyId: id, secretHash: sha256(secret), prefix, last4 } });
+    const next = await tx.apiKey.update({ where: { id }, data: { prefix, last4, updatedAt: now } });
+    await writeAudit(tx, viewer, {
+      organizationId: key.organizationId,
+      action: "rotateKey",
+      targetType: "ApiKey",
+      targetId: id,
+      before: { prefix: key.prefix, last4: key.last4 },
+      after: { prefix, last4, previousSecretsExpireAt: graceEnds.toISOString() },
+    });
+    return next;
+  });
+  announceKeyChange(apiKey);
+  return { apiKey, secret };
+}
+
+// ---------------------------------------------------------------------------
+// Gateway lookup
+
+export type KeyContext = ApiKey;
+
+interface CacheEntry {
+  key: KeyContext | null;
+  /** When the matched secret stops working (rotation grace), if ever. */
+  secretExpiresAt: Date | null;
+  cachedUntil: number;
+}
+
+const cache = new Map<string, CacheEntry>();
+let cacheTtlMs = 1_000;
+let subscribed = false;
+
+export function configureKeyCache(ttlMs: number): void {
+  cacheTtlMs = Math.min(ttlMs, 1_000); // pause / revoke must bite within 1 s even without events
+}
+
+function announceKeyChange(key: ApiKey): void {
+  forgetKey(key.id);
+  events.publish("keyChanged", { keyId: key.id, status: key.status });
+}
+
+export function forgetKey(keyId: string): void {
+  for (const [hash, entry] of cache) if (entry.key?.id === keyId) cache.delete(hash);
+}
+
+function ensureSubscribed(): void {
+  if (subscribed) return;
+  subscribed = true;
+  // Another instance changed a key: drop it here too.
+  void (async () => {
+    for await (const event of events.subscribe("keyChanged")) forgetKey(event.keyId);
+  })();
+}
+
+export type KeyLookup =
+  | { ok: true; key: KeyContext }
+  | { ok: false; reason: "KEY_INVALID" | "KEY_REVOKED" | "KEY_PAUSED" | "KEY_EXPIRED"; key: KeyContext | null };
+
+/** Resolves a bearer secret to its key and says whether it may be used now. */
+export async function lookupKey(secret: string, now = new Date()): Promise<KeyLookup> {
+  ensureSubscribed();
+  const hash = sha256(secret);
+  let entry = cache.get(hash);
+  if (!entry || entry.cachedUntil < now.getTime()) {
+    const row = await db.apiKeySecret.findUnique({ where: { secretHash: hash }, include: { key: true } });
+    entry = { key: row?.key ?? null, secretExpiresAt: row?.expiresAt ?? null, cachedUntil: now.getTime() + cacheTtlMs };
+    if (cache.size > 50_000) cache.clear();
+    cache.set(hash, entry);
+  }
+  const key = entry.key;
+  if (!key) return { ok: false, reason: "KEY_INVALID", key: null };
+  if (entry.secretExpiresAt && entry.secretExpiresAt <= now) return { ok: false, reason: "KEY_INVALID", key };
+  if (key.status === "REVOKED") return { ok: false, reason: "KEY_REVOKED", key };
+  if (key.status === "PAUSED") return { ok: false, reason: "KEY_PAUSED", key };
+  if (key.expiresAt && key.expiresAt <= now) return { ok: false, reason: "KEY_EXPIRED", key };
+  return { ok: true, key };
+}

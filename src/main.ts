@@ -1,0 +1,105 @@
+// CLI entry: `serve` (default), `migrate`, `print-schema`, `create-admin-token`.
+import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { randomBytes } from "node:crypto";
+import { loadConfig, type Config } from "./config.ts";
+import { openDatabase, useDatabase, type Database } from "./db/index.ts";
+import { applyMigrations } from "./db/migrate.ts";
+
+async function credentialSecret(config: Config): Promise<string> {
+  if (config.secret) return config.secret;
+  // No TOKENGATE_SECRET: keep a generated one beside the data so credentials survive restarts.
+  const file = path.resolve(config.dataDir, "tokengate-secret");
+  try {
+    return (await readFile(file, "utf8")).trim();
+  } catch {
+    await mkdir(path.dirname(file), { recursive: true });
+    const secret = randomBytes(32).toString("base64url");
+    await writeFile(file, `${secret}\n`, { mode: 0o600 });
+    await chmod(file, 0o600);
+    console.warn(`TOKENGATE_SECRET is not set: generated one in ${file}. Set TOKENGATE_SECRET (the same on every instance) in production.`);
+    return secret;
+  }
+}
+
+async function open(config: Config, migrate: boolean): Promise<Database> {
+  const database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, migrate: false });
+  if (migrate) {
+    const applied = await applyMigrations(database.sql);
+    if (applied.length) console.log(`applied migrations: ${applied.join(", ")}`);
+  }
+  useDatabase(database);
+  return database;
+}
+
+async function serve(config: Config): Promise<void> {
+  const database = await open(config, true);
+  console.log(`database: ${database.kind === "pglite" ? `embedded PGlite in ${path.resolve(config.dataDir, "pglite")}` : "PostgreSQL (DATABASE_URL)"}`);
+  const { bootstrapAdmin } = await import("./auth/index.ts");
+  const { configureCredentialSecret } = await import("./routing/index.ts");
+  const { configureKeyCache } = await import("./keys/index.ts");
+  const { startHoldSweeper } = await import("./accounting/index.ts");
+  const { startServer } = await import("./server.ts");
+  configureCredentialSecret(await credentialSecret(config));
+  configureKeyCache(config.keyCacheTtlMs);
+  const { generatedSecret } = await bootstrapAdmin(config.adminToken);
+  if (generatedSecret) {
+    console.log("\n  A platform admin token was generated (shown once, stored hashed):\n");
+    console.log(`    ${generatedSecret}\n`);
+    console.log("  Use it as: Authorization: Bearer <token>   (or set TOKENGATE_ADMIN_TOKEN)\n");
+  }
+  const stopSweeper = startHoldSweeper(config.sweepIntervalMs, (e) => console.error("[holds] sweep failed:", e));
+  const running = await startServer(config);
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.log(`${signal}: shutting down`);
+    stopSweeper();
+    await running.close();
+    await database.close();
+    process.exit(0);
+  };
+  process.on("SIGINT", () => void shutdown("SIGINT"));
+  process.on("SIGTERM", () => void shutdown("SIGTERM"));
+}
+
+async function main(): Promise<void> {
+  const [command = "serve", ...rest] = process.argv.slice(2);
+  const config = loadConfig();
+  switch (command) {
+    case "serve":
+      return serve(config);
+    case "migrate": {
+      const database = await open(config, true);
+      console.log("migrations up to date");
+      await database.close();
+      return;
+    }
+    case "print-schema": {
+      const { printedSchema } = await import("./schema/index.ts");
+      const target = rest[0] ?? "schema.graphql";
+      await writeFile(target, printedSchema());
+      console.log(`wrote ${target}`);
+      return;
+    }
+    case "create-admin-token": {
+      const [role = "PLATFORM_ADMIN", organizationId, projectId] = rest;
+      const database = await open(config, true);
+      const { createAdminToken } = await import("./auth/index.ts");
+      const created = await createAdminToken({ name: `cli ${role}`, role: role as "PLATFORM_ADMIN", organizationId, projectId });
+      console.log(created.secret);
+      await database.close();
+      return;
+    }
+    default:
+      console.error(`unknown command ${command}: use serve, migrate, print-schema or create-admin-token ROLE [ORG_ID] [PROJECT_ID]`);
+      process.exit(2);
+  }
+}
+
+main().catch((error: unknown) => {
+  console.error(error instanceof Error ? error.message : error);
+  process.exit(1);
+});

@@ -1,0 +1,96 @@
+// Request history (receipts, failed requests), the audit trail and spend series for dashboards.
+import { builder } from "../schema/builder.ts";
+import { db } from "../db/index.ts";
+import { isPlatform, resolveOrganizationId, tenancyWhere, type Viewer } from "../auth/index.ts";
+import { spendSeries, type SpendPoint } from "../analytics/index.ts";
+import { forbidden } from "../errors.ts";
+import { RequestFilter, requestWhere, timeRange } from "./filters.ts";
+import { MoneyRef, moneyOf } from "../schema/types/common.ts";
+import { viewerOf } from "./viewer.ts";
+
+builder.queryFields((t) => ({
+  receipts: t.prismaConnection({
+    type: "Receipt",
+    cursor: "id",
+    description: "Newest first.",
+    args: { filter: t.arg({ type: RequestFilter, required: false }) },
+    resolve: (query, _root, args, ctx) =>
+      db.receipt.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
+    totalCount: (_c, args, ctx) => db.receipt.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
+  }),
+  failedRequests: t.prismaConnection({
+    type: "FailedRequest",
+    cursor: "id",
+    description: "Newest first.",
+    args: { filter: t.arg({ type: RequestFilter, required: false }) },
+    resolve: (query, _root, args, ctx) =>
+      db.failedRequest.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
+    totalCount: (_c, args, ctx) => db.failedRequest.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
+  }),
+  auditEntries: t.prismaConnection({
+    type: "AuditEntry",
+    cursor: "id",
+    description: "Newest first.",
+    args: {
+      targetId: t.arg.id({ required: false }),
+      action: t.arg.string({ required: false }),
+      from: t.arg({ type: "DateTime", required: false }),
+      to: t.arg({ type: "DateTime", required: false }),
+    },
+    resolve: (query, _root, args, ctx) =>
+      db.auditEntry.findMany({ ...query, where: auditWhere(viewerOf(ctx), args), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
+    totalCount: (_c, args, ctx) => db.auditEntry.count({ where: auditWhere(viewerOf(ctx), args) }),
+  }),
+}));
+
+function auditWhere(viewer: Viewer, args: { targetId?: string | number | null; action?: string | null; from?: Date | null; to?: Date | null }) {
+  if (viewer.role === "PROJECT_VIEWER") throw forbidden("project viewers cannot read the audit trail");
+  const range = timeRange(args.from, args.to);
+  return {
+    ...(isPlatform(viewer) ? {} : { organizationId: tenancyWhere(viewer).organizationId }),
+    ...(args.targetId ? { targetId: String(args.targetId) } : {}),
+    ...(args.action ? { action: args.action } : {}),
+    ...(range ? { createdAt: range } : {}),
+  };
+}
+
+const SpendInterval = builder.enumType("SpendInterval", { values: ["HOUR", "DAY", "MONTH"] as const });
+const SpendGroupBy = builder.enumType("SpendGroupBy", { values: ["KEY", "PROJECT", "MODEL", "ROUTE", "BUCKET"] as const });
+
+const SpendPointRef = builder.objectRef<SpendPoint>("SpendPoint").implement({
+  description: "Spend of one group in one time bucket, in one balance bucket's currency (receipts and charged failures).",
+  fields: (t) => ({
+    bucketStart: t.expose("bucketStart", { type: "DateTime" }),
+    group: t.exposeString("group"),
+    bucket: t.exposeString("bucket", { description: "The balance bucket (CREDIT or ROUTED) the spend came from." }),
+    spend: t.field({ type: MoneyRef, resolve: (p) => moneyOf(p.spend, p.bucket) }),
+    requests: t.exposeInt("requests"),
+    promptTokens: t.exposeInt("promptTokens"),
+    completionTokens: t.exposeInt("completionTokens"),
+  }),
+});
+
+const SpendSeriesInput = builder.inputType("SpendSeriesInput", {
+  fields: (t) => ({
+    from: t.field({ type: "DateTime", required: true }),
+    to: t.field({ type: "DateTime", required: true }),
+    interval: t.field({ type: SpendInterval, required: true }),
+    groupBy: t.field({ type: SpendGroupBy, required: true }),
+    keyId: t.id({ required: false }),
+    projectId: t.id({ required: false }),
+    organizationId: t.id({ required: false }),
+  }),
+});
+
+builder.queryFields((t) => ({
+  spendSeries: t.field({
+    type: [SpendPointRef],
+    args: { input: t.arg({ type: SpendSeriesInput, required: true }) },
+    resolve: async (_root, { input }, ctx) => {
+      const viewer = viewerOf(ctx);
+      const organizationId = await resolveOrganizationId(viewer, input.organizationId ? String(input.organizationId) : null);
+      const projectId = viewer.role === "PROJECT_VIEWER" ? viewer.projectId : input.projectId ? String(input.projectId) : null;
+      return spendSeries({ ...input, organizationId, projectId, keyId: input.keyId ? String(input.keyId) : null });
+    },
+  }),
+}));

@@ -1,0 +1,15 @@
+// Maps domain errors to GraphQL errors with extensions.code; anything else stays masked by Yoga.
+import { GraphQLError } from "graphql";
+import { DomainError } from "../errors.ts";
+
+export function toGraphQLError(error: unknown): GraphQLError | null {
+  const original = error instanceof GraphQLError ? (error.originalError ?? error) : error;
+  if (original instanceof DomainError) {
+    return new GraphQLError(original.message, {
+      extensions: { code: original.code, ...(original.field ? { field: original.field } : {}) },
+      ...(error instanceof GraphQLError ? { nodes: error.nodes, path: error.path, positions: error.positions } : {}),
+    });
+  }
+  if (original instanceof GraphQLError && original.extensions?.code) return original;
+  return null;
+}

@@ -1,0 +1,54 @@
+// Shared list arguments (by key, project, route, run, model, time range) and the tenancy-scoped where they build.
+import type { InputFieldRef } from "@pothos/core";
+import { builder } from "../schema/builder.ts";
+import { tenancyWhere, type Viewer } from "../auth/index.ts";
+import { badInput } from "../errors.ts";
+
+export const RequestFilter = builder.inputType("RequestFilter", {
+  description: "Narrows receipts and failed requests. All given conditions must hold.",
+  fields: (t) => ({
+    keyId: t.id({ required: false }),
+    projectId: t.id({ required: false }),
+    routeId: t.id({ required: false }),
+    runId: t.id({ required: false }),
+    model: t.string({ required: false, description: "The requested (catalog) model." }),
+    from: t.field({ type: "DateTime", required: false, description: "Inclusive." }),
+    to: t.field({ type: "DateTime", required: false, description: "Exclusive." }),
+  }),
+});
+
+export interface RequestFilterInput {
+  keyId?: string | number | null;
+  projectId?: string | number | null;
+  routeId?: string | number | null;
+  runId?: string | number | null;
+  model?: string | null;
+  from?: Date | null;
+  to?: Date | null;
+}
+
+export function timeRange(from?: Date | null, to?: Date | null): { gte?: Date; lt?: Date } | undefined {
+  if (from && to && from >= to) throw badInput("to", "must be after from");
+  if (!from && !to) return undefined;
+  return { ...(from ? { gte: from } : {}), ...(to ? { lt: to } : {}) };
+}
+
+/** where for Receipt / FailedRequest lists: the filter AND what the viewer may see. */
+export function requestWhere(viewer: Viewer, filter: RequestFilterInput | null | undefined) {
+  const f = filter ?? {};
+  return {
+    AND: [
+      tenancyWhere(viewer),
+      {
+        ...(f.keyId ? { keyId: String(f.keyId) } : {}),
+        ...(f.projectId ? { projectId: String(f.projectId) } : {}),
+        ...(f.routeId ? { routeId: String(f.routeId) } : {}),
+        ...(f.runId ? { runId: String(f.runId) } : {}),
+        ...(f.model ? { requestedModel: f.model } : {}),
+        ...(timeRange(f.from, f.to) ? { createdAt: timeRange(f.from, f.to) } : {}),
+      },
+    ],
+  };
+}
+
+export type { InputFieldRef };

@@ -1,0 +1,128 @@
+import { builder } from "../schema/builder.ts";
+import { db } from "../db/index.ts";
+import { canRead, tenancyWhere } from "../auth/index.ts";
+import { changeKeyStatus, createApiKey, rotateKey, setKeyCaps } from "../keys/index.ts";
+import { notFound } from "../errors.ts";
+import { BalanceBucket, FailedChargePolicy } from "../generated/prisma/enums.ts";
+import { viewerOf } from "./viewer.ts";
+
+builder.queryFields((t) => ({
+  apiKeys: t.prismaConnection({
+    type: "ApiKey",
+    cursor: "id",
+    args: { projectId: t.arg.id({ required: false }) },
+    resolve: (query, _root, args, ctx) =>
+      db.apiKey.findMany({
+        ...query,
+        where: { ...tenancyWhere(viewerOf(ctx)), ...(args.projectId ? { projectId: String(args.projectId) } : {}) },
+        orderBy: [{ createdAt: "asc" }, { id: "asc" }],
+      }),
+    totalCount: (_conn, args, ctx) =>
+      db.apiKey.count({ where: { ...tenancyWhere(viewerOf(ctx)), ...(args.projectId ? { projectId: String(args.projectId) } : {}) } }),
+  }),
+  apiKey: t.prismaField({
+    type: "ApiKey",
+    args: { id: t.arg.id({ required: true }) },
+    resolve: async (query, _root, { id }, ctx) => {
+      const key = await db.apiKey.findUnique({ ...query, where: { id: String(id) } });
+      if (!key || !canRead(viewerOf(ctx), key.organizationId, key.projectId)) throw notFound("API key", String(id));
+      return key;
+    },
+  }),
+}));
+
+const KeyCapsFields = {
+  dailyCap: "Daily cap in the cap bucket's currency; null removes it.",
+  perRequestMaxCharge: "Largest worst-case charge one request may reserve; null removes it.",
+} as const;
+
+const CreateApiKeyInput = builder.inputType("CreateApiKeyInput", {
+  fields: (t) => ({
+    projectId: t.id({ required: true }),
+    name: t.string({ required: true }),
+    allowedModels: t.stringList({ required: false, description: "Empty or omitted = every routed model." }),
+    allowedBuckets: t.field({ type: [BalanceBucket], required: false, description: "Default both; the first is the key's primary bucket." }),
+    lowerCostRoutes: t.boolean({ required: false }),
+    backupRoutes: t.boolean({ required: false }),
+    dailyCap: t.field({ type: "Decimal", required: false, description: KeyCapsFields.dailyCap }),
+    perRequestMaxCharge: t.field({ type: "Decimal", required: false, description: KeyCapsFields.perRequestMaxCharge }),
+    capBucket: t.field({ type: BalanceBucket, required: false, description: "Bucket the caps count (default: primary bucket)." }),
+    retryCeiling: t.int({ required: false }),
+    failedChargePolicy: t.field({ type: FailedChargePolicy, required: false }),
+    expiresAt: t.field({ type: "DateTime", required: false }),
+  }),
+});
+
+const SetKeyCapsInput = builder.inputType("SetKeyCapsInput", {
+  description: "Omitted fields stay as they are; an explicit null removes a cap.",
+  fields: (t) => ({
+    keyId: t.id({ required: true }),
+    dailyCap: t.field({ type: "Decimal", required: false, description: KeyCapsFields.dailyCap }),
+    perRequestMaxCharge: t.field({ type: "Decimal", required: false, description: KeyCapsFields.perRequestMaxCharge }),
+    capBucket: t.field({ type: BalanceBucket, required: false }),
+    retryCeiling: t.int({ required: false }),
+    failedChargePolicy: t.field({ type: FailedChargePolicy, required: false }),
+    allowedModels: t.stringList({ required: false }),
+    allowedBuckets: t.field({ type: [BalanceBucket], required: false }),
+    lowerCostRoutes: t.boolean({ required: false }),
+    backupRoutes: t.boolean({ required: false }),
+    expiresAt: t.field({ type: "DateTime", required: false }),
+  }),
+});
+
+interface CreatedKey {
+  apiKeyId: string;
+  secret: string;
+}
+
+const CreatedApiKey = builder.objectRef<CreatedKey>("CreatedApiKey").implement({
+  description: "The secret is returned here only, never again: store it now.",
+  fields: (t) => ({
+    apiKey: t.prismaField({
+      type: "ApiKey",
+      resolve: (query, created) => db.apiKey.findUniqueOrThrow({ ...query, where: { id: created.apiKeyId } }),
+    }),
+    secret: t.exposeString("secret"),
+  }),
+});
+
+builder.mutationFields((t) => ({
+  createApiKey: t.field({
+    type: CreatedApiKey,
+    args: { input: t.arg({ type: CreateApiKeyInput, required: true }) },
+    resolve: async (_root, { input }, ctx) => {
+      const { apiKey, secret } = await createApiKey(viewerOf(ctx), { ...input, projectId: String(input.projectId) });
+      return { apiKeyId: apiKey.id, secret };
+    },
+  }),
+  setKeyCaps: t.prismaField({
+    type: "ApiKey",
+    args: { input: t.arg({ type: SetKeyCapsInput, required: true }) },
+    resolve: async (query, _root, { input }, ctx) => {
+      const key = await setKeyCaps(viewerOf(ctx), { ...input, keyId: String(input.keyId) });
+      return db.apiKey.findUniqueOrThrow({ ...query, where: { id: key.id } });
+    },
+  }),
+  ...Object.fromEntries(
+    (["pauseKey", "resumeKey", "revokeKey"] as const).map((action) => [
+      action,
+      t.prismaField({
+        type: "ApiKey",
+        args: { id: t.arg.id({ required: true }) },
+        resolve: async (query, _root, { id }, ctx) => {
+          const key = await changeKeyStatus(viewerOf(ctx), String(id), action);
+          return db.apiKey.findUniqueOrThrow({ ...query, where: { id: key.id } });
+        },
+      }),
+    ]),
+  ),
+  rotateKey: t.field({
+    type: CreatedApiKey,
+    description: "Issues a new secret; the previous one keeps working for graceSeconds (default 3600), then stops.",
+    args: { id: t.arg.id({ required: true }), graceSeconds: t.arg.int({ required: false }) },
+    resolve: async (_root, { id, graceSeconds }, ctx) => {
+      const { apiKey, secret } = await rotateKey(viewerOf(ctx), String(id), graceSeconds);
+      return { apiKeyId: apiKey.id, secret };
+    },
+  }),
+}));

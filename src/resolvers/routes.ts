@@ -1,0 +1,122 @@
+import { builder } from "../schema/builder.ts";
+import { db } from "../db/index.ts";
+import { canReadOrganization, isPlatform, tenancyWhere } from "../auth/index.ts";
+import { setPrice, setRouteLimits, upsertRoute } from "../routing/index.ts";
+import { forbidden, notFound } from "../errors.ts";
+import { BalanceBucket, Settlement } from "../generated/prisma/enums.ts";
+import { timeRange } from "./filters.ts";
+import { viewerOf } from "./viewer.ts";
+import type { Context } from "../schema/builder.ts";
+
+function orgWhere(ctx: Context) {
+  const viewer = viewerOf(ctx);
+  if (viewer.role === "PROJECT_VIEWER") throw forbidden("project viewers cannot read routes");
+  return isPlatform(viewer) ? {} : { organizationId: tenancyWhere(viewer).organizationId };
+}
+
+builder.queryFields((t) => ({
+  routes: t.prismaField({
+    type: ["Route"],
+    resolve: (query, _root, _args, ctx) => db.route.findMany({ ...query, where: orgWhere(ctx), orderBy: { model: "asc" } }),
+  }),
+  route: t.prismaField({
+    type: "Route",
+    args: { id: t.arg.id({ required: true }) },
+    resolve: async (query, _root, { id }, ctx) => {
+      const route = await db.route.findUnique({ ...query, where: { id: String(id) } });
+      if (!route || !canReadOrganization(viewerOf(ctx), route.organizationId)) throw notFound("route", String(id));
+      return route;
+    },
+  }),
+  priceSnapshots: t.prismaConnection({
+    type: "PriceSnapshot",
+    cursor: "id",
+    description: "Price history, newest first.",
+    args: {
+      channelId: t.arg.id({ required: false }),
+      routeId: t.arg.id({ required: false }),
+      from: t.arg({ type: "DateTime", required: false }),
+      to: t.arg({ type: "DateTime", required: false }),
+    },
+    resolve: (query, _root, args, ctx) =>
+      db.priceSnapshot.findMany({ ...query, where: priceWhere(ctx, args), orderBy: [{ validFrom: "desc" }, { id: "desc" }] }),
+    totalCount: (_c, args, ctx) => db.priceSnapshot.count({ where: priceWhere(ctx, args) }),
+  }),
+}));
+
+function priceWhere(ctx: Context, args: { channelId?: string | number | null; routeId?: string | number | null; from?: Date | null; to?: Date | null }) {
+  const range = timeRange(args.from, args.to);
+  return {
+    ...orgWhere(ctx),
+    ...(args.channelId ? { channelId: String(args.channelId) } : {}),
+    ...(args.routeId ? { channel: { routeId: String(args.routeId) } } : {}),
+    ...(range ? { validFrom: range } : {}),
+  };
+}
+
+const ChannelInput = builder.inputType("ChannelInput", {
+  fields: (t) => ({
+    name: t.string({ required: true }),
+    baseUrl: t.string({ required: true, description: "OpenAI-compatible base URL, e.g. https://api.example.com/v1" }),
+    apiKey: t.string({ required: false, description: "Upstream credential; encrypted at rest, never returned. Omit to keep the stored one." }),
+    upstreamModel: t.string({ required: true }),
+    settlement: t.field({ type: Settlement, required: false, description: "Default OFFICIAL (CREDIT bucket)." }),
+    priority: t.int({ required: false, description: "Lower is tried first; default: position in the list." }),
+  }),
+});
+
+const UpsertRouteInput = builder.inputType("UpsertRouteInput", {
+  fields: (t) => ({
+    organizationId: t.id({ required: false }),
+    model: t.string({ required: true, description: "The catalog model name clients request." }),
+    channels: t.field({ type: [ChannelInput], required: true }),
+    dailyCap: t.field({ type: "Decimal", required: false }),
+    capBucket: t.field({ type: BalanceBucket, required: false, description: "Bucket the daily cap counts (default: the primary channel's)." }),
+    defaultMaxTokens: t.int({ required: false }),
+  }),
+});
+
+const SetRouteLimitsInput = builder.inputType("SetRouteLimitsInput", {
+  fields: (t) => ({
+    routeId: t.id({ required: true }),
+    dailyCap: t.field({ type: "Decimal", required: false, description: "null removes the cap." }),
+    capBucket: t.field({ type: BalanceBucket, required: false }),
+    defaultMaxTokens: t.int({ required: false }),
+  }),
+});
+
+const SetPriceInput = builder.inputType("SetPriceInput", {
+  fields: (t) => ({
+    channelId: t.id({ required: true }),
+    inputPerMillion: t.field({ type: "Decimal", required: true }),
+    outputPerMillion: t.field({ type: "Decimal", required: true }),
+    validFrom: t.field({ type: "DateTime", required: false, description: "Default now." }),
+  }),
+});
+
+builder.mutationFields((t) => ({
+  upsertRoute: t.prismaField({
+    type: "Route",
+    args: { input: t.arg({ type: UpsertRouteInput, required: true }) },
+    resolve: async (query, _root, { input }, ctx) => {
+      const route = await upsertRoute(viewerOf(ctx), { ...input, organizationId: input.organizationId ? String(input.organizationId) : null });
+      return db.route.findUniqueOrThrow({ ...query, where: { id: route.id } });
+    },
+  }),
+  setRouteLimits: t.prismaField({
+    type: "Route",
+    args: { input: t.arg({ type: SetRouteLimitsInput, required: true }) },
+    resolve: async (query, _root, { input }, ctx) => {
+      const route = await setRouteLimits(viewerOf(ctx), { ...input, routeId: String(input.routeId) });
+      return db.route.findUniqueOrThrow({ ...query, where: { id: route.id } });
+    },
+  }),
+  setPrice: t.prismaField({
+    type: "PriceSnapshot",
+    args: { input: t.arg({ type: SetPriceInput, required: true }) },
+    resolve: async (query, _root, { input }, ctx) => {
+      const snapshot = await setPrice(viewerOf(ctx), { ...input, channelId: String(input.channelId) });
+      return db.priceSnapshot.findUniqueOrThrow({ ...query, where: { id: snapshot.id } });
+    },
+  }),
+}));

@@ -1,0 +1,237 @@
+// Routes (catalog model → ordered channels), channel credentials (encrypted at rest),
+// price snapshots (append-only history) and the route plan the gateway follows.
+import { db } from "../db/index.ts";
+import type { Channel, PriceSnapshot, Route } from "../generated/prisma/client.ts";
+import type { BalanceBucket, Settlement } from "../generated/prisma/enums.ts";
+import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";
+import { writeAudit } from "../audit/index.ts";
+import { capsOf, parseCapInput, setCap, type CapInput } from "../budgets/index.ts";
+import { badInput, notFound } from "../errors.ts";
+import { BUCKET_CURRENCY, parseMoney } from "../money.ts";
+import { CredentialCipher } from "../secrets.ts";
+
+export const bucketOf = (settlement: Settlement): BalanceBucket => (settlement === "OFFICIAL" ? "CREDIT" : "ROUTED");
+
+let cipher: CredentialCipher | null = null;
+export function configureCredentialSecret(secret: string): void {
+  cipher = new CredentialCipher(secret);
+}
+function credentialCipher(): CredentialCipher {
+  if (!cipher) throw new Error("TOKENGATE_SECRET is not configured");
+  return cipher;
+}
+export function channelCredential(channel: Pick<Channel, "apiKeyCiphertext">): string | null {
+  return channel.apiKeyCiphertext ? credentialCipher().decrypt(channel.apiKeyCiphertext) : null;
+}
+
+export interface ChannelInput {
+  name: string;
+  baseUrl: string;
+  apiKey?: string | null;
+  upstreamModel: string;
+  settlement?: Settlement | null;
+  priority?: number | null;
+}
+
+export interface UpsertRouteInput {
+  organizationId?: string | null;
+  model: string;
+  channels: ChannelInput[];
+  dailyCap?: CapInput;
+  /** The bucket dailyCap counts (default: the primary channel's bucket). */
+  capBucket?: BalanceBucket | null;
+  defaultMaxTokens?: number | null;
+}
+
+interface ValidChannel {
+  name: string;
+  baseUrl: string;
+  apiKey: string | null | undefined;
+  upstreamModel: string;
+  settlement: Settlement;
+  priority: number;
+}
+
+function validateChannel(c: ChannelInput, index: number): ValidChannel {
+  const field = `channels[${index}]`;
+  const name = c.name.trim();
+  if (!name || name.length > 100) throw badInput(`${field}.name`, "must be 1–100 characters");
+  let url: URL;
+  try {
+    url = new URL(c.baseUrl);
+  } catch {
+    throw badInput(`${field}.baseUrl`, "is not a URL");
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw badInput(`${field}.baseUrl`, "must be http or https");
+  const upstreamModel = c.upstreamModel.trim();
+  if (!upstreamModel) throw badInput(`${field}.upstreamModel`, "must not be empty");
+  const priority = c.priority ?? index;
+  if (!Number.isInteger(priority) || priority < 0 || priority > 10_000) throw badInput(`${field}.priority`, "must be an integer from 0 to 10000");
+  return { name, baseUrl: c.baseUrl.replace(/\/+$/, ""), apiKey: c.apiKey, upstreamModel, settlement: c.settlement ?? "OFFICIAL", priority };
+}
+
+function validateMaxTokens(value: number): number {
+  if (!Number.isInteger(value) || value < 1 || value > 1_000_000) throw badInput("defaultMaxTokens", "must be an integer from 1 to 1000000");
+  return value;
+}
+
+/** Creates or replaces a route by catalog model name. Channels are matched by name; ones left out are disabled (receipts keep pointing at them). */
+export async function upsertRoute(viewer: Viewer, input: UpsertRouteInput): Promise<Route> {
+  const organizationId = await resolveOrganizationId(viewer, input.organizationId);
+  assertCanWrite(viewer, organizationId);
+  const model = input.model.trim();
+  if (!model || model.length > 200) throw badInput("model", "must be 1–200 characters");
+  if (input.channels.length === 0) throw badInput("channels", "a route needs at least one channel");
+  const channels = input.channels.map(validateChannel);
+  const names = new Set(channels.map((c) => c.name));
+  if (names.size !== channels.length) throw badInput("channels", "channel names must be unique within a route");
+  const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
+  const defaultMaxTokens = input.defaultMaxTokens == null ? undefined : validateMaxTokens(input.defaultMaxTokens);
+  const encrypted = channels.map((c) => (c.apiKey ? credentialCipher().encrypt(c.apiKey) : c.apiKey));
+
+  return db.$transaction(async (tx) => {
+    const existing = await tx.route.findUnique({ where: { organizationId_model: { organizationId, model } }, include: { channels: true } });
+    const before = existing ? { ...existing, channels: existing.channels.map(redactChannel), caps: await capsOf(tx, existing.id) } : undefined;
+    const route = existing
+      ? await tx.route.update({ where: { id: existing.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}) } })
+      : await tx.route.create({ data: { organizationId, model, ...(defaultMaxTokens ? { defaultMaxTokens } : {}) } });
+    for (const [i, c] of channels.entries()) {
+      const data = {
+        baseUrl: c.baseUrl,
+        upstreamModel: c.upstreamModel,
+        settlement: c.settlement,
+        priority: c.priority,
+        enabled: true,
+        // undefined keeps the stored credential; null clears it.
+        ...(encrypted[i] !== undefined ? { apiKeyCiphertext: encrypted[i] } : {}),
+      };
+      await tx.channel.upsert({
+        where: { routeId_name: { routeId: route.id, name: c.name } },
+        create: { organizationId, routeId: route.id, name: c.name, ...data },
+        update: data,
+      });
+    }
+    await tx.channel.updateMany({ where: { routeId: route.id, name: { notIn: [...names] } }, data: { enabled: false } });
+    const primary = [...channels].sort((a, b) => a.priority - b.priority)[0]!;
+    await setCap(tx, { organizationId, scope: "ROUTE_DAILY", scopeId: route.id, bucket: input.capBucket ?? bucketOf(primary.settlement) }, dailyCap);
+    const after = await tx.route.findUniqueOrThrow({ where: { id: route.id }, include: { channels: true } });
+    await writeAudit(tx, viewer, {
+      organizationId,
+      action: "upsertRoute",
+      targetType: "Route",
+      targetId: route.id,
+      before,
+      after: { ...after, channels: after.channels.map(redactChannel), caps: await capsOf(tx, route.id) },
+    });
+    return route;
+  });
+}
+
+const redactChannel = (c: Channel) => ({ ...c, apiKeyCiphertext: c.apiKeyCiphertext ? "[encrypted]" : null });
+
+export async function setRouteLimits(
+  viewer: Viewer,
+  input: { routeId: string; dailyCap?: CapInput; capBucket?: BalanceBucket | null; defaultMaxTokens?: number | null },
+): Promise<Route> {
+  const route = await db.route.findUnique({ where: { id: input.routeId }, include: { channels: { orderBy: { priority: "asc" } } } });
+  if (!route) throw notFound("route", input.routeId);
+  assertCanWrite(viewer, route.organizationId);
+  const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
+  const defaultMaxTokens = input.defaultMaxTokens == null ? undefined : validateMaxTokens(input.defaultMaxTokens);
+  const bucket = input.capBucket ?? bucketOf(route.channels[0]?.settlement ?? "OFFICIAL");
+  return db.$transaction(async (tx) => {
+    const before = { defaultMaxTokens: route.defaultMaxTokens, caps: await capsOf(tx, route.id) };
+    const next = await tx.route.update({ where: { id: route.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}) } });
+    await setCap(tx, { organizationId: route.organizationId, scope: "ROUTE_DAILY", scopeId: route.id, bucket }, dailyCap);
+    await writeAudit(tx, viewer, {
+      organizationId: route.organizationId,
+      action: "setRouteLimits",
+      targetType: "Route",
+      targetId: route.id,
+      before,
+      after: { defaultMaxTokens: next.defaultMaxTokens, caps: await capsOf(tx, route.id) },
+    });
+    return next;
+  });
+}
+
+/** Records a new price for a channel, in its bucket's currency. Earlier snapshots are never changed. */
+export async function setPrice(
+  viewer: Viewer,
+  input: { channelId: string; inputPerMillion: string; outputPerMillion: string; validFrom?: Date | null },
+): Promise<PriceSnapshot> {
+  const channel = await db.channel.findUnique({ where: { id: input.channelId }, include: { route: true } });
+  if (!channel) throw notFound("channel", input.channelId);
+  assertCanWrite(viewer, channel.route.organizationId);
+  const inputPerMillion = parseMoney(input.inputPerMillion, "inputPerMillion");
+  const outputPerMillion = parseMoney(input.outputPerMillion, "outputPerMillion");
+  const bucket = bucketOf(channel.settlement);
+  return db.$transaction(async (tx) => {
+    const snapshot = await tx.priceSnapshot.create({
+      data: {
+        organizationId: channel.organizationId,
+        channelId: channel.id,
+        bucket,
+        currency: BUCKET_CURRENCY[bucket],
+        inputPerMillion,
+        outputPerMillion,
+        validFrom: input.validFrom ?? new Date(),
+        createdById: viewer.tokenId,
+      },
+    });
+    await writeAudit(tx, viewer, {
+      organizationId: channel.route.organizationId,
+      action: "setPrice",
+      targetType: "Channel",
+      targetId: channel.id,
+      after: snapshot,
+    });
+    return snapshot;
+  });
+}
+
+/** The snapshot in force at `at` (latest validFrom ≤ at), or null when the channel is unpriced. */
+export async function currentPrice(channelId: string, at = new Date()): Promise<PriceSnapshot | null> {
+  return db.priceSnapshot.findFirst({
+    where: { channelId, validFrom: { lte: at } },
+    orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }],
+  });
+}
+
+export interface PlannedChannel {
+  channel: Channel;
+  price: PriceSnapshot | null;
+  bucket: BalanceBucket;
+  role: "PRIMARY" | "BACKUP";
+}
+
+export interface RoutePlan {
+  route: Route;
+  /** Enabled channels by priority, with their current price. */
+  channels: PlannedChannel[];
+}
+
+/** The route for a catalog model in an organization, with its enabled channels in order. */
+export async function planRoute(organizationId: string, model: string, at = new Date()): Promise<RoutePlan | null> {
+  const route = await db.route.findUnique({
+    where: { organizationId_model: { organizationId, model } },
+    include: {
+      channels: {
+        where: { enabled: true },
+        orderBy: [{ priority: "asc" }, { createdAt: "asc" }],
+        include: { priceSnapshots: { where: { validFrom: { lte: at } }, orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }], take: 1 } },
+      },
+    },
+  });
+  if (!route) return null;
+  const { channels, ...rest } = route;
+  return {
+    route: rest,
+    channels: channels.map(({ priceSnapshots, ...channel }, i) => ({
+      channel,
+      price: priceSnapshots[0] ?? null,
+      bucket: bucketOf(channel.settlement),
+      role: i === 0 ? "PRIMARY" : "BACKUP",
+    })),
+  };
+}

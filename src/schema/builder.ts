@@ -1,0 +1,81 @@
+// The Pothos builder: plugins, scalars' TypeScript shapes, context and auth scopes. Defines no types.
+import SchemaBuilder from "@pothos/core";
+import PrismaPlugin from "@pothos/plugin-prisma";
+import RelayPlugin from "@pothos/plugin-relay";
+import ScopeAuthPlugin from "@pothos/plugin-scope-auth";
+import { GraphQLError } from "graphql";
+import type PrismaTypes from "../generated/pothos-types.ts";
+import { getDatamodel } from "../generated/pothos-types.ts";
+import { db } from "../db/index.ts";
+import { canRead, type Viewer } from "../auth/index.ts";
+import type { Loaders } from "./loaders.ts";
+
+export interface Context {
+  viewer: Viewer | null;
+  loaders: Loaders;
+}
+
+/** Rows that belong to an organization and possibly a project: what tenancy checks look at. */
+export interface Owned {
+  organizationId: string | null;
+  projectId?: string | null;
+}
+
+export const builder = new SchemaBuilder<{
+  Context: Context;
+  PrismaTypes: PrismaTypes;
+  Scalars: {
+    Decimal: { Input: string; Output: string };
+    DateTime: { Input: Date; Output: Date };
+    JSON: { Input: unknown; Output: unknown };
+  };
+  AuthScopes: {
+    authenticated: boolean;
+    /** Platform or organization admin: may run mutations (the domain checks the target's organization). */
+    admin: boolean;
+    platform: boolean;
+    /** May read this organization / project's rows. */
+    owns: Owned;
+  };
+  Connection: { totalCount: number | (() => number | Promise<number>) };
+  DefaultFieldNullability: false;
+  DefaultEdgesNullability: { list: false; items: false };
+  DefaultNodeNullability: false;
+}>({
+  defaultFieldNullability: false,
+  plugins: [ScopeAuthPlugin, PrismaPlugin, RelayPlugin],
+  prisma: {
+    client: () => db,
+    dmmf: getDatamodel(),
+    filterConnectionTotalCount: true,
+    onUnusedQuery: null,
+  },
+  relay: {
+    clientMutationId: "omit",
+    cursorType: "String",
+    edgesFieldOptions: { nullable: { list: false, items: false } },
+    nodeFieldOptions: { nullable: false },
+  },
+  scopeAuth: {
+    authorizeOnSubscribe: true,
+    runScopesOnType: true,
+    authScopes: (context) => ({
+      authenticated: context.viewer !== null,
+      admin: context.viewer?.role === "PLATFORM_ADMIN" || context.viewer?.role === "ORG_ADMIN",
+      platform: context.viewer?.role === "PLATFORM_ADMIN",
+      owns: (row: Owned) => context.viewer !== null && canRead(context.viewer, row.organizationId, row.projectId),
+    }),
+    unauthorizedError: (_parent, context) =>
+      context.viewer
+        ? new GraphQLError("not allowed for this token", { extensions: { code: "FORBIDDEN" } })
+        : new GraphQLError("authentication required: send Authorization: Bearer <admin token>", {
+            extensions: { code: "UNAUTHENTICATED" },
+          }),
+  },
+});
+
+builder.globalConnectionField("totalCount", (t) =>
+  t.int({
+    resolve: (parent) => (typeof parent.totalCount === "function" ? parent.totalCount() : parent.totalCount),
+  }),
+);

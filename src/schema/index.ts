@@ -1,0 +1,29 @@
+// Imports every type and resolver file and builds the schema. Imported by no type file.
+import { lexicographicSortSchema, printSchema, type GraphQLSchema } from "graphql";
+import { builder } from "./builder.ts";
+import "./types/common.ts";
+import "./types/organization.ts";
+import "./types/wallet.ts";
+import "./types/project.ts";
+import "./types/api-key.ts";
+import "./types/route.ts";
+import "./types/channel.ts";
+import "./types/price-snapshot.ts";
+import "./types/receipt.ts";
+import "./types/failed-request.ts";
+import "./types/ledger-entry.ts";
+import "./types/run.ts";
+import "./types/audit-entry.ts";
+import "../resolvers/root.ts";
+import "../resolvers/admin.ts";
+import "../resolvers/budgets.ts";
+import "../resolvers/keys.ts";
+import "../resolvers/ledger.ts";
+import "../resolvers/routes.ts";
+import "../resolvers/runs.ts";
+import "../resolvers/analytics.ts";
+
+export const schema: GraphQLSchema = builder.toSchema();
+
+/** The committed SDL (schema.graphql) is exactly this; a test fails when they differ. */
+export const printedSchema = (): string => `${printSchema(lexicographicSortSchema(schema))}\n`;

@@ -1,0 +1,52 @@
+// Per-request batching for values that are not Prisma relations (caps and spend counters),
+// so a list of 50 keys with their spend costs two queries, not a hundred.
+import DataLoader from "dataloader";
+import { db } from "../db/index.ts";
+import type { BudgetCap } from "../generated/prisma/client.ts";
+import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
+import { windowFor, type ScopeSpend } from "../accounting/index.ts";
+import type { BudgetStatus } from "../budgets/index.ts";
+
+interface CounterKey {
+  scope: CapScope;
+  scopeId: string;
+  bucket: BalanceBucket;
+  windowStart: Date;
+}
+
+const counterKey = (k: CounterKey) => `${k.scope}|${k.scopeId}|${k.bucket}|${k.windowStart.toISOString()}`;
+
+export function createLoaders() {
+  const caps = new DataLoader<string, BudgetCap[]>(async (scopeIds) => {
+    const rows = await db.budgetCap.findMany({ where: { scopeId: { in: [...scopeIds] } } });
+    return scopeIds.map((id) => rows.filter((r) => r.scopeId === id));
+  });
+  const counters = new DataLoader<CounterKey, ScopeSpend, string>(
+    async (keys) => {
+      const rows = await db.spendCounter.findMany({
+        where: { OR: keys.map((k) => ({ scope: k.scope, scopeId: k.scopeId, bucket: k.bucket, windowStart: k.windowStart })) },
+      });
+      const byKey = new Map(rows.map((r) => [counterKey(r), r]));
+      return keys.map((k) => {
+        const row = byKey.get(counterKey(k));
+        return { spent: row?.spent ?? 0n, held: row?.held ?? 0n };
+      });
+    },
+    { cacheKeyFn: counterKey },
+  );
+  return {
+    caps,
+    counters,
+    async budget(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date()): Promise<BudgetStatus> {
+      const [spend, scopeCaps] = await Promise.all([
+        counters.load({ scope, scopeId, bucket, windowStart: windowFor(scope, now) }),
+        caps.load(scopeId),
+      ]);
+      const cap = scopeCaps.find((c) => c.scope === scope && c.bucket === bucket)?.amount ?? null;
+      const left = cap === null ? null : cap - spend.spent - spend.held;
+      return { scope, bucket, cap, remaining: left === null ? null : left > 0n ? left : 0n, ...spend };
+    },
+  };
+}
+
+export type Loaders = ReturnType<typeof createLoaders>;

@@ -1,0 +1,78 @@
+import { builder } from "../builder.ts";
+import { BudgetStatusRef, MoneyRef, moneyOf, moneyOrNull } from "./common.ts";
+import { BalanceBucket, FailedChargePolicy, KeyStatus } from "../../generated/prisma/enums.ts";
+import { primaryBucket } from "../../keys/index.ts";
+
+builder.prismaObject("ApiKey", {
+  description: "A key's whole operating surface: what it may call, which balance it spends, its caps, and what it has spent.",
+  authScopes: (k) => ({ owns: { organizationId: k.organizationId, projectId: k.projectId } }),
+  fields: (t) => {
+    const bucketArg = { bucket: t.arg({ type: BalanceBucket, required: false, description: "Default: the key's first allowed bucket." }) };
+    return {
+      id: t.exposeID("id"),
+      name: t.exposeString("name"),
+      prefix: t.exposeString("prefix", { description: "The start of the secret, for recognising it (the secret itself is never shown again)." }),
+      last4: t.exposeString("last4"),
+      status: t.field({ type: KeyStatus, resolve: (k) => k.status }),
+      project: t.relation("project"),
+      allowedModels: t.exposeStringList("allowedModels", { description: "Empty = every model routed for the organization." }),
+      allowedBuckets: t.field({ type: [BalanceBucket], resolve: (k) => k.allowedBuckets }),
+      lowerCostRoutes: t.exposeBoolean("lowerCostRoutes", { description: "May use ROUTED (lower-cost) channels." }),
+      backupRoutes: t.exposeBoolean("backupRoutes", { description: "May fall back to backup channels." }),
+      retryCeiling: t.exposeInt("retryCeiling"),
+      failedChargePolicy: t.field({ type: FailedChargePolicy, resolve: (k) => k.failedChargePolicy }),
+      expiresAt: t.expose("expiresAt", { type: "DateTime", nullable: true }),
+      dailyCap: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        resolve: async (k, { bucket }, ctx) => {
+          const b = bucket ?? primaryBucket(k);
+          return moneyOrNull((await ctx.loaders.budget("KEY_DAILY", k.id, b)).cap, b);
+        },
+      }),
+      perRequestMaxCharge: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        resolve: async (k, { bucket }, ctx) => {
+          const b = bucket ?? primaryBucket(k);
+          return moneyOrNull((await ctx.loaders.budget("KEY_PER_REQUEST", k.id, b)).cap, b);
+        },
+      }),
+      spendToday: t.field({
+        type: MoneyRef,
+        args: bucketArg,
+        description: "Settled spend in the current UTC day.",
+        resolve: async (k, { bucket }, ctx) => {
+          const b = bucket ?? primaryBucket(k);
+          return moneyOf((await ctx.loaders.budget("KEY_DAILY", k.id, b)).spent, b);
+        },
+      }),
+      remainingToday: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        description: "Daily cap − spent − held; null when uncapped.",
+        resolve: async (k, { bucket }, ctx) => {
+          const b = bucket ?? primaryBucket(k);
+          return moneyOrNull((await ctx.loaders.budget("KEY_DAILY", k.id, b)).remaining, b);
+        },
+      }),
+      budgets: t.field({
+        type: [BudgetStatusRef],
+        description: "Daily window of this key in each allowed bucket.",
+        resolve: (k, _args, ctx) => Promise.all(k.allowedBuckets.map((b) => ctx.loaders.budget("KEY_DAILY", k.id, b))),
+      }),
+      receipts: t.relatedConnection("receipts", { cursor: "id", totalCount: true, query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] } }),
+      failedRequests: t.relatedConnection("failedRequests", {
+        cursor: "id",
+        totalCount: true,
+        query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] },
+      }),
+      runs: t.relatedConnection("runs", { cursor: "id", totalCount: true, query: { orderBy: { createdAt: "desc" } } }),
+      createdAt: t.expose("createdAt", { type: "DateTime" }),
+      updatedAt: t.expose("updatedAt", { type: "DateTime" }),
+    };
+  },
+});

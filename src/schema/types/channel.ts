@@ -1,0 +1,40 @@
+import { builder } from "../builder.ts";
+import { BalanceBucket, HealthState, Settlement } from "../../generated/prisma/enums.ts";
+import { bucketOf } from "../../routing/index.ts";
+import { db } from "../../db/index.ts";
+
+builder.prismaObject("Channel", {
+  description: "One upstream that can serve a route. Its credential is encrypted at rest and never returned.",
+  authScopes: (c) => ({ owns: { organizationId: c.organizationId } }),
+  fields: (t) => ({
+    id: t.exposeID("id"),
+    name: t.exposeString("name"),
+    route: t.relation("route"),
+    priority: t.exposeInt("priority", { description: "Lower is tried first; the first enabled channel is the primary." }),
+    settlement: t.field({ type: Settlement, resolve: (c) => c.settlement }),
+    bucket: t.field({ type: BalanceBucket, resolve: (c) => bucketOf(c.settlement) }),
+    baseUrl: t.exposeString("baseUrl"),
+    upstreamModel: t.exposeString("upstreamModel"),
+    hasCredential: t.boolean({ resolve: (c) => c.apiKeyCiphertext !== null }),
+    enabled: t.exposeBoolean("enabled"),
+    health: t.field({ type: HealthState, resolve: (c) => c.health }),
+    healthChangedAt: t.expose("healthChangedAt", { type: "DateTime" }),
+    currentPrice: t.prismaField({
+      type: "PriceSnapshot",
+      nullable: true,
+      description: "The snapshot requests are priced with now (null = unpriced: requests are refused).",
+      resolve: (query, channel) =>
+        db.priceSnapshot.findFirst({
+          ...query,
+          where: { channelId: channel.id, validFrom: { lte: new Date() } },
+          orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }],
+        }),
+    }),
+    priceHistory: t.relatedConnection("priceSnapshots", {
+      cursor: "id",
+      totalCount: true,
+      query: { orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }] },
+    }),
+    createdAt: t.expose("createdAt", { type: "DateTime" }),
+  }),
+});

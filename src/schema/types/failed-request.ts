@@ -1,0 +1,34 @@
+import { builder } from "../builder.ts";
+import { MoneyRef, moneyOf } from "./common.ts";
+import { BalanceBucket, CapScope, FailureCause } from "../../generated/prisma/enums.ts";
+
+builder.prismaObject("FailedRequest", {
+  description: "A request that did not complete: why (cause, and for budget refusals which cap), where, and what it was charged under the key's policy.",
+  // Unattributed failures (unknown keys) have no organization: only platform admins see them.
+  authScopes: (f) => ({ owns: { organizationId: f.organizationId, projectId: f.projectId } }),
+  fields: (t) => ({
+    id: t.exposeID("id"),
+    requestId: t.exposeString("requestId"),
+    key: t.relation("key", { nullable: true }),
+    project: t.relation("project", { nullable: true }),
+    run: t.relation("run", { nullable: true }),
+    route: t.relation("route", { nullable: true }),
+    channel: t.relation("channel", { nullable: true }),
+    requestedModel: t.exposeString("requestedModel", { nullable: true }),
+    endpoint: t.exposeString("endpoint"),
+    cause: t.field({ type: FailureCause, resolve: (f) => f.cause }),
+    capScope: t.field({ type: CapScope, nullable: true, resolve: (f) => f.capScope }),
+    message: t.exposeString("message"),
+    httpStatus: t.exposeInt("httpStatus"),
+    upstreamStatus: t.exposeInt("upstreamStatus", { nullable: true }),
+    attempts: t.exposeInt("attempts"),
+    bucket: t.field({ type: BalanceBucket, nullable: true, resolve: (f) => f.bucket }),
+    promptTokens: t.exposeInt("promptTokens"),
+    completionTokens: t.exposeInt("completionTokens"),
+    priceSnapshot: t.relation("priceSnapshot", { nullable: true }),
+    charge: t.field({ type: MoneyRef, resolve: (f) => moneyOf(f.charge, f.bucket ?? "CREDIT") }),
+    estimated: t.exposeBoolean("estimated", { description: "The charge was computed from streamed text, not upstream-reported usage." }),
+    ledgerEntry: t.relation("ledgerEntry", { nullable: true }),
+    createdAt: t.expose("createdAt", { type: "DateTime" }),
+  }),
+});

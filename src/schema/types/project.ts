@@ -1,0 +1,88 @@
+import { builder } from "../builder.ts";
+import { BudgetStatusRef, MoneyRef, moneyOf, moneyOrNull } from "./common.ts";
+import { BalanceBucket } from "../../generated/prisma/enums.ts";
+
+builder.prismaObject("Project", {
+  authScopes: (p) => ({ owns: { organizationId: p.organizationId, projectId: p.id } }),
+  fields: (t) => {
+    const bucketArg = { bucket: t.arg({ type: BalanceBucket, required: false, description: "Default CREDIT." }) };
+    return {
+      id: t.exposeID("id"),
+      name: t.exposeString("name"),
+      organization: t.relation("organization"),
+      createdAt: t.expose("createdAt", { type: "DateTime" }),
+      dailyCap: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        resolve: async (p, { bucket }, ctx) => {
+          const b = bucket ?? "CREDIT";
+          return moneyOrNull((await ctx.loaders.budget("PROJECT_DAILY", p.id, b)).cap, b);
+        },
+      }),
+      monthlyCap: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        resolve: async (p, { bucket }, ctx) => {
+          const b = bucket ?? "CREDIT";
+          return moneyOrNull((await ctx.loaders.budget("PROJECT_MONTHLY", p.id, b)).cap, b);
+        },
+      }),
+      spendToday: t.field({
+        type: MoneyRef,
+        args: bucketArg,
+        description: "Settled spend in the current UTC day (requests in flight are in `budgets.held`).",
+        resolve: async (p, { bucket }, ctx) => {
+          const b = bucket ?? "CREDIT";
+          return moneyOf((await ctx.loaders.budget("PROJECT_DAILY", p.id, b)).spent, b);
+        },
+      }),
+      remainingToday: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        description: "Daily cap − spent − held; null when uncapped.",
+        resolve: async (p, { bucket }, ctx) => {
+          const b = bucket ?? "CREDIT";
+          return moneyOrNull((await ctx.loaders.budget("PROJECT_DAILY", p.id, b)).remaining, b);
+        },
+      }),
+      spendThisMonth: t.field({
+        type: MoneyRef,
+        args: bucketArg,
+        resolve: async (p, { bucket }, ctx) => {
+          const b = bucket ?? "CREDIT";
+          return moneyOf((await ctx.loaders.budget("PROJECT_MONTHLY", p.id, b)).spent, b);
+        },
+      }),
+      remainingThisMonth: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        resolve: async (p, { bucket }, ctx) => {
+          const b = bucket ?? "CREDIT";
+          return moneyOrNull((await ctx.loaders.budget("PROJECT_MONTHLY", p.id, b)).remaining, b);
+        },
+      }),
+      budgets: t.field({
+        type: [BudgetStatusRef],
+        description: "Every window of this project in both buckets.",
+        resolve: (p, _args, ctx) =>
+          Promise.all(
+            (["PROJECT_DAILY", "PROJECT_MONTHLY"] as const).flatMap((scope) =>
+              (["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget(scope, p.id, b)),
+            ),
+          ),
+      }),
+      apiKeys: t.relatedConnection("apiKeys", { cursor: "id", totalCount: true, query: { orderBy: { createdAt: "asc" } } }),
+      receipts: t.relatedConnection("receipts", { cursor: "id", totalCount: true, query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] } }),
+      failedRequests: t.relatedConnection("failedRequests", {
+        cursor: "id",
+        totalCount: true,
+        query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] },
+      }),
+      runs: t.relatedConnection("runs", { cursor: "id", totalCount: true, query: { orderBy: { createdAt: "desc" } } }),
+    };
+  },
+});

@@ -1,0 +1,33 @@
+import { builder } from "../builder.ts";
+import { MoneyRef, moneyOf } from "./common.ts";
+import { BalanceBucket, ChannelRole } from "../../generated/prisma/enums.ts";
+
+builder.prismaObject("Receipt", {
+  description: "What one completed request cost and why: the route and channel it took, its tokens, the price it was charged at and its ledger entry.",
+  authScopes: (r) => ({ owns: { organizationId: r.organizationId, projectId: r.projectId } }),
+  fields: (t) => ({
+    id: t.exposeID("id"),
+    requestId: t.exposeString("requestId"),
+    key: t.relation("key"),
+    project: t.relation("project"),
+    run: t.relation("run", { nullable: true }),
+    route: t.relation("route"),
+    channel: t.relation("channel"),
+    requestedModel: t.exposeString("requestedModel"),
+    upstreamModel: t.exposeString("upstreamModel"),
+    endpoint: t.exposeString("endpoint"),
+    channelRole: t.field({ type: ChannelRole, resolve: (r) => r.channelRole }),
+    fallback: t.exposeBoolean("fallback", { description: "True when an earlier channel failed and another one answered." }),
+    attempts: t.exposeInt("attempts"),
+    bucket: t.field({ type: BalanceBucket, resolve: (r) => r.bucket }),
+    promptTokens: t.exposeInt("promptTokens"),
+    completionTokens: t.exposeInt("completionTokens"),
+    priceSnapshot: t.relation("priceSnapshot"),
+    charge: t.field({ type: MoneyRef, resolve: (r) => moneyOf(r.charge, r.bucket) }),
+    stream: t.exposeBoolean("stream"),
+    latencyMs: t.exposeInt("latencyMs"),
+    status: t.exposeInt("status"),
+    ledgerEntry: t.relation("ledgerEntry", { nullable: true }),
+    createdAt: t.expose("createdAt", { type: "DateTime" }),
+  }),
+});

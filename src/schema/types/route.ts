@@ -1,0 +1,56 @@
+import { builder } from "../builder.ts";
+import { BudgetStatusRef, MoneyRef, moneyOf, moneyOrNull } from "./common.ts";
+import { BalanceBucket } from "../../generated/prisma/enums.ts";
+
+builder.prismaObject("Route", {
+  description: "A catalog model clients request, and the channels that serve it in priority order.",
+  authScopes: (r) => ({ owns: { organizationId: r.organizationId } }),
+  fields: (t) => {
+    const bucketArg = { bucket: t.arg({ type: BalanceBucket, required: false, description: "Default CREDIT." }) };
+    return {
+      id: t.exposeID("id"),
+      model: t.exposeString("model"),
+      defaultMaxTokens: t.exposeInt("defaultMaxTokens", { description: "Output bound reserved for requests without max_tokens." }),
+      channels: t.relation("channels", {
+        args: { includeDisabled: t.arg.boolean({ required: false }) },
+        query: (args) => ({
+          where: args.includeDisabled ? {} : { enabled: true },
+          orderBy: [{ priority: "asc" }, { createdAt: "asc" }],
+        }),
+      }),
+      dailyCap: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        resolve: async (r, { bucket }, ctx) => {
+          const b = bucket ?? "CREDIT";
+          return moneyOrNull((await ctx.loaders.budget("ROUTE_DAILY", r.id, b)).cap, b);
+        },
+      }),
+      spendToday: t.field({
+        type: MoneyRef,
+        args: bucketArg,
+        resolve: async (r, { bucket }, ctx) => {
+          const b = bucket ?? "CREDIT";
+          return moneyOf((await ctx.loaders.budget("ROUTE_DAILY", r.id, b)).spent, b);
+        },
+      }),
+      remainingToday: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        resolve: async (r, { bucket }, ctx) => {
+          const b = bucket ?? "CREDIT";
+          return moneyOrNull((await ctx.loaders.budget("ROUTE_DAILY", r.id, b)).remaining, b);
+        },
+      }),
+      budgets: t.field({
+        type: [BudgetStatusRef],
+        resolve: (r, _args, ctx) => Promise.all((["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget("ROUTE_DAILY", r.id, b))),
+      }),
+      receipts: t.relatedConnection("receipts", { cursor: "id", totalCount: true, query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] } }),
+      createdAt: t.expose("createdAt", { type: "DateTime" }),
+      updatedAt: t.expose("updatedAt", { type: "DateTime" }),
+    };
+  },
+});

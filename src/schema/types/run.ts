@@ -1,0 +1,28 @@
+import { builder } from "../builder.ts";
+import { BudgetStatusRef } from "./common.ts";
+import { RunMode, RunStatus } from "../../generated/prisma/enums.ts";
+
+builder.prismaObject("Run", {
+  description: "An agent or research run with its own cap; requests sent with x-run-id count against it.",
+  authScopes: (r) => ({ owns: { organizationId: r.organizationId, projectId: r.projectId } }),
+  fields: (t) => ({
+    id: t.exposeID("id"),
+    key: t.relation("key"),
+    project: t.relation("project"),
+    mode: t.field({ type: RunMode, resolve: (r) => r.mode }),
+    status: t.field({ type: RunStatus, resolve: (r) => r.status }),
+    budgets: t.field({
+      type: [BudgetStatusRef],
+      description: "The run's total cap and spend in each bucket.",
+      resolve: (r, _args, ctx) => Promise.all((["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget("RUN_TOTAL", r.id, b))),
+    }),
+    receipts: t.relatedConnection("receipts", { cursor: "id", totalCount: true, query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] } }),
+    failedRequests: t.relatedConnection("failedRequests", {
+      cursor: "id",
+      totalCount: true,
+      query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] },
+    }),
+    createdAt: t.expose("createdAt", { type: "DateTime" }),
+    endedAt: t.expose("endedAt", { type: "DateTime", nullable: true }),
+  }),
+});

@@ -1,0 +1,26 @@
+import { builder } from "../builder.ts";
+import { MoneyRef, moneyOf } from "./common.ts";
+import { BalanceBucket } from "../../generated/prisma/enums.ts";
+
+builder.prismaObject("WalletBucket", {
+  name: "WalletBalance",
+  description: "One balance bucket: balance is the sum of its ledger entries; held is reserved by requests in flight; available = balance − held.",
+  authScopes: (b) => ({ owns: { organizationId: b.organizationId } }),
+  fields: (t) => ({
+    bucket: t.field({ type: BalanceBucket, resolve: (b) => b.bucket }),
+    currency: t.exposeString("currency"),
+    balance: t.field({ type: MoneyRef, resolve: (b) => moneyOf(b.balance, b.bucket) }),
+    held: t.field({ type: MoneyRef, resolve: (b) => moneyOf(b.held, b.bucket) }),
+    available: t.field({ type: MoneyRef, resolve: (b) => moneyOf(b.balance - b.held, b.bucket) }),
+    updatedAt: t.expose("updatedAt", { type: "DateTime" }),
+  }),
+});
+
+builder.prismaObject("Wallet", {
+  authScopes: (w) => ({ owns: { organizationId: w.organizationId } }),
+  fields: (t) => ({
+    id: t.exposeID("id"),
+    organization: t.relation("organization"),
+    balances: t.relation("buckets", { query: { orderBy: { bucket: "asc" } } }),
+  }),
+});
