@@ -6,6 +6,9 @@ import { defineConfig } from "vitest/config";
 const dbSuites = ["test/**/*.db.test.ts"];
 
 export default defineConfig({
+  // One copy of graphql-js: vite would otherwise load its ESM build for our code and the CJS build
+  // for dependencies, and graphql-js refuses types "from another module or realm".
+  resolve: { alias: [{ find: /^graphql$/, replacement: "graphql/index.js" }] },
   test: {
     testTimeout: 60_000,
     hookTimeout: 120_000,

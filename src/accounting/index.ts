@@ -35,8 +35,15 @@ export function windowFor(scope: CapScope, now: Date): Date {
 }
 
 /** Turns the SQL functions' TG_* exceptions into domain errors. */
+/** The database's own message, wherever the driver adapter put it (adapters differ). */
+function databaseMessage(error: unknown): string {
+  const meta = (error as { meta?: { driverAdapterError?: { cause?: { message?: string; originalMessage?: string } } } }).meta;
+  const cause = meta?.driverAdapterError?.cause;
+  return [error instanceof Error ? error.message : String(error), cause?.message, cause?.originalMessage].filter(Boolean).join(" ");
+}
+
 export function translateDbError(error: unknown): never {
-  const message = error instanceof Error ? `${error.message} ${String((error as { cause?: unknown }).cause ?? "")}` : String(error);
+  const message = databaseMessage(error);
   const match = /TG_([A-Z_]+): ([^\n"]*)/.exec(message);
   if (match) {
     const [, code, detail] = match;
@@ -48,7 +55,7 @@ export function translateDbError(error: unknown): never {
       case "INSUFFICIENT_BALANCE":
         throw new DomainError("BAD_USER_INPUT", `amount: ${detail!.trim()}`, "amount");
       default:
-        break;
+        throw new Error(`TG_${code}: ${detail!.trim()}`, { cause: error });
     }
   }
   throw error;

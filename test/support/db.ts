@@ -43,7 +43,9 @@ export async function createTestDatabase(options: TestDatabaseOptions = {}): Pro
       ...database,
       url: databaseUrl,
       openSecondClient: async () => {
-        const second = await openDatabase({ databaseUrl, migrate: false, poolSize: options.poolSize ?? 20 });
+        const opened = await openDatabase({ databaseUrl, migrate: false, poolSize: options.poolSize ?? 20 });
+        let closing: Promise<void> | null = null;
+        const second = { ...opened, close: () => (closing ??= opened.close()) };
         seconds.push(second);
         return second;
       },

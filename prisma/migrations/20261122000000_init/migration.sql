@@ -655,7 +655,7 @@ DECLARE
   v_used bigint;
   v_run_status "RunStatus";
   v_hold text;
-  s record;
+  sc record;
 BEGIN
   IF p_amount IS NULL OR p_amount < 0 THEN
     RAISE EXCEPTION 'TG_BAD_AMOUNT: reservation amount must be >= 0';
@@ -679,16 +679,16 @@ BEGIN
     END IF;
   END IF;
 
-  FOR s IN SELECT * FROM tg_hold_scopes(p_key_id, p_project_id, p_route_id, p_run_id, v_day, v_month) LOOP
+  FOR sc IN SELECT * FROM tg_hold_scopes(p_key_id, p_project_id, p_route_id, p_run_id, v_day, v_month) LOOP
     INSERT INTO "SpendCounter" (scope, "scopeId", bucket, "windowStart")
-      VALUES (s.scope, s.scope_id, v_bucket, s.window_start) ON CONFLICT DO NOTHING;
+      VALUES (sc.scope, sc.scope_id, v_bucket, sc.window_start) ON CONFLICT DO NOTHING;
     SELECT c.spent + c.held INTO v_used FROM "SpendCounter" c
-     WHERE c.scope = s.scope AND c."scopeId" = s.scope_id AND c.bucket = v_bucket AND c."windowStart" = s.window_start
+     WHERE c.scope = sc.scope AND c."scopeId" = sc.scope_id AND c.bucket = v_bucket AND c."windowStart" = sc.window_start
      FOR UPDATE;
     SELECT c.amount INTO v_cap FROM "BudgetCap" c
-     WHERE c.scope = s.scope AND c."scopeId" = s.scope_id AND c.bucket = v_bucket;
+     WHERE c.scope = sc.scope AND c."scopeId" = sc.scope_id AND c.bucket = v_bucket;
     IF v_cap IS NOT NULL AND v_used + p_amount > v_cap THEN
-      RETURN QUERY SELECT NULL::text, s.scope::text; RETURN;
+      RETURN QUERY SELECT NULL::text, sc.scope::text; RETURN;
     END IF;
   END LOOP;
 
@@ -698,8 +698,8 @@ BEGIN
 
   UPDATE "WalletBucket" SET held = held + p_amount, "updatedAt" = p_now WHERE id = p_bucket_id;
   UPDATE "SpendCounter" c SET held = c.held + p_amount
-    FROM tg_hold_scopes(p_key_id, p_project_id, p_route_id, p_run_id, v_day, v_month) s
-   WHERE c.scope = s.scope AND c."scopeId" = s.scope_id AND c.bucket = v_bucket AND c."windowStart" = s.window_start;
+    FROM tg_hold_scopes(p_key_id, p_project_id, p_route_id, p_run_id, v_day, v_month) hs
+   WHERE c.scope = hs.scope AND c."scopeId" = hs.scope_id AND c.bucket = v_bucket AND c."windowStart" = hs.window_start;
   INSERT INTO "Hold" (id, "requestId", "bucketId", "keyId", "projectId", "routeId", "runId",
                       amount, "dayStart", "monthStart", "expiresAt", "createdAt")
     VALUES (gen_random_uuid()::text, p_request_id, p_bucket_id, p_key_id, p_project_id, p_route_id, p_run_id,
@@ -737,8 +737,8 @@ BEGIN
   UPDATE "WalletBucket" SET balance = balance - v_charge, held = held - h.amount, "updatedAt" = p_now
    WHERE id = h."bucketId" RETURNING balance, bucket, "organizationId" INTO v_balance, v_bucket, v_org;
   UPDATE "SpendCounter" c SET held = c.held - h.amount, spent = c.spent + v_charge
-    FROM tg_hold_scopes(h."keyId", h."projectId", h."routeId", h."runId", h."dayStart", h."monthStart") s
-   WHERE c.scope = s.scope AND c."scopeId" = s.scope_id AND c.bucket = v_bucket AND c."windowStart" = s.window_start;
+    FROM tg_hold_scopes(h."keyId", h."projectId", h."routeId", h."runId", h."dayStart", h."monthStart") hs
+   WHERE c.scope = hs.scope AND c."scopeId" = hs.scope_id AND c.bucket = v_bucket AND c."windowStart" = hs.window_start;
   IF v_charge > 0 THEN
     INSERT INTO "LedgerEntry" (id, "organizationId", "bucketId", kind, amount, "balanceAfter", "idempotencyKey",
                                "receiptId", "failedRequestId", "holdId", "createdAt")

@@ -1,0 +1,55 @@
+// Lists must not do N+1 queries: the statement count for a page of keys is small and flat.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "./support/db.ts";
+import * as f from "./support/fixtures.ts";
+import { gqlOk, token } from "./support/graphql.ts";
+import { fakeReceipt } from "./support/records.ts";
+
+let database: TestDatabase;
+let statements: string[] = [];
+let adminToken: string;
+
+beforeAll(async () => {
+  database = await createTestDatabase({ onQuery: (sql) => statements.push(sql) });
+  const w = await f.world();
+  const { route, channels } = await f.route(w.viewer, w.org.id, "gpt-test", [
+    { name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "gpt-test-upstream", price: ["1", "2"] },
+  ]);
+  const price = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: channels[0]!.id } });
+  // 50 keys over 5 projects, each with a few receipts.
+  const projects = [w.project, ...(await Promise.all([1, 2, 3, 4].map(() => f.project(w.viewer, w.org.id))))];
+  for (let i = 0; i < 49; i++) {
+    const { apiKey } = await f.apiKey(w.viewer, projects[i % 5]!.id, { dailyCap: "5" });
+    for (let r = 0; r < (i % 3) + 1; r++) await fakeReceipt(apiKey, route.id, channels[0]!.id, price.id, 10n);
+  }
+  adminToken = await token("ORG_ADMIN", w.org.id);
+});
+afterAll(() => database.dispose());
+
+const QUERY = `query($first: Int!) {
+  apiKeys(first: $first) {
+    totalCount
+    edges { node { id name project { id name } receipts(first: 5) { totalCount edges { node { id charge { amount } } } } spendToday { amount } dailyCap { amount } } }
+  }
+}`;
+
+async function countStatements(first: number): Promise<{ count: number; keys: number }> {
+  statements = [];
+  const data = await gqlOk(adminToken, QUERY, { first });
+  if (process.env.SHOW_SQL) console.log(statements.length, statements.map((s) => s.slice(0, 90)));
+  return { count: statements.length, keys: data.apiKeys.edges.length };
+}
+
+describe("listing keys with their project and receipts", () => {
+  it("takes a handful of statements, the same for 5 keys as for 50", async () => {
+    const small = await countStatements(5);
+    const large = await countStatements(50);
+    expect(small.keys).toBe(5);
+    expect(large.keys).toBe(50);
+    // auth lookup, keys page (+ project + receipts + counts in plugin-prisma's batched queries),
+    // totalCount, caps and counters through dataloaders.
+    expect(large.count).toBeGreaterThan(2); // the counter sees statements at all
+    expect(large.count).toBeLessThanOrEqual(12);
+    expect(large.count).toBe(small.count);
+  });
+});
