@@ -42,7 +42,7 @@ builder.queryFields((t) => ({
       to: t.arg({ type: "DateTime", required: false }),
     },
     resolve: (query, _root, args, ctx) =>
-      db.ledgerEntry.findMany({ ...query, where: ledgerWhere(viewerOf(ctx), args), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
+      db.ledgerEntry.findMany({ ...query, where: ledgerWhere(viewerOf(ctx), args), orderBy: { sequence: "desc" } }),
     totalCount: (_c, args, ctx) => db.ledgerEntry.count({ where: ledgerWhere(viewerOf(ctx), args) }),
   }),
 }));

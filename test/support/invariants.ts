@@ -21,7 +21,7 @@ export async function ledgerViolations(database: Pick<Database, "sql">): Promise
   // Each entry's running balance is the balance after it, in order.
   for (const row of await q<{ id: string }>(`
     SELECT e.id FROM (
-      SELECT id, "balanceAfter", SUM(amount) OVER (PARTITION BY "bucketId" ORDER BY "createdAt", id) AS running
+      SELECT id, "balanceAfter", SUM(amount) OVER (PARTITION BY "bucketId" ORDER BY sequence) AS running
         FROM "LedgerEntry") e
      WHERE e."balanceAfter" <> e.running`)) {
     violations.push(`ledger entry ${row.id}: balanceAfter differs from the running sum`);

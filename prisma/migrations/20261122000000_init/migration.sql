@@ -93,6 +93,7 @@ CREATE TABLE "LedgerEntry" (
     "id" TEXT NOT NULL DEFAULT gen_random_uuid()::text,
     "organizationId" TEXT NOT NULL,
     "bucketId" TEXT NOT NULL,
+    "sequence" BIGSERIAL NOT NULL,
     "kind" "LedgerKind" NOT NULL,
     "amount" BIGINT NOT NULL,
     "balanceAfter" BIGINT NOT NULL,
@@ -359,6 +360,9 @@ CREATE UNIQUE INDEX "Wallet_organizationId_key" ON "Wallet"("organizationId");
 
 -- CreateIndex
 CREATE UNIQUE INDEX "WalletBucket_walletId_bucket_key" ON "WalletBucket"("walletId", "bucket");
+
+-- CreateIndex
+CREATE UNIQUE INDEX "LedgerEntry_sequence_key" ON "LedgerEntry"("sequence");
 
 -- CreateIndex
 CREATE UNIQUE INDEX "LedgerEntry_idempotencyKey_key" ON "LedgerEntry"("idempotencyKey");
