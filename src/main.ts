@@ -40,6 +40,9 @@ async function serve(config: Config): Promise<void> {
   const { configureKeyCache } = await import("./keys/index.ts");
   const { startHoldSweeper } = await import("./accounting/index.ts");
   const { startServer } = await import("./server.ts");
+  const { configureEvents, closeEvents } = await import("./events/index.ts");
+  await configureEvents(config.redisUrl);
+  if (config.redisUrl) console.log("events: Redis pub/sub (REDIS_URL)");
   configureCredentialSecret(await credentialSecret(config));
   configureKeyCache(config.keyCacheTtlMs);
   const { generatedSecret } = await bootstrapAdmin(config.adminToken);
@@ -58,6 +61,7 @@ async function serve(config: Config): Promise<void> {
     console.log(`${signal}: shutting down`);
     stopSweeper();
     await running.close();
+    await closeEvents();
     await database.close();
     process.exit(0);
   };

@@ -1,4 +1,6 @@
 // Minimal Prometheus exposition of process-level counters.
+import { listenerCount } from "./events/index.ts";
+
 export const metrics = {
   startedAt: Date.now(),
   gatewayRequests: 0,
@@ -12,6 +14,9 @@ export const metrics = {
       "# HELP tokengate_graphql_requests_total HTTP requests received on /graphql.",
       "# TYPE tokengate_graphql_requests_total counter",
       `tokengate_graphql_requests_total ${this.graphqlRequests}`,
+      "# HELP tokengate_event_listeners Live event listeners (one per open subscription).",
+      "# TYPE tokengate_event_listeners gauge",
+      `tokengate_event_listeners ${listenerCount()}`,
       "# HELP process_resident_memory_bytes Resident memory size in bytes.",
       "# TYPE process_resident_memory_bytes gauge",
       `process_resident_memory_bytes ${mem.rss}`,

@@ -52,7 +52,7 @@ describe("200 concurrent reservations from two clients", () => {
     expect(admitted).toHaveLength(FITS);
     expect([...refusals]).toEqual([kind]);
 
-    const scopeFor: Record<Kind, [CapScope, string]> = {
+    const scopeFor: Partial<Record<Kind, [CapScope, string]>> = {
       KEY_DAILY: ["KEY_DAILY", w.key.id],
       PROJECT_DAILY: ["PROJECT_DAILY", w.project.id],
       PROJECT_MONTHLY: ["PROJECT_MONTHLY", w.project.id],
@@ -60,7 +60,7 @@ describe("200 concurrent reservations from two clients", () => {
       RUN_TOTAL: ["RUN_TOTAL", run.id],
       INSUFFICIENT_BALANCE: ["KEY_DAILY", w.key.id],
     };
-    const [scope, scopeId] = scopeFor[kind];
+    const [scope, scopeId] = scopeFor[kind]!;
     expect(await scopeSpend(scope, scopeId, "CREDIT")).toEqual({ spent: 0n, held: AMOUNT * BigInt(FITS) });
 
     // Settling them all, concurrently too, lands exactly at the cap and never past it.

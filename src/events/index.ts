@@ -1,19 +1,112 @@
 // Typed events, published only after the transaction that caused them committed.
-// In-process by default; with REDIS_URL every instance receives every event (configureEvents).
-import { createPubSub, type PubSub } from "graphql-yoga";
+// In-process by default; with REDIS_URL (configureEvents) every instance receives every event.
+// Payloads are JSON-safe (money as micro-unit strings) so they cross Redis unchanged.
+import { createPubSub, type PubSub, type PubSubEventTarget } from "graphql-yoga";
 
 export interface KeyChangedEvent {
   keyId: string;
   status: string;
 }
 
+/** After every settled or failed request: what it cost and where its key / project stand. */
+export interface SpendEvent {
+  organizationId: string;
+  projectId: string;
+  keyId: string;
+  requestId: string;
+  bucket: "CREDIT" | "ROUTED";
+  /** micro-units */
+  charge: string;
+  keySpendToday: string;
+  keyRemainingToday: string | null;
+  projectSpendToday: string;
+  projectRemainingToday: string | null;
+  status: "SETTLED" | "FAILED";
+  at: string;
+}
+
+export interface RouteHealthEvent {
+  organizationId: string;
+  routeId: string;
+  channelId: string;
+  state: "HEALTHY" | "DEGRADED" | "DOWN";
+  previousState: "HEALTHY" | "DEGRADED" | "DOWN";
+  successRate: number;
+  p50LatencyMs: number;
+  at: string;
+}
+
+export interface ReceiptCreatedEvent {
+  organizationId: string;
+  projectId: string;
+  keyId: string;
+  receiptId: string;
+}
+
+export interface BudgetAlertEvent {
+  organizationId: string;
+  projectId: string | null;
+  scope: string;
+  scopeId: string;
+  bucket: "CREDIT" | "ROUTED";
+  threshold: number;
+  /** micro-units */
+  spent: string;
+  cap: string;
+  windowStart: string;
+}
+
 export type Topics = {
   keyChanged: [KeyChangedEvent];
+  spend: [SpendEvent];
+  routeHealth: [RouteHealthEvent];
+  receiptCreated: [ReceiptCreatedEvent];
+  budgetAlert: [BudgetAlertEvent];
 };
 
-export let events: PubSub<Topics> = createPubSub<Topics>();
+type Target = PubSubEventTarget<Topics>;
 
-/** Replaces the event bus (e.g. a Redis-backed one); call before anything subscribes. */
-export function setEventBus(bus: PubSub<Topics>): void {
-  events = bus;
+/**
+ * Wraps the event target to count live listeners: subscriptions that end must remove theirs
+ * (a leak test and /metrics read this).
+ */
+function counting(target: Target): { target: Target; count: () => number } {
+  let listeners = 0;
+  const wrapped: Target = {
+    addEventListener: (type, listener, options) => {
+      listeners++;
+      target.addEventListener(type, listener, options);
+    },
+    removeEventListener: (type, listener, options) => {
+      listeners--;
+      target.removeEventListener(type, listener, options);
+    },
+    dispatchEvent: (event) => target.dispatchEvent(event),
+  };
+  return { target: wrapped, count: () => listeners };
+}
+
+let counter = counting(new EventTarget() as unknown as Target);
+export let events: PubSub<Topics> = createPubSub<Topics>({ eventTarget: counter.target });
+let closeTransport: () => Promise<void> = async () => {};
+
+export const listenerCount = (): number => counter.count();
+
+/** Switches to Redis pub/sub; call before anything subscribes. */
+export async function configureEvents(redisUrl: string | undefined): Promise<void> {
+  if (!redisUrl) return;
+  const [{ Redis }, { createRedisEventTarget }] = await Promise.all([import("ioredis"), import("@graphql-yoga/redis-event-target")]);
+  const publishClient = new Redis(redisUrl, { maxRetriesPerRequest: 3 });
+  const subscribeClient = new Redis(redisUrl, { maxRetriesPerRequest: 3 });
+  await Promise.all([publishClient.ping(), subscribeClient.ping()]);
+  counter = counting(createRedisEventTarget<Parameters<Target["dispatchEvent"]>[0]>({ publishClient, subscribeClient }) as Target);
+  events = createPubSub<Topics>({ eventTarget: counter.target });
+  closeTransport = async () => {
+    publishClient.disconnect();
+    subscribeClient.disconnect();
+  };
+}
+
+export async function closeEvents(): Promise<void> {
+  await closeTransport();
 }

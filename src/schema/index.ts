@@ -22,6 +22,7 @@ import "../resolvers/ledger.ts";
 import "../resolvers/routes.ts";
 import "../resolvers/runs.ts";
 import "../resolvers/analytics.ts";
+import "../resolvers/live.ts";
 
 export const schema: GraphQLSchema = builder.toSchema();
 

@@ -1,0 +1,159 @@
+// Channel health: a rolling window of outcomes per channel → HEALTHY / DEGRADED / DOWN, with
+// hysteresis so it does not flap. A DOWN channel is skipped until its cool-down ends; then one
+// probe request goes through (half-open): success starts recovery, failure restarts the cool-down.
+// Every state change is stored (Channel.health, ChannelHealthEvent) and published.
+import { db } from "../db/index.ts";
+import type { HealthState } from "../generated/prisma/enums.ts";
+import { events } from "../events/index.ts";
+
+export interface HealthConfig {
+  /** Outcomes kept per channel. */
+  window: number;
+  /** Consecutive failures that take a channel DOWN. */
+  downAfter: number;
+  /** Consecutive successes needed to climb one step (DOWN → DEGRADED → HEALTHY). */
+  recoverAfter: number;
+  /** Success rate under which a channel is DEGRADED (needs minSamples outcomes). */
+  degradedBelow: number;
+  minSamples: number;
+  /** How long a DOWN channel rests before a probe. */
+  cooldownMs: number;
+}
+
+export function healthConfigFromEnv(env: NodeJS.ProcessEnv = process.env): HealthConfig {
+  const num = (name: string, fallback: number) => {
+    const raw = env[name];
+    const value = raw === undefined || raw === "" ? fallback : Number(raw);
+    if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number`);
+    return value;
+  };
+  return {
+    window: num("HEALTH_WINDOW", 20),
+    downAfter: num("HEALTH_DOWN_AFTER", 3),
+    recoverAfter: num("HEALTH_RECOVER_AFTER", 3),
+    degradedBelow: num("HEALTH_DEGRADED_BELOW", 0.8),
+    minSamples: num("HEALTH_MIN_SAMPLES", 5),
+    cooldownMs: num("HEALTH_COOLDOWN_MS", 10_000),
+  };
+}
+
+interface Outcome {
+  ok: boolean;
+  latencyMs: number;
+}
+
+interface ChannelState {
+  state: HealthState;
+  outcomes: Outcome[];
+  consecutiveFailures: number;
+  consecutiveSuccesses: number;
+  downSince: number;
+  probeInFlight: boolean;
+}
+
+export interface ChannelRef {
+  id: string;
+  routeId: string;
+  organizationId: string;
+  health: HealthState;
+}
+
+export type Admission = "yes" | "probe" | "no";
+
+export class HealthTracker {
+  private readonly channels = new Map<string, ChannelState>();
+  constructor(readonly config: HealthConfig) {}
+
+  private stateOf(channel: ChannelRef): ChannelState {
+    let s = this.channels.get(channel.id);
+    if (!s) {
+      // Start from the stored state (another instance, or before a restart, may have seen it fail).
+      s = { state: channel.health, outcomes: [], consecutiveFailures: 0, consecutiveSuccesses: 0, downSince: 0, probeInFlight: false };
+      this.channels.set(channel.id, s);
+    }
+    return s;
+  }
+
+  /** May a request use this channel now? "probe" means: yes, as the single half-open trial. */
+  admit(channel: ChannelRef, now = Date.now()): Admission {
+    const s = this.stateOf(channel);
+    if (s.state !== "DOWN") return "yes";
+    if (s.probeInFlight || now - s.downSince < this.config.cooldownMs) return "no";
+    s.probeInFlight = true;
+    return "probe";
+  }
+
+  snapshot(channelId: string): { successRate: number; p50LatencyMs: number; state: HealthState | null } {
+    const s = this.channels.get(channelId);
+    if (!s) return { successRate: 1, p50LatencyMs: 0, state: null };
+    return { ...stats(s.outcomes), state: s.state };
+  }
+
+  /** Records an attempt's outcome; stores and publishes the new state if it changed. */
+  async record(channel: ChannelRef, outcome: Outcome, now = Date.now()): Promise<HealthState> {
+    const s = this.stateOf(channel);
+    s.probeInFlight = false;
+    s.outcomes.push(outcome);
+    if (s.outcomes.length > this.config.window) s.outcomes.shift();
+    if (outcome.ok) {
+      s.consecutiveSuccesses++;
+      s.consecutiveFailures = 0;
+    } else {
+      s.consecutiveFailures++;
+      s.consecutiveSuccesses = 0;
+    }
+    const previous = s.state;
+    s.state = this.next(s, previous);
+    if (s.state === "DOWN" && (previous !== "DOWN" || !outcome.ok)) s.downSince = now;
+    if (s.state !== previous) await this.persist(channel, previous, s, now);
+    return s.state;
+  }
+
+  private next(s: ChannelState, current: HealthState): HealthState {
+    const { successRate } = stats(s.outcomes);
+    const c = this.config;
+    if (s.consecutiveFailures >= c.downAfter) return "DOWN";
+    if (current === "DOWN") {
+      // Leave DOWN only on a successful probe, and only one step.
+      return s.consecutiveSuccesses >= 1 ? "DEGRADED" : "DOWN";
+    }
+    const poor = s.outcomes.length >= c.minSamples && successRate < c.degradedBelow;
+    // One failure is noise; two in a row, or a poor rate over the window, is degradation.
+    if (current === "HEALTHY") return poor || s.consecutiveFailures >= 2 ? "DEGRADED" : "HEALTHY";
+    // DEGRADED: climb back only after a run of successes and a good rate (hysteresis).
+    if (s.consecutiveSuccesses >= c.recoverAfter && !poor) return "HEALTHY";
+    return "DEGRADED";
+  }
+
+  private async persist(channel: ChannelRef, previous: HealthState, s: ChannelState, now: number): Promise<void> {
+    const { successRate, p50LatencyMs } = stats(s.outcomes);
+    const at = new Date(now);
+    await db.$transaction([
+      db.channel.update({ where: { id: channel.id }, data: { health: s.state, healthChangedAt: at } }),
+      db.channelHealthEvent.create({ data: { channelId: channel.id, fromState: previous, toState: s.state, successRate, p50LatencyMs, createdAt: at } }),
+    ]);
+    events.publish("routeHealth", {
+      organizationId: channel.organizationId,
+      routeId: channel.routeId,
+      channelId: channel.id,
+      state: s.state,
+      previousState: previous,
+      successRate,
+      p50LatencyMs,
+      at: at.toISOString(),
+    });
+  }
+}
+
+function stats(outcomes: Outcome[]): { successRate: number; p50LatencyMs: number } {
+  if (outcomes.length === 0) return { successRate: 1, p50LatencyMs: 0 };
+  const ok = outcomes.filter((o) => o.ok).length;
+  const latencies = outcomes.map((o) => o.latencyMs).sort((a, b) => a - b);
+  return { successRate: ok / outcomes.length, p50LatencyMs: Math.round(latencies[Math.floor((latencies.length - 1) / 2)]!) };
+}
+
+export let health = new HealthTracker(healthConfigFromEnv());
+
+export function configureHealth(config: HealthConfig): void {
+  health = new HealthTracker(config);
+}

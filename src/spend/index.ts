@@ -1,0 +1,129 @@
+// After a request settles or fails: tell dashboards what it cost and where its key and project
+// now stand (read from the same counters the caps use), and announce budget thresholds crossed.
+// Call only after the transaction that charged it has committed.
+import { db } from "../db/index.ts";
+import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
+import { dayStart, monthStart } from "../accounting/index.ts";
+import { events, type SpendEvent } from "../events/index.ts";
+
+export const ALERT_THRESHOLDS = [50, 80, 100] as const;
+
+export interface SpendOutcome {
+  organizationId: string;
+  projectId: string;
+  keyId: string;
+  routeId: string | null;
+  requestId: string;
+  bucket: BalanceBucket;
+  charge: bigint;
+  status: SpendEvent["status"];
+  receiptId?: string | null;
+  now?: Date;
+}
+
+interface ScopeRow {
+  scope: CapScope;
+  scope_id: string;
+  window_start: Date;
+  spent: bigint;
+  held: bigint;
+  cap: bigint | null;
+}
+
+/** The windows a request touched, with spent / held / cap, in one query. */
+async function scopeStates(o: SpendOutcome, now: Date): Promise<ScopeRow[]> {
+  const day = dayStart(now);
+  const month = monthStart(now);
+  const wanted: Array<[CapScope, string | null, Date]> = [
+    ["KEY_DAILY", o.keyId, day],
+    ["PROJECT_DAILY", o.projectId, day],
+    ["PROJECT_MONTHLY", o.projectId, month],
+    ["ROUTE_DAILY", o.routeId, day],
+  ];
+  const present = wanted.filter((w): w is [CapScope, string, Date] => w[1] !== null);
+  const rows = await db.$queryRawUnsafe<Array<{ scope: CapScope; scope_id: string; spent: string | null; held: string | null; cap: string | null }>>(
+    `SELECT w.scope, w.scope_id, c.spent::text, c.held::text, cap.amount::text AS cap
+       FROM unnest($1::"CapScope"[], $2::text[], $3::timestamptz[]) AS w(scope, scope_id, window_start)
+       LEFT JOIN "SpendCounter" c ON c.scope = w.scope AND c."scopeId" = w.scope_id AND c.bucket = $4::"BalanceBucket"
+                                 AND c."windowStart" = (w.window_start AT TIME ZONE 'UTC')
+       LEFT JOIN "BudgetCap" cap ON cap.scope = w.scope AND cap."scopeId" = w.scope_id AND cap.bucket = $4::"BalanceBucket"`,
+    present.map((p) => p[0]),
+    present.map((p) => p[1]),
+    present.map((p) => p[2].toISOString()),
+    o.bucket,
+  );
+  return rows.map((r) => ({
+    scope: r.scope,
+    scope_id: r.scope_id,
+    window_start: present.find((p) => p[0] === r.scope)![2],
+    spent: BigInt(r.spent ?? 0),
+    held: BigInt(r.held ?? 0),
+    cap: r.cap === null ? null : BigInt(r.cap),
+  }));
+}
+
+const remaining = (s: ScopeRow | undefined): string | null => {
+  if (!s || s.cap === null) return null;
+  const left = s.cap - s.spent - s.held;
+  return (left > 0n ? left : 0n).toString();
+};
+
+export async function announceSpend(o: SpendOutcome): Promise<void> {
+  const now = o.now ?? new Date();
+  const states = await scopeStates(o, now);
+  const key = states.find((s) => s.scope === "KEY_DAILY");
+  const project = states.find((s) => s.scope === "PROJECT_DAILY");
+  events.publish("spend", {
+    organizationId: o.organizationId,
+    projectId: o.projectId,
+    keyId: o.keyId,
+    requestId: o.requestId,
+    bucket: o.bucket,
+    charge: o.charge.toString(),
+    keySpendToday: (key?.spent ?? 0n).toString(),
+    keyRemainingToday: remaining(key),
+    projectSpendToday: (project?.spent ?? 0n).toString(),
+    projectRemainingToday: remaining(project),
+    status: o.status,
+    at: now.toISOString(),
+  });
+  if (o.receiptId) {
+    events.publish("receiptCreated", { organizationId: o.organizationId, projectId: o.projectId, keyId: o.keyId, receiptId: o.receiptId });
+  }
+  if (o.charge > 0n) await announceThresholds(o, states);
+}
+
+/** Each threshold of each capped window is announced once: the unique row decides, across instances. */
+async function announceThresholds(o: SpendOutcome, states: ScopeRow[]): Promise<void> {
+  for (const s of states) {
+    if (s.cap === null || s.cap === 0n) continue;
+    for (const threshold of ALERT_THRESHOLDS) {
+      if (s.spent * 100n < BigInt(threshold) * s.cap) continue;
+      const inserted = await db.$queryRawUnsafe<Array<{ id: string }>>(
+        `INSERT INTO "BudgetAlert" ("organizationId", scope, "scopeId", bucket, "windowStart", threshold, spent, cap)
+         VALUES ($1, $2::"CapScope", $3, $4::"BalanceBucket", $5::timestamptz AT TIME ZONE 'UTC', $6, $7::bigint, $8::bigint)
+         ON CONFLICT DO NOTHING RETURNING id`,
+        o.organizationId,
+        s.scope,
+        s.scope_id,
+        o.bucket,
+        s.window_start.toISOString(),
+        threshold,
+        s.spent.toString(),
+        s.cap.toString(),
+      );
+      if (inserted.length === 0) continue;
+      events.publish("budgetAlert", {
+        organizationId: o.organizationId,
+        projectId: s.scope === "ROUTE_DAILY" ? null : o.projectId,
+        scope: s.scope,
+        scopeId: s.scope_id,
+        bucket: o.bucket,
+        threshold,
+        spent: s.spent.toString(),
+        cap: s.cap.toString(),
+        windowStart: s.window_start.toISOString(),
+      });
+    }
+  }
+}
