@@ -1,6 +1,7 @@
 // Typed events, published only after the transaction that caused them committed.
 // In-process by default; with REDIS_URL (configureEvents) every instance receives every event.
 // Payloads are JSON-safe (money as micro-unit strings) so they cross Redis unchanged.
+import { setMaxListeners } from "node:events";
 import { createPubSub, type PubSub, type PubSubEventTarget } from "graphql-yoga";
 
 export interface KeyChangedEvent {
@@ -86,7 +87,14 @@ function counting(target: Target): { target: Target; count: () => number } {
   return { target: wrapped, count: () => listeners };
 }
 
-let counter = counting(new EventTarget() as unknown as Target);
+function localTarget(): Target {
+  const target = new EventTarget();
+  // One listener per open subscription: thousands are normal, not a leak (listenerCount watches for leaks).
+  setMaxListeners(0, target);
+  return target as unknown as Target;
+}
+
+let counter = counting(localTarget());
 export let events: PubSub<Topics> = createPubSub<Topics>({ eventTarget: counter.target });
 let closeTransport: () => Promise<void> = async () => {};
 

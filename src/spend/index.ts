@@ -43,13 +43,12 @@ async function scopeStates(o: SpendOutcome, now: Date): Promise<ScopeRow[]> {
   const present = wanted.filter((w): w is [CapScope, string, Date] => w[1] !== null);
   const rows = await db.$queryRawUnsafe<Array<{ scope: CapScope; scope_id: string; spent: string | null; held: string | null; cap: string | null }>>(
     `SELECT w.scope, w.scope_id, c.spent::text, c.held::text, cap.amount::text AS cap
-       FROM unnest($1::"CapScope"[], $2::text[], $3::timestamptz[]) AS w(scope, scope_id, window_start)
-       LEFT JOIN "SpendCounter" c ON c.scope = w.scope AND c."scopeId" = w.scope_id AND c.bucket = $4::"BalanceBucket"
+       FROM jsonb_to_recordset($1::jsonb) AS w(scope "CapScope", scope_id text, window_start timestamptz)
+       LEFT JOIN "SpendCounter" c ON c.scope = w.scope AND c."scopeId" = w.scope_id AND c.bucket = $2::"BalanceBucket"
                                  AND c."windowStart" = (w.window_start AT TIME ZONE 'UTC')
-       LEFT JOIN "BudgetCap" cap ON cap.scope = w.scope AND cap."scopeId" = w.scope_id AND cap.bucket = $4::"BalanceBucket"`,
-    present.map((p) => p[0]),
-    present.map((p) => p[1]),
-    present.map((p) => p[2].toISOString()),
+       LEFT JOIN "BudgetCap" cap ON cap.scope = w.scope AND cap."scopeId" = w.scope_id AND cap.bucket = $2::"BalanceBucket"`,
+    // JSON rather than array parameters: the driver adapters disagree on how arrays are sent.
+    JSON.stringify(present.map(([scope, scope_id, window]) => ({ scope, scope_id, window_start: window.toISOString() }))),
     o.bucket,
   );
   return rows.map((r) => ({
