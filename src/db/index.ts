@@ -105,6 +105,17 @@ export async function openDatabase(options: OpenOptions = {}): Promise<Database>
  */
 export let db: PrismaClient;
 
+let installed: Database | null = null;
+
 export function useDatabase(database: Database): void {
   db = database.prisma;
+  installed = database;
+}
+
+/**
+ * The database installed by useDatabase. The gateway's hot path sends its few raw SQL statements
+ * straight to the driver (pg pool / PGlite), skipping Prisma's per-query plan compilation.
+ */
+export function currentDatabase(): Database | null {
+  return installed;
 }

@@ -1,20 +1,185 @@
-// OpenAI-compatible passthrough (/v1/*). Placeholder until the passthrough lands: answers 501
-// in OpenAI's error shape so SDKs show a clear message.
+// The OpenAI-compatible passthrough (/v1/*): POST /v1/chat/completions (stream or not),
+// POST /v1/embeddings, GET /v1/models[/{id}]. The server hands every /v1/ request here with its
+// body unread. Every response carries x-request-id; every request that names a key or a model
+// ends as exactly one Receipt or FailedRequest, and never leaves a hold open.
+//
+// Decisions (README material):
+// - Order: key check (cached ≤ 1 s, cleared by keyChanged events) → body (≤ MAX_BODY_BYTES, else
+//   413; bad JSON 400) → allowed models (403) → route (404) → usable channels (buckets,
+//   lower-cost ROUTED routes, backup routes; none → 403) → priced channels (none → 503
+//   price_unknown, fail closed: an unpriced channel is never called) → x-run-id (must be this
+//   key's run, else 404 run_not_found; not ACTIVE → 402 run_cancelled) → worst case → reserve →
+//   upstream → receipt + settle, or FailedRequest + release.
+// - Worst case = requestCharge(price, prompt bound, output bound). Prompt bound = gpt-tokenizer
+//   count (o200k, chat framing, tools) + 10 % + 16 tokens; output bound = max(max_tokens,
+//   max_completion_tokens) or the route's defaultMaxTokens, × n. A charge never exceeds its hold.
+// - Refusals: 402 budget_exceeded (the FailedRequest names the cap scope, KEY_PER_REQUEST for the
+//   key's per-request maximum), 402 insufficient_balance, 402 run_cancelled (not 409: SDKs retry 409).
+// - Fallback: channels in priority order; connect errors, timeouts, 5xx, 429, and 401/403/404
+//   (a channel's credential or model is wrong, not the request) move to the next channel, up to
+//   1 + retryCeiling attempts; any other 4xx is the request's fault and is passed back as it came.
+//   A fallback keeps the hold if it covers the next channel's worst case in the same bucket,
+//   else releases it and reserves anew. Exhausted: 504 upstream_timeout if the last failure was a
+//   timeout, else 502 upstream_error (429 if the last upstream answer was 429).
+// - Failed-request charge policy applies to the request's final failure once an attempt reached
+//   the upstream: NEVER 0; PROMPT_TOKENS prompt × input price; FULL_USAGE prompt and generated
+//   tokens (upstream usage if reported, else counted from the streamed text, estimated = true).
+//   Failed attempts followed by a successful fallback are not charged: the receipt is the charge.
+// - Streams: stream_options.include_usage is forced upstream; the usage chunk reaches the client
+//   only if it asked. Headers (x-tokengate-currency / -bucket / -route (route id) / -channel /
+//   -upstream-model / -attempts / -fallback) go out with the first upstream bytes; the final
+//   charge comes after the receipt committed, as an SSE comment `: tokengate-charge=<amount>
+//   currency=<code>` right before `data: [DONE]`, and as the HTTP trailer x-tokengate-charge.
+//   A stream cut or stalled after it started ends with an SSE error event (OpenAI SDKs raise it)
+//   and no [DONE]. A client that hangs up aborts the upstream call (CLIENT_CLOSED, recorded 499).
+// - Timeouts (config.upstream): connect, first byte, idle between chunks, total per attempt.
+// - Hot path: keys and route plans are cached ≤ 1 s; reservations and receipts are group-committed
+//   (one statement and one WAL flush per batch) and sent straight to the driver.
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
+import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
+import { configureKeyCache } from "../keys/index.ts";
+import { GatewayError, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
+import { Lookups } from "./lookups.ts";
+import { directSql, recordReceipt, recordReceiptMany, type HoldRef, type ReceiptInput } from "../requests/index.ts";
+import { GroupCommit } from "./group-commit.ts";
+import { findModel, listModels } from "./models.ts";
+import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./proxy.ts";
+import { UpstreamClient } from "./upstream.ts";
 
 export interface Gateway {
   handle(req: IncomingMessage, res: ServerResponse): Promise<void>;
   close(): Promise<void>;
+  /** Group-commit counters (for /metrics and tests). */
+  stats(): GatewayStats;
 }
 
-export function createGateway(_config: Config): Gateway {
-  return {
-    async handle(_req, res) {
-      res.writeHead(501, { "content-type": "application/json", "x-request-id": randomUUID() });
-      res.end(JSON.stringify({ error: { message: "the passthrough is not available yet", type: "server_error", code: "not_implemented", param: null } }));
+export interface GatewayStats {
+  reserve: GroupCommit<unknown, unknown>["stats"];
+  settle: GroupCommit<unknown, unknown>["stats"];
+}
+
+export interface GatewayOptions {
+  /** How long a route plan (channels, prices) may be served from memory. Default 1000 ms; 0 disables the cache. */
+  routeCacheTtlMs?: number;
+  /** Group commit of reservations and receipts under load (default on). */
+  groupCommit?: boolean;
+}
+
+const LEVELS = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 } as const;
+
+export function createGateway(config: Config, options: GatewayOptions = {}): Gateway {
+  configureKeyCache(config.keyCacheTtlMs);
+  const threshold = LEVELS[config.logLevel] ?? LEVELS.info;
+  const grouped = options.groupCommit ?? true;
+  type Settlement = { record: ReceiptInput; hold: HoldRef; bucketId: string };
+  const reservations = new GroupCommit<ReserveInput, ReserveResult>(
+    (items) => reserveMany(items, directSql()),
+    (item) => reserve(item, directSql()),
+  );
+  const settlements = new GroupCommit<Settlement, { id: string }>(
+    (items) => recordReceiptMany(items),
+    (item) => recordReceipt(item.record, item.hold),
+  );
+  const deps: GatewayDeps = {
+    config,
+    lookups: new Lookups(options.routeCacheTtlMs ?? 1_000),
+    upstream: new UpstreamClient(config.upstream),
+    reserve: grouped ? (input) => reservations.submit(input) : (input) => reserve(input, directSql()),
+    settle: grouped ? (item) => settlements.submit(item) : (item) => recordReceipt(item.record, item.hold),
+    log: (level, message, extra) => {
+      if (LEVELS[level] < threshold) return;
+      const line = JSON.stringify({ level, time: new Date().toISOString(), component: "gateway", message, ...extra });
+      if (level === "error" || level === "warn") console.error(line);
+      else console.log(line);
     },
-    async close() {},
   };
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const requestId = randomUUID();
+    const url = req.url ?? "/";
+    const q = url.indexOf("?");
+    const path = (q === -1 ? url : url.slice(0, q)).replace(/\/+$/, "");
+    const method = req.method ?? "GET";
+
+    let endpoint: Endpoint;
+    let modelId: string | null = null;
+    if (path === "/v1/chat/completions" || path === "/v1/embeddings") {
+      endpoint = path;
+      if (method !== "POST") return sendError(res, requestId, methodNotAllowed(method, path), { allow: "POST" });
+    } else if (path === "/v1/models" || path.startsWith("/v1/models/")) {
+      endpoint = "/v1/models";
+      if (method !== "GET") return sendError(res, requestId, methodNotAllowed(method, path), { allow: "GET" });
+      if (path !== "/v1/models") modelId = safeDecode(path.slice("/v1/models/".length));
+    } else {
+      req.resume();
+      return sendError(res, requestId, unknownUrl(method, path));
+    }
+
+    const state = new RequestState(requestId, endpoint);
+    const onClose = () => {
+      if (!res.writableFinished) state.client.abort();
+    };
+    res.on("close", onClose);
+    try {
+      if (endpoint === "/v1/models") await models(state, req, res, modelId);
+      else await proxy(deps, state, req, res);
+    } catch (error) {
+      const known = error instanceof GatewayError ? error : null;
+      if (!known) deps.log("error", "internal error in the passthrough", { requestId, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
+      await recordAndAnswerFailure(deps, state, res, known ?? internalError()).catch((e) =>
+        deps.log("error", "could not answer a failed request", { requestId, error: String(e) }),
+      );
+    } finally {
+      res.off("close", onClose);
+      // Never leave budget locked: whatever happened, a hold still open is released uncharged.
+      if (state.hold) {
+        const hold = state.hold;
+        state.hold = null;
+        await release(hold.id, 0n, {}, directSql()).catch((e) => deps.log("error", "could not release a hold (the sweeper will expire it)", { requestId, holdId: hold.id, error: String(e) }));
+      }
+      if (!res.headersSent) sendError(res, requestId, internalError());
+      else if (!res.writableEnded && !res.destroyed) res.end();
+    }
+  }
+
+  async function models(state: RequestState, req: IncomingMessage, res: ServerResponse, modelId: string | null): Promise<void> {
+    req.resume();
+    const key = await authenticate(state, req);
+    let payload: unknown;
+    if (modelId === null) payload = await listModels(deps.lookups, key);
+    else {
+      payload = await findModel(deps.lookups, key, modelId);
+      if (!payload) {
+        throw new GatewayError({
+          status: 404,
+          type: "invalid_request_error",
+          code: "model_not_found",
+          message: `The model '${modelId}' does not exist or you do not have access to it.`,
+          param: "model",
+          cause: null,
+        });
+      }
+    }
+    const body = Buffer.from(JSON.stringify(payload));
+    res.writeHead(200, { "content-type": "application/json", "content-length": String(body.length), "x-request-id": state.requestId });
+    res.end(body);
+  }
+
+  return {
+    handle,
+    stats: () => ({ reserve: { ...reservations.stats }, settle: { ...settlements.stats } }),
+    async close() {
+      await deps.upstream.close();
+    },
+  };
+}
+
+function safeDecode(value: string): string {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value;
+  }
 }

@@ -1,0 +1,56 @@
+// The gateway in its own process for the benchmark, on PGlite (DATABASE_URL unset, a fresh data
+// dir) or PostgreSQL (DATABASE_URL): migrates, seeds an organization, key and route pointing at
+// BENCH_UPSTREAM_URL, serves /v1/* and GET /bench/stats. Prints its port and key on stdout.
+import http from "node:http";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import type { AddressInfo } from "node:net";
+import { openDatabase, useDatabase } from "../src/db/index.ts";
+import { loadConfig } from "../src/config.ts";
+import { createGateway } from "../src/gateway/index.ts";
+import { route, world } from "../test/support/fixtures.ts";
+
+const upstreamUrl = process.env.BENCH_UPSTREAM_URL!;
+const databaseUrl = process.env.DATABASE_URL || undefined;
+const dataDir = databaseUrl ? undefined : await mkdtemp(path.join(os.tmpdir(), "tokengate-bench-pglite-"));
+const database = await openDatabase({ databaseUrl, dataDir, poolSize: 16 });
+useDatabase(database);
+
+const w = await world({ credit: "1000000" });
+const model = "bench-model";
+const upstreamModel = "bench-upstream";
+await route(w.viewer, w.org.id, model, [{ name: "primary", baseUrl: upstreamUrl, upstreamModel, price: ["0.15", "0.6"] }]);
+
+const gateway = createGateway(loadConfig({ ...process.env, LOG_LEVEL: "warn" }));
+const server = http.createServer((req, res) => {
+  if (req.url?.startsWith("/v1/")) return void gateway.handle(req, res);
+  if (req.url === "/bench/stats") {
+    void (async () => {
+      const [receipts, failed, activeHolds, charged] = await Promise.all([
+        database.prisma.receipt.count(),
+        database.prisma.failedRequest.count(),
+        database.prisma.hold.count({ where: { status: "ACTIVE" } }),
+        database.prisma.receipt.aggregate({ _sum: { charge: true } }),
+      ]);
+      const ledger = await database.prisma.ledgerEntry.aggregate({ where: { kind: "CHARGE" }, _sum: { amount: true } });
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ receipts, failed, activeHolds, receiptCharges: String(charged._sum.charge ?? 0n), ledgerCharges: String(-(ledger._sum.amount ?? 0n)) }));
+    })();
+    return;
+  }
+  res.writeHead(404);
+  res.end();
+});
+server.keepAliveTimeout = 60_000;
+await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+process.stdout.write(`${JSON.stringify({ port: (server.address() as AddressInfo).port, secret: w.secret, model, upstreamModel, database: database.kind })}\n`);
+process.on("SIGTERM", () => {
+  server.closeAllConnections();
+  server.close();
+  void gateway
+    .close()
+    .then(() => database.close())
+    .then(() => (dataDir ? rm(dataDir, { recursive: true, force: true }) : undefined))
+    .finally(() => process.exit(0));
+});

@@ -1,0 +1,28 @@
+// `npm run bench [-- name…]`: runs the benchmarks (all, or the named ones) and prints markdown.
+// BENCH_DURATION: seconds per gateway measurement (default 5).
+const duration = Number(process.env.BENCH_DURATION ?? 5);
+
+const benches: Array<{ name: string; run: () => Promise<string> }> = [
+  { name: "gateway", run: async () => (await import("./gateway.ts")).benchGateway({ durationSeconds: duration }) },
+  {
+    name: "accounting",
+    run: async () => {
+      const { runAccountingBench, accountingTable } = await import("./accounting.ts");
+      return accountingTable(await runAccountingBench());
+    },
+  },
+  { name: "events", run: async () => (await import("./events.ts")).benchEvents() },
+];
+
+const wanted = process.argv.slice(2);
+const unknown = wanted.filter((w) => !benches.some((b) => b.name === w));
+if (unknown.length) {
+  console.error(`unknown bench: ${unknown.join(", ")} (have: ${benches.map((b) => b.name).join(", ")})`);
+  process.exit(2);
+}
+for (const bench of benches) {
+  if (wanted.length && !wanted.includes(bench.name)) continue;
+  console.error(`[bench] ${bench.name}…`);
+  console.log(await bench.run());
+  console.log();
+}

@@ -1,0 +1,130 @@
+// Server-sent events from the upstream: split into events, passed through as they came, with the
+// usage chunk picked out (and hidden from clients that did not ask for it), `data: [DONE]` held
+// back (the gateway sends it after the receipt is written), and the generated text kept so a
+// stream cut short can be charged from what was streamed.
+import { StringDecoder } from "node:string_decoder";
+
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+}
+
+/** Reads `usage` from an OpenAI response or chunk; null when absent or malformed. */
+export function readUsage(value: unknown): Usage | null {
+  if (!value || typeof value !== "object") return null;
+  const u = value as Record<string, unknown>;
+  const prompt = u.prompt_tokens;
+  const completion = u.completion_tokens ?? 0;
+  if (typeof prompt !== "number" || !Number.isInteger(prompt) || prompt < 0) return null;
+  if (typeof completion !== "number" || !Number.isInteger(completion) || completion < 0) return null;
+  return { promptTokens: prompt, completionTokens: completion };
+}
+
+/** Generated text of a chat completion choice (message or delta): content, reasoning, refusal, tool-call arguments. */
+export function choiceText(part: unknown, out: string[]): void {
+  if (!part || typeof part !== "object") return;
+  const p = part as Record<string, unknown>;
+  for (const field of ["content", "reasoning_content", "reasoning", "refusal"]) {
+    const v = p[field];
+    if (typeof v === "string" && v) out.push(v);
+  }
+  const calls = p.tool_calls;
+  if (Array.isArray(calls)) {
+    for (const c of calls) {
+      const fn = (c as { function?: { name?: unknown; arguments?: unknown } } | null)?.function;
+      if (typeof fn?.name === "string") out.push(fn.name);
+      if (typeof fn?.arguments === "string") out.push(fn.arguments);
+    }
+  }
+  const fc = p.function_call as { name?: unknown; arguments?: unknown } | undefined;
+  if (fc && typeof fc === "object") {
+    if (typeof fc.name === "string") out.push(fc.name);
+    if (typeof fc.arguments === "string") out.push(fc.arguments);
+  }
+}
+
+const SEPARATOR = /\r\n\r\n|\n\n|\r\r/g;
+
+export class SseRelay {
+  /** Usage reported by the upstream (the include_usage chunk), if any yet. */
+  usage: Usage | null = null;
+  /** The upstream sent `data: [DONE]`. */
+  done = false;
+  /** Content events passed to the client. */
+  events = 0;
+  private readonly text: string[] = [];
+  private readonly decoder = new StringDecoder("utf8");
+  private buffer = "";
+
+  /** @param clientWantsUsage the client set stream_options.include_usage itself */
+  constructor(private readonly clientWantsUsage: boolean) {}
+
+  /** Feeds upstream bytes; returns the text to pass to the client now (complete events only). */
+  push(chunk: Buffer): string {
+    this.buffer += this.decoder.write(chunk);
+    let out = "";
+    let start = 0;
+    SEPARATOR.lastIndex = 0;
+    let match: RegExpExecArray | null;
+    while ((match = SEPARATOR.exec(this.buffer)) !== null) {
+      const event = this.buffer.slice(start, match.index);
+      start = match.index + match[0].length;
+      out += this.relayEvent(event);
+    }
+    this.buffer = start === 0 ? this.buffer : this.buffer.slice(start);
+    return out;
+  }
+
+  /** The upstream ended: a last event without its blank line still counts. */
+  end(): string {
+    this.buffer += this.decoder.end();
+    const rest = this.buffer;
+    this.buffer = "";
+    return rest.trim() ? this.relayEvent(rest) : "";
+  }
+
+  /** Everything the model generated so far, for estimating tokens when no usage was reported. */
+  generatedText(): string {
+    return this.text.join("");
+  }
+
+  private relayEvent(event: string): string {
+    if (this.done) return "";
+    if (!event.trim()) return "";
+    let data: string | null = null;
+    for (const line of event.split(/\r\n|\n|\r/)) {
+      if (line.startsWith("data:")) {
+        const value = line.charCodeAt(5) === 32 ? line.slice(6) : line.slice(5);
+        data = data === null ? value : `${data}\n${value}`;
+      }
+    }
+    if (data === null) return `${event}\n\n`; // comments, retry:, event: without data
+    if (data.trim() === "[DONE]") {
+      this.done = true;
+      return "";
+    }
+    let parsed: Record<string, unknown> | null = null;
+    try {
+      const value = JSON.parse(data) as unknown;
+      if (value && typeof value === "object") parsed = value as Record<string, unknown>;
+    } catch {
+      return `${event}\n\n`; // not ours to judge: pass it on
+    }
+    if (!parsed) return `${event}\n\n`;
+    const choices = parsed.choices;
+    if (Array.isArray(choices)) for (const c of choices) choiceText((c as { delta?: unknown } | null)?.delta, this.text);
+    const usage = readUsage(parsed.usage);
+    if (usage) {
+      this.usage = usage;
+      if (!this.clientWantsUsage) {
+        // The usage-only chunk we forced is hidden; a chunk carrying both content and usage loses the usage.
+        if (!Array.isArray(choices) || choices.length === 0) return "";
+        const { usage: _hidden, ...rest } = parsed;
+        this.events++;
+        return `data: ${JSON.stringify(rest)}\n\n`;
+      }
+    }
+    this.events++;
+    return `${event}\n\n`;
+  }
+}

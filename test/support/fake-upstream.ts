@@ -1,0 +1,241 @@
+// A fake OpenAI-compatible upstream: a real node:http server (in the test process, or in its own
+// process for the benchmark) that answers chat completions (JSON, or SSE with a usage chunk when
+// asked) and embeddings, and fails on demand per upstream model: an HTTP status, a hang, a stream
+// cut mid-way or stalled, no usage. It records every request, including whether it was aborted.
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { countTokens } from "gpt-tokenizer";
+
+export type Behavior =
+  | {
+      type: "ok";
+      /** The generated text; streamed one word per chunk. */
+      text?: string;
+      /** Fixed usage instead of counting tokens. */
+      usage?: { prompt_tokens: number; completion_tokens: number };
+      /** Leave usage out (an upstream that ignores stream_options.include_usage). */
+      noUsage?: boolean;
+      /** Delay before answering (non-stream) / between stream chunks. */
+      delayMs?: number;
+      /** Stream: keep the response open after `data: [DONE]` (never end it). */
+      holdOpen?: boolean;
+    }
+  | { type: "status"; status: number; body?: unknown }
+  | { type: "hang" }
+  /** Stream: send `afterChunks` content chunks, then destroy the socket. */
+  | { type: "cut"; afterChunks: number; delayMs?: number }
+  /** Stream: send `afterChunks` content chunks, then go silent (idle timeout). */
+  | { type: "stall"; afterChunks: number };
+
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  headers: http.IncomingHttpHeaders;
+  body: Record<string, unknown> | null;
+  model: string | null;
+  stream: boolean;
+  /** The connection closed before the response was complete (the gateway aborted). */
+  aborted: boolean;
+  finished: boolean;
+}
+
+export interface FakeUpstream {
+  /** Base URL in the OpenAI SDK convention, e.g. http://127.0.0.1:1234/v1 */
+  url: string;
+  port: number;
+  requests: RecordedRequest[];
+  /** Sets the behavior for an upstream model name (persisting until reset). */
+  set(model: string, behavior: Behavior): void;
+  reset(): void;
+  /** Waits until `predicate` holds for the recorded requests (polls; throws after timeoutMs). */
+  waitFor(predicate: (requests: RecordedRequest[]) => boolean, timeoutMs?: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog while the gateway counts every token";
+
+const tokenCache = new Map<string, number>();
+function tokens(text: string): number {
+  let n = tokenCache.get(text);
+  if (n === undefined) {
+    n = countTokens(text, { disallowedSpecial: new Set() });
+    if (tokenCache.size < 10_000) tokenCache.set(text, n);
+  }
+  return n;
+}
+
+/** Prompt tokens the way OpenAI counts chat prompts (3 per message + 3 priming): never more than the gateway reserves. */
+export function fakePromptTokens(body: Record<string, unknown>): number {
+  const messages = Array.isArray(body.messages) ? body.messages : [];
+  let n = 3;
+  for (const m of messages as Array<{ content?: unknown }>) {
+    n += 3;
+    if (typeof m?.content === "string") n += tokens(m.content);
+    else if (Array.isArray(m?.content)) for (const p of m.content as Array<{ text?: unknown }>) if (typeof p?.text === "string") n += tokens(p.text);
+  }
+  return n;
+}
+
+function embeddingTokens(input: unknown): number {
+  if (typeof input === "string") return tokens(input);
+  if (Array.isArray(input)) return input.reduce<number>((n, x) => n + (typeof x === "string" ? tokens(x) : Array.isArray(x) ? x.length : 1), 0);
+  return 0;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function startFakeUpstream(options: { port?: number; host?: string } = {}): Promise<FakeUpstream> {
+  const behaviors = new Map<string, Behavior>();
+  const requests: RecordedRequest[] = [];
+  const sockets = new Set<import("node:net").Socket>();
+  let counter = 0;
+
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      let body: Record<string, unknown> | null = null;
+      try {
+        body = JSON.parse(Buffer.concat(chunks).toString("utf8")) as Record<string, unknown>;
+      } catch {
+        body = null;
+      }
+      const path = (req.url ?? "/").split("?")[0]!;
+      const record: RecordedRequest = {
+        method: req.method ?? "GET",
+        path,
+        headers: req.headers,
+        body,
+        model: typeof body?.model === "string" ? body.model : null,
+        stream: body?.stream === true,
+        aborted: false,
+        finished: false,
+      };
+      requests.push(record);
+      res.on("close", () => {
+        if (!res.writableFinished) record.aborted = true;
+      });
+      res.on("finish", () => {
+        record.finished = true;
+      });
+      void answer(req, res, record).catch(() => res.destroy());
+    });
+  });
+  server.on("connection", (s) => {
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
+  });
+  server.keepAliveTimeout = 60_000;
+
+  async function answer(req: http.IncomingMessage, res: http.ServerResponse, record: RecordedRequest): Promise<void> {
+    const body = record.body;
+    const behavior: Behavior = (record.model && behaviors.get(record.model)) || { type: "ok" };
+    if (!body) return json(res, 400, { error: { message: "invalid JSON", type: "invalid_request_error", code: null, param: null } });
+    if (behavior.type === "hang") return; // never answer; the gateway must time out and abort
+    if (behavior.type === "status") {
+      return json(res, behavior.status, behavior.body ?? { error: { message: `fake upstream failure ${behavior.status}`, type: "server_error", code: null, param: null } });
+    }
+    const id = `fake-${++counter}`;
+    const created = Math.floor(Date.now() / 1000);
+
+    if (record.path.endsWith("/embeddings")) {
+      const inputs = Array.isArray(body.input) ? body.input : [body.input];
+      const promptTokens = embeddingTokens(body.input);
+      return json(res, 200, {
+        object: "list",
+        model: record.model,
+        data: inputs.map((_, index) => ({ object: "embedding", index, embedding: [0.01 * (index + 1), -0.02, 0.03, 0.04] })),
+        usage: { prompt_tokens: promptTokens, total_tokens: promptTokens },
+      });
+    }
+    if (!record.path.endsWith("/chat/completions")) return json(res, 404, { error: { message: "unknown path", type: "invalid_request_error", code: null, param: null } });
+
+    const text = behavior.type === "ok" && behavior.text !== undefined ? behavior.text : DEFAULT_TEXT;
+    const words = text.split(/(?= )/);
+    const usage =
+      behavior.type === "ok" && behavior.usage
+        ? { ...behavior.usage, total_tokens: behavior.usage.prompt_tokens + behavior.usage.completion_tokens }
+        : (() => {
+            const prompt = fakePromptTokens(body);
+            const completion = tokens(text);
+            return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
+          })();
+    const delayMs = (behavior.type === "ok" || behavior.type === "cut") && behavior.delayMs ? behavior.delayMs : 0;
+
+    if (!record.stream) {
+      if (delayMs) await sleep(delayMs);
+      const payload: Record<string, unknown> = {
+        id,
+        object: "chat.completion",
+        created,
+        model: record.model,
+        choices: [{ index: 0, message: { role: "assistant", content: text, refusal: null }, logprobs: null, finish_reason: "stop" }],
+      };
+      if (!(behavior.type === "ok" && behavior.noUsage)) payload.usage = usage;
+      return json(res, 200, payload);
+    }
+
+    const includeUsage = (body.stream_options as { include_usage?: boolean } | undefined)?.include_usage === true && !(behavior.type === "ok" && behavior.noUsage);
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    const chunk = (delta: Record<string, unknown>, finish: string | null) =>
+      `data: ${JSON.stringify({
+        id,
+        object: "chat.completion.chunk",
+        created,
+        model: record.model,
+        choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+        ...(includeUsage ? { usage: null } : {}),
+      })}\n\n`;
+    const write = async (s: string) => {
+      if (res.destroyed) throw new Error("gone");
+      if (!res.write(s)) await new Promise<void>((r) => res.once("drain", r));
+    };
+    await write(chunk({ role: "assistant", content: "" }, null));
+    for (let i = 0; i < words.length; i++) {
+      if (behavior.type === "cut" && i === behavior.afterChunks) {
+        await sleep(Math.max(delayMs, 20)); // let what was written reach the gateway first
+        res.socket?.destroy();
+        return;
+      }
+      if (behavior.type === "stall" && i === behavior.afterChunks) return; // silence
+      if (delayMs) await sleep(delayMs);
+      await write(chunk({ content: words[i] }, null));
+    }
+    await write(chunk({}, "stop"));
+    if (includeUsage) await write(`data: ${JSON.stringify({ id, object: "chat.completion.chunk", created, model: record.model, choices: [], usage })}\n\n`);
+    await write("data: [DONE]\n\n");
+    if (behavior.type === "ok" && behavior.holdOpen) return;
+    res.end();
+  }
+
+  function json(res: http.ServerResponse, status: number, payload: unknown): void {
+    const data = JSON.stringify(payload);
+    res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(data) });
+    res.end(data);
+  }
+
+  await new Promise<void>((resolve) => server.listen(options.port ?? 0, options.host ?? "127.0.0.1", resolve));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}/v1`,
+    port,
+    requests,
+    set: (model, behavior) => void behaviors.set(model, behavior),
+    reset: () => {
+      behaviors.clear();
+      requests.length = 0;
+    },
+    async waitFor(predicate, timeoutMs = 5_000) {
+      const until = Date.now() + timeoutMs;
+      while (!predicate(requests)) {
+        if (Date.now() > until) throw new Error("fake upstream: condition not met in time");
+        await sleep(20);
+      }
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
