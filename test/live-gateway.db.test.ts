@@ -1,0 +1,84 @@
+// keySpend through the real passthrough: an event for every settled and every failed request of
+// the key, carrying the charge of the response header and of the receipt / failed request.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { APIError } from "openai";
+import { createTestDatabase, type TestDatabase } from "./support/db.ts";
+import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
+import { startGateway, type TestGateway } from "./support/gateway.ts";
+import * as f from "./support/fixtures.ts";
+import { startTestServer, token, wsClient } from "./support/graphql.ts";
+import { formatMoney } from "../src/money.ts";
+import type { RunningServer } from "../src/server.ts";
+
+let database: TestDatabase;
+let fake: FakeUpstream;
+let gw: TestGateway;
+let server: RunningServer;
+beforeAll(async () => {
+  database = await createTestDatabase();
+  fake = await startFakeUpstream();
+  gw = await startGateway();
+  server = await startTestServer();
+});
+afterAll(async () => {
+  await server.close();
+  await gw.close();
+  await fake.close();
+  await database.dispose();
+});
+
+describe("keySpend from the gateway", () => {
+  it("arrives for every settled and failed request with the charge of header and record", async () => {
+    const w = await f.world({ credit: "5", key: { failedChargePolicy: "PROMPT_TOKENS", retryCeiling: 0, perRequestMaxCharge: "0.5" } });
+    await f.route(w.viewer, w.org.id, "ok-model", [{ name: "p", baseUrl: fake.url, upstreamModel: "ok-up", price: ["2.5", "10"] }]);
+    await f.route(w.viewer, w.org.id, "bad-model", [{ name: "p", baseUrl: fake.url, upstreamModel: "bad-up", price: ["2.5", "10"] }]);
+    fake.set("bad-up", { type: "status", status: 500 });
+    const client = wsClient(server, await token("ORG_ADMIN", w.org.id));
+    const events: Array<{ requestId: string; charge: { amount: string }; status: string; spendToday: { amount: string } }> = [];
+    let connected = false;
+    client.on("connected", () => (connected = true));
+    const dispose = client.subscribe<{ keySpend: (typeof events)[number] }>(
+      { query: `subscription($k: ID!) { keySpend(keyId: $k) { requestId charge { amount } status spendToday { amount } } }`, variables: { k: w.key.id } },
+      { next: (v) => events.push(v.data!.keySpend), error: () => undefined, complete: () => undefined },
+    );
+    while (!connected) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 100));
+
+    const openai = gw.client(w.secret);
+    const sent: Array<{ requestId: string; charge: string; ok: boolean }> = [];
+    for (const model of ["ok-model", "bad-model", "ok-model", "bad-model"]) {
+      try {
+        const { response } = await openai.chat.completions.create({ model, messages: [{ role: "user", content: `hello ${model}` }], max_tokens: 30 }).withResponse();
+        sent.push({ requestId: response.headers.get("x-request-id")!, charge: response.headers.get("x-tokengate-charge")!, ok: true });
+      } catch (e) {
+        const error = e as APIError;
+        expect(error.status).toBe(502);
+        sent.push({ requestId: error.headers!.get("x-request-id")!, charge: error.headers!.get("x-tokengate-charge")!, ok: false });
+      }
+    }
+    // A refusal before the upstream (per-request max charge) is a failed request too, at no charge.
+    await expect(openai.chat.completions.create({ model: "ok-model", messages: [{ role: "user", content: "big" }], max_tokens: 60_000 })).rejects.toMatchObject({ status: 402 });
+
+    const deadline = Date.now() + 5_000;
+    while (events.length < 5 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(events).toHaveLength(5);
+    for (const s of sent) {
+      const event = events.find((e) => e.requestId === s.requestId)!;
+      expect(event.status).toBe(s.ok ? "SETTLED" : "FAILED");
+      expect(event.charge.amount).toBe(s.charge);
+      const recorded = s.ok
+        ? (await database.prisma.receipt.findUniqueOrThrow({ where: { requestId: s.requestId } })).charge
+        : (await database.prisma.failedRequest.findUniqueOrThrow({ where: { requestId: s.requestId } })).charge;
+      expect(formatMoney(recorded)).toBe(s.charge);
+    }
+    expect(sent.filter((s) => !s.ok).every((s) => s.charge !== "0.000000")).toBe(true); // prompt tokens were charged
+    const refusal = events.find((e) => !sent.some((s) => s.requestId === e.requestId))!;
+    expect(refusal).toMatchObject({ status: "FAILED", charge: { amount: "0.000000" } });
+    // After the last charge, spendToday is what the counters (and the ledger) say.
+    const ledger = await database.prisma.ledgerEntry.aggregate({ where: { organizationId: w.org.id, kind: "CHARGE" }, _sum: { amount: true } });
+    const highest = events.map((e) => e.spendToday.amount).sort((a, b) => Number(a) - Number(b)).at(-1);
+    expect(highest).toBe(formatMoney(-(ledger._sum.amount ?? 0n)));
+    dispose();
+    await client.dispose();
+  });
+});
