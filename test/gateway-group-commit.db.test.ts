@@ -6,7 +6,8 @@ import { randomUUID } from "node:crypto";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { route, world } from "./support/fixtures.ts";
 import { reserveMany, scopeSpend, walletBucket, type ReserveInput } from "../src/accounting/index.ts";
-import { directSql, recordReceiptMany, type ReceiptInput } from "../src/requests/index.ts";
+import { recordReceiptMany, type ReceiptInput } from "../src/requests/index.ts";
+import { directSql } from "../src/db/index.ts";
 
 let database: TestDatabase;
 beforeAll(async () => {

@@ -1,7 +1,7 @@
 // Accounting: holds, charges and ledger entries. Each operation is one call of a SQL function
 // (prisma/migrations/*_init) so caps hold across any number of gateway processes: the bucket
 // row and every cap counter are locked in one fixed order and checked in the same statement.
-import { db, type PrismaClient } from "../db/index.ts";
+import { db, type PrismaClient, type RawSqlClient } from "../db/index.ts";
 import { DomainError, badInput, conflict, notFound } from "../errors.ts";
 import type { BalanceBucket, CapScope, LedgerKind } from "../generated/prisma/enums.ts";
 import type { LedgerEntry, WalletBucket } from "../generated/prisma/client.ts";
@@ -10,7 +10,7 @@ import { MAX_AMOUNT_MICROS } from "../money.ts";
 export type Refusal = CapScope | "INSUFFICIENT_BALANCE" | "RUN_CANCELLED";
 
 /** Anything that can run raw SQL: the process client, a second client in tests, a transaction. */
-export type SqlClient = Pick<PrismaClient, "$queryRawUnsafe">;
+export type SqlClient = RawSqlClient;
 
 const utc = (d: Date) => d.toISOString();
 

@@ -42,7 +42,8 @@ import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } 
 import { configureKeyCache } from "../keys/index.ts";
 import { GatewayError, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
 import { Lookups } from "./lookups.ts";
-import { directSql, recordReceipt, recordReceiptMany, type HoldRef, type ReceiptInput } from "../requests/index.ts";
+import { recordReceipt, recordReceiptMany, type HoldRef, type ReceiptInput } from "../requests/index.ts";
+import { directSql } from "../db/index.ts";
 import { GroupCommit } from "./group-commit.ts";
 import { findModel, listModels } from "./models.ts";
 import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./proxy.ts";

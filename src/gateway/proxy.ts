@@ -14,7 +14,8 @@ import type { PlannedChannel } from "../routing/index.ts";
 import { health, type Admission, type ChannelRef } from "../health/index.ts";
 import { primaryBucket } from "../keys/index.ts";
 import { announceSpend } from "../spend/index.ts";
-import { capToHold, directSql, recordFailure, type HoldRef, type ReceiptInput } from "../requests/index.ts";
+import { capToHold, recordFailure, type HoldRef, type ReceiptInput } from "../requests/index.ts";
+import { directSql } from "../db/index.ts";
 import {
   GatewayError,
   badRequest,

@@ -2,7 +2,7 @@
 // the settlement of its hold, or a FailedRequest written in the same transaction as the release
 // of its hold (charged per the key's failed-request policy). Listeners hear about each record
 // after it committed (the server bridges them to GraphQL subscriptions).
-import { currentDatabase, db } from "../db/index.ts";
+import { db, directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope, ChannelRole, FailureCause } from "../generated/prisma/enums.ts";
 import { translateDbError, type SqlClient } from "../accounting/index.ts";
 
@@ -162,19 +162,6 @@ SELECT r.id, s.ledger_entry_id, s.charged::text AS charged
 const RECEIPT_SETTLE_SQL = recordAndResolveSql("Receipt", RECEIPT_COLUMNS, "SETTLED");
 const FAILED_RELEASE_SQL = recordAndResolveSql("FailedRequest", FAILED_COLUMNS, "RELEASED");
 const FAILED_INSERT_SQL = insertSql("FailedRequest", FAILED_COLUMNS);
-
-/**
- * A raw-SQL client that goes straight to the installed driver (pg pool or PGlite), for the hot
- * path: the same statements through Prisma cost a query-plan compilation each (~0.5 ms of CPU).
- * Accepted by reserve() / settle() / release() like a Prisma client. Falls back to Prisma when
- * no database was installed through useDatabase.
- */
-export function directSql(): SqlClient {
-  const database = currentDatabase();
-  if (!database) return db;
-  const client = { $queryRawUnsafe: (sql: string, ...values: unknown[]) => database.sql.query(sql, values) };
-  return client as unknown as SqlClient;
-}
 
 /** Writes the receipt and settles its hold (CHARGE ledger entry linked to it) atomically. `record.charge` must already be capped at the hold. */
 export async function recordReceipt(record: ReceiptInput, hold: HoldRef, now = new Date()): Promise<{ id: string; ledgerEntryId: string | null }> {

@@ -1,7 +1,7 @@
 // After a request settles or fails: tell dashboards what it cost and where its key and project
 // now stand (read from the same counters the caps use), and announce budget thresholds crossed.
 // Call only after the transaction that charged it has committed.
-import { db } from "../db/index.ts";
+import { directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { dayStart, monthStart } from "../accounting/index.ts";
 import { events, type SpendEvent } from "../events/index.ts";
@@ -41,7 +41,7 @@ async function scopeStates(o: SpendOutcome, now: Date): Promise<ScopeRow[]> {
     ["ROUTE_DAILY", o.routeId, day],
   ];
   const present = wanted.filter((w): w is [CapScope, string, Date] => w[1] !== null);
-  const rows = await db.$queryRawUnsafe<Array<{ scope: CapScope; scope_id: string; spent: string | null; held: string | null; cap: string | null }>>(
+  const rows = await directSql().$queryRawUnsafe<Array<{ scope: CapScope; scope_id: string; spent: string | null; held: string | null; cap: string | null }>>(
     `SELECT w.scope, w.scope_id, c.spent::text, c.held::text, cap.amount::text AS cap
        FROM jsonb_to_recordset($1::jsonb) AS w(scope "CapScope", scope_id text, window_start timestamptz)
        LEFT JOIN "SpendCounter" c ON c.scope = w.scope AND c."scopeId" = w.scope_id AND c.bucket = $2::"BalanceBucket"
@@ -98,7 +98,7 @@ async function announceThresholds(o: SpendOutcome, states: ScopeRow[]): Promise<
     if (s.cap === null || s.cap === 0n) continue;
     for (const threshold of ALERT_THRESHOLDS) {
       if (s.spent * 100n < BigInt(threshold) * s.cap) continue;
-      const inserted = await db.$queryRawUnsafe<Array<{ id: string }>>(
+      const inserted = await directSql().$queryRawUnsafe<Array<{ id: string }>>(
         `INSERT INTO "BudgetAlert" ("organizationId", scope, "scopeId", bucket, "windowStart", threshold, spent, cap)
          VALUES ($1, $2::"CapScope", $3, $4::"BalanceBucket", $5::timestamptz AT TIME ZONE 'UTC', $6, $7::bigint, $8::bigint)
          ON CONFLICT DO NOTHING RETURNING id`,
