@@ -1,5 +1,5 @@
 import { builder } from "../builder.ts";
-import { BudgetStatusRef, MoneyRef, moneyOf, moneyOrNull } from "./common.ts";
+import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
 import { BalanceBucket, FailedChargePolicy, KeyStatus } from "../../generated/prisma/enums.ts";
 import { primaryBucket } from "../../keys/index.ts";
 
@@ -22,43 +22,14 @@ builder.prismaObject("ApiKey", {
       retryCeiling: t.exposeInt("retryCeiling"),
       failedChargePolicy: t.field({ type: FailedChargePolicy, resolve: (k) => k.failedChargePolicy }),
       expiresAt: t.expose("expiresAt", { type: "DateTime", nullable: true }),
-      dailyCap: t.field({
-        type: MoneyRef,
-        nullable: true,
-        args: bucketArg,
-        resolve: async (k, { bucket }, ctx) => {
-          const b = bucket ?? primaryBucket(k);
-          return moneyOrNull((await ctx.loaders.budget("KEY_DAILY", k.id, b)).cap, b);
-        },
-      }),
-      perRequestMaxCharge: t.field({
-        type: MoneyRef,
-        nullable: true,
-        args: bucketArg,
-        resolve: async (k, { bucket }, ctx) => {
-          const b = bucket ?? primaryBucket(k);
-          return moneyOrNull((await ctx.loaders.budget("KEY_PER_REQUEST", k.id, b)).cap, b);
-        },
-      }),
-      spendToday: t.field({
-        type: MoneyRef,
-        args: bucketArg,
-        description: "Settled spend in the current UTC day.",
-        resolve: async (k, { bucket }, ctx) => {
-          const b = bucket ?? primaryBucket(k);
-          return moneyOf((await ctx.loaders.budget("KEY_DAILY", k.id, b)).spent, b);
-        },
-      }),
-      remainingToday: t.field({
-        type: MoneyRef,
-        nullable: true,
-        args: bucketArg,
-        description: "Daily cap − spent − held; null when uncapped.",
-        resolve: async (k, { bucket }, ctx) => {
-          const b = bucket ?? primaryBucket(k);
-          return moneyOrNull((await ctx.loaders.budget("KEY_DAILY", k.id, b)).remaining, b);
-        },
-      }),
+      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
+        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "cap") }),
+      perRequestMaxCharge: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
+        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_PER_REQUEST", k.id, bucket ?? primaryBucket(k), "cap") }),
+      spendToday: t.field({ type: MoneyRef, args: bucketArg, description: "Settled spend in the current UTC day.",
+        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "spent") }),
+      remainingToday: t.field({ type: MoneyRef, nullable: true, args: bucketArg, description: "Daily cap − spent − held; null when uncapped.",
+        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "remaining") }),
       budgets: t.field({
         type: [BudgetStatusRef],
         description: "Daily window of this key in each allowed bucket.",

@@ -4,6 +4,7 @@ import { builder } from "../builder.ts";
 import { BalanceBucket, CapScope, ChannelRole, FailedChargePolicy, FailureCause, HealthState, HoldStatus, KeyStatus, LedgerKind, RunMode, RunStatus, Settlement, AdminRole } from "../../generated/prisma/enums.ts";
 import { BUCKET_CURRENCY, formatMoney, type Money } from "../../money.ts";
 import type { BudgetStatus } from "../../budgets/index.ts";
+import type { Context } from "../builder.ts";
 
 builder.scalarType("Decimal", {
   description: "An exact decimal number as a string, e.g. \"12.500000\" (money: up to 6 decimals, in the bucket's currency).",
@@ -65,6 +66,20 @@ export const MoneyRef = builder.objectRef<Money>("Money").implement({
 export const moneyOf = (amount: bigint, bucket: BalanceBucket): Money => ({ amount, currency: BUCKET_CURRENCY[bucket] });
 export const moneyOrNull = (amount: bigint | null | undefined, bucket: BalanceBucket): Money | null =>
   amount === null || amount === undefined ? null : moneyOf(amount, bucket);
+
+/** One number of a scope's current window (cap, settled spend, or what remains) as Money, batched. */
+export function budgetMoney(ctx: Context, scope: CapScope, scopeId: string, bucket: BalanceBucket, pick: "spent"): Promise<Money>;
+export function budgetMoney(ctx: Context, scope: CapScope, scopeId: string, bucket: BalanceBucket, pick: "cap" | "remaining"): Promise<Money | null>;
+export async function budgetMoney(
+  ctx: Context,
+  scope: CapScope,
+  scopeId: string,
+  bucket: BalanceBucket,
+  pick: "cap" | "spent" | "remaining",
+): Promise<Money | null> {
+  const status = await ctx.loaders.budget(scope, scopeId, bucket);
+  return moneyOrNull(status[pick], bucket);
+}
 
 export const BudgetStatusRef = builder.objectRef<BudgetStatus>("BudgetStatus").implement({
   description: "One cap and where its window stands: spent (settled), held (in flight) and what remains.",

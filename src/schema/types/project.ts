@@ -1,5 +1,5 @@
 import { builder } from "../builder.ts";
-import { BudgetStatusRef, MoneyRef, moneyOf, moneyOrNull } from "./common.ts";
+import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("Project", {
@@ -11,60 +11,18 @@ builder.prismaObject("Project", {
       name: t.exposeString("name"),
       organization: t.relation("organization"),
       createdAt: t.expose("createdAt", { type: "DateTime" }),
-      dailyCap: t.field({
-        type: MoneyRef,
-        nullable: true,
-        args: bucketArg,
-        resolve: async (p, { bucket }, ctx) => {
-          const b = bucket ?? "CREDIT";
-          return moneyOrNull((await ctx.loaders.budget("PROJECT_DAILY", p.id, b)).cap, b);
-        },
-      }),
-      monthlyCap: t.field({
-        type: MoneyRef,
-        nullable: true,
-        args: bucketArg,
-        resolve: async (p, { bucket }, ctx) => {
-          const b = bucket ?? "CREDIT";
-          return moneyOrNull((await ctx.loaders.budget("PROJECT_MONTHLY", p.id, b)).cap, b);
-        },
-      }),
-      spendToday: t.field({
-        type: MoneyRef,
-        args: bucketArg,
-        description: "Settled spend in the current UTC day (requests in flight are in `budgets.held`).",
-        resolve: async (p, { bucket }, ctx) => {
-          const b = bucket ?? "CREDIT";
-          return moneyOf((await ctx.loaders.budget("PROJECT_DAILY", p.id, b)).spent, b);
-        },
-      }),
-      remainingToday: t.field({
-        type: MoneyRef,
-        nullable: true,
-        args: bucketArg,
-        description: "Daily cap − spent − held; null when uncapped.",
-        resolve: async (p, { bucket }, ctx) => {
-          const b = bucket ?? "CREDIT";
-          return moneyOrNull((await ctx.loaders.budget("PROJECT_DAILY", p.id, b)).remaining, b);
-        },
-      }),
-      spendThisMonth: t.field({
-        type: MoneyRef,
-        args: bucketArg,
-        resolve: async (p, { bucket }, ctx) => {
-          const b = bucket ?? "CREDIT";
-          return moneyOf((await ctx.loaders.budget("PROJECT_MONTHLY", p.id, b)).spent, b);
-        },
-      }),
-      remainingThisMonth: t.field({
-        type: MoneyRef,
-        nullable: true,
-        args: bucketArg,
-        resolve: async (p, { bucket }, ctx) => {
-          const b = bucket ?? "CREDIT";
-          return moneyOrNull((await ctx.loaders.budget("PROJECT_MONTHLY", p.id, b)).remaining, b);
-        },
-      }),
+      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
+        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_DAILY", p.id, bucket ?? "CREDIT", "cap") }),
+      monthlyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
+        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_MONTHLY", p.id, bucket ?? "CREDIT", "cap") }),
+      spendToday: t.field({ type: MoneyRef, args: bucketArg, description: "Settled spend in the current UTC day (requests in flight are in `budgets.held`).",
+        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_DAILY", p.id, bucket ?? "CREDIT", "spent") }),
+      remainingToday: t.field({ type: MoneyRef, nullable: true, args: bucketArg, description: "Daily cap − spent − held; null when uncapped.",
+        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_DAILY", p.id, bucket ?? "CREDIT", "remaining") }),
+      spendThisMonth: t.field({ type: MoneyRef, args: bucketArg,
+        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_MONTHLY", p.id, bucket ?? "CREDIT", "spent") }),
+      remainingThisMonth: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
+        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_MONTHLY", p.id, bucket ?? "CREDIT", "remaining") }),
       budgets: t.field({
         type: [BudgetStatusRef],
         description: "Every window of this project in both buckets.",

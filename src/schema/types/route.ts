@@ -1,5 +1,5 @@
 import { builder } from "../builder.ts";
-import { BudgetStatusRef, MoneyRef, moneyOf, moneyOrNull } from "./common.ts";
+import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("Route", {
@@ -18,32 +18,12 @@ builder.prismaObject("Route", {
           orderBy: [{ priority: "asc" }, { createdAt: "asc" }],
         }),
       }),
-      dailyCap: t.field({
-        type: MoneyRef,
-        nullable: true,
-        args: bucketArg,
-        resolve: async (r, { bucket }, ctx) => {
-          const b = bucket ?? "CREDIT";
-          return moneyOrNull((await ctx.loaders.budget("ROUTE_DAILY", r.id, b)).cap, b);
-        },
-      }),
-      spendToday: t.field({
-        type: MoneyRef,
-        args: bucketArg,
-        resolve: async (r, { bucket }, ctx) => {
-          const b = bucket ?? "CREDIT";
-          return moneyOf((await ctx.loaders.budget("ROUTE_DAILY", r.id, b)).spent, b);
-        },
-      }),
-      remainingToday: t.field({
-        type: MoneyRef,
-        nullable: true,
-        args: bucketArg,
-        resolve: async (r, { bucket }, ctx) => {
-          const b = bucket ?? "CREDIT";
-          return moneyOrNull((await ctx.loaders.budget("ROUTE_DAILY", r.id, b)).remaining, b);
-        },
-      }),
+      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
+        resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "cap") }),
+      spendToday: t.field({ type: MoneyRef, args: bucketArg,
+        resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "spent") }),
+      remainingToday: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
+        resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "remaining") }),
       budgets: t.field({
         type: [BudgetStatusRef],
         resolve: (r, _args, ctx) => Promise.all((["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget("ROUTE_DAILY", r.id, b))),
