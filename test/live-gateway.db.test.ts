@@ -8,6 +8,7 @@ import { startGateway, type TestGateway } from "./support/gateway.ts";
 import * as f from "./support/fixtures.ts";
 import { startTestServer, token, wsClient } from "./support/graphql.ts";
 import { formatMoney } from "../src/money.ts";
+import { configureHealth, healthConfigFromEnv } from "../src/health/index.ts";
 import type { RunningServer } from "../src/server.ts";
 
 let database: TestDatabase;
@@ -80,5 +81,37 @@ describe("keySpend from the gateway", () => {
     expect(highest).toBe(formatMoney(-(ledger._sum.amount ?? 0n)));
     dispose();
     await client.dispose();
+  });
+});
+
+describe("route health in the gateway", () => {
+  it("a channel that keeps failing goes DOWN and is skipped for its backup; when every channel is DOWN the best one is still tried", async () => {
+    configureHealth({ ...healthConfigFromEnv({}), cooldownMs: 60_000 });
+    const w = await f.world({ credit: "5", key: { retryCeiling: 1 } });
+    const { channels } = await f.route(w.viewer, w.org.id, "flaky-model", [
+      { name: "primary", baseUrl: fake.url, upstreamModel: "flaky-primary", price: ["1", "1"] },
+      { name: "backup", baseUrl: fake.url, upstreamModel: "flaky-backup", price: ["1", "1"] },
+    ]);
+    fake.set("flaky-primary", { type: "status", status: 500 });
+    const openai = gw.client(w.secret);
+    const ask = () => openai.chat.completions.create({ model: "flaky-model", messages: [{ role: "user", content: "hi" }], max_tokens: 5 }).withResponse();
+    for (let i = 0; i < 3; i++) expect((await ask()).response.headers.get("x-tokengate-channel")).toBe("backup");
+    await new Promise((r) => setTimeout(r, 100)); // health writes are asynchronous
+    expect((await database.prisma.channel.findUniqueOrThrow({ where: { id: channels[0]!.id } })).health).toBe("DOWN");
+    const primaryCalls = fake.requests.filter((r) => r.model === "flaky-primary").length;
+    // DOWN and cooling down: the primary is not called at all any more.
+    expect((await ask()).response.headers.get("x-tokengate-attempts")).toBe("1");
+    expect(fake.requests.filter((r) => r.model === "flaky-primary").length).toBe(primaryCalls);
+
+    // Now the backup fails too until it is DOWN; then, with every channel DOWN, the primary (best) is tried anyway.
+    fake.set("flaky-backup", { type: "status", status: 500 });
+    for (let i = 0; i < 3; i++) await ask().catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await database.prisma.channel.findUniqueOrThrow({ where: { id: channels[1]!.id } })).health).toBe("DOWN");
+    fake.set("flaky-primary", { type: "ok" });
+    const { response } = await ask();
+    expect(response.status).toBe(200);
+    expect(response.headers.get("x-tokengate-channel")).toBe("primary");
+    configureHealth(healthConfigFromEnv({}));
   });
 });

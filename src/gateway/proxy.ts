@@ -159,16 +159,13 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   const clientWantsUsage = stream && (body.stream_options as { include_usage?: unknown } | null | undefined)?.include_usage === true;
 
   const maxAttempts = 1 + Math.max(0, key.retryCeiling);
-  let last: Extract<Outcome, { done: false }>["failure"] | null = null;
-  for (const channel of priced) {
-    if (state.attempts >= maxAttempts) break;
+  // Set inside tryChannel; read after the loop (a holder, since closures defeat narrowing).
+  const failed: { last: Extract<Outcome, { done: false }>["failure"] | null } = { last: null };
+  /** One attempt on one channel; true when the request is answered. */
+  const tryChannel = async (channel: PlannedChannel, ref: ChannelRef, admission: Admission): Promise<boolean> => {
     const worst = requestCharge(channel.price!, reservedPrompt, reservedOutput);
     await holdFor(deps, state, key, channel, worst);
     if (state.client.signal.aborted) throw clientClosed();
-    // A DOWN channel is skipped while it cools down (then one request probes it): see src/health.
-    const ref: ChannelRef = { id: channel.channel.id, routeId: channel.channel.routeId, organizationId: key.organizationId, health: channel.channel.health };
-    const admission = health.admit(ref);
-    if (admission === "no") continue;
     state.channel = channel;
     state.attempts++;
     state.failureUsage = null;
@@ -177,8 +174,8 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
     try {
       const outcome = await attempt(deps, state, res, { body, channel, stream, clientWantsUsage, promptCounted, plan: plan.route });
       ok = outcome.done;
-      if (outcome.done) return;
-      last = outcome.failure;
+      if (outcome.done) return true;
+      failed.last = outcome.failure;
     } catch (error) {
       ok = healthVerdict(error, admission);
       throw error;
@@ -187,9 +184,30 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
         health.record(ref, { ok, latencyMs: Math.round(performance.now() - started) }).catch((e: unknown) => deps.log("warn", "could not record channel health", { error: String(e) }));
       }
     }
-    deps.log("debug", "upstream attempt failed", { requestId: state.requestId, channel: channel.channel.name, failure: describe(last) });
+    deps.log("debug", "upstream attempt failed", { requestId: state.requestId, channel: channel.channel.name, failure: failed.last ? describe(failed.last) : "none" });
+    return false;
+  };
+  const refOf = (channel: PlannedChannel): ChannelRef => ({ id: channel.channel.id, routeId: channel.channel.routeId, organizationId: key.organizationId, health: channel.channel.health });
+
+  const coolingDown: PlannedChannel[] = [];
+  for (const channel of priced) {
+    if (state.attempts >= maxAttempts) break;
+    // A DOWN channel is skipped while it cools down (then one request probes it): see src/health.
+    const ref = refOf(channel);
+    const admission = health.admit(ref);
+    if (admission === "no") {
+      coolingDown.push(channel);
+      continue;
+    }
+    if (await tryChannel(channel, ref, admission)) return;
+  }
+  // Every usable channel is DOWN and cooling down: try the best (first) one rather than refuse blindly.
+  if (state.attempts === 0 && coolingDown.length > 0) {
+    const best = coolingDown[0]!;
+    if (await tryChannel(best, refOf(best), "probe")) return;
   }
   if (state.attempts === 0) throw channelsDown(model);
+  const last = failed.last;
   // Every usable channel (or the retry ceiling) is exhausted.
   const reached = last instanceof UpstreamFailure ? last.reachedUpstream : true;
   state.failureUsage = reached ? { promptTokens: promptCounted, completionTokens: 0, estimated: true } : null;

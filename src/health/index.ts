@@ -2,7 +2,7 @@
 // hysteresis so it does not flap. A DOWN channel is skipped until its cool-down ends; then one
 // probe request goes through (half-open): success starts recovery, failure restarts the cool-down.
 // Every state change is stored (Channel.health, ChannelHealthEvent) and published.
-import { db } from "../db/index.ts";
+import { directSql } from "../db/index.ts";
 import type { HealthState } from "../generated/prisma/enums.ts";
 import { events } from "../events/index.ts";
 
@@ -128,10 +128,20 @@ export class HealthTracker {
   private async persist(channel: ChannelRef, previous: HealthState, s: ChannelState, now: number): Promise<void> {
     const { successRate, p50LatencyMs } = stats(s.outcomes);
     const at = new Date(now);
-    await db.$transaction([
-      db.channel.update({ where: { id: channel.id }, data: { health: s.state, healthChangedAt: at } }),
-      db.channelHealthEvent.create({ data: { channelId: channel.id, fromState: previous, toState: s.state, successRate, p50LatencyMs, createdAt: at } }),
-    ]);
+    // One statement (state and its history row commit together), straight to the driver: this runs
+    // off the request path and must not hold a Prisma transaction open across a shutdown.
+    await directSql().$queryRawUnsafe(
+      `WITH changed AS (
+         UPDATE "Channel" SET health = $2::"HealthState", "healthChangedAt" = $6::timestamptz AT TIME ZONE 'UTC' WHERE id = $1 RETURNING id)
+       INSERT INTO "ChannelHealthEvent" ("channelId", "fromState", "toState", "successRate", "p50LatencyMs", "createdAt")
+       SELECT id, $3::"HealthState", $2::"HealthState", $4::float8, $5::int, $6::timestamptz AT TIME ZONE 'UTC' FROM changed`,
+      channel.id,
+      s.state,
+      previous,
+      successRate,
+      p50LatencyMs,
+      at.toISOString(),
+    );
     events.publish("routeHealth", {
       organizationId: channel.organizationId,
       routeId: channel.routeId,
