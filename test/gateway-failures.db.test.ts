@@ -307,7 +307,7 @@ describe("internal errors", () => {
     const holds = await database.prisma.hold.findMany({ where: { requestId } });
     expect(holds).toHaveLength(1);
     expect(holds[0]).toMatchObject({ status: "RELEASED", charged: 0n });
-    expect(await database.prisma.failedRequest.findUniqueOrThrow({ where: { requestId } })).toMatchObject({ httpStatus: 500, charge: 0n });
+    expect(await database.prisma.failedRequest.findUniqueOrThrow({ where: { requestId } })).toMatchObject({ httpStatus: 500, charge: 0n, cause: "INTERNAL_ERROR" });
     expect((await walletBucket(s.org.id, "CREDIT")).held).toBe(0n);
   });
 });

@@ -216,6 +216,23 @@ describe("balances", () => {
   });
 });
 
+describe("adjustments", () => {
+  it("adjustBalance writes a signed ADJUSTMENT entry with its memo, refuses to overdraw, and is platform-only", async () => {
+    const fresh = await f.world({ credit: "10" });
+    const m = `mutation($o: ID, $a: Decimal!, $k: String!) { adjustBalance(input: { organizationId: $o, bucket: CREDIT, amount: $a, idempotencyKey: $k, memo: "refund of a bad route" }) {
+      id kind amount { amount } balanceAfter { amount } memo } }`;
+    const down = await gqlOk(platform, m, { o: fresh.org.id, a: "-2.5", k: "adj-1" });
+    expect(down.adjustBalance).toMatchObject({ kind: "ADJUSTMENT", amount: { amount: "-2.500000" }, balanceAfter: { amount: "7.500000" }, memo: "refund of a bad route" });
+    expect((await gql(platform, m, { o: fresh.org.id, a: "-2.5", k: "adj-1" })).data!.adjustBalance.id).toBe(down.adjustBalance.id);
+    const overdraw = await gql(platform, m, { o: fresh.org.id, a: "-100", k: "adj-2" });
+    expect(overdraw.errors![0]!.extensions).toMatchObject({ code: "BAD_USER_INPUT", field: "amount" });
+    const t = await token("ORG_ADMIN", fresh.org.id);
+    expect(codes(await gql(t, m, { o: fresh.org.id, a: "5", k: "adj-3" }))).toEqual(["FORBIDDEN"]);
+    expect((await walletBucket(fresh.org.id, "CREDIT")).balance).toBe(7_500_000n);
+    expect(await audits(down.adjustBalance.id, "adjustBalance")).toHaveLength(1);
+  });
+});
+
 describe("runs, spend and estimates", () => {
   it("startRun caps a run; cancelRun stops its reservations", async () => {
     const started = await gqlOk(orgAdmin, `mutation($k: ID!) { startRun(input: { keyId: $k, mode: DEEP, cap: "2" }) { id status mode budgets { bucket cap { amount } } } }`, { k: w.key.id });

@@ -200,7 +200,7 @@ export const internalError = () =>
     type: "server_error",
     code: "internal_error",
     message: "The gateway had an internal error while processing the request. It was not charged.",
-    cause: "UPSTREAM_ERROR",
+    cause: "INTERNAL_ERROR",
   });
 
 export const upstreamTimeout = (message: string, attempts: number) =>

@@ -1,0 +1,3 @@
+-- AlterEnum
+ALTER TYPE "FailureCause" ADD VALUE 'INTERNAL_ERROR';
+
