@@ -1,0 +1,35 @@
+// Bad GraphQL input is a clear client error with a code, never an internal error.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "./support/db.ts";
+import { codes, gql, token } from "./support/graphql.ts";
+
+let database: TestDatabase;
+let admin: string;
+beforeAll(async () => {
+  database = await createTestDatabase();
+  admin = await token("PLATFORM_ADMIN");
+});
+afterAll(() => database.dispose());
+
+describe("bad input on the admin API", () => {
+  it.each([
+    ["a negative page size", `{ apiKeys(first: -1) { totalCount } }`],
+    ["a cursor that is not one", `{ apiKeys(after: "garbage") { totalCount } }`],
+    ["an unsupported cursor combination", `{ receipts(first: 2, before: "x") { totalCount } }`],
+    ["a malformed date", `{ receipts(filter: { from: "yesterday" }) { totalCount } }`],
+    ["an inverted time range", `{ receipts(filter: { from: "2026-02-01T00:00:00Z", to: "2026-01-01T00:00:00Z" }) { totalCount } }`],
+    ["a float where money is a string", `mutation { createProject(input: { name: "p", dailyCap: 1.5 }) { id } }`],
+    ["a spend series over too many hours", `{ spendSeries(input: { from: "2020-01-01T00:00:00Z", to: "2026-01-01T00:00:00Z", interval: HOUR, groupBy: KEY }) { group } }`],
+  ])("%s", async (_name, query) => {
+    const r = await gql(admin, query);
+    expect(r.errors?.length).toBeGreaterThan(0);
+    for (const code of codes(r)) expect(code).not.toBe("INTERNAL_SERVER_ERROR");
+    expect(r.errors![0]!.message).not.toMatch(/Unexpected error/);
+  });
+
+  it("a page larger than the maximum is served as the maximum page (100), not refused", async () => {
+    const r = await gql(admin, `{ auditEntries(first: 1000) { edges { node { id } } pageInfo { hasNextPage } } }`);
+    expect(r.errors).toBeUndefined();
+    expect(r.data!.auditEntries.edges.length).toBeLessThanOrEqual(100);
+  });
+});
