@@ -27,7 +27,7 @@ const $=s=>document.querySelector(s);const esc=v=>String(v??'').replace(/[&<>"]/
 const rows=(sel,list)=>{$(sel+' tbody').innerHTML=list.map(r=>'<tr>'+r.map((c,i)=>'<td'+(typeof c==='object'&&c&&c.num?' class="num"':'')+'>'+esc(typeof c==='object'&&c?c.v:c)+'</td>').join('')+'</tr>').join('')};
 const n=v=>({num:true,v});
 $('#token').value=localStorage.getItem('tg-token')||'';
-$('#save').onclick=()=>{localStorage.setItem('tg-token',$('#token').value);load()};
+$('#save').onclick=()=>{localStorage.setItem('tg-token',$('#token').value);location.reload()};
 async function load(){const t=localStorage.getItem('tg-token');if(!t)return;
  try{const r=await fetch('/graphql',{method:'POST',headers:{'content-type':'application/json',authorization:'Bearer '+t},body:JSON.stringify({query:Q})});
  const j=await r.json();if(j.errors){$('#err').textContent=j.errors[0].message;return}$('#err').textContent='';const d=j.data;
@@ -36,5 +36,16 @@ async function load(){const t=localStorage.getItem('tg-token');if(!t)return;
  rows('#routes',d.routes.flatMap(r=>r.channels.map(c=>[r.model,c.name,c.settlement,c.upstreamModel,c.health])));
  rows('#receipts',d.receipts.edges.map(({node:x})=>[x.createdAt,x.requestId,x.requestedModel+' → '+x.upstreamModel,x.channel.name,n(x.promptTokens+'+'+x.completionTokens),n(x.charge.amount+' '+x.charge.currency),n(x.latencyMs+' ms')]));
  }catch(e){$('#err').textContent=String(e)}}
-load();setInterval(load,5000);
+// Live: refresh on every new receipt, spend event and route-health change (SSE subscriptions),
+// with a slow poll as a fallback.
+async function live(query){const t=localStorage.getItem('tg-token');if(!t)return;
+ try{const r=await fetch('/graphql',{method:'POST',headers:{'content-type':'application/json',accept:'text/event-stream',authorization:'Bearer '+t},body:JSON.stringify({query})});
+ const reader=r.body.getReader();const dec=new TextDecoder();let buf='';
+ for(;;){const {value,done}=await reader.read();if(done)break;buf+=dec.decode(value,{stream:true});
+  let i;while((i=buf.indexOf('\\n\\n'))>=0){const chunk=buf.slice(0,i);buf=buf.slice(i+2);if(chunk.includes('event: next'))load();}}
+ }catch(e){}
+ setTimeout(()=>live(query),5000);}
+load();setInterval(load,30000);
+live('subscription { receiptCreated { id } }');
+live('subscription { routeHealth { channelId state } }');
 </script></body></html>`;
