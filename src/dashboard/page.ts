@@ -26,13 +26,15 @@ const Q=\`{ wallet { balances { bucket balance { amount currency } held { amount
 const $=s=>document.querySelector(s);const esc=v=>String(v??'').replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]));
 const rows=(sel,list)=>{$(sel+' tbody').innerHTML=list.map(r=>'<tr>'+r.map((c,i)=>'<td'+(typeof c==='object'&&c&&c.num?' class="num"':'')+'>'+esc(typeof c==='object'&&c?c.v:c)+'</td>').join('')+'</tr>').join('')};
 const n=v=>({num:true,v});
+// A token may arrive once in the URL fragment (never sent to the server): keep it, then drop it from the address bar.
+if(location.hash.startsWith('#token=')){localStorage.setItem('tg-token',decodeURIComponent(location.hash.slice(7)));history.replaceState(null,'',location.pathname)}
 $('#token').value=localStorage.getItem('tg-token')||'';
 $('#save').onclick=()=>{localStorage.setItem('tg-token',$('#token').value);location.reload()};
 async function load(){const t=localStorage.getItem('tg-token');if(!t)return;
  try{const r=await fetch('/graphql',{method:'POST',headers:{'content-type':'application/json',authorization:'Bearer '+t},body:JSON.stringify({query:Q})});
  const j=await r.json();if(j.errors){$('#err').textContent=j.errors[0].message;return}$('#err').textContent='';const d=j.data;
  rows('#wallet',d.wallet.balances.map(b=>[b.bucket,n(b.balance.amount+' '+b.balance.currency),n(b.held.amount),n(b.available.amount)]));
- rows('#keys',d.apiKeys.edges.map(({node:k})=>[k.name+' ('+k.prefix+'…'+k.last4+')',k.project.name,k.status,k.allowedBuckets.join(', '),n(k.spendToday.amount+' '+k.spendToday.currency),n(k.remainingToday?k.remainingToday.amount:'no cap')]));
+ rows('#keys',d.apiKeys.edges.map(({node:k})=>[k.name+' ('+k.prefix+'…'+k.last4+')',k.project.name,k.status,k.allowedBuckets.join(', '),n(k.spendToday.amount+' '+k.spendToday.currency),n(k.remainingToday?k.remainingToday.amount+' '+k.remainingToday.currency:'no cap')]));
  rows('#routes',d.routes.flatMap(r=>r.channels.map(c=>[r.model,c.name,c.settlement,c.upstreamModel,c.health])));
  rows('#receipts',d.receipts.edges.map(({node:x})=>[x.createdAt,x.requestId,x.requestedModel+' → '+x.upstreamModel,x.channel.name,n(x.promptTokens+'+'+x.completionTokens),n(x.charge.amount+' '+x.charge.currency),n(x.latencyMs+' ms')]));
  }catch(e){$('#err').textContent=String(e)}}
