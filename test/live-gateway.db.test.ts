@@ -79,6 +79,12 @@ describe("keySpend from the gateway", () => {
     const ledger = await database.prisma.ledgerEntry.aggregate({ where: { organizationId: w.org.id, kind: "CHARGE" }, _sum: { amount: true } });
     const highest = events.map((e) => e.spendToday.amount).sort((a, b) => Number(a) - Number(b)).at(-1);
     expect(highest).toBe(formatMoney(-(ledger._sum.amount ?? 0n)));
+    // The ledger answers the same question by key and by model.
+    const admin = await token("ORG_ADMIN", w.org.id);
+    const { gqlOk } = await import("./support/graphql.ts");
+    const byKey = await gqlOk(admin, `query($k: ID) { ledgerEntries(keyId: $k, kind: CHARGE) { totalCount } bad: ledgerEntries(model: "bad-model") { totalCount } }`, { k: w.key.id });
+    expect(byKey.ledgerEntries.totalCount).toBe(4); // two receipts, two charged failures
+    expect(byKey.bad.totalCount).toBe(2);
     dispose();
     await client.dispose();
   });

@@ -10,10 +10,30 @@ import { timeRange } from "./filters.ts";
 import { viewerOf } from "./viewer.ts";
 import type { Viewer } from "../auth/index.ts";
 
-function ledgerWhere(viewer: Viewer, args: { bucket?: "CREDIT" | "ROUTED" | null; kind?: string | null; from?: Date | null; to?: Date | null; organizationId?: string | number | null }) {
+interface LedgerArgs {
+  bucket?: "CREDIT" | "ROUTED" | null;
+  kind?: string | null;
+  from?: Date | null;
+  to?: Date | null;
+  organizationId?: string | number | null;
+  keyId?: string | number | null;
+  projectId?: string | number | null;
+  routeId?: string | number | null;
+  model?: string | null;
+}
+
+function ledgerWhere(viewer: Viewer, args: LedgerArgs) {
   if (viewer.role === "PROJECT_VIEWER") throw forbidden("project viewers cannot read the wallet ledger");
   const range = timeRange(args.from, args.to);
+  // Charges belong to a key, project and route through their hold; top-ups and adjustments to none.
+  const hold = {
+    ...(args.keyId ? { keyId: String(args.keyId) } : {}),
+    ...(args.projectId ? { projectId: String(args.projectId) } : {}),
+    ...(args.routeId ? { routeId: String(args.routeId) } : {}),
+  };
   return {
+    ...(Object.keys(hold).length ? { hold } : {}),
+    ...(args.model ? { OR: [{ receipt: { requestedModel: args.model } }, { failedRequest: { requestedModel: args.model } }] } : {}),
     ...(isPlatform(viewer) ? (args.organizationId ? { organizationId: String(args.organizationId) } : {}) : { organizationId: tenancyWhere(viewer).organizationId }),
     ...(args.bucket ? { bucket: { bucket: args.bucket } } : {}),
     ...(args.kind ? { kind: args.kind as "TOPUP" } : {}),
@@ -38,6 +58,10 @@ builder.queryFields((t) => ({
       organizationId: t.arg.id({ required: false, description: "Platform tokens only; others always see their own organization." }),
       bucket: t.arg({ type: BalanceBucket, required: false }),
       kind: t.arg({ type: LedgerKind, required: false }),
+      keyId: t.arg.id({ required: false, description: "Charges of this key." }),
+      projectId: t.arg.id({ required: false }),
+      routeId: t.arg.id({ required: false }),
+      model: t.arg.string({ required: false, description: "Charges for this requested model." }),
       from: t.arg({ type: "DateTime", required: false }),
       to: t.arg({ type: "DateTime", required: false }),
     },
