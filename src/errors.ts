@@ -16,3 +16,10 @@ export const notFound = (what: string, id: string) => new DomainError("NOT_FOUND
 export const badInput = (field: string, message: string) => new DomainError("BAD_USER_INPUT", `${field}: ${message}`, field);
 export const forbidden = (message = "not allowed for this token") => new DomainError("FORBIDDEN", message);
 export const conflict = (message: string) => new DomainError("CONFLICT", message);
+
+/** A trimmed, non-empty text input of at most `max` characters (names, model names). */
+export function requiredText(value: string, field: string, max = 200): string {
+  const trimmed = value.trim();
+  if (!trimmed || trimmed.length > max) throw badInput(field, `must be 1–${max} characters`);
+  return trimmed;
+}

@@ -37,14 +37,12 @@ async function serve(config: Config): Promise<void> {
   console.log(`database: ${database.kind === "pglite" ? `embedded PGlite in ${path.resolve(config.dataDir, "pglite")}` : "PostgreSQL (DATABASE_URL)"}`);
   const { bootstrapAdmin } = await import("./auth/index.ts");
   const { configureCredentialSecret } = await import("./routing/index.ts");
-  const { configureKeyCache } = await import("./keys/index.ts");
   const { startHoldSweeper } = await import("./accounting/index.ts");
   const { startServer } = await import("./server.ts");
   const { configureEvents, closeEvents } = await import("./events/index.ts");
   await configureEvents(config.redisUrl);
   if (config.redisUrl) console.log("events: Redis pub/sub (REDIS_URL)");
   configureCredentialSecret(await credentialSecret(config));
-  configureKeyCache(config.keyCacheTtlMs);
   const { generatedSecret } = await bootstrapAdmin(config.adminToken);
   if (generatedSecret) {
     console.log("\n  A platform admin token was generated (shown once, stored hashed):\n");

@@ -1,37 +1,21 @@
 // 100 concurrent requests against one cap (key daily, project daily, route daily, run total):
 // the sum of charges never exceeds the cap, every refusal is 402 budget_exceeded recorded as a
 // FailedRequest naming the scope, and counters, receipts and ledger agree afterwards.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { APIError } from "openai";
-import { createTestDatabase, type TestDatabase } from "./support/db.ts";
-import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
-import { startGateway, type TestGateway } from "./support/gateway.ts";
+
+import { useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
 import { scopeSpend, walletBucket } from "../src/accounting/index.ts";
 import { startRun } from "../src/runs/index.ts";
 import type { CapScope } from "../src/generated/prisma/enums.ts";
 
-let database: TestDatabase;
-let fake: FakeUpstream;
-let gw: TestGateway;
-
-beforeAll(async () => {
-  database = await createTestDatabase();
-  fake = await startFakeUpstream();
-  gw = await startGateway();
-});
-afterAll(async () => {
-  await gw?.close();
-  await fake?.close();
-  await database?.dispose();
-});
+const h = useGatewayHarness();
 
 const CAP = "0.050000";
 const CAP_MICROS = 50_000n;
 const CONCURRENCY = 100;
 
-let n = 0;
-const uid = (p: string) => `${p}-${++n}-${Math.random().toString(36).slice(2, 7)}`;
 
 // 100 micros per input token, 1,000 per output token. Each request reserves ~7,600 micros
 // (prompt bound + max_tokens 5) and costs 3,700 (7 prompt + 3 completion tokens as the fake reports).
@@ -45,10 +29,10 @@ async function hammer(scope: CapScope) {
   });
   const model = uid("capped");
   const upstreamModel = uid("up");
-  const r = await route(w.viewer, w.org.id, model, [{ name: "p", baseUrl: fake.url, upstreamModel, price: PRICES }], scope === "ROUTE_DAILY" ? { dailyCap: CAP } : {});
-  fake.set(upstreamModel, { type: "ok", text: " a b c" });
+  const r = await route(w.viewer, w.org.id, model, [{ name: "p", baseUrl: h.fake.url, upstreamModel, price: PRICES }], scope === "ROUTE_DAILY" ? { dailyCap: CAP } : {});
+  h.fake.set(upstreamModel, { type: "ok", text: " a b c" });
   const run = scope === "RUN_TOTAL" ? await startRun(w.viewer, { keyId: w.key.id, mode: "DEEP", cap: CAP }) : null;
-  const client = gw.client(w.secret, run ? { headers: { "x-run-id": run.id } } : {});
+  const client = h.gw.client(w.secret, run ? { headers: { "x-run-id": run.id } } : {});
 
   const results = await Promise.allSettled(
     Array.from({ length: CONCURRENCY }, () => client.chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 5 }).withResponse()),
@@ -64,7 +48,7 @@ async function hammer(scope: CapScope) {
   expect(ok.length).toBeGreaterThan(0);
   expect(refused.length).toBeGreaterThan(0);
 
-  const receipts = await database.prisma.receipt.findMany({ where: { keyId: w.key.id }, include: { ledgerEntry: true } });
+  const receipts = await h.database.prisma.receipt.findMany({ where: { keyId: w.key.id }, include: { ledgerEntry: true } });
   expect(receipts).toHaveLength(ok.length);
   const spent = receipts.reduce((sum, r) => sum + r.charge, 0n);
   expect(spent).toBeLessThanOrEqual(CAP_MICROS);
@@ -72,7 +56,7 @@ async function hammer(scope: CapScope) {
   for (const r of receipts) expect(r.ledgerEntry!.amount).toBe(-r.charge);
   for (const r of ok) expect(r.value.response.headers.get("x-tokengate-charge")).toMatch(/^0\.00\d{4}$/);
 
-  const failed = await database.prisma.failedRequest.findMany({ where: { keyId: w.key.id } });
+  const failed = await h.database.prisma.failedRequest.findMany({ where: { keyId: w.key.id } });
   expect(failed).toHaveLength(refused.length);
   for (const f of failed) expect(f).toMatchObject({ cause: "BUDGET_EXCEEDED", capScope: scope, httpStatus: 402, charge: 0n });
   const refusedIds = new Set(refused.map((r) => (r.reason as APIError).requestID));
@@ -81,12 +65,12 @@ async function hammer(scope: CapScope) {
   const scopeId = { KEY_DAILY: w.key.id, PROJECT_DAILY: w.project.id, ROUTE_DAILY: r.route.id, RUN_TOTAL: run?.id ?? "" }[scope as "KEY_DAILY"];
   const counter = await scopeSpend(scope, scopeId, "CREDIT");
   expect(counter).toEqual({ spent, held: 0n });
-  expect(await database.prisma.hold.count({ where: { keyId: w.key.id, status: "ACTIVE" } })).toBe(0);
+  expect(await h.database.prisma.hold.count({ where: { keyId: w.key.id, status: "ACTIVE" } })).toBe(0);
   const bucket = await walletBucket(w.org.id, "CREDIT");
   expect(bucket.balance).toBe(1_000_000_000n - spent);
   expect(bucket.held).toBe(0n);
   // No group-committed batch had to fall back to one-by-one.
-  const stats = gw.gateway.stats();
+  const stats = h.gw.gateway.stats();
   expect(stats.reserve.fallbacks, stats.reserve.lastError ?? "").toBe(0);
   expect(stats.settle.fallbacks, stats.settle.lastError ?? "").toBe(0);
 }
@@ -97,6 +81,6 @@ describe(`${CONCURRENCY} concurrent requests never spend more than a cap`, () =>
   it("route daily cap", () => hammer("ROUTE_DAILY"));
   it("run cap", () => hammer("RUN_TOTAL"));
   it("reservations were group-committed", () => {
-    expect(gw.gateway.stats().reserve.batches).toBeGreaterThan(0);
+    expect(h.gw.gateway.stats().reserve.batches).toBeGreaterThan(0);
   });
 });

@@ -2,11 +2,10 @@
 // the receipt and the ledger agree with price × usage to the micro-unit; key, model and balance
 // refusals; streaming with and without include_usage; embeddings; models; bad input.
 import http from "node:http";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { APIError } from "openai";
-import { createTestDatabase, type TestDatabase } from "./support/db.ts";
-import { startFakeUpstream, DEFAULT_TEXT, fakePromptTokens, type FakeUpstream } from "./support/fake-upstream.ts";
-import { startGateway, type TestGateway } from "./support/gateway.ts";
+import { DEFAULT_TEXT, fakePromptTokens } from "./support/fake-upstream.ts";
+import { useGatewayHarness, uid } from "./support/gateway.ts";
 import { apiKey, route, world } from "./support/fixtures.ts";
 import { walletBucket } from "../src/accounting/index.ts";
 import { changeKeyStatus } from "../src/keys/index.ts";
@@ -14,23 +13,8 @@ import { cancelRun, startRun } from "../src/runs/index.ts";
 import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money.ts";
 import { countTokens } from "gpt-tokenizer";
 
-let database: TestDatabase;
-let fake: FakeUpstream;
-let gw: TestGateway;
+const h = useGatewayHarness();
 
-beforeAll(async () => {
-  database = await createTestDatabase();
-  fake = await startFakeUpstream();
-  gw = await startGateway();
-});
-afterAll(async () => {
-  await gw?.close();
-  await fake?.close();
-  await database?.dispose();
-});
-
-let n = 0;
-const uid = (p: string) => `${p}-${++n}-${Math.random().toString(36).slice(2, 7)}`;
 const price = (input: string, output: string) => ({ inputPerMillion: parseMoney(input, "in"), outputPerMillion: parseMoney(output, "out") });
 
 /** A funded org, a key, and a one-channel route for `model` on the fake upstream. */
@@ -38,8 +22,8 @@ async function setup(options: Parameters<typeof world>[0] = {}, prices: [string,
   const w = await world(options);
   const model = uid("gpt-test");
   const upstreamModel = uid("up");
-  const r = await route(w.viewer, w.org.id, model, [{ name: "primary", baseUrl: fake.url, upstreamModel, price: prices }]);
-  return { ...w, model, upstreamModel, route: r.route, channels: r.channels, price: price(...prices), client: gw.client(w.secret) };
+  const r = await route(w.viewer, w.org.id, model, [{ name: "primary", baseUrl: h.fake.url, upstreamModel, price: prices }]);
+  return { ...w, model, upstreamModel, route: r.route, channels: r.channels, price: price(...prices), client: h.gw.client(w.secret) };
 }
 
 async function expectApiError(promise: Promise<unknown>, status: number, code: string): Promise<APIError> {
@@ -56,7 +40,7 @@ async function expectApiError(promise: Promise<unknown>, status: number, code: s
 }
 
 async function failedRequest(requestId: string) {
-  return database.prisma.failedRequest.findUniqueOrThrow({ where: { requestId } });
+  return h.database.prisma.failedRequest.findUniqueOrThrow({ where: { requestId } });
 }
 
 describe("charging", () => {
@@ -78,7 +62,7 @@ describe("charging", () => {
     expect(response.headers.get("x-tokengate-route")).toBe(s.route.id);
     expect(response.headers.get("x-tokengate-upstream-model")).toBe(s.upstreamModel);
 
-    const receipt = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId }, include: { ledgerEntry: true } });
+    const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId }, include: { ledgerEntry: true } });
     expect(receipt.charge).toBe(expected);
     expect(receipt).toMatchObject({
       organizationId: s.org.id,
@@ -101,7 +85,7 @@ describe("charging", () => {
       status: 200,
     });
     expect(receipt.latencyMs).toBeGreaterThanOrEqual(0);
-    const snapshot = await database.prisma.priceSnapshot.findUniqueOrThrow({ where: { id: receipt.priceSnapshotId } });
+    const snapshot = await h.database.prisma.priceSnapshot.findUniqueOrThrow({ where: { id: receipt.priceSnapshotId } });
     expect(snapshot.channelId).toBe(s.channels[0]!.id);
     expect(receipt.ledgerEntry!.amount).toBe(-expected);
     expect(receipt.ledgerEntry!.kind).toBe("CHARGE");
@@ -112,7 +96,7 @@ describe("charging", () => {
     expect(after.balance).toBe(receipt.ledgerEntry!.balanceAfter);
 
     // Unknown fields pass through; the model is rewritten; the upstream saw no stream options.
-    const seen = fake.requests.filter((r) => r.model === s.upstreamModel);
+    const seen = h.fake.requests.filter((r) => r.model === s.upstreamModel);
     expect(seen).toHaveLength(1);
     expect(seen[0]!.body!.max_tokens).toBe(50);
     expect(seen[0]!.body!.stream_options).toBeUndefined();
@@ -121,10 +105,10 @@ describe("charging", () => {
   it("rounds each token kind up to the micro-unit", async () => {
     // 7 prompt tokens × 0.333333 / 1e6 → 2.333331 → 3 micros; 5 × 0.1 → 0.5 → 1 micro.
     const s = await setup({}, ["0.333333", "0.1"]);
-    fake.set(s.upstreamModel, { type: "ok", usage: { prompt_tokens: 7, completion_tokens: 5 } });
+    h.fake.set(s.upstreamModel, { type: "ok", usage: { prompt_tokens: 7, completion_tokens: 5 } });
     const { response } = await s.client.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "round me" }], max_tokens: 10 }).withResponse();
     expect(response.headers.get("x-tokengate-charge")).toBe("0.000004");
-    const receipt = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! } });
+    const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! } });
     expect(receipt.charge).toBe(4n);
   });
 
@@ -146,13 +130,13 @@ describe("charging", () => {
     const requestId = response.headers.get("x-request-id")!;
     expect(response.headers.get("x-tokengate-bucket")).toBe("CREDIT");
     expect(response.headers.get("x-tokengate-upstream-model")).toBe(s.upstreamModel);
-    const receipt = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId }, include: { ledgerEntry: true } });
+    const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId }, include: { ledgerEntry: true } });
     expect(receipt.stream).toBe(true);
     expect(receipt.charge).toBe(expected);
     expect(receipt.ledgerEntry!.amount).toBe(-expected);
     const after = await walletBucket(s.org.id, "CREDIT");
     expect(before.balance - after.balance).toBe(expected);
-    const seen = fake.requests.find((r) => r.model === s.upstreamModel)!;
+    const seen = h.fake.requests.find((r) => r.model === s.upstreamModel)!;
     expect(seen.body!.stream_options).toEqual({ include_usage: true });
   });
 
@@ -166,10 +150,10 @@ describe("charging", () => {
       expect(chunk.usage ?? null).toBeNull();
     }
     expect(chunks).toBeGreaterThan(3);
-    const seen = fake.requests.find((r) => r.model === s.upstreamModel)!;
+    const seen = h.fake.requests.find((r) => r.model === s.upstreamModel)!;
     expect(seen.body!.stream_options).toEqual({ include_usage: true }); // forced upstream
     const expected = requestCharge(s.price, fakePromptTokens({ messages }), countTokens(DEFAULT_TEXT));
-    const receipt = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! }, include: { ledgerEntry: true } });
+    const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! }, include: { ledgerEntry: true } });
     expect(receipt.charge).toBe(expected);
     expect(receipt.charge).toBeGreaterThan(0n);
     expect(receipt.ledgerEntry!.amount).toBe(-expected);
@@ -179,7 +163,7 @@ describe("charging", () => {
     const s = await setup();
     const body = JSON.stringify({ model: s.model, messages: [{ role: "user", content: "trailers" }], stream: true, max_tokens: 64 });
     const { text, trailers, headers } = await new Promise<{ text: string; trailers: http.IncomingHttpHeaders; headers: http.IncomingHttpHeaders }>((resolve, reject) => {
-      const req = http.request(`${gw.url}/chat/completions`, { method: "POST", headers: { authorization: `Bearer ${s.secret}`, "content-type": "application/json" } }, (res) => {
+      const req = http.request(`${h.gw.url}/chat/completions`, { method: "POST", headers: { authorization: `Bearer ${s.secret}`, "content-type": "application/json" } }, (res) => {
         let text = "";
         res.setEncoding("utf8");
         res.on("data", (c: string) => (text += c));
@@ -189,7 +173,7 @@ describe("charging", () => {
       req.on("error", reject);
       req.end(body);
     });
-    const receipt = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId: String(headers["x-request-id"]) } });
+    const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId: String(headers["x-request-id"]) } });
     const charge = formatMoney(receipt.charge);
     expect(headers["content-type"]).toContain("text/event-stream");
     expect(trailers["x-tokengate-charge"]).toBe(charge);
@@ -204,7 +188,7 @@ describe("charging", () => {
     expect(data.data).toHaveLength(2);
     const expected = tokenCharge(data.usage.prompt_tokens, s.price.inputPerMillion);
     expect(response.headers.get("x-tokengate-charge")).toBe(formatMoney(expected));
-    const receipt = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! }, include: { ledgerEntry: true } });
+    const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! }, include: { ledgerEntry: true } });
     expect(receipt).toMatchObject({ endpoint: "/v1/embeddings", promptTokens: data.usage.prompt_tokens, completionTokens: 0, charge: expected });
     expect(receipt.ledgerEntry?.amount ?? 0n).toBe(-expected);
   });
@@ -213,11 +197,11 @@ describe("charging", () => {
     const w = await world({ routed: "50" });
     const model = uid("routed");
     const upstreamModel = uid("up");
-    await route(w.viewer, w.org.id, model, [{ name: "cheap", baseUrl: fake.url, upstreamModel, settlement: "ROUTED", price: ["1", "2"] }]);
-    const { response } = await gw.client(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 20 }).withResponse();
+    await route(w.viewer, w.org.id, model, [{ name: "cheap", baseUrl: h.fake.url, upstreamModel, settlement: "ROUTED", price: ["1", "2"] }]);
+    const { response } = await h.gw.client(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 20 }).withResponse();
     expect(response.headers.get("x-tokengate-bucket")).toBe("ROUTED");
     expect(response.headers.get("x-tokengate-currency")).toBe("CNY");
-    const receipt = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! } });
+    const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! } });
     expect(receipt.bucket).toBe("ROUTED");
     const routed = await walletBucket(w.org.id, "ROUTED");
     expect(routed.balance).toBe(50_000_000n - receipt.charge);
@@ -243,19 +227,19 @@ describe("key, model and balance checks", () => {
     const s = await setup();
     const call = () => s.client.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "hi" }], max_tokens: 5 });
     await call(); // the key is now cached
-    await database.prisma.apiKey.update({ where: { id: s.key.id }, data: { status: "REVOKED" } });
+    await h.database.prisma.apiKey.update({ where: { id: s.key.id }, data: { status: "REVOKED" } });
     await new Promise((r) => setTimeout(r, 1_050));
     await expectApiError(call(), 401, "key_revoked");
   });
 
   it("an unknown key is 401 invalid_api_key, recorded without an organization", async () => {
-    const client = gw.client("tg_not-a-real-key");
+    const client = h.gw.client("tg_not-a-real-key");
     const error = await expectApiError(client.chat.completions.create({ model: "x", messages: [{ role: "user", content: "hi" }] }), 401, "invalid_api_key");
     expect(await failedRequest(error.requestID!)).toMatchObject({ cause: "KEY_INVALID", organizationId: null, keyId: null, httpStatus: 401, charge: 0n });
   });
 
   it("a missing Authorization header is 401 invalid_api_key", async () => {
-    const res = await fetch(`${gw.url}/chat/completions`, { method: "POST", body: "{}" });
+    const res = await fetch(`${h.gw.url}/chat/completions`, { method: "POST", body: "{}" });
     expect(res.status).toBe(401);
     expect(res.headers.get("x-request-id")).toBeTruthy();
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe("invalid_api_key");
@@ -265,7 +249,7 @@ describe("key, model and balance checks", () => {
     const s = await setup();
     const other = await setup();
     const restricted = await apiKey(s.viewer, s.project.id, { allowedModels: [other.model] });
-    const client = gw.client(restricted.secret);
+    const client = h.gw.client(restricted.secret);
     const e403 = await expectApiError(client.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "hi" }] }), 403, "model_not_allowed");
     expect(await failedRequest(e403.requestID!)).toMatchObject({ cause: "MODEL_NOT_ALLOWED", requestedModel: s.model, charge: 0n });
     const e404 = await expectApiError(s.client.chat.completions.create({ model: "no-such-model", messages: [{ role: "user", content: "hi" }] }), 404, "model_not_found");
@@ -276,7 +260,7 @@ describe("key, model and balance checks", () => {
     const s = await setup({ credit: "0.000100" });
     const error = await expectApiError(s.client.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "hi" }], max_tokens: 100 }), 402, "insufficient_balance");
     expect(await failedRequest(error.requestID!)).toMatchObject({ cause: "INSUFFICIENT_BALANCE", httpStatus: 402, charge: 0n, bucket: "CREDIT" });
-    expect(fake.requests.some((r) => r.model === s.upstreamModel)).toBe(false);
+    expect(h.fake.requests.some((r) => r.model === s.upstreamModel)).toBe(false);
     const bucket = await walletBucket(s.org.id, "CREDIT");
     expect(bucket).toMatchObject({ balance: 100n, held: 0n });
   });
@@ -291,18 +275,18 @@ describe("key, model and balance checks", () => {
     const w = await world();
     const model = uid("unpriced");
     const upstreamModel = uid("up");
-    await route(w.viewer, w.org.id, model, [{ name: "p", baseUrl: fake.url, upstreamModel }]);
-    const error = await expectApiError(gw.client(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hi" }] }), 503, "price_unknown");
+    await route(w.viewer, w.org.id, model, [{ name: "p", baseUrl: h.fake.url, upstreamModel }]);
+    const error = await expectApiError(h.gw.client(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hi" }] }), 503, "price_unknown");
     expect(await failedRequest(error.requestID!)).toMatchObject({ cause: "PRICE_UNKNOWN", charge: 0n });
-    expect(fake.requests.some((r) => r.model === upstreamModel)).toBe(false);
+    expect(h.fake.requests.some((r) => r.model === upstreamModel)).toBe(false);
   });
 
   it("lists only the models the key may call, with their price", async () => {
     const s = await setup();
     const second = uid("gpt-second");
-    await route(s.viewer, s.org.id, second, [{ name: "p", baseUrl: fake.url, upstreamModel: uid("up"), price: ["1", "2"] }]);
+    await route(s.viewer, s.org.id, second, [{ name: "p", baseUrl: h.fake.url, upstreamModel: uid("up"), price: ["1", "2"] }]);
     const unpriced = uid("gpt-unpriced");
-    await route(s.viewer, s.org.id, unpriced, [{ name: "p", baseUrl: fake.url, upstreamModel: uid("up") }]);
+    await route(s.viewer, s.org.id, unpriced, [{ name: "p", baseUrl: h.fake.url, upstreamModel: uid("up") }]);
     const all = await s.client.models.list();
     const ids = all.data.map((m) => m.id).sort();
     expect(ids).toEqual([s.model, second].sort());
@@ -311,10 +295,10 @@ describe("key, model and balance checks", () => {
     expect(entry.pricing).toMatchObject({ bucket: "CREDIT", currency: "USD", input_per_million: "2.500000", output_per_million: "10.333333" });
 
     const restricted = await apiKey(s.viewer, s.project.id, { allowedModels: [second] });
-    const limited = await gw.client(restricted.secret).models.list();
+    const limited = await h.gw.client(restricted.secret).models.list();
     expect(limited.data.map((m) => m.id)).toEqual([second]);
     expect((await s.client.models.retrieve(second)).id).toBe(second);
-    await expectApiError(gw.client(restricted.secret).models.retrieve(s.model), 404, "model_not_found");
+    await expectApiError(h.gw.client(restricted.secret).models.retrieve(s.model), 404, "model_not_found");
   });
 });
 
@@ -322,13 +306,13 @@ describe("runs", () => {
   it("attributes a request to its run; a cancelled run is refused with run_cancelled; another key's run is 404", async () => {
     const s = await setup();
     const run = await startRun(s.viewer, { keyId: s.key.id, mode: "QUICK", cap: "5" });
-    const client = gw.client(s.secret, { headers: { "x-run-id": run.id } });
+    const client = h.gw.client(s.secret, { headers: { "x-run-id": run.id } });
     const { response } = await client.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "run" }], max_tokens: 10 }).withResponse();
-    const receipt = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! } });
+    const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! } });
     expect(receipt.runId).toBe(run.id);
 
     const otherKey = await apiKey(s.viewer, s.project.id);
-    const foreign = gw.client(otherKey.secret, { headers: { "x-run-id": run.id } });
+    const foreign = h.gw.client(otherKey.secret, { headers: { "x-run-id": run.id } });
     await expectApiError(foreign.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "run" }] }), 404, "run_not_found");
 
     await cancelRun(s.viewer, run.id);
@@ -339,7 +323,7 @@ describe("runs", () => {
 
 describe("bad input", () => {
   const post = (secret: string, body: string, path = "/chat/completions") =>
-    fetch(`${gw.url}${path}`, { method: "POST", headers: { authorization: `Bearer ${secret}`, "content-type": "application/json" }, body });
+    fetch(`${h.gw.url}${path}`, { method: "POST", headers: { authorization: `Bearer ${secret}`, "content-type": "application/json" }, body });
 
   it("malformed JSON is a 400 in OpenAI's shape, recorded as BAD_REQUEST", async () => {
     const s = await setup();
@@ -386,11 +370,11 @@ describe("bad input", () => {
   });
 
   it("unknown paths and methods answer in OpenAI's shape with a request id", async () => {
-    const res = await fetch(`${gw.url}/completions/legacy`, { method: "POST", body: "{}" });
+    const res = await fetch(`${h.gw.url}/completions/legacy`, { method: "POST", body: "{}" });
     expect(res.status).toBe(404);
     expect(res.headers.get("x-request-id")).toBeTruthy();
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe("unknown_url");
-    const get = await fetch(`${gw.url}/chat/completions`);
+    const get = await fetch(`${h.gw.url}/chat/completions`);
     expect(get.status).toBe(405);
   });
 });

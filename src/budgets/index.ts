@@ -4,7 +4,7 @@ import type { Prisma, Project } from "../generated/prisma/client.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
-import { badInput, conflict, notFound } from "../errors.ts";
+import { conflict, notFound, requiredText } from "../errors.ts";
 import { parseMoney } from "../money.ts";
 import { scopeSpend, type ScopeSpend } from "../accounting/index.ts";
 
@@ -77,9 +77,7 @@ export interface ProjectBudgetInput {
 export async function createProject(viewer: Viewer, input: { organizationId?: string | null; name: string } & ProjectBudgetInput): Promise<Project> {
   const organizationId = await resolveOrganizationId(viewer, input.organizationId);
   assertCanWrite(viewer, organizationId);
-  const name = input.name.trim();
-  if (!name) throw badInput("name", "must not be empty");
-  if (name.length > 200) throw badInput("name", "must be at most 200 characters");
+  const name = requiredText(input.name, "name");
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const monthlyCap = parseCapInput(input.monthlyCap, "monthlyCap");
   const bucket = input.bucket ?? "CREDIT";

@@ -6,7 +6,7 @@ import type { BalanceBucket, FailedChargePolicy, KeyStatus } from "../generated/
 import { assertCanWrite, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { capsOf, parseCapInput, setCap, type CapInput } from "../budgets/index.ts";
-import { badInput, conflict, notFound } from "../errors.ts";
+import { badInput, conflict, notFound, requiredText } from "../errors.ts";
 import { displayParts, generateSecret, sha256 } from "../secrets.ts";
 import { events } from "../events/index.ts";
 
@@ -64,9 +64,7 @@ export async function createApiKey(
   const project = await db.project.findUnique({ where: { id: input.projectId } });
   if (!project) throw notFound("project", input.projectId);
   assertCanWrite(viewer, project.organizationId);
-  const name = input.name.trim();
-  if (!name) throw badInput("name", "must not be empty");
-  if (name.length > 200) throw badInput("name", "must be at most 200 characters");
+  const name = requiredText(input.name, "name");
   const allowedBuckets = validateBuckets(input.allowedBuckets ?? ["CREDIT", "ROUTED"]);
   const allowedModels = validateModels(input.allowedModels ?? []);
   const retryCeiling = validateRetryCeiling(input.retryCeiling ?? 2);

@@ -4,7 +4,7 @@ import { db } from "../db/index.ts";
 import { assertCanWrite, createAdminToken, isPlatform, type Viewer } from "../auth/index.ts";
 import { ensureOrganization } from "../orgs/index.ts";
 import { writeAudit } from "../audit/index.ts";
-import { badInput, conflict, forbidden, notFound } from "../errors.ts";
+import { badInput, conflict, forbidden, notFound, requiredText } from "../errors.ts";
 import { AdminRole } from "../generated/prisma/enums.ts";
 import { viewerOf } from "./viewer.ts";
 
@@ -79,8 +79,7 @@ builder.mutationFields((t) => ({
     resolve: async (query, _root, { name }, ctx) => {
       const viewer = viewerOf(ctx);
       if (!isPlatform(viewer)) throw forbidden("only platform admins can create organizations");
-      const trimmed = name.trim();
-      if (!trimmed || trimmed.length > 200) throw badInput("name", "must be 1–200 characters");
+      const trimmed = requiredText(name, "name");
       if (await db.organization.findUnique({ where: { name: trimmed } })) throw conflict(`organization ${JSON.stringify(trimmed)} exists`);
       const org = await ensureOrganization(trimmed);
       await writeAudit(db, viewer, { organizationId: org.id, action: "createOrganization", targetType: "Organization", targetId: org.id, after: org });

@@ -6,7 +6,7 @@ import type { BalanceBucket, Settlement } from "../generated/prisma/enums.ts";
 import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { capsOf, parseCapInput, setCap, type CapInput } from "../budgets/index.ts";
-import { badInput, notFound } from "../errors.ts";
+import { badInput, notFound, requiredText } from "../errors.ts";
 import { BUCKET_CURRENCY, parseMoney } from "../money.ts";
 import { CredentialCipher } from "../secrets.ts";
 
@@ -54,8 +54,7 @@ interface ValidChannel {
 
 function validateChannel(c: ChannelInput, index: number): ValidChannel {
   const field = `channels[${index}]`;
-  const name = c.name.trim();
-  if (!name || name.length > 100) throw badInput(`${field}.name`, "must be 1–100 characters");
+  const name = requiredText(c.name, `${field}.name`, 100);
   let url: URL;
   try {
     url = new URL(c.baseUrl);
@@ -63,8 +62,7 @@ function validateChannel(c: ChannelInput, index: number): ValidChannel {
     throw badInput(`${field}.baseUrl`, "is not a URL");
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") throw badInput(`${field}.baseUrl`, "must be http or https");
-  const upstreamModel = c.upstreamModel.trim();
-  if (!upstreamModel) throw badInput(`${field}.upstreamModel`, "must not be empty");
+  const upstreamModel = requiredText(c.upstreamModel, `${field}.upstreamModel`);
   const priority = c.priority ?? index;
   if (!Number.isInteger(priority) || priority < 0 || priority > 10_000) throw badInput(`${field}.priority`, "must be an integer from 0 to 10000");
   return { name, baseUrl: c.baseUrl.replace(/\/+$/, ""), apiKey: c.apiKey, upstreamModel, settlement: c.settlement ?? "OFFICIAL", priority };
@@ -79,8 +77,7 @@ function validateMaxTokens(value: number): number {
 export async function upsertRoute(viewer: Viewer, input: UpsertRouteInput): Promise<Route> {
   const organizationId = await resolveOrganizationId(viewer, input.organizationId);
   assertCanWrite(viewer, organizationId);
-  const model = input.model.trim();
-  if (!model || model.length > 200) throw badInput("model", "must be 1–200 characters");
+  const model = requiredText(input.model, "model");
   if (input.channels.length === 0) throw badInput("channels", "a route needs at least one channel");
   const channels = input.channels.map(validateChannel);
   const names = new Set(channels.map((c) => c.name));

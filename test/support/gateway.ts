@@ -3,6 +3,9 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import OpenAI from "openai";
+import { afterAll, beforeAll } from "vitest";
+import { createTestDatabase, type TestDatabase } from "./db.ts";
+import { startFakeUpstream, type FakeUpstream } from "./fake-upstream.ts";
 import { loadConfig, type Config } from "../../src/config.ts";
 import { createGateway, type Gateway, type GatewayOptions } from "../../src/gateway/index.ts";
 
@@ -49,3 +52,29 @@ export async function startGateway(env: Record<string, string> = {}, options: Ga
     },
   };
 }
+
+export interface GatewayHarness {
+  database: TestDatabase;
+  fake: FakeUpstream;
+  gw: TestGateway;
+}
+
+/** For a test file: a fresh database, a fake upstream and a gateway before its tests, all closed after. */
+export function useGatewayHarness(env: Record<string, string> = {}): GatewayHarness {
+  const harness = {} as GatewayHarness;
+  beforeAll(async () => {
+    harness.database = await createTestDatabase();
+    harness.fake = await startFakeUpstream();
+    harness.gw = await startGateway(env);
+  });
+  afterAll(async () => {
+    await harness.gw?.close();
+    await harness.fake?.close();
+    await harness.database?.dispose();
+  });
+  return harness;
+}
+
+let counter = 0;
+/** A name no other test in the run uses. */
+export const uid = (prefix: string) => `${prefix}-${++counter}-${Math.random().toString(36).slice(2, 7)}`;

@@ -1,5 +1,5 @@
 import { builder } from "../builder.ts";
-import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
+import { BudgetStatusRef, MoneyRef, budgetMoney, NEWEST_FIRST } from "./common.ts";
 import { BalanceBucket, FailedChargePolicy, KeyStatus } from "../../generated/prisma/enums.ts";
 import { primaryBucket } from "../../keys/index.ts";
 
@@ -35,13 +35,9 @@ builder.prismaObject("ApiKey", {
         description: "Daily window of this key in each allowed bucket.",
         resolve: (k, _args, ctx) => Promise.all(k.allowedBuckets.map((b) => ctx.loaders.budget("KEY_DAILY", k.id, b))),
       }),
-      receipts: t.relatedConnection("receipts", { cursor: "id", totalCount: true, query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] } }),
-      failedRequests: t.relatedConnection("failedRequests", {
-        cursor: "id",
-        totalCount: true,
-        query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] },
-      }),
-      runs: t.relatedConnection("runs", { cursor: "id", totalCount: true, query: { orderBy: { createdAt: "desc" } } }),
+      receipts: t.relatedConnection("receipts", NEWEST_FIRST),
+      failedRequests: t.relatedConnection("failedRequests", NEWEST_FIRST),
+      runs: t.relatedConnection("runs", NEWEST_FIRST),
       createdAt: t.expose("createdAt", { type: "DateTime" }),
       updatedAt: t.expose("updatedAt", { type: "DateTime" }),
     };

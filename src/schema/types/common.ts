@@ -92,3 +92,10 @@ export const BudgetStatusRef = builder.objectRef<BudgetStatus>("BudgetStatus").i
     remaining: t.field({ type: MoneyRef, nullable: true, resolve: (b) => moneyOrNull(b.remaining, b.bucket) }),
   }),
 });
+
+/** Request history (receipts, failed requests) and runs: newest first, with totalCount. */
+export const NEWEST_FIRST = {
+  cursor: "id" as const,
+  totalCount: true as const,
+  query: () => ({ orderBy: [{ createdAt: "desc" as const }, { id: "desc" as const }] }),
+};

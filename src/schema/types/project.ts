@@ -1,5 +1,5 @@
 import { builder } from "../builder.ts";
-import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
+import { BudgetStatusRef, MoneyRef, budgetMoney, NEWEST_FIRST } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("Project", {
@@ -34,13 +34,9 @@ builder.prismaObject("Project", {
           ),
       }),
       apiKeys: t.relatedConnection("apiKeys", { cursor: "id", totalCount: true, query: { orderBy: { createdAt: "asc" } } }),
-      receipts: t.relatedConnection("receipts", { cursor: "id", totalCount: true, query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] } }),
-      failedRequests: t.relatedConnection("failedRequests", {
-        cursor: "id",
-        totalCount: true,
-        query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] },
-      }),
-      runs: t.relatedConnection("runs", { cursor: "id", totalCount: true, query: { orderBy: { createdAt: "desc" } } }),
+      receipts: t.relatedConnection("receipts", NEWEST_FIRST),
+      failedRequests: t.relatedConnection("failedRequests", NEWEST_FIRST),
+      runs: t.relatedConnection("runs", NEWEST_FIRST),
     };
   },
 });

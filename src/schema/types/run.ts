@@ -1,5 +1,5 @@
 import { builder } from "../builder.ts";
-import { BudgetStatusRef } from "./common.ts";
+import { BudgetStatusRef, NEWEST_FIRST } from "./common.ts";
 import { RunMode, RunStatus } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("Run", {
@@ -16,12 +16,8 @@ builder.prismaObject("Run", {
       description: "The run's total cap and spend in each bucket.",
       resolve: (r, _args, ctx) => Promise.all((["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget("RUN_TOTAL", r.id, b))),
     }),
-    receipts: t.relatedConnection("receipts", { cursor: "id", totalCount: true, query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] } }),
-    failedRequests: t.relatedConnection("failedRequests", {
-      cursor: "id",
-      totalCount: true,
-      query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] },
-    }),
+    receipts: t.relatedConnection("receipts", NEWEST_FIRST),
+    failedRequests: t.relatedConnection("failedRequests", NEWEST_FIRST),
     createdAt: t.expose("createdAt", { type: "DateTime" }),
     endedAt: t.expose("endedAt", { type: "DateTime", nullable: true }),
   }),
