@@ -18,7 +18,6 @@ import { capToHold, recordFailure, type HoldRef, type ReceiptInput } from "../re
 import { directSql } from "../db/index.ts";
 import {
   GatewayError,
-  badRequest,
   budgetExceeded,
   clientClosed,
   expiredKey,
@@ -42,8 +41,9 @@ import {
 import { drained, header, parseJsonObject, readBody } from "./http.ts";
 import { Lookups, modelAllowed, usableChannels } from "./lookups.ts";
 import { SseRelay, choiceText, readUsage, type Usage } from "./sse.ts";
-import { countChatPrompt, countEmbeddingInput, countText, outputBound, promptBound } from "./tokens.ts";
+import { countChatPrompt, countEmbeddingInput, countText, outputBound, reservedPromptTokens } from "./tokens.ts";
 import { UpstreamFailure, type UpstreamAttempt, type UpstreamClient } from "./upstream.ts";
+import { validateRequest } from "./validate.ts";
 
 export type Endpoint = "/v1/chat/completions" | "/v1/embeddings" | "/v1/models";
 
@@ -125,8 +125,7 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   const { config, lookups } = deps;
   const key = await authenticate(state, req);
   const body = parseJsonObject(await readBody(req, config.maxBodyBytes));
-  const model = body.model;
-  if (typeof model !== "string" || !model.trim()) throw badRequest("You must provide a model parameter.", "model", "missing_model");
+  const model = validateRequest(state.endpoint, body, header(req, "x-run-id"));
   state.model = model;
   const chat = state.endpoint === "/v1/chat/completions";
   const stream = chat && body.stream === true;
@@ -153,8 +152,9 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   }
 
   // Worst case: every prompt token (with a margin for the upstream's tokenizer) and the output bound.
-  const promptCounted = chat ? countChatPrompt(body) : countEmbeddingInput(body);
-  const reservedPrompt = promptBound(promptCounted);
+  const prompt = chat ? await countChatPrompt(body) : await countEmbeddingInput(body);
+  const promptCounted = prompt.text;
+  const reservedPrompt = reservedPromptTokens(prompt, priced.map((c) => c.channel.upstreamModel), plan.route.maxUnboundedPartTokens);
   const reservedOutput = chat ? outputBound(body, plan.route.defaultMaxTokens) : 0;
   const clientWantsUsage = stream && (body.stream_options as { include_usage?: unknown } | null | undefined)?.include_usage === true;
 
@@ -376,8 +376,9 @@ async function writeReceipt(deps: GatewayDeps, state: RequestState, input: Attem
   const hold = state.hold!;
   const full = requestCharge(price, usage.promptTokens, usage.completionTokens);
   const charge = capToHold(full, hold);
-  if (charge < full) {
-    // The upstream used more than the worst case reserved (another tokenizer, ignored max_tokens): caps win.
+  const exceeded = charge < full || usage.clamped === true;
+  if (exceeded) {
+    // The upstream used more than the worst case reserved (another tokenizer, ignored max_tokens, absurd usage): caps win.
     deps.log("warn", "usage exceeded the reservation; the charge is capped at the hold", { requestId: state.requestId, usage, reserved: hold.amount.toString(), full: full.toString() });
   }
   const record: ReceiptInput = {
@@ -403,6 +404,7 @@ async function writeReceipt(deps: GatewayDeps, state: RequestState, input: Attem
     stream: input.stream,
     latencyMs: Math.round(performance.now() - state.startedAt),
     status,
+    usageExceededReservation: exceeded,
   };
   const receipt = await deps.settle({ record, hold, bucketId: hold.bucketId });
   state.recorded = true;

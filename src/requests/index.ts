@@ -29,6 +29,8 @@ export interface ReceiptInput {
   stream: boolean;
   latencyMs: number;
   status: number;
+  /** Usage above the reservation (or absurd): charged at the reservation. Default false. */
+  usageExceededReservation?: boolean;
 }
 
 export interface FailedRequestInput {
@@ -116,6 +118,7 @@ const RECEIPT_COLUMNS: Array<[keyof ReceiptInput, string]> = [
   ["stream", "boolean"],
   ["latencyMs", "int"],
   ["status", "int"],
+  ["usageExceededReservation", "boolean"],
 ];
 
 const FAILED_COLUMNS: Array<[keyof FailedRequestInput, string]> = [
@@ -149,7 +152,13 @@ function insertSql(table: string, columns: Array<[string, string]>): string {
   return `INSERT INTO "${table}" (${names}, "createdAt") VALUES (${values}, $${columns.length + 1}::timestamptz AT TIME ZONE 'UTC') RETURNING id`;
 }
 
-const param = (value: unknown): unknown => (typeof value === "bigint" ? value.toString() : value === undefined ? null : value);
+// PostgreSQL text cannot hold NUL: a client string that carries one (a model name, a message quoting
+// it) is stored with U+FFFD in its place rather than failing the write and losing the record.
+const param = (value: unknown): unknown =>
+  typeof value === "bigint" ? value.toString() : value === undefined ? null : typeof value === "string" && value.includes("\u0000") ? value.replaceAll("\u0000", "\uFFFD") : value;
+
+const receiptParam = (record: ReceiptInput, column: keyof ReceiptInput): unknown =>
+  column === "usageExceededReservation" ? record.usageExceededReservation === true : param(record[column]);
 
 function recordAndResolveSql(table: string, columns: Array<[string, string]>, status: "SETTLED" | "RELEASED"): string {
   const n = columns.length;
@@ -168,7 +177,7 @@ export async function recordReceipt(record: ReceiptInput, hold: HoldRef, now = n
   if (record.charge > hold.amount || record.charge < 0n) throw new RangeError("receipt charge outside its hold");
   const rows = await (directSql().$queryRawUnsafe(
       RECEIPT_SETTLE_SQL,
-      ...RECEIPT_COLUMNS.map(([c]) => param(record[c])),
+      ...RECEIPT_COLUMNS.map(([c]) => receiptParam(record, c)),
       now.toISOString(),
       hold.id,
       record.charge.toString(),
@@ -209,7 +218,7 @@ export async function recordReceiptMany(items: Array<{ record: ReceiptInput; hol
   const payload = order.map((i, pos) => {
     const { record, hold } = items[i]!;
     const row: Record<string, unknown> = { hold_id: hold.id, pos };
-    for (const [c] of RECEIPT_COLUMNS) row[c] = param(record[c]);
+    for (const [c] of RECEIPT_COLUMNS) row[c] = receiptParam(record, c);
     return row;
   });
   const rows = await (directSql().$queryRawUnsafe(RECEIPT_MANY_SQL, JSON.stringify(payload), now.toISOString()) as Promise<

@@ -73,6 +73,7 @@ const UpsertRouteInput = builder.inputType("UpsertRouteInput", {
     dailyCap: t.field({ type: "Decimal", required: false }),
     capBucket: t.field({ type: BalanceBucket, required: false, description: "Bucket the daily cap counts (default: the primary channel's)." }),
     defaultMaxTokens: t.int({ required: false }),
+    maxUnboundedPartTokens: t.int({ required: false, description: "Prompt tokens reserved per audio / file part (their cost cannot be bounded from the request); 0 refuses such parts; omitted keeps the current value." }),
   }),
 });
 
@@ -82,6 +83,7 @@ const SetRouteLimitsInput = builder.inputType("SetRouteLimitsInput", {
     dailyCap: t.field({ type: "Decimal", required: false, description: "null removes the cap." }),
     capBucket: t.field({ type: BalanceBucket, required: false }),
     defaultMaxTokens: t.int({ required: false }),
+    maxUnboundedPartTokens: t.int({ required: false, description: "Prompt tokens reserved per audio / file part (their cost cannot be bounded from the request); 0 refuses such parts; omitted keeps the current value." }),
   }),
 });
 

@@ -41,6 +41,8 @@ export interface UpsertRouteInput {
   /** The bucket dailyCap counts (default: the primary channel's bucket). */
   capBucket?: BalanceBucket | null;
   defaultMaxTokens?: number | null;
+  /** Prompt tokens reserved per audio / file part; 0 refuses such parts; omitted keeps the stored value. */
+  maxUnboundedPartTokens?: number | null;
 }
 
 interface ValidChannel {
@@ -73,6 +75,12 @@ function validateMaxTokens(value: number): number {
   return value;
 }
 
+function validateUnboundedPartTokens(value: number | null | undefined): { maxUnboundedPartTokens?: number | null } {
+  if (value == null) return {};
+  if (!Number.isInteger(value) || value < 0 || value > 10_000_000) throw badInput("maxUnboundedPartTokens", "must be an integer from 0 (refuse such parts) to 10000000");
+  return { maxUnboundedPartTokens: value === 0 ? null : value };
+}
+
 /** Creates or replaces a route by catalog model name. Channels are matched by name; ones left out are disabled (receipts keep pointing at them). */
 export async function upsertRoute(viewer: Viewer, input: UpsertRouteInput): Promise<Route> {
   const organizationId = await resolveOrganizationId(viewer, input.organizationId);
@@ -84,14 +92,15 @@ export async function upsertRoute(viewer: Viewer, input: UpsertRouteInput): Prom
   if (names.size !== channels.length) throw badInput("channels", "channel names must be unique within a route");
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const defaultMaxTokens = input.defaultMaxTokens == null ? undefined : validateMaxTokens(input.defaultMaxTokens);
+  const unbounded = validateUnboundedPartTokens(input.maxUnboundedPartTokens);
   const encrypted = channels.map((c) => (c.apiKey ? credentialCipher().encrypt(c.apiKey) : c.apiKey));
 
   return db.$transaction(async (tx) => {
     const existing = await tx.route.findUnique({ where: { organizationId_model: { organizationId, model } }, include: { channels: true } });
     const before = existing ? { ...existing, channels: existing.channels.map(redactChannel), caps: await capsOf(tx, existing.id) } : undefined;
     const route = existing
-      ? await tx.route.update({ where: { id: existing.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}) } })
-      : await tx.route.create({ data: { organizationId, model, ...(defaultMaxTokens ? { defaultMaxTokens } : {}) } });
+      ? await tx.route.update({ where: { id: existing.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}), ...unbounded } })
+      : await tx.route.create({ data: { organizationId, model, ...(defaultMaxTokens ? { defaultMaxTokens } : {}), ...unbounded } });
     for (const [i, c] of channels.entries()) {
       const data = {
         baseUrl: c.baseUrl,
@@ -128,17 +137,18 @@ const redactChannel = (c: Channel) => ({ ...c, apiKeyCiphertext: c.apiKeyCiphert
 
 export async function setRouteLimits(
   viewer: Viewer,
-  input: { routeId: string; dailyCap?: CapInput; capBucket?: BalanceBucket | null; defaultMaxTokens?: number | null },
+  input: { routeId: string; dailyCap?: CapInput; capBucket?: BalanceBucket | null; defaultMaxTokens?: number | null; maxUnboundedPartTokens?: number | null },
 ): Promise<Route> {
   const route = await db.route.findUnique({ where: { id: input.routeId }, include: { channels: { orderBy: { priority: "asc" } } } });
   if (!route) throw notFound("route", input.routeId);
   assertCanWrite(viewer, route.organizationId);
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const defaultMaxTokens = input.defaultMaxTokens == null ? undefined : validateMaxTokens(input.defaultMaxTokens);
+  const unbounded = validateUnboundedPartTokens(input.maxUnboundedPartTokens);
   const bucket = input.capBucket ?? bucketOf(route.channels[0]?.settlement ?? "OFFICIAL");
   return db.$transaction(async (tx) => {
-    const before = { defaultMaxTokens: route.defaultMaxTokens, caps: await capsOf(tx, route.id) };
-    const next = await tx.route.update({ where: { id: route.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}) } });
+    const before = { defaultMaxTokens: route.defaultMaxTokens, maxUnboundedPartTokens: route.maxUnboundedPartTokens, caps: await capsOf(tx, route.id) };
+    const next = await tx.route.update({ where: { id: route.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}), ...unbounded } });
     await setCap(tx, { organizationId: route.organizationId, scope: "ROUTE_DAILY", scopeId: route.id, bucket }, dailyCap);
     await writeAudit(tx, viewer, {
       organizationId: route.organizationId,
@@ -146,7 +156,7 @@ export async function setRouteLimits(
       targetType: "Route",
       targetId: route.id,
       before,
-      after: { defaultMaxTokens: next.defaultMaxTokens, caps: await capsOf(tx, route.id) },
+      after: { defaultMaxTokens: next.defaultMaxTokens, maxUnboundedPartTokens: next.maxUnboundedPartTokens, caps: await capsOf(tx, route.id) },
     });
     return next;
   });
