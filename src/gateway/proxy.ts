@@ -163,25 +163,29 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   const failed: { last: Extract<Outcome, { done: false }>["failure"] | null } = { last: null };
   /** One attempt on one channel; true when the request is answered. */
   const tryChannel = async (channel: PlannedChannel, ref: ChannelRef, admission: Admission): Promise<boolean> => {
-    const worst = requestCharge(channel.price!, reservedPrompt, reservedOutput);
-    await holdFor(deps, state, key, channel, worst);
-    if (state.client.signal.aborted) throw clientClosed();
-    state.channel = channel;
-    state.attempts++;
-    state.failureUsage = null;
-    const started = performance.now();
+    let started = 0;
     let ok: boolean | null = null;
     try {
+      const worst = requestCharge(channel.price!, reservedPrompt, reservedOutput);
+      await holdFor(deps, state, key, channel, worst);
+      if (state.client.signal.aborted) throw clientClosed();
+      state.channel = channel;
+      state.attempts++;
+      state.failureUsage = null;
+      started = performance.now();
       const outcome = await attempt(deps, state, res, { body, channel, stream, clientWantsUsage, promptCounted, plan: plan.route });
       ok = outcome.done;
       if (outcome.done) return true;
       failed.last = outcome.failure;
     } catch (error) {
-      ok = healthVerdict(error, admission);
+      ok = started ? healthVerdict(error) : null;
       throw error;
     } finally {
       if (ok !== null) {
         health.record(ref, { ok, latencyMs: Math.round(performance.now() - started) }).catch((e: unknown) => deps.log("warn", "could not record channel health", { error: String(e) }));
+      } else if (admission === "probe") {
+        // The probe learnt nothing (refused, client gone, our own error): free the slot, or the channel stays DOWN here for good.
+        health.releaseProbe(ref);
       }
     }
     deps.log("debug", "upstream attempt failed", { requestId: state.requestId, channel: channel.channel.name, failure: failed.last ? describe(failed.last) : "none" });
@@ -215,14 +219,14 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   throw upstreamError(last ? describe(last) : "no attempt was possible", state.attempts, last && !(last instanceof UpstreamFailure) ? last.status : null);
 }
 
-/** What an attempt that ended in an exception says about its channel: null = nothing (not recorded). */
-function healthVerdict(error: unknown, admission: Admission): boolean | null {
+/** What an attempt that ended in an exception says about its channel: null = nothing (not recorded; a probe slot is freed). */
+function healthVerdict(error: unknown): boolean | null {
   if (error instanceof GatewayError) {
     if (error.failureCause === "BAD_REQUEST") return true; // the upstream answered; the request was at fault
     if (error.failureCause === "UPSTREAM_ERROR" || error.failureCause === "UPSTREAM_TIMEOUT") return false; // cut or stalled mid-stream
   }
-  // Client gone or our own error: says nothing about the channel, except that a probe did not prove it healthy.
-  return admission === "probe" ? false : null;
+  // Client gone or our own error: says nothing about the channel.
+  return null;
 }
 
 function describe(f: UpstreamFailure | { kind: "status"; status: number; message: string }): string {
