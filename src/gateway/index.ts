@@ -31,7 +31,10 @@
 //   charge comes after the receipt committed, as an SSE comment `: tokengate-charge=<amount>
 //   currency=<code>` right before `data: [DONE]`, and as the HTTP trailer x-tokengate-charge.
 //   A stream cut or stalled after it started ends with an SSE error event (OpenAI SDKs raise it)
-//   and no [DONE]. A client that hangs up aborts the upstream call (CLIENT_CLOSED, recorded 499).
+//   and no [DONE]. A client that hangs up mid-generation aborts the upstream call (CLIENT_CLOSED,
+//   recorded 499) and is charged prompt + generated whatever its policy; an answer the upstream
+//   completed anyway (non-stream once headers came; a stream past finish_reason, within 2 s) is a
+//   Receipt with status 499 at its real usage.
 // - Timeouts (config.upstream): connect, first byte, idle between chunks, total per attempt.
 // - Hot path: keys and route plans are cached ≤ 1 s; reservations and receipts are group-committed
 //   (one statement and one WAL flush per batch) and sent straight to the driver.

@@ -5,7 +5,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Config } from "../config.ts";
 import type { ApiKey, Route } from "../generated/prisma/client.ts";
-import type { BalanceBucket } from "../generated/prisma/enums.ts";
+import type { BalanceBucket, FailureCause } from "../generated/prisma/enums.ts";
 import { release, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
 import { lookupKey } from "../keys/index.ts";
 import { parseBearer } from "../auth/index.ts";
@@ -97,6 +97,13 @@ type Outcome = { done: true } | { done: false; failure: UpstreamFailure | { kind
 
 /** How long an upstream may take to end its response after `data: [DONE]`. */
 const END_GRACE_MS = 2_000;
+/**
+ * A client that hangs up after the generation finished (finish_reason seen) but before the usage
+ * chunk: the upstream is read this much longer for its usage, so the charge is exact rather than counted.
+ */
+const CLIENT_GONE_USAGE_GRACE_MS = 2_000;
+/** Receipt status of an answer the upstream completed (and bills) but the client left before receiving (nginx's 499). */
+const CLIENT_CLOSED_STATUS = 499;
 
 const RETRYABLE_STATUS = (status: number) => status >= 500 || status === 429 || status === 408 || status === 401 || status === 403 || status === 404;
 
@@ -331,6 +338,8 @@ async function attempt(deps: GatewayDeps, state: RequestState, res: ServerRespon
       }
       return await relayStream(deps, state, res, call, input);
     }
+    // The upstream has answered and bills it: its answer is read to the end even if the client leaves, to charge its usage.
+    call.detachClient();
     return await relayJson(deps, state, res, call, input, contentType);
   } finally {
     call.close();
@@ -442,7 +451,8 @@ async function relayJson(deps: GatewayDeps, state: RequestState, res: ServerResp
     usage = { promptTokens: input.promptCounted, completionTokens: countText(text.join("")) };
     deps.log("warn", "upstream reported no usage; charged from counted tokens", { requestId: state.requestId, channel: input.channel.channel.name });
   }
-  const charge = await writeReceipt(deps, state, input, usage, 200);
+  const clientGone = state.client.signal.aborted || res.destroyed;
+  const charge = await writeReceipt(deps, state, input, usage, clientGone ? CLIENT_CLOSED_STATUS : 200);
   if (res.destroyed) return { done: true };
   res.writeHead(200, {
     "content-type": contentType || "application/json",
@@ -475,11 +485,17 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
       ? { ...relay.usage, estimated: false }
       : { promptTokens: input.promptCounted, completionTokens: countText(relay.generatedText()), estimated: true };
 
+  // A client that hangs up mid-generation stops the upstream at once (what was streamed is charged);
+  // one that hangs up once the generation finished waits a short grace for the upstream's usage.
+  call.detachClient();
+  const onClientGone = () => (relay.finished ? call.expectEnd(CLIENT_GONE_USAGE_GRACE_MS) : call.abort());
+  if (state.client.signal.aborted) onClientGone();
+  else state.client.signal.addEventListener("abort", onClientGone, { once: true });
   try {
     for await (const chunk of call.chunks()) {
       const out = relay.push(chunk);
       commit();
-      if (out && !res.write(out)) {
+      if (out && !state.client.signal.aborted && !res.write(out)) {
         call.pauseIdle();
         await drained(res, state.client.signal);
         call.resumeIdle();
@@ -488,7 +504,7 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
       if (relay.done) call.expectEnd(END_GRACE_MS);
     }
     const tail = relay.end();
-    if (tail) {
+    if (tail && !state.client.signal.aborted) {
       commit();
       res.write(tail);
     }
@@ -496,7 +512,7 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
     if (!(error instanceof UpstreamFailure)) throw error;
     if (relay.done) {
       // The answer was complete ([DONE] seen); only the end of the upstream response was missing.
-    } else if (error.kind === "client_closed") {
+    } else if (error.kind === "client_closed" || state.client.signal.aborted) {
       state.failureUsage = failureUsage();
       throw clientClosed();
     } else if (!committed) {
@@ -506,6 +522,8 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
       if (error.kind === "timeout") throw upstreamTimeout(`the stream stalled: ${error.message}`, state.attempts);
       throw upstreamError(`the stream was cut off: ${error.message}`, state.attempts, 200);
     }
+  } finally {
+    state.client.signal.removeEventListener("abort", onClientGone);
   }
   if (!relay.done && !relay.usage) {
     if (!committed) return { done: false, failure: { kind: "status", status: 200, message: "the upstream closed the stream without any event" } };
@@ -518,7 +536,7 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
     usage = { promptTokens: input.promptCounted, completionTokens: countText(relay.generatedText()) };
     deps.log("warn", "upstream stream carried no usage; charged from counted tokens", { requestId: state.requestId, channel: input.channel.channel.name });
   }
-  const charge = await writeReceipt(deps, state, input, usage, 200);
+  const charge = await writeReceipt(deps, state, input, usage, state.client.signal.aborted ? CLIENT_CLOSED_STATUS : 200);
   const amount = formatMoney(charge);
   if (!res.destroyed) {
     res.write(`: tokengate-charge=${amount} currency=${input.channel.price!.currency}\n\ndata: [DONE]\n\n`);
@@ -539,10 +557,12 @@ function announce(
 // ---------------------------------------------------------------------------
 // Failure: record (FailedRequest + release in one transaction), then answer.
 
-function failureCharge(state: RequestState): { charge: bigint; usage: FailureUsage | null } {
+function failureCharge(state: RequestState, cause: FailureCause): { charge: bigint; usage: FailureUsage | null } {
   const usage = state.failureUsage;
   const price = state.channel?.price;
-  const policy = state.key?.failedChargePolicy ?? "NEVER";
+  // The key's policy governs failures the client did not cause. A client that hangs up after its
+  // request reached the upstream is charged what the upstream bills: the prompt and what was generated.
+  const policy = cause === "CLIENT_CLOSED" ? "FULL_USAGE" : (state.key?.failedChargePolicy ?? "NEVER");
   if (!usage || !price || !state.hold || policy === "NEVER") return { charge: 0n, usage };
   const charge = policy === "PROMPT_TOKENS" ? tokenCharge(usage.promptTokens, price.inputPerMillion) : requestCharge(price, usage.promptTokens, usage.completionTokens);
   return { charge: capToHold(charge, state.hold), usage };
@@ -551,7 +571,7 @@ function failureCharge(state: RequestState): { charge: bigint; usage: FailureUsa
 export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestState, res: ServerResponse, error: GatewayError): Promise<void> {
   let charge = 0n;
   if (error.failureCause && !state.recorded) {
-    const computed = failureCharge(state);
+    const computed = failureCharge(state, error.failureCause);
     charge = computed.charge;
     const channel = state.channel;
     const hold = state.hold;
