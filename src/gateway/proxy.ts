@@ -29,6 +29,7 @@ import {
   modelNotFound,
   pausedKey,
   priceUnknown,
+  rateLimited,
   revokedKey,
   routeUnavailable,
   channelsDown,
@@ -44,6 +45,7 @@ import { Lookups, modelAllowed, usableChannels } from "./lookups.ts";
 import { SseRelay, choiceText, readUsage, type Usage } from "./sse.ts";
 import { countChatPrompt, countEmbeddingInput, countText, outputBound, promptBound } from "./tokens.ts";
 import { UpstreamFailure, type UpstreamAttempt, type UpstreamClient } from "./upstream.ts";
+import type { RateLimiter, RateTicket } from "./rate-limit.ts";
 
 export type Endpoint = "/v1/chat/completions" | "/v1/embeddings" | "/v1/models";
 
@@ -56,6 +58,8 @@ export interface GatewayDeps {
   reserve: (input: ReserveInput) => Promise<ReserveResult>;
   /** recordReceipt() (group-committed). */
   settle: (item: { record: ReceiptInput; hold: HoldRef; bucketId: string }) => Promise<{ id: string }>;
+  /** Per-key rate limits and the bad-key throttle (src/gateway/rate-limit.ts). */
+  limiter: RateLimiter;
 }
 
 interface Hold {
@@ -84,6 +88,8 @@ export class RequestState {
   hold: Hold | null = null;
   failureUsage: FailureUsage | null = null;
   recorded = false;
+  /** The request's place in its key's rate limits, freed when it ends. */
+  rateTicket: RateTicket | null = null;
   /** Aborted when the client hangs up before the response is complete. */
   readonly client = new AbortController();
 
@@ -164,6 +170,11 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   const reservedPrompt = promptBound(promptCounted);
   const reservedOutput = chat ? outputBound(body, plan.route.defaultMaxTokens) : 0;
   const clientWantsUsage = stream && (body.stream_options as { include_usage?: unknown } | null | undefined)?.include_usage === true;
+
+  // Per-key rate limits: counted with the request's token bound, before anything is reserved.
+  const admitted = await deps.limiter.admit(key.id, state.requestId, key, reservedPrompt + reservedOutput);
+  if (!admitted.ok) throw rateLimited(admitted.limit, admitted.retryAfterSeconds);
+  state.rateTicket = admitted.ticket;
 
   const maxAttempts = 1 + Math.max(0, key.retryCeiling);
   // Set inside tryChannel; read after the loop (a holder, since closures defeat narrowing).
