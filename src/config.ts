@@ -23,6 +23,10 @@ export interface Config {
   /** How long a key lookup may be served from the in-process cache. */
   keyCacheTtlMs: number;
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  /** Missing or unknown API keys one client address may send per minute before it gets 429 (0 = no throttle). */
+  badKeyLimitPerMinute: number;
+  /** Behind a reverse proxy: take the client address from the last x-forwarded-for entry. */
+  trustProxy: boolean;
 }
 
 function intFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -65,5 +69,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxBodyBytes: intFrom(env, "MAX_BODY_BYTES", 4 * 1024 * 1024),
     keyCacheTtlMs: intFrom(env, "KEY_CACHE_TTL_MS", 1_000),
     logLevel,
+    badKeyLimitPerMinute: intFrom(env, "BAD_KEY_LIMIT_PER_MINUTE", 20),
+    trustProxy: env.TRUST_PROXY === "1" || env.TRUST_PROXY === "true",
   };
 }

@@ -31,7 +31,10 @@
 //   charge comes after the receipt committed, as an SSE comment `: tokengate-charge=<amount>
 //   currency=<code>` right before `data: [DONE]`, and as the HTTP trailer x-tokengate-charge.
 //   A stream cut or stalled after it started ends with an SSE error event (OpenAI SDKs raise it)
-//   and no [DONE]. A client that hangs up aborts the upstream call (CLIENT_CLOSED, recorded 499).
+//   and no [DONE]. A client that hangs up mid-generation aborts the upstream call (CLIENT_CLOSED,
+//   recorded 499) and is charged prompt + generated whatever its policy; an answer the upstream
+//   completed anyway (non-stream once headers came; a stream past finish_reason, within 2 s) is a
+//   Receipt with status 499 at its real usage.
 // - Timeouts (config.upstream): connect, first byte, idle between chunks, total per attempt.
 // - Hot path: keys and route plans are cached ≤ 1 s; reservations and receipts are group-committed
 //   (one statement and one WAL flush per batch) and sent straight to the driver.
@@ -40,7 +43,7 @@ import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
 import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
 import { configureKeyCache } from "../keys/index.ts";
-import { GatewayError, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
+import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
 import { Lookups } from "./lookups.ts";
 import { recordReceipt, recordReceiptMany, type HoldRef, type ReceiptInput } from "../requests/index.ts";
 import { directSql } from "../db/index.ts";
@@ -48,6 +51,7 @@ import { GroupCommit } from "./group-commit.ts";
 import { findModel, listModels } from "./models.ts";
 import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./proxy.ts";
 import { UpstreamClient } from "./upstream.ts";
+import { RateLimiter, type RateLimiterStats } from "./rate-limit.ts";
 
 export interface Gateway {
   handle(req: IncomingMessage, res: ServerResponse): Promise<void>;
@@ -59,6 +63,7 @@ export interface Gateway {
 export interface GatewayStats {
   reserve: GroupCommit<unknown, unknown>["stats"];
   settle: GroupCommit<unknown, unknown>["stats"];
+  limits: RateLimiterStats;
 }
 
 export interface GatewayOptions {
@@ -83,18 +88,21 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
     (items) => recordReceiptMany(items),
     (item) => recordReceipt(item.record, item.hold),
   );
+  const log: GatewayDeps["log"] = (level, message, extra) => {
+    if (LEVELS[level] < threshold) return;
+    const line = JSON.stringify({ level, time: new Date().toISOString(), component: "gateway", message, ...extra });
+    if (level === "error" || level === "warn") console.error(line);
+    else console.log(line);
+  };
+  const limiter = RateLimiter.create({ redisUrl: config.redisUrl, badKeyLimitPerMinute: config.badKeyLimitPerMinute, log });
   const deps: GatewayDeps = {
     config,
+    limiter,
     lookups: new Lookups(options.routeCacheTtlMs ?? 1_000),
     upstream: new UpstreamClient(config.upstream),
     reserve: grouped ? (input) => reservations.submit(input) : (input) => reserve(input, directSql()),
     settle: grouped ? (item) => settlements.submit(item) : (item) => recordReceipt(item.record, item.hold),
-    log: (level, message, extra) => {
-      if (LEVELS[level] < threshold) return;
-      const line = JSON.stringify({ level, time: new Date().toISOString(), component: "gateway", message, ...extra });
-      if (level === "error" || level === "warn") console.error(line);
-      else console.log(line);
-    },
+    log,
   };
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -118,6 +126,14 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       return sendError(res, requestId, unknownUrl(method, path));
     }
 
+    // An address that keeps sending bad keys is refused before any key lookup (no database work).
+    const address = clientAddress(req, config.trustProxy);
+    const throttledFor = limiter.throttled(address);
+    if (throttledFor > 0) {
+      req.resume();
+      return sendError(res, requestId, badKeysThrottled(throttledFor));
+    }
+
     const state = new RequestState(requestId, endpoint);
     const onClose = () => {
       if (!res.writableFinished) state.client.abort();
@@ -128,12 +144,14 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       else await proxy(deps, state, req, res);
     } catch (error) {
       const known = error instanceof GatewayError ? error : null;
+      if (known?.code === "invalid_api_key" && state.key === null) await limiter.badKey(address);
       if (!known) deps.log("error", "internal error in the passthrough", { requestId, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
       await recordAndAnswerFailure(deps, state, res, known ?? internalError()).catch((e) =>
         deps.log("error", "could not answer a failed request", { requestId, error: String(e) }),
       );
     } finally {
       res.off("close", onClose);
+      if (state.rateTicket) await limiter.finish(state.rateTicket);
       // Never leave budget locked: whatever happened, a hold still open is released uncharged.
       if (state.hold) {
         const hold = state.hold;
@@ -170,11 +188,22 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
 
   return {
     handle,
-    stats: () => ({ reserve: { ...reservations.stats }, settle: { ...settlements.stats } }),
+    stats: () => ({ reserve: { ...reservations.stats }, settle: { ...settlements.stats }, limits: { ...limiter.stats, rateLimited: { ...limiter.stats.rateLimited } } }),
     async close() {
       await deps.upstream.close();
+      await limiter.close();
     },
   };
+}
+
+/** The client's address: the TCP peer, or behind TRUST_PROXY the address the (last) proxy appended to x-forwarded-for. */
+function clientAddress(req: IncomingMessage, trustProxy: boolean): string {
+  if (trustProxy) {
+    const forwarded = req.headers["x-forwarded-for"];
+    const last = (Array.isArray(forwarded) ? forwarded.join(",") : (forwarded ?? "")).split(",").pop()?.trim();
+    if (last) return last;
+  }
+  return req.socket.remoteAddress ?? "unknown";
 }
 
 function safeDecode(value: string): string {

@@ -5,7 +5,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Config } from "../config.ts";
 import type { ApiKey, Route } from "../generated/prisma/client.ts";
-import type { BalanceBucket } from "../generated/prisma/enums.ts";
+import type { BalanceBucket, FailureCause } from "../generated/prisma/enums.ts";
 import { release, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
 import { lookupKey } from "../keys/index.ts";
 import { parseBearer } from "../auth/index.ts";
@@ -28,6 +28,7 @@ import {
   modelNotFound,
   pausedKey,
   priceUnknown,
+  rateLimited,
   revokedKey,
   routeUnavailable,
   channelsDown,
@@ -44,6 +45,7 @@ import { SseRelay, choiceText, readUsage, type Usage } from "./sse.ts";
 import { countChatPrompt, countEmbeddingInput, countText, outputBound, reservedPromptTokens } from "./tokens.ts";
 import { UpstreamFailure, type UpstreamAttempt, type UpstreamClient } from "./upstream.ts";
 import { validateRequest } from "./validate.ts";
+import type { RateLimiter, RateTicket } from "./rate-limit.ts";
 
 export type Endpoint = "/v1/chat/completions" | "/v1/embeddings" | "/v1/models";
 
@@ -56,6 +58,8 @@ export interface GatewayDeps {
   reserve: (input: ReserveInput) => Promise<ReserveResult>;
   /** recordReceipt() (group-committed). */
   settle: (item: { record: ReceiptInput; hold: HoldRef; bucketId: string }) => Promise<{ id: string }>;
+  /** Per-key rate limits and the bad-key throttle (src/gateway/rate-limit.ts). */
+  limiter: RateLimiter;
 }
 
 interface Hold {
@@ -84,6 +88,8 @@ export class RequestState {
   hold: Hold | null = null;
   failureUsage: FailureUsage | null = null;
   recorded = false;
+  /** The request's place in its key's rate limits, freed when it ends. */
+  rateTicket: RateTicket | null = null;
   /** Aborted when the client hangs up before the response is complete. */
   readonly client = new AbortController();
 
@@ -97,6 +103,13 @@ type Outcome = { done: true } | { done: false; failure: UpstreamFailure | { kind
 
 /** How long an upstream may take to end its response after `data: [DONE]`. */
 const END_GRACE_MS = 2_000;
+/**
+ * A client that hangs up after the generation finished (finish_reason seen) but before the usage
+ * chunk: the upstream is read this much longer for its usage, so the charge is exact rather than counted.
+ */
+const CLIENT_GONE_USAGE_GRACE_MS = 2_000;
+/** Receipt status of an answer the upstream completed (and bills) but the client left before receiving (nginx's 499). */
+const CLIENT_CLOSED_STATUS = 499;
 
 const RETRYABLE_STATUS = (status: number) => status >= 500 || status === 429 || status === 408 || status === 401 || status === 403 || status === 404;
 
@@ -158,30 +171,39 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   const reservedOutput = chat ? outputBound(body, plan.route.defaultMaxTokens) : 0;
   const clientWantsUsage = stream && (body.stream_options as { include_usage?: unknown } | null | undefined)?.include_usage === true;
 
+  // Per-key rate limits: counted with the request's token bound, before anything is reserved.
+  const admitted = await deps.limiter.admit(key.id, state.requestId, key, reservedPrompt + reservedOutput);
+  if (!admitted.ok) throw rateLimited(admitted.limit, admitted.retryAfterSeconds);
+  state.rateTicket = admitted.ticket;
+
   const maxAttempts = 1 + Math.max(0, key.retryCeiling);
   // Set inside tryChannel; read after the loop (a holder, since closures defeat narrowing).
   const failed: { last: Extract<Outcome, { done: false }>["failure"] | null } = { last: null };
   /** One attempt on one channel; true when the request is answered. */
   const tryChannel = async (channel: PlannedChannel, ref: ChannelRef, admission: Admission): Promise<boolean> => {
-    const worst = requestCharge(channel.price!, reservedPrompt, reservedOutput);
-    await holdFor(deps, state, key, channel, worst);
-    if (state.client.signal.aborted) throw clientClosed();
-    state.channel = channel;
-    state.attempts++;
-    state.failureUsage = null;
-    const started = performance.now();
+    let started = 0;
     let ok: boolean | null = null;
     try {
+      const worst = requestCharge(channel.price!, reservedPrompt, reservedOutput);
+      await holdFor(deps, state, key, channel, worst);
+      if (state.client.signal.aborted) throw clientClosed();
+      state.channel = channel;
+      state.attempts++;
+      state.failureUsage = null;
+      started = performance.now();
       const outcome = await attempt(deps, state, res, { body, channel, stream, clientWantsUsage, promptCounted, plan: plan.route });
       ok = outcome.done;
       if (outcome.done) return true;
       failed.last = outcome.failure;
     } catch (error) {
-      ok = healthVerdict(error, admission);
+      ok = started ? healthVerdict(error) : null;
       throw error;
     } finally {
       if (ok !== null) {
         health.record(ref, { ok, latencyMs: Math.round(performance.now() - started) }).catch((e: unknown) => deps.log("warn", "could not record channel health", { error: String(e) }));
+      } else if (admission === "probe") {
+        // The probe learnt nothing (refused, client gone, our own error): free the slot, or the channel stays DOWN here for good.
+        health.releaseProbe(ref);
       }
     }
     deps.log("debug", "upstream attempt failed", { requestId: state.requestId, channel: channel.channel.name, failure: failed.last ? describe(failed.last) : "none" });
@@ -215,14 +237,14 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   throw upstreamError(last ? describe(last) : "no attempt was possible", state.attempts, last && !(last instanceof UpstreamFailure) ? last.status : null);
 }
 
-/** What an attempt that ended in an exception says about its channel: null = nothing (not recorded). */
-function healthVerdict(error: unknown, admission: Admission): boolean | null {
+/** What an attempt that ended in an exception says about its channel: null = nothing (not recorded; a probe slot is freed). */
+function healthVerdict(error: unknown): boolean | null {
   if (error instanceof GatewayError) {
     if (error.failureCause === "BAD_REQUEST") return true; // the upstream answered; the request was at fault
     if (error.failureCause === "UPSTREAM_ERROR" || error.failureCause === "UPSTREAM_TIMEOUT") return false; // cut or stalled mid-stream
   }
-  // Client gone or our own error: says nothing about the channel, except that a probe did not prove it healthy.
-  return admission === "probe" ? false : null;
+  // Client gone or our own error: says nothing about the channel.
+  return null;
 }
 
 function describe(f: UpstreamFailure | { kind: "status"; status: number; message: string }): string {
@@ -327,6 +349,8 @@ async function attempt(deps: GatewayDeps, state: RequestState, res: ServerRespon
       }
       return await relayStream(deps, state, res, call, input);
     }
+    // The upstream has answered and bills it: its answer is read to the end even if the client leaves, to charge its usage.
+    call.detachClient();
     return await relayJson(deps, state, res, call, input, contentType);
   } finally {
     call.close();
@@ -440,7 +464,8 @@ async function relayJson(deps: GatewayDeps, state: RequestState, res: ServerResp
     usage = { promptTokens: input.promptCounted, completionTokens: countText(text.join("")) };
     deps.log("warn", "upstream reported no usage; charged from counted tokens", { requestId: state.requestId, channel: input.channel.channel.name });
   }
-  const charge = await writeReceipt(deps, state, input, usage, 200);
+  const clientGone = state.client.signal.aborted || res.destroyed;
+  const charge = await writeReceipt(deps, state, input, usage, clientGone ? CLIENT_CLOSED_STATUS : 200);
   if (res.destroyed) return { done: true };
   res.writeHead(200, {
     "content-type": contentType || "application/json",
@@ -473,11 +498,17 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
       ? { ...relay.usage, estimated: false }
       : { promptTokens: input.promptCounted, completionTokens: countText(relay.generatedText()), estimated: true };
 
+  // A client that hangs up mid-generation stops the upstream at once (what was streamed is charged);
+  // one that hangs up once the generation finished waits a short grace for the upstream's usage.
+  call.detachClient();
+  const onClientGone = () => (relay.finished ? call.expectEnd(CLIENT_GONE_USAGE_GRACE_MS) : call.abort());
+  if (state.client.signal.aborted) onClientGone();
+  else state.client.signal.addEventListener("abort", onClientGone, { once: true });
   try {
     for await (const chunk of call.chunks()) {
       const out = relay.push(chunk);
       commit();
-      if (out && !res.write(out)) {
+      if (out && !state.client.signal.aborted && !res.write(out)) {
         call.pauseIdle();
         await drained(res, state.client.signal);
         call.resumeIdle();
@@ -486,7 +517,7 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
       if (relay.done) call.expectEnd(END_GRACE_MS);
     }
     const tail = relay.end();
-    if (tail) {
+    if (tail && !state.client.signal.aborted) {
       commit();
       res.write(tail);
     }
@@ -494,7 +525,7 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
     if (!(error instanceof UpstreamFailure)) throw error;
     if (relay.done) {
       // The answer was complete ([DONE] seen); only the end of the upstream response was missing.
-    } else if (error.kind === "client_closed") {
+    } else if (error.kind === "client_closed" || state.client.signal.aborted) {
       state.failureUsage = failureUsage();
       throw clientClosed();
     } else if (!committed) {
@@ -504,6 +535,8 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
       if (error.kind === "timeout") throw upstreamTimeout(`the stream stalled: ${error.message}`, state.attempts);
       throw upstreamError(`the stream was cut off: ${error.message}`, state.attempts, 200);
     }
+  } finally {
+    state.client.signal.removeEventListener("abort", onClientGone);
   }
   if (!relay.done && !relay.usage) {
     if (!committed) return { done: false, failure: { kind: "status", status: 200, message: "the upstream closed the stream without any event" } };
@@ -516,7 +549,7 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
     usage = { promptTokens: input.promptCounted, completionTokens: countText(relay.generatedText()) };
     deps.log("warn", "upstream stream carried no usage; charged from counted tokens", { requestId: state.requestId, channel: input.channel.channel.name });
   }
-  const charge = await writeReceipt(deps, state, input, usage, 200);
+  const charge = await writeReceipt(deps, state, input, usage, state.client.signal.aborted ? CLIENT_CLOSED_STATUS : 200);
   const amount = formatMoney(charge);
   if (!res.destroyed) {
     res.write(`: tokengate-charge=${amount} currency=${input.channel.price!.currency}\n\ndata: [DONE]\n\n`);
@@ -537,10 +570,12 @@ function announce(
 // ---------------------------------------------------------------------------
 // Failure: record (FailedRequest + release in one transaction), then answer.
 
-function failureCharge(state: RequestState): { charge: bigint; usage: FailureUsage | null } {
+function failureCharge(state: RequestState, cause: FailureCause): { charge: bigint; usage: FailureUsage | null } {
   const usage = state.failureUsage;
   const price = state.channel?.price;
-  const policy = state.key?.failedChargePolicy ?? "NEVER";
+  // The key's policy governs failures the client did not cause. A client that hangs up after its
+  // request reached the upstream is charged what the upstream bills: the prompt and what was generated.
+  const policy = cause === "CLIENT_CLOSED" ? "FULL_USAGE" : (state.key?.failedChargePolicy ?? "NEVER");
   if (!usage || !price || !state.hold || policy === "NEVER") return { charge: 0n, usage };
   const charge = policy === "PROMPT_TOKENS" ? tokenCharge(usage.promptTokens, price.inputPerMillion) : requestCharge(price, usage.promptTokens, usage.completionTokens);
   return { charge: capToHold(charge, state.hold), usage };
@@ -549,7 +584,7 @@ function failureCharge(state: RequestState): { charge: bigint; usage: FailureUsa
 export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestState, res: ServerResponse, error: GatewayError): Promise<void> {
   let charge = 0n;
   if (error.failureCause && !state.recorded) {
-    const computed = failureCharge(state);
+    const computed = failureCharge(state, error.failureCause);
     charge = computed.charge;
     const channel = state.channel;
     const hold = state.hold;

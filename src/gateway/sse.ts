@@ -71,6 +71,8 @@ export class SseRelay {
   usage: Usage | null = null;
   /** The upstream sent `data: [DONE]`. */
   done = false;
+  /** A choice reported its finish_reason: the generation is over, only the usage chunk and [DONE] remain. */
+  finished = false;
   /** Content events passed to the client. */
   events = 0;
   private readonly text: string[] = [];
@@ -133,7 +135,12 @@ export class SseRelay {
     }
     if (!parsed) return `${event}\n\n`;
     const choices = parsed.choices;
-    if (Array.isArray(choices)) for (const c of choices) choiceText((c as { delta?: unknown } | null)?.delta, this.text);
+    if (Array.isArray(choices)) {
+      for (const c of choices) {
+        choiceText((c as { delta?: unknown } | null)?.delta, this.text);
+        if ((c as { finish_reason?: unknown } | null)?.finish_reason) this.finished = true;
+      }
+    }
     const usage = readUsage(parsed.usage);
     if (usage) {
       this.usage = usage;
