@@ -48,6 +48,8 @@ import { GroupCommit } from "./group-commit.ts";
 import { findModel, listModels } from "./models.ts";
 import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./proxy.ts";
 import { UpstreamClient } from "./upstream.ts";
+import { componentLogger } from "../log.ts";
+import { observeRequest } from "./observe.ts";
 
 export interface Gateway {
   handle(req: IncomingMessage, res: ServerResponse): Promise<void>;
@@ -68,11 +70,9 @@ export interface GatewayOptions {
   groupCommit?: boolean;
 }
 
-const LEVELS = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 } as const;
-
 export function createGateway(config: Config, options: GatewayOptions = {}): Gateway {
   configureKeyCache(config.keyCacheTtlMs);
-  const threshold = LEVELS[config.logLevel] ?? LEVELS.info;
+  const logger = componentLogger("gateway", config.logLevel);
   const grouped = options.groupCommit ?? true;
   type Settlement = { record: ReceiptInput; hold: HoldRef; bucketId: string };
   const reservations = new GroupCommit<ReserveInput, ReserveResult>(
@@ -89,12 +89,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
     upstream: new UpstreamClient(config.upstream),
     reserve: grouped ? (input) => reservations.submit(input) : (input) => reserve(input, directSql()),
     settle: grouped ? (item) => settlements.submit(item) : (item) => recordReceipt(item.record, item.hold),
-    log: (level, message, extra) => {
-      if (LEVELS[level] < threshold) return;
-      const line = JSON.stringify({ level, time: new Date().toISOString(), component: "gateway", message, ...extra });
-      if (level === "error" || level === "warn") console.error(line);
-      else console.log(line);
-    },
+    log: (level, message, extra) => logger[level](extra ?? {}, message),
   };
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -142,6 +137,13 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       }
       if (!res.headersSent) sendError(res, requestId, internalError());
       else if (!res.writableEnded && !res.destroyed) res.end();
+      observeRequest(state, res.statusCode);
+      if (logger.isLevelEnabled("info")) {
+        logger.info(
+          { requestId, method, path, status: res.statusCode, durationMs: Math.round(performance.now() - state.startedAt), route: state.route?.model ?? null, channel: state.channel?.channel.name ?? null, attempts: state.attempts },
+          "request",
+        );
+      }
     }
   }
 

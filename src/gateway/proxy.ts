@@ -44,6 +44,7 @@ import { Lookups, modelAllowed, usableChannels } from "./lookups.ts";
 import { SseRelay, choiceText, readUsage, type Usage } from "./sse.ts";
 import { countChatPrompt, countEmbeddingInput, countText, outputBound, promptBound } from "./tokens.ts";
 import { UpstreamFailure, type UpstreamAttempt, type UpstreamClient } from "./upstream.ts";
+import { observeAttempt, observeFallback, observeSpend } from "./observe.ts";
 
 export type Endpoint = "/v1/chat/completions" | "/v1/embeddings" | "/v1/models";
 
@@ -84,6 +85,9 @@ export class RequestState {
   hold: Hold | null = null;
   failureUsage: FailureUsage | null = null;
   recorded = false;
+  /** Time spent in upstream attempts, and in settlements awaited inside them (for the overhead metric). */
+  upstreamMs = 0;
+  settleMs = 0;
   /** Aborted when the client hangs up before the response is complete. */
   readonly client = new AbortController();
 
@@ -166,10 +170,12 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
     const worst = requestCharge(channel.price!, reservedPrompt, reservedOutput);
     await holdFor(deps, state, key, channel, worst);
     if (state.client.signal.aborted) throw clientClosed();
+    if (state.attempts > 0) observeFallback(state, channel);
     state.channel = channel;
     state.attempts++;
     state.failureUsage = null;
     const started = performance.now();
+    const settleBefore = state.settleMs;
     let ok: boolean | null = null;
     try {
       const outcome = await attempt(deps, state, res, { body, channel, stream, clientWantsUsage, promptCounted, plan: plan.route });
@@ -180,6 +186,9 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
       ok = healthVerdict(error, admission);
       throw error;
     } finally {
+      const upstreamMs = performance.now() - started - (state.settleMs - settleBefore);
+      state.upstreamMs += upstreamMs;
+      observeAttempt(state, channel, ok === true, upstreamMs);
       if (ok !== null) {
         health.record(ref, { ok, latencyMs: Math.round(performance.now() - started) }).catch((e: unknown) => deps.log("warn", "could not record channel health", { error: String(e) }));
       }
@@ -404,7 +413,9 @@ async function writeReceipt(deps: GatewayDeps, state: RequestState, input: Attem
     latencyMs: Math.round(performance.now() - state.startedAt),
     status,
   };
+  const settleStarted = performance.now();
   const receipt = await deps.settle({ record, hold, bucketId: hold.bucketId });
+  state.settleMs += performance.now() - settleStarted;
   state.recorded = true;
   state.hold = null;
   announce(deps, { ...record, routeId: record.routeId, receiptId: receipt.id, status: "SETTLED" });
@@ -529,6 +540,7 @@ function announce(
   deps: GatewayDeps,
   o: { organizationId: string; projectId: string; keyId: string; routeId: string | null; requestId: string; bucket: BalanceBucket; charge: bigint; receiptId?: string; status: "SETTLED" | "FAILED" },
 ): void {
+  observeSpend(o.bucket, o.charge, o.status === "SETTLED" ? "receipt" : "failed_request");
   announceSpend(o).catch((e: unknown) => deps.log("warn", "could not announce spend", { requestId: o.requestId, error: String(e) }));
 }
 
