@@ -23,6 +23,8 @@ export interface Config {
   /** How long a key lookup may be served from the in-process cache. */
   keyCacheTtlMs: number;
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  /** Alert webhook delivery: attempts per event, time-out per attempt, first retry delay (doubling). */
+  webhooks: { maxAttempts: number; timeoutMs: number; backoffMs: number };
 }
 
 function intFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -65,5 +67,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxBodyBytes: intFrom(env, "MAX_BODY_BYTES", 4 * 1024 * 1024),
     keyCacheTtlMs: intFrom(env, "KEY_CACHE_TTL_MS", 1_000),
     logLevel,
+    webhooks: {
+      maxAttempts: Math.max(1, intFrom(env, "WEBHOOK_MAX_ATTEMPTS", 5)),
+      timeoutMs: Math.max(1, intFrom(env, "WEBHOOK_TIMEOUT_MS", 5_000)),
+      backoffMs: intFrom(env, "WEBHOOK_BACKOFF_MS", 2_000),
+    },
   };
 }

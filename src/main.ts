@@ -51,6 +51,8 @@ async function serve(config: Config): Promise<void> {
       `\n  A platform admin token was generated (shown once, stored hashed):\n\n    ${generatedSecret}\n\n  Use it as: Authorization: Bearer <token>   (or set TOKENGATE_ADMIN_TOKEN)\n\n`,
     );
   }
+  const { startAlertWebhooks } = await import("./webhooks/index.ts");
+  const stopWebhooks = startAlertWebhooks({ ...config.webhooks, onError: (message, e) => logger.error({ component: "webhooks", ...errorFields(e) }, message) });
   const stopSweeper = startHoldSweeper(config.sweepIntervalMs, (e) => logger.error({ component: "holds", ...errorFields(e) }, "sweep failed"));
   const running = await startServer(config);
 
@@ -61,6 +63,7 @@ async function serve(config: Config): Promise<void> {
     logger.info({ signal }, "shutting down");
     stopSweeper();
     await running.close();
+    await stopWebhooks();
     await closeEvents();
     await database.close();
     process.exit(0);
