@@ -27,6 +27,8 @@ export interface Config {
   badKeyLimitPerMinute: number;
   /** Behind a reverse proxy: take the client address from the last x-forwarded-for entry. */
   trustProxy: boolean;
+  /** Alert webhook delivery: attempts per event, time-out per attempt, first retry delay (doubling). */
+  webhooks: { maxAttempts: number; timeoutMs: number; backoffMs: number };
 }
 
 function intFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -71,5 +73,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel,
     badKeyLimitPerMinute: intFrom(env, "BAD_KEY_LIMIT_PER_MINUTE", 20),
     trustProxy: env.TRUST_PROXY === "1" || env.TRUST_PROXY === "true",
+    webhooks: {
+      maxAttempts: Math.max(1, intFrom(env, "WEBHOOK_MAX_ATTEMPTS", 5)),
+      timeoutMs: Math.max(1, intFrom(env, "WEBHOOK_TIMEOUT_MS", 5_000)),
+      backoffMs: intFrom(env, "WEBHOOK_BACKOFF_MS", 2_000),
+    },
   };
 }

@@ -15,7 +15,9 @@ import { authenticateAdmin } from "./auth/index.ts";
 import { toGraphQLError } from "./resolvers/errors.ts";
 import { createGateway } from "./gateway/index.ts";
 import { DASHBOARD_HTML } from "./dashboard/page.ts";
-import { metrics } from "./metrics.ts";
+import { graphqlHttpRequests, renderMetrics } from "./metrics.ts";
+import { useGraphQLMetrics } from "./graphql-metrics.ts";
+import { componentLogger, errorFields, logger } from "./log.ts";
 
 interface EnvelopedRunners {
   execute: (args: ExecutionArgs) => ReturnType<typeof execute>;
@@ -47,11 +49,12 @@ export function createYogaApp(): YogaServerInstance<ServerContext, Context> {
         const mapped = toGraphQLError(error);
         if (mapped) return mapped;
         const original = error instanceof GraphQLError ? error.originalError : error;
-        if (original) console.error("[graphql] unexpected error:", original);
+        if (original) componentLogger("graphql").error(errorFields(original), "unexpected error");
         return new GraphQLError(message, { extensions: { code: "INTERNAL_SERVER_ERROR" } });
       },
     },
     logging: false,
+    plugins: [useGraphQLMetrics()],
   });
 }
 
@@ -63,9 +66,8 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
     const url = req.url ?? "/";
     const path = url.split("?")[0]!;
     if (path.startsWith("/v1/")) {
-      metrics.gatewayRequests++;
       gateway.handle(req, res).catch((error: unknown) => {
-        console.error("[gateway] unhandled error:", error);
+        componentLogger("gateway").error(errorFields(error), "unhandled error");
         if (!res.headersSent) {
           res.writeHead(500, { "content-type": "application/json" });
           res.end(JSON.stringify({ error: { message: "internal error", type: "server_error", code: "internal_error", param: null } }));
@@ -86,8 +88,16 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       return;
     }
     if (path === "/metrics") {
-      res.writeHead(200, { "content-type": "text/plain; version=0.0.4" });
-      res.end(metrics.render());
+      renderMetrics()
+        .then(({ contentType, body }) => {
+          res.writeHead(200, { "content-type": contentType });
+          res.end(body);
+        })
+        .catch((error: unknown) => {
+          componentLogger("metrics").error(errorFields(error), "could not collect metrics");
+          res.writeHead(503, { "content-type": "text/plain" });
+          res.end("metrics unavailable\n");
+        });
       return;
     }
     if (path === "/dashboard" || path === "/dashboard/") {
@@ -96,7 +106,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       return;
     }
     if (path === "/graphql") {
-      metrics.graphqlRequests++;
+      graphqlHttpRequests.inc();
       void yoga.handle(req, res, { req, res });
       return;
     }
@@ -147,7 +157,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
   });
   const address = server.address() as AddressInfo;
   const url = `http://${address.address.includes(":") ? `[${address.address}]` : address.address}:${address.port}`;
-  if (!options.quiet) console.log(`tokengate listening on ${url} (GraphQL ${url}/graphql, gateway ${url}/v1, dashboard ${url}/dashboard)`);
+  if (!options.quiet) logger.info({ url, graphql: `${url}/graphql`, gateway: `${url}/v1`, dashboard: `${url}/dashboard` }, "tokengate listening");
 
   let closing: Promise<void> | null = null;
   return {

@@ -17,6 +17,8 @@ export interface Database {
   prisma: PrismaClient;
   /** Direct SQL, for migrations and test set-up (the app itself goes through prisma). */
   sql: SqlExecutor;
+  /** Connection pool occupancy for /metrics (PGlite: one in-process connection). */
+  pool(): { total: number; idle: number; waiting: number };
   close(): Promise<void>;
 }
 
@@ -62,6 +64,7 @@ export async function openDatabase(options: OpenOptions = {}): Promise<Database>
         },
         query: async <Row>(text: string, params?: unknown[]) => (await pool.query(text, params)).rows as Row[],
       },
+      pool: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
       close: async () => {
         await prisma.$disconnect();
         await pool.end();
@@ -89,6 +92,7 @@ export async function openDatabase(options: OpenOptions = {}): Promise<Database>
         },
         query: async <Row>(text: string, params?: unknown[]) => (await instance.query<Row>(text, params)).rows,
       },
+      pool: () => ({ total: 1, idle: 1, waiting: 0 }),
       close: async () => {
         await prisma.$disconnect();
         await instance.close();

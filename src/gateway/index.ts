@@ -52,6 +52,8 @@ import { findModel, listModels } from "./models.ts";
 import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./proxy.ts";
 import { UpstreamClient } from "./upstream.ts";
 import { RateLimiter, type RateLimiterStats } from "./rate-limit.ts";
+import { componentLogger } from "../log.ts";
+import { observeRequest } from "./observe.ts";
 
 export interface Gateway {
   handle(req: IncomingMessage, res: ServerResponse): Promise<void>;
@@ -73,11 +75,9 @@ export interface GatewayOptions {
   groupCommit?: boolean;
 }
 
-const LEVELS = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 } as const;
-
 export function createGateway(config: Config, options: GatewayOptions = {}): Gateway {
   configureKeyCache(config.keyCacheTtlMs);
-  const threshold = LEVELS[config.logLevel] ?? LEVELS.info;
+  const logger = componentLogger("gateway", config.logLevel);
   const grouped = options.groupCommit ?? true;
   type Settlement = { record: ReceiptInput; hold: HoldRef; bucketId: string };
   const reservations = new GroupCommit<ReserveInput, ReserveResult>(
@@ -88,12 +88,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
     (items) => recordReceiptMany(items),
     (item) => recordReceipt(item.record, item.hold),
   );
-  const log: GatewayDeps["log"] = (level, message, extra) => {
-    if (LEVELS[level] < threshold) return;
-    const line = JSON.stringify({ level, time: new Date().toISOString(), component: "gateway", message, ...extra });
-    if (level === "error" || level === "warn") console.error(line);
-    else console.log(line);
-  };
+  const log: GatewayDeps["log"] = (level, message, extra) => logger[level](extra ?? {}, message);
   const limiter = RateLimiter.create({ redisUrl: config.redisUrl, badKeyLimitPerMinute: config.badKeyLimitPerMinute, log });
   const deps: GatewayDeps = {
     config,
@@ -160,6 +155,13 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       }
       if (!res.headersSent) sendError(res, requestId, internalError());
       else if (!res.writableEnded && !res.destroyed) res.end();
+      observeRequest(state, res.statusCode);
+      if (logger.isLevelEnabled("info")) {
+        logger.info(
+          { requestId, method, path, status: res.statusCode, durationMs: Math.round(performance.now() - state.startedAt), route: state.route?.model ?? null, channel: state.channel?.channel.name ?? null, attempts: state.attempts },
+          "request",
+        );
+      }
     }
   }
 

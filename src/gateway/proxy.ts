@@ -46,6 +46,7 @@ import { countChatPrompt, countEmbeddingInput, countText, outputBound, reservedP
 import { UpstreamFailure, type UpstreamAttempt, type UpstreamClient } from "./upstream.ts";
 import { validateRequest } from "./validate.ts";
 import type { RateLimiter, RateTicket } from "./rate-limit.ts";
+import { observeAttempt, observeFallback, observeSpend } from "./observe.ts";
 
 export type Endpoint = "/v1/chat/completions" | "/v1/embeddings" | "/v1/models";
 
@@ -90,6 +91,9 @@ export class RequestState {
   recorded = false;
   /** The request's place in its key's rate limits, freed when it ends. */
   rateTicket: RateTicket | null = null;
+  /** Time spent in upstream attempts, and in settlements awaited inside them (for the overhead metric). */
+  upstreamMs = 0;
+  settleMs = 0;
   /** Aborted when the client hangs up before the response is complete. */
   readonly client = new AbortController();
 
@@ -182,6 +186,7 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   /** One attempt on one channel; true when the request is answered. */
   const tryChannel = async (channel: PlannedChannel, ref: ChannelRef, admission: Admission): Promise<boolean> => {
     let started = 0;
+    let settleBefore = state.settleMs;
     let ok: boolean | null = null;
     try {
       const worst = requestCharge(channel.price!, reservedPrompt, reservedOutput);
@@ -190,7 +195,9 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
       state.channel = channel;
       state.attempts++;
       state.failureUsage = null;
+      if (state.attempts > 1) observeFallback(state, channel);
       started = performance.now();
+      settleBefore = state.settleMs;
       const outcome = await attempt(deps, state, res, { body, channel, stream, clientWantsUsage, promptCounted, plan: plan.route });
       ok = outcome.done;
       if (outcome.done) return true;
@@ -199,6 +206,11 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
       ok = started ? healthVerdict(error) : null;
       throw error;
     } finally {
+      if (started) {
+        const upstreamMs = performance.now() - started - (state.settleMs - settleBefore);
+        state.upstreamMs += upstreamMs;
+        observeAttempt(state, channel, ok === true, upstreamMs);
+      }
       if (ok !== null) {
         health.record(ref, { ok, latencyMs: Math.round(performance.now() - started) }).catch((e: unknown) => deps.log("warn", "could not record channel health", { error: String(e) }));
       } else if (admission === "probe") {
@@ -430,7 +442,9 @@ async function writeReceipt(deps: GatewayDeps, state: RequestState, input: Attem
     status,
     usageExceededReservation: exceeded,
   };
+  const settleStarted = performance.now();
   const receipt = await deps.settle({ record, hold, bucketId: hold.bucketId });
+  state.settleMs += performance.now() - settleStarted;
   state.recorded = true;
   state.hold = null;
   announce(deps, { ...record, routeId: record.routeId, receiptId: receipt.id, status: "SETTLED" });
@@ -564,6 +578,7 @@ function announce(
   deps: GatewayDeps,
   o: { organizationId: string; projectId: string; keyId: string; routeId: string | null; requestId: string; bucket: BalanceBucket; charge: bigint; receiptId?: string; status: "SETTLED" | "FAILED" },
 ): void {
+  observeSpend(o.bucket, o.charge, o.status === "SETTLED" ? "receipt" : "failed_request");
   announceSpend(o).catch((e: unknown) => deps.log("warn", "could not announce spend", { requestId: o.requestId, error: String(e) }));
 }
 

@@ -15,7 +15,7 @@
 //   and an address over BAD_KEY_LIMIT_PER_MINUTE gets 429 without any key lookup until its minute ends.
 import { Redis } from "ioredis";
 import { onRequestRecorded } from "../requests/index.ts";
-import { metrics } from "../metrics.ts";
+import { gatewayBadKeyThrottled, gatewayBadKeys, gatewayRateLimited } from "../metrics.ts";
 
 export const WINDOW_MS = 60_000;
 /** How long a request may count as in flight if its instance never says it ended. */
@@ -278,7 +278,7 @@ export class RateLimiter {
     }
     if (!result.ok) {
       this.stats.rateLimited[result.limit]++;
-      metrics.gatewayRateLimited[result.limit]++;
+      gatewayRateLimited.inc({ limit: result.limit });
       // Concurrency frees up when a request ends: retry soon. A window limit: when the minute rolls over.
       const retryAfterSeconds = result.limit === "concurrent" ? 1 : Math.max(1, Math.ceil((WINDOW_MS - (now % WINDOW_MS)) / 1000));
       return { ok: false, limit: result.limit, retryAfterSeconds };
@@ -304,14 +304,14 @@ export class RateLimiter {
       return 0;
     }
     this.stats.badKeyThrottled++;
-    metrics.gatewayBadKeyThrottled++;
+    gatewayBadKeyThrottled.inc();
     return Math.max(1, Math.ceil((until - now) / 1000));
   }
 
   /** A missing or unknown key came from this address. */
   async badKey(address: string, now = Date.now()): Promise<void> {
     this.stats.badKeys++;
-    metrics.gatewayBadKeys++;
+    gatewayBadKeys.inc();
     if (this.options.badKeyLimitPerMinute <= 0) return;
     const w = windowOf(now);
     let count: number;

@@ -16,7 +16,8 @@ let cipher: CredentialCipher | null = null;
 export function configureCredentialSecret(secret: string): void {
   cipher = new CredentialCipher(secret);
 }
-function credentialCipher(): CredentialCipher {
+/** The cipher for secrets stored encrypted (channel credentials, alert webhook secrets). */
+export function credentialCipher(): CredentialCipher {
   if (!cipher) throw new Error("TOKENGATE_SECRET is not configured");
   return cipher;
 }
