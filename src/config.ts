@@ -23,6 +23,19 @@ export interface Config {
   /** How long a key lookup may be served from the in-process cache. */
   keyCacheTtlMs: number;
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  /** Admin surface limits (README "Limits and abuse"). */
+  admin: {
+    /** Largest POST /graphql body; larger ones get 413 before anything is read. */
+    graphqlMaxBodyBytes: number;
+    /** Largest graphql-ws message; the socket closes with 1009 above it. */
+    wsMaxPayloadBytes: number;
+    /** Operations open at once on one graphql-ws socket. */
+    wsMaxSubscriptions: number;
+    /** Bearer token /metrics requires; unset = /metrics is open. */
+    metricsToken: string | undefined;
+    /** Let organization admins point channels at loopback / private / link-local addresses. */
+    allowPrivateUpstreams: boolean;
+  };
 }
 
 function intFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -65,5 +78,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxBodyBytes: intFrom(env, "MAX_BODY_BYTES", 4 * 1024 * 1024),
     keyCacheTtlMs: intFrom(env, "KEY_CACHE_TTL_MS", 1_000),
     logLevel,
+    admin: {
+      graphqlMaxBodyBytes: intFrom(env, "GRAPHQL_MAX_BODY_BYTES", 1024 * 1024),
+      wsMaxPayloadBytes: intFrom(env, "WS_MAX_PAYLOAD_BYTES", 1024 * 1024),
+      wsMaxSubscriptions: intFrom(env, "WS_MAX_SUBSCRIPTIONS", 100),
+      metricsToken: env.METRICS_TOKEN || undefined,
+      allowPrivateUpstreams: env.TOKENGATE_ALLOW_PRIVATE_UPSTREAMS === "1" || env.TOKENGATE_ALLOW_PRIVATE_UPSTREAMS === "true",
+    },
   };
 }

@@ -43,7 +43,8 @@ async function serve(config: Config): Promise<void> {
   await configureEvents(config.redisUrl);
   if (config.redisUrl) console.log("events: Redis pub/sub (REDIS_URL)");
   configureCredentialSecret(await credentialSecret(config));
-  const { generatedSecret } = await bootstrapAdmin(config.adminToken);
+  const { generatedSecret, revoked } = await bootstrapAdmin(config.adminToken);
+  if (revoked) console.log(`TOKENGATE_ADMIN_TOKEN changed: revoked ${revoked} earlier bootstrap token(s)`);
   if (generatedSecret) {
     console.log("\n  A platform admin token was generated (shown once, stored hashed):\n");
     console.log(`    ${generatedSecret}\n`);

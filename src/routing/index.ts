@@ -132,7 +132,7 @@ export async function setRouteLimits(
 ): Promise<Route> {
   const route = await db.route.findUnique({ where: { id: input.routeId }, include: { channels: { orderBy: { priority: "asc" } } } });
   if (!route) throw notFound("route", input.routeId);
-  assertCanWrite(viewer, route.organizationId);
+  assertCanWrite(viewer, route.organizationId, { what: "route", id: route.id });
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const defaultMaxTokens = input.defaultMaxTokens == null ? undefined : validateMaxTokens(input.defaultMaxTokens);
   const bucket = input.capBucket ?? bucketOf(route.channels[0]?.settlement ?? "OFFICIAL");
@@ -159,7 +159,7 @@ export async function setPrice(
 ): Promise<PriceSnapshot> {
   const channel = await db.channel.findUnique({ where: { id: input.channelId }, include: { route: true } });
   if (!channel) throw notFound("channel", input.channelId);
-  assertCanWrite(viewer, channel.route.organizationId);
+  assertCanWrite(viewer, channel.route.organizationId, { what: "channel", id: channel.id });
   const inputPerMillion = parseMoney(input.inputPerMillion, "inputPerMillion");
   const outputPerMillion = parseMoney(input.outputPerMillion, "outputPerMillion");
   const bucket = bucketOf(channel.settlement);

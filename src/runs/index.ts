@@ -18,7 +18,7 @@ export async function startRun(
 ): Promise<Run> {
   const key = await db.apiKey.findUnique({ where: { id: input.keyId } });
   if (!key) throw notFound("API key", input.keyId);
-  assertCanWrite(viewer, key.organizationId);
+  assertCanWrite(viewer, key.organizationId, { what: "API key", id: key.id, projectId: key.projectId });
   if (key.status === "REVOKED") throw conflict("cannot start a run on a revoked key");
   const cap = parseCapInput(input.cap, "cap");
   const bucket = input.capBucket ?? primaryBucket(key);
@@ -40,7 +40,7 @@ export async function startRun(
 export async function cancelRun(viewer: Viewer, id: string): Promise<Run> {
   const run = await db.run.findUnique({ where: { id } });
   if (!run) throw notFound("run", id);
-  assertCanWrite(viewer, run.organizationId);
+  assertCanWrite(viewer, run.organizationId, { what: "run", id, projectId: run.projectId });
   if (run.status === "CANCELLED") return run;
   if (run.status !== "ACTIVE") throw conflict(`cannot cancel a ${run.status.toLowerCase()} run`);
   return db.$transaction(async (tx) => {
@@ -101,7 +101,7 @@ function usableChannel(channels: PlannedChannel[], key: { allowedBuckets: Balanc
 export async function estimateRun(viewer: Viewer, input: { keyId: string; model: string; mode: RunMode }): Promise<RunEstimate> {
   const key = await db.apiKey.findUnique({ where: { id: input.keyId } });
   if (!key) throw notFound("API key", input.keyId);
-  if (!canRead(viewer, key.organizationId, key.projectId)) throw forbidden();
+  if (!canRead(viewer, key.organizationId, key.projectId)) throw notFound("API key", input.keyId);
   const profile = RUN_PROFILES[input.mode];
   const reasons: string[] = [];
   if (key.status !== "ACTIVE") reasons.push(`key is ${key.status.toLowerCase()}`);

@@ -14,6 +14,7 @@ import "./types/failed-request.ts";
 import "./types/ledger-entry.ts";
 import "./types/run.ts";
 import "./types/audit-entry.ts";
+import "./types/admin-token.ts";
 import "../resolvers/root.ts";
 import "../resolvers/admin.ts";
 import "../resolvers/budgets.ts";
