@@ -58,6 +58,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new Error("LOG_LEVEL must be one of debug, info, warn, error, silent");
   }
   const totalTimeoutMs = intFrom(env, "UPSTREAM_TOTAL_TIMEOUT_MS", 600_000);
+  // The credential key is derived from it: a short secret is refused at start-up, not discovered later.
+  if (env.TOKENGATE_SECRET && env.TOKENGATE_SECRET.length < 32) {
+    throw new Error(`TOKENGATE_SECRET must be at least 32 characters (got ${env.TOKENGATE_SECRET.length}); generate one with: openssl rand -base64 32`);
+  }
   return {
     port: intFrom(env, "PORT", 4000),
     host: env.HOST || "127.0.0.1",

@@ -36,13 +36,16 @@ async function serve(config: Config): Promise<void> {
   const database = await open(config, true);
   console.log(`database: ${database.kind === "pglite" ? `embedded PGlite in ${path.resolve(config.dataDir, "pglite")}` : "PostgreSQL (DATABASE_URL)"}`);
   const { bootstrapAdmin } = await import("./auth/index.ts");
-  const { configureCredentialSecret } = await import("./routing/index.ts");
+  const { configureCredentialSecret, configureUpstreamPolicy, upgradeStoredCredentials } = await import("./routing/index.ts");
   const { startHoldSweeper } = await import("./accounting/index.ts");
   const { startServer } = await import("./server.ts");
   const { configureEvents, closeEvents } = await import("./events/index.ts");
   await configureEvents(config.redisUrl);
   if (config.redisUrl) console.log("events: Redis pub/sub (REDIS_URL)");
   configureCredentialSecret(await credentialSecret(config));
+  configureUpstreamPolicy({ allowPrivateUpstreams: config.admin.allowPrivateUpstreams });
+  const upgraded = await upgradeStoredCredentials();
+  if (upgraded) console.log(`re-encrypted ${upgraded} stored upstream credential(s) with the current scheme`);
   const { generatedSecret, revoked } = await bootstrapAdmin(config.adminToken);
   if (revoked) console.log(`TOKENGATE_ADMIN_TOKEN changed: revoked ${revoked} earlier bootstrap token(s)`);
   if (generatedSecret) {

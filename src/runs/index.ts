@@ -126,6 +126,9 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     keyDaily = await budgetStatus("KEY_DAILY", key.id, first.bucket);
     if (keyDaily.remaining !== null && keyDaily.remaining < costMin) reasons.push("the key's daily cap leaves less than the smallest estimate");
   }
+  // A project viewer sees its key's estimate, not the organization's wallet balance or channel names
+  // (it cannot read the wallet or the routes either): those fields are null for it.
+  const orgReader = viewer.role !== "PROJECT_VIEWER";
   return {
     keyId: key.id,
     model: input.model,
@@ -134,7 +137,7 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     reasons,
     bucket: first?.bucket ?? null,
     settlement: first?.channel.settlement ?? null,
-    channelName: first?.channel.name ?? null,
+    channelName: orgReader ? (first?.channel.name ?? null) : null,
     upstreamModel: first?.channel.upstreamModel ?? null,
     backupAvailable: usable.length > 1,
     estimatedCallsMin: profile.calls[0],
@@ -144,7 +147,7 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     costMin,
     costMax,
     minimumRecommendedBalance,
-    available,
+    available: orgReader ? available : null,
     keyDaily,
     retryCeiling: key.retryCeiling,
     failedChargePolicy: key.failedChargePolicy,
