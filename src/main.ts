@@ -37,14 +37,18 @@ async function serve(config: Config): Promise<void> {
   const database = await open(config, true);
   logger.info(database.kind === "pglite" ? { database: "pglite", dir: path.resolve(config.dataDir, "pglite") } : { database: "postgres" }, "database open");
   const { bootstrapAdmin } = await import("./auth/index.ts");
-  const { configureCredentialSecret } = await import("./routing/index.ts");
+  const { configureCredentialSecret, configureUpstreamPolicy, upgradeStoredCredentials } = await import("./routing/index.ts");
   const { startHoldSweeper } = await import("./accounting/index.ts");
   const { startServer } = await import("./server.ts");
   const { configureEvents, closeEvents } = await import("./events/index.ts");
   await configureEvents(config.redisUrl);
   if (config.redisUrl) logger.info({ events: "redis" }, "events: Redis pub/sub (REDIS_URL)");
   configureCredentialSecret(await credentialSecret(config));
-  const { generatedSecret } = await bootstrapAdmin(config.adminToken);
+  configureUpstreamPolicy({ allowPrivateUpstreams: config.admin.allowPrivateUpstreams });
+  const upgraded = await upgradeStoredCredentials();
+  if (upgraded) console.log(`re-encrypted ${upgraded} stored upstream credential(s) with the current scheme`);
+  const { generatedSecret, revoked } = await bootstrapAdmin(config.adminToken);
+  if (revoked) console.log(`TOKENGATE_ADMIN_TOKEN changed: revoked ${revoked} earlier bootstrap token(s)`);
   if (generatedSecret) {
     // The one secret ever printed, by design: plain text on stdout, once, never through the logger.
     process.stdout.write(

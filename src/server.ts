@@ -2,16 +2,19 @@
 // same path), /v1/* (the OpenAI-compatible gateway), /healthz, /metrics and /dashboard.
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { createYoga, type YogaServerInstance } from "graphql-yoga";
+import { createHash, timingSafeEqual } from "node:crypto";
+import { createYoga, type Plugin, type YogaServerInstance } from "graphql-yoga";
 import { GraphQLError, type ExecutionArgs, type execute, type subscribe } from "graphql";
-import { WebSocketServer } from "ws";
+import { WebSocketServer, type WebSocket } from "ws";
 import { useServer } from "graphql-ws/use/ws";
-import type { Config } from "./config.ts";
+import { loadConfig, type Config } from "./config.ts";
 import { db } from "./db/index.ts";
 import { schema } from "./schema/index.ts";
 import { createLoaders } from "./schema/loaders.ts";
 import type { Context } from "./schema/builder.ts";
-import { authenticateAdmin } from "./auth/index.ts";
+import { authenticateAdmin, type Viewer } from "./auth/index.ts";
+import { graphqlLimitsPlugin } from "./schema/limits.ts";
+import { events } from "./events/index.ts";
 import { toGraphQLError } from "./resolvers/errors.ts";
 import { createGateway } from "./gateway/index.ts";
 import { DASHBOARD_HTML } from "./dashboard/page.ts";
@@ -32,17 +35,57 @@ export interface RunningServer {
 
 type ServerContext = { req?: http.IncomingMessage; res?: http.ServerResponse };
 
-export function createYogaApp(): YogaServerInstance<ServerContext, Context> {
+const graphqlErrorResponse = (status: number, message: string, code: string, headers: Record<string, string> = {}) =>
+  new Response(JSON.stringify({ errors: [{ message, extensions: { code } }] }), {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8", ...headers },
+  });
+
+/**
+ * Runs before Yoga reads the body: an oversized body is refused by its Content-Length (413) and a
+ * request without a valid admin token is refused (401) before anything is parsed or validated.
+ * The viewer found here is handed to the context, so the token is looked up once per request.
+ */
+function guardPlugin(maxBodyBytes: number, viewers: WeakMap<Request, Viewer>): Plugin {
+  return {
+    async onRequest({ request, endResponse }) {
+      // GraphiQL's page and CORS preflights carry no token and run no operation.
+      if (request.method === "OPTIONS") return;
+      if (request.method === "GET" && (request.headers.get("accept") ?? "").includes("text/html")) return;
+      const length = Number(request.headers.get("content-length") ?? "0");
+      if (length > maxBodyBytes) {
+        return endResponse(graphqlErrorResponse(413, `request body too large: at most ${maxBodyBytes} bytes`, "PAYLOAD_TOO_LARGE", { connection: "close" }));
+      }
+      const viewer = await authenticateAdmin(request.headers.get("authorization"));
+      if (!viewer) {
+        return endResponse(
+          graphqlErrorResponse(401, "authentication required: send Authorization: Bearer <admin token>", "UNAUTHENTICATED", { "www-authenticate": "Bearer" }),
+        );
+      }
+      viewers.set(request, viewer);
+    },
+  };
+}
+
+export function createYogaApp(
+  limits: { graphqlMaxBodyBytes: number } = loadConfig({}).admin,
+): YogaServerInstance<ServerContext, Context> {
+  const viewers = new WeakMap<Request, Viewer>();
   return createYoga<ServerContext, Context>({
     schema,
     graphqlEndpoint: "/graphql",
     landingPage: false,
     graphiql: { title: "tokengate admin API", headers: JSON.stringify({ Authorization: "Bearer <admin token>" }) },
+    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), useGraphQLMetrics()],
     context: async (initial): Promise<Context> => {
-      // Over graphql-ws the initial context carries the connection_init payload.
+      // Over graphql-ws the initial context carries the connection_init payload (authenticated again per operation).
       const connectionParams = (initial as { connectionParams?: { authorization?: unknown } }).connectionParams;
-      const header = typeof connectionParams?.authorization === "string" ? connectionParams.authorization : initial.request.headers.get("authorization");
-      return { viewer: await authenticateAdmin(header), loaders: createLoaders() };
+      if (connectionParams) {
+        const header = typeof connectionParams.authorization === "string" ? connectionParams.authorization : null;
+        return { viewer: await authenticateAdmin(header), loaders: createLoaders() };
+      }
+      const viewer = viewers.get(initial.request) ?? (await authenticateAdmin(initial.request.headers.get("authorization")));
+      return { viewer, loaders: createLoaders() };
     },
     maskedErrors: {
       maskError: (error, message) => {
@@ -54,12 +97,20 @@ export function createYogaApp(): YogaServerInstance<ServerContext, Context> {
       },
     },
     logging: false,
-    plugins: [useGraphQLMetrics()],
   });
 }
 
+/** Constant-time comparison of a bearer value with the configured METRICS_TOKEN. */
+function metricsAllowed(req: http.IncomingMessage, metricsToken: string | undefined): boolean {
+  if (!metricsToken) return true;
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? "");
+  if (!match) return false;
+  const digest = (v: string) => createHash("sha256").update(v).digest();
+  return timingSafeEqual(digest(match[1]!), digest(metricsToken));
+}
+
 export async function startServer(config: Config, options: { quiet?: boolean } = {}): Promise<RunningServer> {
-  const yoga = createYogaApp();
+  const yoga = createYogaApp(config.admin);
   const gateway = createGateway(config);
 
   const server = http.createServer((req, res) => {
@@ -88,6 +139,11 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       return;
     }
     if (path === "/metrics") {
+      if (!metricsAllowed(req, config.admin.metricsToken)) {
+        res.writeHead(401, { "content-type": "text/plain; charset=utf-8", "www-authenticate": 'Bearer realm="metrics"' });
+        res.end("metrics require Authorization: Bearer <METRICS_TOKEN>\n");
+        return;
+      }
       renderMetrics()
         .then(({ contentType, body }) => {
           res.writeHead(200, { "content-type": contentType });
@@ -107,6 +163,12 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
     }
     if (path === "/graphql") {
       graphqlHttpRequests.inc();
+      // The body limit is enforced on Content-Length before reading; a body of unknown length could not be.
+      if (req.method === "POST" && req.headers["content-length"] === undefined) {
+        res.writeHead(411, { "content-type": "application/json; charset=utf-8", connection: "close" });
+        res.end(JSON.stringify({ errors: [{ message: "Content-Length required", extensions: { code: "LENGTH_REQUIRED" } }] }));
+        return;
+      }
       void yoga.handle(req, res, { req, res });
       return;
     }
@@ -114,14 +176,35 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
     res.end(JSON.stringify({ error: "not found", paths: ["/graphql", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard"] }));
   });
 
-  const wsServer = new WebSocketServer({ server, path: "/graphql" });
+  // maxPayload: ws closes the socket with 1009 (message too big) before parsing anything larger.
+  const wsServer = new WebSocketServer({ server, path: "/graphql", maxPayload: config.admin.wsMaxPayloadBytes });
+  const { wsMaxSubscriptions } = config.admin;
+  // Sockets by the admin token that opened them: a revoked token's sockets close at once, on every instance.
+  const socketsByToken = new Map<string, Set<WebSocket>>();
+  const forbid = (socket: WebSocket) => socket.close(4403, "Forbidden");
+  const revocations = events.subscribe("adminTokenRevoked");
+  void (async () => {
+    for await (const { tokenId } of revocations) for (const socket of socketsByToken.get(tokenId) ?? []) forbid(socket);
+  })();
   const wsCleanup = useServer<Record<string, unknown>, { viewer?: Context["viewer"] }>(
     {
       // Authenticate once, in connection_init; a bad or missing token closes with 4403.
       onConnect: async (ctx) => {
-        const viewer = await authenticateAdmin(ctx.connectionParams?.authorization as string | undefined);
+        const authorization = ctx.connectionParams?.authorization;
+        const viewer = await authenticateAdmin(typeof authorization === "string" ? authorization : null);
         if (!viewer) return false;
         ctx.extra.viewer = viewer;
+        const socket = ctx.extra.socket;
+        const sockets = socketsByToken.get(viewer.tokenId) ?? new Set<WebSocket>();
+        socketsByToken.set(viewer.tokenId, sockets.add(socket));
+        // An expiring token's socket closes when the token expires (timers cap at ~24.8 days; longer ones are re-checked per operation).
+        const ttl = viewer.expiresAt ? viewer.expiresAt.getTime() - Date.now() : null;
+        const expiry = ttl !== null && ttl < 2 ** 31 - 1 ? setTimeout(() => forbid(socket), Math.max(0, ttl)) : null;
+        socket.once("close", () => {
+          if (expiry) clearTimeout(expiry);
+          sockets.delete(socket);
+          if (sockets.size === 0) socketsByToken.delete(viewer.tokenId);
+        });
         return true;
       },
       context: (ctx): Context => ({ viewer: ctx.extra.viewer ?? null, loaders: createLoaders() }),
@@ -129,18 +212,36 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       execute: (args) => (args.rootValue as EnvelopedRunners).execute(args),
       subscribe: (args) => (args.rootValue as EnvelopedRunners).subscribe(args),
       onSubscribe: async (ctx, _id, params) => {
+        // The operation being started is already counted in ctx.subscriptions.
+        if (Object.keys(ctx.subscriptions).length > wsMaxSubscriptions) {
+          return [new GraphQLError(`too many operations on this connection: at most ${wsMaxSubscriptions} at once`, { extensions: { code: "TOO_MANY_SUBSCRIPTIONS" } })];
+        }
         const { schema: envSchema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
           ...ctx,
           req: ctx.extra.request,
           socket: ctx.extra.socket,
           params,
         });
+        const contextValue = await contextFactory();
+        // The token is checked again for every operation: revoked or expired since connection_init → closed.
+        if (!contextValue.viewer) {
+          forbid(ctx.extra.socket);
+          return [new GraphQLError("this token is no longer valid", { extensions: { code: "UNAUTHENTICATED" } })];
+        }
+        let document;
+        try {
+          // Yoga's parse carries the token limit: a huge document stops at the limit.
+          document = parse(params.query);
+        } catch (error) {
+          if (error instanceof GraphQLError) return [error];
+          throw error;
+        }
         const args = {
           schema: envSchema,
           operationName: params.operationName,
-          document: parse(params.query),
+          document,
           variableValues: params.variables,
-          contextValue: await contextFactory(),
+          contextValue,
           rootValue: { execute, subscribe },
         };
         const errors = validate(args.schema, args.document);
@@ -165,6 +266,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
     url,
     close: () =>
       (closing ??= (async () => {
+        await revocations.return?.();
         for (const client of wsServer.clients) client.close(1001, "Going away");
         await wsCleanup.dispose();
         await new Promise<void>((resolve) => wsServer.close(() => resolve()));

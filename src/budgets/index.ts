@@ -102,7 +102,7 @@ export async function createProject(viewer: Viewer, input: { organizationId?: st
 export async function setProjectBudget(viewer: Viewer, input: { projectId: string } & ProjectBudgetInput): Promise<Project> {
   const project = await db.project.findUnique({ where: { id: input.projectId } });
   if (!project) throw notFound("project", input.projectId);
-  assertCanWrite(viewer, project.organizationId);
+  assertCanWrite(viewer, project.organizationId, { what: "project", id: project.id, projectId: project.id });
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const monthlyCap = parseCapInput(input.monthlyCap, "monthlyCap");
   const bucket = input.bucket ?? "CREDIT";

@@ -63,6 +63,8 @@ export type Topics = {
   routeHealth: [RouteHealthEvent];
   receiptCreated: [ReceiptCreatedEvent];
   budgetAlert: [BudgetAlertEvent];
+  /** An admin token was revoked: every instance closes the sockets it authenticated. */
+  adminTokenRevoked: [{ tokenId: string }];
 };
 
 type Target = PubSubEventTarget<Topics>;

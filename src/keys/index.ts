@@ -84,7 +84,7 @@ export async function createApiKey(
 ): Promise<{ apiKey: ApiKey; secret: string }> {
   const project = await db.project.findUnique({ where: { id: input.projectId } });
   if (!project) throw notFound("project", input.projectId);
-  assertCanWrite(viewer, project.organizationId);
+  assertCanWrite(viewer, project.organizationId, { what: "project", id: project.id, projectId: project.id });
   const name = requiredText(input.name, "name");
   const allowedBuckets = validateBuckets(input.allowedBuckets ?? ["CREDIT", "ROUTED"]);
   const allowedModels = validateModels(input.allowedModels ?? []);
@@ -132,7 +132,7 @@ export async function createApiKey(
 async function loadWritableKey(viewer: Viewer, id: string): Promise<ApiKey> {
   const key = await db.apiKey.findUnique({ where: { id } });
   if (!key) throw notFound("API key", id);
-  assertCanWrite(viewer, key.organizationId);
+  assertCanWrite(viewer, key.organizationId, { what: "API key", id, projectId: key.projectId });
   return key;
 }
 

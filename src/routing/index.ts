@@ -3,12 +3,13 @@
 import { db } from "../db/index.ts";
 import type { Channel, PriceSnapshot, Route } from "../generated/prisma/client.ts";
 import type { BalanceBucket, Settlement } from "../generated/prisma/enums.ts";
-import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";
+import { assertCanWrite, isPlatform, resolveOrganizationId, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { capsOf, parseCapInput, setCap, type CapInput } from "../budgets/index.ts";
-import { badInput, notFound, requiredText } from "../errors.ts";
+import { badInput, DomainError, notFound, requiredText } from "../errors.ts";
 import { BUCKET_CURRENCY, parseMoney } from "../money.ts";
 import { CredentialCipher } from "../secrets.ts";
+import { checkUpstreamHost } from "./addresses.ts";
 
 export const bucketOf = (settlement: Settlement): BalanceBucket => (settlement === "OFFICIAL" ? "CREDIT" : "ROUTED");
 
@@ -21,8 +22,46 @@ export function credentialCipher(): CredentialCipher {
   if (!cipher) throw new Error("TOKENGATE_SECRET is not configured");
   return cipher;
 }
-export function channelCredential(channel: Pick<Channel, "apiKeyCiphertext">): string | null {
-  return channel.apiKeyCiphertext ? credentialCipher().decrypt(channel.apiKeyCiphertext) : null;
+export function channelCredential(channel: Pick<Channel, "id" | "apiKeyCiphertext">): string | null {
+  return channel.apiKeyCiphertext ? credentialCipher().decrypt(channel.apiKeyCiphertext, channel.id) : null;
+}
+
+/**
+ * Start-up: re-encrypts credentials stored under the earlier scheme (v1: no HKDF, no channel binding)
+ * with the current one. Rows are updated only if still unchanged, so instances starting together agree.
+ */
+export async function upgradeStoredCredentials(): Promise<number> {
+  const legacy = await db.channel.findMany({ where: { apiKeyCiphertext: { startsWith: "v1." } }, select: { id: true, apiKeyCiphertext: true } });
+  let upgraded = 0;
+  for (const channel of legacy) {
+    const old = channel.apiKeyCiphertext!;
+    const plain = credentialCipher().decrypt(old, channel.id);
+    const { count } = await db.channel.updateMany({ where: { id: channel.id, apiKeyCiphertext: old }, data: { apiKeyCiphertext: credentialCipher().encrypt(plain, channel.id) } });
+    upgraded += count;
+  }
+  return upgraded;
+}
+
+let allowPrivateUpstreams = false;
+/** TOKENGATE_ALLOW_PRIVATE_UPSTREAMS: let every admin (not only platform admins) set internal upstream addresses. */
+export function configureUpstreamPolicy(policy: { allowPrivateUpstreams: boolean }): void {
+  allowPrivateUpstreams = policy.allowPrivateUpstreams;
+}
+
+/** Loopback, private, link-local and metadata addresses are for platform admins (or everyone, when allowed). */
+async function assertUpstreamAllowed(viewer: Viewer, baseUrl: string, field: string): Promise<void> {
+  if (isPlatform(viewer) || allowPrivateUpstreams) return;
+  const url = new URL(baseUrl);
+  const check = await checkUpstreamHost(url).catch(() => {
+    throw badInput(field, `${url.hostname} could not be resolved in time: try again`);
+  });
+  if (check.internal) {
+    throw new DomainError(
+      "FORBIDDEN",
+      `${field}: ${url.hostname} is (or resolves to) a loopback, private, link-local or metadata address (${check.address}); only platform admins may set it`,
+      field,
+    );
+  }
 }
 
 export interface ChannelInput {
@@ -91,10 +130,11 @@ export async function upsertRoute(viewer: Viewer, input: UpsertRouteInput): Prom
   const channels = input.channels.map(validateChannel);
   const names = new Set(channels.map((c) => c.name));
   if (names.size !== channels.length) throw badInput("channels", "channel names must be unique within a route");
+  for (const [i, c] of channels.entries()) await assertUpstreamAllowed(viewer, c.baseUrl, `channels[${i}].baseUrl`);
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const defaultMaxTokens = input.defaultMaxTokens == null ? undefined : validateMaxTokens(input.defaultMaxTokens);
   const unbounded = validateUnboundedPartTokens(input.maxUnboundedPartTokens);
-  const encrypted = channels.map((c) => (c.apiKey ? credentialCipher().encrypt(c.apiKey) : c.apiKey));
+  credentialCipher();
 
   return db.$transaction(async (tx) => {
     const existing = await tx.route.findUnique({ where: { organizationId_model: { organizationId, model } }, include: { channels: true } });
@@ -103,20 +143,22 @@ export async function upsertRoute(viewer: Viewer, input: UpsertRouteInput): Prom
       ? await tx.route.update({ where: { id: existing.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}), ...unbounded } })
       : await tx.route.create({ data: { organizationId, model, ...(defaultMaxTokens ? { defaultMaxTokens } : {}), ...unbounded } });
     for (const [i, c] of channels.entries()) {
-      const data = {
-        baseUrl: c.baseUrl,
-        upstreamModel: c.upstreamModel,
-        settlement: c.settlement,
-        priority: c.priority,
-        enabled: true,
-        // undefined keeps the stored credential; null clears it.
-        ...(encrypted[i] !== undefined ? { apiKeyCiphertext: encrypted[i] } : {}),
-      };
-      await tx.channel.upsert({
+      const stored = existing?.channels.find((s) => s.name === c.name);
+      // A stored credential is never sent to a host it was not given for: moving a channel to another
+      // origin needs its credential again (or an explicit null to run without one).
+      if (stored?.apiKeyCiphertext && c.apiKey === undefined && new URL(stored.baseUrl).origin !== new URL(c.baseUrl).origin) {
+        throw badInput(`channels[${i}].apiKey`, "required when baseUrl moves to another host (the stored credential stays with the old one); pass null to drop it");
+      }
+      const data = { baseUrl: c.baseUrl, upstreamModel: c.upstreamModel, settlement: c.settlement, priority: c.priority, enabled: true };
+      const channel = await tx.channel.upsert({
         where: { routeId_name: { routeId: route.id, name: c.name } },
         create: { organizationId, routeId: route.id, name: c.name, ...data },
         update: data,
       });
+      // undefined keeps the stored credential; null clears it; a value is encrypted bound to this channel's id.
+      if (c.apiKey !== undefined) {
+        await tx.channel.update({ where: { id: channel.id }, data: { apiKeyCiphertext: c.apiKey ? credentialCipher().encrypt(c.apiKey, channel.id) : null } });
+      }
     }
     await tx.channel.updateMany({ where: { routeId: route.id, name: { notIn: [...names] } }, data: { enabled: false } });
     const primary = [...channels].sort((a, b) => a.priority - b.priority)[0]!;
@@ -142,7 +184,7 @@ export async function setRouteLimits(
 ): Promise<Route> {
   const route = await db.route.findUnique({ where: { id: input.routeId }, include: { channels: { orderBy: { priority: "asc" } } } });
   if (!route) throw notFound("route", input.routeId);
-  assertCanWrite(viewer, route.organizationId);
+  assertCanWrite(viewer, route.organizationId, { what: "route", id: route.id });
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const defaultMaxTokens = input.defaultMaxTokens == null ? undefined : validateMaxTokens(input.defaultMaxTokens);
   const unbounded = validateUnboundedPartTokens(input.maxUnboundedPartTokens);
@@ -170,7 +212,7 @@ export async function setPrice(
 ): Promise<PriceSnapshot> {
   const channel = await db.channel.findUnique({ where: { id: input.channelId }, include: { route: true } });
   if (!channel) throw notFound("channel", input.channelId);
-  assertCanWrite(viewer, channel.route.organizationId);
+  assertCanWrite(viewer, channel.route.organizationId, { what: "channel", id: channel.id });
   const inputPerMillion = parseMoney(input.inputPerMillion, "inputPerMillion");
   const outputPerMillion = parseMoney(input.outputPerMillion, "outputPerMillion");
   const bucket = bucketOf(channel.settlement);

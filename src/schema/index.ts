@@ -15,6 +15,7 @@ import "./types/ledger-entry.ts";
 import "./types/run.ts";
 import "./types/audit-entry.ts";
 import "./types/alert-webhook.ts";
+import "./types/admin-token.ts";
 import "../resolvers/root.ts";
 import "../resolvers/admin.ts";
 import "../resolvers/budgets.ts";

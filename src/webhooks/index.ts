@@ -52,13 +52,16 @@ function parseSecret(raw: string): string {
  * Registers (or replaces) the organization's alert webhook. Without a secret one is generated and
  * returned once (generatedSecret); the secret is stored encrypted and never shown again.
  */
+/** The AES-GCM associated data a webhook secret is bound to (one webhook per organization). */
+const webhookBinding = (organizationId: string) => `alert-webhook:${organizationId}`;
+
 export async function setAlertWebhook(viewer: Viewer, input: SetAlertWebhookInput): Promise<{ webhook: AlertWebhook; generatedSecret: string | null }> {
   const organizationId = await resolveOrganizationId(viewer, input.organizationId);
   assertCanWrite(viewer, organizationId);
   const url = parseUrl(input.url);
   const given = input.secret === undefined || input.secret === null ? null : parseSecret(input.secret);
   const secret = given ?? generateSecret("whsec_");
-  const secretCiphertext = credentialCipher().encrypt(secret);
+  const secretCiphertext = credentialCipher().encrypt(secret, webhookBinding(organizationId));
   const webhook = await db.$transaction(async (tx) => {
     const before = await tx.alertWebhook.findUnique({ where: { organizationId } });
     const saved = await tx.alertWebhook.upsert({
@@ -149,7 +152,7 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
       webhookId: webhook.id,
       organizationId: webhook.organizationId,
       url: webhook.url,
-      secret: credentialCipher().decrypt(webhook.secretCiphertext),
+      secret: credentialCipher().decrypt(webhook.secretCiphertext, webhookBinding(webhook.organizationId)),
       deliveryId,
       body: alertBody(deliveryId, alert, createdAt),
       timestamp: String(Math.floor(createdAt.getTime() / 1000)),
