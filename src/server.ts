@@ -16,6 +16,7 @@ import { toGraphQLError } from "./resolvers/errors.ts";
 import { createGateway } from "./gateway/index.ts";
 import { DASHBOARD_HTML } from "./dashboard/page.ts";
 import { metrics } from "./metrics.ts";
+import { EXPORT_PATHS, handleExport } from "./exports/http.ts";
 
 interface EnvelopedRunners {
   execute: (args: ExecutionArgs) => ReturnType<typeof execute>;
@@ -95,13 +96,23 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       res.end(DASHBOARD_HTML);
       return;
     }
+    if (path.startsWith("/exports/")) {
+      handleExport(req, res).catch((error: unknown) => {
+        console.error("[exports] unexpected error:", error);
+        if (!res.headersSent) {
+          res.writeHead(500, { "content-type": "application/json" });
+          res.end(JSON.stringify({ error: { message: "internal error", type: "server_error", code: "INTERNAL_SERVER_ERROR", param: null } }));
+        } else res.destroy();
+      });
+      return;
+    }
     if (path === "/graphql") {
       metrics.graphqlRequests++;
       void yoga.handle(req, res, { req, res });
       return;
     }
     res.writeHead(404, { "content-type": "application/json" });
-    res.end(JSON.stringify({ error: "not found", paths: ["/graphql", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard"] }));
+    res.end(JSON.stringify({ error: "not found", paths: ["/graphql", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard", ...EXPORT_PATHS] }));
   });
 
   const wsServer = new WebSocketServer({ server, path: "/graphql" });
