@@ -21,6 +21,7 @@ import { DASHBOARD_HTML } from "./dashboard/page.ts";
 import { graphqlHttpRequests, renderMetrics } from "./metrics.ts";
 import { useGraphQLMetrics } from "./graphql-metrics.ts";
 import { componentLogger, errorFields, logger } from "./log.ts";
+import { EXPORT_PATHS, handleExport } from "./exports/http.ts";
 
 interface EnvelopedRunners {
   execute: (args: ExecutionArgs) => ReturnType<typeof execute>;
@@ -161,6 +162,16 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       res.end(DASHBOARD_HTML);
       return;
     }
+    if (path.startsWith("/exports/")) {
+      handleExport(req, res).catch((error: unknown) => {
+        componentLogger("exports").error(errorFields(error), "unexpected error");
+        if (!res.headersSent) {
+          res.writeHead(500, { "content-type": "application/json" });
+          res.end(JSON.stringify({ error: { message: "internal error", type: "server_error", code: "INTERNAL_SERVER_ERROR", param: null } }));
+        } else res.destroy();
+      });
+      return;
+    }
     if (path === "/graphql") {
       graphqlHttpRequests.inc();
       // The body limit is enforced on Content-Length before reading; a body of unknown length could not be.
@@ -173,7 +184,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       return;
     }
     res.writeHead(404, { "content-type": "application/json" });
-    res.end(JSON.stringify({ error: "not found", paths: ["/graphql", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard"] }));
+    res.end(JSON.stringify({ error: "not found", paths: ["/graphql", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard", ...EXPORT_PATHS] }));
   });
 
   // maxPayload: ws closes the socket with 1009 (message too big) before parsing anything larger.

@@ -6,6 +6,7 @@ import { PGlite } from "@electric-sql/pglite";
 import { PrismaPGlite } from "pglite-prisma-adapter";
 import { PrismaPg } from "@prisma/adapter-pg";
 import pg from "pg";
+import QueryStream from "pg-query-stream";
 import { PrismaClient, type Prisma } from "../generated/prisma/client.ts";
 import { applyMigrations, type SqlExecutor } from "./migrate.ts";
 
@@ -19,6 +20,12 @@ export interface Database {
   sql: SqlExecutor;
   /** Connection pool occupancy for /metrics (PGlite: one in-process connection). */
   pool(): { total: number; idle: number; waiting: number };
+  /**
+   * PostgreSQL only: a query's rows read from a server-side cursor on one pooled connection, a
+   * batch at a time as the consumer pulls them (backpressure), for exports of any size.
+   * PGlite has no cursor API outside a transaction, which would lock out every other query.
+   */
+  streamRows?<Row>(text: string, params?: unknown[]): AsyncGenerator<Row, void, undefined>;
   close(): Promise<void>;
 }
 
@@ -43,6 +50,22 @@ function prismaWithLogging(adapter: AdapterFactory, onQuery?: (sql: string) => v
   return client;
 }
 
+const STREAM_BATCH_ROWS = 500;
+
+async function* streamFromCursor<Row>(pool: pg.Pool, text: string, params?: unknown[]): AsyncGenerator<Row, void, undefined> {
+  const client = await pool.connect();
+  const stream = client.query(new QueryStream(text, params, { batchSize: STREAM_BATCH_ROWS, highWaterMark: STREAM_BATCH_ROWS }));
+  let finished = false;
+  try {
+    for await (const row of stream) yield row as Row;
+    finished = true;
+  } finally {
+    stream.destroy();
+    // A cursor abandoned half-way (client went away, error) may leave the connection mid-protocol: discard it.
+    client.release(finished ? undefined : true);
+  }
+}
+
 export async function openDatabase(options: OpenOptions = {}): Promise<Database> {
   let database: Database;
   if (options.databaseUrl) {
@@ -65,6 +88,7 @@ export async function openDatabase(options: OpenOptions = {}): Promise<Database>
         query: async <Row>(text: string, params?: unknown[]) => (await pool.query(text, params)).rows as Row[],
       },
       pool: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
+      streamRows: <Row>(text: string, params?: unknown[]) => streamFromCursor<Row>(pool, text, params),
       close: async () => {
         await prisma.$disconnect();
         await pool.end();
