@@ -14,7 +14,9 @@ import type { Context } from "./schema/builder.ts";
 import { authenticateAdmin } from "./auth/index.ts";
 import { toGraphQLError } from "./resolvers/errors.ts";
 import { createGateway } from "./gateway/index.ts";
-import { DASHBOARD_HTML } from "./dashboard/page.ts";
+import { DASHBOARD_HTML, DASHBOARD_HEADERS } from "./dashboard/page.ts";
+import { renderGraphiQL } from "./dashboard/graphiql.ts";
+import { serveAsset } from "./dashboard/static.ts";
 import { metrics } from "./metrics.ts";
 
 interface EnvelopedRunners {
@@ -35,7 +37,10 @@ export function createYogaApp(): YogaServerInstance<ServerContext, Context> {
     schema,
     graphqlEndpoint: "/graphql",
     landingPage: false,
-    graphiql: { title: "tokengate admin API", headers: JSON.stringify({ Authorization: "Bearer <admin token>" }) },
+    // Rendered from local assets (no CDN); the page asks for the admin token. SSE subscriptions
+    // carry the same Authorization header as queries.
+    graphiql: { title: "tokengate admin API", headers: JSON.stringify({ Authorization: "Bearer <admin token>" }), subscriptionsProtocol: "SSE" },
+    renderGraphiQL,
     context: async (initial): Promise<Context> => {
       // Over graphql-ws the initial context carries the connection_init payload.
       const connectionParams = (initial as { connectionParams?: { authorization?: unknown } }).connectionParams;
@@ -91,10 +96,11 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       return;
     }
     if (path === "/dashboard" || path === "/dashboard/") {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.writeHead(200, DASHBOARD_HEADERS);
       res.end(DASHBOARD_HTML);
       return;
     }
+    if (path.startsWith("/assets/") && serveAsset(req, res, path)) return;
     if (path === "/graphql") {
       metrics.graphqlRequests++;
       void yoga.handle(req, res, { req, res });
