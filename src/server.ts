@@ -32,6 +32,15 @@ export interface RunningServer {
 
 type ServerContext = { req?: http.IncomingMessage; res?: http.ServerResponse };
 
+const GRAPHIQL_DEFAULT_QUERY = `# tokengate admin API: the Headers tab carries your admin token.
+# Subscriptions (keySpend, receiptCreated, routeHealth, budgetAlert) stream here too.
+query Wallet {
+  wallet {
+    balances { bucket balance { amount currency } held { amount currency } available { amount currency } }
+  }
+}
+`;
+
 export function createYogaApp(): YogaServerInstance<ServerContext, Context> {
   return createYoga<ServerContext, Context>({
     schema,
@@ -39,7 +48,12 @@ export function createYogaApp(): YogaServerInstance<ServerContext, Context> {
     landingPage: false,
     // Rendered from local assets (no CDN); the page asks for the admin token. SSE subscriptions
     // carry the same Authorization header as queries.
-    graphiql: { title: "tokengate admin API", headers: JSON.stringify({ Authorization: "Bearer <admin token>" }), subscriptionsProtocol: "SSE" },
+    graphiql: {
+      title: "tokengate admin API",
+      headers: JSON.stringify({ Authorization: "Bearer <admin token>" }),
+      subscriptionsProtocol: "SSE",
+      defaultQuery: GRAPHIQL_DEFAULT_QUERY,
+    },
     renderGraphiQL,
     context: async (initial): Promise<Context> => {
       // Over graphql-ws the initial context carries the connection_init payload.

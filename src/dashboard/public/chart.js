@@ -69,7 +69,7 @@ export function drawSpendChart(container, previous, { points, interval, from, to
     width: Math.max(320, container.clientWidth),
     height: 240,
     series: [series[0], ...order.map((s) => series[s])],
-    axes: [{}, { size: 70, values: (_u, ticks) => ticks.map((t) => `${t} ${currency}`) }],
+    axes: [{}, { size: 80, label: currency, labelSize: 20 }],
     scales: { x: { time: true } },
     cursor: { drag: { x: false, y: false } },
   };

@@ -170,7 +170,7 @@ function feedRow(item, kind) {
     "tr",
     { className: kind, dataset: { requestId: item.requestId } },
     h("td", {}, time(item.createdAt)),
-    h("td", {}, kind === "receipt" ? h("span", { className: "ok" }, "200") : h("span", { className: "failed" }, `${item.httpStatus} ${item.cause}`)),
+    h("td", {}, kind === "receipt" ? h("span", { className: "ok" }, "200") : h("span", { className: "bad" }, `${item.httpStatus} ${item.cause}`)),
     h("td", {}, item.key?.name ?? "—"),
     h("td", {}, `${item.requestedModel ?? "—"}${item.route ? ` → ${item.route.model}` : ""}${item.channel ? ` · ${item.channel.name}` : ""}`),
     h("td", {}, kind === "receipt" ? (item.fallback ? "yes" : "no") : "—"),

@@ -11,7 +11,8 @@
     root.replaceChildren();
     const headers = token ? JSON.stringify({ Authorization: `Bearer ${token}` }, null, 2) : boot.options.headers;
     // Headers stay out of localStorage: the token lives in this tab's sessionStorage only.
-    YogaGraphiQL.renderYogaGraphiQL(root, { ...boot.options, headers, shouldPersistHeaders: false });
+    // Yoga's GraphiQL opens with `query` (after ?query= in the address); defaultQuery is GraphiQL's name for it.
+    YogaGraphiQL.renderYogaGraphiQL(root, { ...boot.options, query: boot.options.defaultQuery, headers, shouldPersistHeaders: false });
   }
 
   function askForToken() {
