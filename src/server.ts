@@ -17,7 +17,9 @@ import { graphqlLimitsPlugin } from "./schema/limits.ts";
 import { events } from "./events/index.ts";
 import { toGraphQLError } from "./resolvers/errors.ts";
 import { createGateway } from "./gateway/index.ts";
-import { DASHBOARD_HTML } from "./dashboard/page.ts";
+import { DASHBOARD_HTML, DASHBOARD_HEADERS } from "./dashboard/page.ts";
+import { renderGraphiQL } from "./dashboard/graphiql.ts";
+import { serveAsset } from "./dashboard/static.ts";
 import { graphqlHttpRequests, renderMetrics } from "./metrics.ts";
 import { useGraphQLMetrics } from "./graphql-metrics.ts";
 import { componentLogger, errorFields, logger } from "./log.ts";
@@ -35,6 +37,15 @@ export interface RunningServer {
 }
 
 type ServerContext = { req?: http.IncomingMessage; res?: http.ServerResponse };
+
+const GRAPHIQL_DEFAULT_QUERY = `# tokengate admin API: the Headers tab carries your admin token.
+# Subscriptions (keySpend, receiptCreated, routeHealth, budgetAlert) stream here too.
+query Wallet {
+  wallet {
+    balances { bucket balance { amount currency } held { amount currency } available { amount currency } }
+  }
+}
+`;
 
 const graphqlErrorResponse = (status: number, message: string, code: string, headers: Record<string, string> = {}) =>
   new Response(JSON.stringify({ errors: [{ message, extensions: { code } }] }), {
@@ -76,7 +87,15 @@ export function createYogaApp(
     schema,
     graphqlEndpoint: "/graphql",
     landingPage: false,
-    graphiql: { title: "tokengate admin API", headers: JSON.stringify({ Authorization: "Bearer <admin token>" }) },
+    // Rendered from local assets (no CDN); the page asks for the admin token. SSE subscriptions
+    // carry the same Authorization header as queries.
+    graphiql: {
+      title: "tokengate admin API",
+      headers: JSON.stringify({ Authorization: "Bearer <admin token>" }),
+      subscriptionsProtocol: "SSE",
+      defaultQuery: GRAPHIQL_DEFAULT_QUERY,
+    },
+    renderGraphiQL,
     plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), useGraphQLMetrics()],
     context: async (initial): Promise<Context> => {
       // Over graphql-ws the initial context carries the connection_init payload (authenticated again per operation).
@@ -158,10 +177,11 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       return;
     }
     if (path === "/dashboard" || path === "/dashboard/") {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.writeHead(200, DASHBOARD_HEADERS);
       res.end(DASHBOARD_HTML);
       return;
     }
+    if (path.startsWith("/assets/") && serveAsset(req, res, path)) return;
     if (path.startsWith("/exports/")) {
       handleExport(req, res).catch((error: unknown) => {
         componentLogger("exports").error(errorFields(error), "unexpected error");
