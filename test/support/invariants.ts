@@ -31,7 +31,8 @@ export async function ledgerViolations(database: Pick<Database, "sql">): Promise
     SELECT e.id FROM "LedgerEntry" e JOIN "Hold" h ON h.id = e."holdId" WHERE e.kind = 'CHARGE' AND -e.amount <> h.charged`)) {
     violations.push(`charge entry ${row.id} differs from its hold's charge`);
   }
-  // Counters equal what the holds say, per scope and window; spent + held never exceeds a cap.
+  // Counters equal what the holds say, per scope and window; spent + held never exceeds a cap
+  // (the effective one: a bucket without its own cap is capped at zero when the other bucket has one).
   const expected = `
     SELECT s.scope, s.scope_id, b.bucket, s.window_start,
            SUM(CASE WHEN h.status = 'ACTIVE' THEN h.amount ELSE 0 END) AS held,
@@ -50,8 +51,7 @@ export async function ledgerViolations(database: Pick<Database, "sql">): Promise
   }
   for (const row of await q<{ scope: string; scope_id: string }>(`
     SELECT c.scope::text, c."scopeId" AS scope_id FROM "SpendCounter" c
-      JOIN "BudgetCap" cap ON cap.scope = c.scope AND cap."scopeId" = c."scopeId" AND cap.bucket = c.bucket
-     WHERE c.spent + c.held > cap.amount`)) {
+     WHERE c.spent + c.held > tg_effective_cap(c.scope, c."scopeId", c.bucket)`)) {
     violations.push(`cap exceeded: ${row.scope}/${row.scope_id}`);
   }
   return violations;
