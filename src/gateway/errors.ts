@@ -167,6 +167,7 @@ const SCOPE_TEXT: Record<CapScope, string> = {
   PROJECT_MONTHLY: "the project's monthly cap",
   ROUTE_DAILY: "the route's daily cap",
   RUN_TOTAL: "the run's cap",
+  CHANNEL_DAILY: "the daily cap of every channel left to try",
 };
 
 export const budgetExceeded = (scope: CapScope) =>
@@ -191,6 +192,10 @@ export const insufficientBalance = (bucket: string) =>
 /** 402 rather than 409: OpenAI SDKs retry 409, and retrying a cancelled run cannot help. */
 export const runCancelled = () =>
   new GatewayError({ status: 402, type: "insufficient_quota", code: "run_cancelled", message: "The run is no longer active (cancelled or ended).", cause: "RUN_CANCELLED" });
+
+/** 402 like run_cancelled; unlike it, the run works again after resumeRun. */
+export const runPaused = () =>
+  new GatewayError({ status: 402, type: "insufficient_quota", code: "run_paused", message: "The run is paused; its requests are refused until it is resumed.", cause: "RUN_PAUSED" });
 
 export const runNotFound = (runId: string) =>
   new GatewayError({

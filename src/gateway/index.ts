@@ -41,7 +41,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
-import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
+import { extendHolds, release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
 import { configureKeyCache } from "../keys/index.ts";
 import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
 import { Lookups } from "./lookups.ts";
@@ -100,6 +100,27 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
     log,
   };
 
+  // Keep-alive of reservations: a request may outlive HOLD_TTL_MS (retries × timeouts, a long
+  // stream), and the sweeper must not free its budget while it runs. Every third of the TTL the
+  // holds of all requests in flight here are extended in one statement; a process that dies stops
+  // extending, so its holds still expire after the TTL.
+  const inFlight = new Set<RequestState>();
+  const keepAliveMs = Math.max(25, Math.floor(config.holdTtlMs / 3));
+  let extending = false;
+  const keepAlive = setInterval(() => {
+    if (extending) return;
+    const ids: string[] = [];
+    for (const state of inFlight) if (state.hold) ids.push(state.hold.id);
+    if (ids.length === 0) return;
+    extending = true;
+    extendHolds(ids, config.holdTtlMs, new Date(), directSql())
+      .catch((e: unknown) => deps.log("warn", "could not extend the holds of running requests", { holds: ids.length, error: String(e) }))
+      .finally(() => {
+        extending = false;
+      });
+  }, keepAliveMs);
+  keepAlive.unref();
+
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const requestId = randomUUID();
     const url = req.url ?? "/";
@@ -134,6 +155,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       if (!res.writableFinished) state.client.abort();
     };
     res.on("close", onClose);
+    inFlight.add(state);
     try {
       if (endpoint === "/v1/models") await models(state, req, res, modelId);
       else await proxy(deps, state, req, res);
@@ -145,6 +167,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
         deps.log("error", "could not answer a failed request", { requestId, error: String(e) }),
       );
     } finally {
+      inFlight.delete(state);
       res.off("close", onClose);
       if (state.rateTicket) await limiter.finish(state.rateTicket);
       // Never leave budget locked: whatever happened, a hold still open is released uncharged.
@@ -192,6 +215,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
     handle,
     stats: () => ({ reserve: { ...reservations.stats }, settle: { ...settlements.stats }, limits: { ...limiter.stats, rateLimited: { ...limiter.stats.rateLimited } } }),
     async close() {
+      clearInterval(keepAlive);
       await deps.upstream.close();
       await limiter.close();
     },

@@ -34,6 +34,7 @@ import {
   channelsDown,
   runCancelled,
   runNotFound,
+  runPaused,
   sendError,
   upstreamError,
   upstreamRejected,
@@ -165,6 +166,7 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
     const run = await lookups.run(runId, key.id);
     if (!run) throw runNotFound(runId);
     state.runId = run.id;
+    if (run.status === "PAUSED") throw runPaused();
     if (run.status !== "ACTIVE") throw runCancelled();
   }
 
@@ -223,6 +225,20 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   };
   const refOf = (channel: PlannedChannel): ChannelRef => ({ id: channel.channel.id, routeId: channel.channel.routeId, organizationId: key.organizationId, health: channel.channel.health });
 
+  // A channel whose own daily cap (CHANNEL_DAILY) refuses the reservation is skipped like an
+  // unusable channel and the next one is tried; only when none is left is that refusal the answer.
+  let channelCapped: GatewayError | null = null;
+  const tryUnlessCapped = async (channel: PlannedChannel, ref: ChannelRef, admission: Admission): Promise<boolean> => {
+    try {
+      return await tryChannel(channel, ref, admission);
+    } catch (error) {
+      if (error instanceof GatewayError && error.capScope === "CHANNEL_DAILY") {
+        channelCapped = error;
+        return false;
+      }
+      throw error;
+    }
+  };
   const coolingDown: PlannedChannel[] = [];
   for (const channel of priced) {
     if (state.attempts >= maxAttempts) break;
@@ -233,13 +249,14 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
       coolingDown.push(channel);
       continue;
     }
-    if (await tryChannel(channel, ref, admission)) return;
+    if (await tryUnlessCapped(channel, ref, admission)) return;
   }
   // Every usable channel is DOWN and cooling down: try the best (first) one rather than refuse blindly.
   if (state.attempts === 0 && coolingDown.length > 0) {
     const best = coolingDown[0]!;
-    if (await tryChannel(best, refOf(best), "probe")) return;
+    if (await tryUnlessCapped(best, refOf(best), "probe")) return;
   }
+  if (state.attempts === 0 && channelCapped) throw channelCapped;
   if (state.attempts === 0) throw channelsDown(model);
   const last = failed.last;
   // Every usable channel (or the retry ceiling) is exhausted.
@@ -286,6 +303,7 @@ async function holdFor(deps: GatewayDeps, state: RequestState, key: ApiKey, chan
     projectId: key.projectId,
     routeId: state.route!.id,
     runId: state.runId,
+    channelId: channel.channel.id,
     ttlMs: deps.config.holdTtlMs,
   });
   if (result.ok) {
@@ -294,6 +312,7 @@ async function holdFor(deps: GatewayDeps, state: RequestState, key: ApiKey, chan
   }
   if (result.refusal === "INSUFFICIENT_BALANCE") throw insufficientBalance(channel.bucket);
   if (result.refusal === "RUN_CANCELLED") throw runCancelled();
+  if (result.refusal === "RUN_PAUSED") throw runPaused();
   throw budgetExceeded(result.refusal);
 }
 

@@ -172,6 +172,17 @@ const RECEIPT_SETTLE_SQL = recordAndResolveSql("Receipt", RECEIPT_COLUMNS, "SETT
 const FAILED_RELEASE_SQL = recordAndResolveSql("FailedRequest", FAILED_COLUMNS, "RELEASED");
 const FAILED_INSERT_SQL = insertSql("FailedRequest", FAILED_COLUMNS);
 
+/**
+ * What tg_resolve_hold charged, checked against what the record asked: never more; less only when
+ * a late settlement (hold expired while the request ran) found the available balance short, in
+ * which case the function also wrote the lower charge onto the record.
+ */
+function settledCharge(charged: string, asked: bigint): bigint {
+  const value = BigInt(charged);
+  if (value > asked || value < 0n) throw new Error(`settled ${charged}, record says ${asked}`);
+  return value;
+}
+
 /** Writes the receipt and settles its hold (CHARGE ledger entry linked to it) atomically. `record.charge` must already be capped at the hold. */
 export async function recordReceipt(record: ReceiptInput, hold: HoldRef, now = new Date()): Promise<{ id: string; ledgerEntryId: string | null }> {
   if (record.charge > hold.amount || record.charge < 0n) throw new RangeError("receipt charge outside its hold");
@@ -183,9 +194,10 @@ export async function recordReceipt(record: ReceiptInput, hold: HoldRef, now = n
       record.charge.toString(),
     ) as Promise<Array<{ id: string; ledger_entry_id: string | null; charged: string }>>).catch(translateDbError);
   const row = rows[0]!;
-  // tg_resolve_hold charges min(charge, hold): equal here, since the charge was capped before.
-  if (BigInt(row.charged) !== record.charge) throw new Error(`settled ${row.charged}, receipt says ${record.charge}`);
-  announce({ kind: "receipt", id: row.id, record, at: now });
+  // tg_resolve_hold charges min(charge, hold): equal here, since the charge was capped before;
+  // less only in a late settlement the available balance could not cover (the row says so too).
+  const charged = settledCharge(row.charged, record.charge);
+  announce({ kind: "receipt", id: row.id, record: { ...record, charge: charged }, at: now });
   return { id: row.id, ledgerEntryId: row.ledger_entry_id };
 }
 
@@ -228,10 +240,9 @@ export async function recordReceiptMany(items: Array<{ record: ReceiptInput; hol
   const results = items.map(({ record }) => {
     const row = byRequest.get(record.requestId);
     if (!row) throw new Error(`recordReceiptMany: no receipt for ${record.requestId}`);
-    if (BigInt(row.charged) !== record.charge) throw new Error(`settled ${row.charged}, receipt says ${record.charge}`);
-    return { id: row.id, ledgerEntryId: row.ledger_entry_id };
+    return { id: row.id, ledgerEntryId: row.ledger_entry_id, charged: settledCharge(row.charged, record.charge) };
   });
-  items.forEach(({ record }, i) => announce({ kind: "receipt", id: results[i]!.id, record, at: now }));
+  items.forEach(({ record }, i) => announce({ kind: "receipt", id: results[i]!.id, record: { ...record, charge: results[i]!.charged }, at: now }));
   return results;
 }
 
@@ -248,7 +259,7 @@ export async function recordFailure(record: FailedRequestInput, hold: HoldRef | 
       directSql().$queryRawUnsafe(FAILED_RELEASE_SQL, ...params, now.toISOString(), hold.id, data.charge.toString()) as Promise<Array<{ id: string; charged: string }>>
     ).catch(translateDbError);
     id = rows[0]!.id;
-    if (BigInt(rows[0]!.charged) !== data.charge) throw new Error(`released with ${rows[0]!.charged}, record says ${data.charge}`);
+    data.charge = settledCharge(rows[0]!.charged, data.charge);
   }
   announce({ kind: "failure", id, record: data, at: now });
   return { id };

@@ -1,7 +1,7 @@
 import { builder } from "../schema/builder.ts";
 import { db } from "../db/index.ts";
 import { canRead } from "../auth/index.ts";
-import { cancelRun, estimateRun, startRun, type RunEstimate } from "../runs/index.ts";
+import { cancelRun, changeRunPause, estimateRun, startRun, type RunEstimate } from "../runs/index.ts";
 import { notFound } from "../errors.ts";
 import { BalanceBucket, RunMode } from "../generated/prisma/enums.ts";
 import { BudgetStatusRef, MoneyRef, moneyOrNull } from "../schema/types/common.ts";
@@ -91,6 +91,24 @@ builder.mutationFields((t) => ({
     args: { id: t.arg.id({ required: true }) },
     resolve: async (query, _root, { id }, ctx) => {
       const run = await cancelRun(viewerOf(ctx), String(id));
+      return db.run.findUniqueOrThrow({ ...query, where: { id: run.id } });
+    },
+  }),
+  pauseRun: t.prismaField({
+    type: "Run",
+    description: "Pauses an active run: its requests get 402 run_paused until resumeRun. Audited.",
+    args: { id: t.arg.id({ required: true }) },
+    resolve: async (query, _root, { id }, ctx) => {
+      const run = await changeRunPause(viewerOf(ctx), String(id), "pauseRun");
+      return db.run.findUniqueOrThrow({ ...query, where: { id: run.id } });
+    },
+  }),
+  resumeRun: t.prismaField({
+    type: "Run",
+    description: "Resumes a paused run. Audited.",
+    args: { id: t.arg.id({ required: true }) },
+    resolve: async (query, _root, { id }, ctx) => {
+      const run = await changeRunPause(viewerOf(ctx), String(id), "resumeRun");
       return db.run.findUniqueOrThrow({ ...query, where: { id: run.id } });
     },
   }),

@@ -205,6 +205,35 @@ export async function setRouteLimits(
   });
 }
 
+/**
+ * Backup-route limits: a daily cap per channel (CHANNEL_DAILY, scope id = channel id), enforced by
+ * the reservation with every other cap. Default bucket: the channel's own (its settlement's); a
+ * cap in the other bucket only would cap the channel's own bucket at zero (the cross-bucket rule).
+ */
+export async function setChannelLimits(
+  viewer: Viewer,
+  input: { channelId: string; dailyCap?: CapInput; capBucket?: BalanceBucket | null },
+): Promise<Channel> {
+  const channel = await db.channel.findUnique({ where: { id: input.channelId } });
+  if (!channel) throw notFound("channel", input.channelId);
+  assertCanWrite(viewer, channel.organizationId);
+  const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
+  const bucket = input.capBucket ?? bucketOf(channel.settlement);
+  return db.$transaction(async (tx) => {
+    const before = { caps: await capsOf(tx, channel.id) };
+    await setCap(tx, { organizationId: channel.organizationId, scope: "CHANNEL_DAILY", scopeId: channel.id, bucket }, dailyCap);
+    await writeAudit(tx, viewer, {
+      organizationId: channel.organizationId,
+      action: "setChannelLimits",
+      targetType: "Channel",
+      targetId: channel.id,
+      before,
+      after: { caps: await capsOf(tx, channel.id) },
+    });
+    return channel;
+  });
+}
+
 /** Records a new price for a channel, in its bucket's currency. Earlier snapshots are never changed. */
 export async function setPrice(
   viewer: Viewer,

@@ -42,12 +42,45 @@ export async function cancelRun(viewer: Viewer, id: string): Promise<Run> {
   if (!run) throw notFound("run", id);
   assertCanWrite(viewer, run.organizationId, { what: "run", id, projectId: run.projectId });
   if (run.status === "CANCELLED") return run;
-  if (run.status !== "ACTIVE") throw conflict(`cannot cancel a ${run.status.toLowerCase()} run`);
+  if (run.status !== "ACTIVE" && run.status !== "PAUSED") throw conflict(`cannot cancel a ${run.status.toLowerCase()} run`);
   return db.$transaction(async (tx) => {
     const next = await tx.run.update({ where: { id }, data: { status: "CANCELLED", endedAt: new Date() } });
     await writeAudit(tx, viewer, {
       organizationId: run.organizationId,
       action: "cancelRun",
+      targetType: "Run",
+      targetId: id,
+      before: { status: run.status },
+      after: { status: next.status },
+    });
+    return next;
+  });
+}
+
+const RUN_PAUSE = {
+  pauseRun: { from: "ACTIVE", to: "PAUSED" },
+  resumeRun: { from: "PAUSED", to: "ACTIVE" },
+} as const;
+
+/**
+ * Pauses a run (its requests get 402 run_paused, from the reservation itself, so a request racing
+ * the pause is refused too) or resumes it. Idempotent: pausing a paused run returns it unchanged.
+ */
+export async function changeRunPause(viewer: Viewer, id: string, action: keyof typeof RUN_PAUSE): Promise<Run> {
+  const run = await db.run.findUnique({ where: { id } });
+  if (!run) throw notFound("run", id);
+  assertCanWrite(viewer, run.organizationId);
+  const { from, to } = RUN_PAUSE[action];
+  if (run.status === to) return run;
+  if (run.status !== from) throw conflict(`cannot ${action === "pauseRun" ? "pause" : "resume"} a ${run.status.toLowerCase()} run`);
+  return db.$transaction(async (tx) => {
+    // Conditional update: a concurrent cancel wins and this one reports the conflict.
+    const changed = await tx.run.updateMany({ where: { id, status: from }, data: { status: to } });
+    if (changed.count === 0) throw conflict(`the run changed meanwhile; try again`);
+    const next = await tx.run.findUniqueOrThrow({ where: { id } });
+    await writeAudit(tx, viewer, {
+      organizationId: run.organizationId,
+      action,
       targetType: "Run",
       targetId: id,
       before: { status: run.status },
