@@ -224,6 +224,20 @@ describe("alert delivery", () => {
     expect(receiver.received).toHaveLength(2);
   });
 
+  it("a secret that cannot be decrypted (TOKENGATE_SECRET changed) fails the delivery visibly and never sends it unsigned", async () => {
+    const w = await f.world({ key: { dailyCap: "1" } });
+    const admin = await token("ORG_ADMIN", w.org.id);
+    await gqlOk(admin, SET, { input: { url: receiver.url, secret: "lost-secret-0123456789" } });
+    await database.prisma.alertWebhook.update({ where: { organizationId: w.org.id }, data: { secretCiphertext: "v1.AAAA.AAAA.AAAA" } });
+    start();
+    await spend(w, 500_000n);
+    await until(async () => (await deliveries(admin, w.org.id)).length === 1);
+    const [only] = await deliveries(admin, w.org.id);
+    expect(only).toMatchObject({ status: "FAILED", attempt: 1, httpStatus: null });
+    expect(only!.error).toMatch(/cannot be decrypted/);
+    expect(receiver.received).toHaveLength(0);
+  });
+
   it("an organization without a webhook gets no delivery", async () => {
     const w = await f.world({ key: { dailyCap: "1" } });
     start();
