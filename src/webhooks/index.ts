@@ -12,7 +12,7 @@ import { writeAudit } from "../audit/index.ts";
 import { badInput } from "../errors.ts";
 import { onBudgetAlertPublished, type BudgetAlertEvent } from "../events/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../money.ts";
-import { credentialCipher } from "../routing/index.ts";
+import { assertUpstreamAllowed, credentialCipher } from "../routing/index.ts";
 import { generateSecret } from "../secrets.ts";
 
 export const SIGNATURE_HEADER = "x-tokengate-signature";
@@ -59,6 +59,7 @@ export async function setAlertWebhook(viewer: Viewer, input: SetAlertWebhookInpu
   const organizationId = await resolveOrganizationId(viewer, input.organizationId);
   assertCanWrite(viewer, organizationId);
   const url = parseUrl(input.url);
+  await assertUpstreamAllowed(viewer, url, "url");
   const given = input.secret === undefined || input.secret === null ? null : parseSecret(input.secret);
   const secret = given ?? generateSecret("whsec_");
   const secretCiphertext = credentialCipher().encrypt(secret, webhookBinding(organizationId));
