@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_TEXT } from "./support/fake-upstream.ts";
 import { useGatewayHarness, uid } from "./support/gateway.ts";
-import { startTestServer } from "./support/graphql.ts";
+import { codes, gql, startTestServer, token } from "./support/graphql.ts";
 import { route, world } from "./support/fixtures.ts";
 import { walletBucket } from "../src/accounting/index.ts";
 import { setRouteLimits } from "../src/routing/index.ts";
@@ -306,6 +306,21 @@ describe("point 13: control characters in strings that reach SQL", () => {
     }
     const emb = await post(s.secret, { model: "e\u0000", input: "x" }, "/embeddings");
     expect(emb.status).toBe(400);
+  });
+
+  it("admin inputs that reach SQL (names, model names, allowed models) with a NUL are BAD_USER_INPUT, never an internal error", async () => {
+    const s = await setup();
+    const admin = await token("PLATFORM_ADMIN");
+    const v = { org: s.org.id, project: s.project.id };
+    for (const [query, variables] of [
+      [`mutation($org: ID) { createProject(input: { organizationId: $org, name: "web\u0000" }) { id } }`, v],
+      [`mutation($project: ID!) { createApiKey(input: { projectId: $project, name: "k", allowedModels: ["gpt\u0000"] }) { secret } }`, v],
+      [`mutation($org: ID) { upsertRoute(input: { organizationId: $org, model: "m\u0000", channels: [{ name: "c", baseUrl: "https://example.com/v1", upstreamModel: "u" }] }) { id } }`, v],
+    ] as const) {
+      const r = await gql(admin, query, variables);
+      expect(r.errors?.length, query).toBeGreaterThan(0);
+      expect(codes(r), query).toEqual(["BAD_USER_INPUT"]);
+    }
   });
 
   it("a record whose text carries NUL is still written (NUL stored as U+FFFD), not lost", async () => {
