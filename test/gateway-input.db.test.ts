@@ -222,6 +222,19 @@ describe("point 11: bodies are validated as OpenAI validates them", () => {
     expect(((await res.json()) as ErrorBody).error.param).toBe(param);
   });
 
+  it("a body nested 100,000 levels deep (in an unknown field or in tools) is a 400, never a 500", async () => {
+    const s = await setup();
+    const deep = `${"[".repeat(100_000)}${"]".repeat(100_000)}`;
+    for (const raw of [
+      `{"model":${JSON.stringify(s.model)},"messages":[{"role":"user","content":"hi"}],"junk":${deep}}`,
+      `{"model":${JSON.stringify(s.model)},"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":${deep}}}]}`,
+    ]) {
+      const res = await post(s.secret, raw);
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as ErrorBody).error).toMatchObject({ type: "invalid_request_error", code: "nested_too_deeply" });
+    }
+  });
+
   it("valid requests with every part shape OpenAI accepts still pass", async () => {
     const s = await setup("gpt-4o-2024-08-06");
     const res = await post(s.secret, {
