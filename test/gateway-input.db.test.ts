@@ -158,10 +158,18 @@ describe("point 7: absurd upstream usage is charged at the reservation and flagg
     expect(receipt.charge).toBeGreaterThan(0n);
   });
 
-  it("the flag is exposed on the GraphQL Receipt type", async () => {
-    const { printSchema } = await import("graphql");
-    const { schema } = await import("../src/schema/index.ts");
-    expect(printSchema(schema)).toMatch(/usageExceededReservation: Boolean!/);
+  it("the flag is exposed on the GraphQL Receipt type, with the charge", async () => {
+    const s = await setup();
+    h.fake.set(s.upstreamModel, { type: "ok", usage: { prompt_tokens: 3e9, completion_tokens: 1 } });
+    const res = await post(s.secret, { model: s.model, messages: [{ role: "user", content: "hello" }], max_tokens: 20 });
+    expect(res.status).toBe(200);
+    const admin = await token("PLATFORM_ADMIN");
+    const r = await gql(admin, `query($key: ID) { receipts(first: 5, filter: { keyId: $key }) { edges { node { usageExceededReservation promptTokens charge { amount } } } } }`, { key: s.key.id });
+    expect(r.errors).toBeUndefined();
+    const node = (r.data as { receipts: { edges: Array<{ node: { usageExceededReservation: boolean; promptTokens: number; charge: { amount: string } } }> } }).receipts.edges[0]!.node;
+    expect(node.usageExceededReservation).toBe(true);
+    expect(node.promptTokens).toBe(2_147_483_647);
+    expect(node.charge.amount).toBe(res.headers.get("x-tokengate-charge"));
   });
 });
 
