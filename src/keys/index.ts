@@ -55,8 +55,7 @@ function rateLimitsOf(input: KeyCapsInput): Partial<Record<(typeof RATE_LIMIT_FI
 export const primaryBucket = (key: Pick<ApiKey, "allowedBuckets">): BalanceBucket => key.allowedBuckets[0] ?? "CREDIT";
 
 function validateModels(models: string[]): string[] {
-  const cleaned = [...new Set(models.map((m) => m.trim()))];
-  if (cleaned.some((m) => !m || m.length > 200)) throw badInput("allowedModels", "model names must be 1–200 characters");
+  const cleaned = [...new Set(models.map((m) => requiredText(m, "allowedModels")))];
   return cleaned;
 }
 
