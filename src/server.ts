@@ -14,6 +14,7 @@ import { createLoaders } from "./schema/loaders.ts";
 import type { Context } from "./schema/builder.ts";
 import { authenticateAdmin, type Viewer } from "./auth/index.ts";
 import { graphqlLimitsPlugin } from "./schema/limits.ts";
+import { textGuardPlugin } from "./schema/text-guard.ts";
 import { events } from "./events/index.ts";
 import { toGraphQLError } from "./resolvers/errors.ts";
 import { createGateway } from "./gateway/index.ts";
@@ -96,7 +97,7 @@ export function createYogaApp(
       defaultQuery: GRAPHIQL_DEFAULT_QUERY,
     },
     renderGraphiQL,
-    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), useGraphQLMetrics()],
+    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), textGuardPlugin(), useGraphQLMetrics()],
     context: async (initial): Promise<Context> => {
       // Over graphql-ws the initial context carries the connection_init payload (authenticated again per operation).
       const connectionParams = (initial as { connectionParams?: { authorization?: unknown } }).connectionParams;

@@ -27,6 +27,15 @@ describe("bad input on the admin API", () => {
     expect(r.errors![0]!.message).not.toMatch(/Unexpected error/);
   });
 
+  it("a NUL character in any text argument (literal or variable) is BAD_USER_INPUT before any resolver runs", async () => {
+    const literal = await gql(admin, `mutation { createProject(input: { name: "a\\u0000b" }) { id } }`);
+    expect(codes(literal)).toEqual(["BAD_USER_INPUT"]);
+    const variable = await gql(admin, `mutation($n: String!) { createProject(input: { name: $n }) { id } }`, { n: "x\u0000" });
+    expect(codes(variable)).toEqual(["BAD_USER_INPUT"]);
+    const nested = await gql(admin, `query($f: ReceiptFilter) { receipts(filter: $f) { totalCount } }`, { f: { model: "m\u0000" } });
+    expect(codes(nested)).toEqual(["BAD_USER_INPUT"]);
+  });
+
   it("a page larger than the maximum is served as the maximum page (100), not refused", async () => {
     const r = await gql(admin, `{ auditEntries(first: 1000) { edges { node { id } } pageInfo { hasNextPage } } }`);
     expect(r.errors).toBeUndefined();
