@@ -166,6 +166,22 @@ describe("bad keys", () => {
   });
 });
 
+describe("an unreachable Redis", () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ REDIS_URL: "redis://127.0.0.1:9" });
+  });
+  afterAll(() => gw?.close());
+
+  it("admits requests (rate limits are not money) instead of refusing or hanging them", async () => {
+    const s = await setup({ rpmLimit: 1, maxConcurrent: 1 });
+    const started = Date.now();
+    for (let i = 0; i < 3; i++) await chat(gw, s.secret, s.model);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(await h.database.prisma.receipt.count({ where: { keyId: s.key.id } })).toBe(3);
+  });
+});
+
 const hasRedis = requireRedis();
 
 describe.runIf(hasRedis)("limits across two instances sharing redis-server", () => {

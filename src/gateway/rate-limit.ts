@@ -212,7 +212,16 @@ return n
 `;
 
 class RedisStore implements CounterStore {
-  constructor(private readonly redis: Redis) {}
+  private connectedOnce = false;
+
+  constructor(private readonly redis: Redis) {
+    redis.on("ready", () => (this.connectedOnce = true));
+  }
+
+  /** Once connected, a lost connection fails fast instead of queueing behind reconnects. */
+  private ready(): void {
+    if (this.connectedOnce && this.redis.status !== "ready") throw new Error(`Redis is ${this.redis.status}`);
+  }
 
   private static k(keyId: string, kind: string, window?: number): string {
     // The hash tag keeps one key's counters in one slot (a Redis Cluster runs the script on one node).
@@ -220,6 +229,7 @@ class RedisStore implements CounterStore {
   }
 
   async admit({ keyId, requestId, limits, tokens, now }: AdmitInput): Promise<StoreVerdict> {
+    this.ready();
     const w = windowOf(now);
     const k = RedisStore.k;
     const [verdict, previous, current] = (await this.redis.eval(
@@ -252,6 +262,7 @@ class RedisStore implements CounterStore {
   }
 
   async countBadKey(address: string, window: number): Promise<number> {
+    this.ready();
     return Number(await this.redis.eval(COUNT_LUA, 1, `tg:badkey:{${address}}:${window}`, 2 * WINDOW_MS));
   }
 
@@ -297,7 +308,9 @@ export class RateLimiter {
 
   static create(options: RateLimiterOptions): RateLimiter {
     if (!options.redisUrl) return new RateLimiter(new MemoryStore(), options);
-    const redis = new Redis(options.redisUrl, { maxRetriesPerRequest: 1 });
+    // Commands wait for the first connection at start-up; after that, a lost connection fails them
+    // at once (see RedisStore.ready) and a slow Redis after 500 ms: the request is then admitted.
+    const redis = new Redis(options.redisUrl, { maxRetriesPerRequest: 1, commandTimeout: 500 });
     redis.on("error", (e: Error) => options.log("warn", "rate-limit Redis error", { error: e.message }));
     return new RateLimiter(new RedisStore(redis), options);
   }
