@@ -254,10 +254,12 @@ class RedisStore implements CounterStore {
   }
 
   async adjustTokens(keyId: string, window: number, delta: number): Promise<void> {
+    this.ready();
     await this.redis.eval(ADJUST_LUA, 1, RedisStore.k(keyId, "tpm", window), delta);
   }
 
   async releaseConcurrent(keyId: string, requestId: string): Promise<void> {
+    this.ready();
     await this.redis.zrem(RedisStore.k(keyId, "inflight"), requestId);
   }
 
