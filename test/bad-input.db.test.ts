@@ -32,7 +32,7 @@ describe("bad input on the admin API", () => {
     expect(codes(literal)).toEqual(["BAD_USER_INPUT"]);
     const variable = await gql(admin, `mutation($n: String!) { createProject(input: { name: $n }) { id } }`, { n: "x\u0000" });
     expect(codes(variable)).toEqual(["BAD_USER_INPUT"]);
-    const nested = await gql(admin, `query($f: ReceiptFilter) { receipts(filter: $f) { totalCount } }`, { f: { model: "m\u0000" } });
+    const nested = await gql(admin, `query($f: RequestFilter) { receipts(filter: $f) { totalCount } }`, { f: { model: "m\u0000" } });
     expect(codes(nested)).toEqual(["BAD_USER_INPUT"]);
   });
 
