@@ -42,7 +42,9 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
 import { extendHolds, release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
-import { configureKeyCache } from "../keys/index.ts";
+import { recentlyValidKey, configureKeyCache } from "../keys/index.ts";
+import { parseBearer } from "../auth/index.ts";
+import { header } from "./http.ts";
 import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
 import { Lookups } from "./lookups.ts";
 import { recordReceipt, recordReceiptMany, type HoldRef, type ReceiptInput } from "../requests/index.ts";
@@ -156,9 +158,12 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       return refuse(unknownUrl(method, path));
     }
 
-    // An address that keeps sending bad keys is refused before any key lookup (no database work).
+    // An address that keeps sending bad keys is slowed before any key lookup (no database work).
     const address = clientAddress(req, config.trustProxy);
-    const throttledFor = limiter.throttled(address);
+    const throttledFor = limiter.throttled(address, () => {
+      const presented = parseBearer(header(req, "authorization"));
+      return presented !== null && recentlyValidKey(presented);
+    });
     if (throttledFor > 0) {
       req.resume();
       return sendError(res, requestId, badKeysThrottled(throttledFor));

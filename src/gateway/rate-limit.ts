@@ -288,6 +288,9 @@ export interface RateLimiterStats {
   badKeyThrottled: number;
 }
 
+/** A throttled address may have one unknown key looked up this often. */
+const THROTTLED_LOOKUP_INTERVAL_MS = 1_000;
+
 export class RateLimiter {
   readonly stats: RateLimiterStats = { rateLimited: { rpm: 0, tpm: 0, concurrent: 0 }, badKeys: 0, badKeyThrottled: 0 };
   private readonly store: CounterStore;
@@ -295,6 +298,8 @@ export class RateLimiter {
   private readonly unsubscribe: () => void;
   /** Addresses over the bad-key limit, until when (ms). Checked in memory: good traffic never waits on it. */
   private readonly blocked = new Map<string, number>();
+  /** Throttled addresses: when their last key lookup was let through (ms). */
+  private readonly lookups = new Map<string, number>();
 
   private constructor(store: CounterStore, private readonly options: RateLimiterOptions) {
     this.store = store;
@@ -350,17 +355,30 @@ export class RateLimiter {
     if (ticket.concurrent) await this.safely("release a concurrency slot", this.store.releaseConcurrent(ticket.keyId, ticket.requestId));
   }
 
-  /** Seconds until this address may send keys again, or 0 when it is not throttled. */
-  throttled(address: string, now = Date.now()): number {
+  /**
+   * Seconds a request from this address must wait, or 0 when it may go on. A throttled address is
+   * slowed, not shut out: a key this instance saw valid in the last minutes passes (and is looked up
+   * as usual, so pause and revocation bite), and one
+   * other key may be looked up per second, so a valid client sharing the address (NAT, a proxy
+   * without TRUST_PROXY) keeps working while a key-guessing flood gets one guess a second.
+   */
+  throttled(address: string, recentlyValidKey: () => boolean, now = Date.now()): number {
     const until = this.blocked.get(address);
     if (until === undefined) return 0;
     if (until <= now) {
       this.blocked.delete(address);
+      this.lookups.delete(address);
+      return 0;
+    }
+    if (recentlyValidKey()) return 0;
+    const last = this.lookups.get(address) ?? 0;
+    if (now - last >= THROTTLED_LOOKUP_INTERVAL_MS) {
+      this.lookups.set(address, now);
       return 0;
     }
     this.stats.badKeyThrottled++;
     gatewayBadKeyThrottled.inc();
-    return Math.max(1, Math.ceil((until - now) / 1000));
+    return Math.max(1, Math.ceil((last + THROTTLED_LOOKUP_INTERVAL_MS - now) / 1000));
   }
 
   /** A missing or unknown key came from this address. */
@@ -377,8 +395,13 @@ export class RateLimiter {
       return;
     }
     if (count >= this.options.badKeyLimitPerMinute) {
+      if (!this.blocked.has(address)) this.lookups.set(address, now); // the next lookup waits its interval
       this.blocked.set(address, (w + 1) * WINDOW_MS);
-      if (this.blocked.size > 100_000) this.blocked.delete(this.blocked.keys().next().value!);
+      if (this.blocked.size > 100_000) {
+        const oldest = this.blocked.keys().next().value!;
+        this.blocked.delete(oldest);
+        this.lookups.delete(oldest);
+      }
     }
   }
 

@@ -275,6 +275,25 @@ export type KeyLookup =
   | { ok: false; reason: "KEY_INVALID" | "KEY_REVOKED" | "KEY_PAUSED" | "KEY_EXPIRED"; key: KeyContext | null };
 
 /** Resolves a bearer secret to its key and says whether it may be used now. */
+/**
+ * Secrets (as hashes) this instance saw as usable keys in the last 10 minutes. Only the bad-key
+ * throttle reads it, to let valid clients through a throttled address; their requests still go
+ * through lookupKey (so a pause or revocation bites as usual).
+ */
+const recentlyValid = new Map<string, number>();
+const RECENTLY_VALID_MS = 10 * 60_000;
+
+export function recentlyValidKey(secret: string, now = Date.now()): boolean {
+  const until = recentlyValid.get(sha256(secret));
+  return until !== undefined && until > now;
+}
+
+function rememberValid(hash: string, now: number): void {
+  recentlyValid.delete(hash); // re-insert: the map stays in last-seen order for eviction
+  recentlyValid.set(hash, now + RECENTLY_VALID_MS);
+  if (recentlyValid.size > 100_000) recentlyValid.delete(recentlyValid.keys().next().value!);
+}
+
 export async function lookupKey(secret: string, now = new Date()): Promise<KeyLookup> {
   ensureSubscribed();
   const hash = sha256(secret);
@@ -291,5 +310,6 @@ export async function lookupKey(secret: string, now = new Date()): Promise<KeyLo
   if (key.status === "REVOKED") return { ok: false, reason: "KEY_REVOKED", key };
   if (key.status === "PAUSED") return { ok: false, reason: "KEY_PAUSED", key };
   if (key.expiresAt && key.expiresAt <= now) return { ok: false, reason: "KEY_EXPIRED", key };
+  rememberValid(hash, now.getTime());
   return { ok: true, key };
 }
