@@ -89,6 +89,16 @@ export function createYogaApp(
       maskError: (error, message) => {
         const mapped = toGraphQLError(error);
         if (mapped) return mapped;
+        // A GraphQLError without an original error comes from parsing or validation (syntax, unknown
+        // fields, the limits of schema/limits.ts): the client's mistake, shown as it is.
+        if (error instanceof GraphQLError && !error.originalError) {
+          return new GraphQLError(error.message, {
+            nodes: error.nodes,
+            positions: error.positions,
+            path: error.path,
+            extensions: { ...error.extensions, code: error.extensions.code ?? "GRAPHQL_VALIDATION_FAILED" },
+          });
+        }
         const original = error instanceof GraphQLError ? error.originalError : error;
         if (original) console.error("[graphql] unexpected error:", original);
         return new GraphQLError(message, { extensions: { code: "INTERNAL_SERVER_ERROR" } });
@@ -219,25 +229,24 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
           forbid(ctx.extra.socket);
           return [new GraphQLError("this token is no longer valid", { extensions: { code: "UNAUTHENTICATED" } })];
         }
-        let document;
+        // Yoga's parse and validate carry the limits of schema/limits.ts; graphql-armor throws when one
+        // is exceeded, which must become this operation's error, not a closed socket.
         try {
-          // Yoga's parse carries the token limit: a huge document stops at the limit.
-          document = parse(params.query);
+          const document = parse(params.query);
+          const errors = validate(envSchema, document);
+          if (errors.length) return errors;
+          return {
+            schema: envSchema,
+            operationName: params.operationName,
+            document,
+            variableValues: params.variables,
+            contextValue,
+            rootValue: { execute, subscribe },
+          };
         } catch (error) {
           if (error instanceof GraphQLError) return [error];
           throw error;
         }
-        const args = {
-          schema: envSchema,
-          operationName: params.operationName,
-          document,
-          variableValues: params.variables,
-          contextValue,
-          rootValue: { execute, subscribe },
-        };
-        const errors = validate(args.schema, args.document);
-        if (errors.length) return errors;
-        return args;
       },
     },
     wsServer,
