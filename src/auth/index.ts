@@ -256,16 +256,18 @@ export async function bootstrapAdmin(configuredToken: string | undefined): Promi
   await ensureDefaultOrganization();
   if (configuredToken) {
     const tokenHash = sha256(configuredToken);
-    return db.$transaction(async (tx) => {
-      const existing = await tx.adminToken.findUnique({ where: { tokenHash } });
-      if (!existing) await createAdminToken({ name: "TOKENGATE_ADMIN_TOKEN", role: "PLATFORM_ADMIN", secret: configuredToken, bootstrap: true }, tx);
-      else if (existing.revokedAt) console.warn("TOKENGATE_ADMIN_TOKEN was revoked through the API and stays revoked: set a new value.");
-      const { count } = await tx.adminToken.updateMany({
-        where: { bootstrap: true, revokedAt: null, tokenHash: { not: tokenHash } },
-        data: { revokedAt: new Date() },
+    const existing = await db.adminToken.findUnique({ where: { tokenHash } });
+    if (!existing) {
+      // Instances starting together race to create it: the loser finds the winner's row.
+      await createAdminToken({ name: "TOKENGATE_ADMIN_TOKEN", role: "PLATFORM_ADMIN", secret: configuredToken, bootstrap: true }).catch(async (error: unknown) => {
+        if (!(await db.adminToken.findUnique({ where: { tokenHash } }))) throw error;
       });
-      return { generatedSecret: null, revoked: count };
+    } else if (existing.revokedAt) console.warn("TOKENGATE_ADMIN_TOKEN was revoked through the API and stays revoked: set a new value.");
+    const { count } = await db.adminToken.updateMany({
+      where: { bootstrap: true, revokedAt: null, tokenHash: { not: tokenHash } },
+      data: { revokedAt: new Date() },
     });
+    return { generatedSecret: null, revoked: count };
   }
   const anyPlatform = await db.adminToken.findFirst({ where: { role: "PLATFORM_ADMIN", revokedAt: null } });
   if (anyPlatform) return { generatedSecret: null, revoked: 0 };
