@@ -12,7 +12,7 @@ import { db } from "./db/index.ts";
 import { schema } from "./schema/index.ts";
 import { createLoaders } from "./schema/loaders.ts";
 import type { Context } from "./schema/builder.ts";
-import { authenticateAdmin, type Viewer } from "./auth/index.ts";
+import { authenticateAdmin, noteRevokedToken, viewerStillValid, type Viewer } from "./auth/index.ts";
 import { graphqlLimitsPlugin } from "./schema/limits.ts";
 import { events } from "./events/index.ts";
 import { toGraphQLError } from "./resolvers/errors.ts";
@@ -65,6 +65,30 @@ function guardPlugin(maxBodyBytes: number, viewers: WeakMap<Request, Viewer>): P
   };
 }
 
+/** Ends an event stream at its next event once `stop()` holds (the source's listener is released). */
+async function* stopWhen<T>(source: AsyncIterable<T>, stop: () => boolean): AsyncGenerator<T> {
+  for await (const value of source) {
+    if (stop()) return;
+    yield value;
+  }
+}
+
+/**
+ * A subscription (SSE or graphql-ws) authenticated at its start delivers nothing more once its token
+ * is revoked or expired: the stream ends at the next event.
+ */
+const endSubscriptionsOfInvalidTokens: Plugin<Context> = {
+  onSubscribe() {
+    return {
+      onSubscribeResult({ args, result, setResult }) {
+        const viewer = args.contextValue.viewer;
+        if (!viewer || !(Symbol.asyncIterator in result)) return;
+        setResult(stopWhen(result, () => !viewerStillValid(viewer)));
+      },
+    };
+  },
+};
+
 export function createYogaApp(
   limits: { graphqlMaxBodyBytes: number } = loadConfig({}).admin,
 ): YogaServerInstance<ServerContext, Context> {
@@ -74,7 +98,7 @@ export function createYogaApp(
     graphqlEndpoint: "/graphql",
     landingPage: false,
     graphiql: { title: "tokengate admin API", headers: JSON.stringify({ Authorization: "Bearer <admin token>" }) },
-    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin()],
+    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), endSubscriptionsOfInvalidTokens],
     context: async (initial): Promise<Context> => {
       // Over graphql-ws the initial context carries the connection_init payload (authenticated again per operation).
       const connectionParams = (initial as { connectionParams?: { authorization?: unknown } }).connectionParams;
@@ -185,7 +209,10 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
   const forbid = (socket: WebSocket) => socket.close(4403, "Forbidden");
   const revocations = events.subscribe("adminTokenRevoked");
   void (async () => {
-    for await (const { tokenId } of revocations) for (const socket of socketsByToken.get(tokenId) ?? []) forbid(socket);
+    for await (const { tokenId } of revocations) {
+      noteRevokedToken(tokenId);
+      for (const socket of socketsByToken.get(tokenId) ?? []) forbid(socket);
+    }
   })();
   const wsCleanup = useServer<Record<string, unknown>, { viewer?: Context["viewer"] }>(
     {

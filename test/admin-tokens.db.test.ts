@@ -6,6 +6,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import * as f from "./support/fixtures.ts";
 import { codes, gql, gqlOk, startTestServer, token, wsClient, wsExecute } from "./support/graphql.ts";
 import { bootstrapAdmin } from "../src/auth/index.ts";
+import { events } from "../src/events/index.ts";
 import { sha256 } from "../src/secrets.ts";
 import type { RunningServer } from "../src/server.ts";
 
@@ -128,6 +129,42 @@ describe("adminTokens and revokeAdminToken", () => {
     const ids = (r: { adminTokens: { edges: Array<{ node: { id: string } }> } }) => r.adminTokens.edges.map((e) => e.node.id);
     expect(ids(await gqlOk(t.adminA!, LIST))).not.toContain(adminToken.id);
     expect(ids(await gqlOk(t.adminA!, LIST, { all: true }))).toContain(adminToken.id);
+  });
+
+  it("an SSE subscription of a revoked token delivers nothing more: the stream ends", async () => {
+    const r = await gqlOk<Created>(t.platform!, CREATE, { input: { name: "sse watcher", role: "PLATFORM_ADMIN" } });
+    const { secret, adminToken } = r.createAdminToken;
+    const response = await fetch(`${server.url}/graphql`, {
+      method: "POST",
+      headers: { "content-type": "application/json", accept: "text/event-stream", authorization: `Bearer ${secret}` },
+      body: JSON.stringify({ query: "subscription { routeHealth { channelId state } }" }),
+    });
+    expect(response.status).toBe(200);
+    const reader = response.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = "";
+    const readUntil = async (predicate: () => boolean, ms: number) => {
+      const deadline = Date.now() + ms;
+      while (!predicate() && Date.now() < deadline) {
+        const chunk = await Promise.race([reader.read(), new Promise<null>((resolve) => setTimeout(() => resolve(null), 100))]);
+        if (chunk === null) continue;
+        if (chunk.done) return true;
+        text += decoder.decode(chunk.value, { stream: true });
+      }
+      return false;
+    };
+    const health = (channelId: string) => ({
+      organizationId: a.org.id, routeId: "r", channelId, state: "DOWN" as const, previousState: "HEALTHY" as const, successRate: 0, p50LatencyMs: 1, at: new Date().toISOString(),
+    });
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the subscription is listening
+    events.publish("routeHealth", health("before-revoke"));
+    await readUntil(() => text.includes("before-revoke"), 5000);
+    expect(text).toContain("before-revoke");
+    await gqlOk(t.platform!, REVOKE, { id: adminToken.id });
+    events.publish("routeHealth", health("after-revoke"));
+    const ended = await readUntil(() => false, 3000);
+    expect(text).not.toContain("after-revoke");
+    expect(ended).toBe(true);
   });
 
   it("organization admins cannot see or revoke platform tokens", async () => {

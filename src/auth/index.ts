@@ -84,6 +84,18 @@ export function parseBearer(header: string | null | undefined): string | null {
   return match ? match[1]! : null;
 }
 
+/** Tokens revoked since start (here or, through the adminTokenRevoked event, on another instance). */
+const revokedTokenIds = new Set<string>();
+export function noteRevokedToken(tokenId: string): void {
+  if (revokedTokenIds.size > 100_000) revokedTokenIds.clear();
+  revokedTokenIds.add(tokenId);
+}
+
+/** For long-lived operations (subscriptions) authenticated earlier: still unrevoked and unexpired? */
+export function viewerStillValid(v: Viewer, now = Date.now()): boolean {
+  return !revokedTokenIds.has(v.tokenId) && !(v.expiresAt && v.expiresAt.getTime() <= now);
+}
+
 /** lastUsedAt is written at most this often per token and instance: not a database write per request. */
 const LAST_USED_RESOLUTION_MS = 60_000;
 const lastUsedWritten = new Map<string, number>();
@@ -242,6 +254,7 @@ export async function revokeAdminToken(viewer: Viewer, id: string): Promise<Admi
     });
     return next;
   });
+  noteRevokedToken(id);
   events.publish("adminTokenRevoked", { tokenId: id });
   return revoked;
 }
