@@ -65,12 +65,27 @@ function guardPlugin(maxBodyBytes: number, viewers: WeakMap<Request, Viewer>): P
   };
 }
 
-/** Ends an event stream at its next event once `stop()` holds (the source's listener is released). */
-async function* stopWhen<T>(source: AsyncIterable<T>, stop: () => boolean): AsyncGenerator<T> {
-  for await (const value of source) {
-    if (stop()) return;
-    yield value;
-  }
+/**
+ * Ends an event stream at its next event once `stop()` holds. A plain iterator, not an async
+ * generator: return() must reach the source at once (a generator would queue it behind the pending
+ * next(), keeping the event listener until the next event), so unsubscribing frees the listener.
+ */
+function stopWhen<T>(source: AsyncIterable<T>, stop: () => boolean): AsyncIterableIterator<T> {
+  const inner = source[Symbol.asyncIterator]();
+  const finish = async (value?: unknown): Promise<IteratorResult<T>> => {
+    await inner.return?.(value);
+    return { done: true, value: undefined };
+  };
+  const wrapper: AsyncIterableIterator<T> = {
+    async next() {
+      const result = await inner.next();
+      return !result.done && stop() ? finish() : result;
+    },
+    return: finish,
+    throw: (error?: unknown) => (inner.throw ? inner.throw(error) : Promise.reject(error)),
+    [Symbol.asyncIterator]: () => wrapper,
+  };
+  return wrapper;
 }
 
 /**

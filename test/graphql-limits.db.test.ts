@@ -23,8 +23,11 @@ afterAll(async () => {
   await database.dispose();
 });
 
-const post = (body: string, headers: Record<string, string> = {}) =>
-  fetch(`${server.url}/graphql`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
+/** One retry on a reset connection: under load a kept-alive socket may be closed by the server just as it is reused. */
+const post = (body: string, headers: Record<string, string> = {}): Promise<Response> => {
+  const send = () => fetch(`${server.url}/graphql`, { method: "POST", headers: { "content-type": "application/json", ...headers }, body });
+  return send().catch(send);
+};
 const aliases = (n: number, field = "__typename") => `{ ${Array.from({ length: n }, (_, i) => `alias${i}: ${field}`).join(" ")} }`;
 /** organizations → projects → organization → … nested to about `depth` levels. */
 function deepQuery(depth: number): string {
@@ -151,7 +154,10 @@ describe("over graphql-ws", () => {
     const ws = await open();
     const code = closed(ws);
     const started = performance.now();
-    ws.send(JSON.stringify({ type: "connection_init", payload: { junk: "x".repeat(40 * 1024 * 1024) } }));
+    // 4 MiB, not the issue's 40 MB: the client runs in this same process, and masking 40 MB here
+    // could outlast the 3 s connection_init timeout on a loaded machine. The server stops at the
+    // frame header either way.
+    ws.send(JSON.stringify({ type: "connection_init", payload: { junk: "x".repeat(4 * 1024 * 1024) } }));
     expect(await code).toBe(1009);
     expect(performance.now() - started).toBeLessThan(5_000);
   });
