@@ -40,7 +40,7 @@ async function startInstance(): Promise<{ child: ChildProcess; url: string; outp
       DATABASE_URL: database.url!,
       REDIS_URL: redis.url,
       // The fixtures encrypt channel credentials with this secret; every instance shares it.
-      TOKENGATE_SECRET: "test-secret-not-for-production",
+      TOKENGATE_SECRET: "test-secret-not-for-production-0123456789",
       TOKENGATE_ADMIN_TOKEN: "tgadm_multi_instance_test_token_0000000000000000",
       LOG_LEVEL: "warn",
     },
