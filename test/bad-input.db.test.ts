@@ -19,6 +19,9 @@ describe("bad input on the admin API", () => {
     ["a malformed date", `{ receipts(filter: { from: "yesterday" }) { totalCount } }`],
     ["an inverted time range", `{ receipts(filter: { from: "2026-02-01T00:00:00Z", to: "2026-01-01T00:00:00Z" }) { totalCount } }`],
     ["a float where money is a string", `mutation { createProject(input: { name: "p", dailyCap: 1.5 }) { id } }`],
+    ["an organization that does not exist (platform token)", `{ wallet(organizationId: "00000000-0000-0000-0000-000000000000") { id } }`],
+    ["a project in an organization that does not exist", `mutation { createProject(input: { organizationId: "nope", name: "p" }) { id } }`],
+    ["a page far above the maximum (cost limit)", `{ projects(first: 100000) { totalCount } }`],
     ["a spend series over too many hours", `{ spendSeries(input: { from: "2020-01-01T00:00:00Z", to: "2026-01-01T00:00:00Z", interval: HOUR, groupBy: KEY }) { group } }`],
   ])("%s", async (_name, query) => {
     const r = await gql(admin, query);

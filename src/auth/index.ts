@@ -72,6 +72,10 @@ export async function resolveOrganizationId(v: Viewer, requested?: string | null
     if (!canReadOrganization(v, requested) && !(v.role === "PROJECT_VIEWER" && v.organizationId === requested)) {
       throw notFound("organization", requested);
     }
+    // A platform token may name any organization, so it may also name one that does not exist.
+    if (isPlatform(v) && !(await db.organization.findUnique({ where: { id: requested }, select: { id: true } }))) {
+      throw notFound("organization", requested);
+    }
     return requested;
   }
   if (v.organizationId) return v.organizationId;
