@@ -324,5 +324,5 @@ describe("CSV exports", () => {
     }
     const after = await exportCsv("receipts.csv", t.viewerB!);
     expect(after.rows).toHaveLength(1);
-  }, 300_000);
+  }, 600_000);
 });
