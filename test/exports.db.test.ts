@@ -300,5 +300,29 @@ describe("CSV exports", () => {
     const growthMb = (peak - baseline) / 1024 / 1024;
     console.log(`[exports] ${ROWS} rows on ${database.kind}: RSS growth ${growthMb.toFixed(1)} MB`);
     expect(growthMb).toBeLessThan(50);
-  }, 300_000);
+
+    // A client that goes away mid-export stops the query and frees its connection.
+    await new Promise<void>((resolve, reject) => {
+      const req = http.get(`${server.url}/exports/receipts.csv`, { agent: false, headers: { authorization: `Bearer ${adminToken}` } }, (res) => {
+        res.once("data", () => {
+          req.destroy();
+          resolve();
+        });
+      });
+      req.on("error", (e: NodeJS.ErrnoException) => (e.code === "ECONNRESET" ? resolve() : reject(e)));
+    });
+    if (database.kind === "postgres") {
+      await expect
+        .poll(
+          async () =>
+            (await database.sql.query<{ n: number }>(
+              `SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle' AND query LIKE 'SELECT to_char%'`,
+            ))[0]!.n,
+          { timeout: 10_000, interval: 100 },
+        )
+        .toBe(0);
+    }
+    const after = await exportCsv("receipts.csv", t.viewerB!);
+    expect(after.rows).toHaveLength(1);
+  }, 600_000);
 });
