@@ -161,7 +161,7 @@ describe("CSV exports", () => {
     ]);
   });
 
-  it("apply GraphQL's tenancy: an organization sees its own rows, a project viewer its project's, others 401 / 403", async () => {
+  it("apply GraphQL's tenancy: an organization sees its own rows, a project viewer its project's, others 401 / 403 / 404", async () => {
     const all = await exportCsv("receipts.csv", t.platform!);
     expect(all.rows.filter((r) => [a.org.id, b.org.id].includes(r.organizationId!))).toHaveLength(4);
     expect((await exportCsv("receipts.csv", t.viewerB!)).rows.map((r) => r.charge)).toEqual(["0.000042"]);
@@ -177,14 +177,17 @@ describe("CSV exports", () => {
     expect((await exportCsv("failed-requests.csv", t.platform!)).rows.map((r) => r.message)).toContain("no such key");
     expect((await exportCsv("failed-requests.csv", t.adminA!)).rows.map((r) => r.message)).not.toContain("no such key");
 
-    const forbidden = [
-      await exportCsv("ledger.csv", t.projectViewerA2!),
+    const forbidden = await exportCsv("ledger.csv", t.projectViewerA2!);
+    expect(forbidden.status).toBe(403);
+    expect(forbidden.json?.error.code).toBe("FORBIDDEN");
+    // Another tenant's ids answer like unknown ones, as in GraphQL.
+    const unknown = [
       await exportCsv("receipts.csv", t.projectViewerA2!, { projectId: a.key.projectId }),
       await exportCsv("receipts.csv", t.viewerB!, { organizationId: a.org.id }),
     ];
-    for (const r of forbidden) {
-      expect(r.status).toBe(403);
-      expect(r.json?.error.code).toBe("FORBIDDEN");
+    for (const r of unknown) {
+      expect(r.status).toBe(404);
+      expect(r.json?.error.code).toBe("NOT_FOUND");
     }
     for (const bad of [null, "tgadm_not-a-real-token"]) {
       const r = await exportCsv("receipts.csv", bad);
