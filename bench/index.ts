@@ -3,7 +3,17 @@
 const duration = Number(process.env.BENCH_DURATION ?? 5);
 
 const benches: Array<{ name: string; run: () => Promise<string> }> = [
-  { name: "gateway", run: async () => (await import("./gateway.ts")).benchGateway({ durationSeconds: duration }) },
+  {
+    name: "gateway",
+    run: async () =>
+      (await import("./gateway.ts")).benchGateway({
+        durationSeconds: duration,
+        // BENCH_CONNECTIONS=1,16 / BENCH_DATABASES=pglite / BENCH_MODES=json narrow the grid (default: all cells).
+        connections: process.env.BENCH_CONNECTIONS ? process.env.BENCH_CONNECTIONS.split(",").map(Number) : undefined,
+        databases: process.env.BENCH_DATABASES ? (process.env.BENCH_DATABASES.split(",") as Array<"pglite" | "postgres">) : undefined,
+        modes: process.env.BENCH_MODES ? (process.env.BENCH_MODES.split(",") as Array<"json" | "stream">) : undefined,
+      }),
+  },
   {
     name: "accounting",
     run: async () => {
