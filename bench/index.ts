@@ -22,6 +22,7 @@ const benches: Array<{ name: string; run: () => Promise<string> }> = [
     },
   },
   { name: "events", run: async () => (await import("./events.ts")).benchEvents() },
+  { name: "memory", run: async () => (await import("./memory.ts")).benchMemory() },
 ];
 
 const wanted = process.argv.slice(2);

@@ -23,6 +23,14 @@ export interface Config {
   /** How long a key lookup may be served from the in-process cache. */
   keyCacheTtlMs: number;
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  /** How the gateway admits requests against caps: a Hold row per request, or in memory against budget leases (issue 9). */
+  admission: "holds" | "leases";
+  leases: {
+    /** A lease lapses this long after its last renewal (a dead instance's headroom comes back). */
+    ttlMs: number;
+    /** Headroom taken per grant, in worst cases of the request that asked (shrunk near a cap). */
+    chunkRequests: number;
+  };
 }
 
 function intFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -65,5 +73,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxBodyBytes: intFrom(env, "MAX_BODY_BYTES", 4 * 1024 * 1024),
     keyCacheTtlMs: intFrom(env, "KEY_CACHE_TTL_MS", 1_000),
     logLevel,
+    admission: admissionFrom(env.GATEWAY_ADMISSION),
+    leases: {
+      ttlMs: Math.max(100, intFrom(env, "LEASE_TTL_MS", 1_000)),
+      chunkRequests: Math.max(1, intFrom(env, "LEASE_CHUNK_REQUESTS", 32)),
+    },
   };
+}
+
+function admissionFrom(raw: string | undefined): Config["admission"] {
+  if (raw === undefined || raw === "") return "holds";
+  if (raw !== "holds" && raw !== "leases") throw new Error(`GATEWAY_ADMISSION must be holds or leases, got ${JSON.stringify(raw)}`);
+  return raw;
 }

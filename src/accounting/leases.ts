@@ -92,6 +92,8 @@ export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "proj
 
 export class LeasePool {
   private readonly leases = new Map<string, Lease>();
+  /** The grant statement in flight per bucket, if any. */
+  private readonly granting = new Map<string, Promise<void>>();
   private readonly clock: () => number;
   private readonly idleMs: number;
   private readonly safetyMs: number;
@@ -125,11 +127,34 @@ export class LeasePool {
     if (input.perRequestCap != null && input.amount > input.perRequestCap) return { ok: false, refusal: "KEY_PER_REQUEST" };
     const scopes = leaseScopes(input, input.now ?? new Date(this.clock()));
     // A grant may be taken by concurrent admissions of this instance before ours checks it again.
-    for (let attempt = 0; attempt < 4; attempt++) {
+    for (let attempt = 0, waits = 0; attempt < 4 && waits < 64; ) {
       const short = this.tryHold(scopes, input.amount, input.bucketId);
       if (!Array.isArray(short)) return { ok: true, hold: short };
-      const refusal = await this.grant(short, input.amount);
+      // One grant per bucket at a time: requests that fall short together wait for it rather than
+      // each taking a chunk (which would strand headroom other instances could use).
+      const pending = this.granting.get(input.bucketId);
+      if (pending) {
+        waits++;
+        await pending;
+        continue;
+      }
+      attempt++;
+      const granted = this.grant(short, input.amount);
+      const done = granted.then(
+        () => undefined,
+        () => undefined,
+      );
+      this.granting.set(input.bucketId, done);
+      let refusal: LeaseRefusal | null;
+      try {
+        refusal = await granted;
+      } finally {
+        if (this.granting.get(input.bucketId) === done) this.granting.delete(input.bucketId);
+      }
       if (refusal) {
+        // A concurrent grant of this instance may have brought the headroom meanwhile.
+        const again = this.tryHold(scopes, input.amount, input.bucketId);
+        if (!Array.isArray(again)) return { ok: true, hold: again };
         this.stats.refusals++;
         return { ok: false, refusal };
       }
@@ -324,7 +349,7 @@ export async function chargeBatch(pool: LeasePool, items: ChargeItem[], client: 
   for (const item of items) if (item.charge < 0n || item.charge > item.hold.amount) throw new RangeError("charge outside its hold");
   const rows = await client
     .$queryRawUnsafe<Array<{ request_id: string; ledger_entry_id: string; balance_after: string }>>(
-      `SELECT request_id, ledger_entry_id, balance_after::text AS balance_after FROM tg_charge_batch($1::jsonb, $2::timestamptz AT TIME ZONE 'UTC')`,
+      `SELECT request_id, ledger_entry_id, balance_after::text AS balance_after FROM tg_charge_batch($1::jsonb, $2::timestamptz AT TIME ZONE 'UTC') WHERE request_id IS NOT NULL`,
       chargeBatchPayload(pool, items),
       now.toISOString(),
     )

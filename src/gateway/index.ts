@@ -34,17 +34,16 @@
 //   and no [DONE]. A client that hangs up aborts the upstream call (CLIENT_CLOSED, recorded 499).
 // - Timeouts (config.upstream): connect, first byte, idle between chunks, total per attempt.
 // - Hot path: keys and route plans are cached ≤ 1 s; reservations and receipts are group-committed
-//   (one statement and one WAL flush per batch) and sent straight to the driver.
+//   (one statement and one WAL flush per batch) and sent straight to the driver. With
+//   GATEWAY_ADMISSION=leases, admission is in memory against this instance's budget leases and each
+//   request is written once (record + charge) by a batched writer (src/gateway/money.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
-import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
 import { configureKeyCache } from "../keys/index.ts";
 import { GatewayError, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
 import { Lookups } from "./lookups.ts";
-import { recordReceipt, recordReceiptMany, type HoldRef, type ReceiptInput } from "../requests/index.ts";
-import { directSql } from "../db/index.ts";
-import { GroupCommit } from "./group-commit.ts";
+import { holdMoneyPath, leaseMoneyPath, type MoneyPath, type MoneyStats } from "./money.ts";
 import { findModel, listModels } from "./models.ts";
 import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./proxy.ts";
 import { UpstreamClient } from "./upstream.ts";
@@ -56,16 +55,15 @@ export interface Gateway {
   stats(): GatewayStats;
 }
 
-export interface GatewayStats {
-  reserve: GroupCommit<unknown, unknown>["stats"];
-  settle: GroupCommit<unknown, unknown>["stats"];
-}
+export type GatewayStats = MoneyStats;
 
 export interface GatewayOptions {
   /** How long a route plan (channels, prices) may be served from memory. Default 1000 ms; 0 disables the cache. */
   routeCacheTtlMs?: number;
-  /** Group commit of reservations and receipts under load (default on). */
+  /** Group commit of reservations and receipts under load (default on; the hold path). */
   groupCommit?: boolean;
+  /** Overrides config.admission (tests). */
+  admission?: "holds" | "leases";
 }
 
 const LEVELS = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 } as const;
@@ -74,29 +72,32 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
   configureKeyCache(config.keyCacheTtlMs);
   const threshold = LEVELS[config.logLevel] ?? LEVELS.info;
   const grouped = options.groupCommit ?? true;
-  type Settlement = { record: ReceiptInput; hold: HoldRef; bucketId: string };
-  const reservations = new GroupCommit<ReserveInput, ReserveResult>(
-    (items) => reserveMany(items, directSql()),
-    (item) => reserve(item, directSql()),
-  );
-  const settlements = new GroupCommit<Settlement, { id: string }>(
-    (items) => recordReceiptMany(items),
-    (item) => recordReceipt(item.record, item.hold),
-  );
+  const log: GatewayDeps["log"] = (level, message, extra) => {
+    if (LEVELS[level] < threshold) return;
+    const line = JSON.stringify({ level, time: new Date().toISOString(), component: "gateway", message, ...extra });
+    if (level === "error" || level === "warn") console.error(line);
+    else console.log(line);
+  };
+  const money: MoneyPath =
+    (options.admission ?? config.admission) === "leases"
+      ? leaseMoneyPath({
+          ttlMs: config.leases.ttlMs,
+          chunkRequests: config.leases.chunkRequests,
+          capCacheTtlMs: config.keyCacheTtlMs,
+          onError: (message, error) => log("warn", message, { error: String(error) }),
+        })
+      : holdMoneyPath({ grouped });
   const deps: GatewayDeps = {
     config,
     lookups: new Lookups(options.routeCacheTtlMs ?? 1_000),
     upstream: new UpstreamClient(config.upstream),
-    reserve: grouped ? (input) => reservations.submit(input) : (input) => reserve(input, directSql()),
-    settle: grouped ? (item) => settlements.submit(item) : (item) => recordReceipt(item.record, item.hold),
-    log: (level, message, extra) => {
-      if (LEVELS[level] < threshold) return;
-      const line = JSON.stringify({ level, time: new Date().toISOString(), component: "gateway", message, ...extra });
-      if (level === "error" || level === "warn") console.error(line);
-      else console.log(line);
-    },
+    reserve: (input) => money.reserve(input),
+    settle: (item) => money.settle(item),
+    release: (hold) => money.release(hold),
+    recordFailure: (record, hold) => money.recordFailure(record, hold),
+    spendStates: (requestId) => money.spendStates(requestId),
+    log,
   };
-
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const requestId = randomUUID();
     const url = req.url ?? "/";
@@ -138,7 +139,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       if (state.hold) {
         const hold = state.hold;
         state.hold = null;
-        await release(hold.id, 0n, {}, directSql()).catch((e) => deps.log("error", "could not release a hold (the sweeper will expire it)", { requestId, holdId: hold.id, error: String(e) }));
+        await deps.release(hold).catch((e) => deps.log("error", "could not release a hold (the sweeper will expire it)", { requestId, holdId: hold.id, error: String(e) }));
       }
       if (!res.headersSent) sendError(res, requestId, internalError());
       else if (!res.writableEnded && !res.destroyed) res.end();
@@ -170,9 +171,10 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
 
   return {
     handle,
-    stats: () => ({ reserve: { ...reservations.stats }, settle: { ...settlements.stats } }),
+    stats: () => money.stats(),
     async close() {
       await deps.upstream.close();
+      await money.close();
     },
   };
 }

@@ -50,8 +50,8 @@ $$;
 
 -- Grant leases for one request's bucket, all-or-nothing: p_scopes is a JSON array of
 -- {scope, scope_id, window_start, need, want}, where scope 'BALANCE' is the bucket's available
--- balance. Locks the bucket first, then counters in (scope, scope_id, window) order (the lock order
--- of every function here). Returns one row per scope (lease_id, granted, cap) or, when something
+-- balance. Locks the bucket row first: every function here does, and every counter a bucket's
+-- leases touch belongs to that bucket's organization, so the bucket lock orders them all. Returns one row per scope (lease_id, granted, cap) or, when something
 -- cannot cover its `need`, a single row naming the refusal (a CapScope or 'INSUFFICIENT_BALANCE')
 -- and writes nothing but empty counters.
 CREATE FUNCTION tg_lease_grant(p_instance text, p_bucket_id text, p_scopes jsonb, p_now timestamp(3), p_ttl_ms integer)
@@ -77,7 +77,9 @@ BEGIN
   END IF;
   FOR sc IN SELECT x.scope, x.scope_id, x.window_start, x.need, x.want
               FROM jsonb_to_recordset(p_scopes) AS x(scope text, scope_id text, window_start timestamp(3), need bigint, want bigint)
-             ORDER BY x.scope = 'BALANCE' DESC, x.scope, x.scope_id, x.window_start LOOP
+             -- The order tg_reserve checks in (so a refusal names the same scope); the balance last.
+             ORDER BY COALESCE(array_position(ARRAY['KEY_DAILY', 'PROJECT_DAILY', 'PROJECT_MONTHLY', 'ROUTE_DAILY', 'RUN_TOTAL', 'CHANNEL_DAILY'], x.scope), 50),
+                      x.scope, x.scope_id, x.window_start LOOP
     IF sc.need < 0 OR sc.want < sc.need THEN
       RAISE EXCEPTION 'TG_BAD_AMOUNT: a lease needs 0 <= need <= want';
     END IF;
@@ -202,14 +204,19 @@ END $$;
 -- and lands in `spent` / leaves `balance`. A charge whose lease already lapsed (its rest already
 -- went back) is still charged: spent and balance move, held does not. Each charge > 0 gets its
 -- CHARGE ledger entry (idempotency key 'request:<id>') with the running balance in `pos` order.
+-- Returns one row per ledger entry, then one row per counter it changed (request_id NULL) with
+-- the counter's spent / held and its cap as the batch left them.
 -- p_written is not used: a caller that inserts the receipts in a CTE of the same statement passes
 -- their count, which makes PostgreSQL write them before this function (and its ledger entries'
 -- foreign keys) runs.
 CREATE FUNCTION tg_charge_batch(p_items jsonb, p_now timestamp(3), p_written bigint DEFAULT 0)
-RETURNS TABLE (request_id text, ledger_entry_id text, balance_after bigint) LANGUAGE plpgsql AS $$
+RETURNS TABLE (request_id text, ledger_entry_id text, balance_after bigint,
+               scope text, scope_id text, bucket text, window_start text, spent bigint, held bigint, cap bigint)
+LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
   v_live text[];
+  v_counters jsonb;
 BEGIN
   IF EXISTS (SELECT 1 FROM jsonb_to_recordset(p_items) AS x(charge bigint) WHERE x.charge < 0) THEN
     RAISE EXCEPTION 'TG_BAD_AMOUNT: a charge must be >= 0';
@@ -240,7 +247,7 @@ BEGIN
   ON CONFLICT DO NOTHING;
 
   WITH per_counter AS (
-    SELECT e.scope::"CapScope" AS scope, e.scope_id, e.window_start, b.bucket,
+    SELECT e.scope::"CapScope" AS scope, e.scope_id, e.window_start, b.bucket AS bucket,
            sum(x.charge) AS spent, COALESCE(sum(x.charge) FILTER (WHERE e.lease_id = ANY(v_live)), 0) AS unheld
       FROM jsonb_to_recordset(p_items) AS x(bucket_id text, charge bigint, leases jsonb)
       JOIN "WalletBucket" b ON b.id = x.bucket_id,
@@ -248,9 +255,17 @@ BEGIN
      WHERE x.charge > 0 AND e.scope <> 'BALANCE'
      GROUP BY 1, 2, 3, 4
   )
-  UPDATE "SpendCounter" c SET spent = c.spent + p.spent, held = c.held - p.unheld
-    FROM per_counter p
-   WHERE c.scope = p.scope AND c."scopeId" = p.scope_id AND c.bucket = p.bucket AND c."windowStart" = p.window_start;
+  , u AS (
+    UPDATE "SpendCounter" c SET spent = c.spent + p.spent, held = c.held - p.unheld
+      FROM per_counter p
+     WHERE c.scope = p.scope AND c."scopeId" = p.scope_id AND c.bucket = p.bucket AND c."windowStart" = p.window_start
+    RETURNING c.scope, c."scopeId", c.bucket, c."windowStart", c.spent, c.held
+  )
+  -- The counters as this batch left them: live events are announced from these, without reading again.
+  SELECT COALESCE(jsonb_agg(jsonb_build_object('scope', u.scope, 'scope_id', u."scopeId", 'bucket', u.bucket, 'window_start', u."windowStart",
+                                              'spent', u.spent, 'held', u.held,
+                                              'cap', (SELECT c.amount FROM "BudgetCap" c WHERE c.scope = u.scope AND c."scopeId" = u."scopeId" AND c.bucket = u.bucket))), '[]'::jsonb)
+    INTO v_counters FROM u;
 
   WITH per_bucket AS (
     SELECT x.bucket_id, sum(x.charge) AS total,
@@ -276,5 +291,8 @@ BEGIN
      ORDER BY x.bucket_id, x.pos
     RETURNING "idempotencyKey", id, "balanceAfter"
   )
-  SELECT substr(ins."idempotencyKey", 9), ins.id, ins."balanceAfter" FROM ins;
+  SELECT substr(ins."idempotencyKey", 9), ins.id, ins."balanceAfter", NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::bigint, NULL::bigint FROM ins;
+  RETURN QUERY
+  SELECT NULL::text, NULL::text, NULL::bigint, x.scope, x.scope_id, x.bucket, to_char(x.window_start, 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), x.spent, x.held, x.cap
+    FROM jsonb_to_recordset(v_counters) AS x(scope text, scope_id text, bucket text, window_start timestamp(3), spent bigint, held bigint, cap bigint);
 END $$;
