@@ -31,6 +31,25 @@ export interface Config {
     /** Headroom taken per grant, in worst cases of the request that asked (shrunk near a cap). */
     chunkRequests: number;
   };
+  /** Missing or unknown API keys one client address may send per minute before it gets 429 (0 = no throttle). */
+  badKeyLimitPerMinute: number;
+  /** Behind a reverse proxy: take the client address from the last x-forwarded-for entry. */
+  trustProxy: boolean;
+  /** Alert webhook delivery: attempts per event, time-out per attempt, first retry delay (doubling). */
+  webhooks: { maxAttempts: number; timeoutMs: number; backoffMs: number };
+  /** Admin surface limits (README "Limits and abuse"). */
+  admin: {
+    /** Largest POST /graphql body; larger ones get 413 before anything is read. */
+    graphqlMaxBodyBytes: number;
+    /** Largest graphql-ws message; the socket closes with 1009 above it. */
+    wsMaxPayloadBytes: number;
+    /** Operations open at once on one graphql-ws socket. */
+    wsMaxSubscriptions: number;
+    /** Bearer token /metrics requires; unset = /metrics is open. */
+    metricsToken: string | undefined;
+    /** Let organization admins point channels at loopback / private / link-local addresses. */
+    allowPrivateUpstreams: boolean;
+  };
 }
 
 function intFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
@@ -53,6 +72,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new Error("LOG_LEVEL must be one of debug, info, warn, error, silent");
   }
   const totalTimeoutMs = intFrom(env, "UPSTREAM_TOTAL_TIMEOUT_MS", 600_000);
+  // The credential key is derived from it: a short secret is refused at start-up, not discovered later.
+  if (env.TOKENGATE_SECRET && env.TOKENGATE_SECRET.length < 32) {
+    throw new Error(`TOKENGATE_SECRET must be at least 32 characters (got ${env.TOKENGATE_SECRET.length}); generate one with: openssl rand -base64 32`);
+  }
   return {
     port: intFrom(env, "PORT", 4000),
     host: env.HOST || "127.0.0.1",
@@ -77,6 +100,20 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     leases: {
       ttlMs: Math.max(100, intFrom(env, "LEASE_TTL_MS", 1_000)),
       chunkRequests: Math.max(1, intFrom(env, "LEASE_CHUNK_REQUESTS", 32)),
+    },
+    badKeyLimitPerMinute: intFrom(env, "BAD_KEY_LIMIT_PER_MINUTE", 20),
+    trustProxy: env.TRUST_PROXY === "1" || env.TRUST_PROXY === "true",
+    webhooks: {
+      maxAttempts: Math.max(1, intFrom(env, "WEBHOOK_MAX_ATTEMPTS", 5)),
+      timeoutMs: Math.max(1, intFrom(env, "WEBHOOK_TIMEOUT_MS", 5_000)),
+      backoffMs: intFrom(env, "WEBHOOK_BACKOFF_MS", 2_000),
+    },
+    admin: {
+      graphqlMaxBodyBytes: intFrom(env, "GRAPHQL_MAX_BODY_BYTES", 1024 * 1024),
+      wsMaxPayloadBytes: intFrom(env, "WS_MAX_PAYLOAD_BYTES", 1024 * 1024),
+      wsMaxSubscriptions: intFrom(env, "WS_MAX_SUBSCRIPTIONS", 100),
+      metricsToken: env.METRICS_TOKEN || undefined,
+      allowPrivateUpstreams: env.TOKENGATE_ALLOW_PRIVATE_UPSTREAMS === "1" || env.TOKENGATE_ALLOW_PRIVATE_UPSTREAMS === "true",
     },
   };
 }

@@ -5,6 +5,7 @@ import { randomBytes } from "node:crypto";
 import { loadConfig, type Config } from "./config.ts";
 import { openDatabase, useDatabase, type Database } from "./db/index.ts";
 import { applyMigrations } from "./db/migrate.ts";
+import { configureLogging, errorFields, logger } from "./log.ts";
 
 async function credentialSecret(config: Config): Promise<string> {
   if (config.secret) return config.secret;
@@ -17,7 +18,7 @@ async function credentialSecret(config: Config): Promise<string> {
     const secret = randomBytes(32).toString("base64url");
     await writeFile(file, `${secret}\n`, { mode: 0o600 });
     await chmod(file, 0o600);
-    console.warn(`TOKENGATE_SECRET is not set: generated one in ${file}. Set TOKENGATE_SECRET (the same on every instance) in production.`);
+    logger.warn({ file }, "TOKENGATE_SECRET is not set: generated one in this file. Set TOKENGATE_SECRET (the same on every instance) in production.");
     return secret;
   }
 }
@@ -26,7 +27,7 @@ async function open(config: Config, migrate: boolean): Promise<Database> {
   const database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, migrate: false });
   if (migrate) {
     const applied = await applyMigrations(database.sql);
-    if (applied.length) console.log(`applied migrations: ${applied.join(", ")}`);
+    if (applied.length) logger.info({ migrations: applied }, "applied migrations");
   }
   useDatabase(database);
   return database;
@@ -34,31 +35,39 @@ async function open(config: Config, migrate: boolean): Promise<Database> {
 
 async function serve(config: Config): Promise<void> {
   const database = await open(config, true);
-  console.log(`database: ${database.kind === "pglite" ? `embedded PGlite in ${path.resolve(config.dataDir, "pglite")}` : "PostgreSQL (DATABASE_URL)"}`);
+  logger.info(database.kind === "pglite" ? { database: "pglite", dir: path.resolve(config.dataDir, "pglite") } : { database: "postgres" }, "database open");
   const { bootstrapAdmin } = await import("./auth/index.ts");
-  const { configureCredentialSecret } = await import("./routing/index.ts");
+  const { configureCredentialSecret, configureUpstreamPolicy, upgradeStoredCredentials } = await import("./routing/index.ts");
   const { startHoldSweeper } = await import("./accounting/index.ts");
   const { startServer } = await import("./server.ts");
   const { configureEvents, closeEvents } = await import("./events/index.ts");
   await configureEvents(config.redisUrl);
-  if (config.redisUrl) console.log("events: Redis pub/sub (REDIS_URL)");
+  if (config.redisUrl) logger.info({ events: "redis" }, "events: Redis pub/sub (REDIS_URL)");
   configureCredentialSecret(await credentialSecret(config));
-  const { generatedSecret } = await bootstrapAdmin(config.adminToken);
+  configureUpstreamPolicy({ allowPrivateUpstreams: config.admin.allowPrivateUpstreams });
+  const upgraded = await upgradeStoredCredentials();
+  if (upgraded) console.log(`re-encrypted ${upgraded} stored upstream credential(s) with the current scheme`);
+  const { generatedSecret, revoked } = await bootstrapAdmin(config.adminToken);
+  if (revoked) console.log(`TOKENGATE_ADMIN_TOKEN changed: revoked ${revoked} earlier bootstrap token(s)`);
   if (generatedSecret) {
-    console.log("\n  A platform admin token was generated (shown once, stored hashed):\n");
-    console.log(`    ${generatedSecret}\n`);
-    console.log("  Use it as: Authorization: Bearer <token>   (or set TOKENGATE_ADMIN_TOKEN)\n");
+    // The one secret ever printed, by design: plain text on stdout, once, never through the logger.
+    process.stdout.write(
+      `\n  A platform admin token was generated (shown once, stored hashed):\n\n    ${generatedSecret}\n\n  Use it as: Authorization: Bearer <token>   (or set TOKENGATE_ADMIN_TOKEN)\n\n`,
+    );
   }
-  const stopSweeper = startHoldSweeper(config.sweepIntervalMs, (e) => console.error("[holds] sweep failed:", e));
+  const { startAlertWebhooks } = await import("./webhooks/index.ts");
+  const stopWebhooks = startAlertWebhooks({ ...config.webhooks, onError: (message, e) => logger.error({ component: "webhooks", ...errorFields(e) }, message) });
+  const stopSweeper = startHoldSweeper(config.sweepIntervalMs, (e) => logger.error({ component: "holds", ...errorFields(e) }, "sweep failed"));
   const running = await startServer(config);
 
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    console.log(`${signal}: shutting down`);
+    logger.info({ signal }, "shutting down");
     stopSweeper();
     await running.close();
+    await stopWebhooks();
     await closeEvents();
     await database.close();
     process.exit(0);
@@ -70,12 +79,13 @@ async function serve(config: Config): Promise<void> {
 async function main(): Promise<void> {
   const [command = "serve", ...rest] = process.argv.slice(2);
   const config = loadConfig();
+  configureLogging(config.logLevel);
   switch (command) {
     case "serve":
       return serve(config);
     case "migrate": {
       const database = await open(config, true);
-      console.log("migrations up to date");
+      logger.info("migrations up to date");
       await database.close();
       return;
     }
@@ -96,12 +106,12 @@ async function main(): Promise<void> {
       return;
     }
     default:
-      console.error(`unknown command ${command}: use serve, migrate, print-schema or create-admin-token ROLE [ORG_ID] [PROJECT_ID]`);
+      logger.error(`unknown command ${command}: use serve, migrate, print-schema or create-admin-token ROLE [ORG_ID] [PROJECT_ID]`);
       process.exit(2);
   }
 }
 
 main().catch((error: unknown) => {
-  console.error(error instanceof Error ? error.message : error);
+  logger.error(errorFields(error), error instanceof Error ? error.message : String(error));
   process.exit(1);
 });

@@ -2,20 +2,28 @@
 // same path), /v1/* (the OpenAI-compatible gateway), /healthz, /metrics and /dashboard.
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { createYoga, type YogaServerInstance } from "graphql-yoga";
+import { createHash, timingSafeEqual } from "node:crypto";
+import { createYoga, type Plugin, type YogaServerInstance } from "graphql-yoga";
 import { GraphQLError, type ExecutionArgs, type execute, type subscribe } from "graphql";
-import { WebSocketServer } from "ws";
+import { WebSocketServer, type WebSocket } from "ws";
 import { useServer } from "graphql-ws/use/ws";
-import type { Config } from "./config.ts";
+import { loadConfig, type Config } from "./config.ts";
 import { db } from "./db/index.ts";
 import { schema } from "./schema/index.ts";
 import { createLoaders } from "./schema/loaders.ts";
 import type { Context } from "./schema/builder.ts";
-import { authenticateAdmin } from "./auth/index.ts";
+import { authenticateAdmin, type Viewer } from "./auth/index.ts";
+import { graphqlLimitsPlugin } from "./schema/limits.ts";
+import { events } from "./events/index.ts";
 import { toGraphQLError } from "./resolvers/errors.ts";
 import { createGateway } from "./gateway/index.ts";
-import { DASHBOARD_HTML } from "./dashboard/page.ts";
-import { metrics } from "./metrics.ts";
+import { DASHBOARD_HTML, DASHBOARD_HEADERS } from "./dashboard/page.ts";
+import { renderGraphiQL } from "./dashboard/graphiql.ts";
+import { serveAsset } from "./dashboard/static.ts";
+import { graphqlHttpRequests, renderMetrics } from "./metrics.ts";
+import { useGraphQLMetrics } from "./graphql-metrics.ts";
+import { componentLogger, errorFields, logger } from "./log.ts";
+import { EXPORT_PATHS, handleExport } from "./exports/http.ts";
 
 interface EnvelopedRunners {
   execute: (args: ExecutionArgs) => ReturnType<typeof execute>;
@@ -30,24 +38,81 @@ export interface RunningServer {
 
 type ServerContext = { req?: http.IncomingMessage; res?: http.ServerResponse };
 
-export function createYogaApp(): YogaServerInstance<ServerContext, Context> {
+const GRAPHIQL_DEFAULT_QUERY = `# tokengate admin API: the Headers tab carries your admin token.
+# Subscriptions (keySpend, receiptCreated, routeHealth, budgetAlert) stream here too.
+query Wallet {
+  wallet {
+    balances { bucket balance { amount currency } held { amount currency } available { amount currency } }
+  }
+}
+`;
+
+const graphqlErrorResponse = (status: number, message: string, code: string, headers: Record<string, string> = {}) =>
+  new Response(JSON.stringify({ errors: [{ message, extensions: { code } }] }), {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8", ...headers },
+  });
+
+/**
+ * Runs before Yoga reads the body: an oversized body is refused by its Content-Length (413) and a
+ * request without a valid admin token is refused (401) before anything is parsed or validated.
+ * The viewer found here is handed to the context, so the token is looked up once per request.
+ */
+function guardPlugin(maxBodyBytes: number, viewers: WeakMap<Request, Viewer>): Plugin {
+  return {
+    async onRequest({ request, endResponse }) {
+      // GraphiQL's page and CORS preflights carry no token and run no operation.
+      if (request.method === "OPTIONS") return;
+      if (request.method === "GET" && (request.headers.get("accept") ?? "").includes("text/html")) return;
+      const length = Number(request.headers.get("content-length") ?? "0");
+      if (length > maxBodyBytes) {
+        return endResponse(graphqlErrorResponse(413, `request body too large: at most ${maxBodyBytes} bytes`, "PAYLOAD_TOO_LARGE", { connection: "close" }));
+      }
+      const viewer = await authenticateAdmin(request.headers.get("authorization"));
+      if (!viewer) {
+        return endResponse(
+          graphqlErrorResponse(401, "authentication required: send Authorization: Bearer <admin token>", "UNAUTHENTICATED", { "www-authenticate": "Bearer" }),
+        );
+      }
+      viewers.set(request, viewer);
+    },
+  };
+}
+
+export function createYogaApp(
+  limits: { graphqlMaxBodyBytes: number } = loadConfig({}).admin,
+): YogaServerInstance<ServerContext, Context> {
+  const viewers = new WeakMap<Request, Viewer>();
   return createYoga<ServerContext, Context>({
     schema,
     graphqlEndpoint: "/graphql",
     landingPage: false,
-    graphiql: { title: "tokengate admin API", headers: JSON.stringify({ Authorization: "Bearer <admin token>" }) },
+    // Rendered from local assets (no CDN); the page asks for the admin token. SSE subscriptions
+    // carry the same Authorization header as queries.
+    graphiql: {
+      title: "tokengate admin API",
+      headers: JSON.stringify({ Authorization: "Bearer <admin token>" }),
+      subscriptionsProtocol: "SSE",
+      defaultQuery: GRAPHIQL_DEFAULT_QUERY,
+    },
+    renderGraphiQL,
+    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), useGraphQLMetrics()],
     context: async (initial): Promise<Context> => {
-      // Over graphql-ws the initial context carries the connection_init payload.
+      // Over graphql-ws the initial context carries the connection_init payload (authenticated again per operation).
       const connectionParams = (initial as { connectionParams?: { authorization?: unknown } }).connectionParams;
-      const header = typeof connectionParams?.authorization === "string" ? connectionParams.authorization : initial.request.headers.get("authorization");
-      return { viewer: await authenticateAdmin(header), loaders: createLoaders() };
+      if (connectionParams) {
+        const header = typeof connectionParams.authorization === "string" ? connectionParams.authorization : null;
+        return { viewer: await authenticateAdmin(header), loaders: createLoaders() };
+      }
+      const viewer = viewers.get(initial.request) ?? (await authenticateAdmin(initial.request.headers.get("authorization")));
+      return { viewer, loaders: createLoaders() };
     },
     maskedErrors: {
       maskError: (error, message) => {
         const mapped = toGraphQLError(error);
         if (mapped) return mapped;
         const original = error instanceof GraphQLError ? error.originalError : error;
-        if (original) console.error("[graphql] unexpected error:", original);
+        if (original) componentLogger("graphql").error(errorFields(original), "unexpected error");
         return new GraphQLError(message, { extensions: { code: "INTERNAL_SERVER_ERROR" } });
       },
     },
@@ -55,17 +120,25 @@ export function createYogaApp(): YogaServerInstance<ServerContext, Context> {
   });
 }
 
+/** Constant-time comparison of a bearer value with the configured METRICS_TOKEN. */
+function metricsAllowed(req: http.IncomingMessage, metricsToken: string | undefined): boolean {
+  if (!metricsToken) return true;
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? "");
+  if (!match) return false;
+  const digest = (v: string) => createHash("sha256").update(v).digest();
+  return timingSafeEqual(digest(match[1]!), digest(metricsToken));
+}
+
 export async function startServer(config: Config, options: { quiet?: boolean } = {}): Promise<RunningServer> {
-  const yoga = createYogaApp();
+  const yoga = createYogaApp(config.admin);
   const gateway = createGateway(config);
 
   const server = http.createServer((req, res) => {
     const url = req.url ?? "/";
     const path = url.split("?")[0]!;
     if (path.startsWith("/v1/")) {
-      metrics.gatewayRequests++;
       gateway.handle(req, res).catch((error: unknown) => {
-        console.error("[gateway] unhandled error:", error);
+        componentLogger("gateway").error(errorFields(error), "unhandled error");
         if (!res.headersSent) {
           res.writeHead(500, { "content-type": "application/json" });
           res.end(JSON.stringify({ error: { message: "internal error", type: "server_error", code: "internal_error", param: null } }));
@@ -86,32 +159,83 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       return;
     }
     if (path === "/metrics") {
-      res.writeHead(200, { "content-type": "text/plain; version=0.0.4" });
-      res.end(metrics.render());
+      if (!metricsAllowed(req, config.admin.metricsToken)) {
+        res.writeHead(401, { "content-type": "text/plain; charset=utf-8", "www-authenticate": 'Bearer realm="metrics"' });
+        res.end("metrics require Authorization: Bearer <METRICS_TOKEN>\n");
+        return;
+      }
+      renderMetrics()
+        .then(({ contentType, body }) => {
+          res.writeHead(200, { "content-type": contentType });
+          res.end(body);
+        })
+        .catch((error: unknown) => {
+          componentLogger("metrics").error(errorFields(error), "could not collect metrics");
+          res.writeHead(503, { "content-type": "text/plain" });
+          res.end("metrics unavailable\n");
+        });
       return;
     }
     if (path === "/dashboard" || path === "/dashboard/") {
-      res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
+      res.writeHead(200, DASHBOARD_HEADERS);
       res.end(DASHBOARD_HTML);
       return;
     }
+    if (path.startsWith("/assets/") && serveAsset(req, res, path)) return;
+    if (path.startsWith("/exports/")) {
+      handleExport(req, res).catch((error: unknown) => {
+        componentLogger("exports").error(errorFields(error), "unexpected error");
+        if (!res.headersSent) {
+          res.writeHead(500, { "content-type": "application/json" });
+          res.end(JSON.stringify({ error: { message: "internal error", type: "server_error", code: "INTERNAL_SERVER_ERROR", param: null } }));
+        } else res.destroy();
+      });
+      return;
+    }
     if (path === "/graphql") {
-      metrics.graphqlRequests++;
+      graphqlHttpRequests.inc();
+      // The body limit is enforced on Content-Length before reading; a body of unknown length could not be.
+      if (req.method === "POST" && req.headers["content-length"] === undefined) {
+        res.writeHead(411, { "content-type": "application/json; charset=utf-8", connection: "close" });
+        res.end(JSON.stringify({ errors: [{ message: "Content-Length required", extensions: { code: "LENGTH_REQUIRED" } }] }));
+        return;
+      }
       void yoga.handle(req, res, { req, res });
       return;
     }
     res.writeHead(404, { "content-type": "application/json" });
-    res.end(JSON.stringify({ error: "not found", paths: ["/graphql", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard"] }));
+    res.end(JSON.stringify({ error: "not found", paths: ["/graphql", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard", ...EXPORT_PATHS] }));
   });
 
-  const wsServer = new WebSocketServer({ server, path: "/graphql" });
+  // maxPayload: ws closes the socket with 1009 (message too big) before parsing anything larger.
+  const wsServer = new WebSocketServer({ server, path: "/graphql", maxPayload: config.admin.wsMaxPayloadBytes });
+  const { wsMaxSubscriptions } = config.admin;
+  // Sockets by the admin token that opened them: a revoked token's sockets close at once, on every instance.
+  const socketsByToken = new Map<string, Set<WebSocket>>();
+  const forbid = (socket: WebSocket) => socket.close(4403, "Forbidden");
+  const revocations = events.subscribe("adminTokenRevoked");
+  void (async () => {
+    for await (const { tokenId } of revocations) for (const socket of socketsByToken.get(tokenId) ?? []) forbid(socket);
+  })();
   const wsCleanup = useServer<Record<string, unknown>, { viewer?: Context["viewer"] }>(
     {
       // Authenticate once, in connection_init; a bad or missing token closes with 4403.
       onConnect: async (ctx) => {
-        const viewer = await authenticateAdmin(ctx.connectionParams?.authorization as string | undefined);
+        const authorization = ctx.connectionParams?.authorization;
+        const viewer = await authenticateAdmin(typeof authorization === "string" ? authorization : null);
         if (!viewer) return false;
         ctx.extra.viewer = viewer;
+        const socket = ctx.extra.socket;
+        const sockets = socketsByToken.get(viewer.tokenId) ?? new Set<WebSocket>();
+        socketsByToken.set(viewer.tokenId, sockets.add(socket));
+        // An expiring token's socket closes when the token expires (timers cap at ~24.8 days; longer ones are re-checked per operation).
+        const ttl = viewer.expiresAt ? viewer.expiresAt.getTime() - Date.now() : null;
+        const expiry = ttl !== null && ttl < 2 ** 31 - 1 ? setTimeout(() => forbid(socket), Math.max(0, ttl)) : null;
+        socket.once("close", () => {
+          if (expiry) clearTimeout(expiry);
+          sockets.delete(socket);
+          if (sockets.size === 0) socketsByToken.delete(viewer.tokenId);
+        });
         return true;
       },
       context: (ctx): Context => ({ viewer: ctx.extra.viewer ?? null, loaders: createLoaders() }),
@@ -119,18 +243,36 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       execute: (args) => (args.rootValue as EnvelopedRunners).execute(args),
       subscribe: (args) => (args.rootValue as EnvelopedRunners).subscribe(args),
       onSubscribe: async (ctx, _id, params) => {
+        // The operation being started is already counted in ctx.subscriptions.
+        if (Object.keys(ctx.subscriptions).length > wsMaxSubscriptions) {
+          return [new GraphQLError(`too many operations on this connection: at most ${wsMaxSubscriptions} at once`, { extensions: { code: "TOO_MANY_SUBSCRIPTIONS" } })];
+        }
         const { schema: envSchema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
           ...ctx,
           req: ctx.extra.request,
           socket: ctx.extra.socket,
           params,
         });
+        const contextValue = await contextFactory();
+        // The token is checked again for every operation: revoked or expired since connection_init → closed.
+        if (!contextValue.viewer) {
+          forbid(ctx.extra.socket);
+          return [new GraphQLError("this token is no longer valid", { extensions: { code: "UNAUTHENTICATED" } })];
+        }
+        let document;
+        try {
+          // Yoga's parse carries the token limit: a huge document stops at the limit.
+          document = parse(params.query);
+        } catch (error) {
+          if (error instanceof GraphQLError) return [error];
+          throw error;
+        }
         const args = {
           schema: envSchema,
           operationName: params.operationName,
-          document: parse(params.query),
+          document,
           variableValues: params.variables,
-          contextValue: await contextFactory(),
+          contextValue,
           rootValue: { execute, subscribe },
         };
         const errors = validate(args.schema, args.document);
@@ -147,7 +289,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
   });
   const address = server.address() as AddressInfo;
   const url = `http://${address.address.includes(":") ? `[${address.address}]` : address.address}:${address.port}`;
-  if (!options.quiet) console.log(`tokengate listening on ${url} (GraphQL ${url}/graphql, gateway ${url}/v1, dashboard ${url}/dashboard)`);
+  if (!options.quiet) logger.info({ url, graphql: `${url}/graphql`, gateway: `${url}/v1`, dashboard: `${url}/dashboard` }, "tokengate listening");
 
   let closing: Promise<void> | null = null;
   return {
@@ -155,6 +297,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
     url,
     close: () =>
       (closing ??= (async () => {
+        await revocations.return?.();
         for (const client of wsServer.clients) client.close(1001, "Going away");
         await wsCleanup.dispose();
         await new Promise<void>((resolve) => wsServer.close(() => resolve()));

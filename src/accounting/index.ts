@@ -7,7 +7,7 @@ import type { BalanceBucket, CapScope, LedgerKind } from "../generated/prisma/en
 import type { LedgerEntry, WalletBucket } from "../generated/prisma/client.ts";
 import { MAX_AMOUNT_MICROS } from "../money.ts";
 
-export type Refusal = CapScope | "INSUFFICIENT_BALANCE" | "RUN_CANCELLED";
+export type Refusal = CapScope | "INSUFFICIENT_BALANCE" | "RUN_CANCELLED" | "RUN_PAUSED";
 
 /** Anything that can run raw SQL: the process client, a second client in tests, a transaction. */
 export type SqlClient = RawSqlClient;
@@ -69,18 +69,20 @@ export interface ReserveInput {
   projectId: string;
   routeId?: string | null;
   runId?: string | null;
+  /** The channel the request will be sent to: counts against its CHANNEL_DAILY cap. */
+  channelId?: string | null;
   now?: Date;
   ttlMs: number;
 }
 
 export type ReserveResult = { ok: true; holdId: string } | { ok: false; refusal: Refusal };
 
-/** Places a hold if the bucket and every cap (key, project, route, run) admit it; otherwise writes nothing. */
+/** Places a hold if the bucket and every cap (key, project, route, channel, run) admit it; otherwise writes nothing. */
 export async function reserve(input: ReserveInput, client: SqlClient = db): Promise<ReserveResult> {
   if (input.amount < 0n || input.amount > MAX_AMOUNT_MICROS) throw new RangeError("reservation amount out of range");
   const rows = await client
     .$queryRawUnsafe<{ hold_id: string | null; refusal: string | null }[]>(
-      `SELECT hold_id, refusal FROM tg_reserve($1, $2, $3::bigint, $4, $5, $6, $7, $8::timestamptz AT TIME ZONE 'UTC', $9::int)`,
+      `SELECT hold_id, refusal FROM tg_reserve($1, $2, $3::bigint, $4, $5, $6, $7, $8::timestamptz AT TIME ZONE 'UTC', $9::int, $10)`,
       input.requestId,
       input.bucketId,
       input.amount.toString(),
@@ -90,6 +92,7 @@ export async function reserve(input: ReserveInput, client: SqlClient = db): Prom
       input.runId ?? null,
       utc(input.now ?? new Date()),
       input.ttlMs,
+      input.channelId ?? null,
     )
     .catch(translateDbError);
   const row = rows[0]!;
@@ -114,9 +117,9 @@ export async function reserveMany(inputs: ReserveInput[], client: SqlClient = db
     .$queryRawUnsafe<{ n: number; hold_id: string | null; refusal: string | null }[]>(
       `SELECT x.n, r.hold_id, r.refusal
          FROM jsonb_to_recordset($1::jsonb) AS x(pos int, n int, request_id text, bucket_id text, amount text, key_id text,
-                                                 project_id text, route_id text, run_id text, ttl_ms int, at text)
+                                                 project_id text, route_id text, run_id text, ttl_ms int, at text, channel_id text)
          CROSS JOIN LATERAL tg_reserve(x.request_id, x.bucket_id, x.amount::bigint, x.key_id, x.project_id, x.route_id, x.run_id,
-                                       x.at::timestamptz AT TIME ZONE 'UTC', x.ttl_ms) r
+                                       x.at::timestamptz AT TIME ZONE 'UTC', x.ttl_ms, x.channel_id) r
         ORDER BY x.pos`,
       // JSON rather than array parameters (the driver adapters send arrays differently); amounts as strings (beyond 2^53).
       JSON.stringify(
@@ -132,6 +135,7 @@ export async function reserveMany(inputs: ReserveInput[], client: SqlClient = db
             project_id: input.projectId,
             route_id: input.routeId ?? null,
             run_id: input.runId ?? null,
+            channel_id: input.channelId ?? null,
             ttl_ms: input.ttlMs,
             at: utc(input.now ?? now),
           };
@@ -200,6 +204,22 @@ export async function expireHolds(now = new Date(), client: SqlClient = db): Pro
   const rows = await client.$queryRawUnsafe<{ n: number }[]>(
     `SELECT tg_expire_holds($1::timestamptz AT TIME ZONE 'UTC') AS n`,
     utc(now),
+  );
+  return Number(rows[0]!.n);
+}
+
+/**
+ * Keep-alive of the holds of requests still running: their expiry moves to now + ttlMs (never
+ * earlier), in one statement. Returns how many were still active.
+ */
+export async function extendHolds(holdIds: readonly string[], ttlMs: number, now = new Date(), client: SqlClient = db): Promise<number> {
+  if (holdIds.length === 0) return 0;
+  const rows = await client.$queryRawUnsafe<{ n: number }[]>(
+    // JSON rather than an array parameter: the driver adapters send arrays differently.
+    `SELECT tg_extend_holds(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)), $2::timestamptz AT TIME ZONE 'UTC', $3::int) AS n`,
+    JSON.stringify(holdIds),
+    utc(now),
+    ttlMs,
   );
   return Number(rows[0]!.n);
 }

@@ -54,6 +54,8 @@ export interface AdmitInput {
   projectId: string;
   routeId?: string | null;
   runId?: string | null;
+  /** The channel the request goes to (its CHANNEL_DAILY cap). */
+  channelId?: string | null;
   /** The key's per-request maximum in this bucket, if any (not a counter: checked here). */
   perRequestCap?: bigint | null;
   now?: Date;
@@ -77,7 +79,7 @@ const keyOf = (k: LeaseKey) => `${k.bucketId}|${k.scope}|${k.scopeId}|${k.window
 const utc = (ms: number) => new Date(ms).toISOString();
 
 /** The leases a request needs: the bucket's balance and every counter scope that applies to it. */
-export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "projectId" | "routeId" | "runId">, now: Date): LeaseKey[] {
+export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "projectId" | "routeId" | "runId" | "channelId">, now: Date): LeaseKey[] {
   const day = dayStart(now);
   const scopes: LeaseKey[] = [
     { bucketId: input.bucketId, scope: "BALANCE", scopeId: "", windowStart: RUN_WINDOW },
@@ -86,6 +88,7 @@ export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "proj
     { bucketId: input.bucketId, scope: "PROJECT_MONTHLY", scopeId: input.projectId, windowStart: monthStart(now) },
   ];
   if (input.routeId) scopes.push({ bucketId: input.bucketId, scope: "ROUTE_DAILY", scopeId: input.routeId, windowStart: day });
+  if (input.channelId) scopes.push({ bucketId: input.bucketId, scope: "CHANNEL_DAILY", scopeId: input.channelId, windowStart: day });
   if (input.runId) scopes.push({ bucketId: input.bucketId, scope: "RUN_TOTAL", scopeId: input.runId, windowStart: RUN_WINDOW });
   return scopes;
 }

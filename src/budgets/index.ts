@@ -1,4 +1,5 @@
-// Caps: one row per scope, bucket and window kind (BudgetCap). Absent row = no cap.
+// Caps: one row per scope, bucket and window kind (BudgetCap). No row in any bucket = no cap; a row
+// in another bucket only = capped at zero (see effectiveCap).
 import { db } from "../db/index.ts";
 import type { Prisma, Project } from "../generated/prisma/client.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
@@ -48,9 +49,24 @@ export async function capsOf(tx: Tx | typeof db, scopeId: string): Promise<CapVi
   return caps.map((c) => ({ scope: c.scope, bucket: c.bucket, amount: c.amount }));
 }
 
+/**
+ * The cap that is enforced for a scope in a bucket (the rule of tg_effective_cap in the reservation
+ * SQL): its own cap if set; ZERO if the scope has a cap in another bucket only (a cap is never
+ * escapable by switching bucket); null (uncapped) if it has no cap at all.
+ */
+export function effectiveCap(caps: ReadonlyArray<Pick<CapView, "scope" | "bucket" | "amount">>, scope: CapScope, bucket: BalanceBucket): bigint | null {
+  let other = false;
+  for (const c of caps) {
+    if (c.scope !== scope) continue;
+    if (c.bucket === bucket) return c.amount;
+    other = true;
+  }
+  return other ? 0n : null;
+}
+
 export async function capAmount(scope: CapScope, scopeId: string, bucket: BalanceBucket): Promise<bigint | null> {
-  const cap = await db.budgetCap.findUnique({ where: { scope_scopeId_bucket: { scope, scopeId, bucket } } });
-  return cap?.amount ?? null;
+  const caps = await db.budgetCap.findMany({ where: { scope, scopeId } });
+  return effectiveCap(caps, scope, bucket);
 }
 
 export interface BudgetStatus extends ScopeSpend {
@@ -102,7 +118,7 @@ export async function createProject(viewer: Viewer, input: { organizationId?: st
 export async function setProjectBudget(viewer: Viewer, input: { projectId: string } & ProjectBudgetInput): Promise<Project> {
   const project = await db.project.findUnique({ where: { id: input.projectId } });
   if (!project) throw notFound("project", input.projectId);
-  assertCanWrite(viewer, project.organizationId);
+  assertCanWrite(viewer, project.organizationId, { what: "project", id: project.id, projectId: project.id });
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const monthlyCap = parseCapInput(input.monthlyCap, "monthlyCap");
   const bucket = input.bucket ?? "CREDIT";

@@ -6,6 +6,7 @@ import { PGlite } from "@electric-sql/pglite";
 import { PrismaPGlite } from "pglite-prisma-adapter";
 import { PrismaPg } from "@prisma/adapter-pg";
 import pg from "pg";
+import QueryStream from "pg-query-stream";
 import { PrismaClient, type Prisma } from "../generated/prisma/client.ts";
 import { applyMigrations, type SqlExecutor } from "./migrate.ts";
 
@@ -17,6 +18,14 @@ export interface Database {
   prisma: PrismaClient;
   /** Direct SQL, for migrations and test set-up (the app itself goes through prisma). */
   sql: SqlExecutor;
+  /** Connection pool occupancy for /metrics (PGlite: one in-process connection). */
+  pool(): { total: number; idle: number; waiting: number };
+  /**
+   * PostgreSQL only: a query's rows read from a server-side cursor on one pooled connection, a
+   * batch at a time as the consumer pulls them (backpressure), for exports of any size.
+   * PGlite has no cursor API outside a transaction, which would lock out every other query.
+   */
+  streamRows?<Row>(text: string, params?: unknown[]): AsyncGenerator<Row, void, undefined>;
   close(): Promise<void>;
 }
 
@@ -41,6 +50,22 @@ function prismaWithLogging(adapter: AdapterFactory, onQuery?: (sql: string) => v
   return client;
 }
 
+const STREAM_BATCH_ROWS = 500;
+
+async function* streamFromCursor<Row>(pool: pg.Pool, text: string, params?: unknown[]): AsyncGenerator<Row, void, undefined> {
+  const client = await pool.connect();
+  const stream = client.query(new QueryStream(text, params, { batchSize: STREAM_BATCH_ROWS, highWaterMark: STREAM_BATCH_ROWS }));
+  let finished = false;
+  try {
+    for await (const row of stream) yield row as Row;
+    finished = true;
+  } finally {
+    stream.destroy();
+    // A cursor abandoned half-way (client went away, error) may leave the connection mid-protocol: discard it.
+    client.release(finished ? undefined : true);
+  }
+}
+
 export async function openDatabase(options: OpenOptions = {}): Promise<Database> {
   let database: Database;
   if (options.databaseUrl) {
@@ -62,6 +87,8 @@ export async function openDatabase(options: OpenOptions = {}): Promise<Database>
         },
         query: async <Row>(text: string, params?: unknown[]) => (await pool.query(text, params)).rows as Row[],
       },
+      pool: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
+      streamRows: <Row>(text: string, params?: unknown[]) => streamFromCursor<Row>(pool, text, params),
       close: async () => {
         await prisma.$disconnect();
         await pool.end();
@@ -89,6 +116,7 @@ export async function openDatabase(options: OpenOptions = {}): Promise<Database>
         },
         query: async <Row>(text: string, params?: unknown[]) => (await instance.query<Row>(text, params)).rows,
       },
+      pool: () => ({ total: 1, idle: 1, waiting: 0 }),
       close: async () => {
         await prisma.$disconnect();
         await instance.close();

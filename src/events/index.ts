@@ -63,6 +63,8 @@ export type Topics = {
   routeHealth: [RouteHealthEvent];
   receiptCreated: [ReceiptCreatedEvent];
   budgetAlert: [BudgetAlertEvent];
+  /** An admin token was revoked: every instance closes the sockets it authenticated. */
+  adminTokenRevoked: [{ tokenId: string }];
 };
 
 type Target = PubSubEventTarget<Topics>;
@@ -94,8 +96,30 @@ function localTarget(): Target {
   return target as unknown as Target;
 }
 
+type BudgetAlertHook = (event: BudgetAlertEvent) => void;
+const budgetAlertHooks = new Set<BudgetAlertHook>();
+
+/**
+ * Runs `hook` for every budget alert this process publishes (not for ones received from other
+ * instances over Redis): each alert is published once, by the instance whose insert created it,
+ * so a hook (the alert webhooks) acts once per alert across instances. Returns an unsubscribe.
+ */
+export function onBudgetAlertPublished(hook: BudgetAlertHook): () => void {
+  budgetAlertHooks.add(hook);
+  return () => void budgetAlertHooks.delete(hook);
+}
+
+function withLocalHooks(pubsub: PubSub<Topics>): PubSub<Topics> {
+  const publish: PubSub<Topics>["publish"] = (routingKey, ...args) => {
+    pubsub.publish(routingKey, ...args);
+    if (routingKey !== "budgetAlert") return;
+    for (const hook of budgetAlertHooks) hook(args[0] as BudgetAlertEvent);
+  };
+  return { ...pubsub, publish };
+}
+
 let counter = counting(localTarget());
-export let events: PubSub<Topics> = createPubSub<Topics>({ eventTarget: counter.target });
+export let events: PubSub<Topics> = withLocalHooks(createPubSub<Topics>({ eventTarget: counter.target }));
 let closeTransport: () => Promise<void> = async () => {};
 
 export const listenerCount = (): number => counter.count();
@@ -108,7 +132,7 @@ export async function configureEvents(redisUrl: string | undefined): Promise<voi
   const subscribeClient = new Redis(redisUrl, { maxRetriesPerRequest: 3 });
   await Promise.all([publishClient.ping(), subscribeClient.ping()]);
   counter = counting(createRedisEventTarget<Parameters<Target["dispatchEvent"]>[0]>({ publishClient, subscribeClient }) as Target);
-  events = createPubSub<Topics>({ eventTarget: counter.target });
+  events = withLocalHooks(createPubSub<Topics>({ eventTarget: counter.target }));
   closeTransport = async () => {
     publishClient.disconnect();
     subscribeClient.disconnect();

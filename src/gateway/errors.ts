@@ -63,17 +63,43 @@ export class GatewayError extends Error {
 // ---------------------------------------------------------------------------
 // The errors of API.md, one constructor each.
 
+// A missing or unknown key is not recorded (cause null): a flood of guessed keys must not write a
+// database row per request. It is counted in /metrics and throttled per client address instead.
 export const missingKey = () =>
   new GatewayError({
     status: 401,
     type: "invalid_request_error",
     code: "invalid_api_key",
     message: "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
-    cause: "KEY_INVALID",
+    cause: null,
   });
 
 export const invalidKey = () =>
-  new GatewayError({ status: 401, type: "invalid_request_error", code: "invalid_api_key", message: "Incorrect API key provided.", cause: "KEY_INVALID" });
+  new GatewayError({ status: 401, type: "invalid_request_error", code: "invalid_api_key", message: "Incorrect API key provided.", cause: null });
+
+const LIMIT_TEXT = { rpm: "requests per minute (rpmLimit)", tpm: "tokens per minute (tpmLimit)", concurrent: "requests in flight (maxConcurrent)" } as const;
+
+/** Over one of the key's rate limits; `retry-after` says when to try again (OpenAI SDKs honour it). */
+export const rateLimited = (limit: keyof typeof LIMIT_TEXT, retryAfterSeconds: number) =>
+  new GatewayError({
+    status: 429,
+    type: "rate_limit_error",
+    code: "rate_limit_exceeded",
+    message: `Rate limit reached: this API key's limit of ${LIMIT_TEXT[limit]}. Retry after ${retryAfterSeconds} s.`,
+    cause: "RATE_LIMITED",
+    headers: { "retry-after": String(retryAfterSeconds) },
+  });
+
+/** A client address that sent too many missing or unknown keys: refused before any key lookup (not recorded). */
+export const badKeysThrottled = (retryAfterSeconds: number) =>
+  new GatewayError({
+    status: 429,
+    type: "rate_limit_error",
+    code: "rate_limit_exceeded",
+    message: `Too many requests with an invalid API key from this address. Retry after ${retryAfterSeconds} s.`,
+    cause: null,
+    headers: { "retry-after": String(retryAfterSeconds) },
+  });
 
 export const expiredKey = () =>
   new GatewayError({ status: 401, type: "invalid_request_error", code: "invalid_api_key", message: "This API key has expired.", cause: "KEY_EXPIRED" });
@@ -141,6 +167,7 @@ const SCOPE_TEXT: Record<CapScope, string> = {
   PROJECT_MONTHLY: "the project's monthly cap",
   ROUTE_DAILY: "the route's daily cap",
   RUN_TOTAL: "the run's cap",
+  CHANNEL_DAILY: "the daily cap of every channel left to try",
 };
 
 export const budgetExceeded = (scope: CapScope) =>
@@ -165,6 +192,10 @@ export const insufficientBalance = (bucket: string) =>
 /** 402 rather than 409: OpenAI SDKs retry 409, and retrying a cancelled run cannot help. */
 export const runCancelled = () =>
   new GatewayError({ status: 402, type: "insufficient_quota", code: "run_cancelled", message: "The run is no longer active (cancelled or ended).", cause: "RUN_CANCELLED" });
+
+/** 402 like run_cancelled; unlike it, the run works again after resumeRun. */
+export const runPaused = () =>
+  new GatewayError({ status: 402, type: "insufficient_quota", code: "run_paused", message: "The run is paused; its requests are refused until it is resumed.", cause: "RUN_PAUSED" });
 
 export const runNotFound = (runId: string) =>
   new GatewayError({

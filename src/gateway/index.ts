@@ -31,7 +31,10 @@
 //   charge comes after the receipt committed, as an SSE comment `: tokengate-charge=<amount>
 //   currency=<code>` right before `data: [DONE]`, and as the HTTP trailer x-tokengate-charge.
 //   A stream cut or stalled after it started ends with an SSE error event (OpenAI SDKs raise it)
-//   and no [DONE]. A client that hangs up aborts the upstream call (CLIENT_CLOSED, recorded 499).
+//   and no [DONE]. A client that hangs up mid-generation aborts the upstream call (CLIENT_CLOSED,
+//   recorded 499) and is charged prompt + generated whatever its policy; an answer the upstream
+//   completed anyway (non-stream once headers came; a stream past finish_reason, within 2 s) is a
+//   Receipt with status 499 at its real usage.
 // - Timeouts (config.upstream): connect, first byte, idle between chunks, total per attempt.
 // - Hot path: keys and route plans are cached ≤ 1 s; reservations and receipts are group-committed
 //   (one statement and one WAL flush per batch) and sent straight to the driver. With
@@ -40,13 +43,18 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
+import { extendHolds } from "../accounting/index.ts";
+import { directSql } from "../db/index.ts";
 import { configureKeyCache } from "../keys/index.ts";
-import { GatewayError, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
+import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
 import { Lookups } from "./lookups.ts";
 import { holdMoneyPath, leaseMoneyPath, type MoneyPath, type MoneyStats } from "./money.ts";
 import { findModel, listModels } from "./models.ts";
 import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./proxy.ts";
 import { UpstreamClient } from "./upstream.ts";
+import { RateLimiter, type RateLimiterStats } from "./rate-limit.ts";
+import { componentLogger } from "../log.ts";
+import { observeRequest } from "./observe.ts";
 
 export interface Gateway {
   handle(req: IncomingMessage, res: ServerResponse): Promise<void>;
@@ -55,7 +63,7 @@ export interface Gateway {
   stats(): GatewayStats;
 }
 
-export type GatewayStats = MoneyStats;
+export type GatewayStats = MoneyStats & { limits: RateLimiterStats };
 
 export interface GatewayOptions {
   /** How long a route plan (channels, prices) may be served from memory. Default 1000 ms; 0 disables the cache. */
@@ -66,29 +74,24 @@ export interface GatewayOptions {
   admission?: "holds" | "leases";
 }
 
-const LEVELS = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 } as const;
-
 export function createGateway(config: Config, options: GatewayOptions = {}): Gateway {
   configureKeyCache(config.keyCacheTtlMs);
-  const threshold = LEVELS[config.logLevel] ?? LEVELS.info;
+  const logger = componentLogger("gateway", config.logLevel);
   const grouped = options.groupCommit ?? true;
-  const log: GatewayDeps["log"] = (level, message, extra) => {
-    if (LEVELS[level] < threshold) return;
-    const line = JSON.stringify({ level, time: new Date().toISOString(), component: "gateway", message, ...extra });
-    if (level === "error" || level === "warn") console.error(line);
-    else console.log(line);
-  };
-  const money: MoneyPath =
-    (options.admission ?? config.admission) === "leases"
-      ? leaseMoneyPath({
-          ttlMs: config.leases.ttlMs,
-          chunkRequests: config.leases.chunkRequests,
-          capCacheTtlMs: config.keyCacheTtlMs,
-          onError: (message, error) => log("warn", message, { error: String(error) }),
-        })
-      : holdMoneyPath({ grouped });
+  const log: GatewayDeps["log"] = (level, message, extra) => logger[level](extra ?? {}, message);
+  const limiter = RateLimiter.create({ redisUrl: config.redisUrl, badKeyLimitPerMinute: config.badKeyLimitPerMinute, log });
+  const leased = (options.admission ?? config.admission) === "leases";
+  const money: MoneyPath = leased
+    ? leaseMoneyPath({
+        ttlMs: config.leases.ttlMs,
+        chunkRequests: config.leases.chunkRequests,
+        capCacheTtlMs: config.keyCacheTtlMs,
+        onError: (message, error) => log("warn", message, { error: String(error) }),
+      })
+    : holdMoneyPath({ grouped });
   const deps: GatewayDeps = {
     config,
+    limiter,
     lookups: new Lookups(options.routeCacheTtlMs ?? 1_000),
     upstream: new UpstreamClient(config.upstream),
     reserve: (input) => money.reserve(input),
@@ -98,6 +101,29 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
     spendStates: (requestId) => money.spendStates(requestId),
     log,
   };
+
+  // Keep-alive of reservations: a request may outlive HOLD_TTL_MS (retries × timeouts, a long
+  // stream), and the sweeper must not free its budget while it runs. Every third of the TTL the
+  // holds of all requests in flight here are extended in one statement; a process that dies stops
+  // extending, so its holds still expire after the TTL.
+  const inFlight = new Set<RequestState>();
+  const keepAliveMs = Math.max(25, Math.floor(config.holdTtlMs / 3));
+  let extending = false;
+  const keepAlive = setInterval(() => {
+    // Lease holds live in memory: their leases are renewed by the lease heartbeat instead.
+    if (extending || leased) return;
+    const ids: string[] = [];
+    for (const state of inFlight) if (state.hold) ids.push(state.hold.id);
+    if (ids.length === 0) return;
+    extending = true;
+    extendHolds(ids, config.holdTtlMs, new Date(), directSql())
+      .catch((e: unknown) => deps.log("warn", "could not extend the holds of running requests", { holds: ids.length, error: String(e) }))
+      .finally(() => {
+        extending = false;
+      });
+  }, keepAliveMs);
+  keepAlive.unref();
+
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const requestId = randomUUID();
     const url = req.url ?? "/";
@@ -119,22 +145,34 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       return sendError(res, requestId, unknownUrl(method, path));
     }
 
+    // An address that keeps sending bad keys is refused before any key lookup (no database work).
+    const address = clientAddress(req, config.trustProxy);
+    const throttledFor = limiter.throttled(address);
+    if (throttledFor > 0) {
+      req.resume();
+      return sendError(res, requestId, badKeysThrottled(throttledFor));
+    }
+
     const state = new RequestState(requestId, endpoint);
     const onClose = () => {
       if (!res.writableFinished) state.client.abort();
     };
     res.on("close", onClose);
+    inFlight.add(state);
     try {
       if (endpoint === "/v1/models") await models(state, req, res, modelId);
       else await proxy(deps, state, req, res);
     } catch (error) {
       const known = error instanceof GatewayError ? error : null;
+      if (known?.code === "invalid_api_key" && state.key === null) await limiter.badKey(address);
       if (!known) deps.log("error", "internal error in the passthrough", { requestId, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
       await recordAndAnswerFailure(deps, state, res, known ?? internalError()).catch((e) =>
         deps.log("error", "could not answer a failed request", { requestId, error: String(e) }),
       );
     } finally {
+      inFlight.delete(state);
       res.off("close", onClose);
+      if (state.rateTicket) await limiter.finish(state.rateTicket);
       // Never leave budget locked: whatever happened, a hold still open is released uncharged.
       if (state.hold) {
         const hold = state.hold;
@@ -143,6 +181,13 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       }
       if (!res.headersSent) sendError(res, requestId, internalError());
       else if (!res.writableEnded && !res.destroyed) res.end();
+      observeRequest(state, res.statusCode);
+      if (logger.isLevelEnabled("info")) {
+        logger.info(
+          { requestId, method, path, status: res.statusCode, durationMs: Math.round(performance.now() - state.startedAt), route: state.route?.model ?? null, channel: state.channel?.channel.name ?? null, attempts: state.attempts },
+          "request",
+        );
+      }
     }
   }
 
@@ -171,12 +216,24 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
 
   return {
     handle,
-    stats: () => money.stats(),
+    stats: () => ({ ...money.stats(), limits: { ...limiter.stats, rateLimited: { ...limiter.stats.rateLimited } } }),
     async close() {
+      clearInterval(keepAlive);
       await deps.upstream.close();
+      await limiter.close();
       await money.close();
     },
   };
+}
+
+/** The client's address: the TCP peer, or behind TRUST_PROXY the address the (last) proxy appended to x-forwarded-for. */
+function clientAddress(req: IncomingMessage, trustProxy: boolean): string {
+  if (trustProxy) {
+    const forwarded = req.headers["x-forwarded-for"];
+    const last = (Array.isArray(forwarded) ? forwarded.join(",") : (forwarded ?? "")).split(",").pop()?.trim();
+    if (last) return last;
+  }
+  return req.socket.remoteAddress ?? "unknown";
 }
 
 function safeDecode(value: string): string {

@@ -44,11 +44,13 @@ export class Lookups {
   credential(channel: PlannedChannel["channel"]): string | null {
     const ciphertext = channel.apiKeyCiphertext;
     if (!ciphertext) return null;
-    let plain = this.credentials.get(ciphertext);
+    // Keyed by channel too: a ciphertext only decrypts for the channel it is bound to.
+    const cacheKey = `${channel.id}:${ciphertext}`;
+    let plain = this.credentials.get(cacheKey);
     if (plain === undefined) {
       plain = channelCredential(channel);
       if (this.credentials.size > 10_000) this.credentials.clear();
-      this.credentials.set(ciphertext, plain);
+      this.credentials.set(cacheKey, plain);
     }
     return plain;
   }

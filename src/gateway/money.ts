@@ -143,6 +143,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
         projectId: input.projectId,
         routeId: input.routeId,
         runId: input.runId,
+        channelId: input.channelId,
         perRequestCap: await perRequestCap(input.keyId, input.bucketId),
       });
       if (!result.ok) return { ok: false, refusal: result.refusal };

@@ -5,7 +5,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Config } from "../config.ts";
 import type { ApiKey, Route } from "../generated/prisma/client.ts";
-import type { BalanceBucket } from "../generated/prisma/enums.ts";
+import type { BalanceBucket, FailureCause } from "../generated/prisma/enums.ts";
 import type { ReserveInput, ReserveResult } from "../accounting/index.ts";
 import { lookupKey } from "../keys/index.ts";
 import { parseBearer } from "../auth/index.ts";
@@ -17,7 +17,6 @@ import { announceSpend } from "../spend/index.ts";
 import { capToHold, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "../requests/index.ts";
 import {
   GatewayError,
-  badRequest,
   budgetExceeded,
   clientClosed,
   expiredKey,
@@ -28,11 +27,13 @@ import {
   modelNotFound,
   pausedKey,
   priceUnknown,
+  rateLimited,
   revokedKey,
   routeUnavailable,
   channelsDown,
   runCancelled,
   runNotFound,
+  runPaused,
   sendError,
   upstreamError,
   upstreamRejected,
@@ -41,8 +42,11 @@ import {
 import { drained, header, parseJsonObject, readBody } from "./http.ts";
 import { Lookups, modelAllowed, usableChannels } from "./lookups.ts";
 import { SseRelay, choiceText, readUsage, type Usage } from "./sse.ts";
-import { countChatPrompt, countEmbeddingInput, countText, outputBound, promptBound } from "./tokens.ts";
+import { countChatPrompt, countEmbeddingInput, countText, outputBound, reservedPromptTokens } from "./tokens.ts";
 import { UpstreamFailure, type UpstreamAttempt, type UpstreamClient } from "./upstream.ts";
+import { validateRequest } from "./validate.ts";
+import type { RateLimiter, RateTicket } from "./rate-limit.ts";
+import { observeAttempt, observeFallback, observeSpend } from "./observe.ts";
 
 export type Endpoint = "/v1/chat/completions" | "/v1/embeddings" | "/v1/models";
 
@@ -61,6 +65,8 @@ export interface GatewayDeps {
   recordFailure: (record: FailedRequestInput, hold: HoldRef | null) => Promise<{ id: string }>;
   /** Counters as the request's batch committed them, if the money path knows (events then read nothing). */
   spendStates: (requestId: string) => CounterState[] | null;
+  /** Per-key rate limits and the bad-key throttle (src/gateway/rate-limit.ts). */
+  limiter: RateLimiter;
 }
 
 interface Hold {
@@ -89,6 +95,11 @@ export class RequestState {
   hold: Hold | null = null;
   failureUsage: FailureUsage | null = null;
   recorded = false;
+  /** The request's place in its key's rate limits, freed when it ends. */
+  rateTicket: RateTicket | null = null;
+  /** Time spent in upstream attempts, and in settlements awaited inside them (for the overhead metric). */
+  upstreamMs = 0;
+  settleMs = 0;
   /** Aborted when the client hangs up before the response is complete. */
   readonly client = new AbortController();
 
@@ -102,6 +113,13 @@ type Outcome = { done: true } | { done: false; failure: UpstreamFailure | { kind
 
 /** How long an upstream may take to end its response after `data: [DONE]`. */
 const END_GRACE_MS = 2_000;
+/**
+ * A client that hangs up after the generation finished (finish_reason seen) but before the usage
+ * chunk: the upstream is read this much longer for its usage, so the charge is exact rather than counted.
+ */
+const CLIENT_GONE_USAGE_GRACE_MS = 2_000;
+/** Receipt status of an answer the upstream completed (and bills) but the client left before receiving (nginx's 499). */
+const CLIENT_CLOSED_STATUS = 499;
 
 const RETRYABLE_STATUS = (status: number) => status >= 500 || status === 429 || status === 408 || status === 401 || status === 403 || status === 404;
 
@@ -130,8 +148,7 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   const { config, lookups } = deps;
   const key = await authenticate(state, req);
   const body = parseJsonObject(await readBody(req, config.maxBodyBytes));
-  const model = body.model;
-  if (typeof model !== "string" || !model.trim()) throw badRequest("You must provide a model parameter.", "model", "missing_model");
+  const model = validateRequest(state.endpoint, body, header(req, "x-run-id"));
   state.model = model;
   const chat = state.endpoint === "/v1/chat/completions";
   const stream = chat && body.stream === true;
@@ -154,39 +171,58 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
     const run = await lookups.run(runId, key.id);
     if (!run) throw runNotFound(runId);
     state.runId = run.id;
+    if (run.status === "PAUSED") throw runPaused();
     if (run.status !== "ACTIVE") throw runCancelled();
   }
 
   // Worst case: every prompt token (with a margin for the upstream's tokenizer) and the output bound.
-  const promptCounted = chat ? countChatPrompt(body) : countEmbeddingInput(body);
-  const reservedPrompt = promptBound(promptCounted);
+  const prompt = chat ? await countChatPrompt(body) : await countEmbeddingInput(body);
+  const promptCounted = prompt.text;
+  const reservedPrompt = reservedPromptTokens(prompt, priced.map((c) => c.channel.upstreamModel), plan.route.maxUnboundedPartTokens);
   const reservedOutput = chat ? outputBound(body, plan.route.defaultMaxTokens) : 0;
   const clientWantsUsage = stream && (body.stream_options as { include_usage?: unknown } | null | undefined)?.include_usage === true;
+
+  // Per-key rate limits: counted with the request's token bound, before anything is reserved.
+  const admitted = await deps.limiter.admit(key.id, state.requestId, key, reservedPrompt + reservedOutput);
+  if (!admitted.ok) throw rateLimited(admitted.limit, admitted.retryAfterSeconds);
+  state.rateTicket = admitted.ticket;
 
   const maxAttempts = 1 + Math.max(0, key.retryCeiling);
   // Set inside tryChannel; read after the loop (a holder, since closures defeat narrowing).
   const failed: { last: Extract<Outcome, { done: false }>["failure"] | null } = { last: null };
   /** One attempt on one channel; true when the request is answered. */
   const tryChannel = async (channel: PlannedChannel, ref: ChannelRef, admission: Admission): Promise<boolean> => {
-    const worst = requestCharge(channel.price!, reservedPrompt, reservedOutput);
-    await holdFor(deps, state, key, channel, worst);
-    if (state.client.signal.aborted) throw clientClosed();
-    state.channel = channel;
-    state.attempts++;
-    state.failureUsage = null;
-    const started = performance.now();
+    let started = 0;
+    let settleBefore = state.settleMs;
     let ok: boolean | null = null;
     try {
+      const worst = requestCharge(channel.price!, reservedPrompt, reservedOutput);
+      await holdFor(deps, state, key, channel, worst);
+      if (state.client.signal.aborted) throw clientClosed();
+      state.channel = channel;
+      state.attempts++;
+      state.failureUsage = null;
+      if (state.attempts > 1) observeFallback(state, channel);
+      started = performance.now();
+      settleBefore = state.settleMs;
       const outcome = await attempt(deps, state, res, { body, channel, stream, clientWantsUsage, promptCounted, plan: plan.route });
       ok = outcome.done;
       if (outcome.done) return true;
       failed.last = outcome.failure;
     } catch (error) {
-      ok = healthVerdict(error, admission);
+      ok = started ? healthVerdict(error) : null;
       throw error;
     } finally {
+      if (started) {
+        const upstreamMs = performance.now() - started - (state.settleMs - settleBefore);
+        state.upstreamMs += upstreamMs;
+        observeAttempt(state, channel, ok === true, upstreamMs);
+      }
       if (ok !== null) {
         health.record(ref, { ok, latencyMs: Math.round(performance.now() - started) }).catch((e: unknown) => deps.log("warn", "could not record channel health", { error: String(e) }));
+      } else if (admission === "probe") {
+        // The probe learnt nothing (refused, client gone, our own error): free the slot, or the channel stays DOWN here for good.
+        health.releaseProbe(ref);
       }
     }
     deps.log("debug", "upstream attempt failed", { requestId: state.requestId, channel: channel.channel.name, failure: failed.last ? describe(failed.last) : "none" });
@@ -194,6 +230,20 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   };
   const refOf = (channel: PlannedChannel): ChannelRef => ({ id: channel.channel.id, routeId: channel.channel.routeId, organizationId: key.organizationId, health: channel.channel.health });
 
+  // A channel whose own daily cap (CHANNEL_DAILY) refuses the reservation is skipped like an
+  // unusable channel and the next one is tried; only when none is left is that refusal the answer.
+  let channelCapped: GatewayError | null = null;
+  const tryUnlessCapped = async (channel: PlannedChannel, ref: ChannelRef, admission: Admission): Promise<boolean> => {
+    try {
+      return await tryChannel(channel, ref, admission);
+    } catch (error) {
+      if (error instanceof GatewayError && error.capScope === "CHANNEL_DAILY") {
+        channelCapped = error;
+        return false;
+      }
+      throw error;
+    }
+  };
   const coolingDown: PlannedChannel[] = [];
   for (const channel of priced) {
     if (state.attempts >= maxAttempts) break;
@@ -204,13 +254,14 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
       coolingDown.push(channel);
       continue;
     }
-    if (await tryChannel(channel, ref, admission)) return;
+    if (await tryUnlessCapped(channel, ref, admission)) return;
   }
   // Every usable channel is DOWN and cooling down: try the best (first) one rather than refuse blindly.
   if (state.attempts === 0 && coolingDown.length > 0) {
     const best = coolingDown[0]!;
-    if (await tryChannel(best, refOf(best), "probe")) return;
+    if (await tryUnlessCapped(best, refOf(best), "probe")) return;
   }
+  if (state.attempts === 0 && channelCapped) throw channelCapped;
   if (state.attempts === 0) throw channelsDown(model);
   const last = failed.last;
   // Every usable channel (or the retry ceiling) is exhausted.
@@ -220,14 +271,14 @@ export async function proxy(deps: GatewayDeps, state: RequestState, req: Incomin
   throw upstreamError(last ? describe(last) : "no attempt was possible", state.attempts, last && !(last instanceof UpstreamFailure) ? last.status : null);
 }
 
-/** What an attempt that ended in an exception says about its channel: null = nothing (not recorded). */
-function healthVerdict(error: unknown, admission: Admission): boolean | null {
+/** What an attempt that ended in an exception says about its channel: null = nothing (not recorded; a probe slot is freed). */
+function healthVerdict(error: unknown): boolean | null {
   if (error instanceof GatewayError) {
     if (error.failureCause === "BAD_REQUEST") return true; // the upstream answered; the request was at fault
     if (error.failureCause === "UPSTREAM_ERROR" || error.failureCause === "UPSTREAM_TIMEOUT") return false; // cut or stalled mid-stream
   }
-  // Client gone or our own error: says nothing about the channel, except that a probe did not prove it healthy.
-  return admission === "probe" ? false : null;
+  // Client gone or our own error: says nothing about the channel.
+  return null;
 }
 
 function describe(f: UpstreamFailure | { kind: "status"; status: number; message: string }): string {
@@ -257,6 +308,7 @@ async function holdFor(deps: GatewayDeps, state: RequestState, key: ApiKey, chan
     projectId: key.projectId,
     routeId: state.route!.id,
     runId: state.runId,
+    channelId: channel.channel.id,
     ttlMs: deps.config.holdTtlMs,
   });
   if (result.ok) {
@@ -265,6 +317,7 @@ async function holdFor(deps: GatewayDeps, state: RequestState, key: ApiKey, chan
   }
   if (result.refusal === "INSUFFICIENT_BALANCE") throw insufficientBalance(channel.bucket);
   if (result.refusal === "RUN_CANCELLED") throw runCancelled();
+  if (result.refusal === "RUN_PAUSED") throw runPaused();
   throw budgetExceeded(result.refusal);
 }
 
@@ -332,6 +385,8 @@ async function attempt(deps: GatewayDeps, state: RequestState, res: ServerRespon
       }
       return await relayStream(deps, state, res, call, input);
     }
+    // The upstream has answered and bills it: its answer is read to the end even if the client leaves, to charge its usage.
+    call.detachClient();
     return await relayJson(deps, state, res, call, input, contentType);
   } finally {
     call.close();
@@ -381,8 +436,9 @@ async function writeReceipt(deps: GatewayDeps, state: RequestState, input: Attem
   const hold = state.hold!;
   const full = requestCharge(price, usage.promptTokens, usage.completionTokens);
   const charge = capToHold(full, hold);
-  if (charge < full) {
-    // The upstream used more than the worst case reserved (another tokenizer, ignored max_tokens): caps win.
+  const exceeded = charge < full || usage.clamped === true;
+  if (exceeded) {
+    // The upstream used more than the worst case reserved (another tokenizer, ignored max_tokens, absurd usage): caps win.
     deps.log("warn", "usage exceeded the reservation; the charge is capped at the hold", { requestId: state.requestId, usage, reserved: hold.amount.toString(), full: full.toString() });
   }
   const record: ReceiptInput = {
@@ -408,8 +464,11 @@ async function writeReceipt(deps: GatewayDeps, state: RequestState, input: Attem
     stream: input.stream,
     latencyMs: Math.round(performance.now() - state.startedAt),
     status,
+    usageExceededReservation: exceeded,
   };
+  const settleStarted = performance.now();
   const receipt = await deps.settle({ record, hold, bucketId: hold.bucketId });
+  state.settleMs += performance.now() - settleStarted;
   state.recorded = true;
   state.hold = null;
   announce(deps, { ...record, routeId: record.routeId, receiptId: receipt.id, status: "SETTLED" });
@@ -443,7 +502,8 @@ async function relayJson(deps: GatewayDeps, state: RequestState, res: ServerResp
     usage = { promptTokens: input.promptCounted, completionTokens: countText(text.join("")) };
     deps.log("warn", "upstream reported no usage; charged from counted tokens", { requestId: state.requestId, channel: input.channel.channel.name });
   }
-  const charge = await writeReceipt(deps, state, input, usage, 200);
+  const clientGone = state.client.signal.aborted || res.destroyed;
+  const charge = await writeReceipt(deps, state, input, usage, clientGone ? CLIENT_CLOSED_STATUS : 200);
   if (res.destroyed) return { done: true };
   res.writeHead(200, {
     "content-type": contentType || "application/json",
@@ -476,11 +536,17 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
       ? { ...relay.usage, estimated: false }
       : { promptTokens: input.promptCounted, completionTokens: countText(relay.generatedText()), estimated: true };
 
+  // A client that hangs up mid-generation stops the upstream at once (what was streamed is charged);
+  // one that hangs up once the generation finished waits a short grace for the upstream's usage.
+  call.detachClient();
+  const onClientGone = () => (relay.finished ? call.expectEnd(CLIENT_GONE_USAGE_GRACE_MS) : call.abort());
+  if (state.client.signal.aborted) onClientGone();
+  else state.client.signal.addEventListener("abort", onClientGone, { once: true });
   try {
     for await (const chunk of call.chunks()) {
       const out = relay.push(chunk);
       commit();
-      if (out && !res.write(out)) {
+      if (out && !state.client.signal.aborted && !res.write(out)) {
         call.pauseIdle();
         await drained(res, state.client.signal);
         call.resumeIdle();
@@ -489,7 +555,7 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
       if (relay.done) call.expectEnd(END_GRACE_MS);
     }
     const tail = relay.end();
-    if (tail) {
+    if (tail && !state.client.signal.aborted) {
       commit();
       res.write(tail);
     }
@@ -497,7 +563,7 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
     if (!(error instanceof UpstreamFailure)) throw error;
     if (relay.done) {
       // The answer was complete ([DONE] seen); only the end of the upstream response was missing.
-    } else if (error.kind === "client_closed") {
+    } else if (error.kind === "client_closed" || state.client.signal.aborted) {
       state.failureUsage = failureUsage();
       throw clientClosed();
     } else if (!committed) {
@@ -507,6 +573,8 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
       if (error.kind === "timeout") throw upstreamTimeout(`the stream stalled: ${error.message}`, state.attempts);
       throw upstreamError(`the stream was cut off: ${error.message}`, state.attempts, 200);
     }
+  } finally {
+    state.client.signal.removeEventListener("abort", onClientGone);
   }
   if (!relay.done && !relay.usage) {
     if (!committed) return { done: false, failure: { kind: "status", status: 200, message: "the upstream closed the stream without any event" } };
@@ -519,7 +587,7 @@ async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerRe
     usage = { promptTokens: input.promptCounted, completionTokens: countText(relay.generatedText()) };
     deps.log("warn", "upstream stream carried no usage; charged from counted tokens", { requestId: state.requestId, channel: input.channel.channel.name });
   }
-  const charge = await writeReceipt(deps, state, input, usage, 200);
+  const charge = await writeReceipt(deps, state, input, usage, state.client.signal.aborted ? CLIENT_CLOSED_STATUS : 200);
   const amount = formatMoney(charge);
   if (!res.destroyed) {
     res.write(`: tokengate-charge=${amount} currency=${input.channel.price!.currency}\n\ndata: [DONE]\n\n`);
@@ -534,16 +602,19 @@ function announce(
   deps: GatewayDeps,
   o: { organizationId: string; projectId: string; keyId: string; routeId: string | null; requestId: string; bucket: BalanceBucket; charge: bigint; receiptId?: string; status: "SETTLED" | "FAILED" },
 ): void {
+  observeSpend(o.bucket, o.charge, o.status === "SETTLED" ? "receipt" : "failed_request");
   announceSpend(o, deps.spendStates(o.requestId)).catch((e: unknown) => deps.log("warn", "could not announce spend", { requestId: o.requestId, error: String(e) }));
 }
 
 // ---------------------------------------------------------------------------
 // Failure: record (FailedRequest + release in one transaction), then answer.
 
-function failureCharge(state: RequestState): { charge: bigint; usage: FailureUsage | null } {
+function failureCharge(state: RequestState, cause: FailureCause): { charge: bigint; usage: FailureUsage | null } {
   const usage = state.failureUsage;
   const price = state.channel?.price;
-  const policy = state.key?.failedChargePolicy ?? "NEVER";
+  // The key's policy governs failures the client did not cause. A client that hangs up after its
+  // request reached the upstream is charged what the upstream bills: the prompt and what was generated.
+  const policy = cause === "CLIENT_CLOSED" ? "FULL_USAGE" : (state.key?.failedChargePolicy ?? "NEVER");
   if (!usage || !price || !state.hold || policy === "NEVER") return { charge: 0n, usage };
   const charge = policy === "PROMPT_TOKENS" ? tokenCharge(usage.promptTokens, price.inputPerMillion) : requestCharge(price, usage.promptTokens, usage.completionTokens);
   return { charge: capToHold(charge, state.hold), usage };
@@ -552,7 +623,7 @@ function failureCharge(state: RequestState): { charge: bigint; usage: FailureUsa
 export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestState, res: ServerResponse, error: GatewayError): Promise<void> {
   let charge = 0n;
   if (error.failureCause && !state.recorded) {
-    const computed = failureCharge(state);
+    const computed = failureCharge(state, error.failureCause);
     charge = computed.charge;
     const channel = state.channel;
     const hold = state.hold;

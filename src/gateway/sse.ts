@@ -7,17 +7,38 @@ import { StringDecoder } from "node:string_decoder";
 export interface Usage {
   promptTokens: number;
   completionTokens: number;
+  /** A reported count was above MAX_USAGE_TOKENS and is stored clamped to it. */
+  clamped?: boolean;
 }
 
-/** Reads `usage` from an OpenAI response or chunk; null when absent or malformed. */
+/**
+ * The largest token count a record stores (the int columns' maximum). No real request comes near
+ * it; a count above it is absurd, so it is clamped and the charge capped at the reservation.
+ */
+export const MAX_USAGE_TOKENS = 2_147_483_647;
+
+function tokenCount(v: unknown): number | null {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 0) return null;
+  return v;
+}
+
+/**
+ * Reads `usage` from an OpenAI response or chunk; null when absent or malformed (not a
+ * non-negative integer: then the gateway counts for itself). Counts above MAX_USAGE_TOKENS are
+ * clamped and flagged, never stored as they came (they would overflow the token columns).
+ */
 export function readUsage(value: unknown): Usage | null {
   if (!value || typeof value !== "object") return null;
   const u = value as Record<string, unknown>;
-  const prompt = u.prompt_tokens;
-  const completion = u.completion_tokens ?? 0;
-  if (typeof prompt !== "number" || !Number.isInteger(prompt) || prompt < 0) return null;
-  if (typeof completion !== "number" || !Number.isInteger(completion) || completion < 0) return null;
-  return { promptTokens: prompt, completionTokens: completion };
+  const prompt = tokenCount(u.prompt_tokens);
+  const completion = u.completion_tokens === undefined || u.completion_tokens === null ? 0 : tokenCount(u.completion_tokens);
+  if (prompt === null || completion === null) return null;
+  const clamped = prompt > MAX_USAGE_TOKENS || completion > MAX_USAGE_TOKENS;
+  return {
+    promptTokens: Math.min(prompt, MAX_USAGE_TOKENS),
+    completionTokens: Math.min(completion, MAX_USAGE_TOKENS),
+    ...(clamped ? { clamped } : {}),
+  };
 }
 
 /** Generated text of a chat completion choice (message or delta): content, reasoning, refusal, tool-call arguments. */
@@ -50,6 +71,8 @@ export class SseRelay {
   usage: Usage | null = null;
   /** The upstream sent `data: [DONE]`. */
   done = false;
+  /** A choice reported its finish_reason: the generation is over, only the usage chunk and [DONE] remain. */
+  finished = false;
   /** Content events passed to the client. */
   events = 0;
   private readonly text: string[] = [];
@@ -112,7 +135,12 @@ export class SseRelay {
     }
     if (!parsed) return `${event}\n\n`;
     const choices = parsed.choices;
-    if (Array.isArray(choices)) for (const c of choices) choiceText((c as { delta?: unknown } | null)?.delta, this.text);
+    if (Array.isArray(choices)) {
+      for (const c of choices) {
+        choiceText((c as { delta?: unknown } | null)?.delta, this.text);
+        if ((c as { finish_reason?: unknown } | null)?.finish_reason) this.finished = true;
+      }
+    }
     const usage = readUsage(parsed.usage);
     if (usage) {
       this.usage = usage;

@@ -147,6 +147,15 @@ export class UpstreamAttempt {
     if (body && !body.readableEnded && !body.destroyed) body.destroy();
   }
 
+  /**
+   * From now on a client that hangs up no longer aborts this attempt by itself: the caller decides
+   * (e.g. an answer the upstream already produced is read to its end so its usage can be charged).
+   * The attempt stays bounded by its timeouts.
+   */
+  detachClient(): void {
+    this.req.clientSignal.removeEventListener("abort", this.onClientAbort);
+  }
+
   /** Aborts the upstream request (e.g. the client is gone). */
   abort(): void {
     this.controller.abort(CLIENT_CLOSED);

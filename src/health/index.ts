@@ -83,6 +83,15 @@ export class HealthTracker {
     return "probe";
   }
 
+  /**
+   * Gives back a probe slot whose attempt never started (reservation refused, client gone, an error
+   * before the upstream call): nothing was learnt about the channel, so the next request may probe.
+   */
+  releaseProbe(channel: ChannelRef): void {
+    const s = this.channels.get(channel.id);
+    if (s) s.probeInFlight = false;
+  }
+
   snapshot(channelId: string): { successRate: number; p50LatencyMs: number; state: HealthState | null } {
     const s = this.channels.get(channelId);
     if (!s) return { successRate: 1, p50LatencyMs: 0, state: null };

@@ -28,6 +28,27 @@ export interface KeyCapsInput {
   lowerCostRoutes?: boolean | null;
   backupRoutes?: boolean | null;
   expiresAt?: Date | null;
+  /** Rate limits: omitted = unchanged (none on creation), null = none. */
+  rpmLimit?: number | null;
+  tpmLimit?: number | null;
+  maxConcurrent?: number | null;
+}
+
+const RATE_LIMIT_FIELDS = ["rpmLimit", "tpmLimit", "maxConcurrent"] as const;
+const MAX_RATE_LIMIT = 1_000_000_000;
+
+/** The rate limits an input sets (absent fields left out): positive integers, or null for none. */
+function rateLimitsOf(input: KeyCapsInput): Partial<Record<(typeof RATE_LIMIT_FIELDS)[number], number | null>> {
+  const out: Partial<Record<(typeof RATE_LIMIT_FIELDS)[number], number | null>> = {};
+  for (const field of RATE_LIMIT_FIELDS) {
+    const value = input[field];
+    if (value === undefined) continue;
+    if (value !== null && (!Number.isInteger(value) || value < 1 || value > MAX_RATE_LIMIT)) {
+      throw badInput(field, `must be an integer from 1 to ${MAX_RATE_LIMIT}, or null for no limit`);
+    }
+    out[field] = value;
+  }
+  return out;
 }
 
 /** The bucket a key's single-valued money fields (dailyCap, spendToday…) are shown in. */
@@ -63,7 +84,7 @@ export async function createApiKey(
 ): Promise<{ apiKey: ApiKey; secret: string }> {
   const project = await db.project.findUnique({ where: { id: input.projectId } });
   if (!project) throw notFound("project", input.projectId);
-  assertCanWrite(viewer, project.organizationId);
+  assertCanWrite(viewer, project.organizationId, { what: "project", id: project.id, projectId: project.id });
   const name = requiredText(input.name, "name");
   const allowedBuckets = validateBuckets(input.allowedBuckets ?? ["CREDIT", "ROUTED"]);
   const allowedModels = validateModels(input.allowedModels ?? []);
@@ -72,6 +93,7 @@ export async function createApiKey(
   const perRequest = parseCapInput(input.perRequestMaxCharge, "perRequestMaxCharge");
   const capBucket = input.capBucket ?? allowedBuckets[0]!;
   if (input.expiresAt && input.expiresAt.getTime() <= Date.now()) throw badInput("expiresAt", "must be in the future");
+  const rateLimits = rateLimitsOf(input);
 
   const secret = generateSecret(API_KEY_PREFIX);
   const { prefix, last4 } = displayParts(secret, DISPLAY_PREFIX_LENGTH);
@@ -90,6 +112,7 @@ export async function createApiKey(
         retryCeiling,
         failedChargePolicy: input.failedChargePolicy ?? "NEVER",
         expiresAt: input.expiresAt ?? null,
+        ...rateLimits,
         secrets: { create: { secretHash: sha256(secret), prefix, last4 } },
       },
     });
@@ -109,7 +132,7 @@ export async function createApiKey(
 async function loadWritableKey(viewer: Viewer, id: string): Promise<ApiKey> {
   const key = await db.apiKey.findUnique({ where: { id } });
   if (!key) throw notFound("API key", id);
-  assertCanWrite(viewer, key.organizationId);
+  assertCanWrite(viewer, key.organizationId, { what: "API key", id, projectId: key.projectId });
   return key;
 }
 
@@ -127,6 +150,7 @@ export async function setKeyCaps(viewer: Viewer, input: { keyId: string } & KeyC
     if (input.expiresAt && input.expiresAt.getTime() <= Date.now()) throw badInput("expiresAt", "must be in the future");
     data.expiresAt = input.expiresAt;
   }
+  Object.assign(data, rateLimitsOf(input));
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const perRequest = parseCapInput(input.perRequestMaxCharge, "perRequestMaxCharge");
   const capBucket = input.capBucket ?? primaryBucket({ allowedBuckets: (data.allowedBuckets as BalanceBucket[] | undefined) ?? key.allowedBuckets });

@@ -30,6 +30,8 @@ export interface ReceiptInput {
   stream: boolean;
   latencyMs: number;
   status: number;
+  /** Usage above the reservation (or absurd): charged at the reservation. Default false. */
+  usageExceededReservation?: boolean;
 }
 
 export interface FailedRequestInput {
@@ -117,6 +119,7 @@ const RECEIPT_COLUMNS: Array<[keyof ReceiptInput, string]> = [
   ["stream", "boolean"],
   ["latencyMs", "int"],
   ["status", "int"],
+  ["usageExceededReservation", "boolean"],
 ];
 
 const FAILED_COLUMNS: Array<[keyof FailedRequestInput, string]> = [
@@ -150,7 +153,13 @@ function insertSql(table: string, columns: Array<[string, string]>): string {
   return `INSERT INTO "${table}" (${names}, "createdAt") VALUES (${values}, $${columns.length + 1}::timestamptz AT TIME ZONE 'UTC') RETURNING id`;
 }
 
-const param = (value: unknown): unknown => (typeof value === "bigint" ? value.toString() : value === undefined ? null : value);
+// PostgreSQL text cannot hold NUL: a client string that carries one (a model name, a message quoting
+// it) is stored with U+FFFD in its place rather than failing the write and losing the record.
+const param = (value: unknown): unknown =>
+  typeof value === "bigint" ? value.toString() : value === undefined ? null : typeof value === "string" && value.includes("\u0000") ? value.replaceAll("\u0000", "\uFFFD") : value;
+
+const receiptParam = (record: ReceiptInput, column: keyof ReceiptInput): unknown =>
+  column === "usageExceededReservation" ? record.usageExceededReservation === true : param(record[column]);
 
 function recordAndResolveSql(table: string, columns: Array<[string, string]>, status: "SETTLED" | "RELEASED"): string {
   const n = columns.length;
@@ -164,20 +173,32 @@ const RECEIPT_SETTLE_SQL = recordAndResolveSql("Receipt", RECEIPT_COLUMNS, "SETT
 const FAILED_RELEASE_SQL = recordAndResolveSql("FailedRequest", FAILED_COLUMNS, "RELEASED");
 const FAILED_INSERT_SQL = insertSql("FailedRequest", FAILED_COLUMNS);
 
+/**
+ * What tg_resolve_hold charged, checked against what the record asked: never more; less only when
+ * a late settlement (hold expired while the request ran) found the available balance short, in
+ * which case the function also wrote the lower charge onto the record.
+ */
+function settledCharge(charged: string, asked: bigint): bigint {
+  const value = BigInt(charged);
+  if (value > asked || value < 0n) throw new Error(`settled ${charged}, record says ${asked}`);
+  return value;
+}
+
 /** Writes the receipt and settles its hold (CHARGE ledger entry linked to it) atomically. `record.charge` must already be capped at the hold. */
 export async function recordReceipt(record: ReceiptInput, hold: HoldRef, now = new Date()): Promise<{ id: string; ledgerEntryId: string | null }> {
   if (record.charge > hold.amount || record.charge < 0n) throw new RangeError("receipt charge outside its hold");
   const rows = await (directSql().$queryRawUnsafe(
       RECEIPT_SETTLE_SQL,
-      ...RECEIPT_COLUMNS.map(([c]) => param(record[c])),
+      ...RECEIPT_COLUMNS.map(([c]) => receiptParam(record, c)),
       now.toISOString(),
       hold.id,
       record.charge.toString(),
     ) as Promise<Array<{ id: string; ledger_entry_id: string | null; charged: string }>>).catch(translateDbError);
   const row = rows[0]!;
-  // tg_resolve_hold charges min(charge, hold): equal here, since the charge was capped before.
-  if (BigInt(row.charged) !== record.charge) throw new Error(`settled ${row.charged}, receipt says ${record.charge}`);
-  announce({ kind: "receipt", id: row.id, record, at: now });
+  // tg_resolve_hold charges min(charge, hold): equal here, since the charge was capped before;
+  // less only in a late settlement the available balance could not cover (the row says so too).
+  const charged = settledCharge(row.charged, record.charge);
+  announce({ kind: "receipt", id: row.id, record: { ...record, charge: charged }, at: now });
   return { id: row.id, ledgerEntryId: row.ledger_entry_id };
 }
 
@@ -210,7 +231,7 @@ export async function recordReceiptMany(items: Array<{ record: ReceiptInput; hol
   const payload = order.map((i, pos) => {
     const { record, hold } = items[i]!;
     const row: Record<string, unknown> = { hold_id: hold.id, pos };
-    for (const [c] of RECEIPT_COLUMNS) row[c] = param(record[c]);
+    for (const [c] of RECEIPT_COLUMNS) row[c] = receiptParam(record, c);
     return row;
   });
   const rows = await (directSql().$queryRawUnsafe(RECEIPT_MANY_SQL, JSON.stringify(payload), now.toISOString()) as Promise<
@@ -220,10 +241,9 @@ export async function recordReceiptMany(items: Array<{ record: ReceiptInput; hol
   const results = items.map(({ record }) => {
     const row = byRequest.get(record.requestId);
     if (!row) throw new Error(`recordReceiptMany: no receipt for ${record.requestId}`);
-    if (BigInt(row.charged) !== record.charge) throw new Error(`settled ${row.charged}, receipt says ${record.charge}`);
-    return { id: row.id, ledgerEntryId: row.ledger_entry_id };
+    return { id: row.id, ledgerEntryId: row.ledger_entry_id, charged: settledCharge(row.charged, record.charge) };
   });
-  items.forEach(({ record }, i) => announce({ kind: "receipt", id: results[i]!.id, record, at: now }));
+  items.forEach(({ record }, i) => announce({ kind: "receipt", id: results[i]!.id, record: { ...record, charge: results[i]!.charged }, at: now }));
   return results;
 }
 
@@ -240,7 +260,7 @@ export async function recordFailure(record: FailedRequestInput, hold: HoldRef | 
       directSql().$queryRawUnsafe(FAILED_RELEASE_SQL, ...params, now.toISOString(), hold.id, data.charge.toString()) as Promise<Array<{ id: string; charged: string }>>
     ).catch(translateDbError);
     id = rows[0]!.id;
-    if (BigInt(rows[0]!.charged) !== data.charge) throw new Error(`released with ${rows[0]!.charged}, record says ${data.charge}`);
+    data.charge = settledCharge(rows[0]!.charged, data.charge);
   }
   announce({ kind: "failure", id, record: data, at: now });
   return { id };
@@ -296,7 +316,7 @@ export async function recordBatch(items: BatchItem[], now = new Date()): Promise
   items.forEach((item, pos) => {
     const row: Record<string, unknown> = { id: ids[pos] };
     if (item.kind === "receipt") {
-      for (const [c] of RECEIPT_COLUMNS) row[c] = param(item.record[c]);
+      for (const [c] of RECEIPT_COLUMNS) row[c] = receiptParam(item.record, c);
       receipts.push(row);
     } else {
       for (const [c] of FAILED_COLUMNS) row[c] = param(item.record[c]);

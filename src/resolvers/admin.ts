@@ -1,63 +1,37 @@
 // Organizations and admin tokens: how a platform admin onboards a team and hands out scoped tokens.
 import { builder } from "../schema/builder.ts";
 import { db } from "../db/index.ts";
-import { assertCanWrite, createAdminToken, isPlatform, type Viewer } from "../auth/index.ts";
+import { adminTokenWhere, isPlatform, issueAdminToken, revokeAdminToken, type CreatedAdminToken as CreatedAdminTokenResult } from "../auth/index.ts";
 import { ensureOrganization } from "../orgs/index.ts";
 import { writeAudit } from "../audit/index.ts";
-import { badInput, conflict, forbidden, notFound, requiredText } from "../errors.ts";
+import { conflict, forbidden, requiredText } from "../errors.ts";
 import { AdminRole } from "../generated/prisma/enums.ts";
 import { viewerOf } from "./viewer.ts";
 
-interface CreatedToken {
-  id: string;
-  secret: string;
-  role: "PLATFORM_ADMIN" | "ORG_ADMIN" | "ORG_VIEWER" | "PROJECT_VIEWER";
-  organizationId: string | null;
-  projectId: string | null;
-}
-
-const CreatedAdminToken = builder.objectRef<CreatedToken>("CreatedAdminToken").implement({
+const CreatedAdminToken = builder.objectRef<CreatedAdminTokenResult>("CreatedAdminToken").implement({
   description: "The secret is returned here only, never again.",
   fields: (t) => ({
-    id: t.exposeID("id"),
+    adminToken: t.prismaField({
+      type: "AdminToken",
+      resolve: (query, created) => db.adminToken.findUniqueOrThrow({ ...query, where: { id: created.id } }),
+    }),
     secret: t.exposeString("secret"),
-    role: t.field({ type: AdminRole, resolve: (c) => c.role }),
-    organizationId: t.exposeID("organizationId", { nullable: true }),
-    projectId: t.exposeID("projectId", { nullable: true }),
+    id: t.exposeID("id", { deprecationReason: "Use adminToken.id." }),
+    role: t.field({ type: AdminRole, deprecationReason: "Use adminToken.role.", resolve: (c) => c.token.role }),
+    organizationId: t.id({ nullable: true, deprecationReason: "Use adminToken.organizationId.", resolve: (c) => c.token.organizationId }),
+    projectId: t.id({ nullable: true, deprecationReason: "Use adminToken.projectId.", resolve: (c) => c.token.projectId }),
   }),
 });
 
 const CreateAdminTokenInput = builder.inputType("CreateAdminTokenInput", {
   fields: (t) => ({
     name: t.string({ required: true }),
-    role: t.field({ type: AdminRole, required: true }),
-    organizationId: t.id({ required: false }),
-    projectId: t.id({ required: false, description: "Required for PROJECT_VIEWER." }),
+    role: t.field({ type: AdminRole, required: true, description: "Organization admins cannot create PLATFORM_ADMIN tokens." }),
+    organizationId: t.id({ required: false, description: "Default: the caller's organization. Ignored for PLATFORM_ADMIN." }),
+    projectId: t.id({ required: false, description: "Required for PROJECT_VIEWER (and only allowed there)." }),
+    expiresAt: t.field({ type: "DateTime", required: false, description: "Refused from then on; null = never expires." }),
   }),
 });
-
-async function issueToken(viewer: Viewer, input: { name: string; role: CreatedToken["role"]; organizationId?: string | null; projectId?: string | null }) {
-  if (input.role === "PLATFORM_ADMIN" && !isPlatform(viewer)) throw forbidden("only platform admins can create platform tokens");
-  let organizationId = input.organizationId ?? viewer.organizationId;
-  if (input.projectId) {
-    const project = await db.project.findUnique({ where: { id: input.projectId } });
-    if (!project) throw notFound("project", input.projectId);
-    organizationId = project.organizationId;
-  }
-  if (input.role !== "PLATFORM_ADMIN") {
-    if (!organizationId) throw badInput("organizationId", "required for organization and project tokens");
-    assertCanWrite(viewer, organizationId);
-  }
-  const created = await createAdminToken({ ...input, organizationId, projectId: input.projectId ?? null });
-  await writeAudit(db, viewer, {
-    organizationId: input.role === "PLATFORM_ADMIN" ? null : organizationId,
-    action: "createAdminToken",
-    targetType: "AdminToken",
-    targetId: created.id,
-    after: { name: input.name, role: input.role, organizationId, projectId: input.projectId ?? null },
-  });
-  return { id: created.id, secret: created.secret, role: input.role, organizationId: input.role === "PLATFORM_ADMIN" ? null : organizationId, projectId: input.projectId ?? null };
-}
 
 builder.queryFields((t) => ({
   organizations: t.prismaField({
@@ -69,7 +43,24 @@ builder.queryFields((t) => ({
       return db.organization.findMany({ ...query, where: isPlatform(viewer) ? {} : { id: viewer.organizationId ?? "" }, orderBy: { createdAt: "asc" } });
     },
   }),
+  adminTokens: t.prismaConnection({
+    type: "AdminToken",
+    cursor: "id",
+    description: "Newest first. Platform admins see every token, organization admins their organization's; viewers none.",
+    args: {
+      organizationId: t.arg.id({ required: false }),
+      includeRevoked: t.arg.boolean({ required: false, description: "Default false." }),
+    },
+    resolve: (query, _root, args, ctx) =>
+      db.adminToken.findMany({ ...query, where: adminTokenWhere(viewerOf(ctx), tokenFilter(args)), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
+    totalCount: (_c, args, ctx) => db.adminToken.count({ where: adminTokenWhere(viewerOf(ctx), tokenFilter(args)) }),
+  }),
 }));
+
+const tokenFilter = (args: { organizationId?: string | number | null; includeRevoked?: boolean | null }) => ({
+  organizationId: args.organizationId ? String(args.organizationId) : null,
+  includeRevoked: args.includeRevoked ?? false,
+});
 
 builder.mutationFields((t) => ({
   createOrganization: t.prismaField({
@@ -90,10 +81,19 @@ builder.mutationFields((t) => ({
     type: CreatedAdminToken,
     args: { input: t.arg({ type: CreateAdminTokenInput, required: true }) },
     resolve: (_root, { input }, ctx) =>
-      issueToken(viewerOf(ctx), {
+      issueAdminToken(viewerOf(ctx), {
         ...input,
         organizationId: input.organizationId ? String(input.organizationId) : null,
         projectId: input.projectId ? String(input.projectId) : null,
       }),
+  }),
+  revokeAdminToken: t.prismaField({
+    type: "AdminToken",
+    description: "Refused at once on every instance (open WebSocket connections using it are closed with 4403).",
+    args: { id: t.arg.id({ required: true }) },
+    resolve: async (query, _root, { id }, ctx) => {
+      const token = await revokeAdminToken(viewerOf(ctx), String(id));
+      return db.adminToken.findUniqueOrThrow({ ...query, where: { id: token.id } });
+    },
   }),
 }));

@@ -12,6 +12,7 @@ export const RequestFilter = builder.inputType("RequestFilter", {
     routeId: t.id({ required: false }),
     runId: t.id({ required: false }),
     model: t.string({ required: false, description: "The requested (catalog) model." }),
+    requestId: t.string({ required: false, description: "The x-request-id of one request." }),
     from: t.field({ type: "DateTime", required: false, description: "Inclusive." }),
     to: t.field({ type: "DateTime", required: false, description: "Exclusive." }),
   }),
@@ -23,6 +24,7 @@ export interface RequestFilterInput {
   routeId?: string | number | null;
   runId?: string | number | null;
   model?: string | null;
+  requestId?: string | null;
   from?: Date | null;
   to?: Date | null;
 }
@@ -45,6 +47,7 @@ export function requestWhere(viewer: Viewer, filter: RequestFilterInput | null |
         ...(f.routeId ? { routeId: String(f.routeId) } : {}),
         ...(f.runId ? { runId: String(f.runId) } : {}),
         ...(f.model ? { requestedModel: f.model } : {}),
+        ...(f.requestId ? { requestId: f.requestId } : {}),
         ...(timeRange(f.from, f.to) ? { createdAt: timeRange(f.from, f.to) } : {}),
       },
     ],

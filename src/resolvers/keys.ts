@@ -34,6 +34,9 @@ builder.queryFields((t) => ({
 const KeyCapsFields = {
   dailyCap: "Daily cap in the cap bucket's currency; null removes it.",
   perRequestMaxCharge: "Largest worst-case charge one request may reserve; null removes it.",
+  rpmLimit: "Requests per minute (sliding window, across instances); null = no limit. Over it: 429 rate_limit_exceeded.",
+  tpmLimit: "Tokens per minute: a request counts its reserved prompt + output bound at admission, corrected to its real usage after; null = no limit.",
+  maxConcurrent: "Requests of this key in flight at once; null = no limit.",
 } as const;
 
 const CreateApiKeyInput = builder.inputType("CreateApiKeyInput", {
@@ -50,6 +53,9 @@ const CreateApiKeyInput = builder.inputType("CreateApiKeyInput", {
     retryCeiling: t.int({ required: false }),
     failedChargePolicy: t.field({ type: FailedChargePolicy, required: false }),
     expiresAt: t.field({ type: "DateTime", required: false }),
+    rpmLimit: t.int({ required: false, description: KeyCapsFields.rpmLimit }),
+    tpmLimit: t.int({ required: false, description: KeyCapsFields.tpmLimit }),
+    maxConcurrent: t.int({ required: false, description: KeyCapsFields.maxConcurrent }),
   }),
 });
 
@@ -67,6 +73,9 @@ const SetKeyCapsInput = builder.inputType("SetKeyCapsInput", {
     lowerCostRoutes: t.boolean({ required: false }),
     backupRoutes: t.boolean({ required: false }),
     expiresAt: t.field({ type: "DateTime", required: false }),
+    rpmLimit: t.int({ required: false, description: KeyCapsFields.rpmLimit }),
+    tpmLimit: t.int({ required: false, description: KeyCapsFields.tpmLimit }),
+    maxConcurrent: t.int({ required: false, description: KeyCapsFields.maxConcurrent }),
   }),
 });
 

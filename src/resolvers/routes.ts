@@ -1,7 +1,7 @@
 import { builder } from "../schema/builder.ts";
 import { db } from "../db/index.ts";
 import { canReadOrganization, isPlatform, tenancyWhere } from "../auth/index.ts";
-import { setPrice, setRouteLimits, upsertRoute } from "../routing/index.ts";
+import { setChannelLimits, setPrice, setRouteLimits, upsertRoute } from "../routing/index.ts";
 import { forbidden, notFound } from "../errors.ts";
 import { BalanceBucket, Settlement } from "../generated/prisma/enums.ts";
 import { timeRange } from "./filters.ts";
@@ -73,6 +73,7 @@ const UpsertRouteInput = builder.inputType("UpsertRouteInput", {
     dailyCap: t.field({ type: "Decimal", required: false }),
     capBucket: t.field({ type: BalanceBucket, required: false, description: "Bucket the daily cap counts (default: the primary channel's)." }),
     defaultMaxTokens: t.int({ required: false }),
+    maxUnboundedPartTokens: t.int({ required: false, description: "Prompt tokens reserved per audio / file part (their cost cannot be bounded from the request); 0 refuses such parts; omitted keeps the current value." }),
   }),
 });
 
@@ -82,6 +83,15 @@ const SetRouteLimitsInput = builder.inputType("SetRouteLimitsInput", {
     dailyCap: t.field({ type: "Decimal", required: false, description: "null removes the cap." }),
     capBucket: t.field({ type: BalanceBucket, required: false }),
     defaultMaxTokens: t.int({ required: false }),
+    maxUnboundedPartTokens: t.int({ required: false, description: "Prompt tokens reserved per audio / file part (their cost cannot be bounded from the request); 0 refuses such parts; omitted keeps the current value." }),
+  }),
+});
+
+const SetChannelLimitsInput = builder.inputType("SetChannelLimitsInput", {
+  fields: (t) => ({
+    channelId: t.id({ required: true }),
+    dailyCap: t.field({ type: "Decimal", required: false, description: "Daily cap of this channel (CHANNEL_DAILY); null removes it." }),
+    capBucket: t.field({ type: BalanceBucket, required: false, description: "Default: the channel's own bucket." }),
   }),
 });
 
@@ -109,6 +119,15 @@ builder.mutationFields((t) => ({
     resolve: async (query, _root, { input }, ctx) => {
       const route = await setRouteLimits(viewerOf(ctx), { ...input, routeId: String(input.routeId) });
       return db.route.findUniqueOrThrow({ ...query, where: { id: route.id } });
+    },
+  }),
+  setChannelLimits: t.prismaField({
+    type: "Channel",
+    description: "Backup-route limits: a channel's daily cap, enforced with every other cap; a capped-out channel is skipped and the next one tried. Audited.",
+    args: { input: t.arg({ type: SetChannelLimitsInput, required: true }) },
+    resolve: async (query, _root, { input }, ctx) => {
+      const channel = await setChannelLimits(viewerOf(ctx), { ...input, channelId: String(input.channelId) });
+      return db.channel.findUniqueOrThrow({ ...query, where: { id: channel.id } });
     },
   }),
   setPrice: t.prismaField({

@@ -1,7 +1,7 @@
 import { builder } from "../schema/builder.ts";
 import { db } from "../db/index.ts";
 import { canRead } from "../auth/index.ts";
-import { cancelRun, estimateRun, startRun, type RunEstimate } from "../runs/index.ts";
+import { cancelRun, changeRunPause, estimateRun, startRun, type RunEstimate } from "../runs/index.ts";
 import { notFound } from "../errors.ts";
 import { BalanceBucket, RunMode } from "../generated/prisma/enums.ts";
 import { BudgetStatusRef, MoneyRef, moneyOrNull } from "../schema/types/common.ts";
@@ -20,7 +20,7 @@ const RunEstimateRef = builder.objectRef<RunEstimate>("RunEstimate").implement({
       reasons: t.exposeStringList("reasons", { description: "Why the run would be refused or cut short (empty when allowed)." }),
       bucket: t.field({ type: BalanceBucket, nullable: true, resolve: (e) => e.bucket }),
       settlement: t.exposeString("settlement", { nullable: true }),
-      channelName: t.exposeString("channelName", { nullable: true }),
+      channelName: t.exposeString("channelName", { nullable: true, description: "null for project viewer tokens (they cannot read routes)." }),
       upstreamModel: t.exposeString("upstreamModel", { nullable: true }),
       backupAvailable: t.exposeBoolean("backupAvailable"),
       estimatedCallsMin: t.exposeInt("estimatedCallsMin"),
@@ -30,7 +30,12 @@ const RunEstimateRef = builder.objectRef<RunEstimate>("RunEstimate").implement({
       costMin: inBucket((e) => e.costMin),
       costMax: inBucket((e) => e.costMax),
       minimumRecommendedBalance: inBucket((e) => e.minimumRecommendedBalance),
-      available: inBucket((e) => e.available),
+      available: t.field({
+        type: MoneyRef,
+        nullable: true,
+        description: "The bucket's available balance; null for project viewer tokens (they cannot read the wallet).",
+        resolve: (e) => (e.bucket ? moneyOrNull(e.available, e.bucket) : null),
+      }),
       keyDaily: t.field({ type: BudgetStatusRef, nullable: true, resolve: (e) => e.keyDaily }),
       retryCeiling: t.exposeInt("retryCeiling"),
       failedChargePolicy: t.exposeString("failedChargePolicy"),
@@ -86,6 +91,24 @@ builder.mutationFields((t) => ({
     args: { id: t.arg.id({ required: true }) },
     resolve: async (query, _root, { id }, ctx) => {
       const run = await cancelRun(viewerOf(ctx), String(id));
+      return db.run.findUniqueOrThrow({ ...query, where: { id: run.id } });
+    },
+  }),
+  pauseRun: t.prismaField({
+    type: "Run",
+    description: "Pauses an active run: its requests get 402 run_paused until resumeRun. Audited.",
+    args: { id: t.arg.id({ required: true }) },
+    resolve: async (query, _root, { id }, ctx) => {
+      const run = await changeRunPause(viewerOf(ctx), String(id), "pauseRun");
+      return db.run.findUniqueOrThrow({ ...query, where: { id: run.id } });
+    },
+  }),
+  resumeRun: t.prismaField({
+    type: "Run",
+    description: "Resumes a paused run. Audited.",
+    args: { id: t.arg.id({ required: true }) },
+    resolve: async (query, _root, { id }, ctx) => {
+      const run = await changeRunPause(viewerOf(ctx), String(id), "resumeRun");
       return db.run.findUniqueOrThrow({ ...query, where: { id: run.id } });
     },
   }),

@@ -3,12 +3,13 @@
 import { db } from "../db/index.ts";
 import type { Channel, PriceSnapshot, Route } from "../generated/prisma/client.ts";
 import type { BalanceBucket, Settlement } from "../generated/prisma/enums.ts";
-import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";
+import { assertCanWrite, isPlatform, resolveOrganizationId, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { capsOf, parseCapInput, setCap, type CapInput } from "../budgets/index.ts";
-import { badInput, notFound, requiredText } from "../errors.ts";
+import { badInput, DomainError, notFound, requiredText } from "../errors.ts";
 import { BUCKET_CURRENCY, parseMoney } from "../money.ts";
 import { CredentialCipher } from "../secrets.ts";
+import { checkUpstreamHost } from "./addresses.ts";
 
 export const bucketOf = (settlement: Settlement): BalanceBucket => (settlement === "OFFICIAL" ? "CREDIT" : "ROUTED");
 
@@ -16,12 +17,51 @@ let cipher: CredentialCipher | null = null;
 export function configureCredentialSecret(secret: string): void {
   cipher = new CredentialCipher(secret);
 }
-function credentialCipher(): CredentialCipher {
+/** The cipher for secrets stored encrypted (channel credentials, alert webhook secrets). */
+export function credentialCipher(): CredentialCipher {
   if (!cipher) throw new Error("TOKENGATE_SECRET is not configured");
   return cipher;
 }
-export function channelCredential(channel: Pick<Channel, "apiKeyCiphertext">): string | null {
-  return channel.apiKeyCiphertext ? credentialCipher().decrypt(channel.apiKeyCiphertext) : null;
+export function channelCredential(channel: Pick<Channel, "id" | "apiKeyCiphertext">): string | null {
+  return channel.apiKeyCiphertext ? credentialCipher().decrypt(channel.apiKeyCiphertext, channel.id) : null;
+}
+
+/**
+ * Start-up: re-encrypts credentials stored under the earlier scheme (v1: no HKDF, no channel binding)
+ * with the current one. Rows are updated only if still unchanged, so instances starting together agree.
+ */
+export async function upgradeStoredCredentials(): Promise<number> {
+  const legacy = await db.channel.findMany({ where: { apiKeyCiphertext: { startsWith: "v1." } }, select: { id: true, apiKeyCiphertext: true } });
+  let upgraded = 0;
+  for (const channel of legacy) {
+    const old = channel.apiKeyCiphertext!;
+    const plain = credentialCipher().decrypt(old, channel.id);
+    const { count } = await db.channel.updateMany({ where: { id: channel.id, apiKeyCiphertext: old }, data: { apiKeyCiphertext: credentialCipher().encrypt(plain, channel.id) } });
+    upgraded += count;
+  }
+  return upgraded;
+}
+
+let allowPrivateUpstreams = false;
+/** TOKENGATE_ALLOW_PRIVATE_UPSTREAMS: let every admin (not only platform admins) set internal upstream addresses. */
+export function configureUpstreamPolicy(policy: { allowPrivateUpstreams: boolean }): void {
+  allowPrivateUpstreams = policy.allowPrivateUpstreams;
+}
+
+/** Loopback, private, link-local and metadata addresses are for platform admins (or everyone, when allowed). */
+async function assertUpstreamAllowed(viewer: Viewer, baseUrl: string, field: string): Promise<void> {
+  if (isPlatform(viewer) || allowPrivateUpstreams) return;
+  const url = new URL(baseUrl);
+  const check = await checkUpstreamHost(url).catch(() => {
+    throw badInput(field, `${url.hostname} could not be resolved in time: try again`);
+  });
+  if (check.internal) {
+    throw new DomainError(
+      "FORBIDDEN",
+      `${field}: ${url.hostname} is (or resolves to) a loopback, private, link-local or metadata address (${check.address}); only platform admins may set it`,
+      field,
+    );
+  }
 }
 
 export interface ChannelInput {
@@ -41,6 +81,8 @@ export interface UpsertRouteInput {
   /** The bucket dailyCap counts (default: the primary channel's bucket). */
   capBucket?: BalanceBucket | null;
   defaultMaxTokens?: number | null;
+  /** Prompt tokens reserved per audio / file part; 0 refuses such parts; omitted keeps the stored value. */
+  maxUnboundedPartTokens?: number | null;
 }
 
 interface ValidChannel {
@@ -73,6 +115,12 @@ function validateMaxTokens(value: number): number {
   return value;
 }
 
+function validateUnboundedPartTokens(value: number | null | undefined): { maxUnboundedPartTokens?: number | null } {
+  if (value == null) return {};
+  if (!Number.isInteger(value) || value < 0 || value > 10_000_000) throw badInput("maxUnboundedPartTokens", "must be an integer from 0 (refuse such parts) to 10000000");
+  return { maxUnboundedPartTokens: value === 0 ? null : value };
+}
+
 /** Creates or replaces a route by catalog model name. Channels are matched by name; ones left out are disabled (receipts keep pointing at them). */
 export async function upsertRoute(viewer: Viewer, input: UpsertRouteInput): Promise<Route> {
   const organizationId = await resolveOrganizationId(viewer, input.organizationId);
@@ -82,31 +130,35 @@ export async function upsertRoute(viewer: Viewer, input: UpsertRouteInput): Prom
   const channels = input.channels.map(validateChannel);
   const names = new Set(channels.map((c) => c.name));
   if (names.size !== channels.length) throw badInput("channels", "channel names must be unique within a route");
+  for (const [i, c] of channels.entries()) await assertUpstreamAllowed(viewer, c.baseUrl, `channels[${i}].baseUrl`);
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const defaultMaxTokens = input.defaultMaxTokens == null ? undefined : validateMaxTokens(input.defaultMaxTokens);
-  const encrypted = channels.map((c) => (c.apiKey ? credentialCipher().encrypt(c.apiKey) : c.apiKey));
+  const unbounded = validateUnboundedPartTokens(input.maxUnboundedPartTokens);
+  credentialCipher();
 
   return db.$transaction(async (tx) => {
     const existing = await tx.route.findUnique({ where: { organizationId_model: { organizationId, model } }, include: { channels: true } });
     const before = existing ? { ...existing, channels: existing.channels.map(redactChannel), caps: await capsOf(tx, existing.id) } : undefined;
     const route = existing
-      ? await tx.route.update({ where: { id: existing.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}) } })
-      : await tx.route.create({ data: { organizationId, model, ...(defaultMaxTokens ? { defaultMaxTokens } : {}) } });
+      ? await tx.route.update({ where: { id: existing.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}), ...unbounded } })
+      : await tx.route.create({ data: { organizationId, model, ...(defaultMaxTokens ? { defaultMaxTokens } : {}), ...unbounded } });
     for (const [i, c] of channels.entries()) {
-      const data = {
-        baseUrl: c.baseUrl,
-        upstreamModel: c.upstreamModel,
-        settlement: c.settlement,
-        priority: c.priority,
-        enabled: true,
-        // undefined keeps the stored credential; null clears it.
-        ...(encrypted[i] !== undefined ? { apiKeyCiphertext: encrypted[i] } : {}),
-      };
-      await tx.channel.upsert({
+      const stored = existing?.channels.find((s) => s.name === c.name);
+      // A stored credential is never sent to a host it was not given for: moving a channel to another
+      // origin needs its credential again (or an explicit null to run without one).
+      if (stored?.apiKeyCiphertext && c.apiKey === undefined && new URL(stored.baseUrl).origin !== new URL(c.baseUrl).origin) {
+        throw badInput(`channels[${i}].apiKey`, "required when baseUrl moves to another host (the stored credential stays with the old one); pass null to drop it");
+      }
+      const data = { baseUrl: c.baseUrl, upstreamModel: c.upstreamModel, settlement: c.settlement, priority: c.priority, enabled: true };
+      const channel = await tx.channel.upsert({
         where: { routeId_name: { routeId: route.id, name: c.name } },
         create: { organizationId, routeId: route.id, name: c.name, ...data },
         update: data,
       });
+      // undefined keeps the stored credential; null clears it; a value is encrypted bound to this channel's id.
+      if (c.apiKey !== undefined) {
+        await tx.channel.update({ where: { id: channel.id }, data: { apiKeyCiphertext: c.apiKey ? credentialCipher().encrypt(c.apiKey, channel.id) : null } });
+      }
     }
     await tx.channel.updateMany({ where: { routeId: route.id, name: { notIn: [...names] } }, data: { enabled: false } });
     const primary = [...channels].sort((a, b) => a.priority - b.priority)[0]!;
@@ -128,17 +180,18 @@ const redactChannel = (c: Channel) => ({ ...c, apiKeyCiphertext: c.apiKeyCiphert
 
 export async function setRouteLimits(
   viewer: Viewer,
-  input: { routeId: string; dailyCap?: CapInput; capBucket?: BalanceBucket | null; defaultMaxTokens?: number | null },
+  input: { routeId: string; dailyCap?: CapInput; capBucket?: BalanceBucket | null; defaultMaxTokens?: number | null; maxUnboundedPartTokens?: number | null },
 ): Promise<Route> {
   const route = await db.route.findUnique({ where: { id: input.routeId }, include: { channels: { orderBy: { priority: "asc" } } } });
   if (!route) throw notFound("route", input.routeId);
-  assertCanWrite(viewer, route.organizationId);
+  assertCanWrite(viewer, route.organizationId, { what: "route", id: route.id });
   const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
   const defaultMaxTokens = input.defaultMaxTokens == null ? undefined : validateMaxTokens(input.defaultMaxTokens);
+  const unbounded = validateUnboundedPartTokens(input.maxUnboundedPartTokens);
   const bucket = input.capBucket ?? bucketOf(route.channels[0]?.settlement ?? "OFFICIAL");
   return db.$transaction(async (tx) => {
-    const before = { defaultMaxTokens: route.defaultMaxTokens, caps: await capsOf(tx, route.id) };
-    const next = await tx.route.update({ where: { id: route.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}) } });
+    const before = { defaultMaxTokens: route.defaultMaxTokens, maxUnboundedPartTokens: route.maxUnboundedPartTokens, caps: await capsOf(tx, route.id) };
+    const next = await tx.route.update({ where: { id: route.id }, data: { updatedAt: new Date(), ...(defaultMaxTokens ? { defaultMaxTokens } : {}), ...unbounded } });
     await setCap(tx, { organizationId: route.organizationId, scope: "ROUTE_DAILY", scopeId: route.id, bucket }, dailyCap);
     await writeAudit(tx, viewer, {
       organizationId: route.organizationId,
@@ -146,9 +199,38 @@ export async function setRouteLimits(
       targetType: "Route",
       targetId: route.id,
       before,
-      after: { defaultMaxTokens: next.defaultMaxTokens, caps: await capsOf(tx, route.id) },
+      after: { defaultMaxTokens: next.defaultMaxTokens, maxUnboundedPartTokens: next.maxUnboundedPartTokens, caps: await capsOf(tx, route.id) },
     });
     return next;
+  });
+}
+
+/**
+ * Backup-route limits: a daily cap per channel (CHANNEL_DAILY, scope id = channel id), enforced by
+ * the reservation with every other cap. Default bucket: the channel's own (its settlement's); a
+ * cap in the other bucket only would cap the channel's own bucket at zero (the cross-bucket rule).
+ */
+export async function setChannelLimits(
+  viewer: Viewer,
+  input: { channelId: string; dailyCap?: CapInput; capBucket?: BalanceBucket | null },
+): Promise<Channel> {
+  const channel = await db.channel.findUnique({ where: { id: input.channelId } });
+  if (!channel) throw notFound("channel", input.channelId);
+  assertCanWrite(viewer, channel.organizationId);
+  const dailyCap = parseCapInput(input.dailyCap, "dailyCap");
+  const bucket = input.capBucket ?? bucketOf(channel.settlement);
+  return db.$transaction(async (tx) => {
+    const before = { caps: await capsOf(tx, channel.id) };
+    await setCap(tx, { organizationId: channel.organizationId, scope: "CHANNEL_DAILY", scopeId: channel.id, bucket }, dailyCap);
+    await writeAudit(tx, viewer, {
+      organizationId: channel.organizationId,
+      action: "setChannelLimits",
+      targetType: "Channel",
+      targetId: channel.id,
+      before,
+      after: { caps: await capsOf(tx, channel.id) },
+    });
+    return channel;
   });
 }
 
@@ -159,7 +241,7 @@ export async function setPrice(
 ): Promise<PriceSnapshot> {
   const channel = await db.channel.findUnique({ where: { id: input.channelId }, include: { route: true } });
   if (!channel) throw notFound("channel", input.channelId);
-  assertCanWrite(viewer, channel.route.organizationId);
+  assertCanWrite(viewer, channel.route.organizationId, { what: "channel", id: channel.id });
   const inputPerMillion = parseMoney(input.inputPerMillion, "inputPerMillion");
   const outputPerMillion = parseMoney(input.outputPerMillion, "outputPerMillion");
   const bucket = bucketOf(channel.settlement);

@@ -18,7 +18,7 @@ export async function startRun(
 ): Promise<Run> {
   const key = await db.apiKey.findUnique({ where: { id: input.keyId } });
   if (!key) throw notFound("API key", input.keyId);
-  assertCanWrite(viewer, key.organizationId);
+  assertCanWrite(viewer, key.organizationId, { what: "API key", id: key.id, projectId: key.projectId });
   if (key.status === "REVOKED") throw conflict("cannot start a run on a revoked key");
   const cap = parseCapInput(input.cap, "cap");
   const bucket = input.capBucket ?? primaryBucket(key);
@@ -40,14 +40,47 @@ export async function startRun(
 export async function cancelRun(viewer: Viewer, id: string): Promise<Run> {
   const run = await db.run.findUnique({ where: { id } });
   if (!run) throw notFound("run", id);
-  assertCanWrite(viewer, run.organizationId);
+  assertCanWrite(viewer, run.organizationId, { what: "run", id, projectId: run.projectId });
   if (run.status === "CANCELLED") return run;
-  if (run.status !== "ACTIVE") throw conflict(`cannot cancel a ${run.status.toLowerCase()} run`);
+  if (run.status !== "ACTIVE" && run.status !== "PAUSED") throw conflict(`cannot cancel a ${run.status.toLowerCase()} run`);
   return db.$transaction(async (tx) => {
     const next = await tx.run.update({ where: { id }, data: { status: "CANCELLED", endedAt: new Date() } });
     await writeAudit(tx, viewer, {
       organizationId: run.organizationId,
       action: "cancelRun",
+      targetType: "Run",
+      targetId: id,
+      before: { status: run.status },
+      after: { status: next.status },
+    });
+    return next;
+  });
+}
+
+const RUN_PAUSE = {
+  pauseRun: { from: "ACTIVE", to: "PAUSED" },
+  resumeRun: { from: "PAUSED", to: "ACTIVE" },
+} as const;
+
+/**
+ * Pauses a run (its requests get 402 run_paused, from the reservation itself, so a request racing
+ * the pause is refused too) or resumes it. Idempotent: pausing a paused run returns it unchanged.
+ */
+export async function changeRunPause(viewer: Viewer, id: string, action: keyof typeof RUN_PAUSE): Promise<Run> {
+  const run = await db.run.findUnique({ where: { id } });
+  if (!run) throw notFound("run", id);
+  assertCanWrite(viewer, run.organizationId);
+  const { from, to } = RUN_PAUSE[action];
+  if (run.status === to) return run;
+  if (run.status !== from) throw conflict(`cannot ${action === "pauseRun" ? "pause" : "resume"} a ${run.status.toLowerCase()} run`);
+  return db.$transaction(async (tx) => {
+    // Conditional update: a concurrent cancel wins and this one reports the conflict.
+    const changed = await tx.run.updateMany({ where: { id, status: from }, data: { status: to } });
+    if (changed.count === 0) throw conflict(`the run changed meanwhile; try again`);
+    const next = await tx.run.findUniqueOrThrow({ where: { id } });
+    await writeAudit(tx, viewer, {
+      organizationId: run.organizationId,
+      action,
       targetType: "Run",
       targetId: id,
       before: { status: run.status },
@@ -101,7 +134,7 @@ function usableChannel(channels: PlannedChannel[], key: { allowedBuckets: Balanc
 export async function estimateRun(viewer: Viewer, input: { keyId: string; model: string; mode: RunMode }): Promise<RunEstimate> {
   const key = await db.apiKey.findUnique({ where: { id: input.keyId } });
   if (!key) throw notFound("API key", input.keyId);
-  if (!canRead(viewer, key.organizationId, key.projectId)) throw forbidden();
+  if (!canRead(viewer, key.organizationId, key.projectId)) throw notFound("API key", input.keyId);
   const profile = RUN_PROFILES[input.mode];
   const reasons: string[] = [];
   if (key.status !== "ACTIVE") reasons.push(`key is ${key.status.toLowerCase()}`);
@@ -126,6 +159,9 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     keyDaily = await budgetStatus("KEY_DAILY", key.id, first.bucket);
     if (keyDaily.remaining !== null && keyDaily.remaining < costMin) reasons.push("the key's daily cap leaves less than the smallest estimate");
   }
+  // A project viewer sees its key's estimate, not the organization's wallet balance or channel names
+  // (it cannot read the wallet or the routes either): those fields are null for it.
+  const orgReader = viewer.role !== "PROJECT_VIEWER";
   return {
     keyId: key.id,
     model: input.model,
@@ -134,7 +170,7 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     reasons,
     bucket: first?.bucket ?? null,
     settlement: first?.channel.settlement ?? null,
-    channelName: first?.channel.name ?? null,
+    channelName: orgReader ? (first?.channel.name ?? null) : null,
     upstreamModel: first?.channel.upstreamModel ?? null,
     backupAvailable: usable.length > 1,
     estimatedCallsMin: profile.calls[0],
@@ -144,7 +180,7 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     costMin,
     costMax,
     minimumRecommendedBalance,
-    available,
+    available: orgReader ? available : null,
     keyDaily,
     retryCeiling: key.retryCeiling,
     failedChargePolicy: key.failedChargePolicy,

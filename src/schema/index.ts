@@ -14,6 +14,8 @@ import "./types/failed-request.ts";
 import "./types/ledger-entry.ts";
 import "./types/run.ts";
 import "./types/audit-entry.ts";
+import "./types/alert-webhook.ts";
+import "./types/admin-token.ts";
 import "../resolvers/root.ts";
 import "../resolvers/admin.ts";
 import "../resolvers/budgets.ts";
@@ -23,6 +25,7 @@ import "../resolvers/routes.ts";
 import "../resolvers/runs.ts";
 import "../resolvers/analytics.ts";
 import "../resolvers/live.ts";
+import "../resolvers/webhooks.ts";
 
 export const schema: GraphQLSchema = builder.toSchema();
 

@@ -5,7 +5,7 @@ import { db } from "../db/index.ts";
 import type { BudgetCap } from "../generated/prisma/client.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { windowFor, type ScopeSpend } from "../accounting/index.ts";
-import type { BudgetStatus } from "../budgets/index.ts";
+import { effectiveCap, type BudgetStatus } from "../budgets/index.ts";
 
 interface CounterKey {
   scope: CapScope;
@@ -42,7 +42,7 @@ export function createLoaders() {
         counters.load({ scope, scopeId, bucket, windowStart: windowFor(scope, now) }),
         caps.load(scopeId),
       ]);
-      const cap = scopeCaps.find((c) => c.scope === scope && c.bucket === bucket)?.amount ?? null;
+      const cap = effectiveCap(scopeCaps, scope, bucket);
       const left = cap === null ? null : cap - spend.spent - spend.held;
       return { scope, bucket, cap, remaining: left === null ? null : left > 0n ? left : 0n, ...spend };
     },

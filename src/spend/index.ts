@@ -46,11 +46,10 @@ async function scopeStates(o: SpendOutcome, now: Date): Promise<ScopeRow[]> {
   ];
   const present = wanted.filter((w): w is [CapScope, string, Date] => w[1] !== null);
   const rows = await directSql().$queryRawUnsafe<Array<{ scope: CapScope; scope_id: string; spent: string | null; held: string | null; cap: string | null }>>(
-    `SELECT w.scope, w.scope_id, c.spent::text, c.held::text, cap.amount::text AS cap
+    `SELECT w.scope, w.scope_id, c.spent::text, c.held::text, tg_effective_cap(w.scope, w.scope_id, $2::"BalanceBucket")::text AS cap
        FROM jsonb_to_recordset($1::jsonb) AS w(scope "CapScope", scope_id text, window_start timestamptz)
        LEFT JOIN "SpendCounter" c ON c.scope = w.scope AND c."scopeId" = w.scope_id AND c.bucket = $2::"BalanceBucket"
-                                 AND c."windowStart" = (w.window_start AT TIME ZONE 'UTC')
-       LEFT JOIN "BudgetCap" cap ON cap.scope = w.scope AND cap."scopeId" = w.scope_id AND cap.bucket = $2::"BalanceBucket"`,
+                                 AND c."windowStart" = (w.window_start AT TIME ZONE 'UTC')`,
     // JSON rather than array parameters: the driver adapters disagree on how arrays are sent.
     JSON.stringify(present.map(([scope, scope_id, window]) => ({ scope, scope_id, window_start: window.toISOString() }))),
     o.bucket,

@@ -140,7 +140,7 @@ export async function startFakeUpstream(options: { port?: number; host?: string 
 
     if (record.path.endsWith("/embeddings")) {
       const inputs = Array.isArray(body.input) ? body.input : [body.input];
-      const promptTokens = embeddingTokens(body.input);
+      const promptTokens = behavior.type === "ok" && behavior.usage ? behavior.usage.prompt_tokens : embeddingTokens(body.input);
       return json(res, 200, {
         object: "list",
         model: record.model,

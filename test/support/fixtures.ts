@@ -9,7 +9,7 @@ import { parseMoney } from "../../src/money.ts";
 import { db } from "../../src/db/index.ts";
 import type { BalanceBucket } from "../../src/generated/prisma/enums.ts";
 
-configureCredentialSecret("test-secret-not-for-production");
+configureCredentialSecret("test-secret-not-for-production-0123456789");
 
 let counter = 0;
 const unique = (name: string) => `${name}-${++counter}-${Math.random().toString(36).slice(2, 6)}`;

@@ -24,14 +24,8 @@ CREATE TABLE "BudgetLease" (
 CREATE UNIQUE INDEX "BudgetLease_instance_scope_key" ON "BudgetLease" ("instanceId", "bucketId", "scope", "scopeId", "windowStart");
 CREATE INDEX "BudgetLease_expiresAt_idx" ON "BudgetLease" ("expiresAt");
 
--- The cap that binds a scope in a bucket: its own cap; else ZERO when the scope has a cap in the
--- other bucket only (a cap is never escapable through the other bucket); else NULL (no cap).
-CREATE FUNCTION tg_effective_cap(p_scope "CapScope", p_scope_id text, p_bucket "BalanceBucket")
-RETURNS bigint LANGUAGE sql STABLE AS $$
-  SELECT COALESCE(
-    (SELECT c.amount FROM "BudgetCap" c WHERE c.scope = p_scope AND c."scopeId" = p_scope_id AND c.bucket = p_bucket),
-    (SELECT 0::bigint FROM "BudgetCap" c WHERE c.scope = p_scope AND c."scopeId" = p_scope_id AND c.bucket <> p_bucket LIMIT 1))
-$$;
+-- Caps bind through tg_effective_cap (migration 20261123200000): a scope capped in one bucket only
+-- is capped at zero in the other.
 
 -- How much to grant out of `p_left` when `p_need` is required now and `p_want` would be
 -- convenient: the grant shrinks as the scope nears its cap (25 % of what is left below half use,
@@ -77,8 +71,8 @@ BEGIN
   END IF;
   FOR sc IN SELECT x.scope, x.scope_id, x.window_start, x.need, x.want
               FROM jsonb_to_recordset(p_scopes) AS x(scope text, scope_id text, window_start timestamp(3), need bigint, want bigint)
-             -- The order tg_reserve checks in (so a refusal names the same scope); the balance last.
-             ORDER BY COALESCE(array_position(ARRAY['KEY_DAILY', 'PROJECT_DAILY', 'PROJECT_MONTHLY', 'ROUTE_DAILY', 'RUN_TOTAL', 'CHANNEL_DAILY'], x.scope), 50),
+             -- The order tg_reserve checks in (tg_hold_scopes: so a refusal names the same scope); the balance last.
+             ORDER BY COALESCE(array_position(ARRAY['KEY_DAILY', 'PROJECT_DAILY', 'PROJECT_MONTHLY', 'ROUTE_DAILY', 'CHANNEL_DAILY', 'RUN_TOTAL'], x.scope), 50),
                       x.scope, x.scope_id, x.window_start LOOP
     IF sc.need < 0 OR sc.want < sc.need THEN
       RAISE EXCEPTION 'TG_BAD_AMOUNT: a lease needs 0 <= need <= want';

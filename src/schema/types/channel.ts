@@ -2,6 +2,7 @@ import { builder } from "../builder.ts";
 import { BalanceBucket, HealthState, Settlement } from "../../generated/prisma/enums.ts";
 import { bucketOf } from "../../routing/index.ts";
 import { db } from "../../db/index.ts";
+import { MoneyRef, budgetMoney } from "./common.ts";
 
 builder.prismaObject("Channel", {
   description: "One upstream that can serve a route. Its credential is encrypted at rest and never returned.",
@@ -34,6 +35,19 @@ builder.prismaObject("Channel", {
       cursor: "id",
       totalCount: true,
       query: { orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }] },
+    }),
+    dailyCap: t.field({
+      type: MoneyRef,
+      nullable: true,
+      args: { bucket: t.arg({ type: BalanceBucket, required: false, description: "Default: the channel's own bucket." }) },
+      description: "Backup-route limit (CHANNEL_DAILY), the effective cap; null when uncapped.",
+      resolve: (c, { bucket }, ctx) => budgetMoney(ctx, "CHANNEL_DAILY", c.id, bucket ?? bucketOf(c.settlement), "cap"),
+    }),
+    spendToday: t.field({
+      type: MoneyRef,
+      args: { bucket: t.arg({ type: BalanceBucket, required: false, description: "Default: the channel's own bucket." }) },
+      description: "Settled spend through this channel in the current UTC day.",
+      resolve: (c, { bucket }, ctx) => budgetMoney(ctx, "CHANNEL_DAILY", c.id, bucket ?? bucketOf(c.settlement), "spent"),
     }),
     createdAt: t.expose("createdAt", { type: "DateTime" }),
   }),

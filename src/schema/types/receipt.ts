@@ -25,6 +25,9 @@ builder.prismaObject("Receipt", {
     priceSnapshot: t.relation("priceSnapshot"),
     charge: t.field({ type: MoneyRef, resolve: (r) => moneyOf(r.charge, r.bucket) }),
     stream: t.exposeBoolean("stream"),
+    usageExceededReservation: t.exposeBoolean("usageExceededReservation", {
+      description: "The upstream reported more usage than was reserved (or absurd token counts, stored clamped): the charge is the reservation.",
+    }),
     latencyMs: t.exposeInt("latencyMs"),
     status: t.exposeInt("status"),
     ledgerEntry: t.relation("ledgerEntry", { nullable: true }),

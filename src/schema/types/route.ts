@@ -11,6 +11,7 @@ builder.prismaObject("Route", {
       id: t.exposeID("id"),
       model: t.exposeString("model"),
       defaultMaxTokens: t.exposeInt("defaultMaxTokens", { description: "Output bound reserved for requests without max_tokens." }),
+      maxUnboundedPartTokens: t.exposeInt("maxUnboundedPartTokens", { nullable: true, description: "Prompt tokens reserved per audio / file part; null: such parts are refused (400 unsupported_content)." }),
       channels: t.relation("channels", {
         args: { includeDisabled: t.arg.boolean({ required: false }) },
         query: (args) => ({

@@ -1,0 +1,280 @@
+// CSV exports of receipts, the ledger and failed requests: which rows a viewer may export, their
+// columns, and the rows themselves as an async stream that never holds more than one batch.
+// PostgreSQL streams each query from a server-side cursor; PGlite (no cursor API outside a
+// transaction, and a transaction would lock out the gateway for the whole export) reads bounded
+// keyset pages on an indexed order, so other queries run between pages.
+import { currentDatabase, type Database } from "../db/index.ts";
+import { isPlatform, type Viewer } from "../auth/index.ts";
+import { badInput, forbidden } from "../errors.ts";
+import { formatMoney } from "../money.ts";
+
+export const EXPORT_KINDS = ["receipts", "ledger", "failed-requests"] as const;
+export type ExportKind = (typeof EXPORT_KINDS)[number];
+
+export interface ExportFilter {
+  from?: Date;
+  to?: Date;
+  keyId?: string;
+  projectId?: string;
+  routeId?: string;
+  model?: string;
+  /** Platform tokens only (others always export their own organization). */
+  organizationId?: string;
+}
+
+const FILTER_PARAMS = ["from", "to", "keyId", "projectId", "routeId", "model", "organizationId"] as const;
+// ISO 8601 date or date-time; a date-time without an offset is taken as UTC.
+const ISO_8601 = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(Z|[+-]\d{2}(?::?\d{2})?)?)?$/i;
+
+function parseInstant(name: string, value: string): Date {
+  const match = ISO_8601.exec(value);
+  const hasTime = match && value.length > 10;
+  const date = match ? new Date(hasTime && !match[1] ? `${value}Z` : value) : null;
+  if (!date || Number.isNaN(date.getTime())) {
+    throw badInput(name, `must be an ISO 8601 date or date-time (e.g. 2026-11-01 or 2026-11-01T00:00:00Z), got ${JSON.stringify(value.slice(0, 40))}`);
+  }
+  return date;
+}
+
+/** The filter from a URL's query parameters; unknown, repeated or empty parameters are refused. */
+export function parseExportFilter(params: URLSearchParams): ExportFilter {
+  const filter: ExportFilter = {};
+  for (const name of new Set(params.keys())) {
+    if (!(FILTER_PARAMS as readonly string[]).includes(name)) {
+      throw badInput(name.slice(0, 40), `unknown parameter (allowed: ${FILTER_PARAMS.join(", ")})`);
+    }
+    const values = params.getAll(name);
+    if (values.length > 1) throw badInput(name, "given more than once");
+    const value = values[0]!.trim();
+    if (!value) throw badInput(name, "must not be empty");
+    if (value.length > 200) throw badInput(name, "too long");
+    if (name === "from" || name === "to") filter[name] = parseInstant(name, value);
+    else filter[name as Exclude<(typeof FILTER_PARAMS)[number], "from" | "to">] = value;
+  }
+  if (filter.from && filter.to && filter.from >= filter.to) throw badInput("to", "must be after from");
+  return filter;
+}
+
+type KeyType = "text" | "timestamp" | "bigint";
+
+/** One ordered query: the rows of one export come from one or more of these, in order. */
+interface Phase {
+  /** FROM and joins. */
+  from: string;
+  /** ANDed; `$n` placeholders, numbered from 1, refer to `params`. */
+  conditions: string[];
+  params: unknown[];
+  /** The order, unique per row, and the keyset PGlite pages on (expressions that are never NULL). */
+  keys: Array<{ expr: string; type: KeyType }>;
+}
+
+interface ExportSpec {
+  columns: string[];
+  /** Select-list expressions, one per column, aliased c0…cN. */
+  select: string[];
+  /** Columns holding micro-unit amounts, formatted as decimal strings. */
+  money: Set<string>;
+  /** The rows of one organization (filter.organizationId is always set for platform viewers). */
+  phases(viewer: Viewer, filter: ExportFilter): Phase[];
+  /** Rows of no organization, exported to platform viewers after every organization's. */
+  unowned?(filter: ExportFilter): Phase;
+}
+
+const PLATFORM: Viewer = { tokenId: "", role: "PLATFORM_ADMIN", organizationId: null, projectId: null, label: "" };
+
+const iso = (column: string) => `to_char(${column}, 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
+/** The organization / project every row must belong to, after the viewer's tenancy and the filter. */
+function scope(viewer: Viewer, filter: ExportFilter, projectScoped: boolean): { organizationId?: string; projectId?: string } {
+  if (isPlatform(viewer)) return { organizationId: filter.organizationId, projectId: filter.projectId };
+  if (filter.organizationId && filter.organizationId !== viewer.organizationId) throw forbidden("this token cannot export that organization");
+  if (viewer.role === "PROJECT_VIEWER") {
+    if (!projectScoped) throw forbidden("project viewers cannot export the wallet ledger");
+    if (filter.projectId && filter.projectId !== viewer.projectId) throw forbidden("this token cannot export that project");
+    return { organizationId: viewer.organizationId ?? "", projectId: viewer.projectId ?? "" };
+  }
+  return { organizationId: viewer.organizationId ?? "", projectId: filter.projectId };
+}
+
+/** WHERE conditions shared by receipts and failed requests (table alias t). */
+function requestConditions(viewer: Viewer, filter: ExportFilter): { conditions: string[]; params: unknown[] } {
+  const s = scope(viewer, filter, true);
+  const conditions: string[] = [];
+  const params: unknown[] = [];
+  const add = (sql: (n: string) => string, value: unknown) => {
+    params.push(value);
+    conditions.push(sql(`$${params.length}`));
+  };
+  if (s.organizationId !== undefined) add((n) => `t."organizationId" = ${n}`, s.organizationId);
+  if (s.projectId !== undefined) add((n) => `t."projectId" = ${n}`, s.projectId);
+  if (filter.keyId) add((n) => `t."keyId" = ${n}`, filter.keyId);
+  if (filter.routeId) add((n) => `t."routeId" = ${n}`, filter.routeId);
+  if (filter.model) add((n) => `t."requestedModel" = ${n}`, filter.model);
+  if (filter.from) add((n) => `t."createdAt" >= ${n}::timestamptz AT TIME ZONE 'UTC'`, filter.from.toISOString());
+  if (filter.to) add((n) => `t."createdAt" < ${n}::timestamptz AT TIME ZONE 'UTC'`, filter.to.toISOString());
+  return { conditions, params };
+}
+
+// Within one organization (an equality condition), so each keyset page is a range scan of the
+// (organizationId, createdAt) index; id breaks ties between rows of the same millisecond.
+const BY_TIME: Phase["keys"] = [
+  { expr: `t."createdAt"`, type: "timestamp" },
+  { expr: `t.id`, type: "text" },
+];
+
+const SPECS: Record<ExportKind, ExportSpec> = {
+  receipts: {
+    columns: [
+      "createdAt", "id", "requestId", "organizationId", "projectId", "keyId", "runId", "routeId", "channelId", "requestedModel",
+      "upstreamModel", "endpoint", "channelRole", "fallback", "attempts", "stream", "status", "latencyMs", "bucket",
+      "promptTokens", "completionTokens", "charge", "currency", "priceSnapshotId",
+    ],
+    select: [
+      iso(`t."createdAt"`), "t.id", `t."requestId"`, `t."organizationId"`, `t."projectId"`, `t."keyId"`, `t."runId"`, `t."routeId"`,
+      `t."channelId"`, `t."requestedModel"`, `t."upstreamModel"`, "t.endpoint", `t."channelRole"::text`, "t.fallback::text",
+      "t.attempts::text", "t.stream::text", "t.status::text", `t."latencyMs"::text`, "t.bucket::text", `t."promptTokens"::text`,
+      `t."completionTokens"::text`, "t.charge::text", "t.currency", `t."priceSnapshotId"`,
+    ],
+    money: new Set(["charge"]),
+    phases: (viewer, filter) => {
+      const { conditions, params } = requestConditions(viewer, filter);
+      return [{ from: `"Receipt" t`, conditions, params, keys: BY_TIME }];
+    },
+  },
+  "failed-requests": {
+    columns: [
+      "createdAt", "id", "requestId", "organizationId", "projectId", "keyId", "runId", "routeId", "channelId", "requestedModel",
+      "endpoint", "cause", "capScope", "message", "httpStatus", "upstreamStatus", "attempts", "estimated", "bucket",
+      "promptTokens", "completionTokens", "charge", "currency",
+    ],
+    select: [
+      iso(`t."createdAt"`), "t.id", `t."requestId"`, `t."organizationId"`, `t."projectId"`, `t."keyId"`, `t."runId"`, `t."routeId"`,
+      `t."channelId"`, `t."requestedModel"`, "t.endpoint", "t.cause::text", `t."capScope"::text`, "t.message", `t."httpStatus"::text`,
+      `t."upstreamStatus"::text`, "t.attempts::text", "t.estimated::text", "t.bucket::text", `t."promptTokens"::text`,
+      `t."completionTokens"::text`, "t.charge::text", "t.currency",
+    ],
+    money: new Set(["charge"]),
+    phases: (viewer, filter) => {
+      const { conditions, params } = requestConditions(viewer, filter);
+      return [{ from: `"FailedRequest" t`, conditions, params, keys: BY_TIME }];
+    },
+    // Requests refused before a key was known (a bad secret) belong to no organization.
+    unowned: (filter) => {
+      const { conditions, params } = requestConditions(PLATFORM, { ...filter, organizationId: undefined });
+      return { from: `"FailedRequest" t`, conditions: [...conditions, `t."organizationId" IS NULL`], params, keys: BY_TIME };
+    },
+  },
+  ledger: {
+    columns: [
+      "sequence", "createdAt", "id", "organizationId", "bucket", "kind", "amount", "balanceAfter", "currency", "idempotencyKey", "memo",
+      "requestId", "receiptId", "failedRequestId", "keyId", "projectId", "routeId", "model", "actorTokenId",
+    ],
+    select: [
+      "t.sequence::text", iso(`t."createdAt"`), "t.id", `t."organizationId"`, "b.bucket::text", "t.kind::text", "t.amount::text",
+      `t."balanceAfter"::text`, "b.currency", `t."idempotencyKey"`, "t.memo", `COALESCE(r."requestId", f."requestId")`,
+      `t."receiptId"`, `t."failedRequestId"`, `COALESCE(r."keyId", f."keyId")`, `COALESCE(r."projectId", f."projectId")`,
+      `COALESCE(r."routeId", f."routeId")`, `COALESCE(r."requestedModel", f."requestedModel")`, `t."actorTokenId"`,
+    ],
+    money: new Set(["amount", "balanceAfter"]),
+    phases: (viewer, filter) => {
+      const s = scope(viewer, filter, false);
+      const conditions: string[] = [];
+      const params: unknown[] = [];
+      const add = (sql: (n: string) => string, value: unknown) => {
+        params.push(value);
+        conditions.push(sql(`$${params.length}`));
+      };
+      if (s.organizationId !== undefined) add((n) => `t."organizationId" = ${n}`, s.organizationId);
+      // Charges belong to a key, project, route and model through their receipt or failed request;
+      // top-ups and adjustments to none, so such a filter leaves them out.
+      if (s.projectId !== undefined) add((n) => `COALESCE(r."projectId", f."projectId") = ${n}`, s.projectId);
+      if (filter.keyId) add((n) => `COALESCE(r."keyId", f."keyId") = ${n}`, filter.keyId);
+      if (filter.routeId) add((n) => `COALESCE(r."routeId", f."routeId") = ${n}`, filter.routeId);
+      if (filter.model) add((n) => `COALESCE(r."requestedModel", f."requestedModel") = ${n}`, filter.model);
+      if (filter.from) add((n) => `t."createdAt" >= ${n}::timestamptz AT TIME ZONE 'UTC'`, filter.from.toISOString());
+      if (filter.to) add((n) => `t."createdAt" < ${n}::timestamptz AT TIME ZONE 'UTC'`, filter.to.toISOString());
+      return [
+        {
+          from: `"LedgerEntry" t JOIN "WalletBucket" b ON b.id = t."bucketId"
+                 LEFT JOIN "Receipt" r ON r.id = t."receiptId" LEFT JOIN "FailedRequest" f ON f.id = t."failedRequestId"`,
+          conditions,
+          params,
+          // The ledger's own write order.
+          keys: [{ expr: "t.sequence", type: "bigint" }],
+        },
+      ];
+    },
+  },
+};
+
+export function exportColumns(kind: ExportKind): string[] {
+  return SPECS[kind].columns;
+}
+
+/** Rows per keyset page on PGlite: bounded memory, and other queries run between pages. */
+export const EXPORT_PAGE_ROWS = 1_000;
+
+type RawRow = Record<string, string | null>;
+
+function phaseQuery(spec: ExportSpec, phase: Phase, after: Array<string | null> | null, limit: number | null): { text: string; params: unknown[] } {
+  const params = [...phase.params];
+  const select = [...spec.select.map((e, i) => `${e} AS c${i}`), ...phase.keys.map((k, i) => `${k.expr}::text AS k${i}`)].join(", ");
+  const conditions = [...phase.conditions];
+  const order = phase.keys.map((k) => k.expr).join(", ");
+  if (after) {
+    const placeholders = phase.keys.map((k, i) => {
+      params.push(after[i]);
+      return `$${params.length}::${k.type}`;
+    });
+    conditions.push(`(${order}) > (${placeholders.join(", ")})`);
+  }
+  const where = conditions.length ? ` WHERE ${conditions.join(" AND ")}` : "";
+  return { text: `SELECT ${select} FROM ${phase.from}${where} ORDER BY ${order}${limit ? ` LIMIT ${limit}` : ""}`, params };
+}
+
+async function* phaseRows(database: Database, spec: ExportSpec, phase: Phase): AsyncGenerator<RawRow, void, undefined> {
+  if (database.streamRows) {
+    const q = phaseQuery(spec, phase, null, null);
+    yield* database.streamRows<RawRow>(q.text, q.params);
+    return;
+  }
+  let after: Array<string | null> | null = null;
+  for (;;) {
+    const q = phaseQuery(spec, phase, after, EXPORT_PAGE_ROWS);
+    const page = await database.sql.query<RawRow>(q.text, q.params);
+    for (const row of page) yield row;
+    if (page.length < EXPORT_PAGE_ROWS) return;
+    const last = page[page.length - 1]!;
+    after = phase.keys.map((_k, i) => last[`k${i}`] ?? null);
+  }
+}
+
+/**
+ * The export's records (arrays of strings, in exportColumns order), read as the consumer pulls.
+ * Tenancy and filter errors are thrown before the first row is read.
+ */
+export function exportRecords(viewer: Viewer, kind: ExportKind, filter: ExportFilter): AsyncGenerator<Array<string | null>, void, undefined> {
+  const spec = SPECS[kind];
+  const database = currentDatabase();
+  if (!database) throw new Error("exports need an installed database (useDatabase)");
+  const everyOrganization = isPlatform(viewer) && !filter.organizationId;
+  // Tenancy errors surface here, before any row is read.
+  const own = everyOrganization ? [] : spec.phases(viewer, filter);
+  const moneyIndexes = spec.columns.flatMap((c, i) => (spec.money.has(c) ? [i] : []));
+  return (async function* () {
+    let phases = own;
+    if (everyOrganization) {
+      // One organization after another: each is an indexed range, where one global order would sort every page.
+      const organizations = await database.sql.query<{ id: string }>(`SELECT id FROM "Organization" ORDER BY id`);
+      phases = organizations.flatMap((o) => spec.phases(viewer, { ...filter, organizationId: o.id }));
+      if (spec.unowned) phases.push(spec.unowned(filter));
+    }
+    for (const phase of phases) {
+      for await (const row of phaseRows(database, spec, phase)) {
+        const record = spec.columns.map((_c, i) => row[`c${i}`] ?? null);
+        for (const i of moneyIndexes) if (record[i] != null) record[i] = formatMoney(BigInt(record[i]));
+        yield record;
+      }
+    }
+  })();
+}

@@ -1,0 +1,338 @@
+// Per-key rate limits (rpmLimit, tpmLimit, maxConcurrent) and the bad-key throttle per client
+// address. Counters live in Redis when REDIS_URL is set (so the limits hold across instances),
+// else in this process. Rate limits are not money: a small overshoot under a race between
+// instances is acceptable, and if Redis is unreachable requests are admitted (logged), never
+// refused for the limiter's own failure. Money caps are enforced elsewhere, exactly.
+//
+// - rpm / tpm: a sliding-window counter over 60 s (the current minute's count plus the previous
+//   minute's, weighted by how much of it still falls in the last 60 s). A request is admitted only
+//   if every limit of its key has room; then it counts 1 request and its token bound (reserved
+//   prompt + output) in the current window. Once recorded, the bound is corrected to the tokens it
+//   really used (in the window it was admitted in).
+// - maxConcurrent: the key's requests in flight, each held with an expiry (a crashed instance's
+//   entries lapse after CONCURRENCY_TTL_MS).
+// - Bad keys: a missing or unknown key writes no database row; it is counted per client address,
+//   and an address over BAD_KEY_LIMIT_PER_MINUTE gets 429 without any key lookup until its minute ends.
+import { Redis } from "ioredis";
+import { onRequestRecorded } from "../requests/index.ts";
+import { gatewayBadKeyThrottled, gatewayBadKeys, gatewayRateLimited } from "../metrics.ts";
+
+export const WINDOW_MS = 60_000;
+/** How long a request may count as in flight if its instance never says it ended. */
+export const CONCURRENCY_TTL_MS = 15 * 60_000;
+
+export interface KeyRateLimits {
+  rpmLimit: number | null;
+  tpmLimit: number | null;
+  maxConcurrent: number | null;
+}
+
+export type RateLimitKind = "rpm" | "tpm" | "concurrent";
+
+/** An admitted request's counts, to correct and free when it ends. */
+export interface RateTicket {
+  keyId: string;
+  requestId: string;
+  window: number;
+  tokens: number;
+  tpm: boolean;
+  concurrent: boolean;
+}
+
+export type RateAdmission = { ok: true; ticket: RateTicket | null } | { ok: false; limit: RateLimitKind; retryAfterSeconds: number };
+
+/** Where the counters live. Every method is one atomic step (one Lua script on Redis). */
+interface CounterStore {
+  admit(input: AdmitInput): Promise<{ ok: true } | { ok: false; limit: RateLimitKind }>;
+  /** Adds `delta` tokens to a window's tpm count, if that window is still kept. */
+  adjustTokens(keyId: string, window: number, delta: number): Promise<void>;
+  releaseConcurrent(keyId: string, requestId: string): Promise<void>;
+  /** Counts one bad key for an address in `window`; returns the count. */
+  countBadKey(address: string, window: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+interface AdmitInput {
+  keyId: string;
+  requestId: string;
+  limits: KeyRateLimits;
+  tokens: number;
+  now: number;
+}
+
+const windowOf = (now: number) => Math.floor(now / WINDOW_MS);
+/** The share of the previous window that still lies within the last 60 s. */
+const previousWeight = (now: number) => 1 - (now % WINDOW_MS) / WINDOW_MS;
+
+// ---------------------------------------------------------------------------
+
+class MemoryStore implements CounterStore {
+  private readonly counts = new Map<string, number>();
+  private readonly inFlight = new Map<string, Map<string, number>>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor() {
+    // Windows older than the previous one are never read again.
+    this.sweeper = setInterval(() => {
+      const oldest = windowOf(Date.now()) - 1;
+      for (const k of this.counts.keys()) if (Number(k.slice(k.lastIndexOf(":") + 1)) < oldest) this.counts.delete(k);
+    }, WINDOW_MS);
+    this.sweeper.unref();
+  }
+
+  private get(k: string): number {
+    return this.counts.get(k) ?? 0;
+  }
+
+  private add(k: string, delta: number): number {
+    const next = this.get(k) + delta;
+    this.counts.set(k, next);
+    return next;
+  }
+
+  async admit({ keyId, requestId, limits, tokens, now }: AdmitInput): Promise<{ ok: true } | { ok: false; limit: RateLimitKind }> {
+    const w = windowOf(now);
+    const weight = previousWeight(now);
+    const slots = this.inFlight.get(keyId);
+    if (limits.maxConcurrent !== null && slots) {
+      for (const [id, expires] of slots) if (expires <= now) slots.delete(id);
+      if (slots.size >= limits.maxConcurrent) return { ok: false, limit: "concurrent" };
+    }
+    const used = (kind: string) => Math.ceil(this.get(`${keyId}:${kind}:${w - 1}`) * weight) + this.get(`${keyId}:${kind}:${w}`);
+    if (limits.rpmLimit !== null && used("rpm") + 1 > limits.rpmLimit) return { ok: false, limit: "rpm" };
+    if (limits.tpmLimit !== null && used("tpm") + tokens > limits.tpmLimit) return { ok: false, limit: "tpm" };
+    if (limits.rpmLimit !== null) this.add(`${keyId}:rpm:${w}`, 1);
+    if (limits.tpmLimit !== null) this.add(`${keyId}:tpm:${w}`, tokens);
+    if (limits.maxConcurrent !== null) {
+      const set = slots ?? new Map<string, number>();
+      set.set(requestId, now + CONCURRENCY_TTL_MS);
+      this.inFlight.set(keyId, set);
+    }
+    return { ok: true };
+  }
+
+  async adjustTokens(keyId: string, window: number, delta: number): Promise<void> {
+    const k = `${keyId}:tpm:${window}`;
+    if (this.counts.has(k)) this.add(k, delta);
+  }
+
+  async releaseConcurrent(keyId: string, requestId: string): Promise<void> {
+    const slots = this.inFlight.get(keyId);
+    slots?.delete(requestId);
+    if (slots && slots.size === 0) this.inFlight.delete(keyId);
+  }
+
+  async countBadKey(address: string, window: number): Promise<number> {
+    return this.add(`bad:${address}:${window}`, 1);
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.sweeper);
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+// KEYS: rpm current, rpm previous, tpm current, tpm previous, in-flight set.
+// ARGV: rpm limit, tpm limit, concurrency limit (-1 = none), tokens, weight of the previous window,
+//       now (ms), request id, in-flight expiry (ms), window key expiry (ms).
+const ADMIT_LUA = `
+local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens, weight, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+if conc >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+  if redis.call('ZCARD', KEYS[5]) >= conc then return 'concurrent' end
+end
+local function used(cur, prev)
+  return math.ceil(tonumber(redis.call("GET", prev) or "0") * weight) + tonumber(redis.call('GET', cur) or '0')
+end
+if rpm >= 0 and used(KEYS[1], KEYS[2]) + 1 > rpm then return 'rpm' end
+if tpm >= 0 and used(KEYS[3], KEYS[4]) + tokens > tpm then return 'tpm' end
+if rpm >= 0 then
+  redis.call('INCRBY', KEYS[1], 1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[9])
+end
+if tpm >= 0 then
+  redis.call('INCRBY', KEYS[3], tokens)
+  redis.call('PEXPIRE', KEYS[3], ARGV[9])
+end
+if conc >= 0 then
+  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), ARGV[7])
+  redis.call('PEXPIRE', KEYS[5], ARGV[8])
+end
+return 'ok'
+`;
+
+// Corrects a window's token count only while that window is kept (never recreates an expired one).
+const ADJUST_LUA = `
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) end
+return 1
+`;
+
+const COUNT_LUA = `
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+`;
+
+class RedisStore implements CounterStore {
+  constructor(private readonly redis: Redis) {}
+
+  private static k(keyId: string, kind: string, window?: number): string {
+    // The hash tag keeps one key's counters in one slot (a Redis Cluster runs the script on one node).
+    return window === undefined ? `tg:rl:{${keyId}}:${kind}` : `tg:rl:{${keyId}}:${kind}:${window}`;
+  }
+
+  async admit({ keyId, requestId, limits, tokens, now }: AdmitInput): Promise<{ ok: true } | { ok: false; limit: RateLimitKind }> {
+    const w = windowOf(now);
+    const k = RedisStore.k;
+    const result = (await this.redis.eval(
+      ADMIT_LUA,
+      5,
+      k(keyId, "rpm", w),
+      k(keyId, "rpm", w - 1),
+      k(keyId, "tpm", w),
+      k(keyId, "tpm", w - 1),
+      k(keyId, "inflight"),
+      limits.rpmLimit ?? -1,
+      limits.tpmLimit ?? -1,
+      limits.maxConcurrent ?? -1,
+      tokens,
+      previousWeight(now),
+      now,
+      requestId,
+      CONCURRENCY_TTL_MS,
+      2 * WINDOW_MS + 5_000,
+    )) as string;
+    return result === "ok" ? { ok: true } : { ok: false, limit: result as RateLimitKind };
+  }
+
+  async adjustTokens(keyId: string, window: number, delta: number): Promise<void> {
+    await this.redis.eval(ADJUST_LUA, 1, RedisStore.k(keyId, "tpm", window), delta);
+  }
+
+  async releaseConcurrent(keyId: string, requestId: string): Promise<void> {
+    await this.redis.zrem(RedisStore.k(keyId, "inflight"), requestId);
+  }
+
+  async countBadKey(address: string, window: number): Promise<number> {
+    return Number(await this.redis.eval(COUNT_LUA, 1, `tg:badkey:{${address}}:${window}`, 2 * WINDOW_MS));
+  }
+
+  async close(): Promise<void> {
+    await this.redis.quit().catch(() => this.redis.disconnect());
+  }
+}
+
+// ---------------------------------------------------------------------------
+
+export interface RateLimiterOptions {
+  redisUrl?: string;
+  /** Bad (missing or unknown) keys one client address may send per minute; 0 = no throttle. */
+  badKeyLimitPerMinute: number;
+  log: (level: "warn" | "error", message: string, extra?: Record<string, unknown>) => void;
+}
+
+export interface RateLimiterStats {
+  rateLimited: Record<RateLimitKind, number>;
+  badKeys: number;
+  badKeyThrottled: number;
+}
+
+export class RateLimiter {
+  readonly stats: RateLimiterStats = { rateLimited: { rpm: 0, tpm: 0, concurrent: 0 }, badKeys: 0, badKeyThrottled: 0 };
+  private readonly store: CounterStore;
+  private readonly tickets = new Map<string, RateTicket>();
+  private readonly unsubscribe: () => void;
+  /** Addresses over the bad-key limit, until when (ms). Checked in memory: good traffic never waits on it. */
+  private readonly blocked = new Map<string, number>();
+
+  private constructor(store: CounterStore, private readonly options: RateLimiterOptions) {
+    this.store = store;
+    // The real usage of an admitted request replaces its token bound once its record committed.
+    this.unsubscribe = onRequestRecorded((event) => {
+      const ticket = this.tickets.get(event.record.requestId);
+      if (!ticket?.tpm) return;
+      this.tickets.delete(ticket.requestId);
+      const used = event.record.promptTokens + event.record.completionTokens;
+      if (used !== ticket.tokens) this.safely("correct tpm", this.store.adjustTokens(ticket.keyId, ticket.window, used - ticket.tokens));
+    });
+  }
+
+  static create(options: RateLimiterOptions): RateLimiter {
+    if (!options.redisUrl) return new RateLimiter(new MemoryStore(), options);
+    const redis = new Redis(options.redisUrl, { maxRetriesPerRequest: 1 });
+    redis.on("error", (e: Error) => options.log("warn", "rate-limit Redis error", { error: e.message }));
+    return new RateLimiter(new RedisStore(redis), options);
+  }
+
+  /** Admits a request of a key with limits, counting it; a key without limits costs nothing. */
+  async admit(keyId: string, requestId: string, limits: KeyRateLimits, tokens: number, now = Date.now()): Promise<RateAdmission> {
+    if (limits.rpmLimit === null && limits.tpmLimit === null && limits.maxConcurrent === null) return { ok: true, ticket: null };
+    let result: { ok: true } | { ok: false; limit: RateLimitKind };
+    try {
+      result = await this.store.admit({ keyId, requestId, limits, tokens, now });
+    } catch (error) {
+      this.options.log("warn", "rate limiter unavailable: request admitted", { error: String(error) });
+      return { ok: true, ticket: null };
+    }
+    if (!result.ok) {
+      this.stats.rateLimited[result.limit]++;
+      gatewayRateLimited.inc({ limit: result.limit });
+      // Concurrency frees up when a request ends: retry soon. A window limit: when the minute rolls over.
+      const retryAfterSeconds = result.limit === "concurrent" ? 1 : Math.max(1, Math.ceil((WINDOW_MS - (now % WINDOW_MS)) / 1000));
+      return { ok: false, limit: result.limit, retryAfterSeconds };
+    }
+    const ticket: RateTicket = { keyId, requestId, window: windowOf(now), tokens, tpm: limits.tpmLimit !== null, concurrent: limits.maxConcurrent !== null };
+    if (ticket.tpm) this.tickets.set(requestId, ticket);
+    return { ok: true, ticket };
+  }
+
+  /** The request ended (its record, if any, has committed): frees its concurrency slot. */
+  async finish(ticket: RateTicket): Promise<void> {
+    // No record came (nothing to correct from): its bound stays counted.
+    this.tickets.delete(ticket.requestId);
+    if (ticket.concurrent) await this.safely("release a concurrency slot", this.store.releaseConcurrent(ticket.keyId, ticket.requestId));
+  }
+
+  /** Seconds until this address may send keys again, or 0 when it is not throttled. */
+  throttled(address: string, now = Date.now()): number {
+    const until = this.blocked.get(address);
+    if (until === undefined) return 0;
+    if (until <= now) {
+      this.blocked.delete(address);
+      return 0;
+    }
+    this.stats.badKeyThrottled++;
+    gatewayBadKeyThrottled.inc();
+    return Math.max(1, Math.ceil((until - now) / 1000));
+  }
+
+  /** A missing or unknown key came from this address. */
+  async badKey(address: string, now = Date.now()): Promise<void> {
+    this.stats.badKeys++;
+    gatewayBadKeys.inc();
+    if (this.options.badKeyLimitPerMinute <= 0) return;
+    const w = windowOf(now);
+    let count: number;
+    try {
+      count = await this.store.countBadKey(address, w);
+    } catch (error) {
+      this.options.log("warn", "rate limiter unavailable: bad key not counted", { error: String(error) });
+      return;
+    }
+    if (count >= this.options.badKeyLimitPerMinute) {
+      this.blocked.set(address, (w + 1) * WINDOW_MS);
+      if (this.blocked.size > 100_000) this.blocked.delete(this.blocked.keys().next().value!);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.unsubscribe();
+    await this.store.close();
+  }
+
+  private async safely(what: string, p: Promise<void>): Promise<void> {
+    await p.catch((error: unknown) => this.options.log("warn", `rate limiter: could not ${what}`, { error: String(error) }));
+  }
+}

@@ -1,0 +1,30 @@
+// Limits on every GraphQL document, over HTTP, SSE and graphql-ws alike (all three go through
+// Yoga's envelop, so one plugin covers them). Chosen far above what the dashboard, GraphiQL and
+// integrators send, and far below what hurts: README "Limits and abuse" lists them.
+import { EnvelopArmorPlugin } from "@escape.tech/graphql-armor";
+
+export const GRAPHQL_LIMITS = {
+  /** Nesting of selections (introspection excluded). The deepest dashboard query nests 6. */
+  maxDepth: 12,
+  /** Aliases per operation. */
+  maxAliases: 30,
+  /** Directives per operation. */
+  maxDirectives: 30,
+  /** Lexical tokens per document: parsing stops at the limit, so a huge document costs little. */
+  maxTokens: 5_000,
+  /** graphql-armor's static cost (objects 2, scalars 1, ×1.5 per level). The dashboard's query costs about 300. */
+  maxCost: 20_000,
+} as const;
+
+export function graphqlLimitsPlugin() {
+  return EnvelopArmorPlugin({
+    maxDepth: { n: GRAPHQL_LIMITS.maxDepth, ignoreIntrospection: true, exposeLimits: true },
+    maxAliases: { n: GRAPHQL_LIMITS.maxAliases, exposeLimits: true },
+    maxDirectives: { n: GRAPHQL_LIMITS.maxDirectives, exposeLimits: true },
+    maxTokens: { n: GRAPHQL_LIMITS.maxTokens, exposeLimits: true },
+    costLimit: { maxCost: GRAPHQL_LIMITS.maxCost, ignoreIntrospection: true, exposeLimits: true },
+    // Anonymous requests never reach validation (refused before parsing), and every token may read
+    // the schema through introspection: suggestions hide nothing worth hiding, and help integrators.
+    blockFieldSuggestion: { enabled: false },
+  });
+}

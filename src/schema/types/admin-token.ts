@@ -1,0 +1,21 @@
+import { builder } from "../builder.ts";
+import { AdminRole } from "../../generated/prisma/enums.ts";
+
+builder.prismaObject("AdminToken", {
+  description: "A bearer token for this API. Its secret is shown once, at creation, and stored only as a hash.",
+  authScopes: (t) => ({ owns: { organizationId: t.organizationId } }),
+  fields: (t) => ({
+    id: t.exposeID("id"),
+    name: t.exposeString("name"),
+    role: t.field({ type: AdminRole, resolve: (token) => token.role }),
+    organizationId: t.exposeID("organizationId", { nullable: true }),
+    projectId: t.exposeID("projectId", { nullable: true }),
+    prefix: t.exposeString("prefix", { description: "The secret's recognisable head (with last4: all that is ever shown of it)." }),
+    last4: t.exposeString("last4"),
+    bootstrap: t.exposeBoolean("bootstrap", { description: "Made from TOKENGATE_ADMIN_TOKEN or generated at first start." }),
+    createdAt: t.expose("createdAt", { type: "DateTime" }),
+    expiresAt: t.expose("expiresAt", { type: "DateTime", nullable: true }),
+    revokedAt: t.expose("revokedAt", { type: "DateTime", nullable: true }),
+    lastUsedAt: t.expose("lastUsedAt", { type: "DateTime", nullable: true, description: "Updated at most once a minute." }),
+  }),
+});

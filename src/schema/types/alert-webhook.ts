@@ -1,0 +1,36 @@
+import { builder } from "../builder.ts";
+import { WebhookDeliveryStatus } from "../../generated/prisma/enums.ts";
+import { NEWEST_FIRST } from "./common.ts";
+
+builder.enumType(WebhookDeliveryStatus, {
+  name: "WebhookDeliveryStatus",
+  description: "SUCCEEDED: the receiver answered 2xx. RETRYING: failed, another attempt is scheduled. FAILED: failed, no attempt left.",
+});
+
+export const AlertWebhookRef = builder.prismaObject("AlertWebhook", {
+  description: "Where the organization's budget alerts are POSTed, signed with its secret (never shown after it was set).",
+  authScopes: (w) => ({ owns: { organizationId: w.organizationId } }),
+  fields: (t) => ({
+    id: t.exposeID("id"),
+    url: t.exposeString("url"),
+    deliveries: t.relatedConnection("deliveries", { ...NEWEST_FIRST, description: "Every delivery attempt, newest first." }),
+    createdAt: t.expose("createdAt", { type: "DateTime" }),
+    updatedAt: t.expose("updatedAt", { type: "DateTime" }),
+  }),
+});
+
+builder.prismaObject("AlertWebhookDelivery", {
+  description: "One attempt to deliver one event; attempts of the same event share deliveryId (sent as x-tokengate-delivery).",
+  authScopes: (d) => ({ owns: { organizationId: d.organizationId } }),
+  fields: (t) => ({
+    id: t.exposeID("id"),
+    deliveryId: t.exposeString("deliveryId"),
+    event: t.exposeString("event"),
+    attempt: t.exposeInt("attempt"),
+    status: t.expose("status", { type: WebhookDeliveryStatus }),
+    httpStatus: t.exposeInt("httpStatus", { nullable: true }),
+    error: t.exposeString("error", { nullable: true }),
+    durationMs: t.exposeInt("durationMs"),
+    createdAt: t.expose("createdAt", { type: "DateTime" }),
+  }),
+});
