@@ -44,10 +44,12 @@ const server = http.createServer((req, res) => {
         database.prisma.hold.count({ where: { status: "ACTIVE", expiresAt: { lt: now } } }),
         database.prisma.receipt.aggregate({ _sum: { charge: true } }),
       ]);
+      // Hang-ups are charged (CLIENT_CLOSED failed requests): the ledger holds receipts + failed charges.
+      const failedCharged = await database.prisma.failedRequest.aggregate({ _sum: { charge: true } });
       const ledger = await database.prisma.ledgerEntry.aggregate({ where: { kind: "CHARGE" }, _sum: { amount: true } });
       res.writeHead(200, { "content-type": "application/json" });
       res.end(
-        JSON.stringify({ receipts, failed, staleHolds, staleLeases: await staleLeases(now), receiptCharges: String(charged._sum.charge ?? 0n), ledgerCharges: String(-(ledger._sum.amount ?? 0n)) }),
+        JSON.stringify({ receipts, failed, staleHolds, staleLeases: await staleLeases(now), receiptCharges: String((charged._sum.charge ?? 0n) + (failedCharged._sum.charge ?? 0n)), ledgerCharges: String(-(ledger._sum.amount ?? 0n)) }),
       );
     })();
     return;

@@ -247,11 +247,11 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
         const rss = peakRssMb(gateway.child.pid);
         notes.push(
           `${kind}: tokengate peak RSS ${int(rss)} MB; ${recorded} receipts for ${gateway2xx} 2xx responses counted by autocannon (requests still in flight when a cell ends are answered and receipted, or recorded as CLIENT_CLOSED, after autocannon stopped counting: ${stats.failed} failed requests in all); ` +
-            `receipt charges ${stats.receiptCharges} = ledger charges ${stats.ledgerCharges} micro-USD: ${stats.receiptCharges === stats.ledgerCharges ? "equal" : "DIFFERENT"}; ` +
+            `receipt + failed-request charges ${stats.receiptCharges} = ledger charges ${stats.ledgerCharges} micro-USD: ${stats.receiptCharges === stats.ledgerCharges ? "equal" : "DIFFERENT"}; ` +
             `${stats.staleHolds} holds and ${stats.staleLeases} leases live past their TTL.`,
         );
         if (recorded < gateway2xx) failures.push(`${kind}: ${recorded} receipts < ${gateway2xx} 2xx responses`);
-        if (stats.receiptCharges !== stats.ledgerCharges) failures.push(`${kind}: receipt charges ${stats.receiptCharges} ≠ ledger charges ${stats.ledgerCharges}`);
+        if (stats.receiptCharges !== stats.ledgerCharges) failures.push(`${kind}: receipt + failed-request charges ${stats.receiptCharges} ≠ ledger charges ${stats.ledgerCharges}`);
         if (stats.staleHolds + stats.staleLeases > 0) failures.push(`${kind}: ${stats.staleHolds} holds / ${stats.staleLeases} leases past their TTL`);
       } finally {
         await stopChild(gateway.child);
