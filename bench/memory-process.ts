@@ -15,18 +15,14 @@ stage("node + tsx loader");
 const databaseUrl = process.env.DATABASE_URL || undefined;
 const dataDir = databaseUrl ? undefined : await mkdtemp(path.join(os.tmpdir(), "tokengate-mem-"));
 if (!databaseUrl) {
-  const { PGlite } = await import("@electric-sql/pglite");
+  await import("@electric-sql/pglite");
   stage("PGlite module loaded");
-  const probe = await PGlite.create();
-  await probe.query("SELECT 1");
-  stage("an empty in-memory PGlite opened");
-  await probe.close();
 }
 const { openDatabase, useDatabase } = await import("../src/db/index.ts");
 stage("Prisma client + adapters loaded");
 const database = await openDatabase({ databaseUrl, dataDir });
 useDatabase(database);
-stage("database opened and migrated");
+stage(databaseUrl ? "pg pool opened, migrations checked" : "PGlite data dir opened (WebAssembly Postgres) and migrated");
 await database.prisma.organization.count();
 stage("first Prisma query (query compiler WebAssembly instantiated)");
 const { loadConfig } = await import("../src/config.ts");

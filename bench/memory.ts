@@ -20,7 +20,8 @@ async function stages(env: Record<string, string>): Promise<StageRow[]> {
   return out
     .split("\n")
     .filter(Boolean)
-    .map((line) => JSON.parse(line) as StageRow);
+    .map((line) => JSON.parse(line) as StageRow)
+    .filter((row) => typeof row.stage === "string"); // other JSON lines (a log) are not stages
 }
 
 export async function benchMemory(): Promise<string> {
@@ -32,5 +33,6 @@ export async function benchMemory(): Promise<string> {
   } finally {
     await pg.stop();
   }
+  lines.push("", "Stages are cumulative; `external` / `ArrayBuffers` include WebAssembly memory (PGlite's Postgres, Prisma's query compiler).");
   return lines.join("\n");
 }
