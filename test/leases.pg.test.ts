@@ -39,7 +39,7 @@ async function startInstance(): Promise<{ child: ChildProcess; url: string; outp
       ...process.env,
       PORT: String(port),
       DATABASE_URL: database.url!,
-      TOKENGATE_SECRET: "test-secret-not-for-production",
+      TOKENGATE_SECRET: "test-secret-not-for-production-0123456789",
       TOKENGATE_ADMIN_TOKEN: "tgadm_leases_test_token_000000000000000000000000",
       GATEWAY_ADMISSION: "leases",
       LEASE_TTL_MS: String(LEASE_TTL_MS),
