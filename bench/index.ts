@@ -23,6 +23,8 @@ const benches: Array<{ name: string; run: () => Promise<string> }> = [
   },
   { name: "events", run: async () => (await import("./events.ts")).benchEvents() },
   { name: "memory", run: async () => (await import("./memory.ts")).benchMemory() },
+  { name: "exports", run: async () => (await import("./exports.ts")).benchExports() },
+  { name: "series", run: async () => (await import("./series.ts")).benchSeries() },
 ];
 
 const wanted = process.argv.slice(2);

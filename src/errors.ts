@@ -17,9 +17,13 @@ export const badInput = (field: string, message: string) => new DomainError("BAD
 export const forbidden = (message = "not allowed for this token") => new DomainError("FORBIDDEN", message);
 export const conflict = (message: string) => new DomainError("CONFLICT", message);
 
-/** A trimmed, non-empty text input of at most `max` characters (names, model names). */
+// eslint-disable-next-line no-control-regex
+const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f]/;
+
+/** A trimmed, non-empty text input of at most `max` characters (names, model names), without control characters (PostgreSQL text cannot hold NUL). */
 export function requiredText(value: string, field: string, max = 200): string {
   const trimmed = value.trim();
   if (!trimmed || trimmed.length > max) throw badInput(field, `must be 1–${max} characters`);
+  if (CONTROL_CHARACTERS.test(trimmed)) throw badInput(field, "must not contain control characters");
   return trimmed;
 }

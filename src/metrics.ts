@@ -117,15 +117,24 @@ new Gauge({
   },
 });
 
+/** A scrape-time read; null when there is no database or it does not answer (the gauge keeps its last value, /metrics still answers). */
+async function fromDatabase<Row>(sql: string): Promise<Row[] | null> {
+  const database = currentDatabase();
+  if (!database) return null;
+  try {
+    return await database.sql.query<Row>(sql);
+  } catch {
+    return null;
+  }
+}
+
 new Gauge({
   name: "tokengate_holds_outstanding",
   help: "Reservations (holds) not yet settled or released, all instances (from the database).",
   registers: [registry],
   async collect() {
-    const database = currentDatabase();
-    if (!database) return;
-    const rows = await database.sql.query<{ n: string | number }>(`SELECT count(*) AS n FROM "Hold" WHERE status = 'ACTIVE'`);
-    this.set(Number(rows[0]?.n ?? 0));
+    const rows = await fromDatabase<{ n: string | number }>(`SELECT count(*) AS n FROM "Hold" WHERE status = 'ACTIVE'`);
+    if (rows) this.set(Number(rows[0]?.n ?? 0));
   },
 });
 
@@ -135,11 +144,10 @@ new Gauge({
   labelNames: ["bucket", "currency"] as const,
   registers: [registry],
   async collect() {
-    const database = currentDatabase();
-    if (!database) return;
-    const rows = await database.sql.query<{ bucket: string; currency: string; held: string | number }>(
+    const rows = await fromDatabase<{ bucket: string; currency: string; held: string | number }>(
       `SELECT bucket::text AS bucket, currency, COALESCE(sum(held), 0)::text AS held FROM "WalletBucket" GROUP BY bucket, currency`,
     );
+    if (!rows) return;
     this.reset();
     for (const r of rows) this.set({ bucket: r.bucket, currency: r.currency }, Number(r.held));
   },

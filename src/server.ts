@@ -12,8 +12,9 @@ import { db } from "./db/index.ts";
 import { schema } from "./schema/index.ts";
 import { createLoaders } from "./schema/loaders.ts";
 import type { Context } from "./schema/builder.ts";
-import { authenticateAdmin, type Viewer } from "./auth/index.ts";
+import { authenticateAdmin, noteRevokedToken, viewerStillValid, type Viewer } from "./auth/index.ts";
 import { graphqlLimitsPlugin } from "./schema/limits.ts";
+import { textGuardPlugin } from "./schema/text-guard.ts";
 import { events } from "./events/index.ts";
 import { toGraphQLError } from "./resolvers/errors.ts";
 import { createGateway } from "./gateway/index.ts";
@@ -79,6 +80,45 @@ function guardPlugin(maxBodyBytes: number, viewers: WeakMap<Request, Viewer>): P
   };
 }
 
+/**
+ * Ends an event stream at its next event once `stop()` holds. A plain iterator, not an async
+ * generator: return() must reach the source at once (a generator would queue it behind the pending
+ * next(), keeping the event listener until the next event), so unsubscribing frees the listener.
+ */
+function stopWhen<T>(source: AsyncIterable<T>, stop: () => boolean): AsyncIterableIterator<T> {
+  const inner = source[Symbol.asyncIterator]();
+  const finish = async (value?: unknown): Promise<IteratorResult<T>> => {
+    await inner.return?.(value);
+    return { done: true, value: undefined };
+  };
+  const wrapper: AsyncIterableIterator<T> = {
+    async next() {
+      const result = await inner.next();
+      return !result.done && stop() ? finish() : result;
+    },
+    return: finish,
+    throw: (error?: unknown) => (inner.throw ? inner.throw(error) : Promise.reject(error)),
+    [Symbol.asyncIterator]: () => wrapper,
+  };
+  return wrapper;
+}
+
+/**
+ * A subscription (SSE or graphql-ws) authenticated at its start delivers nothing more once its token
+ * is revoked or expired: the stream ends at the next event.
+ */
+const endSubscriptionsOfInvalidTokens: Plugin<Context> = {
+  onSubscribe() {
+    return {
+      onSubscribeResult({ args, result, setResult }) {
+        const viewer = args.contextValue.viewer;
+        if (!viewer || !(Symbol.asyncIterator in result)) return;
+        setResult(stopWhen(result, () => !viewerStillValid(viewer)));
+      },
+    };
+  },
+};
+
 export function createYogaApp(
   limits: { graphqlMaxBodyBytes: number } = loadConfig({}).admin,
 ): YogaServerInstance<ServerContext, Context> {
@@ -96,7 +136,7 @@ export function createYogaApp(
       defaultQuery: GRAPHIQL_DEFAULT_QUERY,
     },
     renderGraphiQL,
-    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), useGraphQLMetrics()],
+    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), endSubscriptionsOfInvalidTokens, textGuardPlugin(), useGraphQLMetrics()],
     context: async (initial): Promise<Context> => {
       // Over graphql-ws the initial context carries the connection_init payload (authenticated again per operation).
       const connectionParams = (initial as { connectionParams?: { authorization?: unknown } }).connectionParams;
@@ -111,6 +151,16 @@ export function createYogaApp(
       maskError: (error, message) => {
         const mapped = toGraphQLError(error);
         if (mapped) return mapped;
+        // A GraphQLError without an original error comes from parsing or validation (syntax, unknown
+        // fields, the limits of schema/limits.ts): the client's mistake, shown as it is.
+        if (error instanceof GraphQLError && !error.originalError) {
+          return new GraphQLError(error.message, {
+            nodes: error.nodes,
+            positions: error.positions,
+            path: error.path,
+            extensions: { ...error.extensions, code: error.extensions.code ?? "GRAPHQL_VALIDATION_FAILED" },
+          });
+        }
         const original = error instanceof GraphQLError ? error.originalError : error;
         if (original) componentLogger("graphql").error(errorFields(original), "unexpected error");
         return new GraphQLError(message, { extensions: { code: "INTERNAL_SERVER_ERROR" } });
@@ -215,7 +265,10 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
   const forbid = (socket: WebSocket) => socket.close(4403, "Forbidden");
   const revocations = events.subscribe("adminTokenRevoked");
   void (async () => {
-    for await (const { tokenId } of revocations) for (const socket of socketsByToken.get(tokenId) ?? []) forbid(socket);
+    for await (const { tokenId } of revocations) {
+      noteRevokedToken(tokenId);
+      for (const socket of socketsByToken.get(tokenId) ?? []) forbid(socket);
+    }
   })();
   const wsCleanup = useServer<Record<string, unknown>, { viewer?: Context["viewer"] }>(
     {
@@ -259,25 +312,24 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
           forbid(ctx.extra.socket);
           return [new GraphQLError("this token is no longer valid", { extensions: { code: "UNAUTHENTICATED" } })];
         }
-        let document;
+        // Yoga's parse and validate carry the limits of schema/limits.ts; graphql-armor throws when one
+        // is exceeded, which must become this operation's error, not a closed socket.
         try {
-          // Yoga's parse carries the token limit: a huge document stops at the limit.
-          document = parse(params.query);
+          const document = parse(params.query);
+          const errors = validate(envSchema, document);
+          if (errors.length) return errors;
+          return {
+            schema: envSchema,
+            operationName: params.operationName,
+            document,
+            variableValues: params.variables,
+            contextValue,
+            rootValue: { execute, subscribe },
+          };
         } catch (error) {
           if (error instanceof GraphQLError) return [error];
           throw error;
         }
-        const args = {
-          schema: envSchema,
-          operationName: params.operationName,
-          document,
-          variableValues: params.variables,
-          contextValue,
-          rootValue: { execute, subscribe },
-        };
-        const errors = validate(args.schema, args.document);
-        if (errors.length) return errors;
-        return args;
       },
     },
     wsServer,

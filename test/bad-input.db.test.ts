@@ -19,12 +19,24 @@ describe("bad input on the admin API", () => {
     ["a malformed date", `{ receipts(filter: { from: "yesterday" }) { totalCount } }`],
     ["an inverted time range", `{ receipts(filter: { from: "2026-02-01T00:00:00Z", to: "2026-01-01T00:00:00Z" }) { totalCount } }`],
     ["a float where money is a string", `mutation { createProject(input: { name: "p", dailyCap: 1.5 }) { id } }`],
+    ["an organization that does not exist (platform token)", `{ wallet(organizationId: "00000000-0000-0000-0000-000000000000") { id } }`],
+    ["a project in an organization that does not exist", `mutation { createProject(input: { organizationId: "nope", name: "p" }) { id } }`],
+    ["a page far above the maximum (cost limit)", `{ projects(first: 100000) { totalCount } }`],
     ["a spend series over too many hours", `{ spendSeries(input: { from: "2020-01-01T00:00:00Z", to: "2026-01-01T00:00:00Z", interval: HOUR, groupBy: KEY }) { group } }`],
   ])("%s", async (_name, query) => {
     const r = await gql(admin, query);
     expect(r.errors?.length).toBeGreaterThan(0);
     for (const code of codes(r)) expect(code).not.toBe("INTERNAL_SERVER_ERROR");
     expect(r.errors![0]!.message).not.toMatch(/Unexpected error/);
+  });
+
+  it("a NUL character in any text argument (literal or variable) is BAD_USER_INPUT before any resolver runs", async () => {
+    const literal = await gql(admin, `mutation { createProject(input: { name: "a\\u0000b" }) { id } }`);
+    expect(codes(literal)).toEqual(["BAD_USER_INPUT"]);
+    const variable = await gql(admin, `mutation($n: String!) { createProject(input: { name: $n }) { id } }`, { n: "x\u0000" });
+    expect(codes(variable)).toEqual(["BAD_USER_INPUT"]);
+    const nested = await gql(admin, `query($f: RequestFilter) { receipts(filter: $f) { totalCount } }`, { f: { model: "m\u0000" } });
+    expect(codes(nested)).toEqual(["BAD_USER_INPUT"]);
   });
 
   it("a page larger than the maximum is served as the maximum page (100), not refused", async () => {

@@ -169,7 +169,7 @@ describe("a client that hangs up is charged what the upstream bills, whatever th
     });
     req.end(JSON.stringify({ model: s.model, messages: [{ role: "user", content: "hi" }], max_tokens: 1000, stream: true }));
     await closed;
-    await sleep(300); // the gateway has seen the client go
+    await sleep(500); // the gateway has seen the client go
     scripted.open(s.upstreamModel);
     const { receipt, failed } = await recorded(s.key.id);
     expect(failed).toBeNull();
@@ -182,6 +182,22 @@ describe("a client that hangs up is charged what the upstream bills, whatever th
     expect(after.held).toBe(0n);
   });
 
+  it("just before the usage chunk, and the usage never comes: after the grace the prompt and the streamed text are charged (counted, estimated)", async () => {
+    const s = await setup(() => scripted.url);
+    scripted.gate(s.upstreamModel); // never opened
+    const client = rawRequest(s.secret, { model: s.model, messages: [{ role: "user", content: "hi" }], max_tokens: 1000, stream: true }, (received) =>
+      received.includes('"finish_reason":"stop"'),
+    );
+    await client.closed;
+    const { receipt, failed } = await recorded(s.key.id);
+    expect(receipt).toBeNull();
+    expect(failed).toMatchObject({ cause: "CLIENT_CLOSED", estimated: true, completionTokens: 3 });
+    const expected = requestCharge(PRICE, failed!.promptTokens, 3);
+    expect(failed!.charge).toBe(expected);
+    expect(failed!.ledgerEntry!.amount).toBe(-expected);
+    expect((await walletBucket(s.org.id, "CREDIT")).held).toBe(0n);
+  });
+
   it("non-stream, after the upstream started answering: its answer is read to the end and its full usage charged (Receipt, status 499)", async () => {
     const s = await setup(() => scripted.url);
     scripted.gate(s.upstreamModel);
@@ -190,7 +206,7 @@ describe("a client that hangs up is charged what the upstream bills, whatever th
     await sleep(150); // the upstream's headers reached the gateway
     client.destroy();
     await client.closed;
-    await sleep(300); // the gateway has seen the client go
+    await sleep(500); // the gateway has seen the client go
     scripted.open(s.upstreamModel);
     const { receipt, failed } = await recorded(s.key.id);
     expect(failed).toBeNull();

@@ -147,7 +147,7 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
     await page.close();
   });
 
-  it("the dashboard shows the wallet, a /v1 request live in the feed and the key's spend, and pauses the key", async () => {
+  it("the dashboard shows the wallet, a /v1 request live in the feed and the key's spend, and pauses, resumes and revokes the key", async () => {
     const w = await f.world({ credit: "12.5", key: { dailyCap: "2" } });
     const model = `dash-${w.org.id.slice(-6)}`;
     await f.route(w.viewer, w.org.id, model, [{ name: "main", baseUrl: fake.url, upstreamModel: "up-dash", price: ["2.5", "10"] }]);
@@ -195,6 +195,16 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
     await row.locator('button[data-action="resumeKey"]').click();
     await containsSoon(row.locator(".status"), "ACTIVE");
     await expect(secretClient(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "back" }], max_tokens: 40 })).resolves.toBeTruthy();
+
+    // Revoke asks first; once confirmed the secret stops working: 401 key_revoked.
+    page.once("dialog", (dialog) => void dialog.accept());
+    await row.locator('button[data-action="revokeKey"]').click();
+    await containsSoon(row.locator(".status"), "REVOKED");
+    expect(await row.locator("button").count()).toBe(0);
+    await expect(secretClient(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "gone" }], max_tokens: 40 })).rejects.toMatchObject({
+      status: 401,
+      code: "key_revoked",
+    });
     await page.close();
   });
 

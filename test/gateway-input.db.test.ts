@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_TEXT } from "./support/fake-upstream.ts";
 import { useGatewayHarness, uid } from "./support/gateway.ts";
-import { startTestServer } from "./support/graphql.ts";
+import { codes, gql, startTestServer, token } from "./support/graphql.ts";
 import { route, world } from "./support/fixtures.ts";
 import { walletBucket } from "../src/accounting/index.ts";
 import { setRouteLimits } from "../src/routing/index.ts";
@@ -158,10 +158,18 @@ describe("point 7: absurd upstream usage is charged at the reservation and flagg
     expect(receipt.charge).toBeGreaterThan(0n);
   });
 
-  it("the flag is exposed on the GraphQL Receipt type", async () => {
-    const { printSchema } = await import("graphql");
-    const { schema } = await import("../src/schema/index.ts");
-    expect(printSchema(schema)).toMatch(/usageExceededReservation: Boolean!/);
+  it("the flag is exposed on the GraphQL Receipt type, with the charge", async () => {
+    const s = await setup();
+    h.fake.set(s.upstreamModel, { type: "ok", usage: { prompt_tokens: 3e9, completion_tokens: 1 } });
+    const res = await post(s.secret, { model: s.model, messages: [{ role: "user", content: "hello" }], max_tokens: 20 });
+    expect(res.status).toBe(200);
+    const admin = await token("PLATFORM_ADMIN");
+    const r = await gql(admin, `query($key: ID) { receipts(first: 5, filter: { keyId: $key }) { edges { node { usageExceededReservation promptTokens charge { amount } } } } }`, { key: s.key.id });
+    expect(r.errors).toBeUndefined();
+    const node = (r.data as { receipts: { edges: Array<{ node: { usageExceededReservation: boolean; promptTokens: number; charge: { amount: string } } }> } }).receipts.edges[0]!.node;
+    expect(node.usageExceededReservation).toBe(true);
+    expect(node.promptTokens).toBe(2_147_483_647);
+    expect(node.charge.amount).toBe(res.headers.get("x-tokengate-charge"));
   });
 });
 
@@ -220,6 +228,19 @@ describe("point 11: bodies are validated as OpenAI validates them", () => {
     const res = await post(s.secret, { model: s.model, ...fields }, "/embeddings");
     expect(res.status).toBe(400);
     expect(((await res.json()) as ErrorBody).error.param).toBe(param);
+  });
+
+  it("a body nested 100,000 levels deep (in an unknown field or in tools) is a 400, never a 500", async () => {
+    const s = await setup();
+    const deep = `${"[".repeat(100_000)}${"]".repeat(100_000)}`;
+    for (const raw of [
+      `{"model":${JSON.stringify(s.model)},"messages":[{"role":"user","content":"hi"}],"junk":${deep}}`,
+      `{"model":${JSON.stringify(s.model)},"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":${deep}}}]}`,
+    ]) {
+      const res = await post(s.secret, raw);
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as ErrorBody).error).toMatchObject({ type: "invalid_request_error", code: "nested_too_deeply" });
+    }
   });
 
   it("valid requests with every part shape OpenAI accepts still pass", async () => {
@@ -306,6 +327,21 @@ describe("point 13: control characters in strings that reach SQL", () => {
     }
     const emb = await post(s.secret, { model: "e\u0000", input: "x" }, "/embeddings");
     expect(emb.status).toBe(400);
+  });
+
+  it("admin inputs that reach SQL (names, model names, allowed models) with a NUL are BAD_USER_INPUT, never an internal error", async () => {
+    const s = await setup();
+    const admin = await token("PLATFORM_ADMIN");
+    const v = { org: s.org.id, project: s.project.id };
+    for (const [query, variables] of [
+      [`mutation($org: ID) { createProject(input: { organizationId: $org, name: "web\u0000" }) { id } }`, v],
+      [`mutation($project: ID!) { createApiKey(input: { projectId: $project, name: "k", allowedModels: ["gpt\u0000"] }) { secret } }`, v],
+      [`mutation($org: ID) { upsertRoute(input: { organizationId: $org, model: "m\u0000", channels: [{ name: "c", baseUrl: "https://example.com/v1", upstreamModel: "u" }] }) { id } }`, v],
+    ] as const) {
+      const r = await gql(admin, query, variables);
+      expect(r.errors?.length, query).toBeGreaterThan(0);
+      expect(codes(r), query).toEqual(["BAD_USER_INPUT"]);
+    }
   });
 
   it("a record whose text carries NUL is still written (NUL stored as U+FFFD), not lost", async () => {

@@ -77,6 +77,8 @@ describe("/metrics", () => {
     const bad = new OpenAI({ apiKey: "sk-not-a-key", baseURL: `${server.url}/v1`, maxRetries: 0 });
     await expect(bad.chat.completions.create({ model, messages: [{ role: "user", content: "x" }] })).rejects.toMatchObject({ status: 401 });
 
+    expect((await fetch(`${server.url}/v1/no-such-endpoint`, { method: "POST" })).status).toBe(404);
+
     const admin = await token("ORG_ADMIN", w.org.id);
     const post = (query: string) =>
       fetch(`${server.url}/graphql`, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${admin}` }, body: JSON.stringify({ query }) });
@@ -96,6 +98,7 @@ describe("/metrics", () => {
     expect(delta("tokengate_gateway_requests_total", { route: model, channel: "backup", status: "200" })).toBe(1);
     expect(delta("tokengate_gateway_requests_total", { route: model, channel: "primary", status: "200" })).toBe(3);
     expect(delta("tokengate_gateway_requests_total", { route: "none", channel: "none", status: "401" })).toBe(1);
+    expect(delta("tokengate_gateway_requests_total", { route: "none", channel: "none", status: "404" })).toBe(1);
     expect(delta("tokengate_gateway_request_duration_seconds_count", { route: model })).toBe(4);
     expect(delta("tokengate_gateway_overhead_seconds_count", { route: model })).toBe(4);
     // The gateway's own time is part of the total, never more.

@@ -40,7 +40,7 @@ async function startInstance(): Promise<{ child: ChildProcess; url: string; outp
       DATABASE_URL: database.url!,
       REDIS_URL: redis.url,
       // The fixtures encrypt channel credentials with this secret; every instance shares it.
-      TOKENGATE_SECRET: "test-secret-not-for-production",
+      TOKENGATE_SECRET: "test-secret-not-for-production-0123456789",
       TOKENGATE_ADMIN_TOKEN: "tgadm_multi_instance_test_token_0000000000000000",
       LOG_LEVEL: "warn",
     },
@@ -76,7 +76,7 @@ afterAll(async () => {
   await database?.dispose();
 });
 
-async function setup(keyCaps: { dailyCap?: string } = {}) {
+async function setup(keyCaps: { dailyCap?: string; rpmLimit?: number } = {}) {
   const w = await f.world({ credit: "100", key: keyCaps });
   const model = `gpt-multi-${Math.random().toString(36).slice(2, 7)}`;
   await f.route(w.viewer, w.org.id, model, [{ name: "primary", baseUrl: fake.url, upstreamModel: `${model}-up`, price: ["2.5", "10"] }]);
@@ -156,5 +156,20 @@ describe.runIf(hasRedis)("two instances, one PostgreSQL, one Redis", () => {
     const failures = await database.prisma.failedRequest.findMany({ where: { keyId: s.key.id } });
     expect(failures).toHaveLength(refused.length);
     expect(failures.every((x) => x.cause === "BUDGET_EXCEEDED" && x.capScope === "KEY_DAILY")).toBe(true);
+  });
+
+  it("a key's rpmLimit holds for both processes together (counted in Redis): 20 concurrent requests, exactly 6 served", async () => {
+    const s = await setup({ rpmLimit: 6 });
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        s.client(i % 2).chat.completions.create({ model: s.model, messages: [{ role: "user", content: `request ${i}` }], max_tokens: 5 }).then(
+          () => ({ ok: true as const }),
+          (e: unknown) => ({ ok: false as const, status: (e as APIError).status, code: (e as APIError).code, retryAfter: (e as APIError).headers?.get("retry-after") }),
+        ),
+      ),
+    );
+    expect(results.filter((r) => r.ok)).toHaveLength(6);
+    for (const r of results.filter((r) => !r.ok)) expect(r).toMatchObject({ status: 429, code: "rate_limit_exceeded", retryAfter: expect.stringMatching(/^\d+$/) });
+    expect(await database.prisma.failedRequest.count({ where: { keyId: s.key.id, cause: "RATE_LIMITED" } })).toBe(14);
   });
 });

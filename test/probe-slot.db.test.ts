@@ -49,4 +49,39 @@ describe("half-open probe slot", () => {
     expect(h.fake.requests.filter((q) => q.model === primary)).toHaveLength(4);
     expect(health.snapshot(primaryChannel.id).state).toBe("DEGRADED");
   });
+
+  it("a probe that fails inside the gateway before the upstream call frees the slot without restarting the cool-down", async () => {
+    const w = await world();
+    const model = uid("gpt");
+    const primary = uid("primary");
+    const r = await route(w.viewer, w.org.id, model, [
+      { name: "primary", baseUrl: h.fake.url, upstreamModel: primary, price: ["1", "1"] },
+      { name: "backup", baseUrl: h.fake.url, upstreamModel: uid("backup"), price: ["1", "1"] },
+    ]);
+    const primaryChannel = r.channels.find((c) => c.name === "primary")!;
+    const ask = () => fetch(`${h.gw.url}/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${w.secret}`, "content-type": "application/json" },
+      body: JSON.stringify({ model, messages: [{ role: "user", content: "probe" }], max_tokens: 5 }),
+    });
+
+    h.fake.set(primary, { type: "status", status: 502 });
+    for (let i = 0; i < 3; i++) expect((await ask()).headers.get("x-tokengate-channel")).toBe("backup");
+    expect(health.snapshot(primaryChannel.id).state).toBe("DOWN");
+    h.fake.set(primary, { type: "ok" });
+    await sleep(COOLDOWN_MS + 100);
+
+    // The probe's credential cannot be decrypted: the gateway fails before calling the upstream.
+    await h.database.prisma.channel.update({ where: { id: primaryChannel.id }, data: { apiKeyCiphertext: "not-a-ciphertext" } });
+    const failed = await ask();
+    expect(failed.status).toBe(500);
+    expect(h.fake.requests.filter((q) => q.model === primary)).toHaveLength(3);
+
+    // Nothing was learnt about the channel: the very next request probes it (no new cool-down).
+    await h.database.prisma.channel.update({ where: { id: primaryChannel.id }, data: { apiKeyCiphertext: null } });
+    const ok = await ask();
+    expect(ok.status).toBe(200);
+    expect(ok.headers.get("x-tokengate-channel")).toBe("primary");
+    expect(health.snapshot(primaryChannel.id).state).toBe("DEGRADED");
+  });
 });

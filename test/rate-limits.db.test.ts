@@ -43,7 +43,7 @@ async function expectLimited(p: Promise<unknown>) {
   const retryAfter = Number(e.headers?.get("retry-after"));
   expect(Number.isInteger(retryAfter)).toBe(true);
   expect(retryAfter).toBeGreaterThanOrEqual(1);
-  expect(retryAfter).toBeLessThanOrEqual(60);
+  expect(retryAfter).toBeLessThanOrEqual(120);
   return e;
 }
 
@@ -63,7 +63,7 @@ describe("per-key rate limits (one instance, in memory)", () => {
     expect(res.status).toBe(429);
     const retryAfter = Number(res.headers.get("retry-after"));
     expect(retryAfter).toBeGreaterThanOrEqual(1);
-    expect(retryAfter).toBeLessThanOrEqual(60);
+    expect(retryAfter).toBeLessThanOrEqual(120);
     const requestId = res.headers.get("x-request-id")!;
     expect(requestId).toBeTruthy();
     const body = (await res.json()) as { error: Record<string, unknown> };
@@ -163,6 +163,51 @@ describe("bad keys", () => {
     expect(statuses).toEqual([...Array<number>(20).fill(401), ...Array<number>(5).fill(429)]);
     expect(await rows()).toBe(before);
     expect(gw.gateway.stats().limits).toMatchObject({ badKeys: 20, badKeyThrottled: 5 });
+  });
+
+  it("a throttled address is slowed, not shut out: valid keys behind it keep working, guesses get one lookup a second", async () => {
+    if (Date.now() % 60_000 > 45_000) await sleep(60_000 - (Date.now() % 60_000) + 100);
+    // A gateway of its own: the flood above throttled this address on the shared one.
+    const gw = await startGateway({ BAD_KEY_LIMIT_PER_MINUTE: "5" });
+    try {
+      const s = await setup({});
+      // A valid client behind the same address (NAT, a proxy) is already known to this instance.
+      await chat(gw, s.secret, s.model);
+      const guess = () =>
+        fetch(`${gw.url}/chat/completions`, { method: "POST", headers: { authorization: `Bearer tg_guess_${Math.random().toString(36).slice(2)}`, "content-type": "application/json" }, body: "{}" });
+      let throttled = false;
+      for (let i = 0; i < 40 && !throttled; i++) throttled = (await guess()).status === 429;
+      expect(throttled).toBe(true);
+      // The known key passes with no wait, repeatedly.
+      for (let i = 0; i < 5; i++) expect((await chat(gw, s.secret, s.model)).choices.length).toBe(1);
+      // Guesses within the same second are refused without a lookup; a second later one is looked up (401).
+      expect((await guess()).status).toBe(429);
+      await sleep(1_100);
+      expect((await guess()).status).toBe(401);
+      expect((await guess()).status).toBe(429);
+      // A valid key this instance has not seen yet gets through on the next lookup slot.
+      const fresh = await setup({});
+      await sleep(1_100);
+      expect((await chat(gw, fresh.secret, fresh.model)).choices.length).toBe(1);
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
+describe("an unreachable Redis", () => {
+  let gw: TestGateway;
+  beforeAll(async () => {
+    gw = await startGateway({ REDIS_URL: "redis://127.0.0.1:9" });
+  });
+  afterAll(() => gw?.close());
+
+  it("admits requests (rate limits are not money) instead of refusing or hanging them", async () => {
+    const s = await setup({ rpmLimit: 1, maxConcurrent: 1 });
+    const started = Date.now();
+    for (let i = 0; i < 3; i++) await chat(gw, s.secret, s.model);
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(await h.database.prisma.receipt.count({ where: { keyId: s.key.id } })).toBe(3);
   });
 });
 

@@ -113,25 +113,30 @@ async function write(s: Scene, rows: Row[], batch: boolean): Promise<void> {
   }
 }
 
-const GROUP_COLUMNS = `"organizationId", hour, "keyId", "projectId", "routeId", "requestedModel", bucket, currency`;
+const GRAINS = [
+  { table: "SpendRollupHourly", unit: "hour" },
+  { table: "SpendRollupDaily", unit: "day" },
+] as const;
 
-/** Rollups as stored vs the same sums computed from the raw rows: must be identical. */
-async function compareWithRawRows(orgId: string) {
+/** Rollups of one grain as stored vs the same sums computed from the raw rows: must be identical. */
+async function compareWithRawRows(orgId: string, grain: (typeof GRAINS)[number] = GRAINS[0]) {
+  const GROUP_COLUMNS = `"organizationId", ${grain.unit} AS at, "keyId", "projectId", "routeId", "requestedModel", bucket, currency`;
+  const ORDER = `"organizationId", at, "keyId", "projectId", "routeId", "requestedModel", bucket, currency`;
   const rollups = await database.sql.query<Record<string, unknown>>(
     `SELECT ${GROUP_COLUMNS}, spend::text, requests::text, "promptTokens"::text, "completionTokens"::text
-       FROM "SpendRollup" WHERE "organizationId" = $1 AND requests <> 0 ORDER BY ${GROUP_COLUMNS}`,
+       FROM "${grain.table}" WHERE "organizationId" = $1 AND requests <> 0 ORDER BY ${ORDER}`,
     [orgId],
   );
   const raw = await database.sql.query<Record<string, unknown>>(
     `SELECT ${GROUP_COLUMNS}, SUM(charge)::text AS spend, COUNT(*)::text AS requests,
             SUM("promptTokens")::text AS "promptTokens", SUM("completionTokens")::text AS "completionTokens"
-       FROM (SELECT "organizationId", date_trunc('hour', "createdAt") AS hour, "keyId", "projectId", "routeId", "requestedModel", bucket, currency,
+       FROM (SELECT "organizationId", date_trunc('${grain.unit}', "createdAt") AS ${grain.unit}, "keyId", "projectId", "routeId", "requestedModel", bucket, currency,
                     charge, "promptTokens", "completionTokens" FROM "Receipt" WHERE "organizationId" = $1
              UNION ALL
-             SELECT "organizationId", date_trunc('hour', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", bucket, currency,
+             SELECT "organizationId", date_trunc('${grain.unit}', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", bucket, currency,
                     charge, "promptTokens", "completionTokens" FROM "FailedRequest"
               WHERE "organizationId" = $1 AND bucket IS NOT NULL AND charge > 0) spend
-      GROUP BY ${GROUP_COLUMNS} ORDER BY ${GROUP_COLUMNS}`,
+      GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8`,
     [orgId],
   );
   return { rollups, raw };
@@ -147,7 +152,7 @@ describe("spend rollups", () => {
       groupBy: fc.constantFrom("KEY" as const, "PROJECT" as const, "MODEL" as const, "ROUTE" as const, "BUCKET" as const),
       keyFilter: fc.option(fc.integer({ min: 0, max: 2 }), { nil: undefined }),
       projectFilter: fc.option(fc.integer({ min: 0, max: 2 }), { nil: undefined }),
-      alignToHour: fc.boolean(),
+      align: fc.constantFrom("none" as const, "hour" as const, "day" as const),
     });
     let checkedPoints = 0;
     await fc.assert(
@@ -156,11 +161,14 @@ describe("spend rollups", () => {
         fc.array(seriesQuery, { minLength: 3, maxLength: 6 }),
         async (writes, queries) => {
           for (const w of writes) await write(s, w.rows, w.batch);
-          const { rollups, raw } = await compareWithRawRows(s.orgId);
-          expect(rollups).toEqual(raw);
+          for (const grain of GRAINS) {
+            const { rollups, raw } = await compareWithRawRows(s.orgId, grain);
+            expect(rollups).toEqual(raw);
+          }
           for (const q of queries) {
-            const from = q.alignToHour ? Math.floor(q.fromMs / 3_600_000) * 3_600_000 : q.fromMs;
-            const to = q.alignToHour ? Math.ceil((from + q.spanMs) / 3_600_000) * 3_600_000 : from + q.spanMs;
+            const unit = { none: 1, hour: 3_600_000, day: 86_400_000 }[q.align];
+            const from = Math.floor(q.fromMs / unit) * unit;
+            const to = Math.ceil((from + q.spanMs) / unit) * unit;
             const input: SpendSeriesInput = {
               organizationId: s.orgId,
               from: new Date(BASE + from),
@@ -191,21 +199,26 @@ describe("spend rollups", () => {
     await database.sql.query(`UPDATE "Receipt" SET charge = charge + 7, "createdAt" = "createdAt" + interval '5 hours' WHERE "organizationId" = $1 AND "promptTokens" < 60`, [s.orgId]);
     await database.sql.query(`UPDATE "FailedRequest" SET charge = 0 WHERE "organizationId" = $1 AND "promptTokens" = 30`, [s.orgId]);
     await database.sql.query(`DELETE FROM "Receipt" WHERE "organizationId" = $1 AND "promptTokens" > 90`, [s.orgId]);
-    const { rollups, raw } = await compareWithRawRows(s.orgId);
-    expect(raw.length).toBeGreaterThan(3);
-    expect(rollups).toEqual(raw);
+    for (const grain of GRAINS) {
+      const { rollups, raw } = await compareWithRawRows(s.orgId, grain);
+      expect(raw.length).toBeGreaterThan(3);
+      expect(rollups).toEqual(raw);
+    }
     const input: SpendSeriesInput = { organizationId: s.orgId, from: new Date(BASE), to: new Date(BASE + 86_400_000), interval: "HOUR", groupBy: "KEY" };
     expect(await spendSeries(input)).toEqual(await spendSeriesFromRawRows(input));
   });
 
-  it("are what spendSeries reads for whole hours", async () => {
+  it("are what spendSeries reads for whole days and whole hours", async () => {
     const s = await scene();
     await write(s, [{ failed: false, key: 0, route: 0, anonymous: false, bucket: "CREDIT", charge: 5_000, prompt: 1, completion: 1, at: 90_000 }], false);
-    const input: SpendSeriesInput = { organizationId: s.orgId, from: new Date(BASE), to: new Date(BASE + 86_400_000), interval: "DAY", groupBy: "BUCKET" };
-    expect((await spendSeries(input)).map((p) => p.spend)).toEqual([5_000n]);
-    // A marker written only into the rollup shows up in the series (and not in the raw scan).
-    await database.sql.query(`UPDATE "SpendRollup" SET spend = spend + 1 WHERE "organizationId" = $1`, [s.orgId]);
-    expect((await spendSeries(input)).map((p) => p.spend)).toEqual([5_001n]);
-    expect((await spendSeriesFromRawRows(input)).map((p) => p.spend)).toEqual([5_000n]);
+    const byDay: SpendSeriesInput = { organizationId: s.orgId, from: new Date(BASE), to: new Date(BASE + 86_400_000), interval: "DAY", groupBy: "BUCKET" };
+    const byHour: SpendSeriesInput = { ...byDay, interval: "HOUR" };
+    expect((await spendSeries(byDay)).map((p) => p.spend)).toEqual([5_000n]);
+    // Markers written only into the rollups show up in the series (and not in the raw scan).
+    await database.sql.query(`UPDATE "SpendRollupDaily" SET spend = spend + 1 WHERE "organizationId" = $1`, [s.orgId]);
+    await database.sql.query(`UPDATE "SpendRollupHourly" SET spend = spend + 2 WHERE "organizationId" = $1`, [s.orgId]);
+    expect((await spendSeries(byDay)).map((p) => p.spend)).toEqual([5_001n]);
+    expect((await spendSeries(byHour)).map((p) => p.spend)).toEqual([5_002n]);
+    expect((await spendSeriesFromRawRows(byDay)).map((p) => p.spend)).toEqual([5_000n]);
   });
 });

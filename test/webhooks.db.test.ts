@@ -12,6 +12,7 @@ import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 import { reserve, settle, walletBucket } from "../src/accounting/index.ts";
 import { announceSpend } from "../src/spend/index.ts";
 import { startAlertWebhooks, type WebhookDeliveryOptions } from "../src/webhooks/index.ts";
+import { configureUpstreamPolicy } from "../src/routing/index.ts";
 
 interface Received {
   headers: http.IncomingHttpHeaders;
@@ -63,6 +64,8 @@ let stop: (() => Promise<void>) | null = null;
 beforeAll(async () => {
   database = await createTestDatabase();
   receiver = await startReceiver();
+  // The receiver listens on loopback: as an operator who set TOKENGATE_ALLOW_PRIVATE_UPSTREAMS would.
+  configureUpstreamPolicy({ allowPrivateUpstreams: true });
 });
 afterEach(async () => {
   await stop?.();
@@ -71,6 +74,7 @@ afterEach(async () => {
   receiver.plan.length = 0;
 });
 afterAll(async () => {
+  configureUpstreamPolicy({ allowPrivateUpstreams: false });
   await receiver.close();
   await database.dispose();
 });
@@ -107,6 +111,23 @@ async function deliveries(admin: string, orgId: string): Promise<DeliveryNode[]>
 }
 
 describe("setAlertWebhook", () => {
+  it("an internal address (loopback, private, metadata) is for platform admins only, as for channels", async () => {
+    configureUpstreamPolicy({ allowPrivateUpstreams: false });
+    try {
+      const w = await f.world();
+      const admin = await token("ORG_ADMIN", w.org.id);
+      for (const url of [receiver.url, "http://169.254.169.254/latest/meta-data", "http://10.1.2.3/hook", "http://[::1]:9/hook"]) {
+        const r = await gql(admin, SET, { input: { url } });
+        expect(codes(r), url).toEqual(["FORBIDDEN"]);
+      }
+      const platform = await token("PLATFORM_ADMIN");
+      const r = await gqlOk(platform, SET, { input: { url: receiver.url, organizationId: w.org.id } });
+      expect(r.setAlertWebhook.alertWebhook.url).toBe(receiver.url);
+    } finally {
+      configureUpstreamPolicy({ allowPrivateUpstreams: true });
+    }
+  });
+
   it("validates the URL and the secret, is audited without the secret, and generates a secret (shown once) when none is given", async () => {
     const w = await f.world();
     const admin = await token("ORG_ADMIN", w.org.id);
@@ -117,7 +138,8 @@ describe("setAlertWebhook", () => {
     expect(codes(await gql(viewer, SET, { input: { url: receiver.url, secret: "s".repeat(32) } }))).toEqual(["FORBIDDEN"]);
     expect(codes(await gql(viewer, DELIVERIES, { o: w.org.id }))).toEqual(["FORBIDDEN"]);
     const other = await f.world();
-    expect(codes(await gql(await token("ORG_ADMIN", other.org.id), DELIVERIES, { o: w.org.id }))).toEqual(["FORBIDDEN"]);
+    // Another organization's id is unknown to this token (issue 8: NOT_FOUND, as for every tenancy check).
+    expect(codes(await gql(await token("ORG_ADMIN", other.org.id), DELIVERIES, { o: w.org.id }))).toEqual(["NOT_FOUND"]);
 
     const generated = await gqlOk(admin, SET, { input: { url: receiver.url } });
     expect(generated.setAlertWebhook.generatedSecret).toMatch(/^whsec_[0-9A-Za-z]{43}$/);
@@ -222,6 +244,20 @@ describe("alert delivery", () => {
     for (const d of attempts) expect(d.durationMs).toBeGreaterThanOrEqual(990);
     for (const d of attempts) expect(d.durationMs).toBeLessThan(5_000);
     expect(receiver.received).toHaveLength(2);
+  });
+
+  it("a secret that cannot be decrypted (TOKENGATE_SECRET changed) fails the delivery visibly and never sends it unsigned", async () => {
+    const w = await f.world({ key: { dailyCap: "1" } });
+    const admin = await token("ORG_ADMIN", w.org.id);
+    await gqlOk(admin, SET, { input: { url: receiver.url, secret: "lost-secret-0123456789" } });
+    await database.prisma.alertWebhook.update({ where: { organizationId: w.org.id }, data: { secretCiphertext: "v1.AAAA.AAAA.AAAA" } });
+    start();
+    await spend(w, 500_000n);
+    await until(async () => (await deliveries(admin, w.org.id)).length === 1);
+    const [only] = await deliveries(admin, w.org.id);
+    expect(only).toMatchObject({ status: "FAILED", attempt: 1, httpStatus: null });
+    expect(only!.error).toMatch(/cannot be decrypted/);
+    expect(receiver.received).toHaveLength(0);
   });
 
   it("an organization without a webhook gets no delivery", async () => {

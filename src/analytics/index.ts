@@ -1,8 +1,9 @@
 // Spend series for dashboards: receipts plus charged failed requests, grouped in SQL.
 // Their charges are exactly the ledger's CHARGE entries (each links to one of them; tested).
-// Whole hours are read from "SpendRollup" (hourly sums kept by triggers in the same transaction
-// as the rows: prisma/migrations/20261123500000_spend_rollups); only the partial hours at either
-// end of a range that does not start or end on the hour are read from the raw rows.
+// Whole UTC days (for DAY and MONTH series) and whole hours are read from "SpendRollupDaily" and
+// "SpendRollupHourly" (sums kept by triggers in the same transaction as the rows:
+// prisma/migrations/20261123500000_spend_rollups); only the partial hours at the ends of a range
+// that does not start or end on the hour are read from the raw rows.
 import { db } from "../db/index.ts";
 import type { BalanceBucket } from "../generated/prisma/enums.ts";
 import { badInput } from "../errors.ts";
@@ -31,30 +32,55 @@ const GROUP_COLUMN = { KEY: `"keyId"`, PROJECT: `"projectId"`, MODEL: `"requeste
 const TRUNC = { HOUR: "hour", DAY: "day", MONTH: "month" } as const;
 const MAX_POINTS_SPAN_MS = { HOUR: 31 * 86_400_000, DAY: 3 * 366 * 86_400_000, MONTH: 20 * 366 * 86_400_000 } as const;
 const HOUR_MS = 3_600_000;
+const DAY_MS = 24 * HOUR_MS;
 
 type Row = { bucket_start: Date; grp: string | null; bucket: BalanceBucket; spend: bigint; requests: bigint; prompt: bigint; completion: bigint };
 
-// Raw spend rows (receipts and charged failed requests) of one organization with createdAt in
-// any of the given [from, to) ranges: $2/$3 and $4/$5 (ISO strings, UTC).
-const RAW_SPEND = `
-  SELECT "createdAt" AS at, "keyId", "projectId", "routeId", "requestedModel", bucket, charge,
-         1 AS requests, "promptTokens", "completionTokens"
-    FROM "Receipt" WHERE "organizationId" = $1 AND (
-         ("createdAt" >= $2::timestamptz AT TIME ZONE 'UTC' AND "createdAt" < $3::timestamptz AT TIME ZONE 'UTC')
-      OR ("createdAt" >= $4::timestamptz AT TIME ZONE 'UTC' AND "createdAt" < $5::timestamptz AT TIME ZONE 'UTC'))
-  UNION ALL
-  SELECT "createdAt", "keyId", "projectId", "routeId", "requestedModel", bucket, charge,
-         1, "promptTokens", "completionTokens"
-    FROM "FailedRequest" WHERE "organizationId" = $1 AND bucket IS NOT NULL AND charge > 0 AND (
-         ("createdAt" >= $2::timestamptz AT TIME ZONE 'UTC' AND "createdAt" < $3::timestamptz AT TIME ZONE 'UTC')
-      OR ("createdAt" >= $4::timestamptz AT TIME ZONE 'UTC' AND "createdAt" < $5::timestamptz AT TIME ZONE 'UTC'))`;
+type Range = [from: number, to: number];
 
-// Whole hours in [$6, $7) from the rollups.
-const ROLLUP_SPEND = `
-  SELECT hour AS at, "keyId", "projectId", "routeId", "requestedModel", bucket, spend AS charge,
-         requests, "promptTokens", "completionTokens"
-    FROM "SpendRollup"
-   WHERE "organizationId" = $1 AND hour >= $6::timestamptz AT TIME ZONE 'UTC' AND hour < $7::timestamptz AT TIME ZONE 'UTC'`;
+/** Where each part of [from, to) is read: whole days (if allowed), whole hours, and raw rows for the rest. */
+export function planRanges(from: number, to: number, useDays: boolean): { days: Range[]; hours: Range[]; raw: Range[] } {
+  const plan = { days: [] as Range[], hours: [] as Range[], raw: [] as Range[] };
+  const split = (a: number, b: number, unit: number, whole: Range[], rest: (a: number, b: number) => void) => {
+    const first = Math.ceil(a / unit) * unit;
+    const last = Math.floor(b / unit) * unit;
+    if (first >= last) return rest(a, b);
+    whole.push([first, last]);
+    if (a < first) rest(a, first);
+    if (last < b) rest(last, b);
+  };
+  const byHours = (a: number, b: number) => split(a, b, HOUR_MS, plan.hours, (x, y) => void plan.raw.push([x, y]));
+  if (useDays) split(from, to, DAY_MS, plan.days, byHours);
+  else byHours(from, to);
+  return plan;
+}
+
+/** The spend rows of one organization ($1) in the planned ranges, as (at, dimensions, sums). */
+function spendSource(plan: ReturnType<typeof planRanges>, params: unknown[]): string {
+  const ranges = (column: string, list: Range[]) =>
+    list
+      .map(([a, b]) => {
+        params.push(new Date(a).toISOString(), new Date(b).toISOString());
+        return `(${column} >= $${params.length - 1}::timestamptz AT TIME ZONE 'UTC' AND ${column} < $${params.length}::timestamptz AT TIME ZONE 'UTC')`;
+      })
+      .join(" OR ");
+  const parts: string[] = [];
+  if (plan.raw.length) {
+    parts.push(`SELECT "createdAt" AS at, "keyId", "projectId", "routeId", "requestedModel", bucket, charge,
+                       1 AS requests, "promptTokens", "completionTokens"
+                  FROM "Receipt" WHERE "organizationId" = $1 AND (${ranges(`"createdAt"`, plan.raw)})`);
+    parts.push(`SELECT "createdAt", "keyId", "projectId", "routeId", "requestedModel", bucket, charge,
+                       1, "promptTokens", "completionTokens"
+                  FROM "FailedRequest" WHERE "organizationId" = $1 AND bucket IS NOT NULL AND charge > 0 AND (${ranges(`"createdAt"`, plan.raw)})`);
+  }
+  for (const [table, column, list] of [["SpendRollupHourly", "hour", plan.hours], ["SpendRollupDaily", "day", plan.days]] as const) {
+    if (!list.length) continue;
+    parts.push(`SELECT "${column}" AS at, "keyId", "projectId", "routeId", "requestedModel", bucket, spend AS charge,
+                       requests, "promptTokens", "completionTokens"
+                  FROM "${table}" WHERE "organizationId" = $1 AND (${ranges(`"${column}"`, list)})`);
+  }
+  return parts.join(" UNION ALL ");
+}
 
 function validate(input: SpendSeriesInput): void {
   if (input.from >= input.to) throw badInput("to", "must be after from");
@@ -63,21 +89,21 @@ function validate(input: SpendSeriesInput): void {
   }
 }
 
-async function run(input: SpendSeriesInput, source: string, params: string[]): Promise<SpendPoint[]> {
+async function run(input: SpendSeriesInput, plan: ReturnType<typeof planRanges>): Promise<SpendPoint[]> {
   const group = GROUP_COLUMN[input.groupBy];
+  const params: unknown[] = [input.organizationId];
+  const source = spendSource(plan, params);
+  params.push(input.keyId ?? null, input.projectId ?? null);
+  const [key, project] = [`$${params.length - 1}`, `$${params.length}`];
   // A rollup row's requests may sum to zero after its rows were deleted: such groups do not exist.
   const rows = await db.$queryRawUnsafe<Row[]>(
     `SELECT date_trunc('${TRUNC[input.interval]}', at) AS bucket_start, ${group} AS grp, bucket,
             SUM(charge)::bigint AS spend, SUM(requests)::bigint AS requests,
             SUM("promptTokens")::bigint AS prompt, SUM("completionTokens")::bigint AS completion
        FROM (${source}) spend
-      WHERE ($${params.length + 2}::text IS NULL OR "keyId" = $${params.length + 2})
-        AND ($${params.length + 3}::text IS NULL OR "projectId" = $${params.length + 3})
+      WHERE (${key}::text IS NULL OR "keyId" = ${key}) AND (${project}::text IS NULL OR "projectId" = ${project})
       GROUP BY 1, 2, 3 HAVING SUM(requests) > 0 ORDER BY 1, 2, 3`,
-    input.organizationId,
     ...params,
-    input.keyId ?? null,
-    input.projectId ?? null,
   );
   return rows.map((r) => ({
     bucketStart: new Date(r.bucket_start),
@@ -92,23 +118,11 @@ async function run(input: SpendSeriesInput, source: string, params: string[]): P
 
 export async function spendSeries(input: SpendSeriesInput): Promise<SpendPoint[]> {
   validate(input);
-  const from = input.from.getTime();
-  const to = input.to.getTime();
-  const firstWholeHour = Math.ceil(from / HOUR_MS) * HOUR_MS;
-  const lastWholeHour = Math.floor(to / HOUR_MS) * HOUR_MS;
-  const iso = (ms: number) => new Date(ms).toISOString();
-  if (firstWholeHour >= lastWholeHour) {
-    // No whole hour inside the range: raw rows only (the second raw range is empty).
-    return run(input, RAW_SPEND, [iso(from), iso(to), iso(to), iso(to)]);
-  }
-  return run(input, `${RAW_SPEND} UNION ALL ${ROLLUP_SPEND}`, [
-    iso(from), iso(firstWholeHour), iso(lastWholeHour), iso(to), iso(firstWholeHour), iso(lastWholeHour),
-  ]);
+  return run(input, planRanges(input.from.getTime(), input.to.getTime(), input.interval !== "HOUR"));
 }
 
 /** The same series from a scan of the raw rows: the reference the rollups are tested and benched against. */
 export async function spendSeriesFromRawRows(input: SpendSeriesInput): Promise<SpendPoint[]> {
   validate(input);
-  const iso = (d: Date) => d.toISOString();
-  return run(input, RAW_SPEND, [iso(input.from), iso(input.to), iso(input.to), iso(input.to)]);
+  return run(input, { days: [], hours: [], raw: [[input.from.getTime(), input.to.getTime()]] });
 }

@@ -72,6 +72,10 @@ export async function resolveOrganizationId(v: Viewer, requested?: string | null
     if (!canReadOrganization(v, requested) && !(v.role === "PROJECT_VIEWER" && v.organizationId === requested)) {
       throw notFound("organization", requested);
     }
+    // A platform token may name any organization, so it may also name one that does not exist.
+    if (isPlatform(v) && !(await db.organization.findUnique({ where: { id: requested }, select: { id: true } }))) {
+      throw notFound("organization", requested);
+    }
     return requested;
   }
   if (v.organizationId) return v.organizationId;
@@ -82,6 +86,18 @@ export function parseBearer(header: string | null | undefined): string | null {
   if (!header) return null;
   const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
   return match ? match[1]! : null;
+}
+
+/** Tokens revoked since start (here or, through the adminTokenRevoked event, on another instance). */
+const revokedTokenIds = new Set<string>();
+export function noteRevokedToken(tokenId: string): void {
+  if (revokedTokenIds.size > 100_000) revokedTokenIds.clear();
+  revokedTokenIds.add(tokenId);
+}
+
+/** For long-lived operations (subscriptions) authenticated earlier: still unrevoked and unexpired? */
+export function viewerStillValid(v: Viewer, now = Date.now()): boolean {
+  return !revokedTokenIds.has(v.tokenId) && !(v.expiresAt && v.expiresAt.getTime() <= now);
 }
 
 /** lastUsedAt is written at most this often per token and instance: not a database write per request. */
@@ -242,6 +258,7 @@ export async function revokeAdminToken(viewer: Viewer, id: string): Promise<Admi
     });
     return next;
   });
+  noteRevokedToken(id);
   events.publish("adminTokenRevoked", { tokenId: id });
   return revoked;
 }
@@ -256,16 +273,18 @@ export async function bootstrapAdmin(configuredToken: string | undefined): Promi
   await ensureDefaultOrganization();
   if (configuredToken) {
     const tokenHash = sha256(configuredToken);
-    return db.$transaction(async (tx) => {
-      const existing = await tx.adminToken.findUnique({ where: { tokenHash } });
-      if (!existing) await createAdminToken({ name: "TOKENGATE_ADMIN_TOKEN", role: "PLATFORM_ADMIN", secret: configuredToken, bootstrap: true }, tx);
-      else if (existing.revokedAt) console.warn("TOKENGATE_ADMIN_TOKEN was revoked through the API and stays revoked: set a new value.");
-      const { count } = await tx.adminToken.updateMany({
-        where: { bootstrap: true, revokedAt: null, tokenHash: { not: tokenHash } },
-        data: { revokedAt: new Date() },
+    const existing = await db.adminToken.findUnique({ where: { tokenHash } });
+    if (!existing) {
+      // Instances starting together race to create it: the loser finds the winner's row.
+      await createAdminToken({ name: "TOKENGATE_ADMIN_TOKEN", role: "PLATFORM_ADMIN", secret: configuredToken, bootstrap: true }).catch(async (error: unknown) => {
+        if (!(await db.adminToken.findUnique({ where: { tokenHash } }))) throw error;
       });
-      return { generatedSecret: null, revoked: count };
+    } else if (existing.revokedAt) console.warn("TOKENGATE_ADMIN_TOKEN was revoked through the API and stays revoked: set a new value.");
+    const { count } = await db.adminToken.updateMany({
+      where: { bootstrap: true, revokedAt: null, tokenHash: { not: tokenHash } },
+      data: { revokedAt: new Date() },
     });
+    return { generatedSecret: null, revoked: count };
   }
   const anyPlatform = await db.adminToken.findFirst({ where: { role: "PLATFORM_ADMIN", revokedAt: null } });
   if (anyPlatform) return { generatedSecret: null, revoked: 0 };

@@ -5,7 +5,7 @@
 // keyset pages on an indexed order, so other queries run between pages.
 import { currentDatabase, type Database } from "../db/index.ts";
 import { isPlatform, type Viewer } from "../auth/index.ts";
-import { badInput, forbidden } from "../errors.ts";
+import { badInput, forbidden, notFound } from "../errors.ts";
 import { formatMoney } from "../money.ts";
 
 export const EXPORT_KINDS = ["receipts", "ledger", "failed-requests"] as const;
@@ -74,6 +74,8 @@ interface ExportSpec {
   select: string[];
   /** Columns holding micro-unit amounts, formatted as decimal strings. */
   money: Set<string>;
+  /** Free-text columns whose formula-like values are neutralized. */
+  text: Set<string>;
   /** The rows of one organization (filter.organizationId is always set for platform viewers). */
   phases(viewer: Viewer, filter: ExportFilter): Phase[];
   /** Rows of no organization, exported to platform viewers after every organization's. */
@@ -87,10 +89,11 @@ const iso = (column: string) => `to_char(${column}, 'YYYY-MM-DD"T"HH24:MI:SS.MS"
 /** The organization / project every row must belong to, after the viewer's tenancy and the filter. */
 function scope(viewer: Viewer, filter: ExportFilter, projectScoped: boolean): { organizationId?: string; projectId?: string } {
   if (isPlatform(viewer)) return { organizationId: filter.organizationId, projectId: filter.projectId };
-  if (filter.organizationId && filter.organizationId !== viewer.organizationId) throw forbidden("this token cannot export that organization");
+  // As in GraphQL, another tenant's ids answer like unknown ones (their existence is not this token's business).
+  if (filter.organizationId && filter.organizationId !== viewer.organizationId) throw notFound("organization", filter.organizationId);
   if (viewer.role === "PROJECT_VIEWER") {
     if (!projectScoped) throw forbidden("project viewers cannot export the wallet ledger");
-    if (filter.projectId && filter.projectId !== viewer.projectId) throw forbidden("this token cannot export that project");
+    if (filter.projectId && filter.projectId !== viewer.projectId) throw notFound("project", filter.projectId);
     return { organizationId: viewer.organizationId ?? "", projectId: viewer.projectId ?? "" };
   }
   return { organizationId: viewer.organizationId ?? "", projectId: filter.projectId };
@@ -136,6 +139,7 @@ const SPECS: Record<ExportKind, ExportSpec> = {
       `t."completionTokens"::text`, "t.charge::text", "t.currency", `t."priceSnapshotId"`,
     ],
     money: new Set(["charge"]),
+    text: new Set(["requestedModel", "upstreamModel"]),
     phases: (viewer, filter) => {
       const { conditions, params } = requestConditions(viewer, filter);
       return [{ from: `"Receipt" t`, conditions, params, keys: BY_TIME }];
@@ -154,6 +158,7 @@ const SPECS: Record<ExportKind, ExportSpec> = {
       `t."completionTokens"::text`, "t.charge::text", "t.currency",
     ],
     money: new Set(["charge"]),
+    text: new Set(["requestedModel", "message"]),
     phases: (viewer, filter) => {
       const { conditions, params } = requestConditions(viewer, filter);
       return [{ from: `"FailedRequest" t`, conditions, params, keys: BY_TIME }];
@@ -176,6 +181,7 @@ const SPECS: Record<ExportKind, ExportSpec> = {
       `COALESCE(r."routeId", f."routeId")`, `COALESCE(r."requestedModel", f."requestedModel")`, `t."actorTokenId"`,
     ],
     money: new Set(["amount", "balanceAfter"]),
+    text: new Set(["idempotencyKey", "memo", "model"]),
     phases: (viewer, filter) => {
       const s = scope(viewer, filter, false);
       const conditions: string[] = [];
@@ -253,6 +259,15 @@ async function* phaseRows(database: Database, spec: ExportSpec, phase: Phase): A
  * The export's records (arrays of strings, in exportColumns order), read as the consumer pulls.
  * Tenancy and filter errors are thrown before the first row is read.
  */
+/**
+ * Free text that clients or admins chose (model names, messages, memos) is prefixed with ' when it
+ * starts like a spreadsheet formula (OWASP's CSV-injection rule), so opening an export cannot run
+ * one. Money, ids and times are never touched: they come from us.
+ */
+export function neutralizeFormula(value: string): string {
+  return /^[=+\-@\t\r]/.test(value) ? `'${value}` : value;
+}
+
 export function exportRecords(viewer: Viewer, kind: ExportKind, filter: ExportFilter): AsyncGenerator<Array<string | null>, void, undefined> {
   const spec = SPECS[kind];
   const database = currentDatabase();
@@ -261,6 +276,7 @@ export function exportRecords(viewer: Viewer, kind: ExportKind, filter: ExportFi
   // Tenancy errors surface here, before any row is read.
   const own = everyOrganization ? [] : spec.phases(viewer, filter);
   const moneyIndexes = spec.columns.flatMap((c, i) => (spec.money.has(c) ? [i] : []));
+  const textIndexes = spec.columns.flatMap((c, i) => (spec.text.has(c) ? [i] : []));
   return (async function* () {
     let phases = own;
     if (everyOrganization) {
@@ -273,6 +289,7 @@ export function exportRecords(viewer: Viewer, kind: ExportKind, filter: ExportFi
       for await (const row of phaseRows(database, spec, phase)) {
         const record = spec.columns.map((_c, i) => row[`c${i}`] ?? null);
         for (const i of moneyIndexes) if (record[i] != null) record[i] = formatMoney(BigInt(record[i]));
+        for (const i of textIndexes) if (record[i] != null) record[i] = neutralizeFormula(record[i]);
         yield record;
       }
     }

@@ -45,7 +45,9 @@ import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
 import { extendHolds } from "../accounting/index.ts";
 import { directSql } from "../db/index.ts";
-import { configureKeyCache } from "../keys/index.ts";
+import { recentlyValidKey, configureKeyCache } from "../keys/index.ts";
+import { parseBearer } from "../auth/index.ts";
+import { header } from "./http.ts";
 import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
 import { Lookups } from "./lookups.ts";
 import { holdMoneyPath, leaseMoneyPath, type MoneyPath, type MoneyStats } from "./money.ts";
@@ -54,7 +56,7 @@ import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoin
 import { UpstreamClient } from "./upstream.ts";
 import { RateLimiter, type RateLimiterStats } from "./rate-limit.ts";
 import { componentLogger } from "../log.ts";
-import { observeRequest } from "./observe.ts";
+import { observeRequest, type Observed } from "./observe.ts";
 
 export interface Gateway {
   handle(req: IncomingMessage, res: ServerResponse): Promise<void>;
@@ -130,24 +132,41 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
     const q = url.indexOf("?");
     const path = (q === -1 ? url : url.slice(0, q)).replace(/\/+$/, "");
     const method = req.method ?? "GET";
+    const startedAt = performance.now();
+    /** Metrics and the request's log line, once it is answered. */
+    const finished = (observed: Observed) => {
+      observeRequest(observed, res.statusCode);
+      if (!logger.isLevelEnabled("info")) return;
+      logger.info(
+        { requestId, method, path, status: res.statusCode, durationMs: Math.round(performance.now() - observed.startedAt), route: observed.route?.model ?? null, channel: observed.channel?.channel.name ?? null, attempts: observed.attempts },
+        "request",
+      );
+    };
+    const refuse = (error: GatewayError, headers?: Record<string, string>) => {
+      sendError(res, requestId, error, headers);
+      finished({ startedAt, route: null, channel: null, attempts: 0, upstreamMs: 0 });
+    };
 
     let endpoint: Endpoint;
     let modelId: string | null = null;
     if (path === "/v1/chat/completions" || path === "/v1/embeddings") {
       endpoint = path;
-      if (method !== "POST") return sendError(res, requestId, methodNotAllowed(method, path), { allow: "POST" });
+      if (method !== "POST") return refuse(methodNotAllowed(method, path), { allow: "POST" });
     } else if (path === "/v1/models" || path.startsWith("/v1/models/")) {
       endpoint = "/v1/models";
-      if (method !== "GET") return sendError(res, requestId, methodNotAllowed(method, path), { allow: "GET" });
+      if (method !== "GET") return refuse(methodNotAllowed(method, path), { allow: "GET" });
       if (path !== "/v1/models") modelId = safeDecode(path.slice("/v1/models/".length));
     } else {
       req.resume();
-      return sendError(res, requestId, unknownUrl(method, path));
+      return refuse(unknownUrl(method, path));
     }
 
-    // An address that keeps sending bad keys is refused before any key lookup (no database work).
+    // An address that keeps sending bad keys is slowed before any key lookup (no database work).
     const address = clientAddress(req, config.trustProxy);
-    const throttledFor = limiter.throttled(address);
+    const throttledFor = limiter.throttled(address, () => {
+      const presented = parseBearer(header(req, "authorization"));
+      return presented !== null && recentlyValidKey(presented);
+    });
     if (throttledFor > 0) {
       req.resume();
       return sendError(res, requestId, badKeysThrottled(throttledFor));
@@ -181,13 +200,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       }
       if (!res.headersSent) sendError(res, requestId, internalError());
       else if (!res.writableEnded && !res.destroyed) res.end();
-      observeRequest(state, res.statusCode);
-      if (logger.isLevelEnabled("info")) {
-        logger.info(
-          { requestId, method, path, status: res.statusCode, durationMs: Math.round(performance.now() - state.startedAt), route: state.route?.model ?? null, channel: state.channel?.channel.name ?? null, attempts: state.attempts },
-          "request",
-        );
-      }
+      finished(state);
     }
   }
 

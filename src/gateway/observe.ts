@@ -6,10 +6,13 @@ import type { PlannedChannel } from "../routing/index.ts";
 import { NONE, fallbacks, gatewayDuration, gatewayOverhead, gatewayRequests, spendMicros, upstreamAttempts, upstreamDuration } from "../metrics.ts";
 import type { RequestState } from "./proxy.ts";
 
-const routeLabel = (state: RequestState): string => state.route?.model ?? NONE;
+/** What the request metrics need of a request (RequestState, or less for one refused before it had one). */
+export type Observed = Pick<RequestState, "startedAt" | "route" | "channel" | "attempts" | "upstreamMs">;
+
+const routeLabel = (state: Pick<RequestState, "route">): string => state.route?.model ?? NONE;
 
 /** Once per answered /v1 request. */
-export function observeRequest(state: RequestState, status: number): void {
+export function observeRequest(state: Observed, status: number): void {
   const seconds = (performance.now() - state.startedAt) / 1000;
   const labels = { route: routeLabel(state), channel: state.channel?.channel.name ?? NONE, status: String(status) };
   gatewayRequests.inc(labels);

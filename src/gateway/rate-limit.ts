@@ -43,7 +43,7 @@ export type RateAdmission = { ok: true; ticket: RateTicket | null } | { ok: fals
 
 /** Where the counters live. Every method is one atomic step (one Lua script on Redis). */
 interface CounterStore {
-  admit(input: AdmitInput): Promise<{ ok: true } | { ok: false; limit: RateLimitKind }>;
+  admit(input: AdmitInput): Promise<StoreVerdict>;
   /** Adds `delta` tokens to a window's tpm count, if that window is still kept. */
   adjustTokens(keyId: string, window: number, delta: number): Promise<void>;
   releaseConcurrent(keyId: string, requestId: string): Promise<void>;
@@ -51,6 +51,9 @@ interface CounterStore {
   countBadKey(address: string, window: number): Promise<number>;
   close(): Promise<void>;
 }
+
+/** A refusal carries the refused window counts (previous and current minute), to compute retry-after. */
+type StoreVerdict = { ok: true } | { ok: false; limit: RateLimitKind; previous: number; current: number };
 
 interface AdmitInput {
   keyId: string;
@@ -61,8 +64,28 @@ interface AdmitInput {
 }
 
 const windowOf = (now: number) => Math.floor(now / WINDOW_MS);
-/** The share of the previous window that still lies within the last 60 s. */
-const previousWeight = (now: number) => 1 - (now % WINDOW_MS) / WINDOW_MS;
+/** How much of the previous window still lies within the last 60 s (ms); its count weighs remaining / WINDOW_MS. */
+const previousRemainingMs = (now: number) => WINDOW_MS - (now % WINDOW_MS);
+/** The sliding count: the previous window's share rounded up (integers only: exact) plus the current window's. */
+const slidingCount = (previous: number, current: number, remainingMs: number) => Math.ceil((previous * remainingMs) / WINDOW_MS) + current;
+
+/**
+ * How long until a sliding-window count leaves room for `need` more: while this minute's count
+ * allows it, until enough of the previous minute has slid out; else into the next minute, until
+ * enough of this one has. A need larger than the limit itself never fits: one full window.
+ */
+export function windowRetryMs(previous: number, current: number, need: number, limit: number, elapsedMs: number): number {
+  const room = limit - need;
+  if (room < 0) return WINDOW_MS;
+  if (current <= room) {
+    // ceil(previous × (W − t) / W) ≤ room − current  ⇔  t ≥ W × (previous − (room − current)) / previous
+    if (previous === 0) return 0;
+    const t = Math.ceil((WINDOW_MS * (previous - (room - current))) / previous);
+    return Math.max(0, t - elapsedMs);
+  }
+  // Next minute, this one's count sliding out: ceil(current × (W − t) / W) ≤ room.
+  return WINDOW_MS - elapsedMs + Math.ceil((WINDOW_MS * (current - room)) / current);
+}
 
 // ---------------------------------------------------------------------------
 
@@ -90,17 +113,21 @@ class MemoryStore implements CounterStore {
     return next;
   }
 
-  async admit({ keyId, requestId, limits, tokens, now }: AdmitInput): Promise<{ ok: true } | { ok: false; limit: RateLimitKind }> {
+  async admit({ keyId, requestId, limits, tokens, now }: AdmitInput): Promise<StoreVerdict> {
     const w = windowOf(now);
-    const weight = previousWeight(now);
+    const remaining = previousRemainingMs(now);
     const slots = this.inFlight.get(keyId);
     if (limits.maxConcurrent !== null && slots) {
       for (const [id, expires] of slots) if (expires <= now) slots.delete(id);
-      if (slots.size >= limits.maxConcurrent) return { ok: false, limit: "concurrent" };
+      if (slots.size >= limits.maxConcurrent) return { ok: false, limit: "concurrent", previous: 0, current: 0 };
     }
-    const used = (kind: string) => Math.ceil(this.get(`${keyId}:${kind}:${w - 1}`) * weight) + this.get(`${keyId}:${kind}:${w}`);
-    if (limits.rpmLimit !== null && used("rpm") + 1 > limits.rpmLimit) return { ok: false, limit: "rpm" };
-    if (limits.tpmLimit !== null && used("tpm") + tokens > limits.tpmLimit) return { ok: false, limit: "tpm" };
+    const over = (kind: "rpm" | "tpm", need: number, limit: number): StoreVerdict | null => {
+      const previous = this.get(`${keyId}:${kind}:${w - 1}`);
+      const current = this.get(`${keyId}:${kind}:${w}`);
+      return slidingCount(previous, current, remaining) + need > limit ? { ok: false, limit: kind, previous, current } : null;
+    };
+    const refused = (limits.rpmLimit !== null && over("rpm", 1, limits.rpmLimit)) || (limits.tpmLimit !== null && over("tpm", tokens, limits.tpmLimit));
+    if (refused) return refused;
     if (limits.rpmLimit !== null) this.add(`${keyId}:rpm:${w}`, 1);
     if (limits.tpmLimit !== null) this.add(`${keyId}:tpm:${w}`, tokens);
     if (limits.maxConcurrent !== null) {
@@ -134,20 +161,29 @@ class MemoryStore implements CounterStore {
 // ---------------------------------------------------------------------------
 
 // KEYS: rpm current, rpm previous, tpm current, tpm previous, in-flight set.
-// ARGV: rpm limit, tpm limit, concurrency limit (-1 = none), tokens, weight of the previous window,
+// ARGV: rpm limit, tpm limit, concurrency limit (-1 = none), tokens, ms of the previous window still inside the last 60 s,
 //       now (ms), request id, in-flight expiry (ms), window key expiry (ms).
 const ADMIT_LUA = `
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tokens, weight, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local tokens, remaining, now = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if conc >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-  if redis.call('ZCARD', KEYS[5]) >= conc then return 'concurrent' end
+  if redis.call('ZCARD', KEYS[5]) >= conc then return {'concurrent', 0, 0} end
 end
-local function used(cur, prev)
-  return math.ceil(tonumber(redis.call("GET", prev) or "0") * weight) + tonumber(redis.call('GET', cur) or '0')
+local function over(cur, prev, need, limit)
+  local p = tonumber(redis.call('GET', prev) or '0')
+  local c = tonumber(redis.call('GET', cur) or '0')
+  if math.ceil(p * remaining / ${WINDOW_MS}) + c + need > limit then return {p, c} end
+  return nil
 end
-if rpm >= 0 and used(KEYS[1], KEYS[2]) + 1 > rpm then return 'rpm' end
-if tpm >= 0 and used(KEYS[3], KEYS[4]) + tokens > tpm then return 'tpm' end
+if rpm >= 0 then
+  local r = over(KEYS[1], KEYS[2], 1, rpm)
+  if r then return {'rpm', r[1], r[2]} end
+end
+if tpm >= 0 then
+  local r = over(KEYS[3], KEYS[4], tokens, tpm)
+  if r then return {'tpm', r[1], r[2]} end
+end
 if rpm >= 0 then
   redis.call('INCRBY', KEYS[1], 1)
   redis.call('PEXPIRE', KEYS[1], ARGV[9])
@@ -160,7 +196,7 @@ if conc >= 0 then
   redis.call('ZADD', KEYS[5], now + tonumber(ARGV[8]), ARGV[7])
   redis.call('PEXPIRE', KEYS[5], ARGV[8])
 end
-return 'ok'
+return {'ok', 0, 0}
 `;
 
 // Corrects a window's token count only while that window is kept (never recreates an expired one).
@@ -176,17 +212,27 @@ return n
 `;
 
 class RedisStore implements CounterStore {
-  constructor(private readonly redis: Redis) {}
+  private connectedOnce = false;
+
+  constructor(private readonly redis: Redis) {
+    redis.on("ready", () => (this.connectedOnce = true));
+  }
+
+  /** Once connected, a lost connection fails fast instead of queueing behind reconnects. */
+  private ready(): void {
+    if (this.connectedOnce && this.redis.status !== "ready") throw new Error(`Redis is ${this.redis.status}`);
+  }
 
   private static k(keyId: string, kind: string, window?: number): string {
     // The hash tag keeps one key's counters in one slot (a Redis Cluster runs the script on one node).
     return window === undefined ? `tg:rl:{${keyId}}:${kind}` : `tg:rl:{${keyId}}:${kind}:${window}`;
   }
 
-  async admit({ keyId, requestId, limits, tokens, now }: AdmitInput): Promise<{ ok: true } | { ok: false; limit: RateLimitKind }> {
+  async admit({ keyId, requestId, limits, tokens, now }: AdmitInput): Promise<StoreVerdict> {
+    this.ready();
     const w = windowOf(now);
     const k = RedisStore.k;
-    const result = (await this.redis.eval(
+    const [verdict, previous, current] = (await this.redis.eval(
       ADMIT_LUA,
       5,
       k(keyId, "rpm", w),
@@ -198,24 +244,27 @@ class RedisStore implements CounterStore {
       limits.tpmLimit ?? -1,
       limits.maxConcurrent ?? -1,
       tokens,
-      previousWeight(now),
+      previousRemainingMs(now),
       now,
       requestId,
       CONCURRENCY_TTL_MS,
       2 * WINDOW_MS + 5_000,
-    )) as string;
-    return result === "ok" ? { ok: true } : { ok: false, limit: result as RateLimitKind };
+    )) as [string, number, number];
+    return verdict === "ok" ? { ok: true } : { ok: false, limit: verdict as RateLimitKind, previous: Number(previous), current: Number(current) };
   }
 
   async adjustTokens(keyId: string, window: number, delta: number): Promise<void> {
+    this.ready();
     await this.redis.eval(ADJUST_LUA, 1, RedisStore.k(keyId, "tpm", window), delta);
   }
 
   async releaseConcurrent(keyId: string, requestId: string): Promise<void> {
+    this.ready();
     await this.redis.zrem(RedisStore.k(keyId, "inflight"), requestId);
   }
 
   async countBadKey(address: string, window: number): Promise<number> {
+    this.ready();
     return Number(await this.redis.eval(COUNT_LUA, 1, `tg:badkey:{${address}}:${window}`, 2 * WINDOW_MS));
   }
 
@@ -239,6 +288,9 @@ export interface RateLimiterStats {
   badKeyThrottled: number;
 }
 
+/** A throttled address may have one unknown key looked up this often. */
+const THROTTLED_LOOKUP_INTERVAL_MS = 1_000;
+
 export class RateLimiter {
   readonly stats: RateLimiterStats = { rateLimited: { rpm: 0, tpm: 0, concurrent: 0 }, badKeys: 0, badKeyThrottled: 0 };
   private readonly store: CounterStore;
@@ -246,6 +298,8 @@ export class RateLimiter {
   private readonly unsubscribe: () => void;
   /** Addresses over the bad-key limit, until when (ms). Checked in memory: good traffic never waits on it. */
   private readonly blocked = new Map<string, number>();
+  /** Throttled addresses: when their last key lookup was let through (ms). */
+  private readonly lookups = new Map<string, number>();
 
   private constructor(store: CounterStore, private readonly options: RateLimiterOptions) {
     this.store = store;
@@ -261,7 +315,9 @@ export class RateLimiter {
 
   static create(options: RateLimiterOptions): RateLimiter {
     if (!options.redisUrl) return new RateLimiter(new MemoryStore(), options);
-    const redis = new Redis(options.redisUrl, { maxRetriesPerRequest: 1 });
+    // Commands wait for the first connection at start-up; after that, a lost connection fails them
+    // at once (see RedisStore.ready) and a slow Redis after 500 ms: the request is then admitted.
+    const redis = new Redis(options.redisUrl, { maxRetriesPerRequest: 1, commandTimeout: 500 });
     redis.on("error", (e: Error) => options.log("warn", "rate-limit Redis error", { error: e.message }));
     return new RateLimiter(new RedisStore(redis), options);
   }
@@ -269,7 +325,7 @@ export class RateLimiter {
   /** Admits a request of a key with limits, counting it; a key without limits costs nothing. */
   async admit(keyId: string, requestId: string, limits: KeyRateLimits, tokens: number, now = Date.now()): Promise<RateAdmission> {
     if (limits.rpmLimit === null && limits.tpmLimit === null && limits.maxConcurrent === null) return { ok: true, ticket: null };
-    let result: { ok: true } | { ok: false; limit: RateLimitKind };
+    let result: StoreVerdict;
     try {
       result = await this.store.admit({ keyId, requestId, limits, tokens, now });
     } catch (error) {
@@ -279,8 +335,12 @@ export class RateLimiter {
     if (!result.ok) {
       this.stats.rateLimited[result.limit]++;
       gatewayRateLimited.inc({ limit: result.limit });
-      // Concurrency frees up when a request ends: retry soon. A window limit: when the minute rolls over.
-      const retryAfterSeconds = result.limit === "concurrent" ? 1 : Math.max(1, Math.ceil((WINDOW_MS - (now % WINDOW_MS)) / 1000));
+      // Concurrency frees up when a request ends: retry soon. A window limit: when the window has slid far enough.
+      const limit = result.limit === "rpm" ? limits.rpmLimit : limits.tpmLimit;
+      const retryAfterSeconds =
+        result.limit === "concurrent" || limit === null
+          ? 1
+          : Math.max(1, Math.ceil(windowRetryMs(result.previous, result.current, result.limit === "rpm" ? 1 : tokens, limit, now % WINDOW_MS) / 1000));
       return { ok: false, limit: result.limit, retryAfterSeconds };
     }
     const ticket: RateTicket = { keyId, requestId, window: windowOf(now), tokens, tpm: limits.tpmLimit !== null, concurrent: limits.maxConcurrent !== null };
@@ -295,17 +355,30 @@ export class RateLimiter {
     if (ticket.concurrent) await this.safely("release a concurrency slot", this.store.releaseConcurrent(ticket.keyId, ticket.requestId));
   }
 
-  /** Seconds until this address may send keys again, or 0 when it is not throttled. */
-  throttled(address: string, now = Date.now()): number {
+  /**
+   * Seconds a request from this address must wait, or 0 when it may go on. A throttled address is
+   * slowed, not shut out: a key this instance saw valid in the last minutes passes (and is looked up
+   * as usual, so pause and revocation bite), and one
+   * other key may be looked up per second, so a valid client sharing the address (NAT, a proxy
+   * without TRUST_PROXY) keeps working while a key-guessing flood gets one guess a second.
+   */
+  throttled(address: string, recentlyValidKey: () => boolean, now = Date.now()): number {
     const until = this.blocked.get(address);
     if (until === undefined) return 0;
     if (until <= now) {
       this.blocked.delete(address);
+      this.lookups.delete(address);
+      return 0;
+    }
+    if (recentlyValidKey()) return 0;
+    const last = this.lookups.get(address) ?? 0;
+    if (now - last >= THROTTLED_LOOKUP_INTERVAL_MS) {
+      this.lookups.set(address, now);
       return 0;
     }
     this.stats.badKeyThrottled++;
     gatewayBadKeyThrottled.inc();
-    return Math.max(1, Math.ceil((until - now) / 1000));
+    return Math.max(1, Math.ceil((last + THROTTLED_LOOKUP_INTERVAL_MS - now) / 1000));
   }
 
   /** A missing or unknown key came from this address. */
@@ -322,8 +395,13 @@ export class RateLimiter {
       return;
     }
     if (count >= this.options.badKeyLimitPerMinute) {
+      if (!this.blocked.has(address)) this.lookups.set(address, now); // the next lookup waits its interval
       this.blocked.set(address, (w + 1) * WINDOW_MS);
-      if (this.blocked.size > 100_000) this.blocked.delete(this.blocked.keys().next().value!);
+      if (this.blocked.size > 100_000) {
+        const oldest = this.blocked.keys().next().value!;
+        this.blocked.delete(oldest);
+        this.lookups.delete(oldest);
+      }
     }
   }
 

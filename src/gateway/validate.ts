@@ -239,11 +239,27 @@ function embeddings(body: Json): void {
   string(body, "user");
 }
 
+/** Deeper JSON than any real request (JSON schemas included); far below what overflows the stack when the body is serialized again. */
+export const MAX_JSON_DEPTH = 128;
+
+/** The nesting depth of a parsed JSON value, walked iteratively (a recursive walk is what deep input would overflow). */
+function depthExceeds(root: unknown, limit: number): boolean {
+  const stack: Array<[unknown, number]> = [[root, 1]];
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!;
+    if (value === null || typeof value !== "object") continue;
+    if (depth > limit) return true;
+    for (const child of Array.isArray(value) ? value : Object.values(value)) if (child !== null && typeof child === "object") stack.push([child, depth + 1]);
+  }
+  return false;
+}
+
 /**
  * Validates a parsed request body (and the `x-run-id` header) for `endpoint`; returns the model.
  * Throws a 400 GatewayError naming the first parameter at fault.
  */
 export function validateRequest(endpoint: Endpoint, body: Json, runIdHeader: string | undefined): string {
+  if (depthExceeds(body, MAX_JSON_DEPTH)) throw badRequest(`The request body is nested more than ${MAX_JSON_DEPTH} levels deep.`, null, "nested_too_deeply");
   const model = body.model;
   if (typeof model !== "string" || !model.trim()) {
     if (present(model) && typeof model !== "string") throw invalidType("model", "a string", model);

@@ -55,8 +55,7 @@ function rateLimitsOf(input: KeyCapsInput): Partial<Record<(typeof RATE_LIMIT_FI
 export const primaryBucket = (key: Pick<ApiKey, "allowedBuckets">): BalanceBucket => key.allowedBuckets[0] ?? "CREDIT";
 
 function validateModels(models: string[]): string[] {
-  const cleaned = [...new Set(models.map((m) => m.trim()))];
-  if (cleaned.some((m) => !m || m.length > 200)) throw badInput("allowedModels", "model names must be 1–200 characters");
+  const cleaned = [...new Set(models.map((m) => requiredText(m, "allowedModels")))];
   return cleaned;
 }
 
@@ -276,6 +275,25 @@ export type KeyLookup =
   | { ok: false; reason: "KEY_INVALID" | "KEY_REVOKED" | "KEY_PAUSED" | "KEY_EXPIRED"; key: KeyContext | null };
 
 /** Resolves a bearer secret to its key and says whether it may be used now. */
+/**
+ * Secrets (as hashes) this instance saw as usable keys in the last 10 minutes. Only the bad-key
+ * throttle reads it, to let valid clients through a throttled address; their requests still go
+ * through lookupKey (so a pause or revocation bites as usual).
+ */
+const recentlyValid = new Map<string, number>();
+const RECENTLY_VALID_MS = 10 * 60_000;
+
+export function recentlyValidKey(secret: string, now = Date.now()): boolean {
+  const until = recentlyValid.get(sha256(secret));
+  return until !== undefined && until > now;
+}
+
+function rememberValid(hash: string, now: number): void {
+  recentlyValid.delete(hash); // re-insert: the map stays in last-seen order for eviction
+  recentlyValid.set(hash, now + RECENTLY_VALID_MS);
+  if (recentlyValid.size > 100_000) recentlyValid.delete(recentlyValid.keys().next().value!);
+}
+
 export async function lookupKey(secret: string, now = new Date()): Promise<KeyLookup> {
   ensureSubscribed();
   const hash = sha256(secret);
@@ -292,5 +310,6 @@ export async function lookupKey(secret: string, now = new Date()): Promise<KeyLo
   if (key.status === "REVOKED") return { ok: false, reason: "KEY_REVOKED", key };
   if (key.status === "PAUSED") return { ok: false, reason: "KEY_PAUSED", key };
   if (key.expiresAt && key.expiresAt <= now) return { ok: false, reason: "KEY_EXPIRED", key };
+  rememberValid(hash, now.getTime());
   return { ok: true, key };
 }

@@ -49,7 +49,8 @@ export function configureUpstreamPolicy(policy: { allowPrivateUpstreams: boolean
 }
 
 /** Loopback, private, link-local and metadata addresses are for platform admins (or everyone, when allowed). */
-async function assertUpstreamAllowed(viewer: Viewer, baseUrl: string, field: string): Promise<void> {
+/** Outbound URLs an admin sets (channel base URLs, alert webhooks) may reach internal hosts only when a platform admin sets them. */
+export async function assertUpstreamAllowed(viewer: Viewer, baseUrl: string, field: string): Promise<void> {
   if (isPlatform(viewer) || allowPrivateUpstreams) return;
   const url = new URL(baseUrl);
   const check = await checkUpstreamHost(url).catch(() => {

@@ -12,7 +12,7 @@ import { writeAudit } from "../audit/index.ts";
 import { badInput } from "../errors.ts";
 import { onBudgetAlertPublished, type BudgetAlertEvent } from "../events/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../money.ts";
-import { credentialCipher } from "../routing/index.ts";
+import { assertUpstreamAllowed, credentialCipher } from "../routing/index.ts";
 import { generateSecret } from "../secrets.ts";
 
 export const SIGNATURE_HEADER = "x-tokengate-signature";
@@ -59,6 +59,7 @@ export async function setAlertWebhook(viewer: Viewer, input: SetAlertWebhookInpu
   const organizationId = await resolveOrganizationId(viewer, input.organizationId);
   assertCanWrite(viewer, organizationId);
   const url = parseUrl(input.url);
+  await assertUpstreamAllowed(viewer, url, "url");
   const given = input.secret === undefined || input.secret === null ? null : parseSecret(input.secret);
   const secret = given ?? generateSecret("whsec_");
   const secretCiphertext = credentialCipher().encrypt(secret, webhookBinding(organizationId));
@@ -148,11 +149,19 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
     if (!webhook || stopped) return;
     const deliveryId = randomUUID();
     const createdAt = new Date();
+    let secret: string;
+    try {
+      secret = credentialCipher().decrypt(webhook.secretCiphertext, webhookBinding(webhook.organizationId));
+    } catch {
+      // Never send unsigned: a secret that cannot be decrypted fails the delivery, visibly.
+      await record({ webhookId: webhook.id, organizationId: webhook.organizationId, deliveryId }, 1, "FAILED", null, "the webhook secret cannot be decrypted (was TOKENGATE_SECRET changed?): set it again", 0);
+      return;
+    }
     const delivery: Delivery = {
       webhookId: webhook.id,
       organizationId: webhook.organizationId,
       url: webhook.url,
-      secret: credentialCipher().decrypt(webhook.secretCiphertext, webhookBinding(webhook.organizationId)),
+      secret,
       deliveryId,
       body: alertBody(deliveryId, alert, createdAt),
       timestamp: String(Math.floor(createdAt.getTime() / 1000)),
@@ -189,19 +198,7 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
     }
     const retry = error !== null && n < options.maxAttempts && !stopped;
     const status: WebhookDeliveryStatus = error === null ? "SUCCEEDED" : retry ? "RETRYING" : "FAILED";
-    await db.alertWebhookDelivery.create({
-      data: {
-        webhookId: d.webhookId,
-        organizationId: d.organizationId,
-        deliveryId: d.deliveryId,
-        event: "budgetAlert",
-        attempt: n,
-        status,
-        httpStatus,
-        error,
-        durationMs: Math.round(performance.now() - started),
-      },
-    });
+    await record(d, n, status, httpStatus, error, performance.now() - started);
     if (!retry) return;
     const timer = setTimeout(() => {
       timers.delete(timer);
@@ -209,6 +206,19 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
     }, options.backoffMs * 2 ** (n - 1));
     timer.unref();
     timers.add(timer);
+  }
+
+  async function record(
+    d: Pick<Delivery, "webhookId" | "organizationId" | "deliveryId">,
+    attemptNumber: number,
+    status: WebhookDeliveryStatus,
+    httpStatus: number | null,
+    error: string | null,
+    milliseconds: number,
+  ): Promise<void> {
+    await db.alertWebhookDelivery.create({
+      data: { webhookId: d.webhookId, organizationId: d.organizationId, deliveryId: d.deliveryId, event: "budgetAlert", attempt: attemptNumber, status, httpStatus, error, durationMs: Math.round(milliseconds) },
+    });
   }
 
   const unsubscribe = onBudgetAlertPublished((alert) => {

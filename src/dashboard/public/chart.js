@@ -24,6 +24,9 @@ function bucketStarts(interval, from, to) {
   return starts;
 }
 
+/** Enough decimals to tell ticks `step` apart (money has at most 6). */
+const decimalsFor = (step) => Math.min(6, Math.max(0, -Math.floor(Math.log10(step || 1))));
+
 const formatMicros = (m) => {
   const negative = m < 0n;
   const abs = negative ? -m : m;
@@ -69,7 +72,7 @@ export function drawSpendChart(container, previous, { points, interval, from, to
     width: Math.max(320, container.clientWidth),
     height: 240,
     series: [series[0], ...order.map((s) => series[s])],
-    axes: [{}, { size: 80, label: currency, labelSize: 20 }],
+    axes: [{}, { size: 80, label: currency, labelSize: 20, values: (_u, ticks, _axis, _space, step) => ticks.map((t) => t.toFixed(decimalsFor(step))) }],
     scales: { x: { time: true } },
     cursor: { drag: { x: false, y: false } },
   };
