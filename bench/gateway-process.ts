@@ -6,7 +6,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import type { AddressInfo } from "node:net";
-import { openDatabase, useDatabase } from "../src/db/index.ts";
+import { directSql, openDatabase, useDatabase } from "../src/db/index.ts";
 import { loadConfig } from "../src/config.ts";
 import { createGateway } from "../src/gateway/index.ts";
 import { route, world } from "../test/support/fixtures.ts";
@@ -22,20 +22,51 @@ const model = "bench-model";
 const upstreamModel = "bench-upstream";
 await route(w.viewer, w.org.id, model, [{ name: "primary", baseUrl: upstreamUrl, upstreamModel, price: ["0.15", "0.6"] }]);
 
-const gateway = createGateway(loadConfig({ ...process.env, LOG_LEVEL: "warn" }));
+/** Leases still counted though their TTL passed (a lapsed lease the sweeper has not reached yet gets a second's grace). */
+async function staleLeases(now: Date): Promise<number> {
+  const rows = await directSql().$queryRawUnsafe<Array<{ n: string }>>(
+    `SELECT count(*)::text AS n FROM "BudgetLease" WHERE "expiresAt" < $1::timestamptz AT TIME ZONE 'UTC'`,
+    new Date(now.getTime() - 1_000).toISOString(),
+  );
+  return Number(rows[0]!.n);
+}
+
+// BENCH_ADMISSION=holds measures the per-request Hold path; the default is the lease path.
+const gateway = createGateway(loadConfig({ ...process.env, LOG_LEVEL: "warn", GATEWAY_ADMISSION: process.env.BENCH_ADMISSION || "leases" }));
 const server = http.createServer((req, res) => {
   if (req.url?.startsWith("/v1/")) return void gateway.handle(req, res);
   if (req.url === "/bench/stats") {
     void (async () => {
-      const [receipts, failed, activeHolds, charged] = await Promise.all([
+      const now = new Date();
+      const [receipts, failed, staleHolds, charged] = await Promise.all([
         database.prisma.receipt.count(),
         database.prisma.failedRequest.count(),
-        database.prisma.hold.count({ where: { status: "ACTIVE" } }),
+        database.prisma.hold.count({ where: { status: "ACTIVE", expiresAt: { lt: now } } }),
         database.prisma.receipt.aggregate({ _sum: { charge: true } }),
       ]);
+      // Hang-ups are charged (CLIENT_CLOSED failed requests): the ledger holds receipts + failed charges.
+      const failedCharged = await database.prisma.failedRequest.aggregate({ _sum: { charge: true } });
       const ledger = await database.prisma.ledgerEntry.aggregate({ where: { kind: "CHARGE" }, _sum: { amount: true } });
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ receipts, failed, activeHolds, receiptCharges: String(charged._sum.charge ?? 0n), ledgerCharges: String(-(ledger._sum.amount ?? 0n)) }));
+      res.end(
+        JSON.stringify({ receipts, failed, staleHolds, staleLeases: await staleLeases(now), receiptCharges: String((charged._sum.charge ?? 0n) + (failedCharged._sum.charge ?? 0n)), ledgerCharges: String(-(ledger._sum.amount ?? 0n)) }),
+      );
+    })();
+    return;
+  }
+  if (req.url === "/bench/commit") {
+    // One durable commit, timed from this process through the hot path's driver: the unit of the 1-connection target.
+    void (async () => {
+      const sql = directSql();
+      const times: number[] = [];
+      for (let i = 0; i < 60; i++) {
+        const started = performance.now();
+        await sql.$queryRawUnsafe(`UPDATE "Project" SET name = name WHERE id = $1`, w.project.id);
+        times.push(performance.now() - started);
+      }
+      times.sort((a, b) => a - b);
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ p50Ms: times[Math.floor(times.length / 2)] }));
     })();
     return;
   }

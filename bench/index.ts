@@ -3,7 +3,17 @@
 const duration = Number(process.env.BENCH_DURATION ?? 5);
 
 const benches: Array<{ name: string; run: () => Promise<string> }> = [
-  { name: "gateway", run: async () => (await import("./gateway.ts")).benchGateway({ durationSeconds: duration }) },
+  {
+    name: "gateway",
+    run: async () =>
+      (await import("./gateway.ts")).benchGateway({
+        durationSeconds: duration,
+        // BENCH_CONNECTIONS=1,16 / BENCH_DATABASES=pglite / BENCH_MODES=json narrow the grid (default: all cells).
+        connections: process.env.BENCH_CONNECTIONS ? process.env.BENCH_CONNECTIONS.split(",").map(Number) : undefined,
+        databases: process.env.BENCH_DATABASES ? (process.env.BENCH_DATABASES.split(",") as Array<"pglite" | "postgres">) : undefined,
+        modes: process.env.BENCH_MODES ? (process.env.BENCH_MODES.split(",") as Array<"json" | "stream">) : undefined,
+      }),
+  },
   {
     name: "accounting",
     run: async () => {
@@ -12,6 +22,7 @@ const benches: Array<{ name: string; run: () => Promise<string> }> = [
     },
   },
   { name: "events", run: async () => (await import("./events.ts")).benchEvents() },
+  { name: "memory", run: async () => (await import("./memory.ts")).benchMemory() },
   { name: "exports", run: async () => (await import("./exports.ts")).benchExports() },
   { name: "series", run: async () => (await import("./series.ts")).benchSeries() },
 ];

@@ -23,6 +23,14 @@ export interface Config {
   /** How long a key lookup may be served from the in-process cache. */
   keyCacheTtlMs: number;
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  /** How the gateway admits requests against caps: a Hold row per request, or in memory against budget leases (issue 9). */
+  admission: "holds" | "leases";
+  leases: {
+    /** A lease lapses this long after its last renewal (a dead instance's headroom comes back). */
+    ttlMs: number;
+    /** Headroom taken per grant, in worst cases of the request that asked (shrunk near a cap). */
+    chunkRequests: number;
+  };
   /** Missing or unknown API keys one client address may send per minute before it gets 429 (0 = no throttle). */
   badKeyLimitPerMinute: number;
   /** Behind a reverse proxy: take the client address from the last x-forwarded-for entry. */
@@ -88,6 +96,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxBodyBytes: intFrom(env, "MAX_BODY_BYTES", 4 * 1024 * 1024),
     keyCacheTtlMs: intFrom(env, "KEY_CACHE_TTL_MS", 1_000),
     logLevel,
+    admission: admissionFrom(env.GATEWAY_ADMISSION),
+    leases: {
+      ttlMs: Math.max(100, intFrom(env, "LEASE_TTL_MS", 1_000)),
+      chunkRequests: Math.max(1, intFrom(env, "LEASE_CHUNK_REQUESTS", 32)),
+    },
     badKeyLimitPerMinute: intFrom(env, "BAD_KEY_LIMIT_PER_MINUTE", 20),
     trustProxy: env.TRUST_PROXY === "1" || env.TRUST_PROXY === "true",
     webhooks: {
@@ -103,4 +116,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       allowPrivateUpstreams: env.TOKENGATE_ALLOW_PRIVATE_UPSTREAMS === "1" || env.TOKENGATE_ALLOW_PRIVATE_UPSTREAMS === "true",
     },
   };
+}
+
+function admissionFrom(raw: string | undefined): Config["admission"] {
+  if (raw === undefined || raw === "") return "holds";
+  if (raw !== "holds" && raw !== "leases") throw new Error(`GATEWAY_ADMISSION must be holds or leases, got ${JSON.stringify(raw)}`);
+  return raw;
 }

@@ -37,19 +37,20 @@
 //   Receipt with status 499 at its real usage.
 // - Timeouts (config.upstream): connect, first byte, idle between chunks, total per attempt.
 // - Hot path: keys and route plans are cached ≤ 1 s; reservations and receipts are group-committed
-//   (one statement and one WAL flush per batch) and sent straight to the driver.
+//   (one statement and one WAL flush per batch) and sent straight to the driver. With
+//   GATEWAY_ADMISSION=leases, admission is in memory against this instance's budget leases and each
+//   request is written once (record + charge) by a batched writer (src/gateway/money.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
-import { extendHolds, release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
+import { extendHolds } from "../accounting/index.ts";
+import { directSql } from "../db/index.ts";
 import { recentlyValidKey, configureKeyCache } from "../keys/index.ts";
 import { parseBearer } from "../auth/index.ts";
 import { header } from "./http.ts";
 import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
 import { Lookups } from "./lookups.ts";
-import { recordReceipt, recordReceiptMany, type HoldRef, type ReceiptInput } from "../requests/index.ts";
-import { directSql } from "../db/index.ts";
-import { GroupCommit } from "./group-commit.ts";
+import { holdMoneyPath, leaseMoneyPath, type MoneyPath, type MoneyStats } from "./money.ts";
 import { findModel, listModels } from "./models.ts";
 import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./proxy.ts";
 import { UpstreamClient } from "./upstream.ts";
@@ -64,41 +65,42 @@ export interface Gateway {
   stats(): GatewayStats;
 }
 
-export interface GatewayStats {
-  reserve: GroupCommit<unknown, unknown>["stats"];
-  settle: GroupCommit<unknown, unknown>["stats"];
-  limits: RateLimiterStats;
-}
+export type GatewayStats = MoneyStats & { limits: RateLimiterStats };
 
 export interface GatewayOptions {
   /** How long a route plan (channels, prices) may be served from memory. Default 1000 ms; 0 disables the cache. */
   routeCacheTtlMs?: number;
-  /** Group commit of reservations and receipts under load (default on). */
+  /** Group commit of reservations and receipts under load (default on; the hold path). */
   groupCommit?: boolean;
+  /** Overrides config.admission (tests). */
+  admission?: "holds" | "leases";
 }
 
 export function createGateway(config: Config, options: GatewayOptions = {}): Gateway {
   configureKeyCache(config.keyCacheTtlMs);
   const logger = componentLogger("gateway", config.logLevel);
   const grouped = options.groupCommit ?? true;
-  type Settlement = { record: ReceiptInput; hold: HoldRef; bucketId: string };
-  const reservations = new GroupCommit<ReserveInput, ReserveResult>(
-    (items) => reserveMany(items, directSql()),
-    (item) => reserve(item, directSql()),
-  );
-  const settlements = new GroupCommit<Settlement, { id: string }>(
-    (items) => recordReceiptMany(items),
-    (item) => recordReceipt(item.record, item.hold),
-  );
   const log: GatewayDeps["log"] = (level, message, extra) => logger[level](extra ?? {}, message);
   const limiter = RateLimiter.create({ redisUrl: config.redisUrl, badKeyLimitPerMinute: config.badKeyLimitPerMinute, log });
+  const leased = (options.admission ?? config.admission) === "leases";
+  const money: MoneyPath = leased
+    ? leaseMoneyPath({
+        ttlMs: config.leases.ttlMs,
+        chunkRequests: config.leases.chunkRequests,
+        capCacheTtlMs: config.keyCacheTtlMs,
+        onError: (message, error) => log("warn", message, { error: String(error) }),
+      })
+    : holdMoneyPath({ grouped });
   const deps: GatewayDeps = {
     config,
     limiter,
     lookups: new Lookups(options.routeCacheTtlMs ?? 1_000),
     upstream: new UpstreamClient(config.upstream),
-    reserve: grouped ? (input) => reservations.submit(input) : (input) => reserve(input, directSql()),
-    settle: grouped ? (item) => settlements.submit(item) : (item) => recordReceipt(item.record, item.hold),
+    reserve: (input) => money.reserve(input),
+    settle: (item) => money.settle(item),
+    release: (hold) => money.release(hold),
+    recordFailure: (record, hold) => money.recordFailure(record, hold),
+    spendStates: (requestId) => money.spendStates(requestId),
     log,
   };
 
@@ -110,7 +112,8 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
   const keepAliveMs = Math.max(25, Math.floor(config.holdTtlMs / 3));
   let extending = false;
   const keepAlive = setInterval(() => {
-    if (extending) return;
+    // Lease holds live in memory: their leases are renewed by the lease heartbeat instead.
+    if (extending || leased) return;
     const ids: string[] = [];
     for (const state of inFlight) if (state.hold) ids.push(state.hold.id);
     if (ids.length === 0) return;
@@ -193,7 +196,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       if (state.hold) {
         const hold = state.hold;
         state.hold = null;
-        await release(hold.id, 0n, {}, directSql()).catch((e) => deps.log("error", "could not release a hold (the sweeper will expire it)", { requestId, holdId: hold.id, error: String(e) }));
+        await deps.release(hold).catch((e) => deps.log("error", "could not release a hold (the sweeper will expire it)", { requestId, holdId: hold.id, error: String(e) }));
       }
       if (!res.headersSent) sendError(res, requestId, internalError());
       else if (!res.writableEnded && !res.destroyed) res.end();
@@ -226,11 +229,12 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
 
   return {
     handle,
-    stats: () => ({ reserve: { ...reservations.stats }, settle: { ...settlements.stats }, limits: { ...limiter.stats, rateLimited: { ...limiter.stats.rateLimited } } }),
+    stats: () => ({ ...money.stats(), limits: { ...limiter.stats, rateLimited: { ...limiter.stats.rateLimited } } }),
     async close() {
       clearInterval(keepAlive);
       await deps.upstream.close();
       await limiter.close();
+      await money.close();
     },
   };
 }

@@ -6,7 +6,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Config } from "../config.ts";
 import type { ApiKey, Route } from "../generated/prisma/client.ts";
 import type { BalanceBucket, FailureCause } from "../generated/prisma/enums.ts";
-import { release, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
+import type { ReserveInput, ReserveResult } from "../accounting/index.ts";
 import { lookupKey } from "../keys/index.ts";
 import { parseBearer } from "../auth/index.ts";
 import { BUCKET_CURRENCY, MAX_AMOUNT_MICROS, formatMoney, requestCharge, tokenCharge } from "../money.ts";
@@ -14,8 +14,7 @@ import type { PlannedChannel } from "../routing/index.ts";
 import { health, type Admission, type ChannelRef } from "../health/index.ts";
 import { primaryBucket } from "../keys/index.ts";
 import { announceSpend } from "../spend/index.ts";
-import { capToHold, recordFailure, type HoldRef, type ReceiptInput } from "../requests/index.ts";
-import { directSql } from "../db/index.ts";
+import { capToHold, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "../requests/index.ts";
 import {
   GatewayError,
   budgetExceeded,
@@ -56,10 +55,16 @@ export interface GatewayDeps {
   lookups: Lookups;
   upstream: UpstreamClient;
   log: (level: "debug" | "info" | "warn" | "error", message: string, extra?: Record<string, unknown>) => void;
-  /** reserve() (group-committed). */
+  /** Admission: holds the worst case against every cap (see src/gateway/money.ts). */
   reserve: (input: ReserveInput) => Promise<ReserveResult>;
-  /** recordReceipt() (group-committed). */
+  /** Receipt + charge (batched). */
   settle: (item: { record: ReceiptInput; hold: HoldRef; bucketId: string }) => Promise<{ id: string }>;
+  /** Drops a hold uncharged. */
+  release: (hold: HoldRef) => Promise<void>;
+  /** FailedRequest + its policy charge, capped at the hold. */
+  recordFailure: (record: FailedRequestInput, hold: HoldRef | null) => Promise<{ id: string }>;
+  /** Counters as the request's batch committed them, if the money path knows (events then read nothing). */
+  spendStates: (requestId: string) => CounterState[] | null;
   /** Per-key rate limits and the bad-key throttle (src/gateway/rate-limit.ts). */
   limiter: RateLimiter;
 }
@@ -290,7 +295,7 @@ async function holdFor(deps: GatewayDeps, state: RequestState, key: ApiKey, chan
     if (state.hold.bucket === channel.bucket && worst <= state.hold.amount) return;
     const old = state.hold;
     state.hold = null;
-    await release(old.id, 0n, {}, directSql());
+    await deps.release(old);
   }
   state.channel = channel;
   if (worst > MAX_AMOUNT_MICROS) throw insufficientBalance(channel.bucket);
@@ -598,7 +603,7 @@ function announce(
   o: { organizationId: string; projectId: string; keyId: string; routeId: string | null; requestId: string; bucket: BalanceBucket; charge: bigint; receiptId?: string; status: "SETTLED" | "FAILED" },
 ): void {
   observeSpend(o.bucket, o.charge, o.status === "SETTLED" ? "receipt" : "failed_request");
-  announceSpend(o).catch((e: unknown) => deps.log("warn", "could not announce spend", { requestId: o.requestId, error: String(e) }));
+  announceSpend(o, deps.spendStates(o.requestId)).catch((e: unknown) => deps.log("warn", "could not announce spend", { requestId: o.requestId, error: String(e) }));
 }
 
 // ---------------------------------------------------------------------------
@@ -623,7 +628,7 @@ export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestSt
     const channel = state.channel;
     const hold = state.hold;
     try {
-      await recordFailure(
+      await deps.recordFailure(
         {
           requestId: state.requestId,
           organizationId: state.key?.organizationId ?? null,

@@ -25,15 +25,19 @@ interface LedgerArgs {
 function ledgerWhere(viewer: Viewer, args: LedgerArgs) {
   if (viewer.role === "PROJECT_VIEWER") throw forbidden("project viewers cannot read the wallet ledger");
   const range = timeRange(args.from, args.to);
-  // Charges belong to a key, project and route through their hold; top-ups and adjustments to none.
-  const hold = {
+  // Charges belong to a key, project and route through their receipt or failed request (and, on the
+  // hold path, their hold); top-ups and adjustments to none.
+  const owner = {
     ...(args.keyId ? { keyId: String(args.keyId) } : {}),
     ...(args.projectId ? { projectId: String(args.projectId) } : {}),
     ...(args.routeId ? { routeId: String(args.routeId) } : {}),
   };
+  const and = [
+    ...(Object.keys(owner).length ? [{ OR: [{ hold: owner }, { receipt: owner }, { failedRequest: owner }] }] : []),
+    ...(args.model ? [{ OR: [{ receipt: { requestedModel: args.model } }, { failedRequest: { requestedModel: args.model } }] }] : []),
+  ];
   return {
-    ...(Object.keys(hold).length ? { hold } : {}),
-    ...(args.model ? { OR: [{ receipt: { requestedModel: args.model } }, { failedRequest: { requestedModel: args.model } }] } : {}),
+    ...(and.length ? { AND: and } : {}),
     ...(isPlatform(viewer) ? (args.organizationId ? { organizationId: String(args.organizationId) } : {}) : { organizationId: tenancyWhere(viewer).organizationId }),
     ...(args.bucket ? { bucket: { bucket: args.bucket } } : {}),
     ...(args.kind ? { kind: args.kind as "TOPUP" } : {}),

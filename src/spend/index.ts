@@ -5,8 +5,12 @@ import { directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { dayStart, monthStart } from "../accounting/index.ts";
 import { events, type SpendEvent } from "../events/index.ts";
+import type { CounterState } from "../requests/index.ts";
 
 export const ALERT_THRESHOLDS = [50, 80, 100] as const;
+
+/** Thresholds known to be recorded already (their unique row exists), per window and cap. */
+const alerted = new Set<string>();
 
 export interface SpendOutcome {
   organizationId: string;
@@ -66,9 +70,33 @@ const remaining = (s: ScopeRow | undefined): string | null => {
   return (left > 0n ? left : 0n).toString();
 };
 
-export async function announceSpend(o: SpendOutcome): Promise<void> {
+/**
+ * The request's windows as the batch that committed it left them (the lease path's writer returns
+ * every counter it changed), or null when one is missing (then they are read).
+ */
+function knownStates(o: SpendOutcome, now: Date, known: readonly CounterState[]): ScopeRow[] | null {
+  const day = dayStart(now).getTime();
+  const month = monthStart(now).getTime();
+  const wanted: Array<[CapScope, string | null, number]> = [
+    ["KEY_DAILY", o.keyId, day],
+    ["PROJECT_DAILY", o.projectId, day],
+    ["PROJECT_MONTHLY", o.projectId, month],
+    ["ROUTE_DAILY", o.routeId, day],
+  ];
+  const rows: ScopeRow[] = [];
+  for (const [scope, scopeId, window] of wanted) {
+    if (scopeId === null) continue;
+    const c = known.find((k) => k.scope === scope && k.scopeId === scopeId && k.bucket === o.bucket && k.windowStart.getTime() === window);
+    if (!c) return null;
+    rows.push({ scope, scope_id: scopeId, window_start: c.windowStart, spent: c.spent, held: c.held, cap: c.cap });
+  }
+  return rows;
+}
+
+/** Announces a settled / failed request; `known` (counters as its batch committed them) spares the read. */
+export async function announceSpend(o: SpendOutcome, known?: readonly CounterState[] | null): Promise<void> {
   const now = o.now ?? new Date();
-  const states = await scopeStates(o, now);
+  const states = (known && knownStates(o, now, known)) || (await scopeStates(o, now));
   const key = states.find((s) => s.scope === "KEY_DAILY");
   const project = states.find((s) => s.scope === "PROJECT_DAILY");
   events.publish("spend", {
@@ -97,6 +125,9 @@ async function announceThresholds(o: SpendOutcome, states: ScopeRow[]): Promise<
     if (s.cap === null || s.cap === 0n) continue;
     for (const threshold of ALERT_THRESHOLDS) {
       if (s.spent * 100n < BigInt(threshold) * s.cap) continue;
+      // Once a threshold's row exists (ours or another instance's), asking again every request is a wasted write.
+      const memo = `${s.scope}|${s.scope_id}|${o.bucket}|${s.window_start.toISOString()}|${threshold}|${s.cap}`;
+      if (alerted.has(memo)) continue;
       const inserted = await directSql().$queryRawUnsafe<Array<{ id: string }>>(
         `INSERT INTO "BudgetAlert" ("organizationId", scope, "scopeId", bucket, "windowStart", threshold, spent, cap)
          VALUES ($1, $2::"CapScope", $3, $4::"BalanceBucket", $5::timestamptz AT TIME ZONE 'UTC', $6, $7::bigint, $8::bigint)
@@ -110,6 +141,8 @@ async function announceThresholds(o: SpendOutcome, states: ScopeRow[]): Promise<
         s.spent.toString(),
         s.cap.toString(),
       );
+      if (alerted.size >= 10_000) alerted.clear();
+      alerted.add(memo);
       if (inserted.length === 0) continue;
       events.publish("budgetAlert", {
         organizationId: o.organizationId,

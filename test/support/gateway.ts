@@ -27,6 +27,8 @@ export async function startGateway(env: Record<string, string> = {}, options: Ga
     UPSTREAM_IDLE_TIMEOUT_MS: "15000",
     UPSTREAM_TOTAL_TIMEOUT_MS: "30000",
     MAX_BODY_BYTES: String(256 * 1024),
+    // TG_TEST_ADMISSION=leases runs a suite on the lease path.
+    ...(process.env.TG_TEST_ADMISSION ? { GATEWAY_ADMISSION: process.env.TG_TEST_ADMISSION } : {}),
     ...env,
   });
   const gateway = createGateway(config, options);

@@ -1,0 +1,36 @@
+// Where the gateway's memory goes (issue 9, point 7): one process that loads the server's parts
+// in order and prints its RSS and heap after each, as JSON lines. Run by `npm run bench -- memory`
+// (DATABASE_URL unset: PGlite in a temporary data dir; set: PostgreSQL).
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+
+const mb = (n: number) => Math.round(n / 1024 / 1024);
+function stage(name: string): void {
+  const m = process.memoryUsage();
+  process.stdout.write(`${JSON.stringify({ stage: name, rss: mb(m.rss), heapUsed: mb(m.heapUsed), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) })}\n`);
+}
+
+stage("node + tsx loader");
+const databaseUrl = process.env.DATABASE_URL || undefined;
+const dataDir = databaseUrl ? undefined : await mkdtemp(path.join(os.tmpdir(), "tokengate-mem-"));
+if (!databaseUrl) {
+  await import("@electric-sql/pglite");
+  stage("PGlite module loaded");
+}
+const { openDatabase, useDatabase } = await import("../src/db/index.ts");
+stage("Prisma client + adapters loaded");
+const database = await openDatabase({ databaseUrl, dataDir });
+useDatabase(database);
+stage(databaseUrl ? "pg pool opened, migrations checked" : "PGlite data dir opened (WebAssembly Postgres) and migrated");
+await database.prisma.organization.count();
+stage("first Prisma query (query compiler WebAssembly instantiated)");
+const { loadConfig } = await import("../src/config.ts");
+const { startServer } = await import("../src/server.ts");
+stage("server modules loaded (GraphQL schema, Yoga, gateway)");
+const running = await startServer(loadConfig({ ...process.env, PORT: "0", LOG_LEVEL: "silent", DATA_DIR: dataDir ?? os.tmpdir() }));
+stage("server listening");
+await running.close();
+await database.close();
+if (dataDir) await rm(dataDir, { recursive: true, force: true });
+process.exit(0);

@@ -1,0 +1,192 @@
+// The money path of one gateway instance: admit (hold a request's worst case), settle (receipt +
+// charge), release, record a failure (failed request + its policy charge). Two implementations
+// behind one interface, chosen by GATEWAY_ADMISSION:
+// - "holds": a Hold row per request, reserved and resolved by SQL functions, group-committed;
+// - "leases" (issue 9): admission in memory against this instance's budget leases, and one
+//   batched write per request (record + charge, aggregated deltas) through recordBatch.
+import { randomUUID } from "node:crypto";
+import { directSql } from "../db/index.ts";
+import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
+import { expireLeases, LeasePool, type LeaseHold } from "../accounting/leases.ts";
+import { GroupCommit } from "./group-commit.ts";
+import { capToHold, recordBatch, recordFailure, recordReceipt, recordReceiptMany, type BatchItem, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "../requests/index.ts";
+
+export interface Settlement {
+  record: ReceiptInput;
+  hold: HoldRef;
+  bucketId: string;
+}
+
+type BatchStats = GroupCommit<unknown, unknown>["stats"];
+
+/** Batching counters (for /metrics and tests); `settle` is the batched writer on the lease path. */
+export interface MoneyStats {
+  reserve: BatchStats;
+  settle: BatchStats;
+  leases?: LeasePool["stats"] & { held: number };
+}
+
+export interface MoneyPath {
+  reserve(input: ReserveInput): Promise<ReserveResult>;
+  /** Receipt + charge, durable when this resolves. `record.charge` is already capped at the hold. */
+  settle(item: Settlement): Promise<{ id: string }>;
+  /** Drops a hold uncharged. */
+  release(hold: HoldRef): Promise<void>;
+  /** Failed request + its charge (capped at the hold), durable when this resolves. */
+  recordFailure(record: FailedRequestInput, hold: HoldRef | null): Promise<{ id: string }>;
+  stats(): MoneyStats;
+  /** The counters as the batch that recorded this request left them (once; null if unknown). */
+  spendStates(requestId: string): CounterState[] | null;
+  close(): Promise<void>;
+}
+
+/** Hold rows, reserved and settled through the SQL functions, group-committed. */
+export function holdMoneyPath(options: { grouped: boolean }): MoneyPath {
+  const reservations = new GroupCommit<ReserveInput, ReserveResult>(
+    (items) => reserveMany(items, directSql()),
+    (item) => reserve(item, directSql()),
+  );
+  const settlements = new GroupCommit<Settlement, { id: string }>(
+    (items) => recordReceiptMany(items),
+    (item) => recordReceipt(item.record, item.hold),
+  );
+  return {
+    reserve: options.grouped ? (input) => reservations.submit(input) : (input) => reserve(input, directSql()),
+    settle: options.grouped ? (item) => settlements.submit(item) : (item) => recordReceipt(item.record, item.hold),
+    release: async (hold) => {
+      await release(hold.id, 0n, {}, directSql());
+    },
+    recordFailure: (record, hold) => recordFailure(record, hold),
+    stats: () => ({ reserve: { ...reservations.stats }, settle: { ...settlements.stats } }),
+    spendStates: () => null,
+    close: async () => {},
+  };
+}
+
+export interface LeaseMoneyOptions {
+  /** Lease TTL: a dead instance's headroom comes back after this. */
+  ttlMs: number;
+  /** Headroom asked for beyond a request's worst case, in multiples of it (the database shrinks it near a cap). */
+  chunkRequests: number;
+  /** How long a key's per-request maximum is served from memory (as keys are). */
+  capCacheTtlMs: number;
+  onError: (message: string, error: unknown) => void;
+}
+
+/** Admission in memory against budget leases; one batched write per request. */
+export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: LeasePool } {
+  const sql = directSql();
+  const pool = new LeasePool(sql, {
+    instanceId: randomUUID(),
+    ttlMs: options.ttlMs,
+    chunk: (need) => need * BigInt(Math.max(1, options.chunkRequests)),
+  });
+  const holds = new Map<string, LeaseHold>();
+  const writer = new GroupCommit<BatchItem, { id: string; ledgerEntryId: string | null; counters: CounterState[] }>(
+    (items) => recordBatch(items),
+    async (item) => (await recordBatch([item]))[0]!,
+    { maxBatch: 256, maxInFlight: 2 },
+  );
+
+  // KEY_PER_REQUEST is not a counter: the key's maximum per bucket, cached like keys are.
+  const perRequest = new Map<string, { cap: bigint | null; until: number }>();
+  async function perRequestCap(keyId: string, bucketId: string): Promise<bigint | null> {
+    const k = `${keyId}|${bucketId}`;
+    const hit = perRequest.get(k);
+    if (hit && hit.until > Date.now()) return hit.cap;
+    const rows = await sql.$queryRawUnsafe<Array<{ cap: string | null }>>(
+      `SELECT tg_effective_cap('KEY_PER_REQUEST', $1, b.bucket)::text AS cap FROM "WalletBucket" b WHERE b.id = $2`,
+      keyId,
+      bucketId,
+    );
+    const cap = rows[0]?.cap == null ? null : BigInt(rows[0].cap);
+    if (options.capCacheTtlMs > 0) perRequest.set(k, { cap, until: Date.now() + options.capCacheTtlMs });
+    return cap;
+  }
+
+  // Heartbeat: renew what is in use, give back what idles, lapse any instance's expired leases.
+  let beating: Promise<void> | null = null;
+  const timer = setInterval(() => {
+    if (beating) return;
+    beating = (async () => {
+      await pool.maintain();
+      await expireLeases(new Date(), sql);
+    })()
+      .catch((e: unknown) => options.onError("lease heartbeat failed", e))
+      .finally(() => {
+        beating = null;
+      });
+  }, Math.max(50, Math.floor(options.ttlMs / 3)));
+  timer.unref();
+
+  // Counters each recorded request's batch returned, until its event is announced (bounded: oldest dropped).
+  const recent = new Map<string, CounterState[]>();
+  const remember = (requestId: string, counters: CounterState[]) => {
+    if (recent.size >= 10_000) recent.delete(recent.keys().next().value!);
+    recent.set(requestId, counters);
+  };
+
+  const take = (hold: HoldRef | null): LeaseHold | null => {
+    if (!hold) return null;
+    const found = holds.get(hold.id) ?? null;
+    holds.delete(hold.id);
+    return found;
+  };
+
+  return {
+    pool,
+    async reserve(input) {
+      const result = await pool.admit({
+        bucketId: input.bucketId,
+        amount: input.amount,
+        keyId: input.keyId,
+        projectId: input.projectId,
+        routeId: input.routeId,
+        runId: input.runId,
+        channelId: input.channelId,
+        perRequestCap: await perRequestCap(input.keyId, input.bucketId),
+      });
+      if (!result.ok) return { ok: false, refusal: result.refusal };
+      const holdId = randomUUID();
+      holds.set(holdId, result.hold);
+      return { ok: true, holdId };
+    },
+    async settle(item) {
+      const hold = holds.get(item.hold.id);
+      if (!hold) throw new Error(`no lease hold ${item.hold.id}`);
+      const written = await writer.submit({ kind: "receipt", record: item.record, bucketId: item.bucketId, leases: pool.chargeLeases(hold) });
+      holds.delete(item.hold.id);
+      pool.settled(hold, item.record.charge);
+      remember(item.record.requestId, written.counters);
+      return written;
+    },
+    async release(ref) {
+      const hold = take(ref);
+      if (hold) pool.release(hold);
+    },
+    async recordFailure(record, ref) {
+      const hold = ref ? (holds.get(ref.id) ?? null) : null;
+      const charged = { ...record, charge: hold ? capToHold(record.charge, ref) : 0n };
+      const written = await writer.submit({ kind: "failure", record: charged, bucketId: hold?.bucketId ?? null, leases: hold ? pool.chargeLeases(hold) : [] });
+      if (hold) {
+        take(ref);
+        pool.settled(hold, charged.charge);
+      }
+      remember(record.requestId, written.counters);
+      return written;
+    },
+    spendStates(requestId) {
+      const counters = recent.get(requestId) ?? null;
+      recent.delete(requestId);
+      return counters;
+    },
+    stats: () => ({ reserve: { batches: 0, batchedItems: 0, fallbacks: 0, lastError: null }, settle: { ...writer.stats }, leases: { ...pool.stats, held: pool.snapshot().length } }),
+    async close() {
+      clearInterval(timer);
+      await beating;
+      for (const hold of holds.values()) pool.release(hold);
+      holds.clear();
+      await pool.returnAll().catch((e: unknown) => options.onError("could not return leases (they lapse after their TTL)", e));
+    },
+  };
+}

@@ -1,0 +1,235 @@
+// Property (issue 9, point 2): for any sequence of admissions on two instances, batched charges,
+// releases, heartbeats, returns, expiries, instance deaths, top-ups and clock moves, after every
+// step the database keeps: for every capped scope spent + Σ live leases ≤ cap; for every counter
+// and bucket held = Σ its leases; Σ leases ≤ balance; balance = Σ ledger; every charge is a
+// ledger entry. And no instance ever holds more in flight than its leases.
+import { randomUUID } from "node:crypto";
+import fc from "fast-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "./support/db.ts";
+import * as f from "./support/fixtures.ts";
+import { postEntry, walletBucket } from "../src/accounting/index.ts";
+import { chargeBatch, expireLeases, LeasePool, type LeaseHold } from "../src/accounting/leases.ts";
+import { directSql } from "../src/db/index.ts";
+import { setKeyCaps } from "../src/keys/index.ts";
+import { setProjectBudget } from "../src/budgets/index.ts";
+import { setRouteLimits } from "../src/routing/index.ts";
+import { startRun } from "../src/runs/index.ts";
+
+let database: TestDatabase;
+beforeAll(async () => {
+  database = await createTestDatabase();
+});
+afterAll(() => database.dispose());
+
+const TTL_MS = 1_000;
+
+type Step =
+  | { op: "topUp"; bucket: 0 | 1; amount: number }
+  | { op: "admit"; inst: 0 | 1; bucket: 0 | 1; amount: number; key: 0 | 1; withRoute: boolean; withRun: boolean }
+  | { op: "settle"; picks: number[]; fraction: number }
+  | { op: "release"; pick: number }
+  | { op: "maintain"; inst: 0 | 1 }
+  | { op: "returnAll"; inst: 0 | 1 }
+  | { op: "die"; inst: 0 | 1 }
+  | { op: "tick"; ms: number }
+  | { op: "expire" }
+  | { op: "advance"; hours: number };
+
+const inst = fc.constantFrom(0 as const, 1 as const);
+const step: fc.Arbitrary<Step> = fc.oneof(
+  fc.record({ op: fc.constant("topUp" as const), bucket: fc.constantFrom(0 as const, 1 as const), amount: fc.integer({ min: 1, max: 3_000_000 }) }),
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      op: fc.constant("admit" as const),
+      inst,
+      bucket: fc.constantFrom(0 as const, 0 as const, 1 as const),
+      amount: fc.integer({ min: 0, max: 1_500_000 }),
+      key: fc.constantFrom(0 as const, 1 as const),
+      withRoute: fc.boolean(),
+      withRun: fc.boolean(),
+    }),
+  },
+  { weight: 3, arbitrary: fc.record({ op: fc.constant("settle" as const), picks: fc.array(fc.nat(), { minLength: 1, maxLength: 4 }), fraction: fc.double({ min: 0, max: 1, noNaN: true }) }) },
+  fc.record({ op: fc.constant("release" as const), pick: fc.nat() }),
+  fc.record({ op: fc.constant("maintain" as const), inst }),
+  fc.record({ op: fc.constant("returnAll" as const), inst }),
+  fc.record({ op: fc.constant("die" as const), inst }),
+  fc.record({ op: fc.constant("tick" as const), ms: fc.integer({ min: 1, max: Math.floor(TTL_MS / 3) }) }),
+  fc.record({ op: fc.constant("expire" as const) }),
+  fc.record({ op: fc.constant("advance" as const), hours: fc.integer({ min: 1, max: 30 }) }),
+);
+
+/** Every invariant of point 2, in SQL; caps are checked for the windows from `since` on (earlier windows had other caps). */
+async function leaseViolations(since: Date, runId: string): Promise<string[]> {
+  const q = database.sql.query.bind(database.sql);
+  const out: string[] = [];
+  for (const row of await q<{ id: string; balance: string; held: string; ledger: string; leases: string }>(`
+    SELECT b.id, b.balance::text, b.held::text,
+           COALESCE((SELECT SUM(amount) FROM "LedgerEntry" e WHERE e."bucketId" = b.id), 0)::text AS ledger,
+           COALESCE((SELECT SUM(amount) FROM "BudgetLease" l WHERE l."bucketId" = b.id AND l.scope = 'BALANCE'), 0)::text AS leases
+      FROM "WalletBucket" b`)) {
+    if (row.balance !== row.ledger) out.push(`bucket ${row.id}: balance ${row.balance} != ledger ${row.ledger}`);
+    if (row.held !== row.leases) out.push(`bucket ${row.id}: held ${row.held} != Σ leases ${row.leases}`);
+    if (BigInt(row.held) > BigInt(row.balance)) out.push(`bucket ${row.id}: leases ${row.held} > balance ${row.balance}`);
+  }
+  for (const row of await q<{ scope: string; scope_id: string; held: string; leases: string }>(`
+    SELECT c.scope::text, c."scopeId" AS scope_id, c.held::text,
+           COALESCE((SELECT SUM(l.amount) FROM "BudgetLease" l JOIN "WalletBucket" b ON b.id = l."bucketId"
+                      WHERE l.scope = c.scope::text AND l."scopeId" = c."scopeId" AND b.bucket = c.bucket AND l."windowStart" = c."windowStart"), 0)::text AS leases
+      FROM "SpendCounter" c`)) {
+    if (row.held !== row.leases) out.push(`counter ${row.scope}/${row.scope_id}: held ${row.held} != Σ leases ${row.leases}`);
+  }
+  for (const row of await q<{ scope: string; used: string; cap: string }>(
+    `SELECT c.scope::text, (c.spent + c.held)::text AS used, tg_effective_cap(c.scope, c."scopeId", c.bucket)::text AS cap
+       FROM "SpendCounter" c
+      WHERE (c."windowStart" >= $1::timestamptz AT TIME ZONE 'UTC' OR c."scopeId" = $2)
+        AND c.spent + c.held > tg_effective_cap(c.scope, c."scopeId", c.bucket)`,
+    [since.toISOString(), runId],
+  )) {
+    out.push(`cap exceeded: ${row.scope} used ${row.used} > cap ${row.cap}`);
+  }
+  for (const row of await q<{ id: string }>(`
+    SELECT e.id FROM (SELECT id, "balanceAfter", SUM(amount) OVER (PARTITION BY "bucketId" ORDER BY sequence) AS running FROM "LedgerEntry") e
+     WHERE e."balanceAfter" <> e.running`)) {
+    out.push(`ledger entry ${row.id}: balanceAfter differs from the running sum`);
+  }
+  return out;
+}
+
+describe("lease invariants under random sequences (two instances)", () => {
+  it("hold after every step (seeded)", async () => {
+    const w = await f.world({ credit: "0" });
+    const second = await f.apiKey(w.viewer, w.project.id);
+    const keys = [w.key, second.apiKey];
+    const buckets = [await walletBucket(w.org.id, "CREDIT"), await walletBucket(w.org.id, "ROUTED")];
+    const { route } = await f.route(w.viewer, w.org.id, "lease-model", [{ name: "c", baseUrl: "http://127.0.0.1:9", upstreamModel: "m" }]);
+    const sql = directSql();
+    let steps = 0;
+    let sequenceNo = 0;
+    let charged = 0n;
+
+    await fc.assert(
+      fc.asyncProperty(
+        fc.record({
+          keyDaily: fc.integer({ min: 0, max: 6_000_000 }),
+          perRequest: fc.integer({ min: 0, max: 3_000_000 }),
+          projectDaily: fc.integer({ min: 0, max: 8_000_000 }),
+          projectMonthly: fc.integer({ min: 0, max: 12_000_000 }),
+          routeDaily: fc.integer({ min: 0, max: 5_000_000 }),
+          runCap: fc.integer({ min: 0, max: 3_000_000 }),
+          chunk: fc.integer({ min: 0, max: 4_000_000 }),
+        }),
+        fc.array(step, { minLength: 1, maxLength: 16 }),
+        async (caps, sequence) => {
+          const m = (n: number) => (n / 1e6).toFixed(6);
+          // Caps in CREDIT only for the second key: ROUTED is then capped at zero for it.
+          await setKeyCaps(w.viewer, { keyId: keys[0]!.id, dailyCap: m(caps.keyDaily), perRequestMaxCharge: m(caps.perRequest), capBucket: "CREDIT" });
+          await setKeyCaps(w.viewer, { keyId: keys[0]!.id, dailyCap: m(caps.keyDaily), perRequestMaxCharge: m(caps.perRequest), capBucket: "ROUTED" });
+          await setKeyCaps(w.viewer, { keyId: keys[1]!.id, dailyCap: m(caps.keyDaily), capBucket: "CREDIT" });
+          await setProjectBudget(w.viewer, { projectId: w.project.id, dailyCap: m(caps.projectDaily), monthlyCap: m(caps.projectMonthly) });
+          await setRouteLimits(w.viewer, { routeId: route.id, dailyCap: m(caps.routeDaily) });
+          const run = await startRun(w.viewer, { keyId: w.key.id, mode: "QUICK", cap: m(caps.runCap) });
+          // Each sequence starts on its own month (its windows saw no other caps).
+          const start = new Date(Date.UTC(2050, sequenceNo++ * 3, 1));
+          let clock = start.getTime();
+          const pool = (n: number) =>
+            new LeasePool(sql, { instanceId: `i${n}-${randomUUID()}`, ttlMs: TTL_MS, chunk: (need) => need + BigInt(caps.chunk), clock: () => clock });
+          const pools = [pool(0), pool(1)];
+          const open: Array<{ inst: 0 | 1; hold: LeaseHold; requestId: string }> = [];
+
+          for (const s of sequence) {
+            steps++;
+            switch (s.op) {
+              case "topUp":
+                await postEntry({ bucketId: buckets[s.bucket]!.id, kind: "TOPUP", amount: BigInt(s.amount), idempotencyKey: randomUUID(), now: new Date(clock) });
+                break;
+              case "admit": {
+                const r = await pools[s.inst]!.admit({
+                  bucketId: buckets[s.bucket]!.id,
+                  amount: BigInt(s.amount),
+                  keyId: keys[s.key]!.id,
+                  projectId: w.project.id,
+                  routeId: s.withRoute ? route.id : null,
+                  runId: s.withRun && s.key === 0 ? run.id : null,
+                  perRequestCap: s.key === 0 ? BigInt(caps.perRequest) : null,
+                  now: new Date(clock),
+                });
+                if (r.ok) open.push({ inst: s.inst, hold: r.hold, requestId: randomUUID() });
+                break;
+              }
+              case "settle": {
+                // One batch per instance: the holds picked, each charged a fraction of its worst case.
+                const picked = new Set(s.picks.map((p) => (open.length ? p % open.length : -1)).filter((p) => p >= 0));
+                const items = [...picked].sort((a, b) => b - a).map((i) => open.splice(i, 1)[0]!);
+                for (const n of [0, 1] as const) {
+                  const mine = items.filter((o) => o.inst === n);
+                  if (!mine.length) continue;
+                  const batch = mine.map((o) => ({ requestId: o.requestId, bucketId: o.hold.bucketId, charge: BigInt(Math.floor(Number(o.hold.amount) * s.fraction)), hold: o.hold }));
+                  const total = batch.reduce((sum, b) => sum + b.charge, 0n);
+                  const entries = await chargeBatch(pools[n]!, batch, sql, new Date(clock));
+                  expect(entries.size).toBe(batch.filter((b) => b.charge > 0n).length);
+                  charged += total;
+                }
+                break;
+              }
+              case "release": {
+                if (!open.length) break;
+                const [o] = open.splice(s.pick % open.length, 1);
+                pools[o!.inst]!.release(o!.hold);
+                break;
+              }
+              case "maintain":
+                await pools[s.inst]!.maintain();
+                break;
+              case "returnAll":
+                await pools[s.inst]!.returnAll();
+                break;
+              case "die": {
+                // SIGKILL: the instance's memory (and its requests in flight) is gone; its leases stay until they lapse.
+                pools[s.inst]!.abandon();
+                for (let i = open.length - 1; i >= 0; i--) if (open[i]!.inst === s.inst) open.splice(i, 1);
+                pools[s.inst] = pool(s.inst);
+                break;
+              }
+              case "tick":
+                // Time passes within the TTL; heartbeats keep live instances' leases.
+                clock += s.ms;
+                for (const p of pools) await p.maintain();
+                break;
+              case "expire":
+                await expireLeases(new Date(clock), sql);
+                break;
+              case "advance": {
+                // Hours pass: requests in flight finish uncharged, the heartbeat had kept leases, now they idle out.
+                for (const o of open.splice(0)) pools[o.inst]!.release(o.hold);
+                for (const p of pools) await p.returnAll();
+                clock += s.hours * 3_600_000;
+                await expireLeases(new Date(clock), sql);
+                for (const p of pools) await p.maintain();
+                break;
+              }
+            }
+            for (const p of pools) for (const l of p.snapshot()) expect(l.inFlight <= l.amount || l.amount === 0n).toBe(true);
+            expect(await leaseViolations(start, run.id)).toEqual([]);
+          }
+          // Leave nothing behind for the next sequence: requests end, instances stop.
+          for (const o of open) pools[o.inst]!.release(o.hold);
+          for (const p of pools) await p.returnAll();
+          const left = await database.sql.query<{ n: string }>(`SELECT count(*)::text AS n FROM "BudgetLease"`);
+          await expireLeases(new Date(clock + 10 * TTL_MS), sql);
+          expect(Number(left[0]!.n)).toBeGreaterThanOrEqual(0);
+          expect(await leaseViolations(start, run.id)).toEqual([]);
+        },
+      ),
+      { seed: 20261123, numRuns: Number(process.env.PROPERTY_RUNS ?? 60), endOnFailure: true },
+    );
+    // Every charge is in the ledger (CHARGE entries only come from the lease path here).
+    const ledger = await database.sql.query<{ total: string }>(`SELECT COALESCE(-SUM(amount), 0)::text AS total FROM "LedgerEntry" WHERE kind = 'CHARGE'`);
+    expect(BigInt(ledger[0]!.total)).toBe(charged);
+    const leftover = await database.sql.query<{ n: string }>(`SELECT count(*)::text AS n FROM "BudgetLease"`);
+    expect(leftover[0]!.n).toBe("0");
+    expect(steps).toBeGreaterThan(200);
+  }, 600_000);
+});
