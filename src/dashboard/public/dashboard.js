@@ -5,24 +5,7 @@ import { $, h, micros, money, percent, showError, time } from "./dom.js";
 import { adoptFragmentToken, getToken, gql, liveClient, setToken, subscribe } from "./api.js";
 import { drawSpendChart, rangeFor } from "./chart.js";
 import { setUpPlayground } from "./playground.js";
-
-const MONEY = "amount currency";
-const KEY_FIELDS = `id name prefix last4 status project { id name }
-  dailyCap { ${MONEY} } perRequestMaxCharge { ${MONEY} } spendToday { ${MONEY} } remainingToday { ${MONEY} }
-  budgets { scope bucket cap { ${MONEY} } spent { ${MONEY} } held { ${MONEY} } }`;
-const RECEIPT_FIELDS = `requestId createdAt requestedModel promptTokens completionTokens fallback channelRole
-  charge { ${MONEY} } key { id name } route { model } channel { name }`;
-const FAILED_FIELDS = `requestId createdAt requestedModel cause httpStatus promptTokens completionTokens
-  charge { ${MONEY} } key { id name } route { model } channel { name }`;
-
-const OVERVIEW = `query Overview {
-  wallet { balances { bucket balance { ${MONEY} } held { ${MONEY} } available { ${MONEY} } } }
-  projects(first: 100) { edges { node { id name } } }
-  apiKeys(first: 100) { edges { node { ${KEY_FIELDS} } } }
-  routes { id model channels { id name priority settlement health } }
-  receipts(first: 15) { edges { node { ${RECEIPT_FIELDS} } } }
-  failedRequests(first: 15) { edges { node { ${FAILED_FIELDS} } } }
-}`;
+import { FAILED_FIELDS, KEY_FIELDS, MONEY, OVERVIEW, RECEIPT_FIELDS } from "./queries.js";
 
 /** What the page knows, by id, for labels (spend groups and alerts carry ids). */
 const names = { keys: new Map(), projects: new Map(), routes: new Map() };
