@@ -54,6 +54,8 @@ describe("logs", () => {
         TOKENGATE_ADMIN_TOKEN: "",
         TOKENGATE_SECRET,
         LOG_LEVEL: "debug",
+        // The fake upstreams listen on loopback; an org admin sets the channels, as an operator allows.
+        TOKENGATE_ALLOW_PRIVATE_UPSTREAMS: "1",
       },
       stdio: ["ignore", "pipe", "pipe"],
     });
