@@ -219,6 +219,7 @@ export function exportColumns(kind: ExportKind): string[] {
 
 /** Rows per keyset page on PGlite: bounded memory, and other queries run between pages. */
 export const EXPORT_PAGE_ROWS = 1_000;
+const PAGE_SLICE_ROWS = 100;
 
 type RawRow = Record<string, string | null>;
 /** One row's values in select-list order: the spec's columns, then (PGlite pages only) the keys. */
@@ -259,7 +260,10 @@ async function* phaseBatches(database: Database, spec: ExportSpec, phase: Phase)
   for (;;) {
     const q = phaseQuery(spec, phase, after, EXPORT_PAGE_ROWS, true);
     const page = await database.sql.query<RawRow>(q.text, q.params);
-    if (page.length) yield page.map((row) => aliases.map((a) => row[a] ?? null));
+    // The page in slices the size of a cursor read, so each CSV string stays as small as PostgreSQL's.
+    for (let i = 0; i < page.length; i += PAGE_SLICE_ROWS) {
+      yield page.slice(i, i + PAGE_SLICE_ROWS).map((row) => aliases.map((a) => row[a] ?? null));
+    }
     if (page.length < EXPORT_PAGE_ROWS) return;
     const last = page[page.length - 1]!;
     after = phase.keys.map((_k, i) => last[`k${i}`] ?? null);
