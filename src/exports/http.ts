@@ -1,13 +1,12 @@
 // GET /exports/{receipts,ledger,failed-requests}.csv: the admin bearer token, GraphQL's tenancy,
-// RFC 4180 CSV (csv-stringify: CRLF records, fields with a comma, quote or line break quoted,
-// quotes doubled) streamed with backpressure from the database to the socket.
+// RFC 4180 CSV (CRLF records, fields with a comma, quote or line break quoted, quotes doubled)
+// streamed with backpressure from the database to the socket, one string per database batch.
 import type http from "node:http";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { stringify } from "csv-stringify";
 import { authenticateAdmin } from "../auth/index.ts";
 import { DomainError } from "../errors.ts";
-import { EXPORT_KINDS, exportColumns, exportRecords, parseExportFilter, type ExportKind } from "./index.ts";
+import { EXPORT_KINDS, exportCsv, parseExportFilter, type ExportKind } from "./index.ts";
 
 export const EXPORT_PATHS = EXPORT_KINDS.map((k) => `/exports/${k}.csv`);
 
@@ -33,8 +32,8 @@ export async function handleExport(req: http.IncomingMessage, res: http.ServerRe
   if (req.method !== "GET" && req.method !== "HEAD") {
     return sendError(res, new DomainError("BAD_USER_INPUT", "exports are read with GET"), { allow: "GET, HEAD" });
   }
-  let records: AsyncGenerator<Array<string | null>, void, undefined>;
-  let first: IteratorResult<Array<string | null>, void>;
+  let chunks: AsyncGenerator<string, void, undefined>;
+  let first: IteratorResult<string, void>;
   try {
     const viewer = await authenticateAdmin(req.headers.authorization);
     if (!viewer) {
@@ -43,9 +42,9 @@ export async function handleExport(req: http.IncomingMessage, res: http.ServerRe
       });
     }
     const filter = parseExportFilter(url.searchParams);
-    records = exportRecords(viewer, kind, filter);
-    // The first row is read before the status line, so a failing query still gets a proper error.
-    first = await records.next();
+    chunks = exportCsv(viewer, kind, filter);
+    // The header and first batch are read before the status line, so a failing query still gets a proper error.
+    first = await chunks.next();
   } catch (error) {
     if (error instanceof DomainError) return sendError(res, error);
     throw error;
@@ -58,19 +57,19 @@ export async function handleExport(req: http.IncomingMessage, res: http.ServerRe
     "x-content-type-options": "nosniff",
   });
   if (req.method === "HEAD") {
-    await records.return();
+    await chunks.return();
     res.end();
     return;
   }
-  const rows = (async function* () {
-    yield exportColumns(kind);
+  const body = (async function* () {
     if (!first.done) yield first.value;
-    yield* records;
+    yield* chunks;
   })();
-  // pipeline pulls rows only as fast as the socket drains, and on a broken connection or a failing
-  // query destroys every stage (closing the cursor); a cut-short body is how the client learns of it.
+  // pipeline pulls batches only as fast as the socket drains (a byte stream with the default
+  // high-water mark holds about one batch), and on a broken connection or a failing query destroys
+  // every stage (closing the cursor); a cut-short body is how the client learns of it.
   try {
-    await pipeline(Readable.from(rows), stringify({ record_delimiter: "windows" }), res);
+    await pipeline(Readable.from(body, { objectMode: false }), res);
   } catch (error) {
     if (!res.destroyed) res.destroy();
     const code = (error as NodeJS.ErrnoException).code;

@@ -219,12 +219,22 @@ export function exportColumns(kind: ExportKind): string[] {
 
 /** Rows per keyset page on PGlite: bounded memory, and other queries run between pages. */
 export const EXPORT_PAGE_ROWS = 1_000;
+const PAGE_SLICE_ROWS = 100;
 
 type RawRow = Record<string, string | null>;
+/** One row's values in select-list order: the spec's columns, then (PGlite pages only) the keys. */
+type RowValues = unknown[];
 
-function phaseQuery(spec: ExportSpec, phase: Phase, after: Array<string | null> | null, limit: number | null): { text: string; params: unknown[] } {
+function phaseQuery(
+  spec: ExportSpec,
+  phase: Phase,
+  after: Array<string | null> | null,
+  limit: number | null,
+  withKeys: boolean,
+): { text: string; params: unknown[] } {
   const params = [...phase.params];
-  const select = [...spec.select.map((e, i) => `${e} AS c${i}`), ...phase.keys.map((k, i) => `${k.expr}::text AS k${i}`)].join(", ");
+  const keys = withKeys ? phase.keys.map((k, i) => `${k.expr}::text AS k${i}`) : [];
+  const select = [...spec.select.map((e, i) => `${e} AS c${i}`), ...keys].join(", ");
   const conditions = [...phase.conditions];
   const order = phase.keys.map((k) => k.expr).join(", ");
   if (after) {
@@ -238,27 +248,28 @@ function phaseQuery(spec: ExportSpec, phase: Phase, after: Array<string | null> 
   return { text: `SELECT ${select} FROM ${phase.from}${where} ORDER BY ${order}${limit ? ` LIMIT ${limit}` : ""}`, params };
 }
 
-async function* phaseRows(database: Database, spec: ExportSpec, phase: Phase): AsyncGenerator<RawRow, void, undefined> {
-  if (database.streamRows) {
-    const q = phaseQuery(spec, phase, null, null);
-    yield* database.streamRows<RawRow>(q.text, q.params);
+/** A phase's rows, a batch at a time: a cursor's reads on PostgreSQL, keyset pages on PGlite. */
+async function* phaseBatches(database: Database, spec: ExportSpec, phase: Phase): AsyncGenerator<RowValues[], void, undefined> {
+  if (database.streamRowBatches) {
+    const q = phaseQuery(spec, phase, null, null, false);
+    yield* database.streamRowBatches(q.text, q.params);
     return;
   }
+  const aliases = spec.select.map((_e, i) => `c${i}`);
   let after: Array<string | null> | null = null;
   for (;;) {
-    const q = phaseQuery(spec, phase, after, EXPORT_PAGE_ROWS);
+    const q = phaseQuery(spec, phase, after, EXPORT_PAGE_ROWS, true);
     const page = await database.sql.query<RawRow>(q.text, q.params);
-    for (const row of page) yield row;
+    // The page in slices the size of a cursor read, so each CSV string stays as small as PostgreSQL's.
+    for (let i = 0; i < page.length; i += PAGE_SLICE_ROWS) {
+      yield page.slice(i, i + PAGE_SLICE_ROWS).map((row) => aliases.map((a) => row[a] ?? null));
+    }
     if (page.length < EXPORT_PAGE_ROWS) return;
     const last = page[page.length - 1]!;
     after = phase.keys.map((_k, i) => last[`k${i}`] ?? null);
   }
 }
 
-/**
- * The export's records (arrays of strings, in exportColumns order), read as the consumer pulls.
- * Tenancy and filter errors are thrown before the first row is read.
- */
 /**
  * Free text that clients or admins chose (model names, messages, memos) is prefixed with ' when it
  * starts like a spreadsheet formula (OWASP's CSV-injection rule), so opening an export cannot run
@@ -268,15 +279,47 @@ export function neutralizeFormula(value: string): string {
   return /^[=+\-@\t\r]/.test(value) ? `'${value}` : value;
 }
 
-export function exportRecords(viewer: Viewer, kind: ExportKind, filter: ExportFilter): AsyncGenerator<Array<string | null>, void, undefined> {
+const NEEDS_QUOTES = /[",\r\n]/;
+const QUOTE = /"/g;
+
+/** One RFC 4180 field: quoted (quotes doubled) only when it holds a comma, quote or line break; NULL is empty. */
+export function csvField(value: string | null): string {
+  if (value == null) return "";
+  return NEEDS_QUOTES.test(value) ? `"${value.replace(QUOTE, '""')}"` : value;
+}
+
+const CRLF = "\r\n";
+
+/**
+ * The export as CSV text (RFC 4180, CRLF record ends), one string per database batch, read as the
+ * consumer pulls: the first string holds the header row and the first batch, so a query that fails
+ * at once fails before anything is sent. Tenancy and filter errors are thrown before any row is read.
+ * Each batch becomes one string at once, so no per-row record outlives its batch.
+ */
+export function exportCsv(viewer: Viewer, kind: ExportKind, filter: ExportFilter): AsyncGenerator<string, void, undefined> {
   const spec = SPECS[kind];
   const database = currentDatabase();
   if (!database) throw new Error("exports need an installed database (useDatabase)");
   const everyOrganization = isPlatform(viewer) && !filter.organizationId;
   // Tenancy errors surface here, before any row is read.
   const own = everyOrganization ? [] : spec.phases(viewer, filter);
-  const moneyIndexes = spec.columns.flatMap((c, i) => (spec.money.has(c) ? [i] : []));
-  const textIndexes = spec.columns.flatMap((c, i) => (spec.text.has(c) ? [i] : []));
+  const width = spec.columns.length;
+  // 0: as read; 1: money (micros → decimal string); 2: free text (formula-neutralized).
+  const treatment = spec.columns.map((c) => (spec.money.has(c) ? 1 : spec.text.has(c) ? 2 : 0));
+  const header = spec.columns.map(csvField).join(",") + CRLF;
+  const toCsv = (rows: RowValues[]): string => {
+    let text = "";
+    for (const row of rows) {
+      for (let i = 0; i < width; i++) {
+        let value = row[i] as string | null;
+        if (value != null && treatment[i] === 1) value = formatMoney(BigInt(value));
+        else if (value != null && treatment[i] === 2) value = neutralizeFormula(value);
+        text += i === 0 ? csvField(value) : `,${csvField(value)}`;
+      }
+      text += CRLF;
+    }
+    return text;
+  };
   return (async function* () {
     let phases = own;
     if (everyOrganization) {
@@ -285,13 +328,16 @@ export function exportRecords(viewer: Viewer, kind: ExportKind, filter: ExportFi
       phases = organizations.flatMap((o) => spec.phases(viewer, { ...filter, organizationId: o.id }));
       if (spec.unowned) phases.push(spec.unowned(filter));
     }
+    let pending: string | null = header;
     for (const phase of phases) {
-      for await (const row of phaseRows(database, spec, phase)) {
-        const record = spec.columns.map((_c, i) => row[`c${i}`] ?? null);
-        for (const i of moneyIndexes) if (record[i] != null) record[i] = formatMoney(BigInt(record[i]));
-        for (const i of textIndexes) if (record[i] != null) record[i] = neutralizeFormula(record[i]);
-        yield record;
+      for await (const batch of phaseBatches(database, spec, phase)) {
+        const text = toCsv(batch);
+        if (pending !== null) {
+          yield pending + text;
+          pending = null;
+        } else yield text;
       }
     }
+    if (pending !== null) yield pending;
   })();
 }
