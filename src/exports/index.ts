@@ -3,6 +3,7 @@
 // PostgreSQL streams each query from a server-side cursor; PGlite (no cursor API outside a
 // transaction, and a transaction would lock out the gateway for the whole export) reads bounded
 // keyset pages on an indexed order, so other queries run between pages.
+import { stringify } from "csv-stringify/sync";
 import { currentDatabase, type Database } from "../db/index.ts";
 import { isPlatform, type Viewer } from "../auth/index.ts";
 import { badInput, forbidden, notFound } from "../errors.ts";
@@ -279,16 +280,8 @@ export function neutralizeFormula(value: string): string {
   return /^[=+\-@\t\r]/.test(value) ? `'${value}` : value;
 }
 
-const NEEDS_QUOTES = /[",\r\n]/;
-const QUOTE = /"/g;
-
-/** One RFC 4180 field: quoted (quotes doubled) only when it holds a comma, quote or line break; NULL is empty. */
-export function csvField(value: string | null): string {
-  if (value == null) return "";
-  return NEEDS_QUOTES.test(value) ? `"${value.replace(QUOTE, '""')}"` : value;
-}
-
-const CRLF = "\r\n";
+/** RFC 4180 from csv-stringify: CRLF record ends, a field quoted (quotes doubled) only when it needs it, NULL empty. */
+const toCsvText = (records: Array<Array<string | null>>): string => stringify(records, { record_delimiter: "windows" });
 
 /**
  * The export as CSV text (RFC 4180, CRLF record ends), one string per database batch, read as the
@@ -306,19 +299,18 @@ export function exportCsv(viewer: Viewer, kind: ExportKind, filter: ExportFilter
   const width = spec.columns.length;
   // 0: as read; 1: money (micros → decimal string); 2: free text (formula-neutralized).
   const treatment = spec.columns.map((c) => (spec.money.has(c) ? 1 : spec.text.has(c) ? 2 : 0));
-  const header = spec.columns.map(csvField).join(",") + CRLF;
+  const header = toCsvText([spec.columns]);
   const toCsv = (rows: RowValues[]): string => {
-    let text = "";
-    for (const row of rows) {
+    const records = rows as Array<Array<string | null>>;
+    for (const record of records) {
       for (let i = 0; i < width; i++) {
-        let value = row[i] as string | null;
-        if (value != null && treatment[i] === 1) value = formatMoney(BigInt(value));
-        else if (value != null && treatment[i] === 2) value = neutralizeFormula(value);
-        text += i === 0 ? csvField(value) : `,${csvField(value)}`;
+        const value = record[i];
+        if (value == null) continue;
+        if (treatment[i] === 1) record[i] = formatMoney(BigInt(value));
+        else if (treatment[i] === 2) record[i] = neutralizeFormula(value);
       }
-      text += CRLF;
     }
-    return text;
+    return toCsvText(records);
   };
   return (async function* () {
     let phases = own;
