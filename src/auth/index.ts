@@ -104,13 +104,17 @@ export function viewerStillValid(v: Viewer, now = Date.now()): boolean {
 const LAST_USED_RESOLUTION_MS = 60_000;
 const lastUsedWritten = new Map<string, number>();
 
-function noteUse(tokenId: string, now: number): void {
+/**
+ * Awaited, not fire-and-forget: a write still in flight when the process closes its pool would hold
+ * its connection forever (pool.end waits for it); once a minute per token the wait is negligible.
+ */
+async function noteUse(tokenId: string, now: number): Promise<void> {
   const previous = lastUsedWritten.get(tokenId);
   if (previous !== undefined && now - previous < LAST_USED_RESOLUTION_MS) return;
   if (lastUsedWritten.size > 10_000) lastUsedWritten.clear();
   lastUsedWritten.set(tokenId, now);
   const at = new Date(now);
-  db.adminToken
+  await db.adminToken
     .updateMany({ where: { id: tokenId, OR: [{ lastUsedAt: null }, { lastUsedAt: { lt: new Date(now - LAST_USED_RESOLUTION_MS) } }] }, data: { lastUsedAt: at } })
     .catch(() => lastUsedWritten.delete(tokenId));
 }
@@ -125,7 +129,7 @@ export async function authenticateAdmin(authorization: string | null | undefined
   const token = await db.adminToken.findUnique({ where: { tokenHash: sha256(secret) } });
   const now = Date.now();
   if (!token || token.revokedAt || (token.expiresAt && token.expiresAt.getTime() <= now)) return null;
-  noteUse(token.id, now);
+  await noteUse(token.id, now);
   return {
     tokenId: token.id,
     role: token.role,
