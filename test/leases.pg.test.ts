@@ -15,21 +15,13 @@ import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts
 import * as f from "./support/fixtures.ts";
 import { expireLeases } from "../src/accounting/leases.ts";
 import { scopeSpend } from "../src/accounting/index.ts";
+import { freePort } from "./support/net.ts";
 
 const LEASE_TTL_MS = 1_000;
 
 let database: TestDatabase;
 let fake: FakeUpstream;
 const started: ChildProcess[] = [];
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function startInstance(): Promise<{ child: ChildProcess; url: string; output: () => string }> {
   const port = await freePort();

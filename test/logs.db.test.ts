@@ -12,6 +12,7 @@ import OpenAI from "openai";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, testDatabaseKind, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
+import { freePort } from "./support/net.ts";
 
 let database: TestDatabase | null = null;
 let fake: FakeUpstream;
@@ -27,15 +28,6 @@ afterAll(async () => {
   await database?.dispose();
   await rm(dataDir, { recursive: true, force: true });
 });
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 const TOKENGATE_SECRET = "process-wide-credential-secret-7f3a9c";
 

@@ -13,6 +13,7 @@ import { requireRedis, startRedis } from "./support/redis.ts";
 import { token, wsClient } from "./support/graphql.ts";
 import { formatMoney, parseMoney } from "../src/money.ts";
 import type { RunningServer } from "../src/server.ts";
+import { freePort } from "./support/net.ts";
 
 const hasRedis = requireRedis();
 
@@ -20,15 +21,6 @@ let database: TestDatabase;
 let redis: Awaited<ReturnType<typeof startRedis>>;
 let fake: FakeUpstream;
 const instances: Array<{ child: ChildProcess; url: string; output: () => string }> = [];
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function startInstance(): Promise<{ child: ChildProcess; url: string; output: () => string }> {
   const port = await freePort();

