@@ -9,8 +9,9 @@
 // number inside those leases, in memory. When a lease is short, the pool takes more in ONE
 // statement for all the scopes that are short (all-or-nothing, sized down near a cap by
 // tg_lease_size so the cap is reached exactly). Spending leaves the leases through the batched
-// writer (tg_charge_batch); unused headroom goes back when a lease is idle or the pool closes;
+// writer (tg_record_batch); unused headroom goes back when a lease is idle or the pool closes;
 // a dead instance's leases lapse after their TTL (tg_expire_leases).
+import { randomUUID } from "node:crypto";
 import type { SqlClient } from "./index.ts";
 import { dayStart, monthStart, RUN_WINDOW, translateDbError } from "./index.ts";
 import type { CapScope } from "../generated/prisma/enums.ts";
@@ -225,7 +226,7 @@ export class LeasePool {
         existing.amount += granted;
         existing.usableUntil = Math.max(existing.usableUntil, usableUntil);
       } else {
-        // A lease we believed in had lapsed and was swept: holds in it are charged as lapsed (see tg_charge_batch).
+        // A lease we believed in had lapsed and was swept: holds in it are charged as lapsed (see tg_record_batch).
         this.leases.set(keyOf(key), { ...key, id: row.lease_id!, amount: granted, inFlight: existing?.inFlight ?? 0n, usableUntil, lastUsed: this.clock() });
       }
       this.stats.grants++;
@@ -234,11 +235,11 @@ export class LeasePool {
   }
 
   /** The batched writer's view of a hold: which leases (and counters) its charge leaves. */
-  chargeLeases(hold: LeaseHold): Array<{ lease_id: string; scope: LeaseScopeName; scope_id: string; window_start: string }> {
+  chargeLeases(hold: LeaseHold): ChargeLease[] {
     return hold.leases.map((l) => ({ lease_id: l.id, scope: l.scope, scope_id: l.scopeId, window_start: l.windowStart.toISOString() }));
   }
 
-  /** After the charge committed (tg_charge_batch): the charge left the leases, the rest of the hold is free again. */
+  /** After the charge committed (tg_record_batch): the charge left the leases, the rest of the hold is free again. */
   settled(hold: LeaseHold, charge: bigint): void {
     if (charge < 0n || charge > hold.amount) throw new RangeError("charge outside its hold");
     for (const lease of hold.leases) {
@@ -329,34 +330,108 @@ export interface ChargeItem {
   failedRequestId?: string | null;
 }
 
-/**
- * Many requests' charges in one statement: the deltas are aggregated per lease, counter and
- * bucket, and each charge gets its CHARGE ledger entry with its running balance. `written`
- * carries a count of rows inserted earlier in the same statement (see tg_charge_batch).
- */
-export function chargeBatchPayload(pool: LeasePool, items: ChargeItem[]): string {
-  return JSON.stringify(
-    items.map((item, pos) => ({
-      pos,
-      request_id: item.requestId,
-      bucket_id: item.bucketId,
-      charge: item.charge.toString(),
-      receipt_id: item.receiptId ?? null,
-      failed_request_id: item.failedRequestId ?? null,
-      leases: pool.chargeLeases(item.hold),
-    })),
-  );
+/** Which lease (and counter) a charge leaves: pool.chargeLeases(hold). */
+export interface ChargeLease {
+  lease_id: string;
+  scope: LeaseScopeName;
+  scope_id: string;
+  window_start: string;
 }
 
+/** One charge as the batched writer sends it. */
+export interface ChargeRow {
+  requestId: string;
+  bucketId: string;
+  charge: bigint;
+  receiptId: string | null;
+  failedRequestId: string | null;
+  ledgerEntryId: string;
+  leases: ChargeLease[];
+}
+
+/**
+ * The money parameters of tg_record_batch (after p_now, p_receipts, p_failures): per charge in
+ * request order, then the totals per lease and per (counter, lease), aggregated here so the
+ * database applies one delta per row whatever the batch size.
+ */
+export function chargeBatchParams(rows: ChargeRow[]): unknown[] {
+  const requestIds: string[] = [];
+  const bucketIds: string[] = [];
+  const charges: string[] = [];
+  const receiptIds: Array<string | null> = [];
+  const failedIds: Array<string | null> = [];
+  const ledgerIds: string[] = [];
+  const balanceLeases: Array<string | null> = [];
+  const perLease = new Map<string, bigint>();
+  const perCounter = new Map<string, { scope: string; scopeId: string; bucketId: string; window: string; leaseId: string; amount: bigint }>();
+  for (const row of rows) {
+    if (row.charge < 0n) throw new RangeError("a charge must be >= 0");
+    requestIds.push(row.requestId);
+    bucketIds.push(row.bucketId);
+    charges.push(row.charge.toString());
+    receiptIds.push(row.receiptId);
+    failedIds.push(row.failedRequestId);
+    ledgerIds.push(row.ledgerEntryId);
+    let balanceLease: string | null = null;
+    for (const lease of row.leases) {
+      if (lease.scope === "BALANCE") balanceLease = lease.lease_id;
+      if (row.charge === 0n) continue;
+      perLease.set(lease.lease_id, (perLease.get(lease.lease_id) ?? 0n) + row.charge);
+      if (lease.scope === "BALANCE") continue;
+      const key = `${lease.lease_id}|${lease.scope}|${lease.scope_id}|${row.bucketId}|${lease.window_start}`;
+      const counter = perCounter.get(key);
+      if (counter) counter.amount += row.charge;
+      else perCounter.set(key, { scope: lease.scope, scopeId: lease.scope_id, bucketId: row.bucketId, window: lease.window_start, leaseId: lease.lease_id, amount: row.charge });
+    }
+    balanceLeases.push(balanceLease);
+  }
+  const counters = [...perCounter.values()];
+  return [
+    requestIds,
+    bucketIds,
+    charges,
+    receiptIds,
+    failedIds,
+    ledgerIds,
+    balanceLeases,
+    [...perLease.keys()],
+    [...perLease.values()].map(String),
+    counters.map((c) => c.scope),
+    counters.map((c) => c.scopeId),
+    counters.map((c) => c.bucketId),
+    counters.map((c) => c.window),
+    counters.map((c) => c.leaseId),
+    counters.map((c) => c.amount.toString()),
+  ];
+}
+
+/** tg_record_batch's call: $1 now, $2 receipts JSON, $3 failures JSON, then chargeBatchParams. */
+export const RECORD_BATCH_SQL = `SELECT request_id, ledger_entry_id, balance_after::text AS balance_after, scope, scope_id, bucket, window_start,
+       spent::text AS spent, held::text AS held, cap::text AS cap
+  FROM tg_record_batch($1::timestamptz AT TIME ZONE 'UTC', $2::json, $3::json, ${Array.from({ length: 15 }, (_, i) => `$${i + 4}`).join(", ")})`;
+
+/** Charges only (no receipts): the lease property test's writer, the same statement the gateway's batches use. */
 export async function chargeBatch(pool: LeasePool, items: ChargeItem[], client: SqlClient, now = new Date()): Promise<Map<string, { ledgerEntryId: string; balanceAfter: bigint }>> {
   for (const item of items) if (item.charge < 0n || item.charge > item.hold.amount) throw new RangeError("charge outside its hold");
   const rows = await client
-    .$queryRawUnsafe<Array<{ request_id: string; ledger_entry_id: string; balance_after: string }>>(
-      `SELECT request_id, ledger_entry_id, balance_after::text AS balance_after FROM tg_charge_batch($1::jsonb, $2::timestamptz AT TIME ZONE 'UTC') WHERE request_id IS NOT NULL`,
-      chargeBatchPayload(pool, items),
+    .$queryRawUnsafe<Array<{ request_id: string | null; ledger_entry_id: string; balance_after: string }>>(
+      RECORD_BATCH_SQL,
       now.toISOString(),
+      null,
+      null,
+      ...chargeBatchParams(
+        items.map((item) => ({
+          requestId: item.requestId,
+          bucketId: item.bucketId,
+          charge: item.charge,
+          receiptId: item.receiptId ?? null,
+          failedRequestId: item.failedRequestId ?? null,
+          ledgerEntryId: randomUUID(),
+          leases: pool.chargeLeases(item.hold),
+        })),
+      ),
     )
     .catch(translateDbError);
   for (const item of items) pool.settled(item.hold, item.charge);
-  return new Map(rows.map((r) => [r.request_id, { ledgerEntryId: r.ledger_entry_id, balanceAfter: BigInt(r.balance_after) }]));
+  return new Map(rows.filter((r) => r.request_id !== null).map((r) => [r.request_id!, { ledgerEntryId: r.ledger_entry_id, balanceAfter: BigInt(r.balance_after) }]));
 }

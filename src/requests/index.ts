@@ -6,6 +6,7 @@ import { randomUUID } from "node:crypto";
 import { db, directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope, ChannelRole, FailureCause } from "../generated/prisma/enums.ts";
 import { translateDbError, type SqlClient } from "../accounting/index.ts";
+import { chargeBatchParams, RECORD_BATCH_SQL, type ChargeLease, type ChargeRow } from "../accounting/leases.ts";
 
 export interface ReceiptInput {
   requestId: string;
@@ -268,25 +269,10 @@ export async function recordFailure(record: FailedRequestInput, hold: HoldRef | 
 
 // ---------------------------------------------------------------------------
 // The batched writer of the lease path (issue 9): many requests' records and charges in ONE
-// statement. Receipts and failed requests are inserted by CTEs (ids made here), then
-// tg_charge_batch moves each charge out of its leases into the counters, the bucket and a CHARGE
-// ledger entry with its running balance, aggregated per row. No Hold row: holds live in memory.
-
-/** JSON carries bigints and enums as strings: they are declared text and cast on insert. */
-function recordsetInsert(table: string, columns: Array<[string, string]>, param: string): string {
-  const plain = (type: string) => type === "text" || type === "int" || type === "boolean";
-  const fields = columns.map(([c, type]) => `"${c}" ${plain(type) ? type : "text"}`).join(", ");
-  const values = columns.map(([c, type]) => (plain(type) ? `x."${c}"` : `x."${c}"::${type}`)).join(", ");
-  const names = columns.map(([c]) => `"${c}"`).join(", ");
-  return `INSERT INTO "${table}" (id, ${names}, "createdAt")
-  SELECT x.id, ${values}, $4::timestamptz AT TIME ZONE 'UTC' FROM jsonb_to_recordset(${param}::jsonb) AS x(id text, ${fields})
-  RETURNING 1`;
-}
-
-const RECORD_BATCH_SQL = `WITH r AS (${recordsetInsert("Receipt", RECEIPT_COLUMNS, "$1")}),
-f AS (${recordsetInsert("FailedRequest", FAILED_COLUMNS, "$2")})
-SELECT request_id, ledger_entry_id, scope, scope_id, bucket, window_start, spent::text AS spent, held::text AS held, cap::text AS cap
-  FROM tg_charge_batch($3::jsonb, $4::timestamptz AT TIME ZONE 'UTC', (SELECT count(*) FROM r) + (SELECT count(*) FROM f))`;
+// call of tg_record_batch (receipts / failed requests, CHARGE ledger entries with their running
+// balances, the charges out of their leases into the counters and the bucket, aggregated per row).
+// No Hold row: holds live in memory. Ids are made here, so nothing needs to be read back but the
+// counters the batch left (for live events).
 
 /** A spend counter as a committed batch left it (what live events announce, without reading it again). */
 export interface CounterState {
@@ -299,63 +285,74 @@ export interface CounterState {
   cap: bigint | null;
 }
 
-/** One request's record and the lease view of its charge (see chargeBatchPayload in src/accounting/leases.ts). */
+/** One request's record and the leases its charge leaves (pool.chargeLeases of its hold). */
 export type BatchItem =
-  | { kind: "receipt"; record: ReceiptInput; bucketId: string; leases: unknown[] }
-  | { kind: "failure"; record: FailedRequestInput; bucketId: string | null; leases: unknown[] };
+  | { kind: "receipt"; record: ReceiptInput; bucketId: string; leases: ChargeLease[] }
+  | { kind: "failure"; record: FailedRequestInput; bucketId: string | null; leases: ChargeLease[] };
+
+const jsonRow = (id: string, columns: ReadonlyArray<readonly [string, string]>, value: (column: string) => unknown): Record<string, unknown> => {
+  const row: Record<string, unknown> = { id };
+  for (const [c] of columns) row[c] = value(c);
+  return row;
+};
 
 /**
  * Writes many receipts / failed requests and their charges atomically in one statement; announces
  * each after the commit. A failure without a bucket (refused before admission) is charged nothing.
  */
 export async function recordBatch(items: BatchItem[], now = new Date()): Promise<Array<{ id: string; ledgerEntryId: string | null; counters: CounterState[] }>> {
-  const ids = items.map(() => randomUUID());
+  const ids: string[] = [];
+  const ledgerIds: Array<string | null> = [];
   const receipts: Array<Record<string, unknown>> = [];
   const failures: Array<Record<string, unknown>> = [];
-  const charges: Array<Record<string, unknown>> = [];
-  items.forEach((item, pos) => {
-    const row: Record<string, unknown> = { id: ids[pos] };
-    if (item.kind === "receipt") {
-      for (const [c] of RECEIPT_COLUMNS) row[c] = receiptParam(item.record, c);
-      receipts.push(row);
-    } else {
-      for (const [c] of FAILED_COLUMNS) row[c] = param(item.record[c]);
-      failures.push(row);
-    }
+  const charges: ChargeRow[] = [];
+  for (const item of items) {
+    const id = randomUUID();
+    ids.push(id);
+    if (item.kind === "receipt") receipts.push(jsonRow(id, RECEIPT_COLUMNS, (c) => receiptParam(item.record, c as keyof ReceiptInput)));
+    else failures.push(jsonRow(id, FAILED_COLUMNS, (c) => param(item.record[c as keyof FailedRequestInput])));
     const charge = item.record.charge;
     if (charge < 0n) throw new RangeError("a charge must be >= 0");
     if (charge > 0n && !item.bucketId) throw new RangeError("a charge needs a bucket");
-    if (item.bucketId) {
-      charges.push({
-        pos,
-        request_id: item.record.requestId,
-        bucket_id: item.bucketId,
-        charge: charge.toString(),
-        receipt_id: item.kind === "receipt" ? ids[pos] : null,
-        failed_request_id: item.kind === "failure" ? ids[pos] : null,
-        leases: item.leases,
-      });
+    if (!item.bucketId) {
+      ledgerIds.push(null);
+      continue;
     }
-  });
-  const rows = await (directSql().$queryRawUnsafe(RECORD_BATCH_SQL, JSON.stringify(receipts), JSON.stringify(failures), JSON.stringify(charges), now.toISOString()) as Promise<
+    const ledgerEntryId = randomUUID();
+    ledgerIds.push(charge > 0n ? ledgerEntryId : null);
+    charges.push({
+      requestId: item.record.requestId,
+      bucketId: item.bucketId,
+      charge,
+      receiptId: item.kind === "receipt" ? id : null,
+      failedRequestId: item.kind === "failure" ? id : null,
+      ledgerEntryId,
+      leases: item.leases,
+    });
+  }
+  const rows = await (directSql().$queryRawUnsafe(
+    RECORD_BATCH_SQL,
+    now.toISOString(),
+    receipts.length ? JSON.stringify(receipts) : null,
+    failures.length ? JSON.stringify(failures) : null,
+    ...chargeBatchParams(charges),
+  ) as Promise<
     Array<{ request_id: string | null; ledger_entry_id: string | null; scope: string | null; scope_id: string | null; bucket: string | null; window_start: string | null; spent: string | null; held: string | null; cap: string | null }>
   >).catch(translateDbError);
-  const entries = new Map<string, string>();
   const counters: CounterState[] = [];
   for (const r of rows) {
-    if (r.request_id) entries.set(r.request_id, r.ledger_entry_id!);
-    else
-      counters.push({
-        scope: r.scope as CapScope,
-        scopeId: r.scope_id!,
-        bucket: r.bucket as BalanceBucket,
-        windowStart: new Date(r.window_start!),
-        spent: BigInt(r.spent!),
-        held: BigInt(r.held!),
-        cap: r.cap === null ? null : BigInt(r.cap),
-      });
+    if (r.request_id) continue;
+    counters.push({
+      scope: r.scope as CapScope,
+      scopeId: r.scope_id!,
+      bucket: r.bucket as BalanceBucket,
+      windowStart: new Date(r.window_start!),
+      spent: BigInt(r.spent!),
+      held: BigInt(r.held!),
+      cap: r.cap === null ? null : BigInt(r.cap),
+    });
   }
-  const results = items.map((item, i) => ({ id: ids[i]!, ledgerEntryId: entries.get(item.record.requestId) ?? null, counters }));
+  const results = items.map((_, i) => ({ id: ids[i]!, ledgerEntryId: ledgerIds[i]!, counters }));
   items.forEach((item, i) =>
     announce(item.kind === "receipt" ? { kind: "receipt", id: ids[i]!, record: item.record, at: now } : { kind: "failure", id: ids[i]!, record: item.record, at: now }),
   );
