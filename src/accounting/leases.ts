@@ -16,6 +16,7 @@ import type { SqlClient } from "./index.ts";
 import { dayStart, monthStart, RUN_WINDOW, translateDbError } from "./index.ts";
 import type { CapScope } from "../generated/prisma/enums.ts";
 import { MAX_AMOUNT_MICROS } from "../money.ts";
+import { events } from "../events/index.ts";
 
 /** A counter scope, or the bucket's available balance. */
 export type LeaseScopeName = CapScope | "BALANCE";
@@ -74,6 +75,8 @@ export interface LeasePoolOptions {
   safetyMs?: number;
   /** Local clock (tests move it). */
   clock?: () => number;
+  /** A request was refused by this scope (other instances may hold its headroom: they are asked to give it back). */
+  onRefused?: (key: LeaseKey) => void;
 }
 
 const keyOf = (k: LeaseKey) => `${k.bucketId}|${k.scope}|${k.scopeId}|${k.windowStart.toISOString()}`;
@@ -102,7 +105,7 @@ export class LeasePool {
   private readonly idleMs: number;
   private readonly safetyMs: number;
   /** Grants, renewals and returns the pool made (for tests and metrics). */
-  readonly stats = { grants: 0, grantStatements: 0, refusals: 0, returns: 0, renewals: 0, lapsed: 0 };
+  readonly stats = { grants: 0, grantStatements: 0, refusals: 0, returns: 0, renewals: 0, lapsed: 0, recalls: 0 };
 
   constructor(
     private readonly client: SqlClient,
@@ -159,15 +162,21 @@ export class LeasePool {
         // A concurrent grant of this instance may have brought the headroom meanwhile.
         const again = this.tryHold(scopes, input.amount, input.bucketId);
         if (!Array.isArray(again)) return { ok: true, hold: again };
-        this.stats.refusals++;
-        return { ok: false, refusal };
+        return this.refuse(scopes, refusal);
       }
     }
     const last = this.tryHold(scopes, input.amount, input.bucketId);
     if (!Array.isArray(last)) return { ok: true, hold: last };
-    this.stats.refusals++;
     const scope = last[0]!.key.scope;
-    return { ok: false, refusal: scope === "BALANCE" ? "INSUFFICIENT_BALANCE" : scope };
+    return this.refuse(scopes, scope === "BALANCE" ? "INSUFFICIENT_BALANCE" : scope);
+  }
+
+  private refuse(scopes: LeaseKey[], refusal: LeaseRefusal): AdmitResult {
+    this.stats.refusals++;
+    const scope = refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal;
+    const key = scopes.find((k) => k.scope === scope);
+    if (key) this.options.onRefused?.(key);
+    return { ok: false, refusal };
   }
 
   /** Synchronous: holds `amount` in every lease, or returns the leases that are short (and by how much). */
@@ -309,10 +318,38 @@ export class LeasePool {
     if (all.length) await this.giveBack(all, this.clock());
   }
 
+  /**
+   * A cap of this scope changed and its leases were revoked in the database: stop admitting against
+   * them (holds in flight keep their lease and are charged as lapsed); the next request takes a new
+   * grant under the new cap.
+   */
+  forgetScope(scope: string, scopeId: string): void {
+    for (const [k, lease] of this.leases) if (lease.scope === scope && lease.scopeId === scopeId) this.leases.delete(k);
+  }
+
+  /** Another instance was refused near this scope's cap: give back the free part of our leases of it. */
+  async recall(bucketId: string, scope: string, scopeId: string): Promise<void> {
+    const leases = [...this.leases.values()].filter((l) => l.bucketId === bucketId && l.scope === scope && l.scopeId === scopeId && l.amount > l.inFlight);
+    if (leases.length) await this.giveBack(leases, this.clock());
+    this.stats.recalls++;
+  }
+
   /** Forgets everything without telling the database (what a killed process does; tests use it). */
   abandon(): void {
     this.leases.clear();
   }
+}
+
+/**
+ * A cap changed: every live lease of its scope goes (their headroom leaves `held`), in the caller's
+ * transaction, so no lease granted under the old cap is spent under the new one. The instances are
+ * told at once (leasesRevoked) and take new grants; publishing before the commit is safe: a new
+ * grant waits on the bucket rows this transaction locked, then reads the new cap. An instance that
+ * misses the event notices at its next renewal (TTL / 3).
+ */
+export async function revokeLeases(client: SqlClient, scope: CapScope, scopeId: string, now = new Date()): Promise<void> {
+  await client.$queryRawUnsafe(`SELECT tg_lease_revoke($1, $2, $3::timestamptz AT TIME ZONE 'UTC')`, scope, scopeId, now.toISOString()).catch(translateDbError);
+  events.publish("leasesRevoked", { scope, scopeId });
 }
 
 /** Lapses leases whose TTL passed (their instance died or stalled): their headroom comes back. */

@@ -8,6 +8,7 @@ import { writeAudit } from "../audit/index.ts";
 import { conflict, notFound, requiredText } from "../errors.ts";
 import { parseMoney } from "../money.ts";
 import { scopeSpend, type ScopeSpend } from "../accounting/index.ts";
+import { revokeLeases } from "../accounting/leases.ts";
 
 type Tx = Prisma.TransactionClient;
 
@@ -29,13 +30,14 @@ export async function setCap(
   const where = { scope_scopeId_bucket: { scope: target.scope, scopeId: target.scopeId, bucket: target.bucket } };
   if (amount === null) {
     await tx.budgetCap.deleteMany({ where: { scope: target.scope, scopeId: target.scopeId, bucket: target.bucket } });
-    return;
+  } else {
+    await tx.budgetCap.upsert({
+      where,
+      create: { ...target, amount },
+      update: { amount, updatedAt: new Date() },
+    });
   }
-  await tx.budgetCap.upsert({
-    where,
-    create: { ...target, amount },
-    update: { amount, updatedAt: new Date() },
-  });
+  await revokeLeases(tx, target.scope, target.scopeId);
 }
 
 export interface CapView {

@@ -9,6 +9,9 @@ import { directSql } from "../db/index.ts";
 import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
 import { expireLeases, LeasePool, type LeaseHold } from "../accounting/leases.ts";
 import { GroupCommit } from "./group-commit.ts";
+import { events } from "../events/index.ts";
+
+const RECALL_EVERY_MS = 250;
 import { capToHold, recordBatch, recordFailure, recordReceipt, recordReceiptMany, type BatchItem, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "../requests/index.ts";
 
 export interface Settlement {
@@ -76,11 +79,40 @@ export interface LeaseMoneyOptions {
 /** Admission in memory against budget leases; one batched write per request. */
 export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: LeasePool } {
   const sql = directSql();
+  const instanceId = randomUUID();
+  // KEY_PER_REQUEST is not a counter: the key's maximum per bucket, cached like keys are.
+  const perRequest = new Map<string, { cap: bigint | null; until: number }>();
+
+  // Near a cap, headroom may sit in other instances' leases: a refusal asks them for it (at most
+  // once per scope per RECALL_EVERY_MS), so the next request here can be granted it.
+  const recalled = new Map<string, number>();
   const pool = new LeasePool(sql, {
-    instanceId: randomUUID(),
+    instanceId,
     ttlMs: options.ttlMs,
     chunk: (need) => need * BigInt(Math.max(1, options.chunkRequests)),
+    onRefused: (key) => {
+      const k = `${key.bucketId}|${key.scope}|${key.scopeId}`;
+      const now = Date.now();
+      if ((recalled.get(k) ?? 0) > now - RECALL_EVERY_MS) return;
+      if (recalled.size > 10_000) recalled.clear();
+      recalled.set(k, now);
+      events.publish("leaseRecall", { instanceId, bucketId: key.bucketId, scope: key.scope, scopeId: key.scopeId });
+    },
   });
+  const revoked = events.subscribe("leasesRevoked");
+  const recalls = events.subscribe("leaseRecall");
+  void (async () => {
+    for await (const event of revoked) {
+      pool.forgetScope(event.scope, event.scopeId);
+      if (event.scope === "KEY_PER_REQUEST") for (const k of perRequest.keys()) if (k.startsWith(`${event.scopeId}|`)) perRequest.delete(k);
+    }
+  })();
+  void (async () => {
+    for await (const event of recalls) {
+      if (event.instanceId === instanceId) continue;
+      await pool.recall(event.bucketId, event.scope, event.scopeId).catch((e: unknown) => options.onError("could not give back recalled leases", e));
+    }
+  })();
   const holds = new Map<string, LeaseHold>();
   const writer = new GroupCommit<BatchItem, { id: string; ledgerEntryId: string | null; counters: CounterState[] }>(
     (items) => recordBatch(items),
@@ -88,8 +120,6 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     { maxBatch: 256, maxInFlight: 2 },
   );
 
-  // KEY_PER_REQUEST is not a counter: the key's maximum per bucket, cached like keys are.
-  const perRequest = new Map<string, { cap: bigint | null; until: number }>();
   async function perRequestCap(keyId: string, bucketId: string): Promise<bigint | null> {
     const k = `${keyId}|${bucketId}`;
     const hit = perRequest.get(k);
@@ -183,6 +213,8 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     stats: () => ({ reserve: { batches: 0, batchedItems: 0, fallbacks: 0, lastError: null }, settle: { ...writer.stats }, leases: { ...pool.stats, held: pool.snapshot().length } }),
     async close() {
       clearInterval(timer);
+      await revoked.return?.();
+      await recalls.return?.();
       await beating;
       for (const hold of holds.values()) pool.release(hold);
       holds.clear();
