@@ -5,7 +5,7 @@
 // - "leases" (issue 9): admission in memory against this instance's budget leases, and one
 //   batched write per request (record + charge, aggregated deltas) through recordBatch.
 import { randomUUID } from "node:crypto";
-import { directSql } from "../db/index.ts";
+import { currentDatabase, directSql } from "../db/index.ts";
 import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
 import { expireLeases, LeasePool, type LeaseHold } from "../accounting/leases.ts";
 import { GroupCommit } from "./group-commit.ts";
@@ -117,7 +117,9 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
   const writer = new GroupCommit<BatchItem, { id: string; ledgerEntryId: string | null; counters: CounterState[] }>(
     (items) => recordBatch(items),
     async (item) => (await recordBatch([item]))[0]!,
-    { maxBatch: 256, maxInFlight: 2 },
+    // PostgreSQL: a second batch is sent while the first waits on its WAL flush. PGlite runs one
+    // statement at a time on this thread: a second in flight would only split batches in two.
+    { maxBatch: 256, maxInFlight: currentDatabase()?.kind === "pglite" ? 1 : 2 },
   );
 
   async function perRequestCap(keyId: string, bucketId: string): Promise<bigint | null> {
