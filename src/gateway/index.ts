@@ -3,6 +3,7 @@
 // body unread. Every response carries x-request-id; every request that names a key or a model
 // ends as exactly one Receipt or FailedRequest, and never leaves a hold open.
 //
+// One request's path is a pipeline of stages, a module each: src/gateway/pipeline/index.ts.
 // Decisions (README material):
 // - Order: key check (cached ≤ 1 s, cleared by keyChanged events) → body (≤ MAX_BODY_BYTES, else
 //   413; bad JSON 400) → allowed models (403) → route (404) → usable channels (buckets,
@@ -53,7 +54,7 @@ import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendEr
 import { Lookups } from "./lookups.ts";
 import { holdMoneyPath, leaseMoneyPath, type MoneyPath, type MoneyStats } from "./money.ts";
 import { findModel, listModels } from "./models.ts";
-import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./proxy.ts";
+import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./pipeline/index.ts";
 import { UpstreamClient } from "./upstream.ts";
 import { RateLimiter, type RateLimiterStats } from "./rate-limit.ts";
 import { componentLogger } from "../log.ts";
@@ -213,7 +214,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
 
   async function models(state: RequestState, req: IncomingMessage, res: ServerResponse, modelId: string | null): Promise<void> {
     req.resume();
-    const key = await authenticate(state, req);
+    const key = await authenticate(req, state);
     let payload: unknown;
     if (modelId === null) payload = await listModels(deps.lookups, key);
     else {
