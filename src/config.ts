@@ -23,7 +23,7 @@ export interface Config {
   /** How long a key lookup may be served from the in-process cache. */
   keyCacheTtlMs: number;
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
-  /** How the gateway admits requests against caps: a Hold row per request, or in memory against budget leases (issue 9). */
+  /** How the gateway admits requests against caps: in memory against budget leases (issue 9, the default), or a Hold row per request. */
   admission: "holds" | "leases";
   leases: {
     /** A lease lapses this long after its last renewal (a dead instance's headroom comes back). */
@@ -119,7 +119,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 }
 
 function admissionFrom(raw: string | undefined): Config["admission"] {
-  if (raw === undefined || raw === "") return "holds";
+  if (raw === undefined || raw === "") return "leases";
   if (raw !== "holds" && raw !== "leases") throw new Error(`GATEWAY_ADMISSION must be holds or leases, got ${JSON.stringify(raw)}`);
   return raw;
 }

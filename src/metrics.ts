@@ -130,7 +130,7 @@ async function fromDatabase<Row>(sql: string): Promise<Row[] | null> {
 
 new Gauge({
   name: "tokengate_holds_outstanding",
-  help: "Reservations (holds) not yet settled or released, all instances (from the database).",
+  help: "Hold rows (GATEWAY_ADMISSION=holds) not yet settled or released, all instances (from the database).",
   registers: [registry],
   async collect() {
     const rows = await fromDatabase<{ n: string | number }>(`SELECT count(*) AS n FROM "Hold" WHERE status = 'ACTIVE'`);
@@ -140,7 +140,7 @@ new Gauge({
 
 new Gauge({
   name: "tokengate_held_micros",
-  help: "Money held for requests in flight, in micro-units, by bucket and currency, all instances (wallet buckets' held).",
+  help: "Money held for requests in flight (on leases: leased headroom not yet spent), in micro-units, by bucket and currency, all instances (wallet buckets' held).",
   labelNames: ["bucket", "currency"] as const,
   registers: [registry],
   async collect() {

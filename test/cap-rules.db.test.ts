@@ -4,7 +4,7 @@
 import { describe, expect, it } from "vitest";
 import OpenAI, { APIError } from "openai";
 
-import { useGatewayHarness, uid } from "./support/gateway.ts";
+import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, topUp, world } from "./support/fixtures.ts";
 import { gqlOk, token } from "./support/graphql.ts";
 import { walletBucket } from "../src/accounting/index.ts";
@@ -89,6 +89,8 @@ describe("a cap in one bucket caps the other bucket at zero", () => {
     expect(sent.filter((r) => r.model === routed)).toHaveLength(0);
     expect(failed.bucket).toBe("ROUTED");
     await routedUntouched(w, 100_000_000n);
+    // The CREDIT attempt's hold was dropped (failed attempt, policy NEVER): nothing held once idle.
+    await leasesReturned(h);
     expect((await walletBucket(w.org.id, "CREDIT")).held).toBe(0n);
   });
 

@@ -5,7 +5,7 @@ import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import OpenAI, { APIError } from "openai";
 
-import { useGatewayHarness, uid } from "./support/gateway.ts";
+import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
 import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 import { ledgerViolations } from "./support/invariants.ts";
@@ -63,6 +63,8 @@ describe("backup-route limits: a daily cap per channel", () => {
       [primary!.id, "PRIMARY"],
       [backup!.id, "BACKUP"],
     ]);
+    // Nothing stays held once the gateway is idle (on leases: once its leased headroom went back).
+    await leasesReturned(h);
     const primarySpend = await scopeSpend("CHANNEL_DAILY", primary!.id, "CREDIT");
     expect(primarySpend).toEqual({ spent: receipts[0]!.charge, held: 0n });
     expect(await scopeSpend("CHANNEL_DAILY", backup!.id, "CREDIT")).toEqual({ spent: receipts[1]!.charge, held: 0n });
@@ -93,6 +95,7 @@ describe("backup-route limits: a daily cap per channel", () => {
     ]);
     const audits = await h.database.prisma.auditEntry.findMany({ where: { action: "setChannelLimits", targetId: { in: [primary!.id, backup!.id] } } });
     expect(audits).toHaveLength(2);
+    await leasesReturned(h);
     expect((await walletBucket(w.org.id, "CREDIT")).held).toBe(0n);
     // The backup's cap was lowered below today's spend afterwards: that broke no cap.
     expect(await ledgerViolations(h.database, { capsCheckedFrom: null })).toEqual([]);
@@ -147,6 +150,7 @@ describe("run pause", () => {
     const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId: ok.response.headers.get("x-request-id")! } });
     expect(receipt.runId).toBe(run.id);
     expect(receipt.charge).toBeGreaterThan(0n);
+    await leasesReturned(h);
     expect(await scopeSpend("RUN_TOTAL", run.id, "CREDIT")).toEqual({ spent: receipt.charge, held: 0n });
 
     const audits = await h.database.prisma.auditEntry.findMany({ where: { targetId: run.id, action: { in: ["pauseRun", "resumeRun"] } }, orderBy: { createdAt: "asc" } });

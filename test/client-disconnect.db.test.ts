@@ -5,7 +5,7 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { useGatewayHarness, uid } from "./support/gateway.ts";
+import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
 import { walletBucket } from "../src/accounting/index.ts";
 import { parseMoney, requestCharge, tokenCharge } from "../src/money.ts";
@@ -145,7 +145,8 @@ describe("a client that hangs up is charged what the upstream bills, whatever th
     expect(failed!.ledgerEntry!.amount).toBe(-expected);
     const after = await walletBucket(s.org.id, "CREDIT");
     expect(before.balance - after.balance).toBe(expected);
-    expect(after.held).toBe(0n);
+    await leasesReturned(h);
+    expect((await walletBucket(s.org.id, "CREDIT")).held).toBe(0n);
   });
 
   it("just before the usage chunk: the gateway reads on for the upstream's usage and charges it exactly (Receipt, status 499)", async () => {
@@ -179,7 +180,8 @@ describe("a client that hangs up is charged what the upstream bills, whatever th
     expect(receipt!.ledgerEntry!.amount).toBe(-expected);
     const after = await walletBucket(s.org.id, "CREDIT");
     expect(before.balance - after.balance).toBe(expected);
-    expect(after.held).toBe(0n);
+    await leasesReturned(h);
+    expect((await walletBucket(s.org.id, "CREDIT")).held).toBe(0n);
   });
 
   it("just before the usage chunk, and the usage never comes: after the grace the prompt and the streamed text are charged (counted, estimated)", async () => {
@@ -195,6 +197,7 @@ describe("a client that hangs up is charged what the upstream bills, whatever th
     const expected = requestCharge(PRICE, failed!.promptTokens, 3);
     expect(failed!.charge).toBe(expected);
     expect(failed!.ledgerEntry!.amount).toBe(-expected);
+    await leasesReturned(h);
     expect((await walletBucket(s.org.id, "CREDIT")).held).toBe(0n);
   });
 
@@ -214,6 +217,7 @@ describe("a client that hangs up is charged what the upstream bills, whatever th
     const expected = requestCharge(PRICE, USAGE.prompt_tokens, USAGE.completion_tokens);
     expect(receipt!.charge).toBe(expected);
     expect(receipt!.ledgerEntry!.amount).toBe(-expected);
+    await leasesReturned(h);
     expect((await walletBucket(s.org.id, "CREDIT")).held).toBe(0n);
   });
 
@@ -228,6 +232,7 @@ describe("a client that hangs up is charged what the upstream bills, whatever th
     expect(failed).toMatchObject({ cause: "CLIENT_CLOSED", completionTokens: 0, estimated: true });
     expect(failed!.charge).toBe(tokenCharge(failed!.promptTokens, PRICE.inputPerMillion));
     expect(failed!.charge).toBeGreaterThan(0n);
+    await leasesReturned(h);
     expect((await walletBucket(s.org.id, "CREDIT")).held).toBe(0n);
   });
 });

@@ -4,7 +4,7 @@
 // the request's own fields, and control characters in strings that reach SQL are a 400.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_TEXT } from "./support/fake-upstream.ts";
-import { useGatewayHarness, uid } from "./support/gateway.ts";
+import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { codes, gql, startTestServer, token } from "./support/graphql.ts";
 import { route, world } from "./support/fixtures.ts";
 import { walletBucket } from "../src/accounting/index.ts";
@@ -32,7 +32,11 @@ const post = (secret: string, body: unknown, path = "/chat/completions", headers
     body: typeof body === "string" ? body : JSON.stringify(body),
   });
 
-const holdsOf = (requestId: string) => h.database.prisma.hold.findMany({ where: { requestId }, orderBy: { createdAt: "asc" } });
+/**
+ * Usage far beyond any reservation: the charge is then capped at exactly what was held for the
+ * request (its worst case), on both money paths (a Hold row's amount, or a hold inside leases).
+ */
+const ABSURD_USAGE = { prompt_tokens: 3e9, completion_tokens: 7 };
 const receiptOf = (requestId: string) => h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId }, include: { ledgerEntry: true } });
 
 /** Deterministic CJK text with no spaces or punctuation: one pre-tokenized piece. */
@@ -90,7 +94,8 @@ describe("point 1: prompt counting never stalls the process", () => {
   it.each(["chat", "embeddings"] as const)("a 4 MB %s body of one unbroken CJK run is answered while /healthz answers within 1 s throughout", async (endpoint) => {
     const s = await setup();
     // The fake upstream reports fixed usage: it must not spend the test process's time tokenizing 4 MB.
-    h.fake.set(s.upstreamModel, { type: "ok", usage: { prompt_tokens: 1000, completion_tokens: 5 } });
+    // Beyond any reservation, so the charge shows what was reserved.
+    h.fake.set(s.upstreamModel, { type: "ok", usage: ABSURD_USAGE });
     const body = body4mb(s, endpoint);
     expect(Buffer.byteLength(body)).toBeGreaterThan(4_000_000);
     const path = endpoint === "chat" ? "/v1/chat/completions" : "/v1/embeddings";
@@ -103,15 +108,16 @@ describe("point 1: prompt counting never stalls the process", () => {
     expect(latencies.length).toBeGreaterThanOrEqual(Math.min(3, Math.floor(elapsed / 400)));
     expect(Math.max(...latencies)).toBeLessThan(1000);
     // The reservation stayed an upper bound: the UTF-8 bytes of the run (+10 % and 16) at least.
-    const [hold] = await holdsOf(result.id);
-    expect(hold!.amount).toBeGreaterThanOrEqual(BigInt(1_390_000 * 3));
+    const receipt = await receiptOf(result.id);
+    expect(receipt.usageExceededReservation).toBe(true);
+    expect(receipt.charge).toBeGreaterThanOrEqual(BigInt(1_390_000 * 3));
   });
 });
 
 describe("point 7: absurd upstream usage is charged at the reservation and flagged", () => {
   it.each([false, true])("prompt_tokens 3e9 (stream: %s): 200, charged exactly the reservation, flagged, the ledger agrees", async (stream) => {
     const s = await setup();
-    h.fake.set(s.upstreamModel, { type: "ok", usage: { prompt_tokens: 3e9, completion_tokens: 7 } });
+    h.fake.set(s.upstreamModel, { type: "ok", usage: ABSURD_USAGE });
     const before = await walletBucket(s.org.id, "CREDIT");
     const body = { model: s.model, messages: [{ role: "user", content: "hello" }], max_tokens: 20, stream };
     const res = await post(s.secret, body);
@@ -120,19 +126,22 @@ describe("point 7: absurd upstream usage is charged at the reservation and flagg
     if (stream) expect(text).toContain("data: [DONE]");
     else expect((JSON.parse(text) as { choices: Array<{ message: { content: string } }> }).choices[0]!.message.content).toBe(DEFAULT_TEXT);
     const requestId = res.headers.get("x-request-id")!;
-    const holds = await holdsOf(requestId);
-    expect(holds).toHaveLength(1);
     const receipt = await receiptOf(requestId);
-    expect(receipt.charge).toBe(holds[0]!.amount);
+    // The reservation is what the gateway computes from the request itself, and the charge is exactly it.
+    const count = await countChatPrompt(body);
+    const reservation = BigInt(reservedPromptTokens(count, [s.upstreamModel], null) + outputBound(body, 4096));
+    expect(receipt.charge).toBe(reservation);
+    if (h.gw.config.admission === "holds") {
+      const holds = await h.database.prisma.hold.findMany({ where: { requestId } });
+      expect(holds.map((x) => [x.amount, x.charged])).toEqual([[reservation, reservation]]);
+    }
     expect(receipt.usageExceededReservation).toBe(true);
     expect(receipt.promptTokens).toBe(2_147_483_647); // stored clamped, never overflowing
     expect(receipt.ledgerEntry!.amount).toBe(-receipt.charge);
     const after = await walletBucket(s.org.id, "CREDIT");
     expect(before.balance - after.balance).toBe(receipt.charge);
-    expect(after.held).toBe(0n);
-    // The reservation is what the gateway computes from the request itself.
-    const count = await countChatPrompt(body);
-    expect(receipt.charge).toBe(BigInt(reservedPromptTokens(count, [s.upstreamModel], null) + outputBound(body, 4096)));
+    await leasesReturned(h);
+    expect((await walletBucket(s.org.id, "CREDIT")).held).toBe(0n);
   });
 
   it("usage within the reservation is charged as reported and not flagged", async () => {
@@ -267,12 +276,18 @@ describe("point 11: bodies are validated as OpenAI validates them", () => {
 });
 
 describe("point 11: every billable part is bounded from the request's own fields", () => {
-  /** The amount held for a request (price 1 micro per token: the amount is the reserved token count). */
+  /**
+   * The amount held for a request (price 1 micro per token: the amount is the reserved token
+   * count), read from its receipt: the upstream reports usage beyond any reservation, so the
+   * charge is capped at exactly the hold. -1 when the request got no receipt.
+   */
   async function reserved(s: Awaited<ReturnType<typeof setup>>, body: Record<string, unknown>): Promise<{ status: number; amount: bigint; text: string }> {
+    h.fake.set(s.upstreamModel, { type: "ok", usage: ABSURD_USAGE });
     const res = await post(s.secret, { model: s.model, ...body });
     const text = await res.text();
-    const holds = await holdsOf(res.headers.get("x-request-id")!);
-    return { status: res.status, amount: holds[0]?.amount ?? -1n, text };
+    const receipt = await h.database.prisma.receipt.findUnique({ where: { requestId: res.headers.get("x-request-id")! } });
+    if (receipt) expect(receipt.usageExceededReservation).toBe(true);
+    return { status: res.status, amount: receipt?.charge ?? -1n, text };
   }
   const textOnly = async (messages: unknown[]) => reservedPromptTokens(await countChatPrompt({ messages }), [], null);
 

@@ -13,7 +13,9 @@ import { expireHolds, reserve, scopeSpend, settle, startHoldSweeper, walletBucke
 import { recordReceipt, type ReceiptInput } from "../src/requests/index.ts";
 
 const TTL_MS = 900;
-const h = useGatewayHarness({ HOLD_TTL_MS: String(TTL_MS) });
+// The Hold-row path's keep-alive and late settlement, on that path whatever the default (leases
+// keep in-flight holds in memory and renew their leases instead: test/leases.pg.test.ts).
+const h = useGatewayHarness({ HOLD_TTL_MS: String(TTL_MS), GATEWAY_ADMISSION: "holds" });
 
 let stopSweeper: () => void = () => undefined;
 const sweepErrors: unknown[] = [];

@@ -1,5 +1,5 @@
 // Property (issue 9, point 2): for any sequence of admissions on two instances, batched charges,
-// releases, heartbeats, returns, expiries, instance deaths, top-ups and clock moves, after every
+// releases, heartbeats, returns, expiries, instance deaths and stalls, top-ups and clock moves, after every
 // step the database keeps: for every capped scope spent + Σ live leases ≤ cap; for every counter
 // and bucket held = Σ its leases; Σ leases ≤ balance; balance = Σ ledger; every charge is a
 // ledger entry. And no instance ever holds more in flight than its leases.
@@ -33,6 +33,7 @@ type Step =
   | { op: "returnAll"; inst: 0 | 1 }
   | { op: "die"; inst: 0 | 1 }
   | { op: "tick"; ms: number }
+  | { op: "stall"; inst: 0 | 1 }
   | { op: "expire" }
   | { op: "advance"; hours: number }
   | { op: "setCap"; keyDaily: number }
@@ -59,6 +60,7 @@ const step: fc.Arbitrary<Step> = fc.oneof(
   fc.record({ op: fc.constant("returnAll" as const), inst }),
   fc.record({ op: fc.constant("die" as const), inst }),
   fc.record({ op: fc.constant("tick" as const), ms: fc.integer({ min: 1, max: Math.floor(TTL_MS / 3) }) }),
+  fc.record({ op: fc.constant("stall" as const), inst }),
   fc.record({ op: fc.constant("expire" as const) }),
   fc.record({ op: fc.constant("advance" as const), hours: fc.integer({ min: 1, max: 30 }) }),
   // An admin lowers or raises the first key's daily cap mid-sequence (its leases are revoked).
@@ -211,6 +213,15 @@ describe("lease invariants under random sequences (two instances)", () => {
                 clock += s.ms;
                 for (const p of pools) await p.maintain();
                 break;
+              case "stall":
+                // One instance stalls past the TTL with requests in flight (its heartbeat is late): the
+                // others sweep its leases; its holds are then charged as lapsed, and it leases anew.
+                for (let waited = 0; waited < 2 * TTL_MS; waited += Math.floor(TTL_MS / 3)) {
+                  clock += Math.floor(TTL_MS / 3);
+                  for (const [n, p] of pools.entries()) if (n !== s.inst) await p.maintain();
+                  await expireLeases(new Date(clock), sql);
+                }
+                break;
               case "expire":
                 await expireLeases(new Date(clock), sql);
                 break;
@@ -243,9 +254,14 @@ describe("lease invariants under random sequences (two instances)", () => {
           // Leave nothing behind for the next sequence: requests end, instances stop.
           for (const o of open) pools[o.inst]!.release(o.hold);
           for (const p of pools) await p.returnAll();
-          const left = await database.sql.query<{ n: string }>(`SELECT count(*)::text AS n FROM "BudgetLease"`);
+          // Once its requests ended, a live instance gives back everything it holds (a dead one's
+          // leases wait for their TTL), whatever lapsed and was granted anew meanwhile.
+          for (const p of pools) {
+            expect(p.snapshot().filter((l) => l.amount > 0n || l.inFlight > 0n)).toEqual([]);
+            const mine = await database.sql.query<{ n: string }>(`SELECT count(*)::text AS n FROM "BudgetLease" WHERE "instanceId" = $1 AND amount > 0`, [p.instanceId]);
+            expect(mine[0]!.n).toBe("0");
+          }
           await expireLeases(new Date(clock + 10 * TTL_MS), sql);
-          expect(Number(left[0]!.n)).toBeGreaterThanOrEqual(0);
           expect(await leaseViolations(start, run.id, grace)).toEqual([]);
         },
       ),
@@ -258,4 +274,38 @@ describe("lease invariants under random sequences (two instances)", () => {
     expect(leftover[0]!.n).toBe("0");
     expect(steps).toBeGreaterThan(200);
   }, 600_000);
+});
+
+describe("an instance that stalls past the TTL with requests in flight", () => {
+  it("charges them as lapsed, leases anew for new requests, and gives everything back once they end", async () => {
+    const w = await f.world({ credit: "100" });
+    const bucket = await walletBucket(w.org.id, "CREDIT");
+    const sql = directSql();
+    let clock = Date.now();
+    const pool = new LeasePool(sql, { instanceId: `stall-${randomUUID()}`, ttlMs: TTL_MS, chunk: (need) => need * 4n, clock: () => clock });
+    const admit = async (amount: bigint) => {
+      const r = await pool.admit({ bucketId: bucket.id, amount, keyId: w.key.id, projectId: w.project.id, now: new Date(clock) });
+      if (!r.ok) throw new Error(`refused: ${r.refusal}`);
+      return r.hold;
+    };
+    const first = await admit(1_000n);
+    // No heartbeat for two TTLs: another instance's sweep lapses this one's leases.
+    clock += 2 * TTL_MS;
+    expect(await expireLeases(new Date(clock), sql)).toBeGreaterThan(0);
+    const second = await admit(1_000n);
+    await chargeBatch(pool, [{ requestId: randomUUID(), bucketId: bucket.id, charge: 600n, hold: first }], sql, new Date(clock));
+    await chargeBatch(pool, [{ requestId: randomUUID(), bucketId: bucket.id, charge: 300n, hold: second }], sql, new Date(clock));
+    await pool.returnAll();
+    expect(pool.snapshot()).toEqual([]);
+    expect((await database.sql.query<{ n: string }>(`SELECT count(*)::text AS n FROM "BudgetLease" WHERE "instanceId" = $1`, [pool.instanceId]))[0]!.n).toBe("0");
+    expect(await walletBucket(w.org.id, "CREDIT")).toMatchObject({ balance: 100_000_000n - 900n, held: 0n });
+    for (const scope of ["KEY_DAILY", "PROJECT_DAILY", "PROJECT_MONTHLY"] as const) {
+      const scopeId = scope === "KEY_DAILY" ? w.key.id : w.project.id;
+      const rows = await database.sql.query<{ spent: string; held: string }>(
+        `SELECT spent::text, held::text FROM "SpendCounter" WHERE scope = $1 AND "scopeId" = $2 AND bucket = 'CREDIT'`,
+        [scope, scopeId],
+      );
+      expect(rows.map((r) => [r.spent, r.held])).toEqual([["900", "0"]]);
+    }
+  });
 });

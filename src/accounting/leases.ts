@@ -186,7 +186,13 @@ export class LeasePool {
     const found: Lease[] = [];
     for (const key of scopes) {
       const lease = this.leases.get(keyOf(key));
-      const usable = lease && lease.usableUntil > now ? lease.amount - lease.inFlight : 0n;
+      if (lease && lease.usableUntil <= now) {
+        // Lapsed (or about to): the grant that replaces it must also cover the holds still in
+        // flight in it, which then move to the new lease (see grant).
+        short.push({ key, need: amount + lease.inFlight });
+        continue;
+      }
+      const usable = lease ? lease.amount - lease.inFlight : 0n;
       if (usable < amount) short.push({ key, need: amount - usable });
       else if (lease) found.push(lease); // a zero worst case needs no lease
     }
@@ -234,9 +240,19 @@ export class LeasePool {
       if (existing && existing.id === row.lease_id) {
         existing.amount += granted;
         existing.usableUntil = Math.max(existing.usableUntil, usableUntil);
+      } else if (existing && granted >= existing.inFlight) {
+        // A lease we believed in had lapsed and was swept; the new one covers the holds still in
+        // flight in it. They move with it (the same object, so their charges leave the new lease),
+        // and the cap stays whole: their worst cases were granted again within it.
+        existing.id = row.lease_id!;
+        existing.amount = granted;
+        existing.usableUntil = usableUntil;
+        existing.lastUsed = this.clock();
       } else {
-        // A lease we believed in had lapsed and was swept: holds in it are charged as lapsed (see tg_record_batch).
-        this.leases.set(keyOf(key), { ...key, id: row.lease_id!, amount: granted, inFlight: existing?.inFlight ?? 0n, usableUntil, lastUsed: this.clock() });
+        // Lapsed, and the new grant does not cover its holds in flight: they stay on the lapsed
+        // lease and are charged as lapsed (tg_record_batch); the new lease starts without them
+        // (carrying their amount would keep it in use, and its headroom held, for good).
+        this.leases.set(keyOf(key), { ...key, id: row.lease_id!, amount: granted, inFlight: 0n, usableUntil, lastUsed: this.clock() });
       }
       this.stats.grants++;
     }

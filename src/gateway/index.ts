@@ -3,6 +3,7 @@
 // body unread. Every response carries x-request-id; every request that names a key or a model
 // ends as exactly one Receipt or FailedRequest, and never leaves a hold open.
 //
+// One request's path is a pipeline of stages, a module each: src/gateway/pipeline/index.ts.
 // Decisions (README material):
 // - Order: key check (cached ≤ 1 s, cleared by keyChanged events) → body (≤ MAX_BODY_BYTES, else
 //   413; bad JSON 400) → allowed models (403) → route (404) → usable channels (buckets,
@@ -36,10 +37,11 @@
 //   completed anyway (non-stream once headers came; a stream past finish_reason, within 2 s) is a
 //   Receipt with status 499 at its real usage.
 // - Timeouts (config.upstream): connect, first byte, idle between chunks, total per attempt.
-// - Hot path: keys and route plans are cached ≤ 1 s; reservations and receipts are group-committed
-//   (one statement and one WAL flush per batch) and sent straight to the driver. With
-//   GATEWAY_ADMISSION=leases, admission is in memory against this instance's budget leases and each
-//   request is written once (record + charge) by a batched writer (src/gateway/money.ts).
+// - Hot path: keys and route plans are cached ≤ 1 s. By default (GATEWAY_ADMISSION=leases)
+//   admission is in memory against this instance's budget leases and each request is written once
+//   (record + charge) by a batched writer; with GATEWAY_ADMISSION=holds, reservations (Hold rows)
+//   and receipts are group-committed (one statement and one WAL flush per batch). Both are sent
+//   straight to the driver (src/gateway/money.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
@@ -52,7 +54,7 @@ import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendEr
 import { Lookups } from "./lookups.ts";
 import { holdMoneyPath, leaseMoneyPath, type MoneyPath, type MoneyStats } from "./money.ts";
 import { findModel, listModels } from "./models.ts";
-import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./proxy.ts";
+import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./pipeline/index.ts";
 import { UpstreamClient } from "./upstream.ts";
 import { RateLimiter, type RateLimiterStats } from "./rate-limit.ts";
 import { componentLogger } from "../log.ts";
@@ -63,6 +65,11 @@ export interface Gateway {
   close(): Promise<void>;
   /** Group-commit counters (for /metrics and tests). */
   stats(): GatewayStats;
+  /**
+   * Gives this instance's unused lease headroom back now, as shutdown does, without stopping (a
+   * recall; idle leases also go back by themselves after LEASE_TTL_MS / 2). No-op on `holds`.
+   */
+  recallLeases(): Promise<void>;
 }
 
 export type GatewayStats = MoneyStats & { limits: RateLimiterStats };
@@ -83,14 +90,15 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
   const log: GatewayDeps["log"] = (level, message, extra) => logger[level](extra ?? {}, message);
   const limiter = RateLimiter.create({ redisUrl: config.redisUrl, badKeyLimitPerMinute: config.badKeyLimitPerMinute, log });
   const leased = (options.admission ?? config.admission) === "leases";
-  const money: MoneyPath = leased
+  const leasePath = leased
     ? leaseMoneyPath({
         ttlMs: config.leases.ttlMs,
         chunkRequests: config.leases.chunkRequests,
         capCacheTtlMs: config.keyCacheTtlMs,
         onError: (message, error) => log("warn", message, { error: String(error) }),
       })
-    : holdMoneyPath({ grouped });
+    : null;
+  const money: MoneyPath = leasePath ?? holdMoneyPath({ grouped });
   const deps: GatewayDeps = {
     config,
     limiter,
@@ -206,7 +214,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
 
   async function models(state: RequestState, req: IncomingMessage, res: ServerResponse, modelId: string | null): Promise<void> {
     req.resume();
-    const key = await authenticate(state, req);
+    const key = await authenticate(req, state);
     let payload: unknown;
     if (modelId === null) payload = await listModels(deps.lookups, key);
     else {
@@ -230,6 +238,9 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
   return {
     handle,
     stats: () => ({ ...money.stats(), limits: { ...limiter.stats, rateLimited: { ...limiter.stats.rateLimited } } }),
+    recallLeases: async () => {
+      if (leasePath) await leasePath.pool.returnAll();
+    },
     async close() {
       clearInterval(keepAlive);
       await deps.upstream.close();

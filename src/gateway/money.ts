@@ -1,9 +1,9 @@
 // The money path of one gateway instance: admit (hold a request's worst case), settle (receipt +
 // charge), release, record a failure (failed request + its policy charge). Two implementations
 // behind one interface, chosen by GATEWAY_ADMISSION:
-// - "holds": a Hold row per request, reserved and resolved by SQL functions, group-committed;
-// - "leases" (issue 9): admission in memory against this instance's budget leases, and one
-//   batched write per request (record + charge, aggregated deltas) through recordBatch.
+// - "leases" (issue 9, the default): admission in memory against this instance's budget leases,
+//   and one batched write per request (record + charge, aggregated deltas) through recordBatch;
+// - "holds": a Hold row per request, reserved and resolved by SQL functions, group-committed.
 import { randomUUID } from "node:crypto";
 import { currentDatabase, directSql } from "../db/index.ts";
 import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";

@@ -4,7 +4,7 @@ import type { BalanceBucket } from "../generated/prisma/enums.ts";
 import { BUCKET_CURRENCY } from "../money.ts";
 import type { PlannedChannel } from "../routing/index.ts";
 import { NONE, fallbacks, gatewayDuration, gatewayOverhead, gatewayRequests, spendMicros, upstreamAttempts, upstreamDuration } from "../metrics.ts";
-import type { RequestState } from "./proxy.ts";
+import type { RequestState } from "./pipeline/state.ts";
 
 /** What the request metrics need of a request (RequestState, or less for one refused before it had one). */
 export type Observed = Pick<RequestState, "startedAt" | "route" | "channel" | "attempts" | "upstreamMs">;

@@ -3,7 +3,7 @@
 // `messages[0].content[1].image_url.detail`) before anything is looked up, reserved or forwarded.
 // Unknown fields pass through (the upstream judges them). Strings that reach SQL (`model`, the
 // `x-run-id` header) must be free of control characters: PostgreSQL refuses NUL in text.
-import type { Endpoint } from "./proxy.ts";
+import type { Endpoint } from "./pipeline/state.ts";
 import { badRequest, type GatewayError } from "./errors.ts";
 
 type Json = Record<string, unknown>;

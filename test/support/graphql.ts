@@ -4,6 +4,7 @@ import { createClient, type Client } from "graphql-ws";
 import WebSocket from "ws";
 import { createYogaApp, startServer, type RunningServer } from "../../src/server.ts";
 import { loadConfig } from "../../src/config.ts";
+import { admissionEnv } from "./gateway.ts";
 import { createAdminToken } from "../../src/auth/index.ts";
 import type { AdminRole } from "../../src/generated/prisma/enums.ts";
 
@@ -38,7 +39,7 @@ export async function token(role: AdminRole, organizationId?: string, projectId?
 }
 
 export async function startTestServer(): Promise<RunningServer> {
-  return startServer({ ...loadConfig({}), port: 0, host: "127.0.0.1" }, { quiet: true });
+  return startServer({ ...loadConfig(admissionEnv()), port: 0, host: "127.0.0.1" }, { quiet: true });
 }
 
 export function wsClient(server: RunningServer, authToken: string | null, onClose?: (code: number) => void): Client {

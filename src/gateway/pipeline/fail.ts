@@ -1,0 +1,85 @@
+// Stage 5', fail: a request that ends in an error is recorded once (FailedRequest + its charge under
+// the key's failed-request policy, which applies once an attempt reached the upstream:
+// src/accounting/charges.ts; its hold is resolved with it), then answered: an error in OpenAI's
+// shape, or mid-stream an SSE error event (OpenAI SDKs raise it), the charge, and no [DONE].
+// Failed attempts followed by a successful fallback are not charged: the receipt is the charge.
+import type { ServerResponse } from "node:http";
+import { failedRequestCharge } from "../../accounting/charges.ts";
+import { primaryBucket } from "../../keys/index.ts";
+import { BUCKET_CURRENCY, formatMoney } from "../../money.ts";
+import { sendError, type GatewayError } from "../errors.ts";
+import { announce } from "./settle.ts";
+import type { GatewayDeps, RequestState } from "./state.ts";
+
+export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestState, res: ServerResponse, error: GatewayError): Promise<void> {
+  let charge = 0n;
+  if (error.failureCause && !state.recorded) {
+    const channel = state.channel;
+    const hold = state.hold;
+    const usage = state.failureUsage;
+    charge = failedRequestCharge(error.failureCause, state.key?.failedChargePolicy ?? null, usage, channel?.price ?? null, hold ? hold.amount : null);
+    try {
+      await deps.recordFailure(
+        {
+          requestId: state.requestId,
+          organizationId: state.key?.organizationId ?? null,
+          keyId: state.key?.id ?? null,
+          projectId: state.key?.projectId ?? null,
+          runId: state.runId,
+          routeId: state.route?.id ?? null,
+          channelId: channel?.channel.id ?? null,
+          requestedModel: state.model,
+          endpoint: state.endpoint,
+          cause: error.failureCause,
+          capScope: error.capScope,
+          message: error.message.slice(0, 2000),
+          httpStatus: error.status,
+          upstreamStatus: error.upstreamStatus,
+          attempts: state.attempts,
+          bucket: channel?.bucket ?? null,
+          currency: channel ? BUCKET_CURRENCY[channel.bucket] : null,
+          promptTokens: usage?.promptTokens ?? 0,
+          completionTokens: usage?.completionTokens ?? 0,
+          priceSnapshotId: channel?.price?.id ?? null,
+          charge,
+          estimated: usage?.estimated ?? false,
+        },
+        hold,
+      );
+      state.recorded = true;
+      state.hold = null;
+      const key = state.key;
+      if (key) {
+        announce(deps, {
+          organizationId: key.organizationId,
+          projectId: key.projectId,
+          keyId: key.id,
+          routeId: state.route?.id ?? null,
+          requestId: state.requestId,
+          bucket: channel?.bucket ?? primaryBucket(key),
+          charge,
+          status: "FAILED",
+        });
+      }
+    } catch (recordError) {
+      deps.log("error", "could not record a failed request", { requestId: state.requestId, error: String(recordError) });
+    }
+  }
+  const chargeHeader: Record<string, string> = {};
+  if (state.attempts > 0 && state.channel) {
+    chargeHeader["x-tokengate-charge"] = formatMoney(charge);
+    chargeHeader["x-tokengate-currency"] = BUCKET_CURRENCY[state.channel.bucket];
+    chargeHeader["x-tokengate-bucket"] = state.channel.bucket;
+  }
+  if (!res.headersSent) {
+    sendError(res, state.requestId, error, chargeHeader);
+  } else if (!res.writableEnded && !res.destroyed) {
+    // Mid-stream: an error event (OpenAI SDKs raise it), the charge, and no [DONE].
+    res.write(`data: ${JSON.stringify(error.body())}\n\n`);
+    if (chargeHeader["x-tokengate-charge"]) {
+      res.write(`: tokengate-charge=${chargeHeader["x-tokengate-charge"]} currency=${chargeHeader["x-tokengate-currency"]}\n\n`);
+      res.addTrailers({ "x-tokengate-charge": chargeHeader["x-tokengate-charge"] });
+    }
+    res.end();
+  }
+}

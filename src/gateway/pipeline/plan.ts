@@ -1,0 +1,91 @@
+// Stage 2, plan: what the request asks and where it may go. Body (≤ MAX_BODY_BYTES, else 413; bad
+// JSON 400) → validation → allowed models (403) → route (404; cached ≤ 1 s) → usable channels
+// (buckets, lower-cost ROUTED routes, backup routes; none → 403) → priced channels (none → 503
+// price_unknown, fail closed: an unpriced channel is never called) → x-run-id (this key's run, else
+// 404 run_not_found; PAUSED → 402 run_paused; not ACTIVE → 402 run_cancelled) → token bounds.
+import type { IncomingMessage } from "node:http";
+import type { ApiKey, Route } from "../../generated/prisma/client.ts";
+import type { PlannedChannel } from "../../routing/index.ts";
+import { modelNotAllowed, modelNotFound, priceUnknown, routeUnavailable, runCancelled, runNotFound, runPaused } from "../errors.ts";
+import { header, parseJsonObject, readBody } from "../http.ts";
+import { modelAllowed, usableChannels } from "../lookups.ts";
+import { countChatPrompt, countEmbeddingInput, outputBound, reservedPromptTokens } from "../tokens.ts";
+import { validateRequest } from "../validate.ts";
+import type { GatewayDeps, RequestState } from "./state.ts";
+
+/** Everything the later stages need to know about the request. */
+export interface Plan {
+  body: Record<string, unknown>;
+  model: string;
+  chat: boolean;
+  stream: boolean;
+  /** The client asked for the usage chunk (it is always asked of the upstream). */
+  clientWantsUsage: boolean;
+  route: Route;
+  /** Usable, priced channels in the order they are tried. */
+  channels: PlannedChannel[];
+  runId: string | null;
+  /** Prompt tokens as counted here (what a failure is charged from when the upstream reported none). */
+  promptCounted: number;
+  /** Token bounds the worst case is priced from: the prompt (with a margin for the upstream's tokenizer) and the output. */
+  promptBound: number;
+  outputBound: number;
+}
+
+/**
+ * Plans the request of `key`. Records model, route, run and (for price_unknown) channel on the
+ * trail as soon as they are known, so a refusal here is recorded with them.
+ */
+export async function plan(
+  deps: Pick<GatewayDeps, "config" | "lookups">,
+  key: ApiKey,
+  req: IncomingMessage,
+  trail: Pick<RequestState, "endpoint" | "model" | "route" | "runId" | "channel">,
+): Promise<Plan> {
+  const { config, lookups } = deps;
+  const body = parseJsonObject(await readBody(req, config.maxBodyBytes));
+  const runHeader = header(req, "x-run-id");
+  const model = validateRequest(trail.endpoint, body, runHeader);
+  trail.model = model;
+  const chat = trail.endpoint === "/v1/chat/completions";
+  const stream = chat && body.stream === true;
+
+  if (!modelAllowed(key, model)) throw modelNotAllowed(model);
+  const routed = await lookups.plan(key.organizationId, model);
+  if (!routed) throw modelNotFound(model);
+  const route = routed.route;
+  trail.route = route;
+  if (routed.channels.length === 0) throw routeUnavailable(model);
+  const usable = usableChannels(routed, key);
+  if (usable.length === 0) throw modelNotAllowed(model, "no channel of its route is open to this key (allowed buckets, lower-cost routes, backup routes)");
+  const channels = usable.filter((c) => c.price !== null);
+  if (channels.length === 0) {
+    trail.channel = usable[0]!;
+    throw priceUnknown(model);
+  }
+
+  const runId = runHeader?.trim();
+  if (runId) {
+    const run = await lookups.run(runId, key.id);
+    if (!run) throw runNotFound(runId);
+    trail.runId = run.id;
+    if (run.status === "PAUSED") throw runPaused();
+    if (run.status !== "ACTIVE") throw runCancelled();
+  }
+
+  // Worst case: every prompt token (with a margin for the upstream's tokenizer) and the output bound.
+  const prompt = chat ? await countChatPrompt(body) : await countEmbeddingInput(body);
+  return {
+    body,
+    model,
+    chat,
+    stream,
+    clientWantsUsage: stream && (body.stream_options as { include_usage?: unknown } | null | undefined)?.include_usage === true,
+    route,
+    channels,
+    runId: trail.runId,
+    promptCounted: prompt.text,
+    promptBound: reservedPromptTokens(prompt, channels.map((c) => c.channel.upstreamModel), route.maxUnboundedPartTokens),
+    outputBound: chat ? outputBound(body, route.defaultMaxTokens) : 0,
+  };
+}

@@ -1,0 +1,165 @@
+// Stage 4, forward (the answer): an upstream's JSON or event stream relayed to the client, settled
+// (stage 5) before its last byte. Headers (x-tokengate-currency / -bucket / -route (route id) /
+// -channel / -upstream-model / -attempts / -fallback) go out with the first upstream bytes; a
+// stream's final charge comes after the receipt committed, as an SSE comment `: tokengate-charge=
+// <amount> currency=<code>` right before `data: [DONE]`, and as the HTTP trailer x-tokengate-charge.
+// A stream cut or stalled after it started ends with an error (recorded by stage 5', fail). A
+// client that hangs up mid-generation aborts the upstream call (CLIENT_CLOSED, recorded 499) and is
+// charged prompt + generated; an answer the upstream completed anyway (non-stream once headers
+// came; a stream past finish_reason, within 2 s) is a Receipt with status 499 at its real usage.
+import type { ServerResponse } from "node:http";
+import { BUCKET_CURRENCY, formatMoney } from "../../money.ts";
+import type { PlannedChannel } from "../../routing/index.ts";
+import { clientClosed, upstreamError, upstreamTimeout } from "../errors.ts";
+import { drained } from "../http.ts";
+import { SseRelay, choiceText, readUsage } from "../sse.ts";
+import { countText } from "../tokens.ts";
+import { UpstreamFailure, type UpstreamAttempt } from "../upstream.ts";
+import type { Plan } from "./plan.ts";
+import { settle } from "./settle.ts";
+import { DONE, type FailureUsage, type GatewayDeps, type Outcome, type RequestState } from "./state.ts";
+
+/** How long an upstream may take to end its response after `data: [DONE]`. */
+const END_GRACE_MS = 2_000;
+/**
+ * A client that hangs up after the generation finished (finish_reason seen) but before the usage
+ * chunk: the upstream is read this much longer for its usage, so the charge is exact rather than counted.
+ */
+const CLIENT_GONE_USAGE_GRACE_MS = 2_000;
+/** Receipt status of an answer the upstream completed (and bills) but the client left before receiving (nginx's 499). */
+const CLIENT_CLOSED_STATUS = 499;
+
+function successHeaders(state: RequestState, plan: Plan, channel: PlannedChannel): Record<string, string> {
+  return {
+    "x-request-id": state.requestId,
+    "x-tokengate-currency": BUCKET_CURRENCY[channel.bucket],
+    "x-tokengate-bucket": channel.bucket,
+    "x-tokengate-route": plan.route.id,
+    "x-tokengate-channel": channel.channel.name,
+    "x-tokengate-upstream-model": channel.channel.upstreamModel,
+    "x-tokengate-attempts": String(state.attempts),
+    "x-tokengate-fallback": String(state.attempts > 1),
+  };
+}
+
+export async function relayJson(deps: GatewayDeps, state: RequestState, res: ServerResponse, call: UpstreamAttempt, plan: Plan, channel: PlannedChannel, contentType: string): Promise<Outcome> {
+  let raw: Buffer;
+  try {
+    raw = await call.readAll();
+  } catch (error) {
+    if (!(error instanceof UpstreamFailure)) throw error;
+    if (error.kind === "client_closed") {
+      state.failureUsage = { promptTokens: plan.promptCounted, completionTokens: 0, estimated: true };
+      throw clientClosed();
+    }
+    return { done: false, failure: error };
+  }
+  let parsed: Record<string, unknown>;
+  try {
+    parsed = JSON.parse(raw.toString("utf8")) as Record<string, unknown>;
+    if (!parsed || typeof parsed !== "object") throw new Error("not an object");
+  } catch {
+    return { done: false, failure: { kind: "status", status: 200, message: "the upstream answered with invalid JSON" } };
+  }
+  let usage = readUsage(parsed.usage);
+  if (!usage) {
+    // No usage reported: charge from our own count (prompt) and the returned text.
+    const text: string[] = [];
+    if (Array.isArray(parsed.choices)) for (const c of parsed.choices) choiceText((c as { message?: unknown } | null)?.message, text);
+    usage = { promptTokens: plan.promptCounted, completionTokens: countText(text.join("")) };
+    deps.log("warn", "upstream reported no usage; charged from counted tokens", { requestId: state.requestId, channel: channel.channel.name });
+  }
+  const clientGone = state.client.signal.aborted || res.destroyed;
+  const charge = await settle(deps, state, plan, channel, usage, clientGone ? CLIENT_CLOSED_STATUS : 200);
+  if (res.destroyed) return DONE;
+  res.writeHead(200, {
+    "content-type": contentType || "application/json",
+    "content-length": String(raw.length),
+    "x-tokengate-charge": formatMoney(charge),
+    ...successHeaders(state, plan, channel),
+  });
+  res.end(raw);
+  return DONE;
+}
+
+export async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerResponse, call: UpstreamAttempt, plan: Plan, channel: PlannedChannel): Promise<Outcome> {
+  const relay = new SseRelay(plan.clientWantsUsage);
+  let committed = false;
+  // Headers go out with the first upstream bytes: until then a failing channel can still fall back.
+  const commit = () => {
+    if (committed) return;
+    committed = true;
+    res.writeHead(200, {
+      "content-type": "text/event-stream; charset=utf-8",
+      "cache-control": "no-cache",
+      connection: "keep-alive",
+      "x-accel-buffering": "no",
+      trailer: "x-tokengate-charge",
+      ...successHeaders(state, plan, channel),
+    });
+  };
+  const failureUsage = (): FailureUsage =>
+    relay.usage
+      ? { ...relay.usage, estimated: false }
+      : { promptTokens: plan.promptCounted, completionTokens: countText(relay.generatedText()), estimated: true };
+
+  // A client that hangs up mid-generation stops the upstream at once (what was streamed is charged);
+  // one that hangs up once the generation finished waits a short grace for the upstream's usage.
+  call.detachClient();
+  const onClientGone = () => (relay.finished ? call.expectEnd(CLIENT_GONE_USAGE_GRACE_MS) : call.abort());
+  if (state.client.signal.aborted) onClientGone();
+  else state.client.signal.addEventListener("abort", onClientGone, { once: true });
+  try {
+    for await (const chunk of call.chunks()) {
+      const out = relay.push(chunk);
+      commit();
+      if (out && !state.client.signal.aborted && !res.write(out)) {
+        call.pauseIdle();
+        await drained(res, state.client.signal);
+        call.resumeIdle();
+      }
+      // After [DONE] the upstream only has to end the response; one that keeps it open gets a short grace.
+      if (relay.done) call.expectEnd(END_GRACE_MS);
+    }
+    const tail = relay.end();
+    if (tail && !state.client.signal.aborted) {
+      commit();
+      res.write(tail);
+    }
+  } catch (error) {
+    if (!(error instanceof UpstreamFailure)) throw error;
+    if (relay.done) {
+      // The answer was complete ([DONE] seen); only the end of the upstream response was missing.
+    } else if (error.kind === "client_closed" || state.client.signal.aborted) {
+      state.failureUsage = failureUsage();
+      throw clientClosed();
+    } else if (!committed) {
+      return { done: false, failure: error };
+    } else {
+      state.failureUsage = failureUsage();
+      if (error.kind === "timeout") throw upstreamTimeout(`the stream stalled: ${error.message}`, state.attempts);
+      throw upstreamError(`the stream was cut off: ${error.message}`, state.attempts, 200);
+    }
+  } finally {
+    state.client.signal.removeEventListener("abort", onClientGone);
+  }
+  if (!relay.done && !relay.usage) {
+    if (!committed) return { done: false, failure: { kind: "status", status: 200, message: "the upstream closed the stream without any event" } };
+    state.failureUsage = failureUsage();
+    throw upstreamError("the stream ended before [DONE]", state.attempts, 200);
+  }
+  commit();
+  let usage = relay.usage;
+  if (!usage) {
+    usage = { promptTokens: plan.promptCounted, completionTokens: countText(relay.generatedText()) };
+    deps.log("warn", "upstream stream carried no usage; charged from counted tokens", { requestId: state.requestId, channel: channel.channel.name });
+  }
+  const charge = await settle(deps, state, plan, channel, usage, state.client.signal.aborted ? CLIENT_CLOSED_STATUS : 200);
+  const amount = formatMoney(charge);
+  if (!res.destroyed) {
+    res.write(`: tokengate-charge=${amount} currency=${channel.price!.currency}\n\ndata: [DONE]\n\n`);
+    res.addTrailers({ "x-tokengate-charge": amount });
+    res.end();
+  }
+  return DONE;
+}

@@ -1,0 +1,66 @@
+// Stage 5, settle: a completed request's receipt and charge (its usage priced with the channel's
+// price snapshot, capped at its hold: src/accounting/charges.ts), durable before the response's last
+// byte is sent; then its spend is announced from memory (never delaying or failing the request).
+import type { BalanceBucket } from "../../generated/prisma/enums.ts";
+import { usageCharge } from "../../accounting/charges.ts";
+import type { ReceiptInput } from "../../requests/index.ts";
+import type { PlannedChannel } from "../../routing/index.ts";
+import { announceSpend } from "../../spend/index.ts";
+import { observeSpend } from "../observe.ts";
+import type { Usage } from "../sse.ts";
+import type { Plan } from "./plan.ts";
+import type { GatewayDeps, RequestState } from "./state.ts";
+
+/** Writes the receipt of the request answered by `channel` and returns its charge. The trail's hold is settled by it. */
+export async function settle(deps: GatewayDeps, state: RequestState, plan: Plan, channel: PlannedChannel, usage: Usage, status: number): Promise<bigint> {
+  const price = channel.price!;
+  const hold = state.hold!;
+  const key = state.key!;
+  const { charge, full } = usageCharge(price, usage, hold.amount);
+  const exceeded = charge < full || usage.clamped === true;
+  if (exceeded) {
+    // The upstream used more than the worst case reserved (another tokenizer, ignored max_tokens, absurd usage): caps win.
+    deps.log("warn", "usage exceeded the reservation; the charge is capped at the hold", { requestId: state.requestId, usage, reserved: hold.amount.toString(), full: full.toString() });
+  }
+  const record: ReceiptInput = {
+    requestId: state.requestId,
+    organizationId: key.organizationId,
+    keyId: key.id,
+    projectId: key.projectId,
+    runId: state.runId,
+    routeId: plan.route.id,
+    channelId: channel.channel.id,
+    requestedModel: plan.model,
+    upstreamModel: channel.channel.upstreamModel,
+    endpoint: state.endpoint,
+    channelRole: channel.role,
+    fallback: state.attempts > 1,
+    attempts: state.attempts,
+    bucket: channel.bucket,
+    currency: price.currency,
+    promptTokens: usage.promptTokens,
+    completionTokens: usage.completionTokens,
+    priceSnapshotId: price.id,
+    charge,
+    stream: plan.stream,
+    latencyMs: Math.round(performance.now() - state.startedAt),
+    status,
+    usageExceededReservation: exceeded,
+  };
+  const settleStarted = performance.now();
+  const receipt = await deps.settle({ record, hold, bucketId: hold.bucketId });
+  state.settleMs += performance.now() - settleStarted;
+  state.recorded = true;
+  state.hold = null;
+  announce(deps, { ...record, routeId: record.routeId, receiptId: receipt.id, status: "SETTLED" });
+  return charge;
+}
+
+/** keySpend / projectSpend / receiptCreated / budget alerts, after the record committed; never delays or fails the request. */
+export function announce(
+  deps: GatewayDeps,
+  o: { organizationId: string; projectId: string; keyId: string; routeId: string | null; requestId: string; bucket: BalanceBucket; charge: bigint; receiptId?: string; status: "SETTLED" | "FAILED" },
+): void {
+  observeSpend(o.bucket, o.charge, o.status === "SETTLED" ? "receipt" : "failed_request");
+  announceSpend(o, deps.spendStates(o.requestId)).catch((e: unknown) => deps.log("warn", "could not announce spend", { requestId: o.requestId, error: String(e) }));
+}

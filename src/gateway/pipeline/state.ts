@@ -1,0 +1,86 @@
+// What the pipeline's stages share: their dependencies, and the request's trail.
+//
+// Stages take explicit inputs and return typed outputs (ApiKey, Plan, Hold, Outcome, a charge).
+// The trail (RequestState) is what outlives a stage that throws: the facts a FailedRequest is
+// written from (key, model, route, run, channel, attempts, usage so far), the hold the gateway must
+// release whatever happens, the rate-limit ticket, and what the metrics read. Stages write to it only
+// those facts, as soon as they learn them, through the narrow Pick<> their signature names.
+import type { Config } from "../../config.ts";
+import type { ApiKey, Route } from "../../generated/prisma/client.ts";
+import type { BalanceBucket } from "../../generated/prisma/enums.ts";
+import type { ReserveInput, ReserveResult } from "../../accounting/index.ts";
+import type { CounterState, FailedRequestInput, HoldRef, ReceiptInput } from "../../requests/index.ts";
+import type { PlannedChannel } from "../../routing/index.ts";
+import type { Lookups } from "../lookups.ts";
+import type { RateLimiter, RateTicket } from "../rate-limit.ts";
+import type { UpstreamClient, UpstreamFailure } from "../upstream.ts";
+
+export type Endpoint = "/v1/chat/completions" | "/v1/embeddings" | "/v1/models";
+
+export interface GatewayDeps {
+  config: Config;
+  lookups: Lookups;
+  upstream: UpstreamClient;
+  log: (level: "debug" | "info" | "warn" | "error", message: string, extra?: Record<string, unknown>) => void;
+  /** Admission: holds the worst case against every cap (see src/gateway/money.ts). */
+  reserve: (input: ReserveInput) => Promise<ReserveResult>;
+  /** Receipt + charge (batched). */
+  settle: (item: { record: ReceiptInput; hold: HoldRef; bucketId: string }) => Promise<{ id: string }>;
+  /** Drops a hold uncharged. */
+  release: (hold: HoldRef) => Promise<void>;
+  /** FailedRequest + its policy charge, capped at the hold. */
+  recordFailure: (record: FailedRequestInput, hold: HoldRef | null) => Promise<{ id: string }>;
+  /** Counters as the request's batch committed them, if the money path knows (events then read nothing). */
+  spendStates: (requestId: string) => CounterState[] | null;
+  /** Per-key rate limits and the bad-key throttle (src/gateway/rate-limit.ts). */
+  limiter: RateLimiter;
+}
+
+/** A request's worst case, held in one bucket against every cap (a Hold row, or a hold inside leases). */
+export interface Hold {
+  id: string;
+  amount: bigint;
+  bucket: BalanceBucket;
+  bucketId: string;
+}
+
+/** Usage a failure is charged from (only set once an attempt reached the upstream). */
+export interface FailureUsage {
+  promptTokens: number;
+  completionTokens: number;
+  estimated: boolean;
+}
+
+/** Why an attempt on a channel failed in a way the next channel may fix. */
+export type AttemptFailure = UpstreamFailure | { kind: "status"; status: number; message: string };
+
+/** How an attempt ended when it did not throw: answered, or failed over to the next channel. */
+export type Outcome = { done: true } | { done: false; failure: AttemptFailure };
+
+export const DONE: Outcome = { done: true };
+
+/** The request's trail (see the top of this file). */
+export class RequestState {
+  readonly startedAt = performance.now();
+  key: ApiKey | null = null;
+  model: string | null = null;
+  route: Route | null = null;
+  runId: string | null = null;
+  channel: PlannedChannel | null = null;
+  attempts = 0;
+  hold: Hold | null = null;
+  failureUsage: FailureUsage | null = null;
+  recorded = false;
+  /** The request's place in its key's rate limits, freed when it ends. */
+  rateTicket: RateTicket | null = null;
+  /** Time spent in upstream attempts, and in settlements awaited inside them (for the overhead metric). */
+  upstreamMs = 0;
+  settleMs = 0;
+  /** Aborted when the client hangs up before the response is complete. */
+  readonly client = new AbortController();
+
+  constructor(
+    readonly requestId: string,
+    readonly endpoint: Endpoint,
+  ) {}
+}
