@@ -30,6 +30,12 @@ export interface Config {
     ttlMs: number;
     /** Headroom taken per grant, in worst cases of the request that asked (shrunk near a cap). */
     chunkRequests: number;
+    /**
+     * 0 (default): a response's receipt is committed before its last byte is sent. N > 0: the
+     * response is sent first and its receipt committed within N ms (batched); caps still hold
+     * through the leases, but a crash loses the receipts of the last N ms.
+     */
+    sendBeforeCommitMs: number;
   };
   /** Missing or unknown API keys one client address may send per minute before it gets 429 (0 = no throttle). */
   badKeyLimitPerMinute: number;
@@ -100,6 +106,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     leases: {
       ttlMs: Math.max(100, intFrom(env, "LEASE_TTL_MS", 1_000)),
       chunkRequests: Math.max(1, intFrom(env, "LEASE_CHUNK_REQUESTS", 32)),
+      sendBeforeCommitMs: Math.min(1_000, Math.max(0, intFrom(env, "SEND_BEFORE_COMMIT_MS", 0))),
     },
     badKeyLimitPerMinute: intFrom(env, "BAD_KEY_LIMIT_PER_MINUTE", 20),
     trustProxy: env.TRUST_PROXY === "1" || env.TRUST_PROXY === "true",

@@ -12,7 +12,7 @@ export class GroupCommit<I, O> {
   constructor(
     private readonly runBatch: (items: I[]) => Promise<O[]>,
     private readonly runOne: (item: I) => Promise<O>,
-    private readonly options: { maxBatch: number; maxInFlight: number } = { maxBatch: 64, maxInFlight: 2 },
+    private readonly options: { maxBatch: number; maxInFlight: number; windowMs?: number } = { maxBatch: 64, maxInFlight: 2 },
   ) {}
 
   submit(item: I): Promise<O> {
@@ -25,11 +25,13 @@ export class GroupCommit<I, O> {
   private schedule(): void {
     if (this.scheduled || this.queue.length === 0 || this.inFlight >= this.options.maxInFlight) return;
     this.scheduled = true;
-    // Let the calls of this event-loop turn join the batch.
-    setImmediate(() => {
+    const go = () => {
       this.scheduled = false;
       this.flush();
-    });
+    };
+    // Let the calls of this event-loop turn join the batch (or, with a window, those of the next windowMs).
+    if (this.options.windowMs && this.queue.length < this.options.maxBatch) setTimeout(go, this.options.windowMs);
+    else setImmediate(go);
   }
 
   private flush(): void {

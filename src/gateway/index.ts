@@ -94,6 +94,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
     ? leaseMoneyPath({
         ttlMs: config.leases.ttlMs,
         chunkRequests: config.leases.chunkRequests,
+        sendBeforeCommitMs: config.leases.sendBeforeCommitMs,
         capCacheTtlMs: config.keyCacheTtlMs,
         onError: (message, error) => log("warn", message, { error: String(error) }),
       })

@@ -31,8 +31,11 @@ export interface MoneyStats {
 
 export interface MoneyPath {
   reserve(input: ReserveInput): Promise<ReserveResult>;
-  /** Receipt + charge, durable when this resolves. `record.charge` is already capped at the hold. */
-  settle(item: Settlement): Promise<{ id: string }>;
+  /**
+   * Receipt + charge, durable when this resolves; or, with SEND_BEFORE_COMMIT_MS, queued when this
+   * resolves and durable when `committed` does. `record.charge` is already capped at the hold.
+   */
+  settle(item: Settlement): Promise<{ id: string; committed?: Promise<void> }>;
   /** Drops a hold uncharged. */
   release(hold: HoldRef): Promise<void>;
   /** Failed request + its charge (capped at the hold), durable when this resolves. */
@@ -73,6 +76,8 @@ export interface LeaseMoneyOptions {
   chunkRequests: number;
   /** How long a key's per-request maximum is served from memory (as keys are). */
   capCacheTtlMs: number;
+  /** 0: a receipt is durable before settle() resolves. N > 0: settle() resolves once it is queued; the batch commits within N ms. */
+  sendBeforeCommitMs?: number;
   onError: (message: string, error: unknown) => void;
 }
 
@@ -114,12 +119,15 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     }
   })();
   const holds = new Map<string, LeaseHold>();
+  const sendFirst = (options.sendBeforeCommitMs ?? 0) > 0;
+  /** Receipts whose response went out before their commit (SEND_BEFORE_COMMIT_MS), until they commit. */
+  const unsent = new Set<Promise<void>>();
   const writer = new GroupCommit<BatchItem, { id: string; ledgerEntryId: string | null; counters: CounterState[] }>(
     (items) => recordBatch(items),
     async (item) => (await recordBatch([item]))[0]!,
     // PostgreSQL: a second batch is sent while the first waits on its WAL flush. PGlite runs one
     // statement at a time on this thread: a second in flight would only split batches in two.
-    { maxBatch: 256, maxInFlight: currentDatabase()?.kind === "pglite" ? 1 : 2 },
+    { maxBatch: 256, maxInFlight: currentDatabase()?.kind === "pglite" ? 1 : 2, windowMs: options.sendBeforeCommitMs },
   );
 
   async function perRequestCap(keyId: string, bucketId: string): Promise<bigint | null> {
@@ -186,11 +194,30 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     async settle(item) {
       const hold = holds.get(item.hold.id);
       if (!hold) throw new Error(`no lease hold ${item.hold.id}`);
-      const written = await writer.submit({ kind: "receipt", record: item.record, bucketId: item.bucketId, leases: pool.chargeLeases(hold) });
-      holds.delete(item.hold.id);
-      pool.settled(hold, item.record.charge);
-      remember(item.record.requestId, written.counters);
-      return written;
+      const id = randomUUID();
+      // The hold stays in its leases until the charge committed: caps hold whichever answers first.
+      const committed = writer.submit({ kind: "receipt", id, record: item.record, bucketId: item.bucketId, leases: pool.chargeLeases(hold) }).then((written) => {
+        holds.delete(item.hold.id);
+        pool.settled(hold, item.record.charge);
+        remember(item.record.requestId, written.counters);
+      });
+      if (!sendFirst) {
+        await committed;
+        return { id };
+      }
+      unsent.add(committed);
+      const done = committed.then(
+        () => void unsent.delete(committed),
+        (e: unknown) => {
+          unsent.delete(committed);
+          const lost = take(item.hold);
+          if (lost) pool.release(lost);
+          // The client has its answer; the receipt is lost (what this setting trades): say so loudly.
+          options.onError(`receipt of request ${item.record.requestId} (charge ${item.record.charge} µ) could not be written after its response was sent`, e);
+          throw e;
+        },
+      );
+      return { id, committed: done };
     },
     async release(ref) {
       const hold = take(ref);
@@ -214,6 +241,8 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     },
     stats: () => ({ reserve: { batches: 0, batchedItems: 0, fallbacks: 0, lastError: null }, settle: { ...writer.stats }, leases: { ...pool.stats, held: pool.snapshot().length } }),
     async close() {
+      // Receipts sent before their commit are written before the leases go back.
+      await Promise.allSettled([...unsent]);
       clearInterval(timer);
       await revoked.return?.();
       await recalls.return?.();

@@ -287,8 +287,8 @@ export interface CounterState {
 
 /** One request's record and the leases its charge leaves (pool.chargeLeases of its hold). */
 export type BatchItem =
-  | { kind: "receipt"; record: ReceiptInput; bucketId: string; leases: ChargeLease[] }
-  | { kind: "failure"; record: FailedRequestInput; bucketId: string | null; leases: ChargeLease[] };
+  | { kind: "receipt"; id?: string; record: ReceiptInput; bucketId: string; leases: ChargeLease[] }
+  | { kind: "failure"; id?: string; record: FailedRequestInput; bucketId: string | null; leases: ChargeLease[] };
 
 const jsonRow = (id: string, columns: ReadonlyArray<readonly [string, string]>, value: (column: string) => unknown): Record<string, unknown> => {
   const row: Record<string, unknown> = { id };
@@ -307,7 +307,7 @@ export async function recordBatch(items: BatchItem[], now = new Date()): Promise
   const failures: Array<Record<string, unknown>> = [];
   const charges: ChargeRow[] = [];
   for (const item of items) {
-    const id = randomUUID();
+    const id = item.id ?? randomUUID();
     ids.push(id);
     if (item.kind === "receipt") receipts.push(jsonRow(id, RECEIPT_COLUMNS, (c) => receiptParam(item.record, c as keyof ReceiptInput)));
     else failures.push(jsonRow(id, FAILED_COLUMNS, (c) => param(item.record[c as keyof FailedRequestInput])));

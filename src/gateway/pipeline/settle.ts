@@ -52,7 +52,10 @@ export async function settle(deps: GatewayDeps, state: RequestState, plan: Plan,
   state.settleMs += performance.now() - settleStarted;
   state.recorded = true;
   state.hold = null;
-  announce(deps, { ...record, routeId: record.routeId, receiptId: receipt.id, status: "SETTLED" });
+  const event = { ...record, routeId: record.routeId, receiptId: receipt.id, status: "SETTLED" as const };
+  // Sent before its commit (SEND_BEFORE_COMMIT_MS): announced once it committed, as every spend is.
+  if (receipt.committed) receipt.committed.then(() => announce(deps, event), () => undefined);
+  else announce(deps, event);
   return charge;
 }
 

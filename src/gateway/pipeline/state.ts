@@ -25,7 +25,7 @@ export interface GatewayDeps {
   /** Admission: holds the worst case against every cap (see src/gateway/money.ts). */
   reserve: (input: ReserveInput) => Promise<ReserveResult>;
   /** Receipt + charge (batched). */
-  settle: (item: { record: ReceiptInput; hold: HoldRef; bucketId: string }) => Promise<{ id: string }>;
+  settle: (item: { record: ReceiptInput; hold: HoldRef; bucketId: string }) => Promise<{ id: string; committed?: Promise<void> }>;
   /** Drops a hold uncharged. */
   release: (hold: HoldRef) => Promise<void>;
   /** FailedRequest + its policy charge, capped at the hold. */
