@@ -9,6 +9,10 @@ import { bucketOf, channelCredential, planRoute, type PlannedChannel, type Route
 
 export class Lookups {
   private readonly plans = new Map<string, { plan: RoutePlan | null; until: number }>();
+  /** One read per route at a time (requests arriving while a plan is read again share the read). */
+  private readonly reading = new Map<string, Promise<RoutePlan | null>>();
+  /** Bumped by forgetPlans: a read that started before answers its waiters but is not cached. */
+  private generation = 0;
   private readonly buckets = new Map<string, string>();
   private readonly credentials = new Map<string, string | null>();
 
@@ -19,15 +23,28 @@ export class Lookups {
     const now = Date.now();
     const hit = this.plans.get(cacheKey);
     if (hit && hit.until > now) return hit.plan;
-    const plan = await planRoute(organizationId, model);
-    if (this.planTtlMs > 0) {
-      if (this.plans.size > 10_000) this.plans.clear();
-      this.plans.set(cacheKey, { plan, until: now + this.planTtlMs });
-    }
-    return plan;
+    if (this.planTtlMs <= 0) return planRoute(organizationId, model);
+    const pending = this.reading.get(cacheKey);
+    if (pending) return pending;
+    const startedIn = this.generation;
+    const read = planRoute(organizationId, model)
+      .then((plan) => {
+        if (startedIn === this.generation) {
+          if (this.plans.size > 10_000) this.plans.clear();
+          this.plans.set(cacheKey, { plan, until: now + this.planTtlMs });
+        }
+        return plan;
+      })
+      .finally(() => {
+        if (this.reading.get(cacheKey) === read) this.reading.delete(cacheKey);
+      });
+    this.reading.set(cacheKey, read);
+    return read;
   }
 
   forgetPlans(): void {
+    this.generation++;
+    this.reading.clear();
     this.plans.clear();
   }
 

@@ -245,6 +245,13 @@ interface CacheEntry {
 }
 
 const cache = new Map<string, CacheEntry>();
+/**
+ * One database read per secret at a time: when an entry expires under load, the requests that
+ * arrive before it is read again share that read instead of each sending their own.
+ */
+const reading = new Map<string, Promise<CacheEntry>>();
+/** Bumped by every key change: a read that started before it answers its waiters but is not cached. */
+let generation = 0;
 let cacheTtlMs = 1_000;
 let subscribed = false;
 
@@ -258,7 +265,30 @@ function announceKeyChange(key: ApiKey): void {
 }
 
 export function forgetKey(keyId: string): void {
+  generation++;
+  reading.clear();
   for (const [hash, entry] of cache) if (entry.key?.id === keyId) cache.delete(hash);
+}
+
+function readEntry(hash: string, now: Date): Promise<CacheEntry> {
+  const pending = reading.get(hash);
+  if (pending) return pending;
+  const startedIn = generation;
+  const read = db.apiKeySecret
+    .findUnique({ where: { secretHash: hash }, include: { key: true } })
+    .then((row) => {
+      const entry: CacheEntry = { key: row?.key ?? null, secretExpiresAt: row?.expiresAt ?? null, cachedUntil: now.getTime() + cacheTtlMs };
+      if (startedIn === generation) {
+        if (cache.size > 50_000) cache.clear();
+        cache.set(hash, entry);
+      }
+      return entry;
+    })
+    .finally(() => {
+      if (reading.get(hash) === read) reading.delete(hash);
+    });
+  reading.set(hash, read);
+  return read;
 }
 
 function ensureSubscribed(): void {
@@ -298,12 +328,7 @@ export async function lookupKey(secret: string, now = new Date()): Promise<KeyLo
   ensureSubscribed();
   const hash = sha256(secret);
   let entry = cache.get(hash);
-  if (!entry || entry.cachedUntil < now.getTime()) {
-    const row = await db.apiKeySecret.findUnique({ where: { secretHash: hash }, include: { key: true } });
-    entry = { key: row?.key ?? null, secretExpiresAt: row?.expiresAt ?? null, cachedUntil: now.getTime() + cacheTtlMs };
-    if (cache.size > 50_000) cache.clear();
-    cache.set(hash, entry);
-  }
+  if (!entry || entry.cachedUntil < now.getTime()) entry = await readEntry(hash, now);
   const key = entry.key;
   if (!key) return { ok: false, reason: "KEY_INVALID", key: null };
   if (entry.secretExpiresAt && entry.secretExpiresAt <= now) return { ok: false, reason: "KEY_INVALID", key };
