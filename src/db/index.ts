@@ -2,13 +2,14 @@
 // One Prisma schema and one migration history serve both.
 import { mkdir } from "node:fs/promises";
 import path from "node:path";
-import { PGlite } from "@electric-sql/pglite";
+import type { PGlite } from "@electric-sql/pglite";
 import { PrismaPGlite } from "pglite-prisma-adapter";
 import { PrismaPg } from "@prisma/adapter-pg";
 import pg from "pg";
 import QueryStream from "pg-query-stream";
 import { PrismaClient, type Prisma } from "../generated/prisma/client.ts";
 import { applyMigrations, type SqlExecutor } from "./migrate.ts";
+import { openPglite, pgliteSql } from "./pglite.ts";
 
 export type { PrismaClient };
 export type DatabaseKind = "pglite" | "postgres";
@@ -112,8 +113,8 @@ export async function openDatabase(options: OpenOptions = {}): Promise<Database>
     let pglite = options.pglite;
     if (!pglite) {
       const dir = path.resolve(options.dataDir ?? "./data", "pglite");
-      await mkdir(dir, { recursive: true });
-      pglite = await PGlite.create(dir);
+      await mkdir(path.dirname(dir), { recursive: true });
+      pglite = await openPglite(dir);
     }
     const instance = pglite;
     const prisma = prismaWithLogging(
@@ -124,12 +125,7 @@ export async function openDatabase(options: OpenOptions = {}): Promise<Database>
     database = {
       kind: "pglite",
       prisma,
-      sql: {
-        exec: async (text) => {
-          await instance.exec(text);
-        },
-        query: async <Row>(text: string, params?: unknown[]) => (await instance.query<Row>(text, params)).rows,
-      },
+      sql: pgliteSql(instance),
       pool: () => ({ total: 1, idle: 1, waiting: 0 }),
       close: async () => {
         await prisma.$disconnect();

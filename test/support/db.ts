@@ -6,6 +6,7 @@ import { PGlite } from "@electric-sql/pglite";
 import pg from "pg";
 import { inject } from "vitest";
 import { openDatabase, useDatabase, type Database, type DatabaseKind } from "../../src/db/index.ts";
+import { PGLITE_OPTIONS } from "../../src/db/pglite.ts";
 
 const TEMPLATE_DB = "tokengate_template";
 
@@ -60,7 +61,8 @@ export async function createTestDatabase(options: TestDatabaseOptions = {}): Pro
     };
   }
   const dump = await readFile(inject("pgliteTemplatePath"));
-  const pglite = await PGlite.create({ loadDataDir: new Blob([dump]) });
+  // The server's PGlite settings (a small buffer pool), so tests run what `npm start` runs.
+  const pglite = await PGlite.create({ loadDataDir: new Blob([dump]), ...PGLITE_OPTIONS });
   const database = await openDatabase({ pglite, migrate: false, onQuery: options.onQuery });
   useDatabase(database);
   return {
