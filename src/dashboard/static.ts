@@ -5,11 +5,11 @@
 import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { gzip } from "node:zlib";
 import { promisify } from "node:util";
 import { createHash } from "node:crypto";
 import type http from "node:http";
+import { PACKAGE_ROOT } from "../paths.ts";
 
 const require = createRequire(import.meta.url);
 const gzipAsync = promisify(gzip);
@@ -38,7 +38,8 @@ interface Asset {
 const graphiqlDir = path.join(packageDir("@graphql-yoga/graphiql"), "dist");
 const uplotDir = path.join(packageDir("uplot"), "dist");
 const graphqlWsDir = path.join(packageDir("graphql-ws"), "umd");
-const publicDir = path.join(path.dirname(fileURLToPath(import.meta.url)), "public");
+// Served from the source tree, also when the server runs compiled from dist/.
+const publicDir = path.join(PACKAGE_ROOT, "src", "dashboard", "public");
 
 /** URL prefixes, versioned so a package upgrade never meets a stale cached file. */
 export const GRAPHIQL_ASSETS = `/assets/graphiql/${packageVersion("@graphql-yoga/graphiql")}`;

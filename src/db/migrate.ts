@@ -4,7 +4,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { PACKAGE_ROOT } from "../paths.ts";
 
 export interface SqlExecutor {
   /** Runs one or more statements without parameters. */
@@ -13,7 +13,7 @@ export interface SqlExecutor {
   query<Row>(sql: string, params?: unknown[]): Promise<Row[]>;
 }
 
-export const MIGRATIONS_DIR = fileURLToPath(new URL("../../prisma/migrations", import.meta.url));
+export const MIGRATIONS_DIR = path.join(PACKAGE_ROOT, "prisma", "migrations");
 
 interface Migration {
   name: string;
