@@ -1,6 +1,10 @@
 // The gateway in its own process for the benchmark, on PGlite (DATABASE_URL unset, a fresh data
 // dir) or PostgreSQL (DATABASE_URL): migrates, seeds an organization, key and route pointing at
 // BENCH_UPSTREAM_URL, serves /v1/* and GET /bench/stats. Prints its port and key on stdout.
+// The bench runs it compiled (dist/bench/gateway-process.js, see test/support/build.ts) under plain node with
+// `npm start`'s node flags, so the CPU and RSS it reports are those of the dist/ modules `npm start`
+// loads. It loads the gateway only: `npm start` also loads the GraphQL schema, Yoga and the
+// dashboard (about 10 MB more; `npm run bench -- memory`).
 import http from "node:http";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";

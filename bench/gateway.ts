@@ -14,6 +14,7 @@ import os from "node:os";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
 import { startEmbeddedPostgres } from "../test/support/global-setup.ts";
+import { compiled } from "../test/support/build.ts";
 
 export interface GatewayBenchOptions {
   durationSeconds?: number;
@@ -50,10 +51,12 @@ interface Row {
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
 const CLOCK_TICKS = 100; // getconf CLK_TCK on Linux
 
-async function startChild(script: string, env: Record<string, string | undefined>): Promise<{ child: ChildProcess; info: Record<string, unknown> }> {
+async function startChild(script: string | string[], env: Record<string, string | undefined>): Promise<{ child: ChildProcess; info: Record<string, unknown> }> {
   // BENCH_CPU_PROF=<dir> writes a V8 CPU profile of each child process there.
   const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", "--cpu-prof-dir", process.env.BENCH_CPU_PROF] : [];
-  const child = spawn(process.execPath, [...profile, "--import", "tsx", here(script)], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] });
+  // Node arguments of a compiled entry (test/support/build.ts: plain node, as `npm start` runs), or a .ts file run through tsx.
+  const entry = Array.isArray(script) ? script : ["--import", "tsx", here(script)];
+  const child = spawn(process.execPath, [...profile, ...entry], { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "inherit"] });
   const lines = createInterface({ input: child.stdout! });
   const info = await new Promise<Record<string, unknown>>((resolve, reject) => {
     child.once("exit", (code) => reject(new Error(`${script} exited with ${code}`)));
@@ -207,7 +210,7 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
   try {
     for (const kind of databases) {
       const pg = kind === "postgres" ? await startEmbeddedPostgres({ durable: true }) : null;
-      const gateway = await startChild("./gateway-process.ts", {
+      const gateway = await startChild(compiled("bench/gateway-process.ts"), {
         DATABASE_URL: pg?.url ?? "",
         BENCH_UPSTREAM_URL: `${upstreamOrigin}/v1`,
       });

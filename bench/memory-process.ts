@@ -1,6 +1,8 @@
 // Where the gateway's memory goes (issue 9, point 7): one process that loads the server's parts
 // in order and prints its RSS and heap after each, as JSON lines. Run by `npm run bench -- memory`
-// (DATABASE_URL unset: PGlite in a temporary data dir; set: PostgreSQL).
+// compiled, under plain node, as `npm start` runs the server (and, for comparison, through tsx).
+// DATABASE_URL unset: PGlite in a new temporary data dir; set: PostgreSQL.
+import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -8,10 +10,13 @@ import path from "node:path";
 const mb = (n: number) => Math.round(n / 1024 / 1024);
 function stage(name: string): void {
   const m = process.memoryUsage();
-  process.stdout.write(`${JSON.stringify({ stage: name, rss: mb(m.rss), heapUsed: mb(m.heapUsed), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) })}\n`);
+  const peak = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
+  process.stdout.write(
+    `${JSON.stringify({ stage: name, rss: mb(m.rss), peakRss: peak ? Math.round(Number(peak[1]) / 1024) : null, heapUsed: mb(m.heapUsed), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) })}\n`,
+  );
 }
 
-stage("node + tsx loader");
+stage("node started (and the TypeScript loader, if any)");
 const databaseUrl = process.env.DATABASE_URL || undefined;
 const dataDir = databaseUrl ? undefined : await mkdtemp(path.join(os.tmpdir(), "tokengate-mem-"));
 if (!databaseUrl) {
@@ -22,7 +27,7 @@ const { openDatabase, useDatabase } = await import("../src/db/index.ts");
 stage("Prisma client + adapters loaded");
 const database = await openDatabase({ databaseUrl, dataDir });
 useDatabase(database);
-stage(databaseUrl ? "pg pool opened, migrations checked" : "PGlite data dir opened (WebAssembly Postgres) and migrated");
+stage(databaseUrl ? "pg pool opened, migrations checked" : "PGlite data dir created + migrated (child process), opened");
 await database.prisma.organization.count();
 stage("first Prisma query (query compiler WebAssembly instantiated)");
 const { loadConfig } = await import("../src/config.ts");
