@@ -13,7 +13,7 @@ import * as f from "./support/fixtures.ts";
 import { startTestServer, token } from "./support/graphql.ts";
 import { formatMoney } from "../src/money.ts";
 import { createApiKey } from "../src/keys/index.ts";
-import { listenerCount } from "../src/events/index.ts";
+import { events, listenerCount, type SpendEvent } from "../src/events/index.ts";
 import type { RunningServer } from "../src/server.ts";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
@@ -181,6 +181,11 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
     await containsSoon(page.locator("#live-state"), "live");
 
     // A request through /v1 with the official SDK: its receipt appears in the feed and in the key's spend, no reload.
+    const spends = events.subscribe("spend");
+    const spendEvent = (async () => {
+      for await (const event of spends as AsyncIterable<SpendEvent>) if (event.keyId === w.key.id) return event;
+      return null;
+    })();
     const { response } = await secretClient(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hello dashboard" }], max_tokens: 40 }).withResponse();
     const requestId = response.headers.get("x-request-id")!;
     const charge = response.headers.get("x-tokengate-charge")!;
@@ -191,8 +196,15 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
     await containsSoon(feedRow.locator('[data-field="charge"]'), `${charge} USD`);
     await containsSoon(feedRow, `${model} → ${model} · main`);
     await containsSoon(row.locator('[data-field="spendToday"]'), `${charge} USD`);
-    const remaining = formatMoney(2_000_000n - receipt.charge);
-    await containsSoon(row.locator('[data-field="remainingToday"]'), `${remaining} USD`);
+    // Remaining = cap − spent − held, as the batch that recorded the request left the counter. On
+    // leases (the default) held is the instance's leased headroom, so remaining is at most cap − charge.
+    const event = (await spendEvent)!;
+    await spends.return?.();
+    expect(event.keySpendToday).toBe(receipt.charge.toString());
+    const remainingMicros = BigInt(event.keyRemainingToday!);
+    expect(remainingMicros).toBeLessThanOrEqual(2_000_000n - receipt.charge);
+    expect(remainingMicros).toBeGreaterThanOrEqual(0n);
+    await containsSoon(row.locator('[data-field="remainingToday"]'), `${formatMoney(remainingMicros)} USD`);
     await page.screenshot({ path: path.join(ARTIFACTS, "dashboard.png"), fullPage: true });
 
     // Pause from the page: /v1 answers 403 key_paused, and the refusal shows in the feed.
