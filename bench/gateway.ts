@@ -219,11 +219,12 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
         const messages = [{ role: "user", content: "Say hello in five words." }];
         const bodies = (mode: Mode, model: unknown) => JSON.stringify({ model, messages, max_tokens: 16, ...(mode === "stream" ? { stream: true } : {}) });
         const auth = { authorization: `Bearer ${gateway.info.secret as string}` };
-        // Warm-up: JIT, connection pools, caches.
+        // Warm-up, the same for Portkey and tokengate: JIT (V8 still spends ~20 % of a process's CPU
+        // compiling in its first seconds under load), connection pools, caches.
         for (const mode of modes) {
           await load(`${upstreamOrigin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), {}, 8, 1);
-          if (portkey) await load(`${portkey.origin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), portkeyHeaders, 8, 1);
-          await load(`${gatewayOrigin}/v1/chat/completions`, bodies(mode, gateway.info.model), auth, 8, 2);
+          if (portkey) await load(`${portkey.origin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), portkeyHeaders, 16, 3);
+          await load(`${gatewayOrigin}/v1/chat/completions`, bodies(mode, gateway.info.model), auth, 16, 3);
         }
         const before = (await (await fetch(`${gatewayOrigin}/bench/stats`)).json()) as GatewayStats;
         const commit = (await (await fetch(`${gatewayOrigin}/bench/commit`)).json()) as { p50Ms: number };
