@@ -105,7 +105,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     admission: admissionFrom(env.GATEWAY_ADMISSION),
     leases: {
       ttlMs: Math.max(100, intFrom(env, "LEASE_TTL_MS", 1_000)),
-      chunkRequests: Math.max(1, intFrom(env, "LEASE_CHUNK_REQUESTS", 32)),
+      chunkRequests: Math.max(1, intFrom(env, "LEASE_CHUNK_REQUESTS", 512)),
       sendBeforeCommitMs: Math.min(1_000, Math.max(0, intFrom(env, "SEND_BEFORE_COMMIT_MS", 0))),
     },
     badKeyLimitPerMinute: intFrom(env, "BAD_KEY_LIMIT_PER_MINUTE", 20),
