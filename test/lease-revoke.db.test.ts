@@ -9,6 +9,8 @@ import * as f from "./support/fixtures.ts";
 import { walletBucket } from "../src/accounting/index.ts";
 import { setKeyCaps } from "../src/keys/index.ts";
 import { leaseMoneyPath, type MoneyPath } from "../src/gateway/money.ts";
+import { LeasePool } from "../src/accounting/leases.ts";
+import { directSql } from "../src/db/index.ts";
 
 let database: TestDatabase;
 beforeAll(async () => {
@@ -104,5 +106,31 @@ describe("budget leases and cap changes", () => {
       await b.close();
     }
     expect(await keyDaily(w)).toEqual({ spent: 0n, held: 0n, leases: 0n });
+  });
+
+  it("a key at its cap hammered with requests costs one grant statement per 25 ms, not one per request; a raised cap admits at once", async () => {
+    const w = await f.world({ credit: "100", key: { dailyCap: "0.01" } });
+    const bucket = await walletBucket(w.org.id, "CREDIT");
+    let clock = Date.now();
+    const pool = new LeasePool(directSql(), { instanceId: randomUUID(), ttlMs: 60_000, chunk: (need) => need, clock: () => clock });
+    const input = { bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id };
+    const all = await pool.admit({ ...input, amount: 10_000n });
+    expect(all.ok).toBe(true);
+    const before = pool.stats.grantStatements;
+    for (let i = 0; i < 200; i++) expect(await pool.admit({ ...input, amount: 1_000n })).toEqual({ ok: false, refusal: "KEY_DAILY" });
+    expect(pool.stats.grantStatements - before).toBe(1);
+    // A smaller request is asked of the database again; so is any request once the window passed.
+    expect(await pool.admit({ ...input, amount: 500n })).toEqual({ ok: false, refusal: "KEY_DAILY" });
+    clock += 30;
+    expect(await pool.admit({ ...input, amount: 1_000n })).toEqual({ ok: false, refusal: "KEY_DAILY" });
+    expect(pool.stats.grantStatements - before).toBe(3);
+    // The cap is raised: the revocation event (forgetScope) clears what was refused, the next request is granted.
+    await setKeyCaps(w.viewer, { keyId: w.key.id, dailyCap: "1" });
+    pool.forgetScope("KEY_DAILY", w.key.id);
+    const after = await pool.admit({ ...input, amount: 1_000n });
+    expect(after.ok).toBe(true);
+    if (all.ok) pool.release(all.hold);
+    if (after.ok) pool.release(after.hold);
+    await pool.returnAll();
   });
 });

@@ -79,6 +79,9 @@ export interface LeasePoolOptions {
   onRefused?: (key: LeaseKey) => void;
 }
 
+/** How long a refused grant is answered from memory (for requests asking as much or more). */
+const REFUSAL_MEMORY_MS = 25;
+
 const keyOf = (k: LeaseKey) => `${k.bucketId}|${k.scope}|${k.scopeId}|${k.windowStart.toISOString()}`;
 const utc = (ms: number) => new Date(ms).toISOString();
 
@@ -99,6 +102,8 @@ export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "proj
 
 export class LeasePool {
   private readonly leases = new Map<string, Lease>();
+  /** Grants refused in the last REFUSAL_MEMORY_MS, per scope: what was asked, and the refusal. */
+  private readonly refused = new Map<string, { until: number; amount: bigint; refusal: LeaseRefusal }>();
   /** The grant statement in flight per bucket, if any. */
   private readonly granting = new Map<string, Promise<void>>();
   private readonly clock: () => number;
@@ -145,6 +150,11 @@ export class LeasePool {
         await pending;
         continue;
       }
+      // A grant refused a moment ago for as much or less: refuse in memory. A client hammering a
+      // key at its cap must not turn each request into a statement holding the bucket row (which
+      // every request of the organization needs); headroom that comes back is seen within the window.
+      const refusedAt = this.recentRefusal(short, input.amount);
+      if (refusedAt) return this.refuse(scopes, refusedAt);
       attempt++;
       const granted = this.grant(short, input.amount);
       const done = granted.then(
@@ -162,6 +172,7 @@ export class LeasePool {
         // A concurrent grant of this instance may have brought the headroom meanwhile.
         const again = this.tryHold(scopes, input.amount, input.bucketId);
         if (!Array.isArray(again)) return { ok: true, hold: again };
+        this.rememberRefusal(short, input.amount, refusal);
         return this.refuse(scopes, refusal);
       }
     }
@@ -169,6 +180,23 @@ export class LeasePool {
     if (!Array.isArray(last)) return { ok: true, hold: last };
     const scope = last[0]!.key.scope;
     return this.refuse(scopes, scope === "BALANCE" ? "INSUFFICIENT_BALANCE" : scope);
+  }
+
+  private recentRefusal(short: Array<{ key: LeaseKey }>, amount: bigint): LeaseRefusal | null {
+    const now = this.clock();
+    for (const { key } of short) {
+      const refused = this.refused.get(keyOf(key));
+      if (refused && refused.until > now && amount >= refused.amount) return refused.refusal;
+    }
+    return null;
+  }
+
+  private rememberRefusal(short: Array<{ key: LeaseKey }>, amount: bigint, refusal: LeaseRefusal): void {
+    const scope = refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal;
+    const key = short.find((s) => s.key.scope === scope)?.key;
+    if (!key) return;
+    if (this.refused.size > 10_000) this.refused.clear();
+    this.refused.set(keyOf(key), { until: this.clock() + REFUSAL_MEMORY_MS, amount, refusal });
   }
 
   private refuse(scopes: LeaseKey[], refusal: LeaseRefusal): AdmitResult {
@@ -341,6 +369,8 @@ export class LeasePool {
    */
   forgetScope(scope: string, scopeId: string): void {
     for (const [k, lease] of this.leases) if (lease.scope === scope && lease.scopeId === scopeId) this.leases.delete(k);
+    // A raised cap admits at once.
+    for (const k of this.refused.keys()) if (k.includes(`|${scope}|${scopeId}|`)) this.refused.delete(k);
   }
 
   /** Another instance was refused near this scope's cap: give back the free part of our leases of it. */
