@@ -2,6 +2,7 @@
 // route or price change applies within that time), wallet bucket ids (they never change),
 // decrypted channel credentials, and the run a request names.
 import { db } from "../db/index.ts";
+import { SingleFlight } from "../single-flight.ts";
 import type { ApiKey } from "../generated/prisma/client.ts";
 import type { BalanceBucket } from "../generated/prisma/enums.ts";
 import { walletBucket } from "../accounting/index.ts";
@@ -9,10 +10,8 @@ import { bucketOf, channelCredential, planRoute, type PlannedChannel, type Route
 
 export class Lookups {
   private readonly plans = new Map<string, { plan: RoutePlan | null; until: number }>();
-  /** One read per route at a time (requests arriving while a plan is read again share the read). */
-  private readonly reading = new Map<string, Promise<RoutePlan | null>>();
-  /** Bumped by forgetPlans: a read that started before answers its waiters but is not cached. */
-  private generation = 0;
+  /** One read per route at a time; forgetPlans keeps reads in flight out of the cache. */
+  private readonly reads = new SingleFlight<string, RoutePlan | null>();
   private readonly buckets = new Map<string, string>();
   private readonly credentials = new Map<string, string | null>();
 
@@ -24,27 +23,18 @@ export class Lookups {
     const hit = this.plans.get(cacheKey);
     if (hit && hit.until > now) return hit.plan;
     if (this.planTtlMs <= 0) return planRoute(organizationId, model);
-    const pending = this.reading.get(cacheKey);
-    if (pending) return pending;
-    const startedIn = this.generation;
-    const read = planRoute(organizationId, model)
-      .then((plan) => {
-        if (startedIn === this.generation) {
-          if (this.plans.size > 10_000) this.plans.clear();
-          this.plans.set(cacheKey, { plan, until: now + this.planTtlMs });
-        }
-        return plan;
-      })
-      .finally(() => {
-        if (this.reading.get(cacheKey) === read) this.reading.delete(cacheKey);
-      });
-    this.reading.set(cacheKey, read);
-    return read;
+    return this.reads.run(
+      cacheKey,
+      () => planRoute(organizationId, model),
+      (plan) => {
+        if (this.plans.size > 10_000) this.plans.clear();
+        this.plans.set(cacheKey, { plan, until: now + this.planTtlMs });
+      },
+    );
   }
 
   forgetPlans(): void {
-    this.generation++;
-    this.reading.clear();
+    this.reads.invalidate();
     this.plans.clear();
   }
 

@@ -1,6 +1,7 @@
 // API keys: creation (secret shown once, stored as SHA-256), caps, status, rotation, and the
 // hashed lookup the gateway runs on every request (cached ≤ KEY_CACHE_TTL_MS and cleared by key events).
 import { db } from "../db/index.ts";
+import { SingleFlight } from "../single-flight.ts";
 import type { ApiKey, Prisma } from "../generated/prisma/client.ts";
 import type { BalanceBucket, FailedChargePolicy, KeyStatus } from "../generated/prisma/enums.ts";
 import { assertCanWrite, type Viewer } from "../auth/index.ts";
@@ -245,13 +246,8 @@ interface CacheEntry {
 }
 
 const cache = new Map<string, CacheEntry>();
-/**
- * One database read per secret at a time: when an entry expires under load, the requests that
- * arrive before it is read again share that read instead of each sending their own.
- */
-const reading = new Map<string, Promise<CacheEntry>>();
-/** Bumped by every key change: a read that started before it answers its waiters but is not cached. */
-let generation = 0;
+/** One database read per secret at a time; a key change keeps reads in flight out of the cache. */
+const reads = new SingleFlight<string, CacheEntry>();
 let cacheTtlMs = 1_000;
 let subscribed = false;
 
@@ -265,30 +261,22 @@ function announceKeyChange(key: ApiKey): void {
 }
 
 export function forgetKey(keyId: string): void {
-  generation++;
-  reading.clear();
+  reads.invalidate();
   for (const [hash, entry] of cache) if (entry.key?.id === keyId) cache.delete(hash);
 }
 
 function readEntry(hash: string, now: Date): Promise<CacheEntry> {
-  const pending = reading.get(hash);
-  if (pending) return pending;
-  const startedIn = generation;
-  const read = db.apiKeySecret
-    .findUnique({ where: { secretHash: hash }, include: { key: true } })
-    .then((row) => {
-      const entry: CacheEntry = { key: row?.key ?? null, secretExpiresAt: row?.expiresAt ?? null, cachedUntil: now.getTime() + cacheTtlMs };
-      if (startedIn === generation) {
-        if (cache.size > 50_000) cache.clear();
-        cache.set(hash, entry);
-      }
-      return entry;
-    })
-    .finally(() => {
-      if (reading.get(hash) === read) reading.delete(hash);
-    });
-  reading.set(hash, read);
-  return read;
+  return reads.run(
+    hash,
+    async () => {
+      const row = await db.apiKeySecret.findUnique({ where: { secretHash: hash }, include: { key: true } });
+      return { key: row?.key ?? null, secretExpiresAt: row?.expiresAt ?? null, cachedUntil: now.getTime() + cacheTtlMs };
+    },
+    (entry) => {
+      if (cache.size > 50_000) cache.clear();
+      cache.set(hash, entry);
+    },
+  );
 }
 
 function ensureSubscribed(): void {
