@@ -26,8 +26,13 @@ export interface Config {
   /** How the gateway admits requests against caps: in memory against budget leases (issue 9, the default), or a Hold row per request. */
   admission: "holds" | "leases";
   leases: {
-    /** A lease lapses this long after its last renewal (a dead instance's headroom comes back). */
+    /** A lease admits nothing new this long after its last renewal. */
     ttlMs: number;
+    /**
+     * A lease whose instance stopped renewing is reclaimed this long after its expiry (the longest a
+     * request admitted against it may still run: what it holds in flight stays counted until then).
+     */
+    reclaimGraceMs: number;
     /** Headroom taken per grant, in worst cases of the request that asked (shrunk near a cap). */
     chunkRequests: number;
     /**
@@ -105,6 +110,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     admission: admissionFrom(env.GATEWAY_ADMISSION),
     leases: {
       ttlMs: Math.max(100, intFrom(env, "LEASE_TTL_MS", 1_000)),
+      reclaimGraceMs: Math.max(0, intFrom(env, "LEASE_RECLAIM_GRACE_MS", totalTimeoutMs + 60_000)),
       chunkRequests: Math.max(1, intFrom(env, "LEASE_CHUNK_REQUESTS", 512)),
       sendBeforeCommitMs: Math.min(1_000, Math.max(0, intFrom(env, "SEND_BEFORE_COMMIT_MS", 0))),
     },

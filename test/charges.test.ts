@@ -16,12 +16,13 @@ describe("charges", () => {
     expect(holdable(MAX_AMOUNT_MICROS + 1n)).toBe(false);
   });
 
-  it("a fallback keeps its hold only in the same bucket and when it covers the next worst case", () => {
-    const hold = { bucket: "CREDIT" as const, amount: 500n };
-    expect(holdCovers(hold, "CREDIT", 500n)).toBe(true);
-    expect(holdCovers(hold, "CREDIT", 501n)).toBe(false);
-    expect(holdCovers(hold, "ROUTED", 1n)).toBe(false);
-    expect(holdCovers(null, "CREDIT", 0n)).toBe(false);
+  it("a hold serves only the channel it was admitted for, while it covers the worst case", () => {
+    const hold = { channelId: "a", amount: 500n };
+    expect(holdCovers(hold, "a", 500n)).toBe(true);
+    expect(holdCovers(hold, "a", 501n)).toBe(false);
+    // A fallback to another channel is admitted anew (that channel's own cap), even in the same bucket.
+    expect(holdCovers(hold, "b", 1n)).toBe(false);
+    expect(holdCovers(null, "a", 0n)).toBe(false);
   });
 
   it("usage is charged at most what was held, and says what it would have cost", () => {

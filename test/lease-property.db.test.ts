@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import * as f from "./support/fixtures.ts";
 import { postEntry, walletBucket } from "../src/accounting/index.ts";
-import { chargeBatch, expireLeases, LeasePool, type LeaseHold } from "../src/accounting/leases.ts";
+import { chargeBatch, LeasePool, reclaimLeases, type LeaseHold } from "../src/accounting/leases.ts";
 import { directSql } from "../src/db/index.ts";
 import { setKeyCaps } from "../src/keys/index.ts";
 import { setProjectBudget } from "../src/budgets/index.ts";
@@ -147,7 +147,7 @@ describe("lease invariants under random sequences (two instances)", () => {
           const start = new Date(Date.UTC(2050, sequenceNo++ * 3, 1));
           let clock = start.getTime();
           const pool = (n: number) =>
-            new LeasePool(sql, { instanceId: `i${n}-${randomUUID()}`, ttlMs: TTL_MS, chunk: (need) => need + BigInt(caps.chunk), clock: () => clock });
+            new LeasePool(sql, { instanceId: `i${n}-${randomUUID()}`, ttlMs: TTL_MS, chunk: (need) => need + BigInt(caps.chunk), clock: () => clock, databaseTime: () => new Date(clock) });
           const pools = [pool(0), pool(1)];
           const open: Array<{ inst: 0 | 1; hold: LeaseHold; requestId: string }> = [];
           const grace = new Map<string, bigint>();
@@ -219,11 +219,11 @@ describe("lease invariants under random sequences (two instances)", () => {
                 for (let waited = 0; waited < 2 * TTL_MS; waited += Math.floor(TTL_MS / 3)) {
                   clock += Math.floor(TTL_MS / 3);
                   for (const [n, p] of pools.entries()) if (n !== s.inst) await p.maintain();
-                  await expireLeases(new Date(clock), sql);
+                  await reclaimLeases(sql, 0, new Date(clock));
                 }
                 break;
               case "expire":
-                await expireLeases(new Date(clock), sql);
+                await reclaimLeases(sql, 0, new Date(clock));
                 break;
               case "setCap": {
                 // Requests in flight were admitted under the old cap: what they may still charge is the grace.
@@ -232,7 +232,7 @@ describe("lease invariants under random sequences (two instances)", () => {
                 grace.set(scopeKey, (grace.get(scopeKey) ?? 0n) + inFlight);
                 await setKeyCaps(w.viewer, { keyId: keys[0]!.id, dailyCap: m(s.keyDaily), capBucket: "CREDIT" });
                 // What the leasesRevoked event does in the gateway (src/gateway/money.ts).
-                for (const p of pools) p.forgetScope("KEY_DAILY", keys[0]!.id);
+                for (const p of pools) await p.forgetScope("KEY_DAILY", keys[0]!.id);
                 break;
               }
               case "recall":
@@ -243,7 +243,7 @@ describe("lease invariants under random sequences (two instances)", () => {
                 for (const o of open.splice(0)) pools[o.inst]!.release(o.hold);
                 for (const p of pools) await p.returnAll();
                 clock += s.hours * 3_600_000;
-                await expireLeases(new Date(clock), sql);
+                await reclaimLeases(sql, 0, new Date(clock));
                 for (const p of pools) await p.maintain();
                 break;
               }
@@ -261,7 +261,7 @@ describe("lease invariants under random sequences (two instances)", () => {
             const mine = await database.sql.query<{ n: string }>(`SELECT count(*)::text AS n FROM "BudgetLease" WHERE "instanceId" = $1 AND amount > 0`, [p.instanceId]);
             expect(mine[0]!.n).toBe("0");
           }
-          await expireLeases(new Date(clock + 10 * TTL_MS), sql);
+          await reclaimLeases(sql, 0, new Date(clock + 10 * TTL_MS));
           expect(await leaseViolations(start, run.id, grace)).toEqual([]);
         },
       ),
@@ -282,7 +282,7 @@ describe("an instance that stalls past the TTL with requests in flight", () => {
     const bucket = await walletBucket(w.org.id, "CREDIT");
     const sql = directSql();
     let clock = Date.now();
-    const pool = new LeasePool(sql, { instanceId: `stall-${randomUUID()}`, ttlMs: TTL_MS, chunk: (need) => need * 4n, clock: () => clock });
+    const pool = new LeasePool(sql, { instanceId: `stall-${randomUUID()}`, ttlMs: TTL_MS, chunk: (need) => need * 4n, clock: () => clock, databaseTime: () => new Date(clock) });
     const admit = async (amount: bigint) => {
       const r = await pool.admit({ bucketId: bucket.id, amount, keyId: w.key.id, projectId: w.project.id, now: new Date(clock) });
       if (!r.ok) throw new Error(`refused: ${r.refusal}`);
@@ -291,7 +291,7 @@ describe("an instance that stalls past the TTL with requests in flight", () => {
     const first = await admit(1_000n);
     // No heartbeat for two TTLs: another instance's sweep lapses this one's leases.
     clock += 2 * TTL_MS;
-    expect(await expireLeases(new Date(clock), sql)).toBeGreaterThan(0);
+    expect(await reclaimLeases(sql, 0, new Date(clock))).toBeGreaterThan(0);
     const second = await admit(1_000n);
     await chargeBatch(pool, [{ requestId: randomUUID(), bucketId: bucket.id, charge: 600n, hold: first }], sql, new Date(clock));
     await chargeBatch(pool, [{ requestId: randomUUID(), bucketId: bucket.id, charge: 300n, hold: second }], sql, new Date(clock));

@@ -24,6 +24,7 @@ function instance(): MoneyPath {
   // A TTL long enough that nothing idles out or lapses during a test: only revocation and recall move leases.
   return leaseMoneyPath({
     ttlMs: 60_000,
+    reclaimGraceMs: 0,
     chunkRequests: 32,
     capCacheTtlMs: 60_000,
     onError: (message, error) => {
@@ -62,22 +63,50 @@ describe("budget leases and cap changes", () => {
 
       await setKeyCaps(w.viewer, { keyId: w.key.id, dailyCap: "0.015" });
       await settleEvents();
-      // The lease is gone from the database and from the instance; the first request is still in flight.
-      expect(await keyDaily(w)).toEqual({ spent: 0n, held: 0n, leases: 0n });
-
-      // 15,000 µ cap: one more 10,000 µ request fits (a fresh grant under the new cap), a second does not.
-      const second = await admit(money, w, bucket.id, 10_000n);
-      expect(second.ok).toBe(true);
-      const third = await admit(money, w, bucket.id, 10_000n);
-      expect(third).toEqual({ ok: false, refusal: "KEY_DAILY" });
+      // The lease is revoked: its free part went back; the first request, still in flight, stays counted.
       expect(await keyDaily(w)).toEqual({ spent: 0n, held: 10_000n, leases: 10_000n });
 
+      // 15,000 µ cap with 10,000 µ in flight: another 10,000 µ request does not fit, 5,000 µ does (a fresh grant under the new cap).
+      expect(await admit(money, w, bucket.id, 10_000n)).toEqual({ ok: false, refusal: "KEY_DAILY" });
+      const second = await admit(money, w, bucket.id, 5_000n);
+      expect(second.ok).toBe(true);
+      expect(await admit(money, w, bucket.id, 1n)).toEqual({ ok: false, refusal: "KEY_DAILY" });
+      expect(await keyDaily(w)).toEqual({ spent: 0n, held: 15_000n, leases: 15_000n });
+
+      // The first request ends: its revoked lease goes back whole.
       if (first.ok) await money.release({ id: first.holdId, amount: 10_000n });
-      if (second.ok) await money.release({ id: second.holdId, amount: 10_000n });
+      await settleEvents();
+      expect(await keyDaily(w)).toEqual({ spent: 0n, held: 5_000n, leases: 5_000n });
+      if (second.ok) await money.release({ id: second.holdId, amount: 5_000n });
     } finally {
       await money.close();
     }
     // Everything given back: nothing held, no lease left.
+    expect(await keyDaily(w)).toEqual({ spent: 0n, held: 0n, leases: 0n });
+  });
+
+  it("re-saving a cap (same value) keeps the requests in flight counted: a request refused before is refused after (issue 14, point 2)", async () => {
+    const w = await f.world({ credit: "100", key: { dailyCap: "1" } });
+    const bucket = await walletBucket(w.org.id, "CREDIT");
+    const money = instance();
+    try {
+      const r1 = await admit(money, w, bucket.id, 930_000n);
+      expect(r1.ok).toBe(true);
+      expect(await admit(money, w, bucket.id, 930_000n)).toEqual({ ok: false, refusal: "KEY_DAILY" });
+      await setKeyCaps(w.viewer, { keyId: w.key.id, dailyCap: "1" });
+      await settleEvents();
+      // Today's code gave R1's hold back with the revoked lease: R2 was admitted and both spent 1.82 of 1.00.
+      expect(await admit(money, w, bucket.id, 930_000n)).toEqual({ ok: false, refusal: "KEY_DAILY" });
+      expect((await keyDaily(w)).held).toBe(930_000n);
+      // What is left under the cap is still available.
+      const small = await admit(money, w, bucket.id, 70_000n);
+      expect(small.ok).toBe(true);
+      expect(await admit(money, w, bucket.id, 1n)).toEqual({ ok: false, refusal: "KEY_DAILY" });
+      if (r1.ok) await money.release({ id: r1.holdId, amount: 930_000n });
+      if (small.ok) await money.release({ id: small.holdId, amount: 70_000n });
+    } finally {
+      await money.close();
+    }
     expect(await keyDaily(w)).toEqual({ spent: 0n, held: 0n, leases: 0n });
   });
 

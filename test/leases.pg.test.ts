@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
-import { expireLeases } from "../src/accounting/leases.ts";
+import { reclaimLeases } from "../src/accounting/leases.ts";
 import { scopeSpend } from "../src/accounting/index.ts";
 import { freePort } from "./support/net.ts";
 
@@ -188,9 +188,9 @@ describe("budget leases over two gateway processes on PostgreSQL", () => {
 
     const receipts = await database.prisma.receipt.findMany({ where: { requestId: { in: received } }, select: { requestId: true } });
     expect(receipts.length).toBe(received.length);
-    // Its leases stay counted until their TTL passes; then they lapse and nothing stays held.
+    // Its leases stay counted until their TTL and the reclaim grace pass (a grace of 0 here); then nothing stays held.
     await new Promise((r) => setTimeout(r, LEASE_TTL_MS + 100));
-    await expireLeases(new Date(), database.prisma);
+    await reclaimLeases(database.prisma, 0);
     expect(await database.prisma.$queryRawUnsafe<Array<{ n: bigint }>>(`SELECT count(*) AS n FROM "BudgetLease"`)).toEqual([{ n: 0n }]);
     const counter = await scopeSpend("KEY_DAILY", w.key.id, "CREDIT");
     expect(counter.held).toBe(0n);

@@ -21,9 +21,13 @@ export function holdable(amount: bigint): boolean {
   return amount <= MAX_AMOUNT_MICROS;
 }
 
-/** A fallback keeps its hold when it is in the same bucket and already covers the next channel's worst case. */
-export function holdCovers(hold: { bucket: BalanceBucket; amount: bigint } | null, bucket: BalanceBucket, worst: bigint): boolean {
-  return hold !== null && hold.bucket === bucket && worst <= hold.amount;
+/**
+ * A hold serves an attempt only on the channel it was admitted for (its channel's own cap is one of
+ * the caps it is held against): a fallback to another channel is admitted anew, against that
+ * channel's limits. On the same channel it serves while it covers the worst case.
+ */
+export function holdCovers(hold: { channelId: string; amount: bigint } | null, channelId: string, worst: bigint): boolean {
+  return hold !== null && hold.channelId === channelId && worst <= hold.amount;
 }
 
 /** A charge is capped at what was held: what the hold did not reserve is never taken. */

@@ -9,8 +9,10 @@
 // number inside those leases, in memory. When a lease is short, the pool takes more in ONE
 // statement for all the scopes that are short (all-or-nothing, sized down near a cap by
 // tg_lease_size so the cap is reached exactly). Spending leaves the leases through the batched
-// writer (tg_record_batch); unused headroom goes back when a lease is idle or the pool closes;
-// a dead instance's leases lapse after their TTL (tg_expire_leases).
+// writer (tg_record_batch); unused headroom goes back when a lease is idle or the pool closes.
+// A cap change revokes a scope's leases: they admit nothing new but keep what is in flight counted
+// (issue 14). A dead instance's leases are reclaimed a grace period after their TTL, the longest a
+// request admitted against them can run (tg_reclaim_leases); expiry runs on the database's clock.
 import { randomUUID } from "node:crypto";
 import type { SqlClient } from "./index.ts";
 import { dayStart, monthStart, RUN_WINDOW, translateDbError } from "./index.ts";
@@ -30,13 +32,20 @@ export interface LeaseKey {
 
 interface Lease extends LeaseKey {
   id: string;
-  /** Granted and not yet spent, as the database counts it (in `held`). */
+  /**
+   * Granted and not yet spent, as this instance counts it. Never more than the database holds for
+   * the lease: whatever is given back leaves this number before the statement is sent.
+   */
   amount: bigint;
   /** Part of `amount` promised to requests in flight. */
   inFlight: bigint;
-  /** Local time after which the lease must not be used (its database expiry minus a safety margin). */
+  /** Local time after which the lease admits nothing new until renewed (its expiry minus a safety margin). */
   usableUntil: number;
   lastUsed: number;
+  /** Admits nothing new (revoked by a cap change, or replaced); kept until its holds in flight end. */
+  draining: boolean;
+  /** The database reclaimed it (its instance stopped renewing past the grace): its holds are not backed. */
+  gone: boolean;
 }
 
 /** A request's worst case, held inside every lease it needs. */
@@ -46,7 +55,7 @@ export interface LeaseHold {
   leases: Lease[];
 }
 
-export type LeaseRefusal = CapScope | "INSUFFICIENT_BALANCE";
+export type LeaseRefusal = CapScope | "INSUFFICIENT_BALANCE" | "RUN_PAUSED" | "RUN_CANCELLED";
 export type AdmitResult = { ok: true; hold: LeaseHold } | { ok: false; refusal: LeaseRefusal };
 
 export interface AdmitInput {
@@ -65,7 +74,7 @@ export interface AdmitInput {
 
 export interface LeasePoolOptions {
   instanceId: string;
-  /** How long a grant lives without renewal (a dead instance's headroom comes back after this). */
+  /** How long a grant lives without renewal (after it, plus the sweeper's grace, a dead instance's headroom comes back). */
   ttlMs: number;
   /** How much headroom to ask for beyond the request at hand (the database shrinks it near a cap). */
   chunk: (need: bigint) => bigint;
@@ -75,15 +84,25 @@ export interface LeasePoolOptions {
   safetyMs?: number;
   /** Local clock (tests move it). */
   clock?: () => number;
+  /**
+   * The database's time for the lease statements. Absent (the gateway): the database uses its own
+   * clock, so instances with skewed clocks agree on every expiry. Tests that move time set it.
+   */
+  databaseTime?: () => Date;
   /** A request was refused by this scope (other instances may hold its headroom: they are asked to give it back). */
   onRefused?: (key: LeaseKey) => void;
+  /** A give-back statement failed (the headroom stays leased until the lease is returned whole or reclaimed). */
+  onError?: (message: string, error: unknown) => void;
+  /** A drained lease is queued to go back whole: the gateway calls flush() at once (tests wait for the heartbeat). */
+  onDrained?: () => void;
 }
 
 /** How long a refused grant is answered from memory (for requests asking as much or more). */
 const REFUSAL_MEMORY_MS = 25;
 
 const keyOf = (k: LeaseKey) => `${k.bucketId}|${k.scope}|${k.scopeId}|${k.windowStart.toISOString()}`;
-const utc = (ms: number) => new Date(ms).toISOString();
+const scopeOfRefusal = (refusal: LeaseRefusal): LeaseScopeName =>
+  refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal === "RUN_PAUSED" || refusal === "RUN_CANCELLED" ? "RUN_TOTAL" : refusal;
 
 /** The leases a request needs: the bucket's balance and every counter scope that applies to it. */
 export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "projectId" | "routeId" | "runId" | "channelId">, now: Date): LeaseKey[] {
@@ -100,8 +119,20 @@ export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "proj
   return scopes;
 }
 
+/**
+ * One instance's leases. The rule everything here keeps: the database always counts every hold
+ * this instance admitted. So a lease is only ever given back in its free part (taken out of
+ * `amount` before the statement goes), or whole once nothing is in flight in it and it left the
+ * map (no grant names it again); a revoked or replaced lease drains (admits nothing new) until its
+ * holds end; and a hold whose lease the database reclaimed is backed anew before it is charged.
+ */
 export class LeasePool {
+  /** The lease each scope admits against. */
   private readonly leases = new Map<string, Lease>();
+  /** Leases that admit nothing new but still carry holds in flight. */
+  private readonly draining = new Set<Lease>();
+  /** Leases to give back whole (drained, or a whole return that failed): sent at the next heartbeat. */
+  private closing: string[] = [];
   /** Grants refused in the last REFUSAL_MEMORY_MS, per scope: what was asked, and the refusal. */
   private readonly refused = new Map<string, { until: number; amount: bigint; refusal: LeaseRefusal }>();
   /** The grant statement in flight per bucket, if any. */
@@ -110,7 +141,7 @@ export class LeasePool {
   private readonly idleMs: number;
   private readonly safetyMs: number;
   /** Grants, renewals and returns the pool made (for tests and metrics). */
-  readonly stats = { grants: 0, grantStatements: 0, refusals: 0, returns: 0, renewals: 0, lapsed: 0, recalls: 0 };
+  readonly stats = { grants: 0, grantStatements: 0, refusals: 0, returns: 0, renewals: 0, lapsed: 0, recalls: 0, revoked: 0, rebacked: 0 };
 
   constructor(
     private readonly client: SqlClient,
@@ -125,9 +156,13 @@ export class LeasePool {
     return this.options.instanceId;
   }
 
-  /** Leases held now (a copy: amounts and in-flight holds). */
-  snapshot(): Array<LeaseKey & { id: string; amount: bigint; inFlight: bigint }> {
-    return [...this.leases.values()].map((l) => ({ ...l }));
+  private dbNow(): string | null {
+    return this.options.databaseTime ? this.options.databaseTime().toISOString() : null;
+  }
+
+  /** Leases held now, draining ones included (a copy: amounts and in-flight holds). */
+  snapshot(): Array<LeaseKey & { id: string; amount: bigint; inFlight: bigint; draining: boolean; gone: boolean }> {
+    return [...this.leases.values(), ...this.draining].map((l) => ({ ...l }));
   }
 
   /**
@@ -137,14 +172,17 @@ export class LeasePool {
   async admit(input: AdmitInput): Promise<AdmitResult> {
     if (input.amount < 0n || input.amount > MAX_AMOUNT_MICROS) throw new RangeError("admission amount out of range");
     if (input.perRequestCap != null && input.amount > input.perRequestCap) return { ok: false, refusal: "KEY_PER_REQUEST" };
-    const scopes = leaseScopes(input, input.now ?? new Date(this.clock()));
+    return this.admitScopes(leaseScopes(input, input.now ?? new Date(this.clock())), input.amount, input.bucketId);
+  }
+
+  private async admitScopes(scopes: LeaseKey[], amount: bigint, bucketId: string): Promise<AdmitResult> {
     // A grant may be taken by concurrent admissions of this instance before ours checks it again.
     for (let attempt = 0, waits = 0; attempt < 4 && waits < 64; ) {
-      const short = this.tryHold(scopes, input.amount, input.bucketId);
+      const short = this.tryHold(scopes, amount, bucketId);
       if (!Array.isArray(short)) return { ok: true, hold: short };
       // One grant per bucket at a time: requests that fall short together wait for it rather than
       // each taking a chunk (which would strand headroom other instances could use).
-      const pending = this.granting.get(input.bucketId);
+      const pending = this.granting.get(bucketId);
       if (pending) {
         waits++;
         await pending;
@@ -153,30 +191,30 @@ export class LeasePool {
       // A grant refused a moment ago for as much or less: refuse in memory. A client hammering a
       // key at its cap must not turn each request into a statement holding the bucket row (which
       // every request of the organization needs); headroom that comes back is seen within the window.
-      const refusedAt = this.recentRefusal(short, input.amount);
+      const refusedAt = this.recentRefusal(short, amount);
       if (refusedAt) return this.refuse(scopes, refusedAt);
       attempt++;
-      const granted = this.grant(short, input.amount);
+      const granted = this.grant(short, amount);
       const done = granted.then(
         () => undefined,
         () => undefined,
       );
-      this.granting.set(input.bucketId, done);
+      this.granting.set(bucketId, done);
       let refusal: LeaseRefusal | null;
       try {
         refusal = await granted;
       } finally {
-        if (this.granting.get(input.bucketId) === done) this.granting.delete(input.bucketId);
+        if (this.granting.get(bucketId) === done) this.granting.delete(bucketId);
       }
       if (refusal) {
         // A concurrent grant of this instance may have brought the headroom meanwhile.
-        const again = this.tryHold(scopes, input.amount, input.bucketId);
+        const again = this.tryHold(scopes, amount, bucketId);
         if (!Array.isArray(again)) return { ok: true, hold: again };
-        this.rememberRefusal(short, input.amount, refusal);
+        this.rememberRefusal(short, amount, refusal);
         return this.refuse(scopes, refusal);
       }
     }
-    const last = this.tryHold(scopes, input.amount, input.bucketId);
+    const last = this.tryHold(scopes, amount, bucketId);
     if (!Array.isArray(last)) return { ok: true, hold: last };
     const scope = last[0]!.key.scope;
     return this.refuse(scopes, scope === "BALANCE" ? "INSUFFICIENT_BALANCE" : scope);
@@ -192,7 +230,7 @@ export class LeasePool {
   }
 
   private rememberRefusal(short: Array<{ key: LeaseKey }>, amount: bigint, refusal: LeaseRefusal): void {
-    const scope = refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal;
+    const scope = scopeOfRefusal(refusal);
     const key = short.find((s) => s.key.scope === scope)?.key;
     if (!key) return;
     if (this.refused.size > 10_000) this.refused.clear();
@@ -201,9 +239,9 @@ export class LeasePool {
 
   private refuse(scopes: LeaseKey[], refusal: LeaseRefusal): AdmitResult {
     this.stats.refusals++;
-    const scope = refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal;
+    const scope = scopeOfRefusal(refusal);
     const key = scopes.find((k) => k.scope === scope);
-    if (key) this.options.onRefused?.(key);
+    if (key && refusal !== "RUN_PAUSED" && refusal !== "RUN_CANCELLED") this.options.onRefused?.(key);
     return { ok: false, refusal };
   }
 
@@ -214,14 +252,11 @@ export class LeasePool {
     const found: Lease[] = [];
     for (const key of scopes) {
       const lease = this.leases.get(keyOf(key));
-      if (lease && lease.usableUntil <= now) {
-        // Lapsed (or about to): the grant that replaces it must also cover the holds still in
-        // flight in it, which then move to the new lease (see grant).
-        short.push({ key, need: amount + lease.inFlight });
-        continue;
-      }
-      const usable = lease ? lease.amount - lease.inFlight : 0n;
-      if (usable < amount) short.push({ key, need: amount - usable });
+      // Not renewed in time (this instance stalled): nothing new until a grant naming it confirms it.
+      const fresh = lease !== undefined && lease.usableUntil > now;
+      const usable = fresh ? lease.amount - lease.inFlight : 0n;
+      if (lease && !fresh) short.push({ key, need: amount });
+      else if (usable < amount) short.push({ key, need: amount - usable });
       else if (lease) found.push(lease); // a zero worst case needs no lease
     }
     if (short.length) return short;
@@ -236,19 +271,29 @@ export class LeasePool {
   private async grant(short: Array<{ key: LeaseKey; need: bigint }>, amount: bigint): Promise<LeaseRefusal | null> {
     const bucketId = short[0]!.key.bucketId;
     const sentAt = this.clock();
+    const named = new Map<string, Lease>();
     const payload = short.map(({ key, need }) => {
       const want = this.options.chunk(amount);
-      return { scope: key.scope, scope_id: key.scopeId, window_start: key.windowStart.toISOString(), need: need.toString(), want: (want > need ? want : need).toString() };
+      const lease = this.leases.get(keyOf(key));
+      if (lease) named.set(keyOf(key), lease);
+      return {
+        scope: key.scope,
+        scope_id: key.scopeId,
+        window_start: key.windowStart.toISOString(),
+        need: need.toString(),
+        want: (want > need ? want : need).toString(),
+        lease_id: lease?.id ?? null,
+      };
     });
     this.stats.grantStatements++;
     const rows = await this.client
-      .$queryRawUnsafe<Array<{ scope: string | null; scope_id: string | null; window_start: Date | string | null; lease_id: string | null; granted: string | bigint | null; refusal: string | null }>>(
-        `SELECT scope, scope_id, window_start, lease_id, granted::text AS granted, refusal
+      .$queryRawUnsafe<Array<{ scope: string | null; scope_id: string | null; lease_id: string | null; granted: string | bigint | null; refusal: string | null; replaced: string | null }>>(
+        `SELECT scope, scope_id, lease_id, granted::text AS granted, refusal, replaced
            FROM tg_lease_grant($1, $2, $3::jsonb, $4::timestamptz AT TIME ZONE 'UTC', $5::int)`,
         this.options.instanceId,
         bucketId,
         JSON.stringify(payload),
-        utc(sentAt),
+        this.dbNow(),
         this.options.ttlMs,
       )
       .catch(translateDbError);
@@ -257,30 +302,25 @@ export class LeasePool {
       return refusal === "BALANCE" ? "INSUFFICIENT_BALANCE" : (refusal as LeaseRefusal);
     }
     const byScope = new Map(short.map((s) => [`${s.key.scope}|${s.key.scopeId}`, s.key]));
+    // Expiry is reckoned from when the statement was sent: the database stamped it no earlier.
+    const usableUntil = sentAt + this.options.ttlMs - this.safetyMs;
     for (const row of rows) {
       // The function answers in its lock order, not ours.
       const key = byScope.get(`${row.scope}|${row.scope_id ?? ""}`);
       if (!key) throw new Error(`tg_lease_grant answered an unasked scope ${row.scope}`);
       const granted = BigInt(row.granted ?? 0);
-      const existing = this.leases.get(keyOf(key));
-      // Expiry is reckoned from when the statement was sent: the database's clock of this grant is no later.
-      const usableUntil = sentAt + this.options.ttlMs - this.safetyMs;
-      if (existing && existing.id === row.lease_id) {
-        existing.amount += granted;
-        existing.usableUntil = Math.max(existing.usableUntil, usableUntil);
-      } else if (existing && granted >= existing.inFlight) {
-        // A lease we believed in had lapsed and was swept; the new one covers the holds still in
-        // flight in it. They move with it (the same object, so their charges leave the new lease),
-        // and the cap stays whole: their worst cases were granted again within it.
-        existing.id = row.lease_id!;
-        existing.amount = granted;
-        existing.usableUntil = usableUntil;
-        existing.lastUsed = this.clock();
+      const k = keyOf(key);
+      const named_ = named.get(k);
+      const current = this.leases.get(k);
+      if (current && current.id === row.lease_id) {
+        current.amount += granted;
+        current.usableUntil = Math.max(current.usableUntil, usableUntil);
       } else {
-        // Lapsed, and the new grant does not cover its holds in flight: they stay on the lapsed
-        // lease and are charged as lapsed (tg_record_batch); the new lease starts without them
-        // (carrying their amount would keep it in use, and its headroom held, for good).
-        this.leases.set(keyOf(key), { ...key, id: row.lease_id!, amount: granted, inFlight: 0n, usableUntil, lastUsed: this.clock() });
+        // The lease we named was revoked or reclaimed meanwhile: it drains (its holds keep it), and
+        // the new row admits from now on.
+        const old = current ?? named_;
+        if (old && old.id !== row.lease_id) this.retire(old, row.replaced === "gone");
+        this.leases.set(k, { ...key, id: row.lease_id!, amount: granted, inFlight: 0n, usableUntil, lastUsed: this.clock(), draining: false, gone: false });
       }
       this.stats.grants++;
     }
@@ -289,7 +329,29 @@ export class LeasePool {
 
   /** The batched writer's view of a hold: which leases (and counters) its charge leaves. */
   chargeLeases(hold: LeaseHold): ChargeLease[] {
-    return hold.leases.map((l) => ({ lease_id: l.id, scope: l.scope, scope_id: l.scopeId, window_start: l.windowStart.toISOString() }));
+    return hold.leases.filter((l) => !l.gone).map((l) => ({ lease_id: l.id, scope: l.scope, scope_id: l.scopeId, window_start: l.windowStart.toISOString() }));
+  }
+
+  /** Whether every lease of the hold still exists in the database (else its charge needs backing anew: see backed). */
+  isBacked(hold: LeaseHold): boolean {
+    return hold.leases.every((l) => !l.gone);
+  }
+
+  /**
+   * A hold whose lease the database reclaimed (its instance stalled past the grace) cannot be
+   * charged out of it: its charge is admitted anew, against every cap as any request, before it is
+   * written. Answers the hold to charge, and what it may charge (0 when nothing can cover it now:
+   * the record is still written, uncharged; the caller says so loudly).
+   */
+  async backed(hold: LeaseHold, charge: bigint): Promise<{ hold: LeaseHold; charge: bigint }> {
+    if (this.isBacked(hold) || charge === 0n) return { hold, charge };
+    const scopes: LeaseKey[] = hold.leases.map((l) => ({ bucketId: l.bucketId, scope: l.scope, scopeId: l.scopeId, windowStart: l.windowStart }));
+    if (!scopes.some((s) => s.scope === "BALANCE")) scopes.push({ bucketId: hold.bucketId, scope: "BALANCE", scopeId: "", windowStart: RUN_WINDOW });
+    this.release(hold);
+    this.stats.rebacked++;
+    const again = await this.admitScopes(scopes, charge, hold.bucketId);
+    if (again.ok) return { hold: again.hold, charge };
+    return { hold: { amount: 0n, bucketId: hold.bucketId, leases: [] }, charge: 0n };
   }
 
   /** After the charge committed (tg_record_batch): the charge left the leases, the rest of the hold is free again. */
@@ -300,6 +362,7 @@ export class LeasePool {
       lease.amount -= charge;
       if (lease.amount < 0n) lease.amount = 0n;
       if (lease.inFlight < 0n) lease.inFlight = 0n;
+      if (lease.draining && lease.inFlight === 0n) this.close(lease);
     }
     hold.amount = 0n;
     hold.leases = [];
@@ -310,97 +373,171 @@ export class LeasePool {
     this.settled(hold, 0n);
   }
 
+  /** A lease admits nothing new from now on: its free part goes back at once, the rest when its holds end. */
+  private retire(lease: Lease, gone: boolean): void {
+    if (this.leases.get(keyOf(lease)) === lease) this.leases.delete(keyOf(lease));
+    lease.draining = true;
+    lease.gone ||= gone;
+    if (lease.inFlight === 0n) {
+      this.close(lease);
+      return;
+    }
+    this.draining.add(lease);
+    if (!lease.gone && lease.amount > lease.inFlight) void this.returnFree([lease]);
+  }
+
+  /** Out of every map: the whole lease (its row) goes at the next heartbeat. */
+  private close(lease: Lease): void {
+    if (this.leases.get(keyOf(lease)) === lease) this.leases.delete(keyOf(lease));
+    this.draining.delete(lease);
+    lease.draining = true;
+    lease.amount = 0n;
+    if (!lease.gone) {
+      this.closing.push(lease.id);
+      this.options.onDrained?.();
+    }
+  }
+
+  /** Gives back the free part of leases still in use: taken out of `amount` before the statement goes. */
+  private async returnFree(leases: Lease[]): Promise<void> {
+    const returns: Array<{ lease_id: string; amount: string | null }> = [];
+    for (const lease of leases) {
+      const free = lease.amount - lease.inFlight;
+      if (free <= 0n || lease.gone) continue;
+      lease.amount -= free;
+      returns.push({ lease_id: lease.id, amount: free.toString() });
+    }
+    if (!returns.length) return;
+    this.stats.returns += returns.length;
+    // A failed partial return leaves the database holding more than we count: safe, and the whole
+    // return that ends the lease gives it all back.
+    await this.client
+      .$queryRawUnsafe(`SELECT tg_lease_return($1::jsonb, $2::timestamptz AT TIME ZONE 'UTC')`, JSON.stringify(returns), this.dbNow())
+      .catch((e: unknown) => this.options.onError?.("could not give back leased headroom", e));
+  }
+
+  /** Gives back the drained leases queued (also done by every heartbeat). */
+  flush(): Promise<void> {
+    return this.flushClosing();
+  }
+
+  /** Sends the whole returns queued (retried at the next heartbeat if the statement fails: a row only ever shrinks once closed). */
+  private async flushClosing(): Promise<void> {
+    if (!this.closing.length) return;
+    const ids = this.closing;
+    this.closing = [];
+    this.stats.returns += ids.length;
+    try {
+      await this.client.$queryRawUnsafe(`SELECT tg_lease_return($1::jsonb, $2::timestamptz AT TIME ZONE 'UTC')`, JSON.stringify(ids.map((id) => ({ lease_id: id, amount: null }))), this.dbNow());
+    } catch (e) {
+      this.closing.push(...ids);
+      this.options.onError?.("could not give back leases (retried at the next heartbeat)", e);
+    }
+  }
+
+  /** Gives leases back: whole when nothing is in flight in them, else their free part. */
+  private async giveBack(leases: Lease[]): Promise<void> {
+    const inUse: Lease[] = [];
+    for (const lease of leases) {
+      if (lease.inFlight === 0n) this.close(lease);
+      else inUse.push(lease);
+    }
+    await this.returnFree(inUse);
+    await this.flushClosing();
+  }
+
   /**
-   * Heartbeat: renews every lease of this instance, gives back leases idle for `idleMs` (all of
-   * their free headroom) and forgets leases the database no longer has. Run every ~ttl / 3.
+   * Heartbeat: gives back leases idle for `idleMs`, renews every lease of this instance, and learns
+   * which were revoked (a cap change whose event it missed) or reclaimed. Run every ~ttl / 3.
    */
   async maintain(): Promise<void> {
     const now = this.clock();
     const idle = [...this.leases.values()].filter((l) => l.inFlight === 0n && now - l.lastUsed >= this.idleMs);
-    if (idle.length) await this.giveBack(idle, now);
-    if (this.leases.size === 0) return;
-    const rows = await this.client.$queryRawUnsafe<Array<{ n: number }>>(
-      `SELECT tg_lease_renew($1, $2::timestamptz AT TIME ZONE 'UTC', $3::int) AS n`,
+    await this.giveBack(idle);
+    if (this.leases.size === 0 && this.draining.size === 0) return;
+    const rows = await this.client.$queryRawUnsafe<Array<{ id: string; revoked: boolean }>>(
+      `SELECT id, revoked FROM tg_lease_renew($1, $2::timestamptz AT TIME ZONE 'UTC', $3::int)`,
       this.options.instanceId,
-      utc(now),
+      this.dbNow(),
       this.options.ttlMs,
     );
     this.stats.renewals++;
-    const live = [...this.leases.values()].filter((l) => l.usableUntil > now);
-    for (const lease of live) lease.usableUntil = now + this.options.ttlMs - this.safetyMs;
-    if (Number(rows[0]!.n) < this.leases.size) {
-      // Some lapsed in the database (this instance stalled past the TTL): never use them again.
-      const ids = await this.client.$queryRawUnsafe<Array<{ id: string }>>(
-        `SELECT id FROM "BudgetLease" WHERE "instanceId" = $1 AND "expiresAt" > $2::timestamptz AT TIME ZONE 'UTC'`,
-        this.options.instanceId,
-        utc(now),
-      );
-      const alive = new Set(ids.map((r) => r.id));
-      for (const [k, lease] of this.leases) {
-        if (!alive.has(lease.id)) {
-          this.stats.lapsed++;
-          if (lease.inFlight === 0n) this.leases.delete(k);
-          else lease.usableUntil = 0;
-        }
+    const present = new Map(rows.map((r) => [r.id, r.revoked]));
+    for (const lease of [...this.leases.values()]) {
+      const revoked = present.get(lease.id);
+      if (revoked === undefined) {
+        // Reclaimed: this instance stalled past its expiry and the grace.
+        this.stats.lapsed++;
+        this.retire(lease, true);
+      } else if (revoked) {
+        this.stats.revoked++;
+        this.retire(lease, false);
+      } else {
+        // Renewed: usable again even if this instance stalled past its expiry (the grace kept it).
+        lease.usableUntil = now + this.options.ttlMs - this.safetyMs;
       }
     }
+    for (const lease of this.draining) if (!present.has(lease.id)) lease.gone = true;
+    await this.flushClosing();
   }
 
-  private async giveBack(leases: Lease[], now: number): Promise<void> {
-    const returns = leases.map((l) => ({ lease_id: l.id, amount: (l.amount - l.inFlight).toString() }));
-    await this.client.$queryRawUnsafe(`SELECT tg_lease_return($1::jsonb, $2::timestamptz AT TIME ZONE 'UTC')`, JSON.stringify(returns), utc(now)).catch(translateDbError);
-    for (const lease of leases) {
-      if (lease.inFlight === 0n) this.leases.delete(keyOf(lease));
-      else lease.amount = lease.inFlight;
-    }
-    this.stats.returns += leases.length;
-  }
-
-  /** Gives back every lease's free headroom (on stop, or when another instance asks near a cap). */
+  /** Gives back every lease's free headroom, and every unused lease whole (on stop, or when asked). */
   async returnAll(): Promise<void> {
-    const all = [...this.leases.values()].filter((l) => l.amount > l.inFlight);
-    if (all.length) await this.giveBack(all, this.clock());
+    await this.giveBack([...this.leases.values(), ...this.draining]);
   }
 
   /**
-   * A cap of this scope changed and its leases were revoked in the database: stop admitting against
-   * them (holds in flight keep their lease and are charged as lapsed); the next request takes a new
-   * grant under the new cap.
+   * A cap of this scope changed (or its run was paused or cancelled) and its leases were revoked in
+   * the database: admit nothing more against them and give back their free part; holds in flight
+   * keep them (counted against the new cap) until they end. The next request takes a new grant.
    */
-  forgetScope(scope: string, scopeId: string): void {
-    for (const [k, lease] of this.leases) if (lease.scope === scope && lease.scopeId === scopeId) this.leases.delete(k);
-    // A raised cap admits at once.
+  async forgetScope(scope: string, scopeId: string): Promise<void> {
+    for (const lease of [...this.leases.values()]) {
+      if (lease.scope === scope && lease.scopeId === scopeId) {
+        this.stats.revoked++;
+        this.retire(lease, false);
+      }
+    }
+    // A raised cap (or a resumed run) admits at once.
     for (const k of this.refused.keys()) if (k.includes(`|${scope}|${scopeId}|`)) this.refused.delete(k);
+    await this.flushClosing();
   }
 
   /** Another instance was refused near this scope's cap: give back the free part of our leases of it. */
   async recall(bucketId: string, scope: string, scopeId: string): Promise<void> {
     const leases = [...this.leases.values()].filter((l) => l.bucketId === bucketId && l.scope === scope && l.scopeId === scopeId && l.amount > l.inFlight);
-    if (leases.length) await this.giveBack(leases, this.clock());
+    await this.giveBack(leases);
     this.stats.recalls++;
   }
 
   /** Forgets everything without telling the database (what a killed process does; tests use it). */
   abandon(): void {
     this.leases.clear();
+    this.draining.clear();
+    this.closing = [];
   }
 }
 
 /**
- * A cap changed: every live lease of its scope goes (their headroom leaves `held`), in the caller's
- * transaction, so no lease granted under the old cap is spent under the new one. The instances are
- * told at once (leasesRevoked) and take new grants; publishing before the commit is safe: a new
- * grant waits on the bucket rows this transaction locked, then reads the new cap. An instance that
- * misses the event notices at its next renewal (TTL / 3).
+ * A cap of a scope is about to change (or its run to pause / stop): call in the change's
+ * transaction BEFORE the cap is written. Locks the organization's buckets (a racing grant commits
+ * first and is revoked here, or waits and reads the new cap), then revokes the scope's leases: they
+ * admit nothing new but keep what is in flight counted. The instances are told (leasesRevoked; a
+ * missed event is learnt at the next renewal, TTL / 3) and give back the free part. Publishing
+ * before the commit is safe: a new grant waits on the bucket rows this transaction locked.
  */
-export async function revokeLeases(client: SqlClient, scope: CapScope, scopeId: string, now = new Date()): Promise<void> {
-  await client.$queryRawUnsafe(`SELECT tg_lease_revoke($1, $2, $3::timestamptz AT TIME ZONE 'UTC')`, scope, scopeId, now.toISOString()).catch(translateDbError);
+export async function revokeLeases(client: SqlClient, scope: CapScope, scopeId: string, organizationId: string): Promise<void> {
+  await client.$queryRawUnsafe(`SELECT tg_lease_revoke($1, $2, $3)`, scope, scopeId, organizationId).catch(translateDbError);
   events.publish("leasesRevoked", { scope, scopeId });
 }
 
-/** Lapses leases whose TTL passed (their instance died or stalled): their headroom comes back. */
-export async function expireLeases(now: Date, client: SqlClient): Promise<number> {
-  const rows = await client.$queryRawUnsafe<Array<{ n: number }>>(`SELECT tg_expire_leases($1::timestamptz AT TIME ZONE 'UTC') AS n`, now.toISOString());
+/**
+ * Reclaims the leases of instances that stopped renewing, `graceMs` after their expiry (the longest
+ * a request admitted against them can still run): their headroom comes back. `now` only in tests
+ * that move time; the gateway uses the database's clock.
+ */
+export async function reclaimLeases(client: SqlClient, graceMs: number, now: Date | null = null): Promise<number> {
+  const rows = await client.$queryRawUnsafe<Array<{ n: number }>>(`SELECT tg_reclaim_leases($1::timestamptz AT TIME ZONE 'UTC', $2::int) AS n`, now?.toISOString() ?? null, graceMs);
   return Number(rows[0]!.n);
 }
 
@@ -496,6 +633,8 @@ export const RECORD_BATCH_SQL = `SELECT request_id, ledger_entry_id, balance_aft
 /** Charges only (no receipts): the lease property test's writer, the same statement the gateway's batches use. */
 export async function chargeBatch(pool: LeasePool, items: ChargeItem[], client: SqlClient, now = new Date()): Promise<Map<string, { ledgerEntryId: string; balanceAfter: bigint }>> {
   for (const item of items) if (item.charge < 0n || item.charge > item.hold.amount) throw new RangeError("charge outside its hold");
+  // A hold whose lease was reclaimed is admitted anew first (its charge may drop to what fits: 0).
+  for (const item of items) Object.assign(item, await pool.backed(item.hold, item.charge));
   const rows = await client
     .$queryRawUnsafe<Array<{ request_id: string | null; ledger_entry_id: string; balance_after: string }>>(
       RECORD_BATCH_SQL,

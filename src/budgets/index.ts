@@ -27,6 +27,9 @@ export async function setCap(
   amount: bigint | null | undefined,
 ): Promise<void> {
   if (amount === undefined) return;
+  // Before the cap is written: a grant racing this change commits first (and is revoked here) or
+  // waits for this transaction and reads the new cap.
+  await revokeLeases(tx, target.scope, target.scopeId, target.organizationId);
   const where = { scope_scopeId_bucket: { scope: target.scope, scopeId: target.scopeId, bucket: target.bucket } };
   if (amount === null) {
     await tx.budgetCap.deleteMany({ where: { scope: target.scope, scopeId: target.scopeId, bucket: target.bucket } });
@@ -37,7 +40,6 @@ export async function setCap(
       update: { amount, updatedAt: new Date() },
     });
   }
-  await revokeLeases(tx, target.scope, target.scopeId);
 }
 
 export interface CapView {

@@ -93,6 +93,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
   const leasePath = leased
     ? leaseMoneyPath({
         ttlMs: config.leases.ttlMs,
+        reclaimGraceMs: config.leases.reclaimGraceMs,
         chunkRequests: config.leases.chunkRequests,
         sendBeforeCommitMs: config.leases.sendBeforeCommitMs,
         capCacheTtlMs: config.keyCacheTtlMs,

@@ -7,11 +7,13 @@
 import { randomUUID } from "node:crypto";
 import { currentDatabase, directSql } from "../db/index.ts";
 import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
-import { expireLeases, LeasePool, type LeaseHold } from "../accounting/leases.ts";
+import { LeasePool, reclaimLeases, type LeaseHold } from "../accounting/leases.ts";
 import { GroupCommit } from "./group-commit.ts";
 import { events } from "../events/index.ts";
 
 const RECALL_EVERY_MS = 250;
+/** Tries of a durable write before the request fails (about 1.5 s of retries). */
+const DURABLE_WRITE_TRIES = 6;
 import { capToHold, recordBatch, recordFailure, recordReceipt, recordReceiptMany, type BatchItem, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "../requests/index.ts";
 
 export interface Settlement {
@@ -70,8 +72,10 @@ export function holdMoneyPath(options: { grouped: boolean }): MoneyPath {
 }
 
 export interface LeaseMoneyOptions {
-  /** Lease TTL: a dead instance's headroom comes back after this. */
+  /** Lease TTL: a lease admits nothing new this long after its last renewal. */
   ttlMs: number;
+  /** A dead instance's leases are reclaimed this long after their expiry (what they hold in flight stays counted until then). */
+  reclaimGraceMs: number;
   /** Headroom asked for beyond a request's worst case, in multiples of it (the database shrinks it near a cap). */
   chunkRequests: number;
   /** How long a key's per-request maximum is served from memory (as keys are). */
@@ -91,10 +95,21 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
   // Near a cap, headroom may sit in other instances' leases: a refusal asks them for it (at most
   // once per scope per RECALL_EVERY_MS), so the next request here can be granted it.
   const recalled = new Map<string, number>();
+  let flushing = false;
   const pool = new LeasePool(sql, {
     instanceId,
     ttlMs: options.ttlMs,
     chunk: (need) => need * BigInt(Math.max(1, options.chunkRequests)),
+    onError: options.onError,
+    // A lease drained after a cap change goes back at once, not at the next heartbeat.
+    onDrained: () => {
+      if (flushing) return;
+      flushing = true;
+      setImmediate(() => {
+        flushing = false;
+        void pool.flush();
+      });
+    },
     onRefused: (key) => {
       const k = `${key.bucketId}|${key.scope}|${key.scopeId}`;
       const now = Date.now();
@@ -108,7 +123,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
   const recalls = events.subscribe("leaseRecall");
   void (async () => {
     for await (const event of revoked) {
-      pool.forgetScope(event.scope, event.scopeId);
+      await pool.forgetScope(event.scope, event.scopeId).catch((e: unknown) => options.onError("could not give back revoked leases", e));
       if (event.scope === "KEY_PER_REQUEST") for (const k of perRequest.keys()) if (k.startsWith(`${event.scopeId}|`)) perRequest.delete(k);
     }
   })();
@@ -119,6 +134,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     }
   })();
   const holds = new Map<string, LeaseHold>();
+  let closing = false;
   const sendFirst = (options.sendBeforeCommitMs ?? 0) > 0;
   /** Receipts whose response went out before their commit (SEND_BEFORE_COMMIT_MS), until they commit. */
   const unsent = new Set<Promise<void>>();
@@ -129,6 +145,27 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     // statement at a time on this thread: a second in flight would only split batches in two.
     { maxBatch: 256, maxInFlight: currentDatabase()?.kind === "pglite" ? 1 : 2, windowMs: options.sendBeforeCommitMs },
   );
+
+  /**
+   * A write retried on errors (the database restarting, a failover): a response that was sent is
+   * never dropped, its hold staying in its leases (caps hold) until it commits. `tries` Infinity:
+   * the response already went out (SEND_BEFORE_COMMIT_MS), so retry until it commits or the
+   * instance stops (then it is logged loudly with its charge).
+   */
+  async function writeDurably(item: BatchItem, tries: number): Promise<{ id: string; ledgerEntryId: string | null; counters: CounterState[] }> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await writer.submit(item);
+      } catch (e) {
+        if (attempt >= tries || (closing && tries === Infinity && attempt > DURABLE_WRITE_TRIES)) {
+          options.onError(`${item.kind} of request ${item.record.requestId} (charge ${item.record.charge} µ) could not be written after ${attempt} tries`, e);
+          throw e;
+        }
+        if (attempt === 1) options.onError(`${item.kind} of request ${item.record.requestId} could not be written; retrying`, e);
+        await new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 25 * 2 ** attempt)));
+      }
+    }
+  }
 
   async function perRequestCap(keyId: string, bucketId: string): Promise<bigint | null> {
     const k = `${keyId}|${bucketId}`;
@@ -150,7 +187,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     if (beating) return;
     beating = (async () => {
       await pool.maintain();
-      await expireLeases(new Date(), sql);
+      await reclaimLeases(sql, options.reclaimGraceMs);
     })()
       .catch((e: unknown) => options.onError("lease heartbeat failed", e))
       .finally(() => {
@@ -192,31 +229,36 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
       return { ok: true, holdId };
     },
     async settle(item) {
-      const hold = holds.get(item.hold.id);
-      if (!hold) throw new Error(`no lease hold ${item.hold.id}`);
+      const admitted = holds.get(item.hold.id);
+      if (!admitted) throw new Error(`no lease hold ${item.hold.id}`);
+      // A lease reclaimed under this request (its instance stalled past the grace): its charge is admitted anew first.
+      const { hold, charge } = await pool.backed(admitted, item.record.charge);
+      if (charge !== item.record.charge) {
+        options.onError(`request ${item.record.requestId}: its lease was reclaimed and no cap or balance covers its charge (${item.record.charge} µ) now; its receipt is written uncharged`, null);
+      }
+      const record = charge === item.record.charge ? item.record : { ...item.record, charge };
+      holds.set(item.hold.id, hold);
       const id = randomUUID();
+      const entry: BatchItem = { kind: "receipt", id, record, bucketId: item.bucketId, leases: pool.chargeLeases(hold) };
       // The hold stays in its leases until the charge committed: caps hold whichever answers first.
-      const committed = writer.submit({ kind: "receipt", id, record: item.record, bucketId: item.bucketId, leases: pool.chargeLeases(hold) }).then((written) => {
+      const committed = writeDurably(entry, sendFirst ? Infinity : DURABLE_WRITE_TRIES).then((written) => {
         holds.delete(item.hold.id);
-        pool.settled(hold, item.record.charge);
-        remember(item.record.requestId, written.counters);
+        pool.settled(hold, record.charge);
+        remember(record.requestId, written.counters);
       });
       if (!sendFirst) {
-        await committed;
+        try {
+          await committed;
+        } catch (e) {
+          // Not written after its retries: the client is told it was not charged, and the hold goes.
+          const lost = take(item.hold);
+          if (lost) pool.release(lost);
+          throw e;
+        }
         return { id };
       }
       unsent.add(committed);
-      const done = committed.then(
-        () => void unsent.delete(committed),
-        (e: unknown) => {
-          unsent.delete(committed);
-          const lost = take(item.hold);
-          if (lost) pool.release(lost);
-          // The client has its answer; the receipt is lost (what this setting trades): say so loudly.
-          options.onError(`receipt of request ${item.record.requestId} (charge ${item.record.charge} µ) could not be written after its response was sent`, e);
-          throw e;
-        },
-      );
+      const done = committed.finally(() => void unsent.delete(committed));
       return { id, committed: done };
     },
     async release(ref) {
@@ -224,9 +266,18 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
       if (hold) pool.release(hold);
     },
     async recordFailure(record, ref) {
-      const hold = ref ? (holds.get(ref.id) ?? null) : null;
-      const charged = { ...record, charge: hold ? capToHold(record.charge, ref) : 0n };
-      const written = await writer.submit({ kind: "failure", record: charged, bucketId: hold?.bucketId ?? null, leases: hold ? pool.chargeLeases(hold) : [] });
+      const admitted = ref ? (holds.get(ref.id) ?? null) : null;
+      const asked = admitted ? capToHold(record.charge, ref) : 0n;
+      const { hold, charge } = admitted ? await pool.backed(admitted, asked) : { hold: null, charge: 0n };
+      if (ref && hold) holds.set(ref.id, hold);
+      const charged = { ...record, charge };
+      let written: { id: string; ledgerEntryId: string | null; counters: CounterState[] };
+      try {
+        written = await writeDurably({ kind: "failure", record: charged, bucketId: hold?.bucketId ?? null, leases: hold ? pool.chargeLeases(hold) : [] }, DURABLE_WRITE_TRIES);
+      } catch (e) {
+        if (hold) pool.release(take(ref) ?? hold);
+        throw e;
+      }
       if (hold) {
         take(ref);
         pool.settled(hold, charged.charge);
@@ -241,6 +292,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     },
     stats: () => ({ reserve: { batches: 0, batchedItems: 0, fallbacks: 0, lastError: null }, settle: { ...writer.stats }, leases: { ...pool.stats, held: pool.snapshot().length } }),
     async close() {
+      closing = true;
       // Receipts sent before their commit are written before the leases go back.
       await Promise.allSettled([...unsent]);
       clearInterval(timer);

@@ -1,5 +1,6 @@
 // Runs: an agent / research job with its own cap. Requests carrying its id count against the cap
 // and are refused once the run is cancelled. estimateRun is the pre-flight check users see first.
+import { revokeLeases } from "../accounting/leases.ts";
 import { db } from "../db/index.ts";
 import type { Run } from "../generated/prisma/client.ts";
 import type { BalanceBucket, RunMode } from "../generated/prisma/enums.ts";
@@ -44,6 +45,8 @@ export async function cancelRun(viewer: Viewer, id: string): Promise<Run> {
   if (run.status === "CANCELLED") return run;
   if (run.status !== "ACTIVE" && run.status !== "PAUSED") throw conflict(`cannot cancel a ${run.status.toLowerCase()} run`);
   return db.$transaction(async (tx) => {
+    // Instances stop admitting against the run's leases (a grant checks the run's status too).
+    await revokeLeases(tx, "RUN_TOTAL", id, run.organizationId);
     const next = await tx.run.update({ where: { id }, data: { status: "CANCELLED", endedAt: new Date() } });
     await writeAudit(tx, viewer, {
       organizationId: run.organizationId,
@@ -74,6 +77,8 @@ export async function changeRunPause(viewer: Viewer, id: string, action: keyof t
   if (run.status === to) return run;
   if (run.status !== from) throw conflict(`cannot ${action === "pauseRun" ? "pause" : "resume"} a ${run.status.toLowerCase()} run`);
   return db.$transaction(async (tx) => {
+    // Paused: instances stop admitting against the run's leases; resumed: they forget the refusal.
+    await revokeLeases(tx, "RUN_TOTAL", id, run.organizationId);
     // Conditional update: a concurrent cancel wins and this one reports the conflict.
     const changed = await tx.run.updateMany({ where: { id, status: from }, data: { status: to } });
     if (changed.count === 0) throw conflict(`the run changed meanwhile; try again`);

@@ -39,7 +39,7 @@ export async function admit(
     channelId: channel.channel.id,
     ttlMs: deps.config.holdTtlMs,
   });
-  if (result.ok) return { id: result.holdId, amount: worst, bucket: channel.bucket, bucketId };
+  if (result.ok) return { id: result.holdId, amount: worst, bucket: channel.bucket, bucketId, channelId: channel.channel.id };
   if (result.refusal === "INSUFFICIENT_BALANCE") throw insufficientBalance(channel.bucket);
   if (result.refusal === "RUN_CANCELLED") throw runCancelled();
   if (result.refusal === "RUN_PAUSED") throw runPaused();

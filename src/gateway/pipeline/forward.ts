@@ -1,8 +1,9 @@
 // Stage 4, forward: the planned channels in priority order, up to 1 + the key's retry ceiling
 // attempts, each admitted (stage 3) before it is sent. Connect errors, timeouts, 5xx, 429, and
 // 401/403/404 (a channel's credential or model is wrong, not the request) move to the next channel;
-// any other 4xx is the request's fault and is passed back as it came. A fallback keeps the hold if
-// it covers the next channel's worst case in the same bucket, else releases it and holds anew. A
+// any other 4xx is the request's fault and is passed back as it came. A fallback to another channel
+// releases the hold and is admitted anew against that channel's limits (its own daily cap among
+// them), so the charge is counted where it is spent. A
 // channel whose own daily cap (CHANNEL_DAILY) refuses is skipped like an unusable one; a DOWN
 // channel is skipped while it cools down (src/health), or probed when every channel is. Exhausted:
 // 504 upstream_timeout if the last failure was a timeout, else 502 upstream_error (with the last
@@ -82,7 +83,7 @@ async function tryChannel(
   let failure: AttemptFailure;
   try {
     const worst = worstCase(channel.price!, plan.promptBound, plan.outputBound);
-    if (!holdCovers(state.hold, channel.bucket, worst)) {
+    if (!holdCovers(state.hold, channel.channel.id, worst)) {
       // Released first, so it is never counted twice.
       if (state.hold) {
         const old = state.hold;

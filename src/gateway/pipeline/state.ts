@@ -42,6 +42,8 @@ export interface Hold {
   amount: bigint;
   bucket: BalanceBucket;
   bucketId: string;
+  /** The channel it was admitted for: its CHANNEL_DAILY cap is one of the caps it is held against. */
+  channelId: string;
 }
 
 /** Usage a failure is charged from (only set once an attempt reached the upstream). */

@@ -1,0 +1,285 @@
+// The money holes of issue 14 (points 1, 3, 4 and 7), each as it was found: a fallback that spent a
+// backup channel past its cap, a lease given back while a request was being admitted against it, a
+// lapsed lease that lost its receipt on a tight balance, a run paused between its grant and the next
+// request, a grant racing a cap change, and a receipt lost to a write error after its response was
+// sent. Every test fails on the code before the fix.
+import { randomUUID } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import { postEntry, scopeSpend, walletBucket } from "../src/accounting/index.ts";
+import { chargeBatch, LeasePool, reclaimLeases } from "../src/accounting/leases.ts";
+import { setCap } from "../src/budgets/index.ts";
+import { db, directSql } from "../src/db/index.ts";
+import { changeRunPause, startRun } from "../src/runs/index.ts";
+import { setChannelLimits } from "../src/routing/index.ts";
+import { formatMoney } from "../src/money.ts";
+import { createTestDatabase } from "./support/db.ts";
+import { startFakeUpstream } from "./support/fake-upstream.ts";
+import { startGateway, uid } from "./support/gateway.ts";
+import * as f from "./support/fixtures.ts";
+import { ledgerViolations } from "./support/invariants.ts";
+
+const TTL_MS = 1_000;
+
+async function leaseAmounts(sql: Sql, ids: string[]): Promise<Map<string, bigint>> {
+  const rows = await sql.query<{ id: string; amount: string }>(`SELECT id, amount::text FROM "BudgetLease" WHERE id = ANY($1)`, [ids]);
+  return new Map(rows.map((r) => [r.id, BigInt(r.amount)]));
+}
+
+type Sql = { query: <T>(q: string, p?: unknown[]) => Promise<T[]> };
+
+/** The lease books without receipts (pool-level tests charge without records): balances, held sums, caps, available. */
+async function leaseBookViolations(sql: Sql): Promise<string[]> {
+  const out: string[] = [];
+  for (const row of await sql.query<{ id: string; balance: string; held: string; ledger: string; leases: string }>(`
+    SELECT b.id, b.balance::text, b.held::text,
+           COALESCE((SELECT SUM(amount) FROM "LedgerEntry" e WHERE e."bucketId" = b.id), 0)::text AS ledger,
+           COALESCE((SELECT SUM(amount) FROM "BudgetLease" l WHERE l."bucketId" = b.id AND l.scope = 'BALANCE'), 0)::text AS leases
+      FROM "WalletBucket" b`)) {
+    if (row.balance !== row.ledger) out.push(`bucket ${row.id}: balance ${row.balance} != ledger ${row.ledger}`);
+    if (row.held !== row.leases) out.push(`bucket ${row.id}: held ${row.held} != leases ${row.leases}`);
+    if (BigInt(row.held) > BigInt(row.balance)) out.push(`bucket ${row.id}: held ${row.held} > balance ${row.balance}`);
+  }
+  for (const row of await sql.query<{ scope: string; scope_id: string; held: string; leases: string; used: string; cap: string | null }>(`
+    SELECT c.scope::text, c."scopeId" AS scope_id, c.held::text, (c.spent + c.held)::text AS used, tg_effective_cap(c.scope, c."scopeId", c.bucket)::text AS cap,
+           COALESCE((SELECT SUM(l.amount) FROM "BudgetLease" l JOIN "WalletBucket" b ON b.id = l."bucketId"
+                      WHERE l.scope = c.scope::text AND l."scopeId" = c."scopeId" AND b.bucket = c.bucket AND l."windowStart" = c."windowStart"), 0)::text AS leases
+      FROM "SpendCounter" c`)) {
+    if (row.held !== row.leases) out.push(`counter ${row.scope}: held ${row.held} != leases ${row.leases}`);
+    if (row.cap !== null && BigInt(row.used) > BigInt(row.cap)) out.push(`counter ${row.scope}: used ${row.used} > cap ${row.cap}`);
+  }
+  return out;
+}
+
+describe("issue 14 money holes", () => {
+  it("point 1: a fallback is admitted against the backup channel's own cap and counted there", async () => {
+    const database = await createTestDatabase();
+    const fake = await startFakeUpstream();
+    const gw = await startGateway({});
+    try {
+      const w = await f.world({ credit: "100" });
+      const model = uid("fallback-capped");
+      const [primaryModel, backupModel] = [uid("a"), uid("b")];
+      const { channels } = await f.route(w.viewer, w.org.id, model, [
+        { name: "a", baseUrl: fake.url, upstreamModel: primaryModel, price: ["100", "1000"] },
+        { name: "b", baseUrl: fake.url, upstreamModel: backupModel, price: ["100", "1000"] },
+      ]);
+      const [a, b] = channels;
+      fake.set(primaryModel, { type: "status", status: 503 });
+      fake.set(backupModel, { type: "ok", text: " a b c" });
+      const cap = 20_000n;
+      await setChannelLimits(w.viewer, { channelId: b!.id, dailyCap: formatMoney(cap) });
+
+      const client = gw.client(w.secret);
+      let served = 0;
+      for (let i = 0; i < 12; i++) {
+        const ok = await client.chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 5 }).then(
+          () => true,
+          () => false,
+        );
+        if (ok) served++;
+      }
+      const receipts = await database.prisma.receipt.findMany({ where: { keyId: w.key.id } });
+      expect(receipts.every((r) => r.channelId === b!.id)).toBe(true);
+      expect(receipts.length).toBe(served);
+      const onB = receipts.reduce((sum, r) => sum + r.charge, 0n);
+      // Some were served, the rest refused once B's cap could not cover another worst case.
+      expect(served).toBeGreaterThan(0);
+      expect(served).toBeLessThan(12);
+      expect(onB).toBeLessThanOrEqual(cap);
+      await gw.gateway.recallLeases();
+      // Counted where it was spent: B's counter holds B's receipts, A's holds nothing.
+      expect((await scopeSpend("CHANNEL_DAILY", b!.id, "CREDIT")).spent).toBe(onB);
+      expect((await scopeSpend("CHANNEL_DAILY", a!.id, "CREDIT")).spent).toBe(0n);
+      expect(await ledgerViolations(database)).toEqual([]);
+    } finally {
+      await gw.close();
+      await fake.close();
+      await database.dispose();
+    }
+  });
+
+  it("point 3: a lease being given back admits nothing more; the database always holds what the instance admitted", async () => {
+    const database = await createTestDatabase();
+    try {
+      const w = await f.world({ credit: "100", key: { dailyCap: "1" } });
+      const bucket = await walletBucket(w.org.id, "CREDIT");
+      const sql = directSql();
+      const pool = new LeasePool(sql, { instanceId: `ret-${randomUUID()}`, ttlMs: 60_000, chunk: (need) => need * 4n });
+      const input = { bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id };
+      const first = await pool.admit({ ...input, amount: 100_000n });
+      if (!first.ok) throw new Error("refused");
+      pool.release(first.hold);
+      // The give-back goes out; a request is admitted in the same turn (before the statement ran).
+      const back = pool.returnAll();
+      const admitted = pool.admit({ ...input, amount: 100_000n });
+      await back;
+      const second = await admitted;
+      expect(second.ok).toBe(true);
+      const local = pool.snapshot();
+      const stored = await leaseAmounts(database.sql, local.map((l) => l.id));
+      for (const lease of local) expect(stored.get(lease.id) ?? 0n).toBeGreaterThanOrEqual(lease.inFlight);
+      // Once its free part is back too, another instance can have everything but what this one holds in flight.
+      await pool.returnAll();
+      const other = new LeasePool(sql, { instanceId: `ret2-${randomUUID()}`, ttlMs: 60_000, chunk: (need) => need });
+      expect(await other.admit({ ...input, amount: 900_001n })).toEqual({ ok: false, refusal: "KEY_DAILY" });
+      expect((await other.admit({ ...input, amount: 900_000n })).ok).toBe(true);
+      expect(await leaseBookViolations(database.sql)).toEqual([]);
+    } finally {
+      await database.dispose();
+    }
+  });
+
+  it("point 4: a lease whose instance stalls past its TTL stays held, so a tight balance still pays the request delivered on it", async () => {
+    const database = await createTestDatabase();
+    try {
+      const w = await f.world({ credit: "0" });
+      const bucket = await walletBucket(w.org.id, "CREDIT");
+      await postEntry({ bucketId: bucket.id, kind: "TOPUP", amount: 200_000n, idempotencyKey: randomUUID() });
+      const sql = directSql();
+      let clock = Date.now();
+      const options = { ttlMs: TTL_MS, chunk: (need: bigint) => need, clock: () => clock, databaseTime: () => new Date(clock) };
+      const stalled = new LeasePool(sql, { instanceId: `stall-${randomUUID()}`, ...options });
+      const other = new LeasePool(sql, { instanceId: `other-${randomUUID()}`, ...options });
+      const input = { bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id };
+      const r1 = await stalled.admit({ ...input, amount: 150_000n });
+      if (!r1.ok) throw new Error("refused");
+      // No heartbeat for three TTLs; the other instance sweeps with the gateway's grace.
+      clock += 3 * TTL_MS;
+      await reclaimLeases(sql, 660_000, new Date(clock));
+      // The stalled request's 0.15 is still counted: the other instance cannot take it.
+      expect(await other.admit({ ...input, amount: 60_000n })).toEqual({ ok: false, refusal: "INSUFFICIENT_BALANCE" });
+      expect((await other.admit({ ...input, amount: 50_000n })).ok).toBe(true);
+      // The stalled instance comes back and charges what it delivered, in full.
+      const entries = await chargeBatch(stalled, [{ requestId: randomUUID(), bucketId: bucket.id, charge: 150_000n, hold: r1.hold }], sql);
+      expect(entries.size).toBe(1);
+      const after = await walletBucket(w.org.id, "CREDIT");
+      expect(after.balance).toBe(50_000n);
+      expect(after.balance - after.held).toBeGreaterThanOrEqual(0n);
+      expect(await leaseBookViolations(database.sql)).toEqual([]);
+    } finally {
+      await database.dispose();
+    }
+  });
+
+  it("point 4: past the grace the lease is reclaimed; its charge is admitted anew and written, never failing the batch", async () => {
+    const database = await createTestDatabase();
+    try {
+      const w = await f.world({ credit: "0" });
+      const bucket = await walletBucket(w.org.id, "CREDIT");
+      await postEntry({ bucketId: bucket.id, kind: "TOPUP", amount: 200_000n, idempotencyKey: randomUUID() });
+      const sql = directSql();
+      let clock = Date.now();
+      const options = { ttlMs: TTL_MS, chunk: (need: bigint) => need, clock: () => clock, databaseTime: () => new Date(clock) };
+      const stalled = new LeasePool(sql, { instanceId: `stall-${randomUUID()}`, ...options });
+      const other = new LeasePool(sql, { instanceId: `other-${randomUUID()}`, ...options });
+      const input = { bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id };
+      const r1 = await stalled.admit({ ...input, amount: 150_000n });
+      const r2 = await stalled.admit({ ...input, amount: 40_000n });
+      if (!r1.ok || !r2.ok) throw new Error("refused");
+      clock += 10 * TTL_MS;
+      expect(await reclaimLeases(sql, 0, new Date(clock))).toBeGreaterThan(0);
+      // Another instance takes most of the balance meanwhile.
+      expect((await other.admit({ ...input, amount: 180_000n })).ok).toBe(true);
+      await stalled.maintain();
+      // Both are written: the first cannot be covered any more (charged 0), the second fits in what is left.
+      const charged = await chargeBatch(
+        stalled,
+        [
+          { requestId: randomUUID(), bucketId: bucket.id, charge: 150_000n, hold: r1.hold },
+          { requestId: randomUUID(), bucketId: bucket.id, charge: 20_000n, hold: r2.hold },
+        ],
+        sql,
+      );
+      expect(charged.size).toBe(1);
+      const after = await walletBucket(w.org.id, "CREDIT");
+      expect(after.balance).toBe(180_000n);
+      expect(after.balance - after.held).toBeGreaterThanOrEqual(0n);
+      expect(await leaseBookViolations(database.sql)).toEqual([]);
+    } finally {
+      await database.dispose();
+    }
+  });
+
+  it("point 7: a paused run grants nothing, even to an instance that missed the pause event", async () => {
+    const database = await createTestDatabase();
+    try {
+      const w = await f.world({ credit: "100" });
+      const bucket = await walletBucket(w.org.id, "CREDIT");
+      const run = await startRun(w.viewer, { keyId: w.key.id, mode: "QUICK", cap: "1" });
+      const pool = new LeasePool(directSql(), { instanceId: `run-${randomUUID()}`, ttlMs: 60_000, chunk: (need) => need * 4n });
+      const input = { bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id, runId: run.id };
+      const first = await pool.admit({ ...input, amount: 10_000n });
+      if (!first.ok) throw new Error("refused");
+      pool.release(first.hold);
+      await changeRunPause(w.viewer, run.id, "pauseRun");
+      // No leasesRevoked reached this pool: its heartbeat learns the revocation.
+      await pool.maintain();
+      expect(await pool.admit({ ...input, amount: 10_000n })).toEqual({ ok: false, refusal: "RUN_PAUSED" });
+      await changeRunPause(w.viewer, run.id, "resumeRun");
+      await pool.forgetScope("RUN_TOTAL", run.id);
+      expect((await pool.admit({ ...input, amount: 10_000n })).ok).toBe(true);
+    } finally {
+      await database.dispose();
+    }
+  });
+
+  it.runIf(process.env.TG_TEST_DB === "postgres")("point 7: a grant racing a cap change waits for it and is sized by the new cap (PostgreSQL: two connections)", async () => {
+    const database = await createTestDatabase();
+    try {
+      const w = await f.world({ credit: "100", key: { dailyCap: "1" } });
+      const bucket = await walletBucket(w.org.id, "CREDIT");
+      const pool = new LeasePool(directSql(), { instanceId: `race-${randomUUID()}`, ttlMs: 60_000, chunk: (need) => need * 100n });
+      let granted: Promise<unknown> | null = null;
+      await db.$transaction(async (tx) => {
+        await setCap(tx, { organizationId: w.org.id, scope: "KEY_DAILY", scopeId: w.key.id, bucket: "CREDIT" }, 20_000n);
+        // The grant runs on another connection while the change is open: it must wait for it.
+        granted = pool.admit({ bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id, amount: 10_000n });
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      });
+      expect(await granted).toMatchObject({ ok: true });
+      // Leased under the new cap: at most 20,000 µ, however large the chunk asked for.
+      const [row] = await database.sql.query<{ held: string }>(
+        `SELECT held::text FROM "SpendCounter" WHERE scope = 'KEY_DAILY' AND "scopeId" = $1 AND bucket = 'CREDIT'`,
+        [w.key.id],
+      );
+      expect(BigInt(row!.held)).toBeLessThanOrEqual(20_000n);
+    } finally {
+      await database.dispose();
+    }
+  });
+
+  it("point 7: with SEND_BEFORE_COMMIT_MS a write error is retried: the receipt of an answered request is never dropped", async () => {
+    const database = await createTestDatabase();
+    const fake = await startFakeUpstream();
+    const gw = await startGateway({ GATEWAY_ADMISSION: "leases", SEND_BEFORE_COMMIT_MS: "20" });
+    try {
+      const w = await f.world({ credit: "10" });
+      const model = uid("m");
+      await f.route(w.viewer, w.org.id, model, [{ name: "primary", baseUrl: fake.url, upstreamModel: uid("up"), price: ["2.5", "10"] }]);
+      // A real write failure: receipts of this key are rejected by the database until the trigger goes.
+      await database.sql.query(`CREATE FUNCTION tg_test_reject_receipt() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'receipts are failing'; END $$`);
+      await database.sql.query(`CREATE TRIGGER tg_test_reject BEFORE INSERT ON "Receipt" FOR EACH ROW WHEN (NEW."keyId" = '${w.key.id}') EXECUTE FUNCTION tg_test_reject_receipt()`);
+      const { response } = await gw.client(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hello" }], max_tokens: 20 }).withResponse();
+      const requestId = response.headers.get("x-request-id")!;
+      const charge = response.headers.get("x-tokengate-charge")!;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(await database.prisma.receipt.findUnique({ where: { requestId } })).toBeNull();
+      await database.sql.query(`DROP TRIGGER tg_test_reject ON "Receipt"`);
+      const deadline = Date.now() + 10_000;
+      let receipt = null;
+      while (!receipt && Date.now() < deadline) {
+        receipt = await database.prisma.receipt.findUnique({ where: { requestId }, include: { ledgerEntry: true } });
+        if (!receipt) await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(receipt).not.toBeNull();
+      expect(formatMoney(receipt!.charge)).toBe(charge);
+      expect(receipt!.ledgerEntry!.amount).toBe(-receipt!.charge);
+      await gw.gateway.recallLeases();
+      expect(await ledgerViolations(database)).toEqual([]);
+    } finally {
+      await gw.close();
+      await fake.close();
+      await database.dispose();
+    }
+  });
+});
