@@ -17,6 +17,11 @@ export interface Config {
     firstByteTimeoutMs: number;
     idleTimeoutMs: number;
     totalTimeoutMs: number;
+    /**
+     * Largest upstream answer the gateway holds in memory: a whole non-stream body, or one event of
+     * a stream. A larger one is refused (502 upstream_response_too_large) and charged as billed.
+     */
+    maxResponseBytes: number;
   };
   /** Largest accepted /v1 request body. */
   maxBodyBytes: number;
@@ -103,6 +108,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       firstByteTimeoutMs: intFrom(env, "UPSTREAM_FIRST_BYTE_TIMEOUT_MS", 120_000),
       idleTimeoutMs: intFrom(env, "UPSTREAM_IDLE_TIMEOUT_MS", 60_000),
       totalTimeoutMs,
+      maxResponseBytes: Math.max(64 * 1024, intFrom(env, "UPSTREAM_MAX_RESPONSE_BYTES", 16 * 1024 * 1024)),
     },
     maxBodyBytes: intFrom(env, "MAX_BODY_BYTES", 4 * 1024 * 1024),
     keyCacheTtlMs: intFrom(env, "KEY_CACHE_TTL_MS", 1_000),

@@ -43,4 +43,12 @@ describe("charges", () => {
     expect(failedRequestCharge("UPSTREAM_ERROR", "FULL_USAGE", usage, null, 10_000n)).toBe(0n);
     expect(failedRequestCharge("UPSTREAM_ERROR", "FULL_USAGE", usage, PRICE, null)).toBe(0n);
   });
+
+  it("an answer the upstream billed but the gateway could not deliver (too large) is charged at full usage whatever the policy, capped at the hold", () => {
+    const usage = { promptTokens: 100, completionTokens: 10 };
+    expect(failedRequestCharge("UPSTREAM_ERROR", "NEVER", usage, PRICE, 10_000n, true)).toBe(250n + 104n);
+    expect(failedRequestCharge("UPSTREAM_ERROR", "PROMPT_TOKENS", usage, PRICE, 10_000n, true)).toBe(250n + 104n);
+    expect(failedRequestCharge("UPSTREAM_ERROR", "NEVER", usage, PRICE, 300n, true)).toBe(300n);
+    expect(failedRequestCharge("UPSTREAM_ERROR", "NEVER", null, PRICE, 10_000n, true)).toBe(0n);
+  });
 });

@@ -49,8 +49,9 @@ export function usageCharge(price: Price, usage: TokenUsage, held: bigint): { ch
  * A failed request's charge. The key's policy governs failures the client did not cause: NEVER 0;
  * PROMPT_TOKENS the prompt at the input price; FULL_USAGE prompt and generated tokens. A client that
  * hangs up after its request reached the upstream is charged what the upstream bills (FULL_USAGE),
- * whatever the policy. Nothing is charged without usage (no attempt reached the upstream), a price
- * or a hold; never more than the hold.
+ * whatever the policy; so is an answer the upstream completed (and bills) that the gateway could not
+ * deliver (`billed`, e.g. one too large to relay). Nothing is charged without usage (no attempt
+ * reached the upstream), a price or a hold; never more than the hold.
  */
 export function failedRequestCharge(
   cause: FailureCause,
@@ -58,8 +59,9 @@ export function failedRequestCharge(
   usage: TokenUsage | null,
   price: Price | null,
   held: bigint | null,
+  billed = false,
 ): bigint {
-  const applied = cause === "CLIENT_CLOSED" ? "FULL_USAGE" : (policy ?? "NEVER");
+  const applied = cause === "CLIENT_CLOSED" || billed ? "FULL_USAGE" : (policy ?? "NEVER");
   if (!usage || !price || held === null || applied === "NEVER") return 0n;
   const charge = applied === "PROMPT_TOKENS" ? tokenCharge(usage.promptTokens, price.inputPerMillion) : requestCharge(price, usage.promptTokens, usage.completionTokens);
   return capAtHold(charge, held);

@@ -253,6 +253,22 @@ export const upstreamError = (message: string, attempts: number, upstreamStatus:
     upstreamStatus,
   });
 
+/**
+ * The upstream answered (and bills) more than the gateway relays (UPSTREAM_MAX_RESPONSE_BYTES):
+ * not retried on another channel, which would generate and bill it again; charged as billed.
+ * OpenAI SDKs retry a 502 unless told not to.
+ */
+export const upstreamResponseTooLarge = (message: string, attempts: number) =>
+  new GatewayError({
+    status: 502,
+    type: "api_error",
+    code: "upstream_response_too_large",
+    message: `The upstream's answer is too large to relay after ${attempts} attempt(s): ${message}. It was charged as the upstream bills it; ask for less output (max_tokens) or fewer choices.`,
+    cause: "UPSTREAM_ERROR",
+    upstreamStatus: 200,
+    headers: { "x-should-retry": "false" },
+  });
+
 /** What a client that hung up is recorded with (nginx's 499: nobody receives it). */
 export const clientClosed = (upstreamStatus: number | null = null) =>
   new GatewayError({ status: 499, type: "invalid_request_error", code: "client_closed", message: "The client closed the connection.", cause: "CLIENT_CLOSED", upstreamStatus });

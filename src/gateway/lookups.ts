@@ -6,7 +6,7 @@ import { SingleFlight } from "../single-flight.ts";
 import type { ApiKey } from "../generated/prisma/client.ts";
 import type { BalanceBucket } from "../generated/prisma/enums.ts";
 import { walletBucket } from "../accounting/index.ts";
-import { bucketOf, channelCredential, planRoute, type PlannedChannel, type RoutePlan } from "../routing/index.ts";
+import { bucketOf, channelCredential, planRoute, pricedNowWhere, PRICE_ORDER, type PlannedChannel, type RoutePlan } from "../routing/index.ts";
 
 export class Lookups {
   private readonly plans = new Map<string, { plan: RoutePlan | null; until: number }>();
@@ -79,7 +79,7 @@ export class Lookups {
         channels: {
           where: { enabled: true },
           orderBy: [{ priority: "asc" }, { createdAt: "asc" }],
-          include: { priceSnapshots: { where: { validFrom: { lte: at } }, orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }], take: 1 } },
+          include: { priceSnapshots: { where: pricedNowWhere(at), orderBy: PRICE_ORDER, take: 1 } },
         },
       },
     });

@@ -65,6 +65,20 @@ export function choiceText(part: unknown, out: string[]): void {
 }
 
 const SEPARATOR = /\r\n\r\n|\n\n|\r\r/g;
+/** A separator is at most 4 characters: a new scan starts this far before the old end. */
+const SEPARATOR_OVERLAP = 3;
+
+/** One event (or line) of a stream longer than the limit: it is never buffered further. */
+export class SseEventTooLarge extends Error {
+  constructor(
+    readonly limit: number,
+    /** UTF-8 bytes of the unfinished event when it was dropped (what was streamed of it). */
+    readonly pendingBytes: number,
+  ) {
+    super(`one stream event is larger than ${limit} bytes`);
+    this.name = "SseEventTooLarge";
+  }
+}
 
 export class SseRelay {
   /** Usage reported by the upstream (the include_usage chunk), if any yet. */
@@ -78,23 +92,51 @@ export class SseRelay {
   private readonly text: string[] = [];
   private readonly decoder = new StringDecoder("utf8");
   private buffer = "";
+  /** Where the next separator scan starts: the unfinished event before it was already scanned. */
+  private scanFrom = 0;
+  /** UTF-8 bytes of the unfinished event in `buffer`. */
+  private pendingBytes = 0;
 
-  /** @param clientWantsUsage the client set stream_options.include_usage itself */
-  constructor(private readonly clientWantsUsage: boolean) {}
+  /**
+   * @param clientWantsUsage the client set stream_options.include_usage itself
+   * @param maxEventBytes longest event kept while it is unfinished (UPSTREAM_MAX_RESPONSE_BYTES)
+   */
+  constructor(
+    private readonly clientWantsUsage: boolean,
+    private readonly maxEventBytes = Number.POSITIVE_INFINITY,
+  ) {}
 
-  /** Feeds upstream bytes; returns the text to pass to the client now (complete events only). */
+  /**
+   * Feeds upstream bytes; returns the text to pass to the client now (complete events only).
+   * Throws SseEventTooLarge when the unfinished event outgrows the limit (memory stays bounded).
+   */
   push(chunk: Buffer): string {
     this.buffer += this.decoder.write(chunk);
     let out = "";
     let start = 0;
-    SEPARATOR.lastIndex = 0;
+    // Only new text is scanned (a gigantic event would otherwise be rescanned on every chunk).
+    SEPARATOR.lastIndex = this.scanFrom;
     let match: RegExpExecArray | null;
     while ((match = SEPARATOR.exec(this.buffer)) !== null) {
       const event = this.buffer.slice(start, match.index);
       start = match.index + match[0].length;
       out += this.relayEvent(event);
     }
-    this.buffer = start === 0 ? this.buffer : this.buffer.slice(start);
+    if (start === 0) {
+      this.pendingBytes += chunk.length;
+    } else {
+      this.buffer = this.buffer.slice(start);
+      // What is left came after a separator in the new text: counting it costs about one chunk.
+      this.pendingBytes = Buffer.byteLength(this.buffer, "utf8");
+    }
+    this.scanFrom = Math.max(0, this.buffer.length - SEPARATOR_OVERLAP);
+    if (this.pendingBytes > this.maxEventBytes) {
+      const pendingBytes = this.pendingBytes;
+      this.buffer = "";
+      this.scanFrom = 0;
+      this.pendingBytes = 0;
+      throw new SseEventTooLarge(this.maxEventBytes, pendingBytes);
+    }
     return out;
   }
 
@@ -103,6 +145,8 @@ export class SseRelay {
     this.buffer += this.decoder.end();
     const rest = this.buffer;
     this.buffer = "";
+    this.scanFrom = 0;
+    this.pendingBytes = 0;
     return rest.trim() ? this.relayEvent(rest) : "";
   }
 

@@ -8,6 +8,7 @@
 import type { IncomingHttpHeaders } from "node:http";
 import { Agent, request, type Dispatcher } from "undici";
 import type { Config } from "../config.ts";
+import { BodyEnds } from "./usage-scan.ts";
 
 export type FailureKind = "connect" | "timeout" | "network" | "client_closed";
 
@@ -28,7 +29,17 @@ export const CLIENT_CLOSED = Symbol("client closed");
 
 const CONNECT_CODES = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "UND_ERR_CONNECT_TIMEOUT", "ECONNABORTED"]);
 const IDLE = "data (idle)";
-const MAX_BUFFERED_BODY = 64 * 1024 * 1024;
+
+/**
+ * A non-stream answer over the response limit: never relayed, but billed by the upstream. What is
+ * known of it: its size (so far), its first and last bytes (for its usage), and whether it was read
+ * to its end (`cut` is the failure that stopped it otherwise).
+ */
+export interface OversizedAnswer {
+  bytes: number;
+  ends: BodyEnds;
+  cut: UpstreamFailure | null;
+}
 
 export interface UpstreamRequest {
   url: string;
@@ -105,8 +116,40 @@ export class UpstreamAttempt {
     if (this.controller.signal.aborted) throw this.classify(null, true);
   }
 
-  /** Reads the whole body (non-streaming answers and error bodies). */
-  async readAll(limit = MAX_BUFFERED_BODY): Promise<Buffer> {
+  /**
+   * Reads a non-stream answer: the whole body up to the response limit; past it (or at once when
+   * Content-Length says so) only its ends are kept while the rest is read to its end, for the usage
+   * the upstream bills. A failure before the limit is thrown as before.
+   */
+  async readAnswer(limit = this.timeouts.maxResponseBytes): Promise<{ body: Buffer } | { oversized: OversizedAnswer }> {
+    const declared = Number(this.response!.headers["content-length"]);
+    let ends: BodyEnds | null = Number.isFinite(declared) && declared > limit ? new BodyEnds() : null;
+    let parts: Buffer[] = [];
+    let size = 0;
+    try {
+      for await (const chunk of this.chunks()) {
+        if (ends) {
+          ends.push(chunk);
+          continue;
+        }
+        size += chunk.length;
+        parts.push(chunk);
+        if (size > limit) {
+          ends = new BodyEnds();
+          for (const part of parts) ends.push(part);
+          parts = []; // what is over the limit is never kept whole
+        }
+      }
+    } catch (error) {
+      if (!ends || !(error instanceof UpstreamFailure)) throw error;
+      return { oversized: { bytes: ends.size, ends, cut: error } };
+    }
+    if (ends) return { oversized: { bytes: ends.size, ends, cut: null } };
+    return { body: parts.length === 1 ? parts[0]! : Buffer.concat(parts) };
+  }
+
+  /** Reads a whole (small) body, e.g. an error body; larger than `limit` is a failure. */
+  async readAll(limit: number): Promise<Buffer> {
     const parts: Buffer[] = [];
     let size = 0;
     for await (const chunk of this.chunks()) {

@@ -1,7 +1,7 @@
 // Routes (catalog model → ordered channels), channel credentials (encrypted at rest),
 // price snapshots (append-only history) and the route plan the gateway follows.
 import { db } from "../db/index.ts";
-import type { Channel, PriceSnapshot, Route } from "../generated/prisma/client.ts";
+import type { Channel, PriceSnapshot, Prisma, Route } from "../generated/prisma/client.ts";
 import type { BalanceBucket, Settlement } from "../generated/prisma/enums.ts";
 import { assertCanWrite, isPlatform, resolveOrganizationId, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
@@ -270,12 +270,26 @@ export async function setPrice(
   });
 }
 
-/** The snapshot in force at `at` (latest validFrom ≤ at), or null when the channel is unpriced. */
+const SETTLEMENTS: Settlement[] = ["OFFICIAL", "ROUTED"];
+
+/**
+ * Snapshots that can price a channel now: in force at `at`, and in the bucket (and that bucket's
+ * currency) of the channel's current settlement. A price belongs to one bucket: after a settlement
+ * change the old bucket's snapshots price nothing (the channel is unpriced until setPrice), so a
+ * USD number is never charged from the CNY bucket.
+ */
+export function pricedNowWhere(at: Date): Prisma.PriceSnapshotWhereInput {
+  return {
+    validFrom: { lte: at },
+    OR: SETTLEMENTS.map((settlement) => ({ channel: { settlement }, bucket: bucketOf(settlement), currency: BUCKET_CURRENCY[bucketOf(settlement)] })),
+  };
+}
+/** Latest first: the first snapshot of pricedNowWhere is the one in force. */
+export const PRICE_ORDER: Prisma.PriceSnapshotOrderByWithRelationInput[] = [{ validFrom: "desc" }, { createdAt: "desc" }];
+
+/** The snapshot in force at `at` in the channel's current bucket (latest validFrom ≤ at), or null when the channel is unpriced. */
 export async function currentPrice(channelId: string, at = new Date()): Promise<PriceSnapshot | null> {
-  return db.priceSnapshot.findFirst({
-    where: { channelId, validFrom: { lte: at } },
-    orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }],
-  });
+  return db.priceSnapshot.findFirst({ where: { channelId, ...pricedNowWhere(at) }, orderBy: PRICE_ORDER });
 }
 
 export interface PlannedChannel {
@@ -299,7 +313,7 @@ export async function planRoute(organizationId: string, model: string, at = new 
       channels: {
         where: { enabled: true },
         orderBy: [{ priority: "asc" }, { createdAt: "asc" }],
-        include: { priceSnapshots: { where: { validFrom: { lte: at } }, orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }], take: 1 } },
+        include: { priceSnapshots: { where: pricedNowWhere(at), orderBy: PRICE_ORDER, take: 1 } },
       },
     },
   });

@@ -25,7 +25,13 @@ export type Behavior =
   /** Stream: send `afterChunks` content chunks, then destroy the socket. */
   | { type: "cut"; afterChunks: number; delayMs?: number }
   /** Stream: send `afterChunks` content chunks, then go silent (idle timeout). */
-  | { type: "stall"; afterChunks: number };
+  | { type: "stall"; afterChunks: number }
+  /**
+   * An answer whose content is `bytes` long, written cheaply from one reused buffer. Non-stream: a
+   * JSON body (with Content-Length unless `chunked`), `usage` at its end unless `noUsage`. Stream: one
+   * content event that long (no separator until it ends), then the finish, usage and [DONE] events.
+   */
+  | { type: "huge"; bytes: number; usage?: { prompt_tokens: number; completion_tokens: number }; noUsage?: boolean; chunked?: boolean };
 
 export interface RecordedRequest {
   method: string;
@@ -137,6 +143,7 @@ export async function startFakeUpstream(options: { port?: number; host?: string 
     }
     const id = `fake-${++counter}`;
     const created = Math.floor(Date.now() / 1000);
+    if (behavior.type === "huge") return huge(res, record, behavior, id, created);
 
     if (record.path.endsWith("/embeddings")) {
       const inputs = Array.isArray(body.input) ? body.input : [body.input];
@@ -206,6 +213,41 @@ export async function startFakeUpstream(options: { port?: number; host?: string 
     await write("data: [DONE]\n\n");
     if (behavior.type === "ok" && behavior.holdOpen) return;
     res.end();
+  }
+
+  async function huge(res: http.ServerResponse, record: RecordedRequest, b: Extract<Behavior, { type: "huge" }>, id: string, created: number): Promise<void> {
+    const usage = b.usage ?? { prompt_tokens: 10, completion_tokens: 1000 };
+    const usageJson = JSON.stringify({ ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens });
+    // The content ends with an escaped look-alike of a usage object: only the real one may be read.
+    const decoy = '\\"usage\\": {\\"prompt_tokens\\": 999999, \\"completion_tokens\\": 999999}';
+    const write = async (s: string | Buffer) => {
+      if (res.destroyed) throw new Error("gone");
+      if (!res.write(s)) await new Promise<void>((r) => res.once("drain", r));
+    };
+    const filler = async () => {
+      const block = Buffer.alloc(Math.min(1024 * 1024, b.bytes), "a");
+      for (let left = b.bytes; left > 0; left -= block.length) await write(left >= block.length ? block : block.subarray(0, left));
+      await write(decoy);
+    };
+    if (!record.stream) {
+      const head = `{"id":"${id}","object":"chat.completion","created":${created},"model":${JSON.stringify(record.model)},"choices":[{"index":0,"message":{"role":"assistant","content":"`;
+      const tail = `"},"logprobs":null,"finish_reason":"stop"}]${b.noUsage ? "" : `,"usage":${usageJson}`},"system_fingerprint":"fp_fake"}`;
+      const length = Buffer.byteLength(head) + b.bytes + Buffer.byteLength(decoy) + Buffer.byteLength(tail);
+      res.writeHead(200, { "content-type": "application/json", ...(b.chunked ? {} : { "content-length": length }) });
+      await write(head);
+      await filler();
+      return void res.end(tail);
+    }
+    const event = (payload: Record<string, unknown>) => `data: ${JSON.stringify({ id, object: "chat.completion.chunk", created, model: record.model, ...payload })}\n\n`;
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    await write(event({ choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }], usage: null }));
+    await write(event({ choices: [{ index: 0, delta: { content: "Before the flood" }, finish_reason: null }], usage: null }));
+    await write(`data: {"id":"${id}","object":"chat.completion.chunk","created":${created},"choices":[{"index":0,"delta":{"content":"`);
+    await filler();
+    await write(`"},"finish_reason":null}],"usage":null}\n\n`);
+    await write(event({ choices: [{ index: 0, delta: {}, finish_reason: "stop" }], usage: null }));
+    if (!b.noUsage) await write(`data: {"id":"${id}","object":"chat.completion.chunk","created":${created},"choices":[],"usage":${usageJson}}\n\n`);
+    res.end("data: [DONE]\n\n");
   }
 
   function json(res: http.ServerResponse, status: number, payload: unknown): void {

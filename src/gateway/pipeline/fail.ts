@@ -17,7 +17,7 @@ export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestSt
     const channel = state.channel;
     const hold = state.hold;
     const usage = state.failureUsage;
-    charge = failedRequestCharge(error.failureCause, state.key?.failedChargePolicy ?? null, usage, channel?.price ?? null, hold ? hold.amount : null);
+    charge = failedRequestCharge(error.failureCause, state.key?.failedChargePolicy ?? null, usage, channel?.price ?? null, hold ? hold.amount : null, usage?.billed === true);
     try {
       await deps.recordFailure(
         {

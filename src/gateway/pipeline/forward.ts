@@ -130,6 +130,8 @@ async function tryChannel(
 function healthVerdict(error: unknown): boolean | null {
   if (error instanceof GatewayError) {
     if (error.failureCause === "BAD_REQUEST") return true; // the upstream answered; the request was at fault
+    // The upstream answered in full; only our relay limit refused it (one client's huge asks must not mark a channel DOWN).
+    if (error.code === "upstream_response_too_large") return true;
     if (error.failureCause === "UPSTREAM_ERROR" || error.failureCause === "UPSTREAM_TIMEOUT") return false; // cut or stalled mid-stream
   }
   // Client gone or our own error: says nothing about the channel.

@@ -7,14 +7,16 @@
 // client that hangs up mid-generation aborts the upstream call (CLIENT_CLOSED, recorded 499) and is
 // charged prompt + generated; an answer the upstream completed anyway (non-stream once headers
 // came; a stream past finish_reason, within 2 s) is a Receipt with status 499 at its real usage.
+// An answer over UPSTREAM_MAX_RESPONSE_BYTES (a non-stream body, or one stream event) is never
+// relayed nor retried elsewhere: 502 upstream_response_too_large, charged as the upstream bills it.
 import type { ServerResponse } from "node:http";
 import { BUCKET_CURRENCY, formatMoney } from "../../money.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
-import { clientClosed, upstreamError, upstreamTimeout } from "../errors.ts";
+import { clientClosed, upstreamError, upstreamResponseTooLarge, upstreamTimeout } from "../errors.ts";
 import { drained } from "../http.ts";
-import { SseRelay, choiceText, readUsage } from "../sse.ts";
+import { MAX_USAGE_TOKENS, SseEventTooLarge, SseRelay, choiceText, readUsage } from "../sse.ts";
 import { countText } from "../tokens.ts";
-import { UpstreamFailure, type UpstreamAttempt } from "../upstream.ts";
+import { UpstreamFailure, type OversizedAnswer, type UpstreamAttempt } from "../upstream.ts";
 import type { Plan } from "./plan.ts";
 import { settle } from "./settle.ts";
 import { DONE, type FailureUsage, type GatewayDeps, type Outcome, type RequestState } from "./state.ts";
@@ -45,7 +47,9 @@ function successHeaders(state: RequestState, plan: Plan, channel: PlannedChannel
 export async function relayJson(deps: GatewayDeps, state: RequestState, res: ServerResponse, call: UpstreamAttempt, plan: Plan, channel: PlannedChannel, contentType: string): Promise<Outcome> {
   let raw: Buffer;
   try {
-    raw = await call.readAll();
+    const answer = await call.readAnswer();
+    if ("oversized" in answer) throw oversized(deps, state, plan, channel, answer.oversized);
+    raw = answer.body;
   } catch (error) {
     if (!(error instanceof UpstreamFailure)) throw error;
     if (error.kind === "client_closed") {
@@ -82,8 +86,33 @@ export async function relayJson(deps: GatewayDeps, state: RequestState, res: Ser
   return DONE;
 }
 
+/**
+ * A non-stream answer over UPSTREAM_MAX_RESPONSE_BYTES: the upstream generated it and bills it, so
+ * it is charged like an answer the client hung up on (its usage, whatever the key's policy, capped
+ * at the hold) and not retried elsewhere (another channel would generate and bill it again). Its
+ * usage is read from the ends of the body; without one, the completion is charged at the request's
+ * output bound (its worst case, what the hold reserved), flagged estimated.
+ */
+function oversized(deps: GatewayDeps, state: RequestState, plan: Plan, channel: PlannedChannel, answer: OversizedAnswer) {
+  const usage = answer.ends.usage();
+  state.failureUsage = usage
+    ? { promptTokens: usage.promptTokens, completionTokens: usage.completionTokens, estimated: false, billed: true }
+    : { promptTokens: plan.promptCounted, completionTokens: plan.outputBound, estimated: true, billed: true };
+  const limit = deps.config.upstream.maxResponseBytes;
+  deps.log("warn", "upstream answer over the response limit; charged as billed, not relayed", {
+    requestId: state.requestId,
+    channel: channel.channel.name,
+    bytes: answer.bytes,
+    limit,
+    usageFound: usage !== null,
+    cut: answer.cut?.message ?? null,
+  });
+  const size = answer.cut ? `more than ${answer.bytes} bytes (then ${answer.cut.message})` : `${answer.bytes} bytes`;
+  return upstreamResponseTooLarge(`${size}, over the limit of ${limit} bytes`, state.attempts);
+}
+
 export async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerResponse, call: UpstreamAttempt, plan: Plan, channel: PlannedChannel): Promise<Outcome> {
-  const relay = new SseRelay(plan.clientWantsUsage);
+  const relay = new SseRelay(plan.clientWantsUsage, deps.config.upstream.maxResponseBytes);
   let committed = false;
   // Headers go out with the first upstream bytes: until then a failing channel can still fall back.
   const commit = () => {
@@ -127,6 +156,15 @@ export async function relayStream(deps: GatewayDeps, state: RequestState, res: S
       res.write(tail);
     }
   } catch (error) {
+    if (error instanceof SseEventTooLarge) {
+      // Never buffered further; the upstream is stopped (the attempt is closed) and what it streamed
+      // is charged as billed, the unfinished event counted at one token per byte (an upper bound, as
+      // src/gateway/tokens.ts counts long pieces), capped at the hold. Not retried elsewhere.
+      const streamed = failureUsage();
+      state.failureUsage = relay.usage ? { ...streamed, billed: true } : { ...streamed, completionTokens: Math.min(MAX_USAGE_TOKENS, streamed.completionTokens + error.pendingBytes), billed: true };
+      deps.log("warn", "upstream stream event over the response limit; the stream was stopped", { requestId: state.requestId, channel: channel.channel.name, limit: error.limit });
+      throw upstreamResponseTooLarge(`one stream event was larger than ${error.limit} bytes`, state.attempts);
+    }
     if (!(error instanceof UpstreamFailure)) throw error;
     if (relay.done) {
       // The answer was complete ([DONE] seen); only the end of the upstream response was missing.

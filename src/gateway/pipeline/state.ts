@@ -51,6 +51,8 @@ export interface FailureUsage {
   promptTokens: number;
   completionTokens: number;
   estimated: boolean;
+  /** The upstream produced the answer and bills it (e.g. one too large to relay): charged in full whatever the key's policy. */
+  billed?: boolean;
 }
 
 /** Why an attempt on a channel failed in a way the next channel may fix. */

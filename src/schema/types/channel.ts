@@ -1,6 +1,7 @@
 import { builder } from "../builder.ts";
 import { BalanceBucket, HealthState, Settlement } from "../../generated/prisma/enums.ts";
-import { bucketOf } from "../../routing/index.ts";
+import { bucketOf, PRICE_ORDER } from "../../routing/index.ts";
+import { BUCKET_CURRENCY } from "../../money.ts";
 import { db } from "../../db/index.ts";
 import { MoneyRef, budgetMoney } from "./common.ts";
 
@@ -23,13 +24,16 @@ builder.prismaObject("Channel", {
     currentPrice: t.prismaField({
       type: "PriceSnapshot",
       nullable: true,
-      description: "The snapshot requests are priced with now (null = unpriced: requests are refused).",
-      resolve: (query, channel) =>
-        db.priceSnapshot.findFirst({
+      description: "The snapshot requests are priced with now, in the channel's current bucket (null = unpriced: requests are refused; a settlement change leaves the channel unpriced until setPrice).",
+      resolve: (query, channel) => {
+        // The same rule as the gateway's route plan (routing pricedNowWhere), for the channel at hand.
+        const bucket = bucketOf(channel.settlement);
+        return db.priceSnapshot.findFirst({
           ...query,
-          where: { channelId: channel.id, validFrom: { lte: new Date() } },
-          orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }],
-        }),
+          where: { channelId: channel.id, bucket, currency: BUCKET_CURRENCY[bucket], validFrom: { lte: new Date() } },
+          orderBy: PRICE_ORDER,
+        });
+      },
     }),
     priceHistory: t.relatedConnection("priceSnapshots", {
       cursor: "id",
