@@ -315,6 +315,13 @@ export class LeasePool {
       if (current && current.id === row.lease_id) {
         current.amount += granted;
         current.usableUntil = Math.max(current.usableUntil, usableUntil);
+      } else if (named_ && named_.id === row.lease_id) {
+        // Topped up, but retired meanwhile (a revocation heard while the grant ran): the grant is
+        // counted on it and goes back with its free part (or with the whole lease, once closed);
+        // the request asks again, for a new lease.
+        if (!this.draining.has(named_)) continue;
+        named_.amount += granted;
+        void this.returnFree([named_]);
       } else {
         // The lease we named was revoked or reclaimed meanwhile: it drains (its holds keep it), and
         // the new row admits from now on.
@@ -455,6 +462,10 @@ export class LeasePool {
     const idle = [...this.leases.values()].filter((l) => l.inFlight === 0n && now - l.lastUsed >= this.idleMs);
     await this.giveBack(idle);
     if (this.leases.size === 0 && this.draining.size === 0) return;
+    // Only leases that exist before the renewal is sent can be missing from its answer.
+    const known = [...this.leases.values()];
+    const knownDraining = [...this.draining];
+    const sentAt = this.clock();
     const rows = await this.client.$queryRawUnsafe<Array<{ id: string; revoked: boolean }>>(
       `SELECT id, revoked FROM tg_lease_renew($1, $2::timestamptz AT TIME ZONE 'UTC', $3::int)`,
       this.options.instanceId,
@@ -463,7 +474,8 @@ export class LeasePool {
     );
     this.stats.renewals++;
     const present = new Map(rows.map((r) => [r.id, r.revoked]));
-    for (const lease of [...this.leases.values()]) {
+    for (const lease of known) {
+      if (this.leases.get(keyOf(lease)) !== lease) continue;
       const revoked = present.get(lease.id);
       if (revoked === undefined) {
         // Reclaimed: this instance stalled past its expiry and the grace.
@@ -474,10 +486,10 @@ export class LeasePool {
         this.retire(lease, false);
       } else {
         // Renewed: usable again even if this instance stalled past its expiry (the grace kept it).
-        lease.usableUntil = now + this.options.ttlMs - this.safetyMs;
+        lease.usableUntil = Math.max(lease.usableUntil, sentAt + this.options.ttlMs - this.safetyMs);
       }
     }
-    for (const lease of this.draining) if (!present.has(lease.id)) lease.gone = true;
+    for (const lease of knownDraining) if (this.draining.has(lease) && !present.has(lease.id)) lease.gone = true;
     await this.flushClosing();
   }
 
