@@ -14,6 +14,7 @@ import { createLoaders } from "./schema/loaders.ts";
 import type { Context } from "./schema/builder.ts";
 import { authenticateAdmin, noteRevokedToken, viewerStillValid, type Viewer } from "./auth/index.ts";
 import { graphqlLimitsPlugin } from "./schema/limits.ts";
+import { costLimitPlugin } from "./schema/cost.ts";
 import { textGuardPlugin } from "./schema/text-guard.ts";
 import { events } from "./events/index.ts";
 import { toGraphQLError } from "./resolvers/errors.ts";
@@ -136,7 +137,7 @@ export function createYogaApp(
       defaultQuery: GRAPHIQL_DEFAULT_QUERY,
     },
     renderGraphiQL,
-    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), endSubscriptionsOfInvalidTokens, textGuardPlugin(), useGraphQLMetrics()],
+    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), costLimitPlugin(), endSubscriptionsOfInvalidTokens, textGuardPlugin(), useGraphQLMetrics()],
     context: async (initial): Promise<Context> => {
       // Over graphql-ws the initial context carries the connection_init payload (authenticated again per operation).
       const connectionParams = (initial as { connectionParams?: { authorization?: unknown } }).connectionParams;

@@ -21,7 +21,8 @@ describe("bad input on the admin API", () => {
     ["a float where money is a string", `mutation { createProject(input: { name: "p", dailyCap: 1.5 }) { id } }`],
     ["an organization that does not exist (platform token)", `{ wallet(organizationId: "00000000-0000-0000-0000-000000000000") { id } }`],
     ["a project in an organization that does not exist", `mutation { createProject(input: { organizationId: "nope", name: "p" }) { id } }`],
-    ["a page far above the maximum (cost limit)", `{ projects(first: 100000) { totalCount } }`],
+    // A page above the maximum counts as the 100 rows it reads: nested three deep, that is over the cost limit.
+    ["pages far above the maximum, nested (cost limit)", `{ projects(first: 100000) { edges { node { apiKeys(first: 100000) { edges { node { receipts(first: 100000) { totalCount } } } } } } } }`],
     ["a spend series over too many hours", `{ spendSeries(input: { from: "2020-01-01T00:00:00Z", to: "2026-01-01T00:00:00Z", interval: HOUR, groupBy: KEY }) { group } }`],
   ])("%s", async (_name, query) => {
     const r = await gql(admin, query);
