@@ -40,6 +40,16 @@ describe("bad input on the admin API", () => {
     expect(codes(nested)).toEqual(["BAD_USER_INPUT"]);
   });
 
+  it("an unpaired UTF-16 surrogate in a variable is BAD_USER_INPUT, not an internal error (issue 14, point 9)", async () => {
+    const lone = await gql(admin, `mutation($n: String!) { createProject(input: { name: $n }) { id } }`, { n: "x\ud800y" });
+    expect(codes(lone)).toEqual(["BAD_USER_INPUT"]);
+    expect(lone.errors![0]!.message).toMatch(/unpaired UTF-16 surrogates/);
+    // A well-formed pair is ordinary text.
+    const pair = await gql(admin, `mutation($n: String!) { createProject(input: { name: $n }) { name } }`, { n: "x\ud83d\ude00y" });
+    expect(pair.errors).toBeUndefined();
+    expect(pair.data!.createProject.name).toBe("x\u{1F600}y");
+  });
+
   it("a page larger than the maximum is served as the maximum page (100), not refused", async () => {
     const r = await gql(admin, `{ auditEntries(first: 1000) { edges { node { id } } pageInfo { hasNextPage } } }`);
     expect(r.errors).toBeUndefined();

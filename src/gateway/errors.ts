@@ -2,6 +2,7 @@
 // A GatewayError also says how the request is recorded (its FailedRequest cause and cap scope).
 import type { ServerResponse } from "node:http";
 import type { CapScope, FailureCause } from "../generated/prisma/enums.ts";
+import { wellFormed } from "../text.ts";
 
 export type OpenAIErrorType =
   | "invalid_request_error"
@@ -42,12 +43,13 @@ export class GatewayError extends Error {
     rawBody?: Buffer | null;
     headers?: Record<string, string>;
   }) {
-    super(init.message);
+    // Echoed to the client and stored: well-formed whatever client text it quotes.
+    super(wellFormed(init.message));
     this.name = "GatewayError";
     this.status = init.status;
     this.type = init.type;
     this.code = init.code;
-    this.param = init.param ?? null;
+    this.param = init.param == null ? null : wellFormed(init.param);
     this.failureCause = init.cause;
     this.capScope = init.capScope ?? null;
     this.upstreamStatus = init.upstreamStatus ?? null;

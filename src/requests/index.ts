@@ -7,6 +7,7 @@ import { db, directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope, ChannelRole, FailureCause } from "../generated/prisma/enums.ts";
 import { translateDbError, type SqlClient } from "../accounting/index.ts";
 import { chargeBatchParams, RECORD_BATCH_SQL, type ChargeLease, type ChargeRow } from "../accounting/leases.ts";
+import { storable } from "../text.ts";
 
 export interface ReceiptInput {
   requestId: string;
@@ -154,10 +155,11 @@ function insertSql(table: string, columns: Array<[string, string]>): string {
   return `INSERT INTO "${table}" (${names}, "createdAt") VALUES (${values}, $${columns.length + 1}::timestamptz AT TIME ZONE 'UTC') RETURNING id`;
 }
 
-// PostgreSQL text cannot hold NUL: a client string that carries one (a model name, a message quoting
-// it) is stored with U+FFFD in its place rather than failing the write and losing the record.
+// PostgreSQL text cannot hold NUL, and jsonb (the batched writes) refuses lone surrogates: a client
+// string that carries either (a model name, a message quoting it) is stored with U+FFFD in its place
+// rather than failing the write, and with it every other record of its batch.
 const param = (value: unknown): unknown =>
-  typeof value === "bigint" ? value.toString() : value === undefined ? null : typeof value === "string" && value.includes("\u0000") ? value.replaceAll("\u0000", "\uFFFD") : value;
+  typeof value === "bigint" ? value.toString() : value === undefined ? null : typeof value === "string" ? storable(value) : value;
 
 const receiptParam = (record: ReceiptInput, column: keyof ReceiptInput): unknown =>
   column === "usageExceededReservation" ? record.usageExceededReservation === true : param(record[column]);
