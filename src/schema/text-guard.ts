@@ -2,7 +2,8 @@
 // surrogate (`"\ud800"` in JSON variables; the GraphQL parser already refuses it in literals): any
 // argument carrying one would fail deep inside a resolver's write as an internal error. One check
 // over the whole operation (string literals in the document and every variable value) refuses it up
-// front as BAD_USER_INPUT, for every field at once, over HTTP, SSE and graphql-ws alike (the socket path runs Yoga's enveloped execute / subscribe).
+// front as BAD_USER_INPUT, for every field at once, over HTTP, SSE and graphql-ws alike (the socket
+// path runs Yoga's enveloped execute / subscribe).
 import type { Plugin } from "graphql-yoga";
 import { GraphQLError, visit, type DocumentNode } from "graphql";
 import { wellFormed } from "../text.ts";
