@@ -34,6 +34,7 @@ export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestSt
         cause: error.failureCause,
         capScope: error.capScope,
         message: clip(error.message, 2000),
+        upstreamMessage: error.upstreamMessage === null ? null : clip(error.upstreamMessage, 2000),
         httpStatus: error.status,
         upstreamStatus: error.upstreamStatus,
         attempts: state.attempts,
@@ -96,5 +97,6 @@ export function minimalFailure(record: FailedRequestInput): FailedRequestInput {
     // Printable ASCII only: what any database and any CSV reader takes.
     requestedModel: record.requestedModel === null ? null : clip(record.requestedModel, 256).replace(/[^\x20-\x7e]/g, "?"),
     message: `The request failed (${record.cause}${record.upstreamStatus ? `, upstream status ${record.upstreamStatus}` : ""}); its original message could not be stored.`,
+    upstreamMessage: null,
   };
 }

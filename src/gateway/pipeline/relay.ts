@@ -15,6 +15,7 @@ import { drained } from "../http.ts";
 import { SseRelay, choiceText, readUsage } from "../sse.ts";
 import { countText } from "../tokens.ts";
 import { UpstreamFailure, type UpstreamAttempt } from "../upstream.ts";
+import { channelRedactor } from "../redact.ts";
 import type { Plan } from "./plan.ts";
 import { settle } from "./settle.ts";
 import { DONE, type FailureUsage, type GatewayDeps, type Outcome, type RequestState } from "./state.ts";
@@ -137,8 +138,9 @@ export async function relayStream(deps: GatewayDeps, state: RequestState, res: S
       return { done: false, failure: error };
     } else {
       state.failureUsage = failureUsage();
-      if (error.kind === "timeout") throw upstreamTimeout(`the stream stalled: ${error.message}`, state.attempts);
-      throw upstreamError(`the stream was cut off: ${error.message}`, state.attempts, 200);
+      const detail = { requestId: state.requestId, upstreamMessage: channelRedactor(deps.lookups, [channel])(error.message) };
+      if (error.kind === "timeout") throw upstreamTimeout(`the stream stalled: ${error.summary}`, state.attempts, detail);
+      throw upstreamError(`the stream was cut off: ${error.summary}`, state.attempts, 200, detail);
     }
   } finally {
     state.client.signal.removeEventListener("abort", onClientGone);
@@ -146,7 +148,7 @@ export async function relayStream(deps: GatewayDeps, state: RequestState, res: S
   if (!relay.done && !relay.usage) {
     if (!committed) return { done: false, failure: { kind: "status", status: 200, message: "the upstream closed the stream without any event" } };
     state.failureUsage = failureUsage();
-    throw upstreamError("the stream ended before [DONE]", state.attempts, 200);
+    throw upstreamError("the stream ended before [DONE]", state.attempts, 200, { requestId: state.requestId, upstreamMessage: null });
   }
   commit();
   let usage = relay.usage;
