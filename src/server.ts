@@ -14,10 +14,11 @@ import { createLoaders } from "./schema/loaders.ts";
 import type { Context } from "./schema/builder.ts";
 import { authenticateAdmin, noteRevokedToken, viewerStillValid, type Viewer } from "./auth/index.ts";
 import { graphqlLimitsPlugin } from "./schema/limits.ts";
+import { costLimitPlugin } from "./schema/cost.ts";
 import { textGuardPlugin } from "./schema/text-guard.ts";
 import { events } from "./events/index.ts";
 import { toGraphQLError } from "./resolvers/errors.ts";
-import { createGateway } from "./gateway/index.ts";
+import { clientAddress, createGateway } from "./gateway/index.ts";
 import { DASHBOARD_HTML, DASHBOARD_HEADERS } from "./dashboard/page.ts";
 import { renderGraphiQL } from "./dashboard/graphiql.ts";
 import { serveAsset } from "./dashboard/static.ts";
@@ -136,7 +137,7 @@ export function createYogaApp(
       defaultQuery: GRAPHIQL_DEFAULT_QUERY,
     },
     renderGraphiQL,
-    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), endSubscriptionsOfInvalidTokens, textGuardPlugin(), useGraphQLMetrics()],
+    plugins: [guardPlugin(limits.graphqlMaxBodyBytes, viewers), graphqlLimitsPlugin(), costLimitPlugin(), endSubscriptionsOfInvalidTokens, textGuardPlugin(), useGraphQLMetrics()],
     context: async (initial): Promise<Context> => {
       // Over graphql-ws the initial context carries the connection_init payload (authenticated again per operation).
       const connectionParams = (initial as { connectionParams?: { authorization?: unknown } }).connectionParams;
@@ -170,9 +171,22 @@ export function createYogaApp(
   });
 }
 
+/** 127.0.0.0/8 and ::1, also as IPv4-mapped IPv6. */
+const isLoopback = (address: string) => /^(?:::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/i.test(address) || address === "::1";
+
+/**
+ * /metrics names every organization's routes and channels: with METRICS_TOKEN it needs that bearer
+ * token; without one it is served to loopback clients only (the client address as the gateway
+ * reads it, so behind TRUST_PROXY a proxied outside client is not taken for a local one).
+ */
+function metricsAccess(req: http.IncomingMessage, config: Config): "ok" | "token" | "loopback" {
+  const metricsToken = config.admin.metricsToken;
+  if (!metricsToken) return isLoopback(clientAddress(req, config.trustProxy)) ? "ok" : "loopback";
+  return metricsAllowed(req, metricsToken) ? "ok" : "token";
+}
+
 /** Constant-time comparison of a bearer value with the configured METRICS_TOKEN. */
-function metricsAllowed(req: http.IncomingMessage, metricsToken: string | undefined): boolean {
-  if (!metricsToken) return true;
+function metricsAllowed(req: http.IncomingMessage, metricsToken: string): boolean {
   const match = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? "");
   if (!match) return false;
   const digest = (v: string) => createHash("sha256").update(v).digest();
@@ -209,9 +223,15 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       return;
     }
     if (path === "/metrics") {
-      if (!metricsAllowed(req, config.admin.metricsToken)) {
+      const access = metricsAccess(req, config);
+      if (access === "token") {
         res.writeHead(401, { "content-type": "text/plain; charset=utf-8", "www-authenticate": 'Bearer realm="metrics"' });
         res.end("metrics require Authorization: Bearer <METRICS_TOKEN>\n");
+        return;
+      }
+      if (access === "loopback") {
+        res.writeHead(403, { "content-type": "text/plain; charset=utf-8" });
+        res.end("metrics are served to loopback clients only; set METRICS_TOKEN to scrape them from elsewhere\n");
         return;
       }
       renderMetrics()

@@ -167,7 +167,7 @@ describe("point 13c: /metrics", () => {
     await open?.close();
   });
 
-  it("requires Bearer METRICS_TOKEN when set, and is open when unset", async () => {
+  it("requires Bearer METRICS_TOKEN when set; unset, a loopback client needs none", async () => {
     const missing = await fetch(`${guarded.url}/metrics`);
     expect(missing.status).toBe(401);
     expect(missing.headers.get("www-authenticate")).toMatch(/^Bearer/);
@@ -178,6 +178,45 @@ describe("point 13c: /metrics", () => {
     expect(await ok.text()).toContain("tokengate_");
     expect((await fetch(`${open.url}/metrics`)).status).toBe(200);
     expect(loadConfig({ METRICS_TOKEN: "x" }).admin.metricsToken).toBe("x");
+  });
+});
+
+describe("issue 14, point 12: /metrics without METRICS_TOKEN is for loopback clients only", () => {
+  // The first address of this machine that is not loopback: a client connecting to it is not local.
+  const outside = Object.values(os.networkInterfaces())
+    .flat()
+    .find((i) => i && i.family === "IPv4" && !i.internal)?.address;
+  let anyHost: RunningServer;
+  let proxied: RunningServer;
+  beforeAll(async () => {
+    const base = { ...loadConfig({}), port: 0 };
+    anyHost = await startServer({ ...base, host: "0.0.0.0" }, { quiet: true });
+    proxied = await startServer({ ...loadConfig({ TRUST_PROXY: "1" }), port: 0, host: "127.0.0.1" }, { quiet: true });
+  });
+  afterAll(async () => {
+    await anyHost?.close();
+    await proxied?.close();
+  });
+  const port = (s: RunningServer) => new URL(s.url).port;
+
+  it("a client on another address gets 403 and no metric; a loopback client gets them", async () => {
+    expect(outside, "this test needs a non-loopback IPv4 interface").toBeDefined();
+    const remote = await fetch(`http://${outside}:${port(anyHost)}/metrics`);
+    expect(remote.status).toBe(403);
+    const text = await remote.text();
+    expect(text).toMatch(/METRICS_TOKEN/);
+    expect(text).not.toContain("tokengate_");
+    const local = await fetch(`http://127.0.0.1:${port(anyHost)}/metrics`);
+    expect(local.status).toBe(200);
+    expect(await local.text()).toContain("tokengate_");
+  });
+
+  it("behind TRUST_PROXY the forwarded client address decides, not the proxy's", async () => {
+    const forwarded = await fetch(`${proxied.url}/metrics`, { headers: { "x-forwarded-for": "203.0.113.9" } });
+    expect(forwarded.status).toBe(403);
+    expect(await forwarded.text()).not.toContain("tokengate_");
+    const local = await fetch(`${proxied.url}/metrics`, { headers: { "x-forwarded-for": "127.0.0.1" } });
+    expect(local.status).toBe(200);
   });
 });
 

@@ -78,6 +78,26 @@ describe("createAdminToken", () => {
     expect(platformMade.createAdminToken.adminToken).toMatchObject({ role: "PLATFORM_ADMIN", organizationId: null });
   });
 
+  it("organizationId defaults as API.md says: a platform token's ORG_VIEWER / ORG_ADMIN token goes to the default organization (issue 14, point 12)", async () => {
+    const defaultOrg = await f.organization("default");
+    for (const role of ["ORG_VIEWER", "ORG_ADMIN"] as const) {
+      const r = await gqlOk<Created>(t.platform!, CREATE, { input: { name: `default ${role}`, role } });
+      expect(r.createAdminToken.adminToken).toMatchObject({ role, organizationId: defaultOrg.id });
+      // It works, and within that organization.
+      const wallet = await gqlOk(r.createAdminToken.secret, `{ wallet { organization { id } } }`);
+      expect(wallet.wallet.organization.id).toBe(defaultOrg.id);
+    }
+    // Named, it is that organization; an organization admin's default stays its own.
+    const named = await gqlOk<Created>(t.platform!, CREATE, { input: { name: "named", role: "ORG_VIEWER", organizationId: b.org.id } });
+    expect(named.createAdminToken.adminToken.organizationId).toBe(b.org.id);
+    const own = await gqlOk<Created>(t.adminA!, CREATE, { input: { name: "own default", role: "ORG_VIEWER" } });
+    expect(own.createAdminToken.adminToken.organizationId).toBe(a.org.id);
+    // A project token still needs its project; an unknown organization is NOT_FOUND.
+    const noProject = await gql(t.platform!, CREATE, { input: { name: "x", role: "PROJECT_VIEWER" } });
+    expect(noProject.errors![0]!.extensions).toMatchObject({ code: "BAD_USER_INPUT", field: "projectId" });
+    expect(codes(await gql(t.platform!, CREATE, { input: { name: "x", role: "ORG_VIEWER", organizationId: "00000000-0000-0000-0000-000000000000" } }))).toEqual(["NOT_FOUND"]);
+  });
+
   it("an expired token is refused (UNAUTHENTICATED) from its expiry on", async () => {
     const expiresAt = new Date(Date.now() + 5000).toISOString();
     const r = await gqlOk<Created>(t.adminA!, CREATE, { input: { name: "short-lived", role: "ORG_ADMIN", expiresAt } });

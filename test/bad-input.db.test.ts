@@ -21,7 +21,8 @@ describe("bad input on the admin API", () => {
     ["a float where money is a string", `mutation { createProject(input: { name: "p", dailyCap: 1.5 }) { id } }`],
     ["an organization that does not exist (platform token)", `{ wallet(organizationId: "00000000-0000-0000-0000-000000000000") { id } }`],
     ["a project in an organization that does not exist", `mutation { createProject(input: { organizationId: "nope", name: "p" }) { id } }`],
-    ["a page far above the maximum (cost limit)", `{ projects(first: 100000) { totalCount } }`],
+    // A page above the maximum counts as the 100 rows it reads: nested three deep, that is over the cost limit.
+    ["pages far above the maximum, nested (cost limit)", `{ projects(first: 100000) { edges { node { apiKeys(first: 100000) { edges { node { receipts(first: 100000) { totalCount } } } } } } } }`],
     ["a spend series over too many hours", `{ spendSeries(input: { from: "2020-01-01T00:00:00Z", to: "2026-01-01T00:00:00Z", interval: HOUR, groupBy: KEY }) { group } }`],
   ])("%s", async (_name, query) => {
     const r = await gql(admin, query);
@@ -37,6 +38,16 @@ describe("bad input on the admin API", () => {
     expect(codes(variable)).toEqual(["BAD_USER_INPUT"]);
     const nested = await gql(admin, `query($f: RequestFilter) { receipts(filter: $f) { totalCount } }`, { f: { model: "m\u0000" } });
     expect(codes(nested)).toEqual(["BAD_USER_INPUT"]);
+  });
+
+  it("an unpaired UTF-16 surrogate in a variable is BAD_USER_INPUT, not an internal error (issue 14, point 9)", async () => {
+    const lone = await gql(admin, `mutation($n: String!) { createProject(input: { name: $n }) { id } }`, { n: "x\ud800y" });
+    expect(codes(lone)).toEqual(["BAD_USER_INPUT"]);
+    expect(lone.errors![0]!.message).toMatch(/unpaired UTF-16 surrogates/);
+    // A well-formed pair is ordinary text.
+    const pair = await gql(admin, `mutation($n: String!) { createProject(input: { name: $n }) { name } }`, { n: "x\ud83d\ude00y" });
+    expect(pair.errors).toBeUndefined();
+    expect(pair.data!.createProject.name).toBe("x\u{1F600}y");
   });
 
   it("a page larger than the maximum is served as the maximum page (100), not refused", async () => {

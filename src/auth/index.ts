@@ -211,7 +211,10 @@ export async function issueAdminToken(
   if (input.role === "PLATFORM_ADMIN" && !isPlatform(viewer)) throw forbidden("only platform admins can create PLATFORM_ADMIN tokens");
   const name = requiredText(input.name, "name", 100);
   if (input.expiresAt && input.expiresAt.getTime() <= Date.now()) throw badInput("expiresAt", "must be in the future");
-  let organizationId = input.role === "PLATFORM_ADMIN" ? null : (input.organizationId ?? viewer.organizationId);
+  // As every organizationId argument (API.md): the given one, else the viewer's, else the default
+  // organization (a platform token has none of its own). A project token takes its project's.
+  let organizationId =
+    input.role === "PLATFORM_ADMIN" || input.role === "PROJECT_VIEWER" ? null : await resolveOrganizationId(viewer, input.organizationId ?? null);
   let projectId: string | null = null;
   if (input.role === "PROJECT_VIEWER") {
     if (!input.projectId) throw badInput("projectId", "required for a PROJECT_VIEWER token");

@@ -126,6 +126,10 @@ const BY_TIME: Phase["keys"] = [
   { expr: `t.id`, type: "text" },
 ];
 
+/** The upstream's own text is for admins: viewers get the column empty (the same columns for every token). */
+const failedRequestsFrom = (viewer: Viewer) =>
+  `"FailedRequest" t LEFT JOIN "FailedRequestUpstreamMessage" u ON u."requestId" = t."requestId" AND ${viewer.role === "PLATFORM_ADMIN" || viewer.role === "ORG_ADMIN" ? "true" : "false"}`;
+
 const SPECS: Record<ExportKind, ExportSpec> = {
   receipts: {
     columns: [
@@ -150,24 +154,24 @@ const SPECS: Record<ExportKind, ExportSpec> = {
     columns: [
       "createdAt", "id", "requestId", "organizationId", "projectId", "keyId", "runId", "routeId", "channelId", "requestedModel",
       "endpoint", "cause", "capScope", "message", "httpStatus", "upstreamStatus", "attempts", "estimated", "bucket",
-      "promptTokens", "completionTokens", "charge", "currency",
+      "promptTokens", "completionTokens", "charge", "currency", "upstreamMessage",
     ],
     select: [
       iso(`t."createdAt"`), "t.id", `t."requestId"`, `t."organizationId"`, `t."projectId"`, `t."keyId"`, `t."runId"`, `t."routeId"`,
       `t."channelId"`, `t."requestedModel"`, "t.endpoint", "t.cause::text", `t."capScope"::text`, "t.message", `t."httpStatus"::text`,
       `t."upstreamStatus"::text`, "t.attempts::text", "t.estimated::text", "t.bucket::text", `t."promptTokens"::text`,
-      `t."completionTokens"::text`, "t.charge::text", "t.currency",
+      `t."completionTokens"::text`, "t.charge::text", "t.currency", "u.message",
     ],
     money: new Set(["charge"]),
-    text: new Set(["requestedModel", "message"]),
+    text: new Set(["requestedModel", "message", "upstreamMessage"]),
     phases: (viewer, filter) => {
       const { conditions, params } = requestConditions(viewer, filter);
-      return [{ from: `"FailedRequest" t`, conditions, params, keys: BY_TIME }];
+      return [{ from: failedRequestsFrom(viewer), conditions, params, keys: BY_TIME }];
     },
     // Requests refused before a key was known (a bad secret) belong to no organization.
     unowned: (filter) => {
       const { conditions, params } = requestConditions(PLATFORM, { ...filter, organizationId: undefined });
-      return { from: `"FailedRequest" t`, conditions: [...conditions, `t."organizationId" IS NULL`], params, keys: BY_TIME };
+      return { from: failedRequestsFrom(PLATFORM), conditions: [...conditions, `t."organizationId" IS NULL`], params, keys: BY_TIME };
     },
   },
   ledger: {

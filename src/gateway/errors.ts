@@ -2,6 +2,7 @@
 // A GatewayError also says how the request is recorded (its FailedRequest cause and cap scope).
 import type { ServerResponse } from "node:http";
 import type { CapScope, FailureCause } from "../generated/prisma/enums.ts";
+import { wellFormed } from "../text.ts";
 
 export type OpenAIErrorType =
   | "invalid_request_error"
@@ -28,6 +29,8 @@ export class GatewayError extends Error {
   readonly upstreamStatus: number | null;
   /** An upstream error body passed back to the client as it came (a 4xx caused by the request). */
   readonly rawBody: Buffer | null;
+  /** What the upstream itself said (redacted): stored for organization admins, never sent to the client. */
+  readonly upstreamMessage: string | null;
   readonly headers: Record<string, string>;
 
   constructor(init: {
@@ -40,18 +43,21 @@ export class GatewayError extends Error {
     capScope?: CapScope | null;
     upstreamStatus?: number | null;
     rawBody?: Buffer | null;
+    upstreamMessage?: string | null;
     headers?: Record<string, string>;
   }) {
-    super(init.message);
+    // Echoed to the client and stored: well-formed whatever client text it quotes.
+    super(wellFormed(init.message));
     this.name = "GatewayError";
     this.status = init.status;
     this.type = init.type;
     this.code = init.code;
-    this.param = init.param ?? null;
+    this.param = init.param == null ? null : wellFormed(init.param);
     this.failureCause = init.cause;
     this.capScope = init.capScope ?? null;
     this.upstreamStatus = init.upstreamStatus ?? null;
     this.rawBody = init.rawBody ?? null;
+    this.upstreamMessage = init.upstreamMessage == null ? null : wellFormed(init.upstreamMessage);
     this.headers = init.headers ?? {};
   }
 
@@ -234,23 +240,33 @@ export const internalError = () =>
     cause: "INTERNAL_ERROR",
   });
 
-export const upstreamTimeout = (message: string, attempts: number) =>
+// Upstream failures: the key holder gets our words (what happened, the upstream status, the request
+// id to quote); what the upstream itself said goes to upstreamMessage, for admins, redacted.
+export interface UpstreamDetail {
+  requestId: string;
+  /** The upstream's own text (error message, connection error), already redacted. */
+  upstreamMessage: string | null;
+}
+
+export const upstreamTimeout = (summary: string, attempts: number, detail: UpstreamDetail) =>
   new GatewayError({
     status: 504,
     type: "api_error",
     code: "upstream_timeout",
-    message: `The upstream did not answer in time after ${attempts} attempt(s): ${message}.`,
+    message: `The upstream did not answer in time after ${attempts} attempt(s): ${summary}. Request id ${detail.requestId}.`,
     cause: "UPSTREAM_TIMEOUT",
+    upstreamMessage: detail.upstreamMessage,
   });
 
-export const upstreamError = (message: string, attempts: number, upstreamStatus: number | null) =>
+export const upstreamError = (summary: string, attempts: number, upstreamStatus: number | null, detail: UpstreamDetail) =>
   new GatewayError({
     status: upstreamStatus === 429 ? 429 : 502,
     type: upstreamStatus === 429 ? "rate_limit_error" : "api_error",
     code: upstreamStatus === 429 ? "rate_limit_exceeded" : "upstream_error",
-    message: `The upstream failed after ${attempts} attempt(s): ${message}.`,
+    message: `The upstream failed after ${attempts} attempt(s): ${summary}${upstreamStatus ? ` (upstream status ${upstreamStatus})` : ""}. Request id ${detail.requestId}.`,
     cause: "UPSTREAM_ERROR",
     upstreamStatus,
+    upstreamMessage: detail.upstreamMessage,
   });
 
 /**
@@ -273,9 +289,22 @@ export const upstreamResponseTooLarge = (message: string, attempts: number) =>
 export const clientClosed = (upstreamStatus: number | null = null) =>
   new GatewayError({ status: 499, type: "invalid_request_error", code: "client_closed", message: "The client closed the connection.", cause: "CLIENT_CLOSED", upstreamStatus });
 
-/** A 4xx the upstream blamed on the request: passed back as it came, never retried. */
-export const upstreamRejected = (status: number, body: Buffer, message: string) =>
-  new GatewayError({ status, type: "invalid_request_error", code: "upstream_rejected", message, cause: "BAD_REQUEST", upstreamStatus: status, rawBody: body });
+/**
+ * A 4xx the upstream blamed on the request: its body (about the client's own request, credential
+ * and addresses redacted) passed back, never retried. The stored message is ours; the upstream's
+ * text is upstreamMessage.
+ */
+export const upstreamRejected = (status: number, body: Buffer, detail: UpstreamDetail) =>
+  new GatewayError({
+    status,
+    type: "invalid_request_error",
+    code: "upstream_rejected",
+    message: `The upstream rejected the request (HTTP ${status}). Request id ${detail.requestId}.`,
+    cause: "BAD_REQUEST",
+    upstreamStatus: status,
+    rawBody: body,
+    upstreamMessage: detail.upstreamMessage,
+  });
 
 export function sendError(res: ServerResponse, requestId: string, error: GatewayError, extraHeaders: Record<string, string> = {}): void {
   if (res.headersSent || res.destroyed) return;

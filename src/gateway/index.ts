@@ -253,7 +253,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
 }
 
 /** The client's address: the TCP peer, or behind TRUST_PROXY the address the (last) proxy appended to x-forwarded-for. */
-function clientAddress(req: IncomingMessage, trustProxy: boolean): string {
+export function clientAddress(req: IncomingMessage, trustProxy: boolean): string {
   if (trustProxy) {
     const forwarded = req.headers["x-forwarded-for"];
     const last = (Array.isArray(forwarded) ? forwarded.join(",") : (forwarded ?? "")).split(",").pop()?.trim();

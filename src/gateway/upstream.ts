@@ -13,16 +13,23 @@ import { BodyEnds } from "./usage-scan.ts";
 export type FailureKind = "connect" | "timeout" | "network" | "client_closed";
 
 export class UpstreamFailure extends Error {
+  /** Our own words for it, fit for the key holder: no address, host or upstream text (`message` may hold them). */
+  readonly summary: string;
   constructor(
     readonly kind: FailureKind,
     message: string,
     /** False when the request never reached the upstream (it cannot have cost anything there). */
     readonly reachedUpstream: boolean,
+    summary?: string,
   ) {
     super(message);
     this.name = "UpstreamFailure";
+    this.summary = summary ?? message;
   }
 }
+
+/** An error code such as ECONNREFUSED, never free text. */
+const codeOnly = (code: string | undefined) => (code && /^[A-Z0-9_]{2,40}$/.test(code) ? ` (${code})` : "");
 
 /** Abort reason marking a client that hung up. */
 export const CLIENT_CLOSED = Symbol("client closed");
@@ -216,9 +223,14 @@ export class UpstreamAttempt {
     const code = (error as { code?: string } | null)?.code ?? (error as { cause?: { code?: string } } | null)?.cause?.code;
     const message = error instanceof Error ? error.message : String(error);
     if (!afterHeaders && code && CONNECT_CODES.has(code)) {
-      return new UpstreamFailure(code === "UND_ERR_CONNECT_TIMEOUT" ? "timeout" : "connect", `cannot connect (${code}): ${message}`, false);
+      return new UpstreamFailure(code === "UND_ERR_CONNECT_TIMEOUT" ? "timeout" : "connect", `cannot connect (${code}): ${message}`, false, `could not connect to the upstream${codeOnly(code)}`);
     }
-    return new UpstreamFailure("network", afterHeaders ? `the response was cut off (${code ?? message})` : `request failed (${code ?? message})`, true);
+    return new UpstreamFailure(
+      "network",
+      afterHeaders ? `the response was cut off (${code ?? message})` : `request failed (${code ?? message})`,
+      true,
+      afterHeaders ? `the upstream's response was cut off${codeOnly(code)}` : `the request to the upstream failed${codeOnly(code)}`,
+    );
   }
 }
 

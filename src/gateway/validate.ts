@@ -5,6 +5,7 @@
 // `x-run-id` header) must be free of control characters: PostgreSQL refuses NUL in text.
 import type { Endpoint } from "./pipeline/state.ts";
 import { badRequest, type GatewayError } from "./errors.ts";
+import { clip } from "../text.ts";
 
 type Json = Record<string, unknown>;
 
@@ -31,7 +32,7 @@ function string(body: Json, param: string, options: { required?: boolean; values
     return undefined;
   }
   if (typeof v !== "string") throw invalidType(param, "a string", v);
-  if (options.values && !options.values.includes(v)) throw invalidValue(param, `expected one of ${options.values.map((x) => `'${x}'`).join(", ")}, but got '${v.slice(0, 40)}'.`);
+  if (options.values && !options.values.includes(v)) throw invalidValue(param, `expected one of ${options.values.map((x) => `'${x}'`).join(", ")}, but got '${clip(v, 40)}'.`);
   return v;
 }
 
@@ -101,7 +102,7 @@ function contentPart(part: unknown, param: string, role: Role): void {
   const type = p.type;
   if (typeof type !== "string") throw invalidType(at(param, "type"), "a string", type);
   if (!PART_TYPES[role].includes(type)) {
-    throw invalidValue(at(param, "type"), `expected one of ${PART_TYPES[role].map((x) => `'${x}'`).join(", ")} for a ${role} message, but got '${type.slice(0, 40)}'.`);
+    throw invalidValue(at(param, "type"), `expected one of ${PART_TYPES[role].map((x) => `'${x}'`).join(", ")} for a ${role} message, but got '${clip(type, 40)}'.`);
   }
   switch (type) {
     case "text":
@@ -115,7 +116,7 @@ function contentPart(part: unknown, param: string, role: Role): void {
       checkString(image.url, at(at(param, "image_url"), "url"));
       const detail = image.detail;
       if (present(detail) && (typeof detail !== "string" || !(IMAGE_DETAILS as readonly string[]).includes(detail))) {
-        throw invalidValue(at(at(param, "image_url"), "detail"), `expected one of 'auto', 'low', 'high', but got ${typeof detail === "string" ? `'${detail.slice(0, 40)}'` : typeName(detail)}.`);
+        throw invalidValue(at(at(param, "image_url"), "detail"), `expected one of 'auto', 'low', 'high', but got ${typeof detail === "string" ? `'${clip(detail, 40)}'` : typeName(detail)}.`);
       }
       return;
     }
@@ -140,7 +141,7 @@ function message(m: unknown, param: string): void {
     if (!present(role)) throw badRequest(`Missing required parameter: '${at(param, "role")}'.`, at(param, "role"), "missing_required_parameter");
     throw invalidType(at(param, "role"), "a string", role);
   }
-  if (!(ROLES as readonly string[]).includes(role)) throw invalidValue(at(param, "role"), `expected one of ${ROLES.map((r) => `'${r}'`).join(", ")}, but got '${role.slice(0, 40)}'.`);
+  if (!(ROLES as readonly string[]).includes(role)) throw invalidValue(at(param, "role"), `expected one of ${ROLES.map((r) => `'${r}'`).join(", ")}, but got '${clip(role, 40)}'.`);
   const r = role as Role;
   const content = msg.content;
   const contentParam = at(param, "content");
@@ -203,7 +204,7 @@ function chat(body: Json): void {
   if (present(body.response_format)) checkString(object(body.response_format, "response_format").type, "response_format.type");
   if (present(body.logit_bias)) {
     for (const [token, bias] of Object.entries(object(body.logit_bias, "logit_bias"))) {
-      if (typeof bias !== "number" || !Number.isFinite(bias)) throw invalidType(`logit_bias.${token.slice(0, 20)}`, "a number", bias);
+      if (typeof bias !== "number" || !Number.isFinite(bias)) throw invalidType(`logit_bias.${clip(token, 20)}`, "a number", bias);
     }
   }
   if (present(body.modalities)) array(body.modalities, "modalities").forEach((m, i) => checkString(m, at("modalities", i)));

@@ -7,6 +7,7 @@ import { db, directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope, ChannelRole, FailureCause } from "../generated/prisma/enums.ts";
 import { translateDbError, type SqlClient } from "../accounting/index.ts";
 import { chargeBatchParams, RECORD_BATCH_SQL, type ChargeLease, type ChargeRow } from "../accounting/leases.ts";
+import { storable } from "../text.ts";
 
 export interface ReceiptInput {
   requestId: string;
@@ -48,6 +49,8 @@ export interface FailedRequestInput {
   cause: FailureCause;
   capScope: CapScope | null;
   message: string;
+  /** What the upstream itself said (redacted), for organization admins; stored beside the record. */
+  upstreamMessage?: string | null;
   httpStatus: number;
   upstreamStatus: number | null;
   attempts: number;
@@ -154,10 +157,11 @@ function insertSql(table: string, columns: Array<[string, string]>): string {
   return `INSERT INTO "${table}" (${names}, "createdAt") VALUES (${values}, $${columns.length + 1}::timestamptz AT TIME ZONE 'UTC') RETURNING id`;
 }
 
-// PostgreSQL text cannot hold NUL: a client string that carries one (a model name, a message quoting
-// it) is stored with U+FFFD in its place rather than failing the write and losing the record.
+// PostgreSQL text cannot hold NUL, and jsonb (the batched writes) refuses lone surrogates: a client
+// string that carries either (a model name, a message quoting it) is stored with U+FFFD in its place
+// rather than failing the write, and with it every other record of its batch.
 const param = (value: unknown): unknown =>
-  typeof value === "bigint" ? value.toString() : value === undefined ? null : typeof value === "string" && value.includes("\u0000") ? value.replaceAll("\u0000", "\uFFFD") : value;
+  typeof value === "bigint" ? value.toString() : value === undefined ? null : typeof value === "string" ? storable(value) : value;
 
 const receiptParam = (record: ReceiptInput, column: keyof ReceiptInput): unknown =>
   column === "usageExceededReservation" ? record.usageExceededReservation === true : param(record[column]);
@@ -248,18 +252,38 @@ export async function recordReceiptMany(items: Array<{ record: ReceiptInput; hol
   return results;
 }
 
+/** The upstream messages of these failures as JSON for withUpstreamMessages (null: none has one). */
+function upstreamMessagesJson(records: FailedRequestInput[]): string | null {
+  const rows = records.flatMap((r) => (r.upstreamMessage ? [{ requestId: r.requestId, organizationId: r.organizationId, message: storable(r.upstreamMessage) }] : []));
+  return rows.length ? JSON.stringify(rows) : null;
+}
+
+/**
+ * `sql` with a data-modifying CTE in front that stores the upstream messages given as JSON in
+ * parameter $n: one statement, so they commit or fail with their records (and the writer's own
+ * FailedRequest insert, tg_record_batch, stays as it is).
+ */
+function withUpstreamMessages(sql: string, n: number): string {
+  const cte = `tg_upstream AS (INSERT INTO "FailedRequestUpstreamMessage" ("requestId", "organizationId", message)
+  SELECT x."requestId", x."organizationId", x.message FROM json_to_recordset($${n}::json) AS x("requestId" text, "organizationId" text, message text))`;
+  return sql.startsWith("WITH ") ? `WITH ${cte}, ${sql.slice("WITH ".length)}` : `WITH ${cte}\n${sql}`;
+}
+
 /** Writes the failed request and releases its hold, charging `record.charge` (capped at the hold), atomically. */
 export async function recordFailure(record: FailedRequestInput, hold: HoldRef | null, now = new Date()): Promise<{ id: string }> {
   const data = { ...record, charge: capToHold(record.charge, hold) };
   const params = FAILED_COLUMNS.map(([c]) => param(data[c]));
+  const upstream = upstreamMessagesJson([record]);
   let id: string;
   if (!hold) {
-    const rows = (await directSql().$queryRawUnsafe(FAILED_INSERT_SQL, ...params, now.toISOString())) as Array<{ id: string }>;
+    const values = [...params, now.toISOString()];
+    const sql = upstream ? withUpstreamMessages(FAILED_INSERT_SQL, values.length + 1) : FAILED_INSERT_SQL;
+    const rows = (await directSql().$queryRawUnsafe(sql, ...values, ...(upstream ? [upstream] : []))) as Array<{ id: string }>;
     id = rows[0]!.id;
   } else {
-    const rows = await (
-      directSql().$queryRawUnsafe(FAILED_RELEASE_SQL, ...params, now.toISOString(), hold.id, data.charge.toString()) as Promise<Array<{ id: string; charged: string }>>
-    ).catch(translateDbError);
+    const values = [...params, now.toISOString(), hold.id, data.charge.toString()];
+    const sql = upstream ? withUpstreamMessages(FAILED_RELEASE_SQL, values.length + 1) : FAILED_RELEASE_SQL;
+    const rows = await (directSql().$queryRawUnsafe(sql, ...values, ...(upstream ? [upstream] : [])) as Promise<Array<{ id: string; charged: string }>>).catch(translateDbError);
     id = rows[0]!.id;
     data.charge = settledCharge(rows[0]!.charged, data.charge);
   }
@@ -330,12 +354,12 @@ export async function recordBatch(items: BatchItem[], now = new Date()): Promise
       leases: item.leases,
     });
   }
+  const values = [now.toISOString(), receipts.length ? JSON.stringify(receipts) : null, failures.length ? JSON.stringify(failures) : null, ...chargeBatchParams(charges)];
+  const upstream = upstreamMessagesJson(items.flatMap((item) => (item.kind === "failure" ? [item.record] : [])));
   const rows = await (directSql().$queryRawUnsafe(
-    RECORD_BATCH_SQL,
-    now.toISOString(),
-    receipts.length ? JSON.stringify(receipts) : null,
-    failures.length ? JSON.stringify(failures) : null,
-    ...chargeBatchParams(charges),
+    upstream ? withUpstreamMessages(RECORD_BATCH_SQL, values.length + 1) : RECORD_BATCH_SQL,
+    ...values,
+    ...(upstream ? [upstream] : []),
   ) as Promise<
     Array<{ request_id: string | null; ledger_entry_id: string | null; scope: string | null; scope_id: string | null; bucket: string | null; window_start: string | null; spent: string | null; held: string | null; cap: string | null }>
   >).catch(translateDbError);

@@ -5,20 +5,23 @@ import { changeKeyStatus, createApiKey, rotateKey, setKeyCaps } from "../keys/in
 import { notFound } from "../errors.ts";
 import { BalanceBucket, FailedChargePolicy } from "../generated/prisma/enums.ts";
 import { viewerOf } from "./viewer.ts";
+import type { Context } from "../schema/builder.ts";
+
+/**
+ * The viewer's scope AND the argument: an argument only narrows. (Spread into one object, a
+ * projectId argument replaced a project viewer's own project and listed another project's keys.)
+ */
+const keysWhere = (ctx: Context, args: { projectId?: string | number | null }) => ({
+  AND: [tenancyWhere(viewerOf(ctx)), args.projectId ? { projectId: String(args.projectId) } : {}],
+});
 
 builder.queryFields((t) => ({
   apiKeys: t.prismaConnection({
     type: "ApiKey",
     cursor: "id",
     args: { projectId: t.arg.id({ required: false }) },
-    resolve: (query, _root, args, ctx) =>
-      db.apiKey.findMany({
-        ...query,
-        where: { ...tenancyWhere(viewerOf(ctx)), ...(args.projectId ? { projectId: String(args.projectId) } : {}) },
-        orderBy: [{ createdAt: "asc" }, { id: "asc" }],
-      }),
-    totalCount: (_conn, args, ctx) =>
-      db.apiKey.count({ where: { ...tenancyWhere(viewerOf(ctx)), ...(args.projectId ? { projectId: String(args.projectId) } : {}) } }),
+    resolve: (query, _root, args, ctx) => db.apiKey.findMany({ ...query, where: keysWhere(ctx, args), orderBy: [{ createdAt: "asc" }, { id: "asc" }] }),
+    totalCount: (_conn, args, ctx) => db.apiKey.count({ where: keysWhere(ctx, args) }),
   }),
   apiKey: t.prismaField({
     type: "ApiKey",

@@ -9,6 +9,7 @@ import { getDatamodel } from "../generated/pothos-types.ts";
 import { db } from "../db/index.ts";
 import { canRead, type Viewer } from "../auth/index.ts";
 import type { Loaders } from "./loaders.ts";
+import { PAGE_SIZE } from "./limits.ts";
 
 export interface Context {
   viewer: Viewer | null;
@@ -48,6 +49,9 @@ export const builder = new SchemaBuilder<{
     client: () => db,
     dmmf: getDatamodel(),
     filterConnectionTotalCount: true,
+    // The cost limit (schema/cost.ts) counts pages with these same numbers.
+    defaultConnectionSize: PAGE_SIZE.default,
+    maxConnectionSize: PAGE_SIZE.max,
     onUnusedQuery: null,
   },
   relay: {

@@ -13,11 +13,15 @@ export const GRAPHQL_LIMITS = {
   /** Lexical tokens per document: parsing stops at the limit, so a huge document costs little. */
   maxTokens: 5_000,
   /**
-   * graphql-armor's static cost (objects 2, scalars 1, ×1.5 per level, × page size). The dashboard's
-   * overview (100 keys with their caps, 15 receipts, 15 failures) costs about 25,000.
+   * Cost of an operation as it will run (src/schema/cost.ts: objects 2, scalars 1, ×1.5 per level,
+   * × the rows each connection reads with its variables, its default page and the clamp). The
+   * dashboard's overview (100 keys with their caps, 15 receipts, 15 failures) costs about 25,000.
    */
   maxCost: 100_000,
 } as const;
+
+/** Rows a connection page reads: without first / last the default, and never more than max (Pothos clamps to it). */
+export const PAGE_SIZE = { default: 20, max: 100 } as const;
 
 export function graphqlLimitsPlugin() {
   return EnvelopArmorPlugin({
@@ -25,7 +29,8 @@ export function graphqlLimitsPlugin() {
     maxAliases: { n: GRAPHQL_LIMITS.maxAliases, exposeLimits: true },
     maxDirectives: { n: GRAPHQL_LIMITS.maxDirectives, exposeLimits: true },
     maxTokens: { n: GRAPHQL_LIMITS.maxTokens, exposeLimits: true },
-    costLimit: { maxCost: GRAPHQL_LIMITS.maxCost, ignoreIntrospection: true, exposeLimits: true },
+    // Replaced by src/schema/cost.ts, which runs once the variables are known.
+    costLimit: { enabled: false },
     // Anonymous requests never reach validation (refused before parsing), and every token may read
     // the schema through introspection: suggestions hide nothing worth hiding, and help integrators.
     blockFieldSuggestion: { enabled: false },

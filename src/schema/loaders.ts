@@ -34,9 +34,16 @@ export function createLoaders() {
     },
     { cacheKeyFn: counterKey },
   );
+  // The upstream's own text of failed requests (admins only: see FailedRequest.upstreamMessage).
+  const upstreamMessages = new DataLoader<string, string | null>(async (requestIds) => {
+    const rows = await db.failedRequestUpstreamMessage.findMany({ where: { requestId: { in: [...requestIds] } } });
+    const byId = new Map(rows.map((r) => [r.requestId, r.message]));
+    return requestIds.map((id) => byId.get(id) ?? null);
+  });
   return {
     caps,
     counters,
+    upstreamMessages,
     async budget(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date()): Promise<BudgetStatus> {
       const [spend, scopeCaps] = await Promise.all([
         counters.load({ scope, scopeId, bucket, windowStart: windowFor(scope, now) }),

@@ -21,6 +21,8 @@ export type Behavior =
       holdOpen?: boolean;
     }
   | { type: "status"; status: number; body?: unknown }
+  /** An error whose message echoes the request's Authorization and Host headers (as some upstreams and proxies do). */
+  | { type: "echo"; status: number; shape?: "openai" | "text" }
   | { type: "hang" }
   /** Stream: send `afterChunks` content chunks, then destroy the socket. */
   | { type: "cut"; afterChunks: number; delayMs?: number }
@@ -138,6 +140,15 @@ export async function startFakeUpstream(options: { port?: number; host?: string 
     const behavior: Behavior = (record.model && behaviors.get(record.model)) || { type: "ok" };
     if (!body) return json(res, 400, { error: { message: "invalid JSON", type: "invalid_request_error", code: null, param: null } });
     if (behavior.type === "hang") return; // never answer; the gateway must time out and abort
+    if (behavior.type === "echo") {
+      const echoed = `invalid credentials: Authorization: ${req.headers.authorization ?? "(none)"}; Host: ${req.headers.host ?? "(none)"}`;
+      if (behavior.shape === "text") {
+        res.writeHead(behavior.status, { "content-type": "text/plain" });
+        res.end(echoed);
+        return;
+      }
+      return json(res, behavior.status, { error: { message: echoed, type: "invalid_request_error", code: "echo", param: null } });
+    }
     if (behavior.type === "status") {
       return json(res, behavior.status, behavior.body ?? { error: { message: `fake upstream failure ${behavior.status}`, type: "server_error", code: null, param: null } });
     }

@@ -8,6 +8,8 @@ import { failedRequestCharge } from "../../accounting/charges.ts";
 import { primaryBucket } from "../../keys/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../../money.ts";
 import { sendError, type GatewayError } from "../errors.ts";
+import { clip } from "../../text.ts";
+import type { FailedRequestInput } from "../../requests/index.ts";
 import { announce } from "./settle.ts";
 import type { GatewayDeps, RequestState } from "./state.ts";
 
@@ -19,33 +21,37 @@ export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestSt
     const usage = state.failureUsage;
     charge = failedRequestCharge(error.failureCause, state.key?.failedChargePolicy ?? null, usage, channel?.price ?? null, hold ? hold.amount : null, usage?.billed === true);
     try {
-      await deps.recordFailure(
-        {
-          requestId: state.requestId,
-          organizationId: state.key?.organizationId ?? null,
-          keyId: state.key?.id ?? null,
-          projectId: state.key?.projectId ?? null,
-          runId: state.runId,
-          routeId: state.route?.id ?? null,
-          channelId: channel?.channel.id ?? null,
-          requestedModel: state.model,
-          endpoint: state.endpoint,
-          cause: error.failureCause,
-          capScope: error.capScope,
-          message: error.message.slice(0, 2000),
-          httpStatus: error.status,
-          upstreamStatus: error.upstreamStatus,
-          attempts: state.attempts,
-          bucket: channel?.bucket ?? null,
-          currency: channel ? BUCKET_CURRENCY[channel.bucket] : null,
-          promptTokens: usage?.promptTokens ?? 0,
-          completionTokens: usage?.completionTokens ?? 0,
-          priceSnapshotId: channel?.price?.id ?? null,
-          charge,
-          estimated: usage?.estimated ?? false,
-        },
-        hold,
-      );
+      const record: FailedRequestInput = {
+        requestId: state.requestId,
+        organizationId: state.key?.organizationId ?? null,
+        keyId: state.key?.id ?? null,
+        projectId: state.key?.projectId ?? null,
+        runId: state.runId,
+        routeId: state.route?.id ?? null,
+        channelId: channel?.channel.id ?? null,
+        requestedModel: state.model,
+        endpoint: state.endpoint,
+        cause: error.failureCause,
+        capScope: error.capScope,
+        message: clip(error.message, 2000),
+        upstreamMessage: error.upstreamMessage === null ? null : clip(error.upstreamMessage, 2000),
+        httpStatus: error.status,
+        upstreamStatus: error.upstreamStatus,
+        attempts: state.attempts,
+        bucket: channel?.bucket ?? null,
+        currency: channel ? BUCKET_CURRENCY[channel.bucket] : null,
+        promptTokens: usage?.promptTokens ?? 0,
+        completionTokens: usage?.completionTokens ?? 0,
+        priceSnapshotId: channel?.price?.id ?? null,
+        charge,
+        estimated: usage?.estimated ?? false,
+      };
+      await deps.recordFailure(record, hold).catch(async (firstError: unknown) => {
+        // Whatever in its client-derived text the database refused, the record is not lost: it is
+        // written again with only our own words (the hold is still open, so its charge is the same).
+        deps.log("warn", "a failed request's record was refused; writing a minimal one", { requestId: state.requestId, error: String(firstError) });
+        await deps.recordFailure(minimalFailure(record), hold);
+      });
       state.recorded = true;
       state.hold = null;
       const key = state.key;
@@ -82,4 +88,15 @@ export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestSt
     }
     res.end();
   }
+}
+
+/** A failed request's record with no client text left in it: only ids, numbers, enums and our own words. */
+export function minimalFailure(record: FailedRequestInput): FailedRequestInput {
+  return {
+    ...record,
+    // Printable ASCII only: what any database and any CSV reader takes.
+    requestedModel: record.requestedModel === null ? null : clip(record.requestedModel, 256).replace(/[^\x20-\x7e]/g, "?"),
+    message: `The request failed (${record.cause}${record.upstreamStatus ? `, upstream status ${record.upstreamStatus}` : ""}); its original message could not be stored.`,
+    upstreamMessage: null,
+  };
 }

@@ -16,6 +16,8 @@ import type { PlannedChannel } from "../../routing/index.ts";
 import { GatewayError, channelsDown, clientClosed, upstreamRejected, upstreamError, upstreamTimeout } from "../errors.ts";
 import { observeAttempt, observeFallback } from "../observe.ts";
 import { UpstreamFailure } from "../upstream.ts";
+import { channelRedactor } from "../redact.ts";
+import { clip } from "../../text.ts";
 import { admit } from "./admit.ts";
 import type { Plan } from "./plan.ts";
 import { relayJson, relayStream } from "./relay.ts";
@@ -56,8 +58,10 @@ export async function forward(deps: GatewayDeps, state: RequestState, res: Serve
   // Every usable channel (or the retry ceiling) is exhausted.
   const reached = last instanceof UpstreamFailure ? last.reachedUpstream : true;
   state.failureUsage = reached ? { promptTokens: plan.promptCounted, completionTokens: 0, estimated: true } : null;
-  if (last instanceof UpstreamFailure && last.kind === "timeout") throw upstreamTimeout(last.message, state.attempts);
-  throw upstreamError(last ? describe(last) : "no attempt was possible", state.attempts, last && !(last instanceof UpstreamFailure) ? last.status : null);
+  // The client gets our words; what the upstream said is kept for admins, redacted.
+  const detail = { requestId: state.requestId, upstreamMessage: last ? channelRedactor(deps.lookups, plan.channels)(upstreamText(last)) : null };
+  if (last instanceof UpstreamFailure && last.kind === "timeout") throw upstreamTimeout(last.summary, state.attempts, detail);
+  throw upstreamError(last ? describe(last) : "no attempt was possible", state.attempts, last && !(last instanceof UpstreamFailure) ? last.status : null, detail);
 }
 
 const refOf = (channel: PlannedChannel, key: ApiKey): ChannelRef => ({ id: channel.channel.id, routeId: channel.channel.routeId, organizationId: key.organizationId, health: channel.channel.health });
@@ -122,7 +126,7 @@ async function tryChannel(
       health.releaseProbe(ref);
     }
   }
-  deps.log("debug", "upstream attempt failed", { requestId: state.requestId, channel: channel.channel.name, failure: describe(failure) });
+  deps.log("debug", "upstream attempt failed", { requestId: state.requestId, channel: channel.channel.name, failure: upstreamText(failure) });
   return failure;
 }
 
@@ -138,7 +142,13 @@ function healthVerdict(error: unknown): boolean | null {
   return null;
 }
 
+/** Our words for a failed attempt (the upstream status, never its text): what key holders read. */
 function describe(f: AttemptFailure): string {
+  return f instanceof UpstreamFailure ? f.summary : f.status >= 400 ? "the upstream answered with an error" : "the upstream's answer was unusable";
+}
+
+/** What the upstream (or the connection to it) said: for logs and admins only, once redacted. */
+function upstreamText(f: AttemptFailure): string {
   return f instanceof UpstreamFailure ? f.message : `HTTP ${f.status}${f.message ? `: ${f.message}` : ""}`;
 }
 
@@ -188,7 +198,9 @@ async function attempt(deps: GatewayDeps, state: RequestState, res: ServerRespon
       const message = upstreamErrorMessage(errorBody);
       if (RETRYABLE_STATUS(head.status)) return { done: false, failure: { kind: "status", status: head.status, message } };
       state.failureUsage = { promptTokens: plan.promptCounted, completionTokens: 0, estimated: true };
-      throw upstreamRejected(head.status, normalizeErrorBody(errorBody, message), `the upstream rejected the request (HTTP ${head.status}): ${message}`);
+      // Passed back (it is about the client's own request) with the channel's credential and addresses redacted.
+      const redact = channelRedactor(deps.lookups, [channel]);
+      throw upstreamRejected(head.status, redactBody(normalizeErrorBody(errorBody, message), redact), { requestId: state.requestId, upstreamMessage: redact(message) });
     }
 
     const contentType = String(head.headers["content-type"] ?? "");
@@ -217,7 +229,14 @@ function upstreamErrorMessage(body: Buffer): string {
   } catch {
     // not JSON
   }
-  return text.slice(0, 300);
+  return clip(text, 300);
+}
+
+/** The body unchanged unless redaction changes its text. */
+function redactBody(body: Buffer, redact: (text: string) => string): Buffer {
+  const text = body.toString("utf8");
+  const redacted = redact(text);
+  return redacted === text ? body : Buffer.from(redacted);
 }
 
 /** An upstream 4xx body in OpenAI's shape passes as it is; anything else is wrapped. */

@@ -17,6 +17,7 @@ import { drained } from "../http.ts";
 import { MAX_USAGE_TOKENS, SseEventTooLarge, SseRelay, choiceText, readUsage } from "../sse.ts";
 import { countText } from "../tokens.ts";
 import { UpstreamFailure, type OversizedAnswer, type UpstreamAttempt } from "../upstream.ts";
+import { channelRedactor } from "../redact.ts";
 import type { Plan } from "./plan.ts";
 import { settle } from "./settle.ts";
 import { DONE, type FailureUsage, type GatewayDeps, type Outcome, type RequestState } from "./state.ts";
@@ -175,8 +176,9 @@ export async function relayStream(deps: GatewayDeps, state: RequestState, res: S
       return { done: false, failure: error };
     } else {
       state.failureUsage = failureUsage();
-      if (error.kind === "timeout") throw upstreamTimeout(`the stream stalled: ${error.message}`, state.attempts);
-      throw upstreamError(`the stream was cut off: ${error.message}`, state.attempts, 200);
+      const detail = { requestId: state.requestId, upstreamMessage: channelRedactor(deps.lookups, [channel])(error.message) };
+      if (error.kind === "timeout") throw upstreamTimeout(`the stream stalled: ${error.summary}`, state.attempts, detail);
+      throw upstreamError(`the stream was cut off: ${error.summary}`, state.attempts, 200, detail);
     }
   } finally {
     state.client.signal.removeEventListener("abort", onClientGone);
@@ -184,7 +186,7 @@ export async function relayStream(deps: GatewayDeps, state: RequestState, res: S
   if (!relay.done && !relay.usage) {
     if (!committed) return { done: false, failure: { kind: "status", status: 200, message: "the upstream closed the stream without any event" } };
     state.failureUsage = failureUsage();
-    throw upstreamError("the stream ended before [DONE]", state.attempts, 200);
+    throw upstreamError("the stream ended before [DONE]", state.attempts, 200, { requestId: state.requestId, upstreamMessage: null });
   }
   commit();
   let usage = relay.usage;

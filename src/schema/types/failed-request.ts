@@ -18,7 +18,15 @@ builder.prismaObject("FailedRequest", {
     endpoint: t.exposeString("endpoint"),
     cause: t.field({ type: FailureCause, resolve: (f) => f.cause }),
     capScope: t.field({ type: CapScope, nullable: true, resolve: (f) => f.capScope }),
-    message: t.exposeString("message"),
+    message: t.exposeString("message", { description: "Our words: the cause, the upstream status and the request id. Never the upstream's own text." }),
+    upstreamMessage: t.string({
+      nullable: true,
+      description:
+        "What the upstream itself said (its error message, or the connection error), with the channel's credential and internal addresses redacted. Organization and platform admins only: null for viewers.",
+      authScopes: { admin: true },
+      unauthorizedResolver: () => null,
+      resolve: (f, _args, ctx) => ctx.loaders.upstreamMessages.load(f.requestId),
+    }),
     httpStatus: t.exposeInt("httpStatus"),
     upstreamStatus: t.exposeInt("upstreamStatus", { nullable: true }),
     attempts: t.exposeInt("attempts"),
