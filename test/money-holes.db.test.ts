@@ -49,6 +49,20 @@ async function leaseBookViolations(sql: Sql): Promise<string[]> {
   return out;
 }
 
+/** A balance of 0.2, and two instances on one moving clock (their local and the database's). */
+async function tightWorld() {
+  const w = await f.world({ credit: "0" });
+  const bucket = await walletBucket(w.org.id, "CREDIT");
+  await postEntry({ bucketId: bucket.id, kind: "TOPUP", amount: 200_000n, idempotencyKey: randomUUID() });
+  const sql = directSql();
+  const clock = { ms: Date.now() };
+  const options = { ttlMs: TTL_MS, chunk: (need: bigint) => need, clock: () => clock.ms, databaseTime: () => new Date(clock.ms) };
+  const stalled = new LeasePool(sql, { instanceId: `stall-${randomUUID()}`, ...options });
+  const other = new LeasePool(sql, { instanceId: `other-${randomUUID()}`, ...options });
+  const input = { bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id };
+  return { w, bucket, sql, stalled, other, input, clock };
+}
+
 describe("issue 14 money holes", () => {
   it("point 1: a fallback is admitted against the backup channel's own cap and counted there", async () => {
     const database = await createTestDatabase();
@@ -131,20 +145,12 @@ describe("issue 14 money holes", () => {
   it("point 4: a lease whose instance stalls past its TTL stays held, so a tight balance still pays the request delivered on it", async () => {
     const database = await createTestDatabase();
     try {
-      const w = await f.world({ credit: "0" });
-      const bucket = await walletBucket(w.org.id, "CREDIT");
-      await postEntry({ bucketId: bucket.id, kind: "TOPUP", amount: 200_000n, idempotencyKey: randomUUID() });
-      const sql = directSql();
-      let clock = Date.now();
-      const options = { ttlMs: TTL_MS, chunk: (need: bigint) => need, clock: () => clock, databaseTime: () => new Date(clock) };
-      const stalled = new LeasePool(sql, { instanceId: `stall-${randomUUID()}`, ...options });
-      const other = new LeasePool(sql, { instanceId: `other-${randomUUID()}`, ...options });
-      const input = { bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id };
+      const { w, bucket, sql, stalled, other, input, clock } = await tightWorld();
       const r1 = await stalled.admit({ ...input, amount: 150_000n });
       if (!r1.ok) throw new Error("refused");
       // No heartbeat for three TTLs; the other instance sweeps with the gateway's grace.
-      clock += 3 * TTL_MS;
-      await reclaimLeases(sql, 660_000, new Date(clock));
+      clock.ms += 3 * TTL_MS;
+      await reclaimLeases(sql, 660_000, new Date(clock.ms));
       // The stalled request's 0.15 is still counted: the other instance cannot take it.
       expect(await other.admit({ ...input, amount: 60_000n })).toEqual({ ok: false, refusal: "INSUFFICIENT_BALANCE" });
       expect((await other.admit({ ...input, amount: 50_000n })).ok).toBe(true);
@@ -163,20 +169,12 @@ describe("issue 14 money holes", () => {
   it("point 4: past the grace the lease is reclaimed; its charge is admitted anew and written, never failing the batch", async () => {
     const database = await createTestDatabase();
     try {
-      const w = await f.world({ credit: "0" });
-      const bucket = await walletBucket(w.org.id, "CREDIT");
-      await postEntry({ bucketId: bucket.id, kind: "TOPUP", amount: 200_000n, idempotencyKey: randomUUID() });
-      const sql = directSql();
-      let clock = Date.now();
-      const options = { ttlMs: TTL_MS, chunk: (need: bigint) => need, clock: () => clock, databaseTime: () => new Date(clock) };
-      const stalled = new LeasePool(sql, { instanceId: `stall-${randomUUID()}`, ...options });
-      const other = new LeasePool(sql, { instanceId: `other-${randomUUID()}`, ...options });
-      const input = { bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id };
+      const { w, bucket, sql, stalled, other, input, clock } = await tightWorld();
       const r1 = await stalled.admit({ ...input, amount: 150_000n });
       const r2 = await stalled.admit({ ...input, amount: 40_000n });
       if (!r1.ok || !r2.ok) throw new Error("refused");
-      clock += 10 * TTL_MS;
-      expect(await reclaimLeases(sql, 0, new Date(clock))).toBeGreaterThan(0);
+      clock.ms += 10 * TTL_MS;
+      expect(await reclaimLeases(sql, 0, new Date(clock.ms))).toBeGreaterThan(0);
       // Another instance takes most of the balance meanwhile.
       expect((await other.admit({ ...input, amount: 180_000n })).ok).toBe(true);
       await stalled.maintain();
