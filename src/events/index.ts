@@ -146,6 +146,8 @@ export type Topics = {
   routeHealth: [RouteHealthEvent];
   receiptCreated: [ReceiptCreatedEvent];
   failedRequestCreated: [FailedRequestCreatedEvent];
+  /** A balance moved outside the spend path (top-up, adjustment): wallet streams read it again. */
+  walletChanged: [{ organizationId: string }];
   budgetAlert: [BudgetAlertEvent];
   /** An admin token was revoked: every instance closes the sockets it authenticated. */
   adminTokenRevoked: [{ tokenId: string }];

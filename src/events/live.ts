@@ -279,7 +279,7 @@ interface WalletWatch {
   lastRead: number;
   watchers: Set<() => void>;
   timer: NodeJS.Timeout;
-  stopSpend: () => void;
+  stopListening: () => void;
 }
 
 /** Reads while the organization spends: at most once per WALLET_READ_MS, and every WALLET_REFRESH_MS anyway (top-ups, idle leases). */
@@ -324,9 +324,14 @@ export function watchWallet(organizationId: string, onChange: () => void): { sna
       timer: setInterval(() => {
         if (watch.dirty || Date.now() - watch.lastRead >= WALLET_REFRESH_MS) void readWallet(watch).catch(() => undefined);
       }, WALLET_READ_MS),
-      stopSpend: listen("spend", (e) => {
-        if (e.organizationId === organizationId) watch.dirty = true;
-      }),
+      stopListening: both(
+        listen("spend", (e) => {
+          if (e.organizationId === organizationId) watch.dirty = true;
+        }),
+        listen("walletChanged", (e) => {
+          if (e.organizationId === organizationId) watch.dirty = true;
+        }),
+      ),
     };
     watch.timer.unref();
     wallets.set(organizationId, watch);
@@ -342,15 +347,14 @@ export function watchWallet(organizationId: string, onChange: () => void): { sna
       watch.watchers.delete(onChange);
       if (watch.watchers.size === 0) {
         clearInterval(watch.timer);
-        watch.stopSpend();
+        watch.stopListening();
         wallets.delete(organizationId);
       }
     },
   };
 }
 
-/** A change outside the spend path (a top-up): the organization's watch reads again at its next turn. */
-export function walletChanged(organizationId: string): void {
-  const w = wallets.get(organizationId);
-  if (w) w.dirty = true;
-}
+const both = (a: () => void, b: () => void) => () => {
+  a();
+  b();
+};
