@@ -69,7 +69,7 @@ describe.skipIf(!haveChromium)("the dashboard with 1,000 keys under load", { tim
     await database?.dispose();
   });
 
-  it("pages and searches every key, shows the API's numbers, and holds one socket of six operations", async () => {
+  it("pages and searches every key, shows the API's numbers, and holds one socket of five operations", async () => {
     const w = await f.world({ credit: "1000", key: { dailyCap: "100" } });
     const model = `scale-${w.org.id.slice(-6)}`;
     await f.route(w.viewer, w.org.id, model, [{ name: "main", baseUrl: fake.url, upstreamModel: "scale-up", price: ["2.5", "10"] }]);
@@ -160,7 +160,7 @@ describe.skipIf(!haveChromium)("the dashboard with 1,000 keys under load", { tim
     await containsSoon(feedRow.locator('[data-field="latency"]'), `${latest.latencyMs} ms`);
     await page.screenshot({ path: path.join(ARTIFACTS, "dashboard-1000-keys.png"), fullPage: true });
 
-    // One socket, the page's six operations, for 1,000 keys and 20 pages visited.
+    // One socket, the page's five operations, for 1,000 keys and 20 pages visited.
     expect(sockets).toHaveLength(1);
     expect(subscribes.sort()).toEqual(Object.values(LIVE).sort());
     expect(outside, "requests to other hosts").toEqual([]);

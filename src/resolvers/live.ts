@@ -232,6 +232,60 @@ function sharedRead<T>(key: string, read: () => Promise<T>): Promise<T> {
   return hit;
 }
 
+// ---- liveFeed: the latest requests, coalesced ----------------------------------------------------
+
+const FEED_LIMIT = { max: 100, default: 50 } as const;
+
+const FeedKind = builder.enumType("LiveFeedKind", { values: ["RECEIPT", "FAILED_REQUEST"] as const });
+
+const LiveFeedItemRef = builder.objectRef<RequestView>("LiveFeedItem").implement({
+  description: "One recorded request as a live feed shows it, from its event (names included): no database read.",
+  fields: (t) => ({
+    kind: t.field({ type: FeedKind, resolve: (v) => (v.kind === "receipt" ? "RECEIPT" : "FAILED_REQUEST") }),
+    id: t.exposeID("id", { description: "The Receipt or FailedRequest id." }),
+    requestId: t.exposeString("requestId"),
+    createdAt: t.field({ type: "DateTime", resolve: (v) => new Date(v.createdAt) }),
+    httpStatus: t.exposeInt("httpStatus"),
+    cause: t.string({ nullable: true, resolve: (v) => v.cause }),
+    latencyMs: t.int({ nullable: true, resolve: (v) => v.latencyMs }),
+    keyId: t.exposeID("keyId"),
+    keyName: t.string({ nullable: true, resolve: (v) => v.keyName }),
+    projectId: t.exposeID("projectId"),
+    projectName: t.string({ nullable: true, resolve: (v) => v.projectName }),
+    requestedModel: t.string({ nullable: true, resolve: (v) => v.requestedModel }),
+    upstreamModel: t.string({ nullable: true, resolve: (v) => v.upstreamModel }),
+    routeId: t.id({ nullable: true, resolve: (v) => v.routeId }),
+    routeModel: t.string({ nullable: true, resolve: (v) => v.routeModel }),
+    channelId: t.id({ nullable: true, resolve: (v) => v.channelId }),
+    channelName: t.string({ nullable: true, resolve: (v) => v.channelName }),
+    fallback: t.exposeBoolean("fallback"),
+    attempts: t.exposeInt("attempts"),
+    bucket: t.field({ type: BalanceBucket, nullable: true, resolve: (v) => v.bucket }),
+    promptTokens: t.exposeInt("promptTokens"),
+    completionTokens: t.exposeInt("completionTokens"),
+    charge: t.field({ type: MoneyRef, resolve: (v) => moneyOf(BigInt(v.charge), v.bucket ?? "CREDIT") }),
+  }),
+});
+
+interface FeedTick {
+  at: Date;
+  requests: number;
+  failed: number;
+  items: RequestView[];
+  dropped: number;
+}
+
+const LiveFeedTickRef = builder.objectRef<FeedTick>("LiveFeedTick").implement({
+  description: "The requests recorded since the previous tick: how many, and the newest `limit` of them (newest first); `dropped` were not listed.",
+  fields: (t) => ({
+    at: t.field({ type: "DateTime", resolve: (f) => f.at }),
+    requests: t.exposeInt("requests"),
+    failed: t.exposeInt("failed"),
+    dropped: t.exposeInt("dropped"),
+    items: t.field({ type: [LiveFeedItemRef], resolve: (f) => f.items }),
+  }),
+});
+
 // ---- tenancy of the coalesced streams ----------------------------------------------------------
 
 interface SpendScopeArgs {
@@ -372,6 +426,58 @@ builder.subscriptionFields((t) => ({
       return eventStream(ctx, "budgetAlert", (e) => mine(e) && (!args.projectId || e.projectId === String(args.projectId)));
     },
     resolve: (e) => e,
+  }),
+
+  liveFeed: t.field({
+    type: LiveFeedTickRef,
+    description:
+      "Receipts and failed requests, coalesced for a live feed: at most one tick per interval with the newest `limit` (default 50, at most 100) recorded since the previous tick, from the events' payload. What it sends does not grow with the request rate.",
+    args: {
+      projectId: t.arg.id({ required: false }),
+      keyId: t.arg.id({ required: false }),
+      intervalMs: t.arg.int({ required: false, description: INTERVAL_HELP }),
+      limit: t.arg.int({ required: false, description: `1–${FEED_LIMIT.max}, default ${FEED_LIMIT.default}.` }),
+    },
+    subscribe: (_root, args, ctx) => {
+      const intervalMs = intervalOf(args.intervalMs);
+      const limit = args.limit ?? FEED_LIMIT.default;
+      if (!Number.isInteger(limit) || limit < 1 || limit > FEED_LIMIT.max) throw badInput("limit", `must be an integer from 1 to ${FEED_LIMIT.max}`);
+      const mine = visible(viewerOf(ctx));
+      const keep = (e: { organizationId: string; projectId: string; keyId: string }) =>
+        mine(e) && (!args.projectId || e.projectId === String(args.projectId)) && (!args.keyId || e.keyId === String(args.keyId));
+      let items: RequestView[] = [];
+      let requests = 0;
+      let failed = 0;
+      const add = (view: RequestView | null | undefined, touch: () => void) => {
+        if (!view) return;
+        requests++;
+        if (view.kind === "failure") failed++;
+        items.push(view);
+        // Only the newest `limit` are kept: memory per subscriber is bounded whatever the rate.
+        if (items.length > limit * 2) items = items.slice(-limit);
+        touch();
+      };
+      return coalescedStream<FeedTick>({
+        intervalMs,
+        start: (touch) => {
+          const a = listen("receiptCreated", (e) => keep(e) && add(e.view, touch));
+          const b = listen("failedRequestCreated", (e) => keep(e) && add(e.view, touch));
+          return () => {
+            a();
+            b();
+          };
+        },
+        take: () => {
+          if (requests === 0) return null;
+          const newest = items.slice(-limit).reverse();
+          const tick = { at: new Date(), requests, failed, items: newest, dropped: requests - newest.length };
+          items = [];
+          requests = failed = 0;
+          return tick;
+        },
+      });
+    },
+    resolve: (tick) => tick,
   }),
 
   liveSpend: t.field({

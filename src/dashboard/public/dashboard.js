@@ -228,6 +228,20 @@ function feedRow(item, kind) {
   );
 }
 
+/** A liveFeed tick: its items newest first, in the shape of the receipts / failed requests the overview read. */
+function applyFeedTick(tick) {
+  for (const item of [...tick.items].reverse()) {
+    const row = {
+      ...item,
+      status: item.httpStatus,
+      key: item.keyName === null ? null : { id: item.keyId, name: item.keyName },
+      route: item.routeModel === null ? null : { model: item.routeModel },
+      channel: item.channelName === null ? null : { name: item.channelName },
+    };
+    addToFeed(row, item.kind === "RECEIPT" ? "receipt" : "failed");
+  }
+}
+
 function addToFeed(item, kind, { append = false } = {}) {
   const body = $("#feed tbody");
   if (body.querySelector(`tr[data-request-id="${CSS.escape(item.requestId)}"]`)) return;
@@ -317,11 +331,10 @@ async function start() {
   ].sort((a, b) => b.node.createdAt.localeCompare(a.node.createdAt));
   for (const { node, kind } of history) addToFeed(node, kind, { append: true });
 
-  // The page's six live operations, on one socket, whatever the number of keys.
+  // The page's five live operations, on one socket, whatever the number of keys or the request rate.
   subscribe(LIVE.spend, {}, ({ liveSpend }) => applySpendTick(liveSpend), reportError);
   subscribe(LIVE.wallet, {}, ({ walletBalances }) => renderWallet(walletBalances), reportError);
-  subscribe(LIVE.receipts, {}, ({ receiptCreated }) => addToFeed(receiptCreated, "receipt"), reportError);
-  subscribe(LIVE.failures, {}, ({ failedRequestCreated }) => addToFeed(failedRequestCreated, "failed"), reportError);
+  subscribe(LIVE.feed, {}, ({ liveFeed }) => applyFeedTick(liveFeed), reportError);
   subscribe(LIVE.channels, {}, ({ channelStats }) => applyChannelStats(channelStats), reportError);
   subscribe(LIVE.alerts, {}, ({ budgetAlert }) => addAlert(budgetAlert), reportError);
   // A periodic reconcile of what is shown (one query): the API is the truth, streams keep it fresh between.

@@ -6,4 +6,4 @@ export declare const FAILED_FIELDS: string;
 export declare const OVERVIEW: string;
 export declare const KEY_PAGE_SIZE: number;
 export declare const KEYS_PAGE: string;
-export declare const LIVE: Record<"spend" | "wallet" | "receipts" | "failures" | "channels" | "alerts", string>;
+export declare const LIVE: Record<"spend" | "wallet" | "feed" | "channels" | "alerts", string>;
