@@ -28,14 +28,14 @@ export const KEYS_PAGE = `query Keys($first: Int!, $after: String, $search: Stri
 
 /**
  * The page's live operations: one socket, these five whatever the number of keys or the request
- * rate. Spend arrives coalesced (liveSpend, at most once a second), the feed as the newest requests
- * every 500 ms (liveFeed, from the events' own payload), channel statistics and balances on an
+ * rate. Spend arrives coalesced (liveSpend, at most once a second), the feed as the newest 20 requests
+ * every second (liveFeed, from the events' own payload), channel statistics and balances on an
  * interval, budget alerts as they fire.
  */
 export const LIVE = {
   spend: `subscription Spend { liveSpend(input: { intervalMs: 1000 }) { at lastRequestAt requests failed keys { keyId } scopes { scope scopeId bucket spent { ${MONEY} } held { ${MONEY} } cap { ${MONEY} } remaining { ${MONEY} } } } }`,
   wallet: `subscription Wallet { walletBalances(intervalMs: 1000) { balances { bucket balance { ${MONEY} } held { ${MONEY} } available { ${MONEY} } } } }`,
-  feed: `subscription Feed { liveFeed(intervalMs: 500, limit: 50) { requests dropped items { kind requestId createdAt httpStatus cause latencyMs keyId keyName requestedModel routeModel channelName fallback promptTokens completionTokens charge { ${MONEY} } } } }`,
+  feed: `subscription Feed { liveFeed(intervalMs: 1000, limit: 20) { requests dropped items { kind requestId createdAt httpStatus cause latencyMs keyId keyName requestedModel routeModel channelName fallback promptTokens completionTokens charge { ${MONEY} } } } }`,
   channels: `subscription Channels { channelStats(intervalMs: 2000) { channels { routeId routeModel channelId channelName priority settlement state requests successRate p50LatencyMs p95LatencyMs spendToday { bucket amount { ${MONEY} } } } } }`,
   alerts: `subscription Alerts { budgetAlert { scope scopeId bucket threshold spent { ${MONEY} } cap { ${MONEY} } } }`,
 };
