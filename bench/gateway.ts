@@ -28,7 +28,7 @@ export interface GatewayBenchOptions {
 type Mode = "json" | "stream";
 type Target = "direct" | "portkey" | "tokengate";
 
-interface Measure {
+export interface Measure {
   requests: number;
   rps: number;
   p50: number;
@@ -51,7 +51,7 @@ interface Row {
 const here = (file: string) => fileURLToPath(new URL(file, import.meta.url));
 const CLOCK_TICKS = 100; // getconf CLK_TCK on Linux
 
-async function startChild(script: string | string[], env: Record<string, string | undefined>): Promise<{ child: ChildProcess; info: Record<string, unknown> }> {
+export async function startChild(script: string | string[], env: Record<string, string | undefined>): Promise<{ child: ChildProcess; info: Record<string, unknown> }> {
   // BENCH_CPU_PROF=<dir> writes a V8 CPU profile of each child process there.
   const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", "--cpu-prof-dir", process.env.BENCH_CPU_PROF] : [];
   // Node arguments of a compiled entry (test/support/build.ts: plain node, as `npm start` runs), or a .ts file run through tsx.
@@ -101,7 +101,7 @@ async function startPortkey(): Promise<{ child: ChildProcess; origin: string } |
   return null;
 }
 
-async function stopChild(child: ChildProcess): Promise<void> {
+export async function stopChild(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null) return;
   await new Promise<void>((resolve) => {
     const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
@@ -114,7 +114,7 @@ async function stopChild(child: ChildProcess): Promise<void> {
 }
 
 /** utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat). */
-function cpuTicks(pid: number | undefined): number {
+export function cpuTicks(pid: number | undefined): number {
   if (!pid) return Number.NaN;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
@@ -142,7 +142,7 @@ function percentile(sorted: number[], p: number): number {
 }
 
 /** autocannon's histogram keeps whole milliseconds; the latencies are collected here with sub-millisecond precision. */
-async function load(url: string, body: string, headers: Record<string, string>, connections: number, duration: number, pid?: number): Promise<Measure> {
+export async function load(url: string, body: string, headers: Record<string, string>, connections: number, duration: number, pid?: number): Promise<Measure> {
   const latencies: number[] = [];
   const ticksBefore = cpuTicks(pid);
   const instance = autocannon({ url, method: "POST", headers: { "content-type": "application/json", ...headers }, body, connections, duration });

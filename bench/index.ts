@@ -22,6 +22,8 @@ const benches: Array<{ name: string; run: () => Promise<string> }> = [
     },
   },
   { name: "events", run: async () => (await import("./events.ts")).benchEvents() },
+  // BENCH_LIVE_SECONDS: seconds per live cell (default 10).
+  { name: "live", run: async () => (await import("./live.ts")).benchLive({ durationSeconds: Number(process.env.BENCH_LIVE_SECONDS ?? 10) }) },
   { name: "memory", run: async () => (await import("./memory.ts")).benchMemory() },
   { name: "exports", run: async () => (await import("./exports.ts")).benchExports() },
   { name: "series", run: async () => (await import("./series.ts")).benchSeries() },

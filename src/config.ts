@@ -61,6 +61,10 @@ export interface Config {
     wsMaxPayloadBytes: number;
     /** Operations open at once on one graphql-ws socket. */
     wsMaxSubscriptions: number;
+    /** Unsent bytes one graphql-ws socket may hold; past it the socket closes with 4500. */
+    wsMaxBufferedBytes: number;
+    /** Events one per-event subscription may queue for a consumer that does not keep up; past it the subscriber is disconnected (4500). */
+    liveQueueLimit: number;
     /** Bearer token /metrics requires; unset = /metrics is open. */
     metricsToken: string | undefined;
     /** Let organization admins point channels at loopback / private / link-local addresses. */
@@ -131,6 +135,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       graphqlMaxBodyBytes: intFrom(env, "GRAPHQL_MAX_BODY_BYTES", 1024 * 1024),
       wsMaxPayloadBytes: intFrom(env, "WS_MAX_PAYLOAD_BYTES", 1024 * 1024),
       wsMaxSubscriptions: intFrom(env, "WS_MAX_SUBSCRIPTIONS", 100),
+      wsMaxBufferedBytes: Math.max(64 * 1024, intFrom(env, "WS_MAX_BUFFERED_BYTES", 8 * 1024 * 1024)),
+      liveQueueLimit: Math.max(1, intFrom(env, "LIVE_QUEUE_LIMIT", 2_048)),
       metricsToken: env.METRICS_TOKEN || undefined,
       allowPrivateUpstreams: env.TOKENGATE_ALLOW_PRIVATE_UPSTREAMS === "1" || env.TOKENGATE_ALLOW_PRIVATE_UPSTREAMS === "true",
     },

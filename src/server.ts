@@ -17,6 +17,10 @@ import { graphqlLimitsPlugin } from "./schema/limits.ts";
 import { costLimitPlugin } from "./schema/cost.ts";
 import { textGuardPlugin } from "./schema/text-guard.ts";
 import { events } from "./events/index.ts";
+import { configureLiveLimits } from "./events/streams.ts";
+
+/** WebSocket close code of a subscriber that fell too far behind (README, "Live views"). */
+export const SLOW_CONSUMER_CLOSE = 4500;
 import { toGraphQLError } from "./resolvers/errors.ts";
 import { clientAddress, createGateway } from "./gateway/index.ts";
 import { DASHBOARD_HTML, DASHBOARD_HEADERS } from "./dashboard/page.ts";
@@ -279,7 +283,8 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
 
   // maxPayload: ws closes the socket with 1009 (message too big) before parsing anything larger.
   const wsServer = new WebSocketServer({ server, path: "/graphql", maxPayload: config.admin.wsMaxPayloadBytes });
-  const { wsMaxSubscriptions } = config.admin;
+  const { wsMaxSubscriptions, wsMaxBufferedBytes } = config.admin;
+  configureLiveLimits({ queueLimit: config.admin.liveQueueLimit });
   // Sockets by the admin token that opened them: a revoked token's sockets close at once, on every instance.
   const socketsByToken = new Map<string, Set<WebSocket>>();
   const forbid = (socket: WebSocket) => socket.close(4403, "Forbidden");
@@ -312,6 +317,11 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
         return true;
       },
       context: (ctx): Context => ({ viewer: ctx.extra.viewer ?? null, loaders: createLoaders() }),
+      // A socket whose unsent data passes WS_MAX_BUFFERED_BYTES is a consumer that stopped reading: closed, never buffered further.
+      onNext: (ctx) => {
+        const socket = ctx.extra.socket;
+        if (socket.bufferedAmount > wsMaxBufferedBytes) socket.close(SLOW_CONSUMER_CLOSE, "Consumer too slow");
+      },
       // Yoga's enveloped execute / subscribe travel in rootValue (set in onSubscribe), so its plugins apply.
       execute: (args) => (args.rootValue as EnvelopedRunners).execute(args),
       subscribe: (args) => (args.rootValue as EnvelopedRunners).subscribe(args),
@@ -327,6 +337,9 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
           params,
         });
         const contextValue = await contextFactory();
+        // A subscriber that falls LIVE_QUEUE_LIMIT events behind closes its socket (README, "Live views").
+        const socket = ctx.extra.socket;
+        contextValue.closeSlow = () => socket.close(SLOW_CONSUMER_CLOSE, "Consumer too slow");
         // The token is checked again for every operation: revoked or expired since connection_init → closed.
         if (!contextValue.viewer) {
           forbid(ctx.extra.socket);

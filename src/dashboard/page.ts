@@ -39,18 +39,24 @@ export const DASHBOARD_HTML = `<!doctype html>
     <div id="spend-chart" class="chart"></div>
   </section>
   <section id="keys-section"><h2>API keys</h2>
+    <div class="controls">
+      <label>Search <input id="key-search" type="search" maxlength="100" autocomplete="off" placeholder="name, prefix or last 4"></label>
+      <button id="keys-prev" type="button" disabled>← Previous</button>
+      <button id="keys-next" type="button" disabled>Next →</button>
+      <span id="keys-range" class="muted"></span>
+    </div>
     <table id="keys"><thead><tr><th>Key</th><th>Project</th><th>Status</th><th class="num">Daily cap</th><th class="num">Per request</th><th class="num">Spend today</th><th class="num">Remaining today</th><th>Caps used</th><th></th></tr></thead><tbody></tbody></table>
   </section>
   <div class="columns">
     <section id="health-section"><h2>Route health</h2>
-      <table id="health"><thead><tr><th>Route</th><th>Channel</th><th>Role</th><th>State</th><th class="num">Success</th><th class="num">p50</th></tr></thead><tbody></tbody></table>
+      <table id="health"><thead><tr><th>Route</th><th>Channel</th><th>Role</th><th>State</th><th class="num">Requests</th><th class="num">Success</th><th class="num">p50</th><th class="num">p95</th><th class="num">Spend today</th></tr></thead><tbody></tbody></table>
     </section>
     <section id="alerts-section"><h2>Budget alerts</h2>
       <ul id="alerts" class="feed"><li class="muted empty">No alert since this page opened.</li></ul>
     </section>
   </div>
   <section id="feed-section"><h2>Live requests</h2>
-    <table id="feed"><thead><tr><th>Time</th><th>Result</th><th>Key</th><th>Model → route · channel</th><th>Fallback</th><th class="num">Tokens</th><th class="num">Charge</th><th>Request id</th></tr></thead><tbody></tbody></table>
+    <table id="feed"><thead><tr><th>Time</th><th>Result</th><th>Key</th><th>Model → route · channel</th><th>Fallback</th><th class="num">Latency</th><th class="num">Tokens</th><th class="num">Charge</th><th>Request id</th></tr></thead><tbody></tbody></table>
   </section>
   <section id="playground-section"><h2>Playground</h2>
     <form id="playground" class="playground">

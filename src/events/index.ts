@@ -9,6 +9,70 @@ export interface KeyChangedEvent {
   status: string;
 }
 
+/**
+ * Where one cap window stands, as the batch that recorded a request left its counter (micro-unit
+ * strings). `remaining` = cap − spent − held, at least 0; null when the scope has no cap.
+ */
+export interface ScopeStanding {
+  scope: "KEY_DAILY" | "PROJECT_DAILY" | "PROJECT_MONTHLY" | "ROUTE_DAILY" | "RUN_TOTAL" | "CHANNEL_DAILY";
+  scopeId: string;
+  bucket: "CREDIT" | "ROUTED";
+  windowStart: string;
+  spent: string;
+  held: string;
+  cap: string | null;
+  remaining: string | null;
+}
+
+/**
+ * What a view shows of one recorded request, built once when it is published (from the record its
+ * batch committed and the names this instance holds in memory): subscribers resolve every field of
+ * it, names included, without reading the database. Names are null when the publisher did not know
+ * them (then the resolvers read them once per event, shared by every subscriber).
+ */
+export interface RequestView {
+  kind: "receipt" | "failure";
+  /** Receipt id or FailedRequest id. */
+  id: string;
+  requestId: string;
+  organizationId: string;
+  projectId: string;
+  projectName: string | null;
+  keyId: string;
+  keyName: string | null;
+  keyPrefix: string | null;
+  runId: string | null;
+  routeId: string | null;
+  routeModel: string | null;
+  channelId: string | null;
+  channelName: string | null;
+  requestedModel: string | null;
+  upstreamModel: string | null;
+  endpoint: string;
+  channelRole: "PRIMARY" | "BACKUP" | null;
+  fallback: boolean;
+  attempts: number;
+  bucket: "CREDIT" | "ROUTED" | null;
+  currency: string | null;
+  promptTokens: number;
+  completionTokens: number;
+  priceSnapshotId: string | null;
+  /** micro-units */
+  charge: string;
+  stream: boolean;
+  usageExceededReservation: boolean;
+  estimated: boolean;
+  /** Wall time of the request as the gateway measured it (receipts; null for failures). */
+  latencyMs: number | null;
+  /** HTTP status the client got. */
+  httpStatus: number;
+  upstreamStatus: number | null;
+  cause: string | null;
+  capScope: string | null;
+  message: string | null;
+  createdAt: string;
+}
+
 /** After every settled or failed request: what it cost and where its key / project stand. */
 export interface SpendEvent {
   organizationId: string;
@@ -24,6 +88,15 @@ export interface SpendEvent {
   projectRemainingToday: string | null;
   status: "SETTLED" | "FAILED";
   at: string;
+  /** Route of the request (null: refused before a route was chosen). */
+  routeId?: string | null;
+  runId?: string | null;
+  channelId?: string | null;
+  promptTokens?: number;
+  completionTokens?: number;
+  latencyMs?: number | null;
+  /** Every cap window the request touched, as its batch left them. */
+  scopes?: ScopeStanding[];
 }
 
 export interface RouteHealthEvent {
@@ -42,6 +115,16 @@ export interface ReceiptCreatedEvent {
   projectId: string;
   keyId: string;
   receiptId: string;
+  /** The receipt as a view shows it (absent from publishers that do not know it: then it is read once per event). */
+  view?: RequestView | null;
+}
+
+export interface FailedRequestCreatedEvent {
+  organizationId: string;
+  projectId: string;
+  keyId: string;
+  failedRequestId: string;
+  view?: RequestView | null;
 }
 
 export interface BudgetAlertEvent {
@@ -62,6 +145,9 @@ export type Topics = {
   spend: [SpendEvent];
   routeHealth: [RouteHealthEvent];
   receiptCreated: [ReceiptCreatedEvent];
+  failedRequestCreated: [FailedRequestCreatedEvent];
+  /** A balance moved outside the spend path (top-up, adjustment): wallet streams read it again. */
+  walletChanged: [{ organizationId: string }];
   budgetAlert: [BudgetAlertEvent];
   /** An admin token was revoked: every instance closes the sockets it authenticated. */
   adminTokenRevoked: [{ tokenId: string }];
@@ -127,6 +213,24 @@ export let events: PubSub<Topics> = withLocalHooks(createPubSub<Topics>({ eventT
 let closeTransport: () => Promise<void> = async () => {};
 
 export const listenerCount = (): number => counter.count();
+
+/**
+ * Calls `listener` synchronously for every event of `topic` (this instance's and, with Redis, every
+ * other's), with the payload object every listener shares. Cheaper than `events.subscribe` for
+ * fan-out: a filter runs at dispatch, so a subscriber whose filter refuses an event is not woken.
+ * Returns the unsubscribe function.
+ */
+export function listen<K extends keyof Topics>(topic: K, listener: (payload: Topics[K][0]) => void): () => void {
+  const target = counter.target;
+  const handler = (event: Event) => listener((event as CustomEvent<Topics[K][0]>).detail);
+  target.addEventListener(topic, handler as Parameters<Target["addEventListener"]>[1]);
+  let removed = false;
+  return () => {
+    if (removed) return;
+    removed = true;
+    target.removeEventListener(topic, handler as Parameters<Target["removeEventListener"]>[1]);
+  };
+}
 
 /** Switches to Redis pub/sub; call before anything subscribes. */
 export async function configureEvents(redisUrl: string | undefined): Promise<void> {

@@ -2,6 +2,7 @@
 import { GraphQLError } from "graphql";
 import { PothosValidationError } from "@pothos/core";
 import { DomainError } from "../errors.ts";
+import { SlowConsumerError } from "../events/streams.ts";
 
 export function toGraphQLError(error: unknown): GraphQLError | null {
   const original = error instanceof GraphQLError ? (error.originalError ?? error) : error;
@@ -18,6 +19,7 @@ export function toGraphQLError(error: unknown): GraphQLError | null {
       ...(error instanceof GraphQLError ? { nodes: error.nodes, path: error.path, positions: error.positions } : {}),
     });
   }
+  if (original instanceof SlowConsumerError) return new GraphQLError(original.message, { extensions: { code: original.code } });
   if (original instanceof GraphQLError && original.extensions?.code) return original;
   return null;
 }

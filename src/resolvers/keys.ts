@@ -2,7 +2,7 @@ import { builder } from "../schema/builder.ts";
 import { db } from "../db/index.ts";
 import { canRead, tenancyWhere } from "../auth/index.ts";
 import { changeKeyStatus, createApiKey, rotateKey, setKeyCaps } from "../keys/index.ts";
-import { notFound } from "../errors.ts";
+import { badInput, notFound } from "../errors.ts";
 import { BalanceBucket, FailedChargePolicy } from "../generated/prisma/enums.ts";
 import { viewerOf } from "./viewer.ts";
 import type { Context } from "../schema/builder.ts";
@@ -11,15 +11,23 @@ import type { Context } from "../schema/builder.ts";
  * The viewer's scope AND the argument: an argument only narrows. (Spread into one object, a
  * projectId argument replaced a project viewer's own project and listed another project's keys.)
  */
-const keysWhere = (ctx: Context, args: { projectId?: string | number | null }) => ({
-  AND: [tenancyWhere(viewerOf(ctx)), args.projectId ? { projectId: String(args.projectId) } : {}],
+const keysWhere = (ctx: Context, args: { projectId?: string | number | null; search?: string | null }) => ({
+  AND: [tenancyWhere(viewerOf(ctx)), args.projectId ? { projectId: String(args.projectId) } : {}, searchWhere(args.search)],
 });
+
+/** `search`: a key whose name contains it (any case) or whose display prefix / last 4 match it. */
+function searchWhere(search: string | null | undefined) {
+  const text = search?.trim();
+  if (!text) return {};
+  if (text.length > 100) throw badInput("search", "at most 100 characters");
+  return { OR: [{ name: { contains: text, mode: "insensitive" as const } }, { prefix: { startsWith: text } }, { last4: text }] };
+}
 
 builder.queryFields((t) => ({
   apiKeys: t.prismaConnection({
     type: "ApiKey",
     cursor: "id",
-    args: { projectId: t.arg.id({ required: false }) },
+    args: { projectId: t.arg.id({ required: false }), search: t.arg.string({ required: false, description: "Keys whose name contains this text (any case), or whose prefix starts with it / whose last 4 characters are it. At most 100 characters." }) },
     resolve: (query, _root, args, ctx) => db.apiKey.findMany({ ...query, where: keysWhere(ctx, args), orderBy: [{ createdAt: "asc" }, { id: "asc" }] }),
     totalCount: (_conn, args, ctx) => db.apiKey.count({ where: keysWhere(ctx, args) }),
   }),

@@ -1,4 +1,5 @@
 import { builder } from "../schema/builder.ts";
+import { events } from "../events/index.ts";
 import { db } from "../db/index.ts";
 import { isPlatform, resolveOrganizationId, tenancyWhere } from "../auth/index.ts";
 import { postEntry, walletBucket } from "../accounting/index.ts";
@@ -107,7 +108,7 @@ async function post(
   if (amount === 0n) throw badInput("amount", kind === "TOPUP" ? "must be positive" : "must not be zero");
   const bucket = await walletBucket(organizationId, input.bucket);
   // The entry and its audit record commit together; a replay writes neither again.
-  return db.$transaction(async (tx) => {
+  const entry = await db.$transaction(async (tx) => {
     const { entry, created } = await postEntry(
       { bucketId: bucket.id, kind, amount, idempotencyKey: input.idempotencyKey, actorTokenId: viewer.tokenId, memo: input.memo },
       tx,
@@ -124,6 +125,9 @@ async function post(
     }
     return entry;
   });
+  // Wallet streams of every instance read the new balance at their next turn.
+  events.publish("walletChanged", { organizationId });
+  return entry;
 }
 
 builder.mutationFields((t) => ({

@@ -13,7 +13,10 @@ import { PAGE_SIZE } from "./limits.ts";
 
 export interface Context {
   viewer: Viewer | null;
+  /** Per operation; a subscription gets fresh ones for each event (src/resolvers/live.ts). */
   loaders: Loaders;
+  /** Set by transports that can be closed: a subscriber that fell too far behind is disconnected (graphql-ws: close code 4500). */
+  closeSlow?: () => void;
 }
 
 /** Rows that belong to an organization and possibly a project: what tenancy checks look at. */

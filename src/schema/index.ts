@@ -16,6 +16,7 @@ import "./types/run.ts";
 import "./types/audit-entry.ts";
 import "./types/alert-webhook.ts";
 import "./types/admin-token.ts";
+import "./types/live.ts";
 import "../resolvers/root.ts";
 import "../resolvers/admin.ts";
 import "../resolvers/budgets.ts";

@@ -1,24 +1,25 @@
 // The ops dashboard: wallet, spend chart, keys with caps and controls, route health, live feed of
 // receipts and failed requests, budget alerts, and the playground. Every number is read from the
-// GraphQL API (queries once, then graphql-ws subscriptions keep it current without a reload).
+// GraphQL API: queries once, then one graphql-ws socket with a fixed set of operations (LIVE in
+// queries.js) keeps it current, whatever the number of keys: spend arrives coalesced (liveSpend),
+// the feed carries its own names, channel statistics and balances come on an interval. Nothing is
+// re-read per event; the visible page of keys is reconciled with the API every RECONCILE_MS.
 import { $, h, micros, money, percent, showError, time } from "./dom.js";
 import { adoptFragmentToken, getToken, gql, liveClient, setToken, subscribe } from "./api.js";
 import { drawSpendChart, rangeFor } from "./chart.js";
 import { setUpPlayground } from "./playground.js";
-import { FAILED_FIELDS, KEY_FIELDS, MONEY, OVERVIEW, RECEIPT_FIELDS } from "./queries.js";
+import { KEY_FIELDS, KEY_PAGE_SIZE, KEYS_PAGE, LIVE, MONEY, OVERVIEW } from "./queries.js";
 
 /** What the page knows, by id, for labels (spend groups and alerts carry ids). */
 const names = { keys: new Map(), projects: new Map(), routes: new Map() };
 const keyRows = new Map();
-const keySubscriptions = new Map();
+/** The latest standing of every key's windows the page heard of (applied when its row is shown). */
+const standings = new Map();
 const healthRows = new Map();
 const FEED_LIMIT = 50;
+const RECONCILE_MS = 30_000;
+const CHART_EVERY_MS = 30_000;
 
-// ---- wallet -------------------------------------------------------------------------------
-async function refreshWallet() {
-  const { wallet } = await gql(`{ wallet { balances { bucket balance { ${MONEY} } held { ${MONEY} } available { ${MONEY} } } } }`);
-  renderWallet(wallet);
-}
 function renderWallet(wallet) {
   $("#wallet tbody").replaceChildren(
     ...wallet.balances.map((b) =>
@@ -88,32 +89,84 @@ function keyRow(key) {
 
 function upsertKey(key) {
   names.keys.set(key.id, key.name);
-  const row = keyRow(key);
+  const known = applyStandings(key);
+  const row = keyRow(known);
   const existing = keyRows.get(key.id);
-  if (existing) existing.replaceWith(row);
+  if (existing) existing.row.replaceWith(row);
   else $("#keys tbody").append(row);
-  keyRows.set(key.id, row);
-  if (!keySubscriptions.has(key.id)) {
-    // Spend of this key after every settled or failed request: re-read the row, and feed failures.
-    keySubscriptions.set(
-      key.id,
-      subscribe(`subscription($keyId: ID!) { keySpend(keyId: $keyId) { requestId status } }`, { keyId: key.id }, ({ keySpend }) => {
-        refreshKey(key.id);
-        refreshWallet().catch(reportError);
-        scheduleChart();
-        if (keySpend.status === "FAILED") addFailedToFeed(keySpend.requestId);
-      }),
-    );
-  }
+  keyRows.set(key.id, { row, key: known });
 }
 
-async function refreshKey(id) {
-  try {
-    const { apiKey } = await gql(`query($id: ID!) { apiKey(id: $id) { ${KEY_FIELDS} } }`, { id });
-    upsertKey(apiKey);
-  } catch (error) {
-    reportError(error);
+/** A key as the API returned it, with any newer window standing heard from liveSpend since. */
+function applyStandings(key) {
+  const heard = standings.get(key.id);
+  if (!heard) return key;
+  const budgets = key.budgets.map((b) => {
+    const s = heard.get(`${b.scope}|${b.bucket}`);
+    return s && micros(s.spent.amount) >= micros(b.spent.amount) ? { ...b, spent: s.spent, held: s.held, cap: s.cap ?? b.cap } : b;
+  });
+  // spendToday / remainingToday are the KEY_DAILY window of the key's cap bucket (the one its spendToday is in).
+  const window = [...heard.values()].find((s) => s.scope === "KEY_DAILY" && s.spent.currency === key.spendToday.currency);
+  if (!window || micros(window.spent.amount) < micros(key.spendToday.amount)) return { ...key, budgets };
+  return { ...key, budgets, spendToday: window.spent, remainingToday: key.dailyCap ? window.remaining : key.remainingToday };
+}
+
+// ---- keys, a page at a time ----------------------------------------------------------------
+const keyPage = { search: "", cursors: [null], index: 0, total: 0, hasNext: false };
+
+async function loadKeys() {
+  const after = keyPage.cursors[keyPage.index];
+  const { apiKeys } = await gql(KEYS_PAGE, { first: KEY_PAGE_SIZE, after, search: keyPage.search || null });
+  keyPage.total = apiKeys.totalCount;
+  keyPage.hasNext = apiKeys.pageInfo.hasNextPage;
+  keyPage.cursors[keyPage.index + 1] = apiKeys.pageInfo.endCursor;
+  keyRows.clear();
+  $("#keys tbody").replaceChildren();
+  for (const { node } of apiKeys.edges) upsertKey(node);
+  if (!apiKeys.edges.length) $("#keys tbody").append(h("tr", {}, h("td", { colSpan: 9, className: "muted" }, keyPage.search ? "No key matches." : "No key yet.")));
+  const first = keyPage.index * KEY_PAGE_SIZE;
+  $("#keys-range").textContent = keyPage.total ? `${first + 1}–${first + apiKeys.edges.length} of ${keyPage.total}` : "";
+  $("#keys-prev").disabled = keyPage.index === 0;
+  $("#keys-next").disabled = !keyPage.hasNext;
+}
+
+function setUpKeyControls() {
+  let searchTimer = null;
+  $("#key-search").addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => {
+      keyPage.search = $("#key-search").value.trim();
+      keyPage.cursors = [null];
+      keyPage.index = 0;
+      loadKeys().catch(reportError);
+    }, 250);
+  });
+  $("#keys-next").addEventListener("click", () => {
+    if (!keyPage.hasNext) return;
+    keyPage.index++;
+    loadKeys().catch(reportError);
+  });
+  $("#keys-prev").addEventListener("click", () => {
+    if (keyPage.index === 0) return;
+    keyPage.index--;
+    loadKeys().catch(reportError);
+  });
+}
+
+/** A liveSpend tick: remember every key window it carries, and redraw the rows on this page. */
+function applySpendTick(tick) {
+  for (const s of tick.scopes) {
+    if (s.scope !== "KEY_DAILY") continue;
+    let heard = standings.get(s.scopeId);
+    if (!heard) standings.set(s.scopeId, (heard = new Map()));
+    heard.set(`${s.scope}|${s.bucket}`, s);
   }
+  // Only keys this tick touched, and only those shown: a thousand keys cost nothing off-page.
+  for (const { keyId } of tick.keys) {
+    const shown = keyRows.get(keyId);
+    if (shown) upsertKey(shown.key);
+  }
+  scheduleChart();
 }
 
 // ---- route health -------------------------------------------------------------------------
@@ -122,6 +175,7 @@ function renderHealth(routes) {
     [...route.channels]
       .sort((a, b) => a.priority - b.priority)
       .map((channel, i) => {
+        const cell = (field) => h("td", { className: "num", dataset: { field } }, "—");
         const row = h(
           "tr",
           { dataset: { channelId: channel.id } },
@@ -129,22 +183,32 @@ function renderHealth(routes) {
           h("td", {}, channel.name, h("span", { className: "muted" }, ` · ${channel.settlement.toLowerCase()}`)),
           h("td", {}, i === 0 ? "primary" : "backup"),
           h("td", { dataset: { field: "state" } }, h("span", { className: `health ${channel.health.toLowerCase()}` }, channel.health)),
-          h("td", { className: "num", dataset: { field: "successRate" } }, "—"),
-          h("td", { className: "num", dataset: { field: "p50" } }, "—"),
+          cell("requests"),
+          cell("successRate"),
+          cell("p50"),
+          cell("p95"),
+          cell("spendToday"),
         );
         healthRows.set(channel.id, row);
         return row;
       }),
   );
-  $("#health tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colSpan: 6, className: "muted" }, "No route yet."))]));
+  $("#health tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colSpan: 9, className: "muted" }, "No route yet."))]));
 }
 
-function applyHealth(event) {
-  const row = healthRows.get(event.channelId);
-  if (!row) return;
-  row.querySelector('[data-field="state"]').replaceChildren(h("span", { className: `health ${event.state.toLowerCase()}` }, event.state));
-  row.querySelector('[data-field="successRate"]').textContent = `${(event.successRate * 100).toFixed(1)} %`;
-  row.querySelector('[data-field="p50"]').textContent = `${event.p50LatencyMs} ms`;
+/** A channelStats tick: every channel's state, success rate and latency over the last minutes. */
+function applyChannelStats(tick) {
+  for (const c of tick.channels) {
+    const row = healthRows.get(c.channelId);
+    if (!row) continue;
+    const set = (field, text) => (row.querySelector(`[data-field="${field}"]`).textContent = text);
+    row.querySelector('[data-field="state"]').replaceChildren(h("span", { className: `health ${c.state.toLowerCase()}` }, c.state));
+    set("requests", String(c.requests));
+    set("successRate", c.successRate === null ? "—" : `${(c.successRate * 100).toFixed(1)} %`);
+    set("p50", c.p50LatencyMs === null ? "—" : `${c.p50LatencyMs} ms`);
+    set("p95", c.p95LatencyMs === null ? "—" : `${c.p95LatencyMs} ms`);
+    set("spendToday", c.spendToday.length ? c.spendToday.map((s) => money(s.amount)).join(" · ") : "—");
+  }
 }
 
 // ---- live feed ----------------------------------------------------------------------------
@@ -153,14 +217,29 @@ function feedRow(item, kind) {
     "tr",
     { className: kind, dataset: { requestId: item.requestId } },
     h("td", {}, time(item.createdAt)),
-    h("td", {}, kind === "receipt" ? h("span", { className: "ok" }, "200") : h("span", { className: "bad" }, `${item.httpStatus} ${item.cause}`)),
+    h("td", { dataset: { field: "status" } }, kind === "receipt" ? h("span", { className: "ok" }, String(item.status ?? 200)) : h("span", { className: "bad" }, `${item.httpStatus} ${item.cause}`)),
     h("td", {}, item.key?.name ?? "—"),
     h("td", {}, `${item.requestedModel ?? "—"}${item.route ? ` → ${item.route.model}` : ""}${item.channel ? ` · ${item.channel.name}` : ""}`),
     h("td", {}, kind === "receipt" ? (item.fallback ? "yes" : "no") : "—"),
+    h("td", { className: "num", dataset: { field: "latency" } }, item.latencyMs != null ? `${item.latencyMs} ms` : "—"),
     h("td", { className: "num" }, `${item.promptTokens}+${item.completionTokens}`),
     h("td", { className: "num", dataset: { field: "charge" } }, money(item.charge)),
     h("td", {}, h("code", {}, item.requestId)),
   );
+}
+
+/** A liveFeed tick: its items newest first, in the shape of the receipts / failed requests the overview read. */
+function applyFeedTick(tick) {
+  for (const item of [...tick.items].reverse()) {
+    const row = {
+      ...item,
+      status: item.httpStatus,
+      key: item.keyName === null ? null : { id: item.keyId, name: item.keyName },
+      route: item.routeModel === null ? null : { model: item.routeModel },
+      channel: item.channelName === null ? null : { name: item.channelName },
+    };
+    addToFeed(row, item.kind === "RECEIPT" ? "receipt" : "failed");
+  }
 }
 
 function addToFeed(item, kind, { append = false } = {}) {
@@ -170,16 +249,6 @@ function addToFeed(item, kind, { append = false } = {}) {
   if (append) body.append(row);
   else body.prepend(row);
   while (body.rows.length > FEED_LIMIT) body.lastElementChild.remove();
-}
-
-async function addFailedToFeed(requestId) {
-  try {
-    const data = await gql(`query($id: String!) { failedRequests(first: 1, filter: { requestId: $id }) { edges { node { ${FAILED_FIELDS} } } } }`, { id: requestId });
-    const failed = data.failedRequests.edges[0]?.node;
-    if (failed) addToFeed(failed, "failed");
-  } catch (error) {
-    reportError(error);
-  }
 }
 
 // ---- budget alerts ------------------------------------------------------------------------
@@ -202,9 +271,13 @@ function addAlert(alert) {
 // ---- spend chart --------------------------------------------------------------------------
 let chart = null;
 let chartTimer = null;
+/** Spend moved: redraw the chart, at most once per CHART_EVERY_MS (one query, never one per event). */
 function scheduleChart() {
-  clearTimeout(chartTimer);
-  chartTimer = setTimeout(() => drawChart().catch(reportError), 1500);
+  if (chartTimer) return;
+  chartTimer = setTimeout(() => {
+    chartTimer = null;
+    drawChart().catch(reportError);
+  }, CHART_EVERY_MS);
 }
 
 async function drawChart() {
@@ -249,7 +322,8 @@ async function start() {
   for (const { node } of data.projects.edges) names.projects.set(node.id, node.name);
   for (const route of data.routes) names.routes.set(route.id, route.model);
   liveClient(setLiveState);
-  for (const { node } of data.apiKeys.edges) upsertKey(node);
+  setUpKeyControls();
+  await loadKeys();
   renderHealth(data.routes);
   const history = [
     ...data.receipts.edges.map(({ node }) => ({ node, kind: "receipt" })),
@@ -257,9 +331,14 @@ async function start() {
   ].sort((a, b) => b.node.createdAt.localeCompare(a.node.createdAt));
   for (const { node, kind } of history) addToFeed(node, kind, { append: true });
 
-  subscribe(`subscription { receiptCreated { ${RECEIPT_FIELDS} } }`, {}, ({ receiptCreated }) => addToFeed(receiptCreated, "receipt"));
-  subscribe(`subscription { routeHealth { channelId state successRate p50LatencyMs } }`, {}, ({ routeHealth }) => applyHealth(routeHealth));
-  subscribe(`subscription { budgetAlert { scope scopeId bucket threshold spent { ${MONEY} } cap { ${MONEY} } } }`, {}, ({ budgetAlert }) => addAlert(budgetAlert));
+  // The page's five live operations, on one socket, whatever the number of keys or the request rate.
+  subscribe(LIVE.spend, {}, ({ liveSpend }) => applySpendTick(liveSpend), reportError);
+  subscribe(LIVE.wallet, {}, ({ walletBalances }) => renderWallet(walletBalances), reportError);
+  subscribe(LIVE.feed, {}, ({ liveFeed }) => applyFeedTick(liveFeed), reportError);
+  subscribe(LIVE.channels, {}, ({ channelStats }) => applyChannelStats(channelStats), reportError);
+  subscribe(LIVE.alerts, {}, ({ budgetAlert }) => addAlert(budgetAlert), reportError);
+  // A periodic reconcile of what is shown (one query): the API is the truth, streams keep it fresh between.
+  setInterval(() => loadKeys().catch(reportError), RECONCILE_MS);
   for (const id of ["#spend-group", "#spend-interval", "#spend-bucket"]) $(id).addEventListener("change", () => drawChart().catch(reportError));
   window.addEventListener("resize", () => chart?.setSize({ width: Math.max(320, $("#spend-chart").clientWidth), height: 240 }));
   await drawChart();

@@ -11,6 +11,8 @@ import { sendError, type GatewayError } from "../errors.ts";
 import { clip } from "../../text.ts";
 import type { FailedRequestInput } from "../../requests/index.ts";
 import { announce } from "./settle.ts";
+import type { RequestView } from "../../events/index.ts";
+import type { ApiKey } from "../../generated/prisma/client.ts";
 import type { GatewayDeps, RequestState } from "./state.ts";
 
 export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestState, res: ServerResponse, error: GatewayError): Promise<void> {
@@ -46,11 +48,13 @@ export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestSt
         charge,
         estimated: usage?.estimated ?? false,
       };
-      await deps.recordFailure(record, hold).catch(async (firstError: unknown) => {
+      let written = record;
+      const { id } = await deps.recordFailure(record, hold).catch(async (firstError: unknown) => {
         // Whatever in its client-derived text the database refused, the record is not lost: it is
         // written again with only our own words (the hold is still open, so its charge is the same).
         deps.log("warn", "a failed request's record was refused; writing a minimal one", { requestId: state.requestId, error: String(firstError) });
-        await deps.recordFailure(minimalFailure(record), hold);
+        written = minimalFailure(record);
+        return deps.recordFailure(written, hold);
       });
       state.recorded = true;
       state.hold = null;
@@ -61,10 +65,13 @@ export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestSt
           projectId: key.projectId,
           keyId: key.id,
           routeId: state.route?.id ?? null,
+          runId: state.runId,
+          channelId: channel?.channel.id ?? null,
           requestId: state.requestId,
           bucket: channel?.bucket ?? primaryBucket(key),
           charge,
           status: "FAILED",
+          view: failureView(id, written, key, state),
         });
       }
     } catch (recordError) {
@@ -98,5 +105,47 @@ export function minimalFailure(record: FailedRequestInput): FailedRequestInput {
     requestedModel: record.requestedModel === null ? null : clip(record.requestedModel, 256).replace(/[^\x20-\x7e]/g, "?"),
     message: `The request failed (${record.cause}${record.upstreamStatus ? `, upstream status ${record.upstreamStatus}` : ""}); its original message could not be stored.`,
     upstreamMessage: null,
+  };
+}
+
+/** What a live feed shows of a failed request, from its record and the names the request's trail holds. */
+function failureView(id: string, record: FailedRequestInput, key: ApiKey, state: RequestState): RequestView {
+  return {
+    kind: "failure",
+    id,
+    requestId: record.requestId,
+    organizationId: key.organizationId,
+    projectId: key.projectId,
+    projectName: null,
+    keyId: key.id,
+    keyName: key.name,
+    keyPrefix: key.prefix,
+    runId: record.runId,
+    routeId: record.routeId,
+    routeModel: state.route?.model ?? null,
+    channelId: record.channelId,
+    channelName: state.channel?.channel.name ?? null,
+    requestedModel: record.requestedModel,
+    upstreamModel: state.channel?.channel.upstreamModel ?? null,
+    endpoint: record.endpoint,
+    channelRole: state.channel?.role ?? null,
+    fallback: state.attempts > 1,
+    attempts: record.attempts,
+    bucket: record.bucket,
+    currency: record.currency,
+    promptTokens: record.promptTokens,
+    completionTokens: record.completionTokens,
+    priceSnapshotId: record.priceSnapshotId,
+    charge: record.charge.toString(),
+    stream: false,
+    usageExceededReservation: false,
+    estimated: record.estimated,
+    latencyMs: Math.round(performance.now() - state.startedAt),
+    httpStatus: record.httpStatus,
+    upstreamStatus: record.upstreamStatus,
+    cause: record.cause,
+    capScope: record.capScope,
+    message: record.message,
+    createdAt: new Date().toISOString(),
   };
 }

@@ -6,6 +6,7 @@ import { usageCharge } from "../../accounting/charges.ts";
 import type { ReceiptInput } from "../../requests/index.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
 import { announceSpend } from "../../spend/index.ts";
+import type { RequestView } from "../../events/index.ts";
 import { observeSpend } from "../observe.ts";
 import type { Usage } from "../sse.ts";
 import type { Plan } from "./plan.ts";
@@ -52,7 +53,46 @@ export async function settle(deps: GatewayDeps, state: RequestState, plan: Plan,
   state.settleMs += performance.now() - settleStarted;
   state.recorded = true;
   state.hold = null;
-  const event = { ...record, routeId: record.routeId, receiptId: receipt.id, status: "SETTLED" as const };
+  const at = new Date();
+  const view: RequestView = {
+    kind: "receipt",
+    id: receipt.id,
+    requestId: record.requestId,
+    organizationId: record.organizationId,
+    projectId: record.projectId,
+    projectName: null,
+    keyId: key.id,
+    keyName: key.name,
+    keyPrefix: key.prefix,
+    runId: record.runId,
+    routeId: record.routeId,
+    routeModel: plan.route.model,
+    channelId: record.channelId,
+    channelName: channel.channel.name,
+    requestedModel: record.requestedModel,
+    upstreamModel: record.upstreamModel,
+    endpoint: record.endpoint,
+    channelRole: record.channelRole,
+    fallback: record.fallback,
+    attempts: record.attempts,
+    bucket: record.bucket,
+    currency: record.currency,
+    promptTokens: record.promptTokens,
+    completionTokens: record.completionTokens,
+    priceSnapshotId: record.priceSnapshotId,
+    charge: record.charge.toString(),
+    stream: record.stream,
+    usageExceededReservation: exceeded,
+    estimated: false,
+    latencyMs: record.latencyMs,
+    httpStatus: status,
+    upstreamStatus: status,
+    cause: null,
+    capScope: null,
+    message: null,
+    createdAt: at.toISOString(),
+  };
+  const event = { ...record, routeId: record.routeId, receiptId: receipt.id, status: "SETTLED" as const, view };
   // Sent before its commit (SEND_BEFORE_COMMIT_MS): announced once it committed, as every spend is.
   if (receipt.committed) receipt.committed.then(() => announce(deps, event), () => undefined);
   else announce(deps, event);
@@ -62,7 +102,20 @@ export async function settle(deps: GatewayDeps, state: RequestState, plan: Plan,
 /** keySpend / projectSpend / receiptCreated / budget alerts, after the record committed; never delays or fails the request. */
 export function announce(
   deps: GatewayDeps,
-  o: { organizationId: string; projectId: string; keyId: string; routeId: string | null; requestId: string; bucket: BalanceBucket; charge: bigint; receiptId?: string; status: "SETTLED" | "FAILED" },
+  o: {
+    organizationId: string;
+    projectId: string;
+    keyId: string;
+    routeId: string | null;
+    runId?: string | null;
+    channelId?: string | null;
+    requestId: string;
+    bucket: BalanceBucket;
+    charge: bigint;
+    receiptId?: string;
+    status: "SETTLED" | "FAILED";
+    view?: RequestView;
+  },
 ): void {
   observeSpend(o.bucket, o.charge, o.status === "SETTLED" ? "receipt" : "failed_request");
   announceSpend(o, deps.spendStates(o.requestId)).catch((e: unknown) => deps.log("warn", "could not announce spend", { requestId: o.requestId, error: String(e) }));

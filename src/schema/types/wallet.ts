@@ -2,7 +2,7 @@ import { builder } from "../builder.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
-builder.prismaObject("WalletBucket", {
+export const WalletBalanceRef = builder.prismaObject("WalletBucket", {
   name: "WalletBalance",
   description: "One balance bucket: balance is the sum of its ledger entries; held is reserved by requests in flight; available = balance − held.",
   authScopes: (b) => ({ owns: { organizationId: b.organizationId } }),

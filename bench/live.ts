@@ -1,0 +1,210 @@
+// `npm run bench -- live` (issue 15): what open dashboards cost the passthrough. One run, one
+// gateway process (the whole server: /v1, /graphql + graphql-ws, /dashboard, on PGlite with 1,000
+// keys), the fake upstream in another, autocannon here: the gateway cell (16 connections, JSON chat
+// completions) with 0, 1 and 10 dashboards open (real Chromium tabs of /dashboard, Debian's
+// chromium through playwright-core) and with 10 and 100 graphql-ws clients holding the dashboard's
+// five operations. Per cell: gateway req/s and CPU µs per request (utime + stime of the gateway
+// process ÷ 2xx answers), what each dashboard sends per second (HTTP requests, WebSocket frames)
+// and receives, and event lag commit → client (liveFeed: now − the newest receipt's createdAt;
+// liveSpend: now − the tick's newest request). Beside it, in the same run, the 1,000-subscriber
+// keySpend fan-out against a bare ws broadcast (bench/events.ts).
+import { existsSync } from "node:fs";
+import os from "node:os";
+import { createClient, type Client } from "graphql-ws";
+import WebSocket from "ws";
+import { chromium, type Browser, type Page } from "playwright-core";
+import { compiled } from "../test/support/build.ts";
+import { load, startChild, stopChild } from "./gateway.ts";
+import { benchEvents } from "./events.ts";
+import { LIVE } from "../src/dashboard/public/queries.js";
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const CONNECTIONS = 16;
+
+interface Viewer {
+  /** What this viewer sent / received since the last reset. */
+  http: number;
+  framesSent: number;
+  framesReceived: number;
+  close(): Promise<void>;
+}
+
+interface Lags {
+  receipt: number[];
+  spend: number[];
+}
+
+interface Cell {
+  name: string;
+  viewers: number;
+  rps: number;
+  cpuUs: number;
+  seconds: number;
+  httpPerViewer: number;
+  sentPerViewer: number;
+  receivedPerViewer: number;
+  lags: Lags;
+  non2xx: number;
+}
+
+const percentile = (values: number[], p: number) => {
+  if (!values.length) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+};
+
+/** Lag of a graphql-ws `next` message: feed ticks against their newest request's createdAt, spend ticks against their newest request. */
+function noteLag(raw: string, lags: Lags): void {
+  if (!raw.includes('"next"')) return;
+  const now = Date.now();
+  const message = JSON.parse(raw) as { type: string; payload?: { data?: { liveFeed?: { items: Array<{ createdAt: string }> }; liveSpend?: { lastRequestAt: string | null } } } };
+  const data = message.payload?.data;
+  const newest = data?.liveFeed?.items[0];
+  if (newest) lags.receipt.push(now - Date.parse(newest.createdAt));
+  if (data?.liveSpend?.lastRequestAt) lags.spend.push(now - Date.parse(data.liveSpend.lastRequestAt));
+}
+
+async function openTab(browser: Browser, url: string, adminToken: string, lags: Lags): Promise<Viewer> {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+  const origin = new URL(url).origin;
+  await context.route("**/*", (route) => (new URL(route.request().url()).origin === origin ? route.continue() : route.abort("blockedbyclient")));
+  const page: Page = await context.newPage();
+  const viewer: Viewer = { http: 0, framesSent: 0, framesReceived: 0, close: () => context.close() };
+  page.on("request", () => viewer.http++);
+  page.on("websocket", (socket) => {
+    socket.on("framesent", () => viewer.framesSent++);
+    socket.on("framereceived", (frame) => {
+      viewer.framesReceived++;
+      noteLag(String(frame.payload), lags);
+    });
+  });
+  await page.goto(`${url}/dashboard#token=${encodeURIComponent(adminToken)}`);
+  await page.locator("#live-state").filter({ hasText: "live" }).waitFor({ timeout: 60_000 });
+  await page.locator("#keys tbody tr[data-key-id]").first().waitFor({ timeout: 60_000 });
+  return viewer;
+}
+
+/** A graphql-ws client holding the dashboard's five operations, counting its frames. */
+function openClient(url: string, adminToken: string, lags: Lags): Viewer {
+  const viewer: Viewer = { http: 0, framesSent: 0, framesReceived: 0, close: async () => client.dispose() };
+  class Counting extends WebSocket {
+    constructor(address: string, protocols?: string | string[]) {
+      super(address, protocols);
+      this.on("message", (data) => {
+        viewer.framesReceived++;
+        noteLag(String(data), lags);
+      });
+      this.on("upgrade", () => undefined);
+      const send = WebSocket.prototype.send;
+      const self = this;
+      this.send = function (this: WebSocket, ...args: unknown[]) {
+        viewer.framesSent++;
+        return (send as (...a: unknown[]) => void).apply(self, args);
+      } as WebSocket["send"];
+    }
+  }
+  const client: Client = createClient({ url: `${url.replace("http", "ws")}/graphql`, webSocketImpl: Counting, connectionParams: { authorization: `Bearer ${adminToken}` }, retryAttempts: 3, lazy: false });
+  for (const query of Object.values(LIVE)) client.subscribe({ query }, { next: () => undefined, error: () => undefined, complete: () => undefined });
+  return viewer;
+}
+
+export async function benchLive(options: { durationSeconds?: number } = {}): Promise<string> {
+  const duration = options.durationSeconds ?? 10;
+  const upstream = await startChild("./upstream-process.ts", {});
+  const upstreamOrigin = `http://127.0.0.1:${upstream.info.port as number}`;
+  const gateway = await startChild(compiled("bench/live-process.ts"), { BENCH_UPSTREAM_URL: `${upstreamOrigin}/v1` });
+  const url = gateway.info.url as string;
+  const adminToken = gateway.info.adminToken as string;
+  const body = JSON.stringify({ model: gateway.info.model, messages: [{ role: "user", content: "Say hello in five words." }], max_tokens: 16 });
+  const auth = { authorization: `Bearer ${gateway.info.secret as string}` };
+  const haveChromium = existsSync(CHROMIUM);
+  const browser = haveChromium
+    ? await chromium.launch({
+        executablePath: CHROMIUM,
+        headless: true,
+        args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+      })
+    : null;
+  const cells: Cell[] = [];
+  const notes: string[] = [];
+  try {
+    // Warm-up: JIT, pools, caches, lease headroom.
+    await load(`${url}/v1/chat/completions`, body, auth, CONNECTIONS, 3);
+    const plan: Array<{ name: string; open: (lags: Lags) => Promise<Viewer[]> }> = [
+      { name: "no dashboard", open: async () => [] },
+      ...(browser
+        ? [
+            { name: "1 dashboard (Chromium tab)", open: async (lags: Lags) => [await openTab(browser, url, adminToken, lags)] },
+            { name: "10 dashboards (Chromium tabs)", open: async (lags: Lags) => Promise.all(Array.from({ length: 10 }, () => openTab(browser, url, adminToken, lags))) },
+          ]
+        : []),
+      { name: "10 graphql-ws clients (the dashboard's 5 operations)", open: async (lags: Lags) => Array.from({ length: 10 }, () => openClient(url, adminToken, lags)) },
+      { name: "100 graphql-ws clients (the dashboard's 5 operations)", open: async (lags: Lags) => Array.from({ length: 100 }, () => openClient(url, adminToken, lags)) },
+    ];
+    if (!browser) notes.push(`${CHROMIUM} is missing: the Chromium cells were skipped.`);
+    for (const step of plan) {
+      const lags: Lags = { receipt: [], spend: [] };
+      const viewers = await step.open(lags);
+      // Let the page load and its subscriptions start before measuring.
+      await new Promise((r) => setTimeout(r, viewers.length ? 3_000 : 500));
+      for (const v of viewers) v.http = v.framesSent = v.framesReceived = 0;
+      lags.receipt.length = lags.spend.length = 0;
+      const started = performance.now();
+      const m = await load(`${url}/v1/chat/completions`, body, auth, CONNECTIONS, duration, gateway.child.pid);
+      const seconds = (performance.now() - started) / 1000;
+      const per = (f: (v: Viewer) => number) => (viewers.length ? viewers.reduce((s, v) => s + f(v), 0) / viewers.length / seconds : 0);
+      cells.push({
+        name: step.name,
+        viewers: viewers.length,
+        rps: m.rps,
+        cpuUs: m.cpuUsPerRequest,
+        seconds,
+        httpPerViewer: per((v) => v.http),
+        sentPerViewer: per((v) => v.framesSent),
+        receivedPerViewer: per((v) => v.framesReceived),
+        lags: { receipt: [...lags.receipt], spend: [...lags.spend] },
+        non2xx: m.non2xx + m.errors,
+      });
+      console.error(`[bench] live ${step.name}: ${m.rps.toFixed(0)} req/s, ${m.cpuUsPerRequest.toFixed(0)} µs/req`);
+      await Promise.all(viewers.map((v) => v.close()));
+      await new Promise((r) => setTimeout(r, 1_000));
+    }
+  } finally {
+    await browser?.close();
+    await stopChild(gateway.child);
+    await stopChild(upstream.child);
+  }
+  const fanout = await benchEvents();
+
+  const base = cells[0]!;
+  const f0 = (v: number) => (Number.isFinite(v) ? v.toFixed(0) : "n/a");
+  const f1 = (v: number) => (Number.isFinite(v) ? v.toFixed(1) : "n/a");
+  const x = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : "n/a");
+  const rows = cells.map(
+    (c) =>
+      `| ${c.name} | ${f0(c.rps)} | ${x(c.rps, base.rps)} | ${f0(c.cpuUs)} | ${x(c.cpuUs, base.cpuUs)} | ${c.viewers ? f1(c.httpPerViewer) : "—"} | ${c.viewers ? f1(c.sentPerViewer) : "—"} | ${c.viewers ? f1(c.receivedPerViewer) : "—"} | ${c.lags.receipt.length ? `${f0(percentile(c.lags.receipt, 50))} / ${f0(percentile(c.lags.receipt, 99))}` : "—"} | ${c.lags.spend.length ? `${f0(percentile(c.lags.spend, 50))} / ${f0(percentile(c.lags.spend, 99))}` : "—"} | ${c.non2xx} |`,
+  );
+  const checks: string[] = [];
+  const target = (name: string, ok: boolean, detail: string) => checks.push(`- ${ok ? "met" : "**missed**"}: ${name} (${detail})`);
+  for (const c of cells.slice(1)) {
+    const one = c.viewers === 1;
+    const [rpsMin, cpuMax] = one ? [0.95, 1.05] : [0.9, 1.1];
+    target(`${c.name}: req/s ≥ ${rpsMin} × and CPU/request ≤ ${cpuMax} × the no-dashboard cell`, c.rps >= rpsMin * base.rps && c.cpuUs <= cpuMax * base.cpuUs, `${x(c.rps, base.rps)}, ${x(c.cpuUs, base.cpuUs)}`);
+    if (c.lags.receipt.length) target(`${c.name}: liveFeed lag p99 ≤ its 1,000 ms interval + 100 ms`, percentile(c.lags.receipt, 99) <= 1_100, `${f0(percentile(c.lags.receipt, 99))} ms`);
+    if (c.lags.spend.length) target(`${c.name}: liveSpend lag p99 ≤ its 1,000 ms interval + 100 ms`, percentile(c.lags.spend, 99) <= 1_100, `${f0(percentile(c.lags.spend, 99))} ms`);
+  }
+  return [
+    `### Live views under load (\`npm run bench -- live\`, ${duration} s per cell, ${CONNECTIONS} connections, JSON; PGlite; 1,000 keys)`,
+    "",
+    `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, Node ${process.version}. Gateway (whole server), fake upstream, Chromium and the load generator share the machine; CPU µs/req is the gateway process's only.`,
+    "",
+    "| cell | gateway req/s | × none | CPU µs/req | × none | per dashboard: HTTP req/s sent | WS frames/s sent | WS frames/s received | liveFeed lag p50 / p99 ms | liveSpend lag p50 / p99 ms | non-2xx |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ...rows,
+    "",
+    ...checks,
+    ...notes.map((n) => `- ${n}`),
+    "",
+    fanout,
+  ].join("\n");
+}
