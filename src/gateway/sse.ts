@@ -140,13 +140,27 @@ export class SseEventTooLarge extends Error {
   }
 }
 
+/** Terminal events of a Responses API stream that complete the answer (it is billed and charged). */
+const RESPONSE_DONE_EVENTS = new Set(["response.completed", "response.incomplete"]);
+/** Terminal events of a Responses API stream that say the upstream failed it. */
+const RESPONSE_FAILED_EVENTS = new Set(["response.failed", "error"]);
+/** Delta events whose `delta` is base64 data, not text (never counted as text tokens). */
+const BINARY_DELTAS = /audio\.delta$|partial_image/;
+
 export class SseRelay {
-  /** Usage reported by the upstream (the include_usage chunk), if any yet. */
+  /** Usage reported by the upstream (the include_usage chunk, or the Responses API's terminal event), if any yet. */
   usage: Usage | null = null;
-  /** The upstream sent `data: [DONE]`. */
+  /** The upstream sent `data: [DONE]` (Responses API: response.completed or response.incomplete). */
   done = false;
   /** A choice reported its finish_reason: the generation is over, only the usage chunk and [DONE] remain. */
   finished = false;
+  /** Responses API: the upstream said the response failed (response.failed or an error event); passed on to the client. */
+  failed = false;
+  /**
+   * Responses API: the terminal event (response.completed / response.incomplete), held back as
+   * `data: [DONE]` is on chat streams, and sent once the receipt committed.
+   */
+  terminal = "";
   /** Content events passed to the client. */
   events = 0;
   private readonly text: string[] = [];
@@ -164,6 +178,7 @@ export class SseRelay {
   constructor(
     private readonly clientWantsUsage: boolean,
     private readonly maxEventBytes = Number.POSITIVE_INFINITY,
+    private readonly protocol: "chat" | "responses" = "chat",
   ) {}
 
   /**
@@ -238,10 +253,14 @@ export class SseRelay {
       return `${event}\n\n`; // not ours to judge: pass it on
     }
     if (!parsed) return `${event}\n\n`;
+    if (this.protocol === "responses") return this.responseEvent(event, parsed);
     const choices = parsed.choices;
     if (Array.isArray(choices)) {
       for (const c of choices) {
-        choiceText((c as { delta?: unknown } | null)?.delta, this.text);
+        // Chat chunks carry a delta; text completion chunks carry their text on the choice itself.
+        const choice = c as { delta?: unknown; text?: unknown } | null;
+        if (typeof choice?.text === "string") this.text.push(choice.text);
+        choiceText(choice?.delta, this.text);
         if ((c as { finish_reason?: unknown } | null)?.finish_reason) this.finished = true;
       }
     }
@@ -255,6 +274,28 @@ export class SseRelay {
         this.events++;
         return `data: ${JSON.stringify(rest)}\n\n`;
       }
+    }
+    this.events++;
+    return `${event}\n\n`;
+  }
+
+  /** One typed event of a Responses API stream: passed on as it came, its text kept, its terminal event held back. */
+  private responseEvent(event: string, parsed: Record<string, unknown>): string {
+    const type = typeof parsed.type === "string" ? parsed.type : "";
+    if (type.endsWith(".delta") && typeof parsed.delta === "string" && !BINARY_DELTAS.test(type)) this.text.push(parsed.delta);
+    const response = parsed.response as { usage?: unknown } | undefined;
+    if (RESPONSE_DONE_EVENTS.has(type)) {
+      const usage = readUsage(response?.usage);
+      if (usage) this.usage = usage;
+      this.done = true;
+      this.finished = true;
+      this.terminal = `${event}\n\n`;
+      return "";
+    }
+    if (RESPONSE_FAILED_EVENTS.has(type)) {
+      const usage = readUsage(response?.usage);
+      if (usage) this.usage = usage;
+      this.failed = true;
     }
     this.events++;
     return `${event}\n\n`;
