@@ -17,6 +17,8 @@ import { worstCase } from "../src/accounting/charges.ts";
 import { formatMoney, parseMoney, requestCharge } from "../src/money.ts";
 import { countTokens } from "gpt-tokenizer";
 import { promptBound } from "../src/gateway/tokens.ts";
+import { exportCsv } from "../src/exports/index.ts";
+import { gqlOk, token } from "./support/graphql.ts";
 
 const h = useGatewayHarness();
 const PRICES: [string, string] = ["2.5", "10.333333"];
@@ -154,6 +156,59 @@ describe("POST /v1/responses with the openai SDK", () => {
     const receipt = await receiptOf(response.headers.get("x-request-id")!);
     expect(receipt).toMatchObject({ promptTokens: 1000, cachedPromptTokens: 900, completionTokens: 50, reasoningTokens: 20, upstreamCost: "0.00042", charge: expected, usageExceededReservation: false });
     expect(receipt.ledgerEntry!.amount).toBe(-expected);
+
+    // Every class visible: the receipt and its snapshot in GraphQL, spendSeries sums, the CSV export, /v1/models.
+    const admin = await token("PLATFORM_ADMIN");
+    const q = await gqlOk<{ apiKey: { receipts: { edges: Array<{ node: Record<string, unknown> }> } } }>(
+      admin,
+      `query($id: ID!) { apiKey(id: $id) { receipts(first: 5) { edges { node {
+         promptTokens cachedPromptTokens cacheWriteTokens audioPromptTokens completionTokens reasoningTokens audioCompletionTokens upstreamCost
+         charge { amount currency } priceSnapshot { inputPerMillion { amount } cachedInputPerMillion { amount } cacheWritePerMillion { amount } audioOutputPerMillion { amount } } } } } } }`,
+      { id: s.key.id },
+    );
+    expect(q.apiKey.receipts.edges[0]!.node).toEqual({
+      promptTokens: 1000,
+      cachedPromptTokens: 900,
+      cacheWriteTokens: 0,
+      audioPromptTokens: 0,
+      completionTokens: 50,
+      reasoningTokens: 20,
+      audioCompletionTokens: 0,
+      upstreamCost: "0.00042",
+      charge: { amount: "0.000992", currency: "USD" },
+      priceSnapshot: { inputPerMillion: { amount: "2.500000" }, cachedInputPerMillion: { amount: "0.250000" }, cacheWritePerMillion: null, audioOutputPerMillion: null },
+    });
+    const from = new Date(Date.now() - 3_600_000).toISOString();
+    const to = new Date(Date.now() + 3_600_000).toISOString();
+    const series = await gqlOk<{ spendSeries: Array<Record<string, unknown>> }>(
+      admin,
+      `query($input: SpendSeriesInput!) { spendSeries(input: $input) { requests promptTokens cachedPromptTokens completionTokens reasoningTokens spend { amount } } }`,
+      { input: { organizationId: s.org.id, from, to, interval: "HOUR", groupBy: "KEY", keyId: s.key.id } },
+    );
+    expect(series.spendSeries).toEqual([{ requests: 1, promptTokens: 1000, cachedPromptTokens: 900, completionTokens: 50, reasoningTokens: 20, spend: { amount: "0.000992" } }]);
+    let csv = "";
+    for await (const part of exportCsv(s.viewer, "receipts", { keyId: s.key.id })) csv += part;
+    const [header, row] = csv.trim().split(/\r?\n/).map((line) => line.split(","));
+    const record = Object.fromEntries(header!.map((h, i) => [h, row![i]]));
+    expect(record).toMatchObject({ promptTokens: "1000", cachedPromptTokens: "900", completionTokens: "50", reasoningTokens: "20", upstreamCost: "0.00042", charge: "0.000992" });
+    const models = (await s.client.models.list()).data as unknown as Array<{ id: string; pricing: Record<string, string> }>;
+    expect(models.find((m) => m.id === s.model)!.pricing).toMatchObject({ input_per_million: "2.500000", cached_input_per_million: "0.250000", cache_write_per_million: "2.500000", output_per_million: "10.333333" });
+  });
+
+  it("a snapshot without a cached price charges as before classes existed (the cached tokens are still recorded); chat completions read prompt_tokens_details", async () => {
+    const s = await setup();
+    h.fake.set(s.upstreamModel, { type: "ok", usage: { prompt_tokens: 1000, completion_tokens: 50 }, details: { cached_tokens: 900, reasoning_tokens: 20 } });
+    const input = "cache me ".repeat(500);
+    const viaResponses = await s.client.responses.create({ model: s.model, input, max_output_tokens: 64 }).withResponse();
+    const viaChat = await s.client.chat.completions.create({ model: s.model, messages: [{ role: "user", content: input }], max_tokens: 64 }).withResponse();
+    expect(viaChat.data.usage).toMatchObject({ prompt_tokens_details: { cached_tokens: 900 }, completion_tokens_details: { reasoning_tokens: 20 } });
+    // ceil(1000 × 2.5) + ceil(50 × 10.333333): today's formula.
+    const today = requestCharge(PRICE, 1000, 50);
+    expect(today).toBe(3017n);
+    for (const { response } of [viaResponses, viaChat]) {
+      expect(response.headers.get("x-tokengate-charge")).toBe(formatMoney(today));
+      expect(await receiptOf(response.headers.get("x-request-id")!)).toMatchObject({ promptTokens: 1000, cachedPromptTokens: 900, reasoningTokens: 20, charge: today });
+    }
   });
 });
 
