@@ -7,6 +7,8 @@ import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { postEntry, scopeSpend, walletBucket } from "../src/accounting/index.ts";
 import { chargeBatch, LeasePool, reclaimLeases } from "../src/accounting/leases.ts";
+import { writeCharged } from "../src/gateway/money.ts";
+import { recordBatch, recordWritten, type BatchItem } from "../src/requests/index.ts";
 import { directSql } from "../src/db/index.ts";
 import { changeRunPause, startRun } from "../src/runs/index.ts";
 import { setChannelLimits } from "../src/routing/index.ts";
@@ -192,6 +194,120 @@ describe("issue 14 money holes", () => {
       expect(after.balance).toBe(180_000n);
       expect(after.balance - after.held).toBeGreaterThanOrEqual(0n);
       expect(await leaseBookViolations(database.sql)).toEqual([]);
+    } finally {
+      await database.dispose();
+    }
+  });
+
+  it("point 4: a stalled instance that writes before its renewal finds its lease reclaimed: the charge is admitted anew, the batch never fails", async () => {
+    const database = await createTestDatabase();
+    try {
+      const { w, bucket, sql, stalled, other, input, clock } = await tightWorld();
+      const r1 = await stalled.admit({ ...input, amount: 150_000n });
+      const r2 = await stalled.admit({ ...input, amount: 40_000n });
+      if (!r1.ok || !r2.ok) throw new Error("refused");
+      clock.ms += 10 * TTL_MS;
+      expect(await reclaimLeases(sql, 0, new Date(clock.ms))).toBeGreaterThan(0);
+      expect((await other.admit({ ...input, amount: 180_000n })).ok).toBe(true);
+      // No renewal ran since: the pool still believes in its leases when the answers are written.
+      const charged = await chargeBatch(
+        stalled,
+        [
+          { requestId: randomUUID(), bucketId: bucket.id, charge: 150_000n, hold: r1.hold },
+          { requestId: randomUUID(), bucketId: bucket.id, charge: 20_000n, hold: r2.hold },
+        ],
+        sql,
+        new Date(clock.ms),
+      );
+      expect(charged.size).toBe(1);
+      const after = await walletBucket(w.org.id, "CREDIT");
+      expect(after.balance).toBe(180_000n);
+      expect(after.held).toBe(180_000n);
+      expect(await leaseBookViolations(database.sql)).toEqual([]);
+    } finally {
+      await database.dispose();
+    }
+  });
+
+  it("a sweep reclaims every expired lease of a bucket at once (a balance lease given back no longer hides the others)", async () => {
+    const database = await createTestDatabase();
+    try {
+      const w = await f.world({ credit: "10", key: { dailyCap: "5" } });
+      const bucket = await walletBucket(w.org.id, "CREDIT");
+      const { route, channels } = await f.route(w.viewer, w.org.id, uid("sweep"), [{ name: "c", baseUrl: "http://127.0.0.1:9", upstreamModel: "m", price: ["1", "2"] }]);
+      const sql = directSql();
+      const clock = { ms: Date.now() };
+      // Three dead instances, six leases each (balance, key day, project day and month, route, channel):
+      // more rows than the sweep's cursor fetches at once, where the old sweep skipped the rest.
+      const dead = [0, 1, 2].map((i) => new LeasePool(sql, { instanceId: `dead${i}-${randomUUID()}`, ttlMs: TTL_MS, chunk: (need) => need, clock: () => clock.ms, databaseTime: () => new Date(clock.ms) }));
+      const input = { bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id, routeId: route.id, channelId: channels[0]!.id, amount: 100_000n };
+      for (const pool of dead) expect((await pool.admit(input)).ok).toBe(true);
+      const leases = await database.sql.query<{ n: string }>(`SELECT count(*)::text AS n FROM "BudgetLease" WHERE "bucketId" = $1`, [bucket.id]);
+      expect(leases[0]!.n).toBe("18");
+      for (const pool of dead) pool.abandon();
+      clock.ms += 2 * TTL_MS;
+      expect(await reclaimLeases(sql, 0, new Date(clock.ms))).toBe(18);
+      const after = await walletBucket(w.org.id, "CREDIT");
+      expect(after.held).toBe(0n);
+      for (const [scope, id] of [["KEY_DAILY", w.key.id], ["ROUTE_DAILY", route.id], ["CHANNEL_DAILY", channels[0]!.id]] as const) {
+        expect((await scopeSpend(scope, id, "CREDIT")).held).toBe(0n);
+      }
+      expect(await leaseBookViolations(database.sql)).toEqual([]);
+    } finally {
+      await database.dispose();
+    }
+  });
+
+  it("a write whose commit was acknowledged to no one is not written twice when it is retried", async () => {
+    const database = await createTestDatabase();
+    try {
+      const w = await f.world({ credit: "10" });
+      const bucket = await walletBucket(w.org.id, "CREDIT");
+      const { route, channels } = await f.route(w.viewer, w.org.id, uid("ack"), [{ name: "c", baseUrl: "http://127.0.0.1:9", upstreamModel: "m", price: ["1", "2"] }]);
+      const price = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: channels[0]!.id } });
+      const pool = new LeasePool(directSql(), { instanceId: `ack-${randomUUID()}`, ttlMs: 60_000, chunk: (need) => need });
+      const admitted = await pool.admit({ bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id, routeId: route.id, channelId: channels[0]!.id, amount: 50_000n });
+      if (!admitted.ok) throw new Error("refused");
+      const requestId = randomUUID();
+      const item: BatchItem = {
+        kind: "receipt",
+        id: randomUUID(),
+        bucketId: bucket.id,
+        leases: [],
+        record: {
+          requestId, organizationId: w.org.id, keyId: w.key.id, projectId: w.project.id, runId: null, routeId: route.id, channelId: channels[0]!.id,
+          requestedModel: "m", upstreamModel: "m", endpoint: "/v1/chat/completions", channelRole: "PRIMARY", fallback: false, attempts: 1,
+          bucket: "CREDIT", currency: "USD", promptTokens: 1_000, completionTokens: 500, priceSnapshotId: price.id, charge: 2_000n, stream: true, latencyMs: 1, status: 200,
+        },
+      };
+      let calls = 0;
+      const held = { hold: admitted.hold };
+      const { item: entry } = await writeCharged(
+        {
+          pool,
+          // The first statement commits and its answer is lost (the connection drops at the commit).
+          submit: async (e) => {
+            const written = await recordBatch([e]);
+            if (++calls === 1) throw new Error("connection terminated unexpectedly");
+            return written[0]!;
+          },
+          written: recordWritten,
+          onError: () => {},
+          tries: 6,
+          sleep: async () => {},
+        },
+        item,
+        held,
+      );
+      pool.settled(held.hold, entry.record.charge);
+      expect(calls).toBe(1);
+      const receipts = await database.prisma.receipt.findMany({ where: { requestId }, include: { ledgerEntry: true } });
+      expect(receipts).toHaveLength(1);
+      expect(receipts[0]!.charge).toBe(2_000n);
+      expect(receipts[0]!.ledgerEntry!.amount).toBe(-2_000n);
+      expect((await walletBucket(w.org.id, "CREDIT")).balance).toBe(10_000_000n - 2_000n);
+      await pool.returnAll();
+      expect(await ledgerViolations(database)).toEqual([]);
     } finally {
       await database.dispose();
     }

@@ -34,7 +34,17 @@ export function windowFor(scope: CapScope, now: Date): Date {
   }
 }
 
-/** Turns the SQL functions' TG_* exceptions into domain errors. */
+/**
+ * tg_record_batch refused a batch: these leases were reclaimed (their instance stalled past the
+ * grace) before it learnt so. The charges out of them are admitted anew (LeasePool.backed) and written again.
+ */
+export class LeaseGoneError extends Error {
+  constructor(readonly leaseIds: string[]) {
+    super(`leases reclaimed before their charges were written: ${leaseIds.join(", ")}`);
+    this.name = "LeaseGoneError";
+  }
+}
+
 /** The database's own message, wherever the driver adapter put it (adapters differ). */
 function databaseMessage(error: unknown): string {
   const meta = (error as { meta?: { driverAdapterError?: { cause?: { message?: string; originalMessage?: string } } } }).meta;
@@ -42,6 +52,7 @@ function databaseMessage(error: unknown): string {
   return [error instanceof Error ? error.message : String(error), cause?.message, cause?.originalMessage].filter(Boolean).join(" ");
 }
 
+/** Turns the SQL functions' TG_* exceptions into domain errors. */
 export function translateDbError(error: unknown): never {
   const message = databaseMessage(error);
   const match = /TG_([A-Z_]+): ([^\n"]*)/.exec(message);
@@ -54,6 +65,8 @@ export function translateDbError(error: unknown): never {
         throw new DomainError("NOT_FOUND", detail!.trim());
       case "INSUFFICIENT_BALANCE":
         throw new DomainError("BAD_USER_INPUT", `amount: ${detail!.trim()}`, "amount");
+      case "LEASE_GONE":
+        throw new LeaseGoneError(detail!.trim().split(",").filter(Boolean));
       default:
         throw new Error(`TG_${code}: ${detail!.trim()}`, { cause: error });
     }

@@ -15,7 +15,7 @@
 // request admitted against them can run (tg_reclaim_leases); expiry runs on the database's clock.
 import { randomUUID } from "node:crypto";
 import type { SqlClient } from "./index.ts";
-import { dayStart, monthStart, RUN_WINDOW, translateDbError } from "./index.ts";
+import { dayStart, LeaseGoneError, monthStart, RUN_WINDOW, translateDbError } from "./index.ts";
 import type { CapScope } from "../generated/prisma/enums.ts";
 import { MAX_AMOUNT_MICROS } from "../money.ts";
 import { events } from "../events/index.ts";
@@ -361,6 +361,20 @@ export class LeasePool {
     return { hold: { amount: 0n, bucketId: hold.bucketId, leases: [] }, charge: 0n };
   }
 
+  /**
+   * The database no longer has these leases: a write found them reclaimed before a renewal told
+   * this instance (it stalled past the grace). They admit nothing more; holds in them need backing anew.
+   */
+  markGone(ids: Iterable<string>): void {
+    const gone = new Set(ids);
+    for (const lease of [...this.leases.values(), ...this.draining]) {
+      if (!gone.has(lease.id) || lease.gone) continue;
+      this.stats.lapsed++;
+      if (this.draining.has(lease)) lease.gone = true;
+      else this.retire(lease, true);
+    }
+  }
+
   /** After the charge committed (tg_record_batch): the charge left the leases, the rest of the hold is free again. */
   settled(hold: LeaseHold, charge: bigint): void {
     if (charge < 0n || charge > hold.amount) throw new RangeError("charge outside its hold");
@@ -645,27 +659,35 @@ export const RECORD_BATCH_SQL = `SELECT request_id, ledger_entry_id, balance_aft
 /** Charges only (no receipts): the lease property test's writer, the same statement the gateway's batches use. */
 export async function chargeBatch(pool: LeasePool, items: ChargeItem[], client: SqlClient, now = new Date()): Promise<Map<string, { ledgerEntryId: string; balanceAfter: bigint }>> {
   for (const item of items) if (item.charge < 0n || item.charge > item.hold.amount) throw new RangeError("charge outside its hold");
-  // A hold whose lease was reclaimed is admitted anew first (its charge may drop to what fits: 0).
-  for (const item of items) Object.assign(item, await pool.backed(item.hold, item.charge));
-  const rows = await client
-    .$queryRawUnsafe<Array<{ request_id: string | null; ledger_entry_id: string; balance_after: string }>>(
-      RECORD_BATCH_SQL,
-      now.toISOString(),
-      null,
-      null,
-      ...chargeBatchParams(
-        items.map((item) => ({
-          requestId: item.requestId,
-          bucketId: item.bucketId,
-          charge: item.charge,
-          receiptId: item.receiptId ?? null,
-          failedRequestId: item.failedRequestId ?? null,
-          ledgerEntryId: randomUUID(),
-          leases: pool.chargeLeases(item.hold),
-        })),
-      ),
-    )
-    .catch(translateDbError);
-  for (const item of items) pool.settled(item.hold, item.charge);
-  return new Map(rows.filter((r) => r.request_id !== null).map((r) => [r.request_id!, { ledgerEntryId: r.ledger_entry_id, balanceAfter: BigInt(r.balance_after) }]));
+  for (let rebacks = 0; ; rebacks++) {
+    // A hold whose lease was reclaimed is admitted anew first (its charge may drop to what fits: 0).
+    for (const item of items) Object.assign(item, await pool.backed(item.hold, item.charge));
+    try {
+      const rows = await client
+        .$queryRawUnsafe<Array<{ request_id: string | null; ledger_entry_id: string; balance_after: string }>>(
+          RECORD_BATCH_SQL,
+          now.toISOString(),
+          null,
+          null,
+          ...chargeBatchParams(
+            items.map((item) => ({
+              requestId: item.requestId,
+              bucketId: item.bucketId,
+              charge: item.charge,
+              receiptId: item.receiptId ?? null,
+              failedRequestId: item.failedRequestId ?? null,
+              ledgerEntryId: randomUUID(),
+              leases: pool.chargeLeases(item.hold),
+            })),
+          ),
+        )
+        .catch(translateDbError);
+      for (const item of items) pool.settled(item.hold, item.charge);
+      return new Map(rows.filter((r) => r.request_id !== null).map((r) => [r.request_id!, { ledgerEntryId: r.ledger_entry_id, balanceAfter: BigInt(r.balance_after) }]));
+    } catch (e) {
+      // Reclaimed before a renewal told the pool: back those charges anew and write again.
+      if (!(e instanceof LeaseGoneError) || rebacks >= 3) throw e;
+      pool.markGone(e.leaseIds);
+    }
+  }
 }

@@ -6,15 +6,18 @@
 // - "holds": a Hold row per request, reserved and resolved by SQL functions, group-committed.
 import { randomUUID } from "node:crypto";
 import { currentDatabase, directSql } from "../db/index.ts";
-import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
+import { LeaseGoneError, release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
 import { LeasePool, reclaimLeases, type LeaseHold } from "../accounting/leases.ts";
 import { GroupCommit } from "./group-commit.ts";
 import { events } from "../events/index.ts";
 
+import { capToHold, recordBatch, recordFailure, recordReceipt, recordReceiptMany, recordWritten, type BatchItem, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "../requests/index.ts";
+
 const RECALL_EVERY_MS = 250;
 /** Tries of a durable write before the request fails (about 1.5 s of retries). */
 const DURABLE_WRITE_TRIES = 6;
-import { capToHold, recordBatch, recordFailure, recordReceipt, recordReceiptMany, type BatchItem, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "../requests/index.ts";
+/** Re-admissions of a charge whose lease the database reclaimed under it, per write (each finds new leases). */
+const REBACKS_PER_WRITE = 3;
 
 export interface Settlement {
   record: ReceiptInput;
@@ -69,6 +72,72 @@ export function holdMoneyPath(options: { grouped: boolean }): MoneyPath {
     spendStates: () => null,
     close: async () => {},
   };
+}
+
+/** What a committed batch answers per record. */
+export interface Written {
+  id: string;
+  ledgerEntryId: string | null;
+  counters: CounterState[];
+}
+
+/** A request's hold as its write goes: backing it anew (a reclaimed lease) replaces it. */
+export interface HeldCharge {
+  hold: LeaseHold;
+}
+
+export interface ChargeWriteDeps {
+  pool: LeasePool;
+  /** Sends one record (batched with others); resolves once it committed. */
+  submit: (item: BatchItem) => Promise<Written>;
+  /** Whether a record whose write failed committed anyway (its answer was lost). */
+  written: (item: BatchItem) => Promise<boolean>;
+  onError: (message: string, error: unknown) => void;
+  /** Tries before giving up (Infinity: until it commits, for a response already sent). */
+  tries: number;
+  /** The instance is stopping: an unbounded write gives up after DURABLE_WRITE_TRIES. */
+  stopping?: () => boolean;
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/**
+ * Writes one record with its charge out of `held.hold`, until it commits: the one place a request's
+ * spend becomes durable (the gateway's money path and the simulation use it). A hold whose lease
+ * the database reclaimed (the pool learnt it at a renewal, or the batch refused it: TG_LEASE_GONE)
+ * is admitted anew against every cap before it is charged; its charge drops to what fits only when
+ * nothing covers it (said loudly). A write that failed but committed (its answer lost) is not
+ * written twice: its id is looked up before a retry. Resolves with what was written.
+ */
+export async function writeCharged(deps: ChargeWriteDeps, item: BatchItem, held: HeldCharge): Promise<{ written: Written; item: BatchItem }> {
+  const asked = item.record.charge;
+  let rebacks = 0;
+  for (let attempt = 1; ; ) {
+    const { hold, charge } = await deps.pool.backed(held.hold, asked);
+    held.hold = hold;
+    if (charge !== asked && item.record.charge === asked) {
+      deps.onError(`request ${item.record.requestId}: its lease was reclaimed and no cap or balance covers its charge (${asked} µ) now; it is written uncharged`, null);
+    }
+    const entry = { ...item, record: { ...item.record, charge }, leases: deps.pool.chargeLeases(hold) } as BatchItem;
+    item = entry;
+    try {
+      return { written: await deps.submit(entry), item: entry };
+    } catch (e) {
+      if (e instanceof LeaseGoneError && rebacks < REBACKS_PER_WRITE) {
+        rebacks++;
+        deps.pool.markGone(e.leaseIds);
+        continue;
+      }
+      if (await deps.written(entry).catch(() => false)) return { written: { id: entry.id!, ledgerEntryId: null, counters: [] }, item: entry };
+      const limit = deps.stopping?.() && deps.tries === Infinity ? DURABLE_WRITE_TRIES : deps.tries;
+      if (attempt >= limit) {
+        deps.onError(`${entry.kind} of request ${entry.record.requestId} (charge ${entry.record.charge} µ) could not be written after ${attempt} tries`, e);
+        throw e;
+      }
+      if (attempt === 1) deps.onError(`${entry.kind} of request ${entry.record.requestId} could not be written; retrying`, e);
+      await (deps.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms))))(Math.min(1_000, 25 * 2 ** attempt));
+      attempt++;
+    }
+  }
 }
 
 export interface LeaseMoneyOptions {
@@ -133,7 +202,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
       await pool.recall(event.bucketId, event.scope, event.scopeId).catch((e: unknown) => options.onError("could not give back recalled leases", e));
     }
   })();
-  const holds = new Map<string, LeaseHold>();
+  const holds = new Map<string, HeldCharge>();
   let closing = false;
   const sendFirst = (options.sendBeforeCommitMs ?? 0) > 0;
   /** Receipts whose response went out before their commit (SEND_BEFORE_COMMIT_MS), until they commit. */
@@ -146,26 +215,9 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     { maxBatch: 256, maxInFlight: currentDatabase()?.kind === "pglite" ? 1 : 2, windowMs: options.sendBeforeCommitMs },
   );
 
-  /**
-   * A write retried on errors (the database restarting, a failover): a response that was sent is
-   * never dropped, its hold staying in its leases (caps hold) until it commits. `tries` Infinity:
-   * the response already went out (SEND_BEFORE_COMMIT_MS), so retry until it commits or the
-   * instance stops (then it is logged loudly with its charge).
-   */
-  async function writeDurably(item: BatchItem, tries: number): Promise<{ id: string; ledgerEntryId: string | null; counters: CounterState[] }> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await writer.submit(item);
-      } catch (e) {
-        if (attempt >= tries || (closing && tries === Infinity && attempt > DURABLE_WRITE_TRIES)) {
-          options.onError(`${item.kind} of request ${item.record.requestId} (charge ${item.record.charge} µ) could not be written after ${attempt} tries`, e);
-          throw e;
-        }
-        if (attempt === 1) options.onError(`${item.kind} of request ${item.record.requestId} could not be written; retrying`, e);
-        await new Promise((resolve) => setTimeout(resolve, Math.min(1_000, 25 * 2 ** attempt)));
-      }
-    }
-  }
+  /** A write retried until it commits (see writeCharged); `tries` Infinity once its response went out. */
+  const write = (item: BatchItem, held: HeldCharge, tries: number) =>
+    writeCharged({ pool, submit: (entry) => writer.submit(entry), written: recordWritten, onError: options.onError, tries, stopping: () => closing }, item, held);
 
   async function perRequestCap(keyId: string, bucketId: string): Promise<bigint | null> {
     const k = `${keyId}|${bucketId}`;
@@ -207,7 +259,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     if (!hold) return null;
     const found = holds.get(hold.id) ?? null;
     holds.delete(hold.id);
-    return found;
+    return found?.hold ?? null;
   };
 
   return {
@@ -225,26 +277,21 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
       });
       if (!result.ok) return { ok: false, refusal: result.refusal };
       const holdId = randomUUID();
-      holds.set(holdId, result.hold);
+      holds.set(holdId, { hold: result.hold });
       return { ok: true, holdId };
     },
     async settle(item) {
-      const admitted = holds.get(item.hold.id);
-      if (!admitted) throw new Error(`no lease hold ${item.hold.id}`);
-      // A lease reclaimed under this request (its instance stalled past the grace): its charge is admitted anew first.
-      const { hold, charge } = await pool.backed(admitted, item.record.charge);
-      if (charge !== item.record.charge) {
-        options.onError(`request ${item.record.requestId}: its lease was reclaimed and no cap or balance covers its charge (${item.record.charge} µ) now; its receipt is written uncharged`, null);
-      }
-      const record = charge === item.record.charge ? item.record : { ...item.record, charge };
-      holds.set(item.hold.id, hold);
+      const held = holds.get(item.hold.id);
+      if (!held) throw new Error(`no lease hold ${item.hold.id}`);
       const id = randomUUID();
-      const entry: BatchItem = { kind: "receipt", id, record, bucketId: item.bucketId, leases: pool.chargeLeases(hold) };
       // The hold stays in its leases until the charge committed: caps hold whichever answers first.
-      const committed = writeDurably(entry, sendFirst ? Infinity : DURABLE_WRITE_TRIES).then((written) => {
+      // A stream's answer is already with the client when its receipt is written (so is any answer
+      // with SEND_BEFORE_COMMIT_MS): it is retried until it commits, never dropped.
+      const tries = sendFirst || item.record.stream ? Infinity : DURABLE_WRITE_TRIES;
+      const committed = write({ kind: "receipt", id, record: item.record, bucketId: item.bucketId, leases: [] }, held, tries).then(({ written, item: entry }) => {
         holds.delete(item.hold.id);
-        pool.settled(hold, record.charge);
-        remember(record.requestId, written.counters);
+        pool.settled(held.hold, entry.record.charge);
+        remember(entry.record.requestId, written.counters);
       });
       if (!sendFirst) {
         try {
@@ -266,24 +313,30 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
       if (hold) pool.release(hold);
     },
     async recordFailure(record, ref) {
-      const admitted = ref ? (holds.get(ref.id) ?? null) : null;
-      const asked = admitted ? capToHold(record.charge, ref) : 0n;
-      const { hold, charge } = admitted ? await pool.backed(admitted, asked) : { hold: null, charge: 0n };
-      if (ref && hold) holds.set(ref.id, hold);
-      const charged = { ...record, charge };
-      let written: { id: string; ledgerEntryId: string | null; counters: CounterState[] };
+      const held = ref ? (holds.get(ref.id) ?? null) : null;
+      const id = randomUUID();
+      if (!held) {
+        // Refused before admission (or its hold already went): nothing is charged.
+        const { written } = await writeCharged(
+          { pool, submit: (entry) => writer.submit(entry), written: recordWritten, onError: options.onError, tries: DURABLE_WRITE_TRIES },
+          { kind: "failure", id, record: { ...record, charge: 0n }, bucketId: null, leases: [] },
+          { hold: { amount: 0n, bucketId: "", leases: [] } },
+        );
+        remember(record.requestId, written.counters);
+        return written;
+      }
+      const charge = capToHold(record.charge, ref);
+      let result: { written: Written; item: BatchItem };
       try {
-        written = await writeDurably({ kind: "failure", record: charged, bucketId: hold?.bucketId ?? null, leases: hold ? pool.chargeLeases(hold) : [] }, DURABLE_WRITE_TRIES);
+        result = await write({ kind: "failure", id, record: { ...record, charge }, bucketId: held.hold.bucketId, leases: [] }, held, DURABLE_WRITE_TRIES);
       } catch (e) {
-        if (hold) pool.release(take(ref) ?? hold);
+        pool.release(take(ref) ?? held.hold);
         throw e;
       }
-      if (hold) {
-        take(ref);
-        pool.settled(hold, charged.charge);
-      }
-      remember(record.requestId, written.counters);
-      return written;
+      take(ref);
+      pool.settled(held.hold, result.item.record.charge);
+      remember(record.requestId, result.written.counters);
+      return result.written;
     },
     spendStates(requestId) {
       const counters = recent.get(requestId) ?? null;
@@ -299,7 +352,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
       await revoked.return?.();
       await recalls.return?.();
       await beating;
-      for (const hold of holds.values()) pool.release(hold);
+      for (const held of holds.values()) pool.release(held.hold);
       holds.clear();
       await pool.returnAll().catch((e: unknown) => options.onError("could not return leases (they lapse after their TTL)", e));
     },

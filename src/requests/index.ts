@@ -337,6 +337,17 @@ const jsonRow = (id: string, columns: ReadonlyArray<readonly [string, string]>, 
 };
 
 /**
+ * Whether a record (receipt or failed request) with this item's id committed: a write whose answer
+ * was lost (the connection dropped at its commit) is looked up before a retry, never written twice.
+ */
+export async function recordWritten(item: BatchItem): Promise<boolean> {
+  if (!item.id) return false;
+  const table = item.kind === "receipt" ? `"Receipt"` : `"FailedRequest"`;
+  const rows = await directSql().$queryRawUnsafe<Array<{ n: number }>>(`SELECT 1 AS n FROM ${table} WHERE id = $1`, item.id);
+  return rows.length > 0;
+}
+
+/**
  * Writes many receipts / failed requests and their charges atomically in one statement; announces
  * each after the commit. A failure without a bucket (refused before admission) is charged nothing.
  */
