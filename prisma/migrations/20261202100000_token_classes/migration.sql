@@ -120,7 +120,9 @@ BEGIN
 END $$;
 
 
--- The batched writer (latest definition: 20261123800000_record_batch), now writing the token classes and the upstream's cost.
+
+-- The batched writer (latest definition: 20261202000000_reclaim_whole_and_charge_live_leases, unchanged but for
+-- the receipt insert), now writing the token classes and the upstream's cost.
 CREATE OR REPLACE FUNCTION tg_record_batch(
   p_now timestamp(3),
   p_receipts json,
@@ -134,6 +136,7 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
   v_live text[];
+  v_gone text[];
 BEGIN
   IF EXISTS (SELECT 1 FROM unnest(p_charges) AS c(charge) WHERE c.charge < 0)
      OR EXISTS (SELECT 1 FROM unnest(p_lease_amounts) AS c(amount) WHERE c.amount < 0)
@@ -142,6 +145,14 @@ BEGIN
   END IF;
   -- The bucket rows first, in id order: every function that touches leases or counters does.
   PERFORM 1 FROM "WalletBucket" b WHERE b.id = ANY(p_bucket_ids) ORDER BY b.id FOR UPDATE;
+
+  -- Every lease charged must still exist (see the header); checked under the bucket locks.
+  SELECT array_agg(d.id ORDER BY d.id) INTO v_gone
+    FROM (SELECT DISTINCT x.id FROM unnest(p_lease_ids) AS x(id)) d
+   WHERE NOT EXISTS (SELECT 1 FROM "BudgetLease" l WHERE l.id = d.id);
+  IF v_gone IS NOT NULL THEN
+    RAISE EXCEPTION 'TG_LEASE_GONE: %', array_to_string(v_gone, ',');
+  END IF;
 
   IF p_receipts IS NOT NULL THEN
     INSERT INTO "Receipt" (id, "requestId", "organizationId", "keyId", "projectId", "runId", "routeId", "channelId", "requestedModel", "upstreamModel",
