@@ -229,6 +229,59 @@ describe("issue 14 money holes", () => {
     }
   });
 
+  it("a charge dropped for want of cover stays dropped when its write is retried (found by the simulation on PostgreSQL)", async () => {
+    const database = await createTestDatabase();
+    try {
+      const { w, bucket, sql, stalled, other, input, clock } = await tightWorld();
+      const r1 = await stalled.admit({ ...input, amount: 150_000n });
+      if (!r1.ok) throw new Error("refused");
+      clock.ms += 10 * TTL_MS;
+      expect(await reclaimLeases(sql, 0, new Date(clock.ms))).toBeGreaterThan(0);
+      expect((await other.admit({ ...input, amount: 180_000n })).ok).toBe(true);
+      await stalled.maintain();
+      const item: BatchItem = {
+        kind: "failure",
+        id: randomUUID(),
+        bucketId: bucket.id,
+        leases: [],
+        record: {
+          requestId: randomUUID(), organizationId: w.org.id, keyId: w.key.id, projectId: w.project.id, runId: null, routeId: null, channelId: null,
+          requestedModel: "m", endpoint: "/v1/chat/completions", cause: "CLIENT_CLOSED", capScope: null, message: "client closed", httpStatus: 499,
+          upstreamStatus: null, attempts: 1, bucket: "CREDIT", currency: "USD", promptTokens: 10, completionTokens: 0, priceSnapshotId: null, charge: 150_000n, estimated: true,
+        },
+      };
+      let calls = 0;
+      const held = { hold: r1.hold };
+      const { item: entry } = await writeCharged(
+        {
+          pool: stalled,
+          // The first try fails before its commit; the retry must not bring the dropped charge back.
+          submit: async (e) => {
+            if (++calls === 1) throw new Error("connection refused");
+            return (await recordBatch([e], new Date(clock.ms)))[0]!;
+          },
+          written: recordWritten,
+          onError: () => {},
+          tries: 6,
+          sleep: async () => {},
+        },
+        item,
+        held,
+      );
+      stalled.settled(held.hold, entry.record.charge);
+      expect(calls).toBe(2);
+      expect(entry.record.charge).toBe(0n);
+      const failed = await database.prisma.failedRequest.findUniqueOrThrow({ where: { id: item.id! }, include: { ledgerEntry: true } });
+      expect(failed.charge).toBe(0n);
+      expect(failed.ledgerEntry).toBeNull();
+      const after = await walletBucket(w.org.id, "CREDIT");
+      expect(after.balance).toBe(200_000n);
+      expect(await leaseBookViolations(database.sql)).toEqual([]);
+    } finally {
+      await database.dispose();
+    }
+  });
+
   it("a sweep reclaims every expired lease of a bucket at once (a balance lease given back no longer hides the others)", async () => {
     const database = await createTestDatabase();
     try {

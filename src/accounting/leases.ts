@@ -351,6 +351,8 @@ export class LeasePool {
    * the record is still written, uncharged; the caller says so loudly).
    */
   async backed(hold: LeaseHold, charge: bigint): Promise<{ hold: LeaseHold; charge: bigint }> {
+    // Never more than the hold (a hold that was settled or released holds nothing).
+    if (charge > hold.amount) throw new RangeError(`charge ${charge} above its hold ${hold.amount}`);
     if (this.isBacked(hold) || charge === 0n) return { hold, charge };
     const scopes: LeaseKey[] = hold.leases.map((l) => ({ bucketId: l.bucketId, scope: l.scope, scopeId: l.scopeId, windowStart: l.windowStart }));
     if (!scopes.some((s) => s.scope === "BALANCE")) scopes.push({ bucketId: hold.bucketId, scope: "BALANCE", scopeId: "", windowStart: RUN_WINDOW });

@@ -112,9 +112,10 @@ export async function writeCharged(deps: ChargeWriteDeps, item: BatchItem, held:
   const asked = item.record.charge;
   let rebacks = 0;
   for (let attempt = 1; ; ) {
-    const { hold, charge } = await deps.pool.backed(held.hold, asked);
+    // What the previous try settled on: a charge dropped for want of cover stays dropped (its hold is gone).
+    const { hold, charge } = await deps.pool.backed(held.hold, item.record.charge);
     held.hold = hold;
-    if (charge !== asked && item.record.charge === asked) {
+    if (charge !== item.record.charge) {
       deps.onError(`request ${item.record.requestId}: its lease was reclaimed and no cap or balance covers its charge (${asked} µ) now; it is written uncharged`, null);
     }
     const entry = { ...item, record: { ...item.record, charge }, leases: deps.pool.chargeLeases(hold) } as BatchItem;
