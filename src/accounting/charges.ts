@@ -3,18 +3,17 @@
 // the charge for its usage (never more than was held), and a failed request's charge under the
 // key's failed-request policy. Integers only; rounding is tokenCharge's (src/money.ts).
 import type { BalanceBucket, FailedChargePolicy, FailureCause } from "../generated/prisma/enums.ts";
-import { MAX_AMOUNT_MICROS, classCharge, classChargeBound, requestCharge, tokenCharge, type ClassUsage, type Price } from "../money.ts";
+import { MAX_AMOUNT_MICROS, requestCharge, tokenCharge, type Price } from "../money.ts";
 
-/** Token counts a charge is computed from: the totals, and the classes inside them when the upstream reported them. */
-export type TokenUsage = ClassUsage;
+/** Token counts a charge is computed from. */
+export interface TokenUsage {
+  promptTokens: number;
+  completionTokens: number;
+}
 
-/**
- * Worst case of a request on a channel: every prompt token it may send and every output token it
- * may get, each at its side's dearest class price (see classChargeBound: a cheaper cached price
- * never lowers a hold; without class prices it is price × tokens as before).
- */
+/** Worst case of a request on a channel: every prompt token it may send and every output token it may get. */
 export function worstCase(price: Price, promptBound: number, outputBound: number): bigint {
-  return classChargeBound(price, promptBound, outputBound);
+  return requestCharge(price, promptBound, outputBound);
 }
 
 /** Whether an amount can be held at all (beyond it no balance or cap could cover it: refused as insufficient balance). */
@@ -42,7 +41,7 @@ export function capAtHold(charge: bigint, held: bigint): bigint {
  * absurd usage): the caps win, and the receipt says so.
  */
 export function usageCharge(price: Price, usage: TokenUsage, held: bigint): { charge: bigint; full: bigint } {
-  const full = classCharge(price, usage);
+  const full = requestCharge(price, usage.promptTokens, usage.completionTokens);
   return { charge: capAtHold(full, held), full };
 }
 
@@ -52,9 +51,7 @@ export function usageCharge(price: Price, usage: TokenUsage, held: bigint): { ch
  * hangs up after its request reached the upstream is charged what the upstream bills (FULL_USAGE),
  * whatever the policy; so is an answer the upstream completed (and bills) that the gateway could not
  * deliver (`billed`, e.g. one too large to relay). Nothing is charged without usage (no attempt
- * reached the upstream), a price or a hold; never more than the hold. Failures are charged from
- * their totals at the input / output price (their records keep no token classes; a failure's usage
- * is mostly counted here, not reported).
+ * reached the upstream), a price or a hold; never more than the hold.
  */
 export function failedRequestCharge(
   cause: FailureCause,
