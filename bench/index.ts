@@ -1,5 +1,7 @@
 // `npm run bench [-- name…]`: runs the benchmarks (all, or the named ones) and prints markdown.
 // BENCH_DURATION: seconds per gateway measurement (default 5).
+import type { Mode } from "./gateway.ts";
+
 const duration = Number(process.env.BENCH_DURATION ?? 5);
 
 const benches: Array<{ name: string; run: () => Promise<string> }> = [
@@ -8,10 +10,11 @@ const benches: Array<{ name: string; run: () => Promise<string> }> = [
     run: async () =>
       (await import("./gateway.ts")).benchGateway({
         durationSeconds: duration,
-        // BENCH_CONNECTIONS=1,16 / BENCH_DATABASES=pglite / BENCH_MODES=json narrow the grid (default: all cells).
+        // BENCH_CONNECTIONS=1,16 / BENCH_DATABASES=pglite / BENCH_MODES=json,responses narrow the grid (default: all cells;
+        // modes json, stream, responses, responses-stream).
         connections: process.env.BENCH_CONNECTIONS ? process.env.BENCH_CONNECTIONS.split(",").map(Number) : undefined,
         databases: process.env.BENCH_DATABASES ? (process.env.BENCH_DATABASES.split(",") as Array<"pglite" | "postgres">) : undefined,
-        modes: process.env.BENCH_MODES ? (process.env.BENCH_MODES.split(",") as Array<"json" | "stream">) : undefined,
+        modes: process.env.BENCH_MODES ? (process.env.BENCH_MODES.split(",") as Mode[]) : undefined,
       }),
   },
   {

@@ -278,7 +278,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       return;
     }
     res.writeHead(404, { "content-type": "application/json" });
-    res.end(JSON.stringify({ error: "not found", paths: ["/graphql", "/v1/chat/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard", ...EXPORT_PATHS] }));
+    res.end(JSON.stringify({ error: "not found", paths: ["/graphql", "/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard", ...EXPORT_PATHS] }));
   });
 
   // maxPayload: ws closes the socket with 1009 (message too big) before parsing anything larger.

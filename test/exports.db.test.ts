@@ -282,16 +282,20 @@ describe("CSV exports", () => {
     let rest = "";
     const decoder = new TextDecoder();
     const seen = new Set<number>();
+    let chargeColumn = -1;
     for await (const chunk of response) {
       const text = rest + decoder.decode(chunk as Buffer, { stream: true });
       const parts = text.split("\r\n");
       rest = parts.pop()!;
       for (const line of parts) {
         lines++;
-        if (lines === 1) continue;
+        if (lines === 1) {
+          chargeColumn = line.split(",").indexOf("charge");
+          continue;
+        }
         const fields = line.split(",");
         seen.add(Number(fields[2]!.slice("bulk-".length)));
-        charges += BigInt(fields[21]!.replace(".", ""));
+        charges += BigInt(fields[chargeColumn]!.replace(".", ""));
       }
     }
     clearInterval(sampler);

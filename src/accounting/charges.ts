@@ -3,17 +3,18 @@
 // the charge for its usage (never more than was held), and a failed request's charge under the
 // key's failed-request policy. Integers only; rounding is tokenCharge's (src/money.ts).
 import type { BalanceBucket, FailedChargePolicy, FailureCause } from "../generated/prisma/enums.ts";
-import { MAX_AMOUNT_MICROS, requestCharge, tokenCharge, type Price } from "../money.ts";
+import { MAX_AMOUNT_MICROS, classCharge, classChargeBound, requestCharge, tokenCharge, type ClassUsage, type Price } from "../money.ts";
 
-/** Token counts a charge is computed from. */
-export interface TokenUsage {
-  promptTokens: number;
-  completionTokens: number;
-}
+/** Token counts a charge is computed from: the totals, and the classes inside them when the upstream reported them. */
+export type TokenUsage = ClassUsage;
 
-/** Worst case of a request on a channel: every prompt token it may send and every output token it may get. */
+/**
+ * Worst case of a request on a channel: every prompt token it may send and every output token it
+ * may get, each at its side's dearest class price (see classChargeBound: a cheaper cached price
+ * never lowers a hold; without class prices it is price × tokens as before).
+ */
 export function worstCase(price: Price, promptBound: number, outputBound: number): bigint {
-  return requestCharge(price, promptBound, outputBound);
+  return classChargeBound(price, promptBound, outputBound);
 }
 
 /** Whether an amount can be held at all (beyond it no balance or cap could cover it: refused as insufficient balance). */
@@ -41,7 +42,7 @@ export function capAtHold(charge: bigint, held: bigint): bigint {
  * absurd usage): the caps win, and the receipt says so.
  */
 export function usageCharge(price: Price, usage: TokenUsage, held: bigint): { charge: bigint; full: bigint } {
-  const full = requestCharge(price, usage.promptTokens, usage.completionTokens);
+  const full = classCharge(price, usage);
   return { charge: capAtHold(full, held), full };
 }
 
@@ -51,7 +52,9 @@ export function usageCharge(price: Price, usage: TokenUsage, held: bigint): { ch
  * hangs up after its request reached the upstream is charged what the upstream bills (FULL_USAGE),
  * whatever the policy; so is an answer the upstream completed (and bills) that the gateway could not
  * deliver (`billed`, e.g. one too large to relay). Nothing is charged without usage (no attempt
- * reached the upstream), a price or a hold; never more than the hold.
+ * reached the upstream), a price or a hold; never more than the hold. Failures are charged from
+ * their totals at the input / output price (their records keep no token classes; a failure's usage
+ * is mostly counted here, not reported).
  */
 export function failedRequestCharge(
   cause: FailureCause,

@@ -16,6 +16,12 @@ export interface SpendPoint {
   requests: number;
   promptTokens: number;
   completionTokens: number;
+  /** Token classes inside the totals (receipts only: failed requests record none). */
+  cachedPromptTokens: number;
+  cacheWriteTokens: number;
+  audioPromptTokens: number;
+  reasoningTokens: number;
+  audioCompletionTokens: number;
 }
 
 export interface SpendSeriesInput {
@@ -34,7 +40,23 @@ const MAX_POINTS_SPAN_MS = { HOUR: 31 * 86_400_000, DAY: 3 * 366 * 86_400_000, M
 const HOUR_MS = 3_600_000;
 const DAY_MS = 24 * HOUR_MS;
 
-type Row = { bucket_start: Date; grp: string | null; bucket: BalanceBucket; spend: bigint; requests: bigint; prompt: bigint; completion: bigint };
+type Row = {
+  bucket_start: Date;
+  grp: string | null;
+  bucket: BalanceBucket;
+  spend: bigint;
+  requests: bigint;
+  prompt: bigint;
+  completion: bigint;
+  cached: bigint;
+  cache_write: bigint;
+  audio_prompt: bigint;
+  reasoning: bigint;
+  audio_completion: bigint;
+};
+
+/** The token-class columns, in the order every part of the spend source selects them. */
+const CLASS_COLUMNS = `"cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens"`;
 
 type Range = [from: number, to: number];
 
@@ -67,16 +89,16 @@ function spendSource(plan: ReturnType<typeof planRanges>, params: unknown[]): st
   const parts: string[] = [];
   if (plan.raw.length) {
     parts.push(`SELECT "createdAt" AS at, "keyId", "projectId", "routeId", "requestedModel", bucket, charge,
-                       1 AS requests, "promptTokens", "completionTokens"
+                       1 AS requests, "promptTokens", "completionTokens", ${CLASS_COLUMNS}
                   FROM "Receipt" WHERE "organizationId" = $1 AND (${ranges(`"createdAt"`, plan.raw)})`);
     parts.push(`SELECT "createdAt", "keyId", "projectId", "routeId", "requestedModel", bucket, charge,
-                       1, "promptTokens", "completionTokens"
+                       1, "promptTokens", "completionTokens", 0, 0, 0, 0, 0
                   FROM "FailedRequest" WHERE "organizationId" = $1 AND bucket IS NOT NULL AND charge > 0 AND (${ranges(`"createdAt"`, plan.raw)})`);
   }
   for (const [table, column, list] of [["SpendRollupHourly", "hour", plan.hours], ["SpendRollupDaily", "day", plan.days]] as const) {
     if (!list.length) continue;
     parts.push(`SELECT "${column}" AS at, "keyId", "projectId", "routeId", "requestedModel", bucket, spend AS charge,
-                       requests, "promptTokens", "completionTokens"
+                       requests, "promptTokens", "completionTokens", ${CLASS_COLUMNS}
                   FROM "${table}" WHERE "organizationId" = $1 AND (${ranges(`"${column}"`, list)})`);
   }
   return parts.join(" UNION ALL ");
@@ -99,7 +121,9 @@ async function run(input: SpendSeriesInput, plan: ReturnType<typeof planRanges>)
   const rows = await db.$queryRawUnsafe<Row[]>(
     `SELECT date_trunc('${TRUNC[input.interval]}', at) AS bucket_start, ${group} AS grp, bucket,
             SUM(charge)::bigint AS spend, SUM(requests)::bigint AS requests,
-            SUM("promptTokens")::bigint AS prompt, SUM("completionTokens")::bigint AS completion
+            SUM("promptTokens")::bigint AS prompt, SUM("completionTokens")::bigint AS completion,
+            SUM("cachedPromptTokens")::bigint AS cached, SUM("cacheWriteTokens")::bigint AS cache_write, SUM("audioPromptTokens")::bigint AS audio_prompt,
+            SUM("reasoningTokens")::bigint AS reasoning, SUM("audioCompletionTokens")::bigint AS audio_completion
        FROM (${source}) spend
       WHERE (${key}::text IS NULL OR "keyId" = ${key}) AND (${project}::text IS NULL OR "projectId" = ${project})
       GROUP BY 1, 2, 3 HAVING SUM(requests) > 0 ORDER BY 1, 2, 3`,
@@ -113,6 +137,11 @@ async function run(input: SpendSeriesInput, plan: ReturnType<typeof planRanges>)
     requests: Number(r.requests),
     promptTokens: Number(r.prompt),
     completionTokens: Number(r.completion),
+    cachedPromptTokens: Number(r.cached),
+    cacheWriteTokens: Number(r.cache_write),
+    audioPromptTokens: Number(r.audio_prompt),
+    reasoningTokens: Number(r.reasoning),
+    audioCompletionTokens: Number(r.audio_completion),
   }));
 }
 

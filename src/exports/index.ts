@@ -135,16 +135,18 @@ const SPECS: Record<ExportKind, ExportSpec> = {
     columns: [
       "createdAt", "id", "requestId", "organizationId", "projectId", "keyId", "runId", "routeId", "channelId", "requestedModel",
       "upstreamModel", "endpoint", "channelRole", "fallback", "attempts", "stream", "status", "latencyMs", "bucket",
-      "promptTokens", "completionTokens", "charge", "currency", "priceSnapshotId",
+      "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens",
+      "charge", "currency", "priceSnapshotId", "upstreamCost",
     ],
     select: [
       iso(`t."createdAt"`), "t.id", `t."requestId"`, `t."organizationId"`, `t."projectId"`, `t."keyId"`, `t."runId"`, `t."routeId"`,
       `t."channelId"`, `t."requestedModel"`, `t."upstreamModel"`, "t.endpoint", `t."channelRole"::text`, "t.fallback::text",
       "t.attempts::text", "t.stream::text", "t.status::text", `t."latencyMs"::text`, "t.bucket::text", `t."promptTokens"::text`,
-      `t."completionTokens"::text`, "t.charge::text", "t.currency", `t."priceSnapshotId"`,
+      `t."completionTokens"::text`, `t."cachedPromptTokens"::text`, `t."cacheWriteTokens"::text`, `t."audioPromptTokens"::text`,
+      `t."reasoningTokens"::text`, `t."audioCompletionTokens"::text`, "t.charge::text", "t.currency", `t."priceSnapshotId"`, `t."upstreamCost"`,
     ],
     money: new Set(["charge"]),
-    text: new Set(["requestedModel", "upstreamModel"]),
+    text: new Set(["requestedModel", "upstreamModel", "upstreamCost"]),
     phases: (viewer, filter) => {
       const { conditions, params } = requestConditions(viewer, filter);
       return [{ from: `"Receipt" t`, conditions, params, keys: BY_TIME }];

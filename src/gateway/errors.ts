@@ -228,6 +228,16 @@ export const bodyTooLarge = (limit: number) =>
 export const unknownUrl = (method: string, path: string) =>
   new GatewayError({ status: 404, type: "invalid_request_error", code: "unknown_url", message: `Unknown request URL: ${method} ${path}.`, cause: null });
 
+/** A stateful sub-resource of the Responses API (stored responses, cancel, input items): tokengate stores no responses. */
+export const statefulUnsupported = (method: string, path: string) =>
+  new GatewayError({
+    status: 404,
+    type: "invalid_request_error",
+    code: "unsupported_endpoint",
+    message: `${method} ${path} is not served: tokengate does not store responses (each POST /v1/responses is answered, charged and forgotten). Send the conversation in 'input' instead.`,
+    cause: null,
+  });
+
 export const methodNotAllowed = (method: string, path: string) =>
   new GatewayError({ status: 405, type: "invalid_request_error", code: "method_not_allowed", message: `Method ${method} is not allowed on ${path}.`, cause: null });
 

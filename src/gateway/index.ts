@@ -1,5 +1,6 @@
-// The OpenAI-compatible passthrough (/v1/*): POST /v1/chat/completions (stream or not),
-// POST /v1/embeddings, GET /v1/models[/{id}]. The server hands every /v1/ request here with its
+// The OpenAI-compatible passthrough (/v1/*): POST /v1/chat/completions, /v1/responses and
+// /v1/completions (stream or not), POST /v1/embeddings, GET /v1/models[/{id}]. The Responses API's
+// stateful sub-resources (/v1/responses/{id}…) answer 404 unsupported_endpoint: nothing is stored. The server hands every /v1/ request here with its
 // body unread. Every response carries x-request-id; every request that names a key or a model
 // ends as exactly one Receipt or FailedRequest, and never leaves a hold open.
 //
@@ -50,7 +51,7 @@ import { directSql } from "../db/index.ts";
 import { recentlyValidKey, configureKeyCache } from "../keys/index.ts";
 import { parseBearer } from "../auth/index.ts";
 import { header } from "./http.ts";
-import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendError, unknownUrl } from "./errors.ts";
+import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendError, statefulUnsupported, unknownUrl } from "./errors.ts";
 import { Lookups } from "./lookups.ts";
 import { holdMoneyPath, leaseMoneyPath, type MoneyPath, type MoneyStats } from "./money.ts";
 import { findModel, listModels } from "./models.ts";
@@ -159,9 +160,13 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
 
     let endpoint: Endpoint;
     let modelId: string | null = null;
-    if (path === "/v1/chat/completions" || path === "/v1/embeddings") {
+    if (path === "/v1/chat/completions" || path === "/v1/completions" || path === "/v1/responses" || path === "/v1/embeddings") {
       endpoint = path;
       if (method !== "POST") return refuse(methodNotAllowed(method, path), { allow: "POST" });
+    } else if (path.startsWith("/v1/responses/")) {
+      // GET / DELETE /v1/responses/{id}, POST …/cancel, GET …/input_items, POST …/input_tokens: nothing is stored to serve them.
+      req.resume();
+      return refuse(statefulUnsupported(method, path));
     } else if (path === "/v1/models" || path.startsWith("/v1/models/")) {
       endpoint = "/v1/models";
       if (method !== "GET") return refuse(methodNotAllowed(method, path), { allow: "GET" });

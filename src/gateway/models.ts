@@ -5,19 +5,30 @@ import { formatMoney } from "../money.ts";
 import type { RoutePlan } from "../routing/index.ts";
 import { modelAllowed, usableChannels, type Lookups } from "./lookups.ts";
 
+/**
+ * A channel's price per million tokens as decimal strings in its bucket's currency, every token
+ * class at the price it is charged (a class the snapshot does not price apart shows the input, or
+ * for audio output the output, price).
+ */
+export interface ModelPricing {
+  bucket: string;
+  currency: string;
+  input_per_million: string;
+  output_per_million: string;
+  cached_input_per_million: string;
+  cache_write_per_million: string;
+  audio_input_per_million: string;
+  audio_output_per_million: string;
+}
+
 export interface ModelEntry {
   id: string;
   object: "model";
   created: number;
   owned_by: string;
-  pricing: {
-    bucket: string;
-    currency: string;
-    input_per_million: string;
-    output_per_million: string;
-  };
+  pricing: ModelPricing;
   /** Usable channels after the first (fallbacks), with their prices. */
-  fallbacks: Array<{ bucket: string; currency: string; input_per_million: string; output_per_million: string }>;
+  fallbacks: ModelPricing[];
   default_max_tokens: number;
 }
 
@@ -26,12 +37,19 @@ function entry(plan: RoutePlan, key: ApiKey): ModelEntry | null {
   const priced = usableChannels(plan, key).filter((c) => c.price);
   const first = priced[0];
   if (!first) return null;
-  const price = (c: (typeof priced)[number]) => ({
-    bucket: c.bucket,
-    currency: c.price!.currency,
-    input_per_million: formatMoney(c.price!.inputPerMillion),
-    output_per_million: formatMoney(c.price!.outputPerMillion),
-  });
+  const price = (c: (typeof priced)[number]): ModelPricing => {
+    const p = c.price!;
+    return {
+      bucket: c.bucket,
+      currency: p.currency,
+      input_per_million: formatMoney(p.inputPerMillion),
+      output_per_million: formatMoney(p.outputPerMillion),
+      cached_input_per_million: formatMoney(p.cachedInputPerMillion ?? p.inputPerMillion),
+      cache_write_per_million: formatMoney(p.cacheWritePerMillion ?? p.inputPerMillion),
+      audio_input_per_million: formatMoney(p.audioInputPerMillion ?? p.inputPerMillion),
+      audio_output_per_million: formatMoney(p.audioOutputPerMillion ?? p.outputPerMillion),
+    };
+  };
   return {
     id: plan.route.model,
     object: "model",

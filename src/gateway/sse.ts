@@ -5,8 +5,22 @@
 import { StringDecoder } from "node:string_decoder";
 
 export interface Usage {
+  /** All prompt (input) tokens, every prompt class included. */
   promptTokens: number;
+  /** All generated (output) tokens, reasoning and audio included. */
   completionTokens: number;
+  /** Of promptTokens: read from the upstream's prompt cache. */
+  cachedPromptTokens?: number;
+  /** Of promptTokens: written to the upstream's prompt cache. */
+  cacheWriteTokens?: number;
+  /** Of promptTokens: audio. */
+  audioPromptTokens?: number;
+  /** Of completionTokens: reasoning. */
+  reasoningTokens?: number;
+  /** Of completionTokens: audio. */
+  audioCompletionTokens?: number;
+  /** What the upstream said the request cost (`usage.cost`), as a plain decimal string. */
+  upstreamCost?: string;
   /** A reported count was above MAX_USAGE_TOKENS and is stored clamped to it. */
   clamped?: boolean;
 }
@@ -22,31 +36,77 @@ function tokenCount(v: unknown): number | null {
   return v;
 }
 
+const field = (v: unknown, name: string): unknown => (v && typeof v === "object" ? (v as Record<string, unknown>)[name] : undefined);
+
+/** A class count inside a total: malformed or absent is 0 (the tokens are then charged at their total's price), never above the total. */
+function classCount(total: number, ...candidates: unknown[]): number {
+  for (const c of candidates) {
+    const n = tokenCount(c);
+    if (n !== null) return Math.min(n, total);
+  }
+  return 0;
+}
+
+const DECIMAL_COST = /^\d{1,20}(\.\d{1,20})?$/;
+
+/** `usage.cost` as a plain decimal string (a number the way JSON wrote it, without exponent), or undefined when absent or not a non-negative number. */
+export function upstreamCostText(v: unknown): string | undefined {
+  if (typeof v === "string") return DECIMAL_COST.test(v.trim()) ? v.trim() : undefined;
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) return undefined;
+  const text = String(v);
+  const e = /^(\d+)(?:\.(\d+))?e([+-]\d+)$/.exec(text);
+  if (!e) return text;
+  // 1.2e-7 → 0.00000012; 1e+21 → 1000000000000000000000
+  const digits = e[1]! + (e[2] ?? "");
+  const point = e[1]!.length + Number(e[3]);
+  if (point <= 0) return `0.${"0".repeat(-point)}${digits}`.replace(/0+$/, "");
+  return point >= digits.length ? digits + "0".repeat(point - digits.length) : `${digits.slice(0, point)}.${digits.slice(point)}`;
+}
+
 /**
- * Reads `usage` from an OpenAI response or chunk; null when absent or malformed (not a
- * non-negative integer: then the gateway counts for itself). Counts above MAX_USAGE_TOKENS are
- * clamped and flagged, never stored as they came (they would overflow the token columns).
+ * Reads `usage` from an OpenAI response or chunk, in the Chat / Completions shape (`prompt_tokens`,
+ * `completion_tokens`, `*_tokens_details`) or the Responses shape (`input_tokens`, `output_tokens`,
+ * `input_tokens_details` / `output_tokens_details`); null when absent or malformed (not a
+ * non-negative integer: then the gateway counts for itself). Token classes: cached prompt tokens
+ * (`cached_tokens`, or DeepSeek's `prompt_cache_hit_tokens`), cache writes (`cache_write_tokens`,
+ * as OpenRouter reports them), audio (`audio_tokens`) and reasoning (`reasoning_tokens`);
+ * each at most its total. Counts above MAX_USAGE_TOKENS are clamped and flagged, never stored as
+ * they came (they would overflow the token columns).
  */
 export function readUsage(value: unknown): Usage | null {
   if (!value || typeof value !== "object") return null;
   const u = value as Record<string, unknown>;
-  const prompt = tokenCount(u.prompt_tokens);
-  const completion = u.completion_tokens === undefined || u.completion_tokens === null ? 0 : tokenCount(u.completion_tokens);
+  const responses = u.prompt_tokens === undefined && u.input_tokens !== undefined;
+  const prompt = tokenCount(responses ? u.input_tokens : u.prompt_tokens);
+  const rawCompletion = responses ? u.output_tokens : u.completion_tokens;
+  const completion = rawCompletion === undefined || rawCompletion === null ? 0 : tokenCount(rawCompletion);
   if (prompt === null || completion === null) return null;
   const clamped = prompt > MAX_USAGE_TOKENS || completion > MAX_USAGE_TOKENS;
-  return {
-    promptTokens: Math.min(prompt, MAX_USAGE_TOKENS),
-    completionTokens: Math.min(completion, MAX_USAGE_TOKENS),
-    ...(clamped ? { clamped } : {}),
-  };
+  const promptTokens = Math.min(prompt, MAX_USAGE_TOKENS);
+  const completionTokens = Math.min(completion, MAX_USAGE_TOKENS);
+  const promptDetails = responses ? u.input_tokens_details : u.prompt_tokens_details;
+  const completionDetails = responses ? u.output_tokens_details : u.completion_tokens_details;
+  const usage: Usage = { promptTokens, completionTokens };
+  const classes: Array<[keyof Usage, number]> = [
+    ["cachedPromptTokens", classCount(promptTokens, field(promptDetails, "cached_tokens"), u.prompt_cache_hit_tokens)],
+    ["cacheWriteTokens", classCount(promptTokens, field(promptDetails, "cache_write_tokens"))],
+    ["audioPromptTokens", classCount(promptTokens, field(promptDetails, "audio_tokens"))],
+    ["reasoningTokens", classCount(completionTokens, field(completionDetails, "reasoning_tokens"))],
+    ["audioCompletionTokens", classCount(completionTokens, field(completionDetails, "audio_tokens"))],
+  ];
+  for (const [name, n] of classes) if (n > 0) (usage as unknown as Record<string, number>)[name] = n;
+  const cost = upstreamCostText(u.cost);
+  if (cost !== undefined) usage.upstreamCost = cost;
+  if (clamped) usage.clamped = true;
+  return usage;
 }
 
 /** Generated text of a chat completion choice (message or delta): content, reasoning, refusal, tool-call arguments. */
 export function choiceText(part: unknown, out: string[]): void {
   if (!part || typeof part !== "object") return;
   const p = part as Record<string, unknown>;
-  for (const field of ["content", "reasoning_content", "reasoning", "refusal"]) {
-    const v = p[field];
+  for (const name of ["content", "text", "reasoning_content", "reasoning", "refusal"]) {
+    const v = p[name];
     if (typeof v === "string" && v) out.push(v);
   }
   const calls = p.tool_calls;
@@ -80,13 +140,27 @@ export class SseEventTooLarge extends Error {
   }
 }
 
+/** Terminal events of a Responses API stream that complete the answer (it is billed and charged). */
+const RESPONSE_DONE_EVENTS = new Set(["response.completed", "response.incomplete"]);
+/** Terminal events of a Responses API stream that say the upstream failed it. */
+const RESPONSE_FAILED_EVENTS = new Set(["response.failed", "error"]);
+/** Delta events whose `delta` is base64 data, not text (never counted as text tokens). */
+const BINARY_DELTAS = /audio\.delta$|partial_image/;
+
 export class SseRelay {
-  /** Usage reported by the upstream (the include_usage chunk), if any yet. */
+  /** Usage reported by the upstream (the include_usage chunk, or the Responses API's terminal event), if any yet. */
   usage: Usage | null = null;
-  /** The upstream sent `data: [DONE]`. */
+  /** The upstream sent `data: [DONE]` (Responses API: response.completed or response.incomplete). */
   done = false;
   /** A choice reported its finish_reason: the generation is over, only the usage chunk and [DONE] remain. */
   finished = false;
+  /** Responses API: the upstream said the response failed (response.failed or an error event); passed on to the client. */
+  failed = false;
+  /**
+   * Responses API: the terminal event (response.completed / response.incomplete), held back as
+   * `data: [DONE]` is on chat streams, and sent once the receipt committed.
+   */
+  terminal = "";
   /** Content events passed to the client. */
   events = 0;
   private readonly text: string[] = [];
@@ -104,6 +178,7 @@ export class SseRelay {
   constructor(
     private readonly clientWantsUsage: boolean,
     private readonly maxEventBytes = Number.POSITIVE_INFINITY,
+    private readonly protocol: "chat" | "responses" = "chat",
   ) {}
 
   /**
@@ -178,10 +253,14 @@ export class SseRelay {
       return `${event}\n\n`; // not ours to judge: pass it on
     }
     if (!parsed) return `${event}\n\n`;
+    if (this.protocol === "responses") return this.responseEvent(event, parsed);
     const choices = parsed.choices;
     if (Array.isArray(choices)) {
       for (const c of choices) {
-        choiceText((c as { delta?: unknown } | null)?.delta, this.text);
+        // Chat chunks carry a delta; text completion chunks carry their text on the choice itself.
+        const choice = c as { delta?: unknown; text?: unknown } | null;
+        if (typeof choice?.text === "string") this.text.push(choice.text);
+        choiceText(choice?.delta, this.text);
         if ((c as { finish_reason?: unknown } | null)?.finish_reason) this.finished = true;
       }
     }
@@ -195,6 +274,28 @@ export class SseRelay {
         this.events++;
         return `data: ${JSON.stringify(rest)}\n\n`;
       }
+    }
+    this.events++;
+    return `${event}\n\n`;
+  }
+
+  /** One typed event of a Responses API stream: passed on as it came, its text kept, its terminal event held back. */
+  private responseEvent(event: string, parsed: Record<string, unknown>): string {
+    const type = typeof parsed.type === "string" ? parsed.type : "";
+    if (type.endsWith(".delta") && typeof parsed.delta === "string" && !BINARY_DELTAS.test(type)) this.text.push(parsed.delta);
+    const response = parsed.response as { usage?: unknown } | undefined;
+    if (RESPONSE_DONE_EVENTS.has(type)) {
+      const usage = readUsage(response?.usage);
+      if (usage) this.usage = usage;
+      this.done = true;
+      this.finished = true;
+      this.terminal = `${event}\n\n`;
+      return "";
+    }
+    if (RESPONSE_FAILED_EVENTS.has(type)) {
+      const usage = readUsage(response?.usage);
+      if (usage) this.usage = usage;
+      this.failed = true;
     }
     this.events++;
     return `${event}\n\n`;

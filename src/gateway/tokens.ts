@@ -208,6 +208,8 @@ export interface PromptCount {
   images: ImagePart[];
   /** Parts nothing in the request bounds (audio, files). */
   unboundedParts: number;
+  /** What the unbounded parts are and where they are, for the refusal when the route bounds none (default: audio or file content in 'messages'). */
+  unbounded?: { what: string; param: string };
 }
 
 function imagePart(p: Record<string, unknown>): ImagePart {
@@ -265,6 +267,102 @@ export async function countChatPrompt(body: Record<string, unknown>): Promise<Pr
   return count;
 }
 
+// ---------------------------------------------------------------------------
+// Responses API: instructions + input items (messages, tool calls and their outputs, reasoning
+// items), tool and output-format definitions. What the request cannot bound is an unbounded part
+// (the route's maxUnboundedPartTokens each, or refused): a stored context (previous_response_id,
+// conversation, a stored prompt, item references), hosted tools whose results the upstream adds
+// to the input (web / file search, code interpreter, MCP, image generation), files and audio.
+
+/** Hosted tools whose results the upstream feeds back into the input: their input tokens are unbounded. */
+const HOSTED_TOOLS = /^(web_search|web_search_preview|web_search_preview_2025_03_11|file_search|code_interpreter|mcp|image_generation)/;
+
+async function countResponseContent(content: unknown, counter: TokenCounter, count: PromptCount): Promise<void> {
+  if (content == null) return;
+  if (typeof content === "string") return counter.text(content);
+  if (!Array.isArray(content)) return counter.text(JSON.stringify(content));
+  for (const part of content) {
+    if (!part || typeof part !== "object") continue;
+    const p = part as Record<string, unknown>;
+    if (typeof p.text === "string") await counter.text(p.text);
+    else if (typeof p.refusal === "string") await counter.text(p.refusal);
+    else if (p.type === "input_image") {
+      const detail = p.detail === "low" || p.detail === "high" ? p.detail : "auto";
+      const url = typeof p.image_url === "string" ? p.image_url : "";
+      count.images.push({ detail, size: detail === "low" ? null : inlineImageSize(url) });
+    } else count.unboundedParts++;
+  }
+}
+
+/** Prompt of a Responses API request. */
+export async function countResponsesPrompt(body: Record<string, unknown>): Promise<PromptCount> {
+  const counter = new TokenCounter();
+  const count: PromptCount = { text: 0, images: [], unboundedParts: 0, unbounded: { what: "stored context (previous_response_id, conversation, prompt, item_reference), hosted tools (web or file search, code interpreter, MCP, image generation), audio or files", param: "input" } };
+  counter.add(REPLY_PRIMING);
+  if (typeof body.instructions === "string") {
+    counter.add(TOKENS_PER_MESSAGE);
+    await counter.text(body.instructions);
+  }
+  const input = body.input;
+  if (typeof input === "string") {
+    counter.add(TOKENS_PER_MESSAGE);
+    await counter.text(input);
+  } else if (Array.isArray(input)) {
+    for (const item of input) {
+      if (!item || typeof item !== "object") continue;
+      const it = item as Record<string, unknown>;
+      counter.add(TOKENS_PER_MESSAGE);
+      if (it.type === "message" || (it.type === undefined && it.role !== undefined)) {
+        if (typeof it.role === "string") await counter.text(it.role);
+        await countResponseContent(it.content, counter, count);
+      } else if (it.type === "item_reference") {
+        count.unboundedParts++;
+      } else if (it.type === "function_call_output" && typeof it.output !== "string") {
+        await countResponseContent(it.output, counter, count);
+      } else {
+        // Tool calls and their outputs, reasoning items (their encrypted content is billed as input): all of their text.
+        await counter.text(JSON.stringify(it));
+      }
+    }
+  }
+  for (const stored of ["previous_response_id", "conversation", "prompt"] as const) if (body[stored] != null) count.unboundedParts++;
+  if (Array.isArray(body.tools)) {
+    for (const tool of body.tools) if (typeof (tool as { type?: unknown } | null)?.type === "string" && HOSTED_TOOLS.test((tool as { type: string }).type)) count.unboundedParts++;
+  }
+  for (const field of ["tools", "text", "tool_choice"] as const) {
+    const v = body[field];
+    if (v != null && typeof v === "object") await counter.text(JSON.stringify(v));
+  }
+  count.text = counter.total;
+  return count;
+}
+
+/** Prompts of a legacy completions request (with its suffix, once per prompt), and how many prompts it has. */
+export async function countCompletionPrompt(body: Record<string, unknown>): Promise<PromptCount & { prompts: number }> {
+  const counter = new TokenCounter();
+  const prompt = body.prompt;
+  let prompts = 1;
+  if (typeof prompt === "string") await counter.text(prompt);
+  else if (Array.isArray(prompt)) {
+    if (prompt.length === 0) throw badRequest("'prompt' must not be empty.", "prompt");
+    if (typeof prompt[0] === "number") counter.add(prompt.length);
+    else {
+      prompts = prompt.length;
+      for (const item of prompt) {
+        if (typeof item === "string") await counter.text(item);
+        else if (Array.isArray(item)) counter.add(item.length);
+        else throw badRequest("'prompt' must be a string, an array of strings or an array of token arrays.", "prompt");
+      }
+    }
+  } else throw badRequest("'prompt' must be a string, an array of strings or an array of token arrays.", "prompt");
+  if (typeof body.suffix === "string") {
+    const suffix = new TokenCounter();
+    await suffix.text(body.suffix);
+    counter.add(suffix.total * prompts);
+  }
+  return { text: counter.total, images: [], unboundedParts: 0, prompts };
+}
+
 /** Input of an embeddings request: a string, an array of strings, or token arrays. */
 export async function countEmbeddingInput(body: Record<string, unknown>): Promise<PromptCount> {
   const input = body.input;
@@ -292,9 +390,10 @@ export function reservedPromptTokens(count: PromptCount, upstreamModels: string[
   for (const image of count.images) n += Math.max(0, ...upstreamModels.map((model) => imageTokens(image, model)));
   if (count.unboundedParts > 0) {
     if (maxUnboundedPartTokens === null) {
+      const unbounded = count.unbounded ?? { what: "audio or file content", param: "messages" };
       throw badRequest(
-        "This route does not accept audio or file content: their cost cannot be bounded from the request, and the route sets no maxUnboundedPartTokens.",
-        "messages",
+        `This route does not accept ${unbounded.what}: their cost cannot be bounded from the request, and the route sets no maxUnboundedPartTokens.`,
+        unbounded.param,
         "unsupported_content",
       );
     }
@@ -336,4 +435,30 @@ export function outputBound(body: Record<string, unknown>, routeDefault: number)
     n = body.n;
   }
   return limit * n;
+}
+
+/** Worst-case generated tokens of a Responses API request: max_output_tokens (reasoning included), else the route's default. */
+export function responsesOutputBound(body: Record<string, unknown>, routeDefault: number): number {
+  return optionalTokenLimit(body, "max_output_tokens") ?? routeDefault;
+}
+
+/**
+ * Worst-case generated tokens of a legacy completions request: max_tokens (0 allowed: echo-only
+ * scoring) or the route's default, for each of max(n, best_of) completions (best_of are generated
+ * and billed) of each prompt.
+ */
+export function completionsOutputBound(body: Record<string, unknown>, routeDefault: number, prompts: number): number {
+  const v = body.max_tokens;
+  let limit = routeDefault;
+  if (v !== undefined && v !== null) {
+    if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v > MAX_OUTPUT_TOKENS) throw badRequest("'max_tokens' must be a non-negative integer.", "max_tokens");
+    limit = v;
+  }
+  const count = (field: string, max: number) => {
+    const x = body[field];
+    if (x === undefined || x === null) return 1;
+    if (typeof x !== "number" || !Number.isInteger(x) || x < 1 || x > max) throw badRequest(`'${field}' must be an integer from 1 to ${max}.`, field);
+    return x;
+  };
+  return limit * Math.max(count("n", 128), count("best_of", 20)) * prompts;
 }

@@ -212,6 +212,148 @@ function chat(body: Json): void {
 }
 
 // ---------------------------------------------------------------------------
+// Responses (POST /v1/responses)
+
+const INPUT_ROLES = ["user", "assistant", "system", "developer"] as const;
+
+function responseContentPart(part: unknown, param: string): void {
+  const p = object(part, param);
+  checkString(p.type, at(param, "type"));
+  switch (p.type) {
+    case "input_text":
+    case "output_text":
+      checkString(p.text, at(param, "text"));
+      return;
+    case "refusal":
+      checkString(p.refusal, at(param, "refusal"));
+      return;
+    case "input_image": {
+      checkString(p.image_url, at(param, "image_url"), false);
+      checkString(p.file_id, at(param, "file_id"), false);
+      const detail = p.detail;
+      if (present(detail) && (typeof detail !== "string" || !(IMAGE_DETAILS as readonly string[]).includes(detail))) {
+        throw invalidValue(at(param, "detail"), `expected one of 'auto', 'low', 'high', but got ${typeof detail === "string" ? `'${clip(detail, 40)}'` : typeName(detail)}.`);
+      }
+      return;
+    }
+  }
+}
+
+function inputItem(item: unknown, param: string): void {
+  const it = object(item, param);
+  if (present(it.type)) checkString(it.type, at(param, "type"));
+  const isMessage = it.type === "message" || (!present(it.type) && present(it.role));
+  if (!isMessage) {
+    if (!present(it.type)) throw badRequest(`Missing required parameter: '${at(param, "type")}'.`, at(param, "type"), "missing_required_parameter");
+    if (it.type === "function_call") {
+      checkString(it.name, at(param, "name"));
+      checkString(it.arguments, at(param, "arguments"));
+    }
+    if (it.type === "function_call_output") checkString(it.call_id, at(param, "call_id"));
+    return;
+  }
+  const role = it.role;
+  if (typeof role !== "string") {
+    if (!present(role)) throw badRequest(`Missing required parameter: '${at(param, "role")}'.`, at(param, "role"), "missing_required_parameter");
+    throw invalidType(at(param, "role"), "a string", role);
+  }
+  if (!(INPUT_ROLES as readonly string[]).includes(role)) throw invalidValue(at(param, "role"), `expected one of ${INPUT_ROLES.map((r) => `'${r}'`).join(", ")}, but got '${clip(role, 40)}'.`);
+  const content = it.content;
+  const contentParam = at(param, "content");
+  if (!present(content)) throw badRequest(`Missing required parameter: '${contentParam}'.`, contentParam, "missing_required_parameter");
+  if (Array.isArray(content)) content.forEach((part, i) => responseContentPart(part, at(contentParam, i)));
+  else if (typeof content !== "string") throw invalidType(contentParam, "one of a string or array of objects", content);
+}
+
+function responses(body: Json): void {
+  const input = body.input;
+  if (!present(input)) {
+    // A stored prompt or conversation may stand in for it (their cost is bounded like unbounded parts: src/gateway/tokens.ts).
+    if (!present(body.previous_response_id) && !present(body.prompt) && !present(body.conversation)) {
+      throw badRequest("Missing required parameter: 'input'.", "input", "missing_required_parameter");
+    }
+  } else if (typeof input !== "string") {
+    array(input, "input").forEach((item, i) => inputItem(item, at("input", i)));
+  }
+  checkString(body.instructions, "instructions", false);
+  boolean(body, "stream");
+  for (const flag of ["store", "parallel_tool_calls", "background"]) boolean(body, flag);
+  if (body.background === true) {
+    throw invalidValue("background", "background responses are not supported: their tokens are generated after the request has ended, and tokengate charges every request when it ends.", "unsupported_value");
+  }
+  // OpenAI's minimum is 16; the upper bound keeps the reservation finite.
+  number(body, "max_output_tokens", { integer: true, min: 16, max: 100_000_000 });
+  number(body, "max_tool_calls", { integer: true, min: 1 });
+  number(body, "temperature", { min: 0, max: 2 });
+  number(body, "top_p", { min: 0, max: 1 });
+  number(body, "top_logprobs", { integer: true, min: 0, max: 20 });
+  string(body, "previous_response_id");
+  string(body, "user");
+  string(body, "service_tier");
+  string(body, "prompt_cache_key");
+  string(body, "safety_identifier");
+  string(body, "truncation", { values: ["auto", "disabled"] });
+  if (present(body.tools)) {
+    array(body.tools, "tools").forEach((t, i) => checkString(object(t, at("tools", i)).type, at(at("tools", i), "type")));
+  }
+  if (present(body.tool_choice) && typeof body.tool_choice !== "string") object(body.tool_choice, "tool_choice");
+  if (present(body.conversation) && typeof body.conversation !== "string") object(body.conversation, "conversation");
+  if (present(body.text)) {
+    const text = object(body.text, "text");
+    if (present(text.format)) checkString(object(text.format, "text.format").type, "text.format.type");
+  }
+  if (present(body.include)) array(body.include, "include").forEach((x, i) => checkString(x, at("include", i)));
+  for (const field of ["metadata", "reasoning", "prompt", "stream_options"]) if (present(body[field])) object(body[field], field);
+}
+
+// ---------------------------------------------------------------------------
+// Legacy text completions (POST /v1/completions)
+
+/** The prompts of a completions request (a string, strings, a token array, token arrays), validated. */
+function completionPrompt(v: unknown): void {
+  if (!present(v)) throw badRequest("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter");
+  if (typeof v === "string") return;
+  const items = array(v, "prompt", { min: 1, max: MAX_EMBEDDING_INPUTS });
+  if (typeof items[0] === "number") return tokenArray(items, "prompt");
+  items.forEach((item, i) => {
+    if (Array.isArray(item)) tokenArray(item, at("prompt", i));
+    else if (typeof item !== "string") throw invalidType(at("prompt", i), "a string or an array of tokens", item);
+  });
+}
+
+function completions(body: Json): void {
+  completionPrompt(body.prompt);
+  boolean(body, "stream");
+  boolean(body, "echo");
+  if (present(body.stream_options)) {
+    const options = object(body.stream_options, "stream_options");
+    if (present(options.include_usage) && typeof options.include_usage !== "boolean") throw invalidType("stream_options.include_usage", "a boolean", options.include_usage);
+  }
+  number(body, "max_tokens", { integer: true, min: 0, max: 100_000_000 });
+  number(body, "n", { integer: true, min: 1, max: 128 });
+  number(body, "best_of", { integer: true, min: 1, max: 20 });
+  if (typeof body.best_of === "number" && typeof body.n === "number" && body.best_of < body.n) {
+    throw invalidValue("best_of", `must be greater than or equal to 'n' (${body.n}), but got ${body.best_of}.`);
+  }
+  number(body, "logprobs", { integer: true, min: 0, max: 5 });
+  number(body, "temperature", { min: 0, max: 2 });
+  number(body, "top_p", { min: 0, max: 1 });
+  number(body, "presence_penalty", { min: -2, max: 2 });
+  number(body, "frequency_penalty", { min: -2, max: 2 });
+  number(body, "seed", { integer: true });
+  string(body, "suffix");
+  string(body, "user");
+  if (present(body.stop) && typeof body.stop !== "string") {
+    array(body.stop, "stop", { max: 4 }).forEach((x, i) => checkString(x, at("stop", i)));
+  }
+  if (present(body.logit_bias)) {
+    for (const [token, bias] of Object.entries(object(body.logit_bias, "logit_bias"))) {
+      if (typeof bias !== "number" || !Number.isFinite(bias)) throw invalidType(`logit_bias.${clip(token, 20)}`, "a number", bias);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Embeddings
 
 /** OpenAI's limit of inputs per embeddings request. */
@@ -269,6 +411,8 @@ export function validateRequest(endpoint: Endpoint, body: Json, runIdHeader: str
   safeIdentifier(model, "model", MAX_MODEL_CHARS);
   if (runIdHeader !== undefined) safeIdentifier(runIdHeader, "x-run-id", MAX_RUN_ID_CHARS);
   if (endpoint === "/v1/chat/completions") chat(body);
+  else if (endpoint === "/v1/responses") responses(body);
+  else if (endpoint === "/v1/completions") completions(body);
   else if (endpoint === "/v1/embeddings") embeddings(body);
   return model;
 }

@@ -27,6 +27,14 @@ export interface ReceiptInput {
   currency: string;
   promptTokens: number;
   completionTokens: number;
+  /** Token classes inside the totals (default 0): cached / cache-write / audio prompt tokens, reasoning / audio completion tokens. */
+  cachedPromptTokens?: number;
+  cacheWriteTokens?: number;
+  audioPromptTokens?: number;
+  reasoningTokens?: number;
+  audioCompletionTokens?: number;
+  /** What the upstream said the request cost (usage.cost), as a decimal string; default null. */
+  upstreamCost?: string | null;
   priceSnapshotId: string;
   charge: bigint;
   stream: boolean;
@@ -124,7 +132,15 @@ const RECEIPT_COLUMNS: Array<[keyof ReceiptInput, string]> = [
   ["latencyMs", "int"],
   ["status", "int"],
   ["usageExceededReservation", "boolean"],
+  ["cachedPromptTokens", "int"],
+  ["cacheWriteTokens", "int"],
+  ["audioPromptTokens", "int"],
+  ["reasoningTokens", "int"],
+  ["audioCompletionTokens", "int"],
+  ["upstreamCost", "text"],
 ];
+
+const RECEIPT_CLASS_COLUMNS = new Set<keyof ReceiptInput>(["cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens"]);
 
 const FAILED_COLUMNS: Array<[keyof FailedRequestInput, string]> = [
   ["requestId", "text"],
@@ -164,7 +180,7 @@ const param = (value: unknown): unknown =>
   typeof value === "bigint" ? value.toString() : value === undefined ? null : typeof value === "string" ? storable(value) : value;
 
 const receiptParam = (record: ReceiptInput, column: keyof ReceiptInput): unknown =>
-  column === "usageExceededReservation" ? record.usageExceededReservation === true : param(record[column]);
+  column === "usageExceededReservation" ? record.usageExceededReservation === true : RECEIPT_CLASS_COLUMNS.has(column) ? (record[column] ?? 0) : param(record[column]);
 
 function recordAndResolveSql(table: string, columns: Array<[string, string]>, status: "SETTLED" | "RELEASED"): string {
   const n = columns.length;

@@ -65,8 +65,13 @@ const SpendPointRef = builder.objectRef<SpendPoint>("SpendPoint").implement({
     bucket: t.exposeString("bucket", { description: "The balance bucket (CREDIT or ROUTED) the spend came from." }),
     spend: t.field({ type: MoneyRef, resolve: (p) => moneyOf(p.spend, p.bucket) }),
     requests: t.exposeInt("requests"),
-    promptTokens: t.exposeInt("promptTokens"),
-    completionTokens: t.exposeInt("completionTokens"),
+    promptTokens: t.exposeInt("promptTokens", { description: "All prompt tokens, every class below included." }),
+    completionTokens: t.exposeInt("completionTokens", { description: "All generated tokens, reasoning and audio included." }),
+    cachedPromptTokens: t.exposeInt("cachedPromptTokens", { description: "Of promptTokens: read from the upstreams' prompt caches." }),
+    cacheWriteTokens: t.exposeInt("cacheWriteTokens", { description: "Of promptTokens: written to the upstreams' prompt caches." }),
+    audioPromptTokens: t.exposeInt("audioPromptTokens", { description: "Of promptTokens: audio." }),
+    reasoningTokens: t.exposeInt("reasoningTokens", { description: "Of completionTokens: reasoning." }),
+    audioCompletionTokens: t.exposeInt("audioCompletionTokens", { description: "Of completionTokens: audio." }),
   }),
 });
 

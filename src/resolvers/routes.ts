@@ -100,6 +100,10 @@ const SetPriceInput = builder.inputType("SetPriceInput", {
     channelId: t.id({ required: true }),
     inputPerMillion: t.field({ type: "Decimal", required: true }),
     outputPerMillion: t.field({ type: "Decimal", required: true }),
+    cachedInputPerMillion: t.field({ type: "Decimal", required: false, description: "Cached input tokens (prompt cache reads). Omitted: the input price." }),
+    cacheWritePerMillion: t.field({ type: "Decimal", required: false, description: "Prompt cache writes, where the upstream bills them apart. Omitted: the input price." }),
+    audioInputPerMillion: t.field({ type: "Decimal", required: false, description: "Audio input tokens. Omitted: the input price." }),
+    audioOutputPerMillion: t.field({ type: "Decimal", required: false, description: "Audio output tokens. Omitted: the output price." }),
     validFrom: t.field({ type: "DateTime", required: false, description: "Default now." }),
   }),
 });

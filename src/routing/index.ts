@@ -235,16 +235,38 @@ export async function setChannelLimits(
   });
 }
 
-/** Records a new price for a channel, in its bucket's currency. Earlier snapshots are never changed. */
+export interface SetPriceInput {
+  channelId: string;
+  inputPerMillion: string;
+  outputPerMillion: string;
+  /** Prompt cache reads; omitted / null = the input price. */
+  cachedInputPerMillion?: string | null;
+  /** Prompt cache writes, where the upstream bills them apart; omitted / null = the input price. */
+  cacheWritePerMillion?: string | null;
+  /** Audio input tokens; omitted / null = the input price. */
+  audioInputPerMillion?: string | null;
+  /** Audio output tokens; omitted / null = the output price. */
+  audioOutputPerMillion?: string | null;
+  validFrom?: Date | null;
+}
+
+/** Records a new price for a channel, in its bucket's currency (with its token-class prices, if any). Earlier snapshots are never changed. */
 export async function setPrice(
   viewer: Viewer,
-  input: { channelId: string; inputPerMillion: string; outputPerMillion: string; validFrom?: Date | null },
+  input: SetPriceInput,
 ): Promise<PriceSnapshot> {
   const channel = await db.channel.findUnique({ where: { id: input.channelId }, include: { route: true } });
   if (!channel) throw notFound("channel", input.channelId);
   assertCanWrite(viewer, channel.route.organizationId, { what: "channel", id: channel.id });
   const inputPerMillion = parseMoney(input.inputPerMillion, "inputPerMillion");
   const outputPerMillion = parseMoney(input.outputPerMillion, "outputPerMillion");
+  const optional = (value: string | null | undefined, field: string) => (value == null ? null : parseMoney(value, field));
+  const classPrices = {
+    cachedInputPerMillion: optional(input.cachedInputPerMillion, "cachedInputPerMillion"),
+    cacheWritePerMillion: optional(input.cacheWritePerMillion, "cacheWritePerMillion"),
+    audioInputPerMillion: optional(input.audioInputPerMillion, "audioInputPerMillion"),
+    audioOutputPerMillion: optional(input.audioOutputPerMillion, "audioOutputPerMillion"),
+  };
   const bucket = bucketOf(channel.settlement);
   return db.$transaction(async (tx) => {
     const snapshot = await tx.priceSnapshot.create({
@@ -255,6 +277,7 @@ export async function setPrice(
         currency: BUCKET_CURRENCY[bucket],
         inputPerMillion,
         outputPerMillion,
+        ...classPrices,
         validFrom: input.validFrom ?? new Date(),
         createdById: viewer.tokenId,
       },

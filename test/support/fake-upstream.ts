@@ -1,6 +1,7 @@
 // A fake OpenAI-compatible upstream: a real node:http server (in the test process, or in its own
-// process for the benchmark) that answers chat completions (JSON, or SSE with a usage chunk when
-// asked) and embeddings, and fails on demand per upstream model: an HTTP status, a hang, a stream
+// process for the benchmark) that answers chat completions and legacy text completions (JSON, or
+// SSE with a usage chunk when asked), the Responses API (JSON, or its typed SSE events ending in
+// response.completed with the usage) and embeddings, and fails on demand per upstream model: an HTTP status, a hang, a stream
 // cut mid-way or stalled, no usage. It records every request, including whether it was aborted.
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -13,6 +14,8 @@ export type Behavior =
       text?: string;
       /** Fixed usage instead of counting tokens. */
       usage?: { prompt_tokens: number; completion_tokens: number };
+      /** Token classes and cost reported with the usage, in each API's own shape (chat / completions: *_tokens_details; responses: input_ / output_tokens_details). */
+      details?: UsageDetails;
       /** Leave usage out (an upstream that ignores stream_options.include_usage). */
       noUsage?: boolean;
       /** Delay before answering (non-stream) / between stream chunks. */
@@ -33,7 +36,17 @@ export type Behavior =
    * JSON body (with Content-Length unless `chunked`), `usage` at its end unless `noUsage`. Stream: one
    * content event that long (no separator until it ends), then the finish, usage and [DONE] events.
    */
-  | { type: "huge"; bytes: number; usage?: { prompt_tokens: number; completion_tokens: number }; noUsage?: boolean; chunked?: boolean };
+  | { type: "huge"; bytes: number; usage?: { prompt_tokens: number; completion_tokens: number }; noUsage?: boolean; chunked?: boolean }
+  /** Responses API stream: `afterChunks` text deltas, then response.failed (with usage when given), then the end. */
+  | { type: "response-failed"; afterChunks: number; usage?: { prompt_tokens: number; completion_tokens: number } };
+
+export interface UsageDetails {
+  cached_tokens?: number;
+  cache_write_tokens?: number;
+  reasoning_tokens?: number;
+  /** usage.cost, as OpenRouter reports it. */
+  cost?: number;
+}
 
 export interface RecordedRequest {
   method: string;
@@ -82,6 +95,57 @@ export function fakePromptTokens(body: Record<string, unknown>): number {
     else if (Array.isArray(m?.content)) for (const p of m.content as Array<{ text?: unknown }>) if (typeof p?.text === "string") n += tokens(p.text);
   }
   return n;
+}
+
+/** Prompt tokens of a Responses API request, counted the way the gateway's bound covers (3 per message + 3). */
+export function fakeResponsesPromptTokens(body: Record<string, unknown>): number {
+  let n = 3;
+  if (typeof body.instructions === "string") n += 3 + tokens(body.instructions);
+  const input = body.input;
+  if (typeof input === "string") return n + 3 + tokens(input);
+  for (const item of Array.isArray(input) ? (input as Array<{ content?: unknown }>) : []) {
+    n += 3;
+    if (typeof item?.content === "string") n += tokens(item.content);
+    else if (Array.isArray(item?.content)) for (const p of item.content as Array<{ text?: unknown }>) if (typeof p?.text === "string") n += tokens(p.text);
+  }
+  return n;
+}
+
+/** Prompt tokens of a legacy completions request. */
+export function fakeCompletionPromptTokens(body: Record<string, unknown>): number {
+  const prompt = body.prompt;
+  if (typeof prompt === "string") return tokens(prompt);
+  if (!Array.isArray(prompt)) return 0;
+  if (typeof prompt[0] === "number") return prompt.length;
+  return prompt.reduce<number>((n, p) => n + (typeof p === "string" ? tokens(p) : Array.isArray(p) ? p.length : 0), 0);
+}
+
+/** Usage in the Chat / Completions shape, with its details. */
+function chatUsage(u: { prompt_tokens: number; completion_tokens: number }, d: UsageDetails | undefined): Record<string, unknown> {
+  return {
+    prompt_tokens: u.prompt_tokens,
+    completion_tokens: u.completion_tokens,
+    total_tokens: u.prompt_tokens + u.completion_tokens,
+    ...(d
+      ? {
+          prompt_tokens_details: { cached_tokens: d.cached_tokens ?? 0, audio_tokens: 0, ...(d.cache_write_tokens !== undefined ? { cache_write_tokens: d.cache_write_tokens } : {}) },
+          completion_tokens_details: { reasoning_tokens: d.reasoning_tokens ?? 0, audio_tokens: 0, accepted_prediction_tokens: 0, rejected_prediction_tokens: 0 },
+          ...(d.cost !== undefined ? { cost: d.cost } : {}),
+        }
+      : {}),
+  };
+}
+
+/** Usage in the Responses API's shape. */
+function responsesUsage(u: { prompt_tokens: number; completion_tokens: number }, d: UsageDetails | undefined): Record<string, unknown> {
+  return {
+    input_tokens: u.prompt_tokens,
+    input_tokens_details: { cached_tokens: d?.cached_tokens ?? 0 },
+    output_tokens: u.completion_tokens,
+    output_tokens_details: { reasoning_tokens: d?.reasoning_tokens ?? 0 },
+    total_tokens: u.prompt_tokens + u.completion_tokens,
+    ...(d?.cost !== undefined ? { cost: d.cost } : {}),
+  };
 }
 
 function embeddingTokens(input: unknown): number {
@@ -166,18 +230,13 @@ export async function startFakeUpstream(options: { port?: number; host?: string 
         usage: { prompt_tokens: promptTokens, total_tokens: promptTokens },
       });
     }
+    if (record.path.endsWith("/responses")) return responses(res, record, body, behavior, id, created);
+    if (record.path.endsWith("/completions") && !record.path.endsWith("/chat/completions")) return completions(res, record, body, behavior, id, created);
     if (!record.path.endsWith("/chat/completions")) return json(res, 404, { error: { message: "unknown path", type: "invalid_request_error", code: null, param: null } });
 
     const text = behavior.type === "ok" && behavior.text !== undefined ? behavior.text : DEFAULT_TEXT;
     const words = text.split(/(?= )/);
-    const usage =
-      behavior.type === "ok" && behavior.usage
-        ? { ...behavior.usage, total_tokens: behavior.usage.prompt_tokens + behavior.usage.completion_tokens }
-        : (() => {
-            const prompt = fakePromptTokens(body);
-            const completion = tokens(text);
-            return { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion };
-          })();
+    const usage = chatUsage(behavior.type === "ok" && behavior.usage ? behavior.usage : { prompt_tokens: fakePromptTokens(body), completion_tokens: tokens(text) }, behavior.type === "ok" ? behavior.details : undefined);
     const delayMs = (behavior.type === "ok" || behavior.type === "cut") && behavior.delayMs ? behavior.delayMs : 0;
 
     if (!record.stream) {
@@ -223,6 +282,123 @@ export async function startFakeUpstream(options: { port?: number; host?: string 
     if (includeUsage) await write(`data: ${JSON.stringify({ id, object: "chat.completion.chunk", created, model: record.model, choices: [], usage })}\n\n`);
     await write("data: [DONE]\n\n");
     if (behavior.type === "ok" && behavior.holdOpen) return;
+    res.end();
+  }
+
+  const writer = (res: http.ServerResponse) => async (s: string) => {
+    if (res.destroyed) throw new Error("gone");
+    if (!res.write(s)) await new Promise<void>((r) => res.once("drain", r));
+  };
+
+  /** POST /v1/responses: a Response object, or its typed events (created … output_text.delta … completed with the usage). */
+  async function responses(res: http.ServerResponse, record: RecordedRequest, body: Record<string, unknown>, behavior: Behavior, id: string, created: number): Promise<void> {
+    const ok = behavior.type === "ok" ? behavior : null;
+    const text = ok?.text ?? DEFAULT_TEXT;
+    const words = text.split(/(?= )/);
+    const counted = { prompt_tokens: fakeResponsesPromptTokens(body), completion_tokens: tokens(text) };
+    const usage = ok?.noUsage ? null : responsesUsage(ok?.usage ?? ((behavior.type === "response-failed" && behavior.usage) || counted), ok?.details);
+    const delayMs = (behavior.type === "ok" || behavior.type === "cut") && behavior.delayMs ? behavior.delayMs : 0;
+    const respId = `resp_${id}`;
+    const msgId = `msg_${id}`;
+    const message = (status: string, content: string | null) => ({
+      id: msgId,
+      type: "message",
+      status,
+      role: "assistant",
+      content: content === null ? [] : [{ type: "output_text", text: content, annotations: [], logprobs: [] }],
+    });
+    const response = (status: string, output: unknown[], u: unknown) => ({
+      id: respId,
+      object: "response",
+      created_at: created,
+      status,
+      background: false,
+      error: null,
+      incomplete_details: null,
+      instructions: body.instructions ?? null,
+      max_output_tokens: body.max_output_tokens ?? null,
+      model: record.model,
+      output,
+      parallel_tool_calls: true,
+      previous_response_id: null,
+      reasoning: { effort: null, summary: null },
+      service_tier: "default",
+      store: false,
+      temperature: 1,
+      text: { format: { type: "text" } },
+      tool_choice: "auto",
+      tools: [],
+      top_p: 1,
+      truncation: "disabled",
+      usage: u,
+      user: null,
+      metadata: {},
+    });
+    if (!record.stream) {
+      if (delayMs) await sleep(delayMs);
+      return json(res, 200, response("completed", [message("completed", text)], usage));
+    }
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    const write = writer(res);
+    let seq = 0;
+    const event = (type: string, payload: Record<string, unknown>) => write(`event: ${type}\ndata: ${JSON.stringify({ type, sequence_number: seq++, ...payload })}\n\n`);
+    await event("response.created", { response: response("in_progress", [], null) });
+    await event("response.in_progress", { response: response("in_progress", [], null) });
+    await event("response.output_item.added", { output_index: 0, item: message("in_progress", null) });
+    await event("response.content_part.added", { item_id: msgId, output_index: 0, content_index: 0, part: { type: "output_text", text: "", annotations: [] } });
+    for (let i = 0; i < words.length; i++) {
+      if (behavior.type === "cut" && i === behavior.afterChunks) {
+        await sleep(Math.max(delayMs, 20));
+        res.socket?.destroy();
+        return;
+      }
+      if (behavior.type === "stall" && i === behavior.afterChunks) return;
+      if (behavior.type === "response-failed" && i === behavior.afterChunks) {
+        await event("response.failed", { response: { ...response("failed", [], behavior.usage ? usage : null), error: { code: "server_error", message: "The model failed to generate a response." } } });
+        return void res.end();
+      }
+      if (delayMs) await sleep(delayMs);
+      await event("response.output_text.delta", { item_id: msgId, output_index: 0, content_index: 0, delta: words[i], logprobs: [] });
+    }
+    await event("response.output_text.done", { item_id: msgId, output_index: 0, content_index: 0, text, logprobs: [] });
+    await event("response.content_part.done", { item_id: msgId, output_index: 0, content_index: 0, part: { type: "output_text", text, annotations: [] } });
+    await event("response.output_item.done", { output_index: 0, item: message("completed", text) });
+    await event("response.completed", { response: response("completed", [message("completed", text)], usage) });
+    if (ok?.holdOpen) return;
+    res.end();
+  }
+
+  /** POST /v1/completions (legacy): a text_completion, or its chunks (usage chunk when asked) and [DONE]. */
+  async function completions(res: http.ServerResponse, record: RecordedRequest, body: Record<string, unknown>, behavior: Behavior, id: string, created: number): Promise<void> {
+    const ok = behavior.type === "ok" ? behavior : null;
+    const text = ok?.text ?? DEFAULT_TEXT;
+    const words = text.split(/(?= )/);
+    const usage = chatUsage(ok?.usage ?? { prompt_tokens: fakeCompletionPromptTokens(body), completion_tokens: tokens(text) }, ok?.details);
+    const delayMs = (behavior.type === "ok" || behavior.type === "cut") && behavior.delayMs ? behavior.delayMs : 0;
+    const cmplId = `cmpl-${id}`;
+    if (!record.stream) {
+      if (delayMs) await sleep(delayMs);
+      const payload: Record<string, unknown> = { id: cmplId, object: "text_completion", created, model: record.model, choices: [{ text, index: 0, logprobs: null, finish_reason: "stop" }] };
+      if (!ok?.noUsage) payload.usage = usage;
+      return json(res, 200, payload);
+    }
+    const includeUsage = (body.stream_options as { include_usage?: boolean } | undefined)?.include_usage === true && !ok?.noUsage;
+    res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
+    const write = writer(res);
+    const chunk = (t: string, finish: string | null) => `data: ${JSON.stringify({ id: cmplId, object: "text_completion", created, model: record.model, choices: [{ text: t, index: 0, logprobs: null, finish_reason: finish }] })}\n\n`;
+    for (let i = 0; i < words.length; i++) {
+      if (behavior.type === "cut" && i === behavior.afterChunks) {
+        await sleep(Math.max(delayMs, 20));
+        res.socket?.destroy();
+        return;
+      }
+      if (behavior.type === "stall" && i === behavior.afterChunks) return;
+      if (delayMs) await sleep(delayMs);
+      await write(chunk(words[i]!, null));
+    }
+    await write(chunk("", "stop"));
+    if (includeUsage) await write(`data: ${JSON.stringify({ id: cmplId, object: "text_completion", created, model: record.model, choices: [], usage })}\n\n`);
+    await write("data: [DONE]\n\n");
     res.end();
   }
 

@@ -212,6 +212,14 @@ function applyChannelStats(tick) {
 }
 
 // ---- live feed ----------------------------------------------------------------------------
+/** A receipt's token classes inside its totals, when it has any: " (cached 900, reasoning 12)". */
+function tokenClasses(item) {
+  const parts = [];
+  if (item.cachedPromptTokens) parts.push(`cached ${item.cachedPromptTokens}`);
+  if (item.reasoningTokens) parts.push(`reasoning ${item.reasoningTokens}`);
+  return parts.length ? ` (${parts.join(", ")})` : "";
+}
+
 function feedRow(item, kind) {
   return h(
     "tr",
@@ -222,7 +230,7 @@ function feedRow(item, kind) {
     h("td", {}, `${item.requestedModel ?? "—"}${item.route ? ` → ${item.route.model}` : ""}${item.channel ? ` · ${item.channel.name}` : ""}`),
     h("td", {}, kind === "receipt" ? (item.fallback ? "yes" : "no") : "—"),
     h("td", { className: "num", dataset: { field: "latency" } }, item.latencyMs != null ? `${item.latencyMs} ms` : "—"),
-    h("td", { className: "num" }, `${item.promptTokens}+${item.completionTokens}`),
+    h("td", { className: "num" }, `${item.promptTokens}+${item.completionTokens}${tokenClasses(item)}`),
     h("td", { className: "num", dataset: { field: "charge" } }, money(item.charge)),
     h("td", {}, h("code", {}, item.requestId)),
   );

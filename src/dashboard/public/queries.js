@@ -4,7 +4,7 @@ export const MONEY = "amount currency";
 export const KEY_FIELDS = `id name prefix last4 status project { id name }
   dailyCap { ${MONEY} } perRequestMaxCharge { ${MONEY} } spendToday { ${MONEY} } remainingToday { ${MONEY} }
   budgets { scope bucket cap { ${MONEY} } spent { ${MONEY} } held { ${MONEY} } }`;
-export const RECEIPT_FIELDS = `requestId createdAt requestedModel promptTokens completionTokens fallback channelRole status latencyMs
+export const RECEIPT_FIELDS = `requestId createdAt requestedModel promptTokens completionTokens cachedPromptTokens reasoningTokens fallback channelRole status latencyMs
   charge { ${MONEY} } key { id name } route { model } channel { name }`;
 export const FAILED_FIELDS = `requestId createdAt requestedModel cause httpStatus promptTokens completionTokens
   charge { ${MONEY} } key { id name } route { model } channel { name }`;

@@ -161,8 +161,9 @@ function upstreamUrl(baseUrl: string, endpoint: Endpoint): string {
 async function attempt(deps: GatewayDeps, state: RequestState, res: ServerResponse, plan: Plan, channel: PlannedChannel): Promise<Outcome> {
   const { stream } = plan;
   const upstreamBody: Record<string, unknown> = { ...plan.body, model: channel.channel.upstreamModel };
-  if (stream) {
-    // Streams always get usage upstream; the usage chunk reaches the client only if it asked.
+  if (stream && plan.protocol === "chat") {
+    // Chat and text completion streams always get usage upstream; the usage chunk reaches the client
+    // only if it asked. (A Responses API stream always ends with its usage in response.completed.)
     const given = plan.body.stream_options;
     upstreamBody.stream_options = { ...(given && typeof given === "object" ? given : {}), include_usage: true };
   }

@@ -1,4 +1,4 @@
-// One passthrough request (chat completion or embeddings) as a pipeline of named stages, in the
+// One passthrough request (chat completion, Responses API, text completion or embeddings) as a pipeline of named stages, in the
 // order DESIGN.md fixes:
 //
 //   authenticate → plan → admit → forward → settle      (answered: Receipt + charge)
@@ -8,7 +8,7 @@
 // plan.ts          body, model, route, channels, run, token bounds → Plan
 // admit.ts         rate-limit ticket; per channel tried, its worst case held → Hold
 // forward.ts       channels in order with fallback, one upstream attempt each → answered or thrown
-// relay.ts         the upstream's JSON / event stream to the client
+// relay.ts         the upstream's JSON / event stream (chat chunks + [DONE], or Responses API typed events) to the client
 // settle.ts        receipt + charge, durable before the last byte; spend announced from memory
 // fail.ts          FailedRequest + its policy charge, then the error answer
 //

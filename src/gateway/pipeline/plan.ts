@@ -1,4 +1,5 @@
-// Stage 2, plan: what the request asks and where it may go. Body (≤ MAX_BODY_BYTES, else 413; bad
+// Stage 2, plan: what the request asks (chat completions, responses, text completions or
+// embeddings) and where it may go. Body (≤ MAX_BODY_BYTES, else 413; bad
 // JSON 400) → validation → allowed models (403) → route (404; cached ≤ 1 s) → usable channels
 // (buckets, lower-cost ROUTED routes, backup routes; none → 403) → priced channels (none → 503
 // price_unknown, fail closed: an unpriced channel is never called) → x-run-id (this key's run, else
@@ -9,7 +10,7 @@ import type { PlannedChannel } from "../../routing/index.ts";
 import { modelNotAllowed, modelNotFound, priceUnknown, routeUnavailable, runCancelled, runNotFound, runPaused } from "../errors.ts";
 import { header, parseJsonObject, readBody } from "../http.ts";
 import { modelAllowed, usableChannels } from "../lookups.ts";
-import { countChatPrompt, countEmbeddingInput, outputBound, reservedPromptTokens } from "../tokens.ts";
+import { completionsOutputBound, countChatPrompt, countCompletionPrompt, countEmbeddingInput, countResponsesPrompt, outputBound, reservedPromptTokens, responsesOutputBound, type PromptCount } from "../tokens.ts";
 import { validateRequest } from "../validate.ts";
 import type { GatewayDeps, RequestState } from "./state.ts";
 
@@ -17,9 +18,12 @@ import type { GatewayDeps, RequestState } from "./state.ts";
 export interface Plan {
   body: Record<string, unknown>;
   model: string;
+  /** Generates text (chat, responses, completions): streams and output bounds apply. False for embeddings. */
   chat: boolean;
+  /** The event-stream protocol when streaming: chat-style chunks ending in [DONE] (chat, completions), or the Responses API's typed events. */
+  protocol: "chat" | "responses";
   stream: boolean;
-  /** The client asked for the usage chunk (it is always asked of the upstream). */
+  /** The client asked for the usage chunk (it is always asked of the upstream; chat and completions only). */
   clientWantsUsage: boolean;
   route: Route;
   /** Usable, priced channels in the order they are tried. */
@@ -47,7 +51,8 @@ export async function plan(
   const runHeader = header(req, "x-run-id");
   const model = validateRequest(trail.endpoint, body, runHeader);
   trail.model = model;
-  const chat = trail.endpoint === "/v1/chat/completions";
+  const chat = trail.endpoint !== "/v1/embeddings" && trail.endpoint !== "/v1/models";
+  const protocol = trail.endpoint === "/v1/responses" ? "responses" : "chat";
   const stream = chat && body.stream === true;
 
   if (!modelAllowed(key, model)) throw modelNotAllowed(model);
@@ -74,18 +79,31 @@ export async function plan(
   }
 
   // Worst case: every prompt token (with a margin for the upstream's tokenizer) and the output bound.
-  const prompt = chat ? await countChatPrompt(body) : await countEmbeddingInput(body);
+  let prompt: PromptCount;
+  let output = 0;
+  if (trail.endpoint === "/v1/chat/completions") {
+    prompt = await countChatPrompt(body);
+    output = outputBound(body, route.defaultMaxTokens);
+  } else if (trail.endpoint === "/v1/responses") {
+    prompt = await countResponsesPrompt(body);
+    output = responsesOutputBound(body, route.defaultMaxTokens);
+  } else if (trail.endpoint === "/v1/completions") {
+    const counted = await countCompletionPrompt(body);
+    prompt = counted;
+    output = completionsOutputBound(body, route.defaultMaxTokens, counted.prompts);
+  } else prompt = await countEmbeddingInput(body);
   return {
     body,
     model,
     chat,
+    protocol,
     stream,
-    clientWantsUsage: stream && (body.stream_options as { include_usage?: unknown } | null | undefined)?.include_usage === true,
+    clientWantsUsage: stream && protocol === "chat" && (body.stream_options as { include_usage?: unknown } | null | undefined)?.include_usage === true,
     route,
     channels,
     runId: trail.runId,
     promptCounted: prompt.text,
     promptBound: reservedPromptTokens(prompt, channels.map((c) => c.channel.upstreamModel), route.maxUnboundedPartTokens),
-    outputBound: chat ? outputBound(body, route.defaultMaxTokens) : 0,
+    outputBound: output,
   };
 }

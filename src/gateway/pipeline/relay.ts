@@ -69,9 +69,7 @@ export async function relayJson(deps: GatewayDeps, state: RequestState, res: Ser
   let usage = readUsage(parsed.usage);
   if (!usage) {
     // No usage reported: charge from our own count (prompt) and the returned text.
-    const text: string[] = [];
-    if (Array.isArray(parsed.choices)) for (const c of parsed.choices) choiceText((c as { message?: unknown } | null)?.message, text);
-    usage = { promptTokens: plan.promptCounted, completionTokens: countText(text.join("")) };
+    usage = { promptTokens: plan.promptCounted, completionTokens: countText(answerText(parsed).join("")) };
     deps.log("warn", "upstream reported no usage; charged from counted tokens", { requestId: state.requestId, channel: channel.channel.name });
   }
   const clientGone = state.client.signal.aborted || res.destroyed;
@@ -112,8 +110,33 @@ function oversized(deps: GatewayDeps, state: RequestState, plan: Plan, channel: 
   return upstreamResponseTooLarge(`${size}, over the limit of ${limit} bytes`, state.attempts);
 }
 
+/** The generated text of a JSON answer: chat messages, text completions, or the Responses API's output items. */
+function answerText(parsed: Record<string, unknown>): string[] {
+  const text: string[] = [];
+  if (Array.isArray(parsed.choices)) {
+    for (const c of parsed.choices) {
+      const choice = c as { message?: unknown; text?: unknown } | null;
+      if (typeof choice?.text === "string") text.push(choice.text);
+      choiceText(choice?.message, text);
+    }
+  }
+  if (Array.isArray(parsed.output)) {
+    for (const item of parsed.output) {
+      if (!item || typeof item !== "object") continue;
+      const it = item as Record<string, unknown>;
+      if (it.type === "message" && Array.isArray(it.content)) {
+        for (const part of it.content) choiceText(part, text);
+      } else if (it.type !== "message") {
+        // Tool calls, reasoning summaries and the rest: all of their text is generated.
+        text.push(JSON.stringify(it));
+      }
+    }
+  }
+  return text;
+}
+
 export async function relayStream(deps: GatewayDeps, state: RequestState, res: ServerResponse, call: UpstreamAttempt, plan: Plan, channel: PlannedChannel): Promise<Outcome> {
-  const relay = new SseRelay(plan.clientWantsUsage, deps.config.upstream.maxResponseBytes);
+  const relay = new SseRelay(plan.clientWantsUsage, deps.config.upstream.maxResponseBytes, plan.protocol);
   let committed = false;
   // Headers go out with the first upstream bytes: until then a failing channel can still fall back.
   const commit = () => {
@@ -183,10 +206,15 @@ export async function relayStream(deps: GatewayDeps, state: RequestState, res: S
   } finally {
     state.client.signal.removeEventListener("abort", onClientGone);
   }
-  if (!relay.done && !relay.usage) {
+  if (relay.failed && !relay.done) {
+    // Responses API: the upstream said the response failed (its event reached the client). A failure, charged by the key's policy.
+    state.failureUsage = failureUsage();
+    throw upstreamError("the upstream reported that the response failed", state.attempts, 200, { requestId: state.requestId, upstreamMessage: null });
+  }
+  if (!relay.done && (!relay.usage || plan.protocol === "responses")) {
     if (!committed) return { done: false, failure: { kind: "status", status: 200, message: "the upstream closed the stream without any event" } };
     state.failureUsage = failureUsage();
-    throw upstreamError("the stream ended before [DONE]", state.attempts, 200, { requestId: state.requestId, upstreamMessage: null });
+    throw upstreamError(plan.protocol === "responses" ? "the stream ended before response.completed" : "the stream ended before [DONE]", state.attempts, 200, { requestId: state.requestId, upstreamMessage: null });
   }
   commit();
   let usage = relay.usage;
@@ -197,7 +225,8 @@ export async function relayStream(deps: GatewayDeps, state: RequestState, res: S
   const charge = await settle(deps, state, plan, channel, usage, state.client.signal.aborted ? CLIENT_CLOSED_STATUS : 200);
   const amount = formatMoney(charge);
   if (!res.destroyed) {
-    res.write(`: tokengate-charge=${amount} currency=${channel.price!.currency}\n\ndata: [DONE]\n\n`);
+    // Chat: the charge, then [DONE]. Responses API (no [DONE]): the charge, then the terminal event held back until now.
+    res.write(`: tokengate-charge=${amount} currency=${channel.price!.currency}\n\n${plan.protocol === "responses" ? relay.terminal : "data: [DONE]\n\n"}`);
     res.addTrailers({ "x-tokengate-charge": amount });
     res.end();
   }

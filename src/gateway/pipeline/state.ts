@@ -15,7 +15,10 @@ import type { Lookups } from "../lookups.ts";
 import type { RateLimiter, RateTicket } from "../rate-limit.ts";
 import type { UpstreamClient, UpstreamFailure } from "../upstream.ts";
 
-export type Endpoint = "/v1/chat/completions" | "/v1/embeddings" | "/v1/models";
+export type Endpoint = "/v1/chat/completions" | "/v1/completions" | "/v1/responses" | "/v1/embeddings" | "/v1/models";
+
+/** The endpoints whose answers are generated text (a stream is possible, an output bound applies). */
+export type GenerationEndpoint = Exclude<Endpoint, "/v1/embeddings" | "/v1/models">;
 
 export interface GatewayDeps {
   config: Config;
