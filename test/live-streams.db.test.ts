@@ -289,6 +289,43 @@ describe("channelStats and walletBalances", () => {
   });
 });
 
+describe("receipts live, from the event's payload", () => {
+  it("liveFeed and receiptCreated show each receipt's token classes, upstream cost, status and latency as stored", async () => {
+    const w = await f.world();
+    const model = `tc-${w.org.id.slice(-6)}`;
+    await f.route(w.viewer, w.org.id, model, [{ name: "main", baseUrl: fake.url, upstreamModel: "tc-up", price: ["2.5", "10"] }]);
+    fake.set("tc-up", { type: "ok", usage: { prompt_tokens: 1000, completion_tokens: 50 }, details: { cached_tokens: 900, cache_write_tokens: 40, reasoning_tokens: 20, cost: 0.00042 } });
+    const client = await ws(w.org.id);
+    const before = await settledListeners();
+    const classes = "promptTokens completionTokens cachedPromptTokens cacheWriteTokens audioPromptTokens reasoningTokens audioCompletionTokens upstreamCost";
+    const feed = collect(client, `subscription { liveFeed(intervalMs: 250) { items { kind requestId httpStatus latencyMs ${classes} } } }`);
+    const created = collect(client, `subscription { receiptCreated { requestId status latencyMs ${classes} } }`);
+    await until(() => listenerCount() >= before + 2);
+    const [requestId] = await sendRequests(w.secret, model, 1);
+    await until(() => created.received.length === 1 && feed.received.some((t) => t.liveFeed.items.length > 0));
+    const stored = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId } });
+    const expected = {
+      requestId,
+      promptTokens: 1000,
+      completionTokens: 50,
+      cachedPromptTokens: 900,
+      cacheWriteTokens: 40,
+      audioPromptTokens: 0,
+      reasoningTokens: 20,
+      audioCompletionTokens: 0,
+      upstreamCost: stored.upstreamCost,
+      latencyMs: stored.latencyMs,
+    };
+    expect(stored).toMatchObject({ cachedPromptTokens: 900, cacheWriteTokens: 40, reasoningTokens: 20 });
+    expect(stored.upstreamCost).not.toBeNull();
+    expect(created.received[0]!.receiptCreated).toEqual({ ...expected, status: 200 });
+    const item = feed.received.flatMap((t) => t.liveFeed.items).find((i: Payload) => i.requestId === requestId);
+    expect(item).toEqual({ ...expected, kind: "RECEIPT", httpStatus: 200 });
+    feed.dispose();
+    created.dispose();
+  });
+});
+
 describe("DataLoaders live one event, not one subscription", () => {
   it("receiptCreated's nested key spend is the spend after each receipt, not the first one's", async () => {
     const w = await f.world();

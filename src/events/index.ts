@@ -56,6 +56,14 @@ export interface RequestView {
   currency: string | null;
   promptTokens: number;
   completionTokens: number;
+  /** Token classes inside the totals (receipts; 0 for failures). */
+  cachedPromptTokens: number;
+  cacheWriteTokens: number;
+  audioPromptTokens: number;
+  reasoningTokens: number;
+  audioCompletionTokens: number;
+  /** What the upstream reported the request cost (usage.cost), as it said it; null when it did not. */
+  upstreamCost: string | null;
   priceSnapshotId: string | null;
   /** micro-units */
   charge: string;

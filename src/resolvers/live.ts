@@ -137,7 +137,7 @@ const BudgetAlertRef = builder.objectRef<BudgetAlertEvent>("BudgetAlert").implem
 
 /** Fields of each type a view carries (anything else selected is read, once per event). */
 const FROM_VIEW: Record<string, ReadonlySet<string>> = {
-  Receipt: new Set(["id", "requestId", "key", "project", "route", "channel", "requestedModel", "upstreamModel", "endpoint", "channelRole", "fallback", "attempts", "bucket", "promptTokens", "completionTokens", "charge", "stream", "usageExceededReservation", "latencyMs", "status", "createdAt"]),
+  Receipt: new Set(["id", "requestId", "key", "project", "route", "channel", "requestedModel", "upstreamModel", "endpoint", "channelRole", "fallback", "attempts", "bucket", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "upstreamCost", "charge", "stream", "usageExceededReservation", "latencyMs", "status", "createdAt"]),
   FailedRequest: new Set(["id", "requestId", "key", "project", "route", "channel", "requestedModel", "endpoint", "cause", "capScope", "message", "httpStatus", "upstreamStatus", "attempts", "bucket", "promptTokens", "completionTokens", "charge", "estimated", "createdAt"]),
   ApiKey: new Set(["id", "name", "prefix"]),
   Project: new Set(["id", "name"]),
@@ -209,6 +209,12 @@ function rowFromView(view: RequestView): Record<string, unknown> {
       fallback: view.fallback,
       stream: view.stream,
       usageExceededReservation: view.usageExceededReservation,
+      cachedPromptTokens: view.cachedPromptTokens,
+      cacheWriteTokens: view.cacheWriteTokens,
+      audioPromptTokens: view.audioPromptTokens,
+      reasoningTokens: view.reasoningTokens,
+      audioCompletionTokens: view.audioCompletionTokens,
+      upstreamCost: view.upstreamCost,
       latencyMs: view.latencyMs ?? 0,
       status: view.httpStatus,
     };
@@ -263,6 +269,12 @@ const LiveFeedItemRef = builder.objectRef<RequestView>("LiveFeedItem").implement
     bucket: t.field({ type: BalanceBucket, nullable: true, resolve: (v) => v.bucket }),
     promptTokens: t.exposeInt("promptTokens"),
     completionTokens: t.exposeInt("completionTokens"),
+    cachedPromptTokens: t.exposeInt("cachedPromptTokens", { description: "Of promptTokens: read from the upstream's prompt cache (0 for failures)." }),
+    cacheWriteTokens: t.exposeInt("cacheWriteTokens", { description: "Of promptTokens: written to the upstream's prompt cache." }),
+    audioPromptTokens: t.exposeInt("audioPromptTokens", { description: "Of promptTokens: audio." }),
+    reasoningTokens: t.exposeInt("reasoningTokens", { description: "Of completionTokens: reasoning." }),
+    audioCompletionTokens: t.exposeInt("audioCompletionTokens", { description: "Of completionTokens: audio." }),
+    upstreamCost: t.string({ nullable: true, description: "What the upstream reported the request cost (usage.cost), in its own unit; null when it reported none.", resolve: (v) => v.upstreamCost }),
     charge: t.field({ type: MoneyRef, resolve: (v) => moneyOf(BigInt(v.charge), v.bucket ?? "CREDIT") }),
   }),
 });
