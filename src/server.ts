@@ -30,6 +30,7 @@ import { graphqlHttpRequests, renderMetrics } from "./metrics.ts";
 import { useGraphQLMetrics } from "./graphql-metrics.ts";
 import { componentLogger, errorFields, logger } from "./log.ts";
 import { EXPORT_PATHS, handleExport } from "./exports/http.ts";
+import { watchLowBalance } from "./budgets/low-balance.ts";
 
 interface EnvelopedRunners {
   execute: (args: ExecutionArgs) => ReturnType<typeof execute>;
@@ -200,6 +201,8 @@ function metricsAllowed(req: http.IncomingMessage, metricsToken: string): boolea
 export async function startServer(config: Config, options: { quiet?: boolean } = {}): Promise<RunningServer> {
   const yoga = createYogaApp(config.admin);
   const gateway = createGateway(config);
+  // Low-balance alerts follow this instance's committed charges (src/budgets/low-balance.ts).
+  const stopLowBalance = watchLowBalance((error) => componentLogger("alerts").error(errorFields(error), "low-balance check failed"));
 
   const server = http.createServer((req, res) => {
     const url = req.url ?? "/";
@@ -394,6 +397,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
         await closed;
         clearTimeout(timer);
         await gateway.close();
+        stopLowBalance();
       })()),
   };
 }

@@ -8,7 +8,7 @@ import OpenAI from "openai";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
-import { gqlOk, startTestServer, token, wsClient } from "./support/graphql.ts";
+import { gqlOk, settledListeners, startTestServer, token, wsClient } from "./support/graphql.ts";
 import { events, listenerCount, type SpendEvent } from "../src/events/index.ts";
 import { coalescedStream, configureLiveLimits, liveQueueLimit } from "../src/events/streams.ts";
 import { SpendWindow, type SpendTick } from "../src/events/live.ts";
@@ -43,18 +43,6 @@ async function until(check: () => boolean, ms = 20_000): Promise<void> {
 }
 
 type Payload = Record<string, any>;
-
-/** The listener count once earlier tests' subscriptions are gone (it stops moving). */
-async function settledListeners(): Promise<number> {
-  let last = listenerCount();
-  for (let still = 0; still < 10; ) {
-    await new Promise((r) => setTimeout(r, 20));
-    const now = listenerCount();
-    still = now === last ? still + 1 : 0;
-    last = now;
-  }
-  return last;
-}
 
 function collect(client: Client, query: string, variables: Record<string, unknown> = {}) {
   const received: Payload[] = [];

@@ -186,6 +186,9 @@ describe("alert delivery", () => {
       ["KEY_DAILY", w.key.id, 100, "1.000000", "1.000000", "USD"],
     ]);
     for (const b of bodies) expect(b).toMatchObject({ event: "budgetAlert", data: { organizationId: w.org.id, projectId: w.project.id, bucket: "CREDIT" } });
+    // Each names the alert as the history lists it.
+    const stored = await database.prisma.budgetAlert.findMany({ where: { scopeId: w.key.id }, orderBy: { threshold: "asc" } });
+    expect(bodies.map((b) => b.data.alertId)).toEqual(stored.map((a) => a.id));
     expect(new Set(receiver.received.map((r) => r.headers["x-tokengate-delivery"]))).toEqual(new Set(bodies.map((b) => b.id)));
 
     const attempts = await deliveries(admin, w.org.id);
@@ -194,6 +197,27 @@ describe("alert delivery", () => {
       ["budgetAlert", "SUCCEEDED", 200, 1, null],
       ["budgetAlert", "SUCCEEDED", 200, 1, null],
     ]);
+  });
+
+  it("a low-balance alert is delivered too: its own event name, signed, with the balance and threshold in the bucket's currency", async () => {
+    const w = await f.world({ credit: "0", routed: "3" });
+    const admin = await token("ORG_ADMIN", w.org.id);
+    const secret = "receiver-shared-secret-43";
+    await gqlOk(admin, SET, { input: { url: receiver.url, secret } });
+    start();
+    // Set above the balance: raised at once.
+    await gqlOk(admin, `mutation { setLowBalanceThreshold(input: { bucket: ROUTED, threshold: "10" }) { bucket } }`);
+    await until(() => receiver.received.length === 1);
+    const [r] = receiver.received;
+    expect(verify(secret, r!)).toBe(true);
+    expect(r!.headers["x-tokengate-event"]).toBe("lowBalanceAlert");
+    const stored = await database.prisma.balanceAlert.findFirstOrThrow({ where: { organizationId: w.org.id } });
+    expect(JSON.parse(r!.body)).toMatchObject({
+      event: "lowBalanceAlert",
+      data: { alertId: stored.id, organizationId: w.org.id, bucket: "ROUTED", threshold: "10.000000", balance: "3.000000", currency: "CNY", requestId: null },
+    });
+    await until(async () => (await deliveries(admin, w.org.id)).length === 1);
+    expect((await deliveries(admin, w.org.id)).map((d) => [d.event, d.status])).toEqual([["lowBalanceAlert", "SUCCEEDED"]]);
   });
 
   it("retries with backoff: a receiver failing twice then succeeding sees 3 attempts of the same delivery, all recorded", async () => {

@@ -136,6 +136,9 @@ export interface FailedRequestCreatedEvent {
 }
 
 export interface BudgetAlertEvent {
+  /** The stored BudgetAlert row (the history lists the same alert under the same id). */
+  id: string;
+  createdAt: string;
   organizationId: string;
   projectId: string | null;
   scope: string;
@@ -148,6 +151,20 @@ export interface BudgetAlertEvent {
   windowStart: string;
 }
 
+/** A charge took a bucket's balance below the organization's threshold (once per crossing). */
+export interface LowBalanceAlertEvent {
+  /** The stored BalanceAlert row. */
+  id: string;
+  organizationId: string;
+  bucket: "CREDIT" | "ROUTED";
+  /** micro-units */
+  threshold: string;
+  /** The ledger balance after the charge, micro-units. */
+  balance: string;
+  requestId: string | null;
+  createdAt: string;
+}
+
 export type Topics = {
   keyChanged: [KeyChangedEvent];
   spend: [SpendEvent];
@@ -157,6 +174,9 @@ export type Topics = {
   /** A balance moved outside the spend path (top-up, adjustment): wallet streams read it again. */
   walletChanged: [{ organizationId: string }];
   budgetAlert: [BudgetAlertEvent];
+  lowBalanceAlert: [LowBalanceAlertEvent];
+  /** A low-balance threshold was set, or a credit re-armed it: every instance forgets what it cached. */
+  balanceThresholdChanged: [{ bucketId: string }];
   /** An admin token was revoked: every instance closes the sockets it authenticated. */
   adminTokenRevoked: [{ tokenId: string }];
   /** A cap changed: its scope's budget leases were revoked; every instance forgets its own (src/accounting/leases.ts). */
@@ -194,24 +214,28 @@ function localTarget(): Target {
   return target as unknown as Target;
 }
 
-type BudgetAlertHook = (event: BudgetAlertEvent) => void;
-const budgetAlertHooks = new Set<BudgetAlertHook>();
+/** The alerts a webhook delivers, by topic. */
+export type AlertTopic = "budgetAlert" | "lowBalanceAlert";
+export type PublishedAlert = { topic: "budgetAlert"; event: BudgetAlertEvent } | { topic: "lowBalanceAlert"; event: LowBalanceAlertEvent };
+type AlertHook = (alert: PublishedAlert) => void;
+const alertHooks = new Set<AlertHook>();
 
 /**
- * Runs `hook` for every budget alert this process publishes (not for ones received from other
- * instances over Redis): each alert is published once, by the instance whose insert created it,
- * so a hook (the alert webhooks) acts once per alert across instances. Returns an unsubscribe.
+ * Runs `hook` for every budget or low-balance alert this process publishes (not for ones received
+ * from other instances over Redis): each alert is published once, by the instance whose write
+ * created it, so a hook (the alert webhooks) acts once per alert across instances. Returns an unsubscribe.
  */
-export function onBudgetAlertPublished(hook: BudgetAlertHook): () => void {
-  budgetAlertHooks.add(hook);
-  return () => void budgetAlertHooks.delete(hook);
+export function onAlertPublished(hook: AlertHook): () => void {
+  alertHooks.add(hook);
+  return () => void alertHooks.delete(hook);
 }
 
 function withLocalHooks(pubsub: PubSub<Topics>): PubSub<Topics> {
   const publish: PubSub<Topics>["publish"] = (routingKey, ...args) => {
     pubsub.publish(routingKey, ...args);
-    if (routingKey !== "budgetAlert") return;
-    for (const hook of budgetAlertHooks) hook(args[0] as BudgetAlertEvent);
+    if (routingKey !== "budgetAlert" && routingKey !== "lowBalanceAlert") return;
+    const alert = { topic: routingKey, event: args[0] } as PublishedAlert;
+    for (const hook of alertHooks) hook(alert);
   };
   return { ...pubsub, publish };
 }

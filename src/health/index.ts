@@ -141,9 +141,9 @@ export class HealthTracker {
     // off the request path and must not hold a Prisma transaction open across a shutdown.
     await directSql().$queryRawUnsafe(
       `WITH changed AS (
-         UPDATE "Channel" SET health = $2::"HealthState", "healthChangedAt" = $6::timestamptz AT TIME ZONE 'UTC' WHERE id = $1 RETURNING id)
-       INSERT INTO "ChannelHealthEvent" ("channelId", "fromState", "toState", "successRate", "p50LatencyMs", "createdAt")
-       SELECT id, $3::"HealthState", $2::"HealthState", $4::float8, $5::int, $6::timestamptz AT TIME ZONE 'UTC' FROM changed`,
+         UPDATE "Channel" SET health = $2::"HealthState", "healthChangedAt" = $6::timestamptz AT TIME ZONE 'UTC' WHERE id = $1 RETURNING id, "organizationId", "routeId")
+       INSERT INTO "ChannelHealthEvent" ("channelId", "organizationId", "routeId", "fromState", "toState", "successRate", "p50LatencyMs", "createdAt")
+       SELECT id, "organizationId", "routeId", $3::"HealthState", $2::"HealthState", $4::float8, $5::int, $6::timestamptz AT TIME ZONE 'UTC' FROM changed`,
       channel.id,
       s.state,
       previous,

@@ -76,9 +76,15 @@ export interface HoldRef {
   amount: bigint;
 }
 
+/** The bucket a committed charge debited and its ledger balance after it (absent when nothing was charged, or the writer did not say). */
+export interface ChargedBalance {
+  bucketId: string;
+  balanceAfter: bigint;
+}
+
 export type RecordedRequest =
-  | { kind: "receipt"; id: string; record: ReceiptInput; at: Date }
-  | { kind: "failure"; id: string; record: FailedRequestInput; at: Date };
+  | { kind: "receipt"; id: string; record: ReceiptInput; at: Date; balance?: ChargedBalance }
+  | { kind: "failure"; id: string; record: FailedRequestInput; at: Date; balance?: ChargedBalance };
 
 type Listener = (event: RecordedRequest) => void;
 const listeners = new Set<Listener>();
@@ -388,11 +394,15 @@ export async function recordBatch(items: BatchItem[], now = new Date()): Promise
     ...values,
     ...(upstream ? [upstream] : []),
   ) as Promise<
-    Array<{ request_id: string | null; ledger_entry_id: string | null; scope: string | null; scope_id: string | null; bucket: string | null; window_start: string | null; spent: string | null; held: string | null; cap: string | null }>
+    Array<{ request_id: string | null; ledger_entry_id: string | null; balance_after: string | null; scope: string | null; scope_id: string | null; bucket: string | null; window_start: string | null; spent: string | null; held: string | null; cap: string | null }>
   >).catch(translateDbError);
   const counters: CounterState[] = [];
+  const balanceAfter = new Map<string, bigint>();
   for (const r of rows) {
-    if (r.request_id) continue;
+    if (r.request_id) {
+      if (r.balance_after !== null) balanceAfter.set(r.request_id, BigInt(r.balance_after));
+      continue;
+    }
     counters.push({
       scope: r.scope as CapScope,
       scopeId: r.scope_id!,
@@ -404,8 +414,10 @@ export async function recordBatch(items: BatchItem[], now = new Date()): Promise
     });
   }
   const results = items.map((_, i) => ({ id: ids[i]!, ledgerEntryId: ledgerIds[i]!, counters }));
-  items.forEach((item, i) =>
-    announce(item.kind === "receipt" ? { kind: "receipt", id: ids[i]!, record: item.record, at: now } : { kind: "failure", id: ids[i]!, record: item.record, at: now }),
-  );
+  items.forEach((item, i) => {
+    const after = balanceAfter.get(item.record.requestId);
+    const balance = after !== undefined && item.bucketId ? { bucketId: item.bucketId, balanceAfter: after } : undefined;
+    announce(item.kind === "receipt" ? { kind: "receipt", id: ids[i]!, record: item.record, at: now, balance } : { kind: "failure", id: ids[i]!, record: item.record, at: now, balance });
+  });
   return results;
 }

@@ -1,4 +1,5 @@
 import { builder } from "../schema/builder.ts";
+import { announceThresholdChanged, rearmLowBalance } from "../budgets/low-balance.ts";
 import { events } from "../events/index.ts";
 import { db } from "../db/index.ts";
 import { isPlatform, resolveOrganizationId, tenancyWhere } from "../auth/index.ts";
@@ -108,6 +109,7 @@ async function post(
   if (amount === 0n) throw badInput("amount", kind === "TOPUP" ? "must be positive" : "must not be zero");
   const bucket = await walletBucket(organizationId, input.bucket);
   // The entry and its audit record commit together; a replay writes neither again.
+  let rearmed = false;
   const entry = await db.$transaction(async (tx) => {
     const { entry, created } = await postEntry(
       { bucketId: bucket.id, kind, amount, idempotencyKey: input.idempotencyKey, actorTokenId: viewer.tokenId, memo: input.memo },
@@ -122,9 +124,12 @@ async function post(
         before: { balance: entry.balanceAfter - entry.amount },
         after: { entry, balance: entry.balanceAfter },
       });
+      // A credit that lifts the balance back to its low-balance threshold arms the next alert.
+      if (amount > 0n) rearmed = await rearmLowBalance(tx, bucket.id);
     }
     return entry;
   });
+  if (rearmed) announceThresholdChanged(bucket.id);
   // Wallet streams of every instance read the new balance at their next turn.
   events.publish("walletChanged", { organizationId });
   return entry;

@@ -12,12 +12,13 @@ import { builder, type Context } from "../schema/builder.ts";
 import { createLoaders } from "../schema/loaders.ts";
 import { db } from "../db/index.ts";
 import { canRead, canReadOrganization, isPlatform, resolveOrganizationId, type Viewer } from "../auth/index.ts";
-import { listen, type BudgetAlertEvent, type RequestView, type RouteHealthEvent, type ScopeStanding, type SpendEvent, type Topics } from "../events/index.ts";
+import { listen, type BudgetAlertEvent, type LowBalanceAlertEvent, type RequestView, type RouteHealthEvent, type ScopeStanding, type SpendEvent, type Topics } from "../events/index.ts";
 import { boundedStream, coalescedStream } from "../events/streams.ts";
 import { channelStatsBook, SpendWindow, watchWallet, type ChannelInfo, type SpendTick } from "../events/live.ts";
-import { badInput, notFound } from "../errors.ts";
+import { badInput, forbidden, notFound } from "../errors.ts";
 import { BalanceBucket, CapScope, HealthState } from "../generated/prisma/enums.ts";
 import { MoneyRef, moneyOf, moneyOrNull } from "../schema/types/common.ts";
+import { BudgetAlertRef, LowBalanceAlertRef } from "../schema/types/alerts.ts";
 import { ChannelStatsTickRef, LiveSpendTickRef, ScopeStandingRef, WalletTickRef, type ChannelStatsTick, type WalletTick } from "../schema/types/live.ts";
 import { windowFor } from "../accounting/index.ts";
 import { viewerOf } from "./viewer.ts";
@@ -119,18 +120,29 @@ const RouteHealthEventRef = builder.objectRef<RouteHealthEvent>("RouteHealthEven
   }),
 });
 
-const BudgetAlertRef = builder.objectRef<BudgetAlertEvent>("BudgetAlert").implement({
-  description: "A cap's window crossed 50, 80 or 100 %: sent once per threshold and window.",
-  fields: (t) => ({
-    scope: t.field({ type: CapScope, resolve: (e) => e.scope as CapScope }),
-    scopeId: t.exposeID("scopeId"),
-    projectId: t.exposeID("projectId", { nullable: true }),
-    bucket: t.field({ type: BalanceBucket, resolve: (e) => e.bucket }),
-    threshold: t.exposeInt("threshold", { description: "Percent of the cap: 50, 80 or 100." }),
-    spent: t.field({ type: MoneyRef, resolve: (e) => moneyOf(BigInt(e.spent), e.bucket) }),
-    cap: t.field({ type: MoneyRef, resolve: (e) => moneyOf(BigInt(e.cap), e.bucket) }),
-    windowStart: t.field({ type: "DateTime", resolve: (e) => new Date(e.windowStart) }),
-  }),
+/** The stored row an alert event stands for (the event is built from it): the history's type, live. */
+const budgetAlertRow = (e: BudgetAlertEvent) => ({
+  id: e.id,
+  organizationId: e.organizationId,
+  projectId: e.projectId,
+  scope: e.scope as CapScope,
+  scopeId: e.scopeId,
+  bucket: e.bucket,
+  windowStart: new Date(e.windowStart),
+  threshold: e.threshold,
+  spent: BigInt(e.spent),
+  cap: BigInt(e.cap),
+  createdAt: new Date(e.createdAt),
+});
+
+const lowBalanceRow = (e: LowBalanceAlertEvent) => ({
+  id: e.id,
+  organizationId: e.organizationId,
+  bucket: e.bucket,
+  threshold: BigInt(e.threshold),
+  balance: BigInt(e.balance),
+  requestId: e.requestId,
+  createdAt: new Date(e.createdAt),
 });
 
 // ---- receipts and failed requests from their payload -------------------------------------------
@@ -437,7 +449,19 @@ builder.subscriptionFields((t) => ({
       const mine = visible(viewerOf(ctx));
       return eventStream(ctx, "budgetAlert", (e) => mine(e) && (!args.projectId || e.projectId === String(args.projectId)));
     },
-    resolve: (e) => e,
+    resolve: (e) => budgetAlertRow(e),
+  }),
+
+  lowBalanceAlert: t.field({
+    type: LowBalanceAlertRef,
+    description: "A charge took one of the organization's balances below its low-balance threshold (setLowBalanceThreshold): once per crossing. Not for project viewers.",
+    subscribe: (_root, _args, ctx) => {
+      const viewer = viewerOf(ctx);
+      if (viewer.role === "PROJECT_VIEWER") throw forbidden("project viewers cannot read low-balance alerts");
+      const mine = visible(viewer);
+      return eventStream(ctx, "lowBalanceAlert", (e) => mine(e));
+    },
+    resolve: (e) => lowBalanceRow(e),
   }),
 
   liveFeed: t.field({

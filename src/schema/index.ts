@@ -15,6 +15,7 @@ import "./types/ledger-entry.ts";
 import "./types/run.ts";
 import "./types/audit-entry.ts";
 import "./types/alert-webhook.ts";
+import "./types/alerts.ts";
 import "./types/admin-token.ts";
 import "./types/live.ts";
 import "../resolvers/root.ts";
@@ -27,6 +28,7 @@ import "../resolvers/runs.ts";
 import "../resolvers/analytics.ts";
 import "../resolvers/live.ts";
 import "../resolvers/webhooks.ts";
+import "../resolvers/alerts.ts";
 
 export const schema: GraphQLSchema = builder.toSchema();
 

@@ -179,11 +179,11 @@ export async function announceSpend(o: SpendOutcome, known?: readonly CounterSta
   } else if (view?.kind === "failure") {
     events.publish("failedRequestCreated", { organizationId: o.organizationId, projectId: o.projectId, keyId: o.keyId, failedRequestId: view.id, view });
   }
-  if (o.charge > 0n) await announceThresholds(o, states);
+  if (o.charge > 0n) await announceThresholds(o, states, now);
 }
 
 /** Each threshold of each capped window is announced once: the unique row decides, across instances. */
-async function announceThresholds(o: SpendOutcome, states: ScopeRow[]): Promise<void> {
+async function announceThresholds(o: SpendOutcome, states: ScopeRow[], now: Date): Promise<void> {
   for (const s of states) {
     if (s.cap === null || s.cap === 0n) continue;
     for (const threshold of ALERT_THRESHOLDS) {
@@ -191,9 +191,10 @@ async function announceThresholds(o: SpendOutcome, states: ScopeRow[]): Promise<
       // Once a threshold's row exists (ours or another instance's), asking again every request is a wasted write.
       const memo = `${s.scope}|${s.scope_id}|${o.bucket}|${s.window_start.toISOString()}|${threshold}|${s.cap}`;
       if (alerted.has(memo)) continue;
+      const projectId = s.scope === "ROUTE_DAILY" || s.scope === "CHANNEL_DAILY" ? null : o.projectId;
       const inserted = await directSql().$queryRawUnsafe<Array<{ id: string }>>(
-        `INSERT INTO "BudgetAlert" ("organizationId", scope, "scopeId", bucket, "windowStart", threshold, spent, cap)
-         VALUES ($1, $2::"CapScope", $3, $4::"BalanceBucket", $5::timestamptz AT TIME ZONE 'UTC', $6, $7::bigint, $8::bigint)
+        `INSERT INTO "BudgetAlert" ("organizationId", "projectId", scope, "scopeId", bucket, "windowStart", threshold, spent, cap, "createdAt")
+         VALUES ($1, $10, $2::"CapScope", $3, $4::"BalanceBucket", $5::timestamptz AT TIME ZONE 'UTC', $6, $7::bigint, $8::bigint, $9::timestamptz AT TIME ZONE 'UTC')
          ON CONFLICT DO NOTHING RETURNING id`,
         o.organizationId,
         s.scope,
@@ -203,13 +204,17 @@ async function announceThresholds(o: SpendOutcome, states: ScopeRow[]): Promise<
         threshold,
         s.spent.toString(),
         s.cap.toString(),
+        now.toISOString(),
+        projectId,
       );
       if (alerted.size >= 10_000) alerted.clear();
       alerted.add(memo);
       if (inserted.length === 0) continue;
       events.publish("budgetAlert", {
+        id: inserted[0]!.id,
+        createdAt: now.toISOString(),
         organizationId: o.organizationId,
-        projectId: s.scope === "ROUTE_DAILY" || s.scope === "CHANNEL_DAILY" ? null : o.projectId,
+        projectId,
         scope: s.scope,
         scopeId: s.scope_id,
         bucket: o.bucket,

@@ -1,5 +1,5 @@
 // Alert webhooks: an organization registers one URL (setAlertWebhook, audited) that receives every
-// budget alert as a signed JSON POST. Delivery runs off the request path from an in-process retry
+// budget alert and low-balance alert as a signed JSON POST. Delivery runs off the request path from an in-process retry
 // queue: each attempt has a time-out, failures are retried with exponential backoff up to a bounded
 // number of attempts, and every attempt is stored (AlertWebhookDelivery) for GraphQL. Retries still
 // pending when the process stops are dropped (README "Webhooks").
@@ -10,7 +10,7 @@ import type { WebhookDeliveryStatus } from "../generated/prisma/enums.ts";
 import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { badInput } from "../errors.ts";
-import { onBudgetAlertPublished, type BudgetAlertEvent } from "../events/index.ts";
+import { onAlertPublished, type PublishedAlert } from "../events/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../money.ts";
 import { assertUpstreamAllowed, credentialCipher } from "../routing/index.ts";
 import { generateSecret } from "../secrets.ts";
@@ -88,25 +88,33 @@ export function signBody(secret: string, body: string): string {
   return `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`;
 }
 
-/** The JSON body of one budget alert delivery: money as decimal strings with the currency. */
-export function alertBody(deliveryId: string, alert: BudgetAlertEvent, createdAt: Date): string {
-  return JSON.stringify({
-    id: deliveryId,
-    event: "budgetAlert",
-    createdAt: createdAt.toISOString(),
-    data: {
-      organizationId: alert.organizationId,
-      projectId: alert.projectId,
-      scope: alert.scope,
-      scopeId: alert.scopeId,
-      bucket: alert.bucket,
-      threshold: alert.threshold,
-      spent: formatMoney(BigInt(alert.spent)),
-      cap: formatMoney(BigInt(alert.cap)),
-      currency: BUCKET_CURRENCY[alert.bucket],
-      windowStart: alert.windowStart,
-    },
-  });
+/** The JSON body of one alert delivery: money as decimal strings with the currency. */
+export function alertBody(deliveryId: string, alert: PublishedAlert, createdAt: Date): string {
+  const data =
+    alert.topic === "budgetAlert"
+      ? {
+          alertId: alert.event.id,
+          organizationId: alert.event.organizationId,
+          projectId: alert.event.projectId,
+          scope: alert.event.scope,
+          scopeId: alert.event.scopeId,
+          bucket: alert.event.bucket,
+          threshold: alert.event.threshold,
+          spent: formatMoney(BigInt(alert.event.spent)),
+          cap: formatMoney(BigInt(alert.event.cap)),
+          currency: BUCKET_CURRENCY[alert.event.bucket],
+          windowStart: alert.event.windowStart,
+        }
+      : {
+          alertId: alert.event.id,
+          organizationId: alert.event.organizationId,
+          bucket: alert.event.bucket,
+          threshold: formatMoney(BigInt(alert.event.threshold)),
+          balance: formatMoney(BigInt(alert.event.balance)),
+          currency: BUCKET_CURRENCY[alert.event.bucket],
+          requestId: alert.event.requestId,
+        };
+  return JSON.stringify({ id: deliveryId, event: alert.topic, createdAt: createdAt.toISOString(), data });
 }
 
 export interface WebhookDeliveryOptions {
@@ -120,6 +128,7 @@ export interface WebhookDeliveryOptions {
 }
 
 interface Delivery {
+  event: PublishedAlert["topic"];
   webhookId: string;
   organizationId: string;
   url: string;
@@ -130,7 +139,7 @@ interface Delivery {
 }
 
 /**
- * Starts delivering budget alerts published by this process to their organization's webhook.
+ * Starts delivering budget and low-balance alerts published by this process to their organization's webhook.
  * Returns stop(): no new deliveries, pending retries dropped, in-flight attempts awaited.
  */
 export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promise<void> {
@@ -144,8 +153,8 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
     void work.finally(() => inFlight.delete(work));
   };
 
-  async function begin(alert: BudgetAlertEvent): Promise<void> {
-    const webhook = await db.alertWebhook.findUnique({ where: { organizationId: alert.organizationId } });
+  async function begin(alert: PublishedAlert): Promise<void> {
+    const webhook = await db.alertWebhook.findUnique({ where: { organizationId: alert.event.organizationId } });
     if (!webhook || stopped) return;
     const deliveryId = randomUUID();
     const createdAt = new Date();
@@ -154,10 +163,11 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
       secret = credentialCipher().decrypt(webhook.secretCiphertext, webhookBinding(webhook.organizationId));
     } catch {
       // Never send unsigned: a secret that cannot be decrypted fails the delivery, visibly.
-      await record({ webhookId: webhook.id, organizationId: webhook.organizationId, deliveryId }, 1, "FAILED", null, "the webhook secret cannot be decrypted (was TOKENGATE_SECRET changed?): set it again", 0);
+      await record({ event: alert.topic, webhookId: webhook.id, organizationId: webhook.organizationId, deliveryId }, 1, "FAILED", null, "the webhook secret cannot be decrypted (was TOKENGATE_SECRET changed?): set it again", 0);
       return;
     }
     const delivery: Delivery = {
+      event: alert.topic,
       webhookId: webhook.id,
       organizationId: webhook.organizationId,
       url: webhook.url,
@@ -182,7 +192,7 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
           "content-type": "application/json",
           "user-agent": "tokengate-webhooks",
           [SIGNATURE_HEADER]: signBody(d.secret, d.body),
-          "x-tokengate-event": "budgetAlert",
+          "x-tokengate-event": d.event,
           "x-tokengate-delivery": d.deliveryId,
           "x-tokengate-timestamp": d.timestamp,
           "x-tokengate-attempt": String(n),
@@ -209,7 +219,7 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
   }
 
   async function record(
-    d: Pick<Delivery, "webhookId" | "organizationId" | "deliveryId">,
+    d: Pick<Delivery, "event" | "webhookId" | "organizationId" | "deliveryId">,
     attemptNumber: number,
     status: WebhookDeliveryStatus,
     httpStatus: number | null,
@@ -217,11 +227,11 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
     milliseconds: number,
   ): Promise<void> {
     await db.alertWebhookDelivery.create({
-      data: { webhookId: d.webhookId, organizationId: d.organizationId, deliveryId: d.deliveryId, event: "budgetAlert", attempt: attemptNumber, status, httpStatus, error, durationMs: Math.round(milliseconds) },
+      data: { webhookId: d.webhookId, organizationId: d.organizationId, deliveryId: d.deliveryId, event: d.event, attempt: attemptNumber, status, httpStatus, error, durationMs: Math.round(milliseconds) },
     });
   }
 
-  const unsubscribe = onBudgetAlertPublished((alert) => {
+  const unsubscribe = onAlertPublished((alert) => {
     if (stopped) return;
     track(begin(alert).catch((e: unknown) => report("webhook delivery failed", e)));
   });

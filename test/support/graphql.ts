@@ -7,6 +7,7 @@ import { loadConfig } from "../../src/config.ts";
 import { admissionEnv } from "./gateway.ts";
 import { createAdminToken } from "../../src/auth/index.ts";
 import type { AdminRole } from "../../src/generated/prisma/enums.ts";
+import { listenerCount } from "../../src/events/index.ts";
 
 export interface GraphQLResponse<T = Record<string, unknown>> {
   data?: T | null;
@@ -68,4 +69,19 @@ export function wsExecute<T = Record<string, any>>(client: Client, query: string
       },
     );
   });
+}
+
+/**
+ * The live listener count once earlier subscriptions are gone (it stops moving): the baseline to
+ * wait above for a new subscription (disposed ones leave asynchronously).
+ */
+export async function settledListeners(): Promise<number> {
+  let last = listenerCount();
+  for (let still = 0; still < 10; ) {
+    await new Promise((r) => setTimeout(r, 20));
+    const now = listenerCount();
+    still = now === last ? still + 1 : 0;
+    last = now;
+  }
+  return last;
 }

@@ -40,6 +40,12 @@ builder.prismaObject("Channel", {
       totalCount: true,
       query: { orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }] },
     }),
+    healthHistory: t.relatedConnection("healthEvents", {
+      cursor: "id",
+      totalCount: true,
+      description: "Its health changes, newest first.",
+      query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] },
+    }),
     dailyCap: t.field({
       type: MoneyRef,
       nullable: true,

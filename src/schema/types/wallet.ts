@@ -12,6 +12,18 @@ export const WalletBalanceRef = builder.prismaObject("WalletBucket", {
     balance: t.field({ type: MoneyRef, resolve: (b) => moneyOf(b.balance, b.bucket) }),
     held: t.field({ type: MoneyRef, resolve: (b) => moneyOf(b.held, b.bucket) }),
     available: t.field({ type: MoneyRef, resolve: (b) => moneyOf(b.balance - b.held, b.bucket) }),
+    lowBalanceThreshold: t.field({
+      type: MoneyRef,
+      nullable: true,
+      select: { lowBalance: true },
+      description: "The organization's low-balance threshold (setLowBalanceThreshold); null when none is set.",
+      resolve: (b) => (b.lowBalance ? moneyOf(b.lowBalance.threshold, b.bucket) : null),
+    }),
+    lowBalanceAlerted: t.boolean({
+      select: { lowBalance: true },
+      description: "A low-balance alert was raised and not yet re-armed by a credit back to the threshold.",
+      resolve: (b) => b.lowBalance?.alertedAt != null,
+    }),
     updatedAt: t.expose("updatedAt", { type: "DateTime" }),
   }),
 });
