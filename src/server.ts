@@ -31,10 +31,22 @@ import { useGraphQLMetrics } from "./graphql-metrics.ts";
 import { componentLogger, errorFields, logger } from "./log.ts";
 import { EXPORT_PATHS, handleExport } from "./exports/http.ts";
 import { watchLowBalance } from "./budgets/low-balance.ts";
+import { SharedExecutions, rootFieldOf, streamKind } from "./events/shared-executions.ts";
 
 interface EnvelopedRunners {
   execute: (args: ExecutionArgs) => ReturnType<typeof execute>;
   subscribe: (args: ExecutionArgs) => ReturnType<typeof subscribe>;
+  /** Subscriptions with the same key see the same results (null: run alone). */
+  shareKey: string | null;
+}
+
+/**
+ * What a subscription's results depend on: the document, operation and variables as sent, and the
+ * viewer's tenancy (every live resolver filters by role, organization and project, nothing else).
+ */
+function shareKeyOf(viewer: Context["viewer"], params: { query: string; operationName?: string | null; variables?: Record<string, unknown> | null }): string | null {
+  if (!viewer) return null;
+  return [viewer.role, viewer.organizationId ?? "", viewer.projectId ?? "", params.operationName ?? "", JSON.stringify(params.variables ?? {}), params.query].join("\u0000");
 }
 
 export interface RunningServer {
@@ -298,6 +310,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       for (const socket of socketsByToken.get(tokenId) ?? []) forbid(socket);
     }
   })();
+  const sharedExecutions = new SharedExecutions();
   const wsCleanup = useServer<Record<string, unknown>, { viewer?: Context["viewer"] }>(
     {
       // Authenticate once, in connection_init; a bad or missing token closes with 4403.
@@ -327,7 +340,19 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       },
       // Yoga's enveloped execute / subscribe travel in rootValue (set in onSubscribe), so its plugins apply.
       execute: (args) => (args.rootValue as EnvelopedRunners).execute(args),
-      subscribe: (args) => (args.rootValue as EnvelopedRunners).subscribe(args),
+      // Identical subscriptions of the same tenancy share one execution (src/events/shared-executions.ts).
+      subscribe: (args) => {
+        const runners = args.rootValue as EnvelopedRunners;
+        const context = args.contextValue as Context;
+        const run = () => runners.subscribe(args);
+        if (!runners.shareKey) return run();
+        return sharedExecutions.subscribe({
+          key: runners.shareKey,
+          kind: streamKind(rootFieldOf(args.document, args.operationName)),
+          run,
+          onOverflow: () => context.closeSlow?.(),
+        });
+      },
       onSubscribe: async (ctx, _id, params) => {
         // The operation being started is already counted in ctx.subscriptions.
         if (Object.keys(ctx.subscriptions).length > wsMaxSubscriptions) {
@@ -360,7 +385,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
             document,
             variableValues: params.variables,
             contextValue,
-            rootValue: { execute, subscribe },
+            rootValue: { execute, subscribe, shareKey: shareKeyOf(contextValue.viewer, params) },
           };
         } catch (error) {
           if (error instanceof GraphQLError) return [error];

@@ -9,7 +9,7 @@ import OpenAI from "openai";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
-import { startTestServer, token, wsClient } from "./support/graphql.ts";
+import { settledListeners, startTestServer, token, wsClient } from "./support/graphql.ts";
 import { currentDatabase } from "../src/db/index.ts";
 import { listenerCount } from "../src/events/index.ts";
 import { formatMoney } from "../src/money.ts";
@@ -85,10 +85,10 @@ interface Subscriber {
   errors: unknown[];
 }
 
-async function subscribeAll(clients: Client[], ids: { keyId: string; projectId: string; routeId: string }): Promise<{ subscribers: Subscriber[]; dispose: () => void }> {
+async function subscribeAll(clients: Client[], ids: { keyId: string; projectId: string; routeId: string }): Promise<{ subscribers: Subscriber[]; dispose: () => void; listeners: number }> {
   const subscribers: Subscriber[] = [];
   const disposers: Array<() => void> = [];
-  const before = listenerCount();
+  const before = await settledListeners();
   for (const client of clients) {
     for (const doc of documents(ids)) {
       const s: Subscriber = { name: doc.name, received: [], errors: [] };
@@ -111,11 +111,12 @@ async function subscribeAll(clients: Client[], ids: { keyId: string; projectId: 
       last = now;
       stableSince = Date.now();
     }
-    return now >= before + clients.length * 6 && Date.now() - stableSince > 1_000;
+    // Identical documents of one tenancy share one execution: 6 listeners however many clients.
+    return now >= before + 6 && Date.now() - stableSince > 1_000;
   }, 60_000, () => ({ before, now: listenerCount() }));
   // The first tick of channelStats and walletBalances arrived for everyone: subscribe-time reads are over.
   await until(() => subscribers.filter((s) => s.name === "channelStats" || s.name === "walletBalances").every((s) => s.received.length >= 1), 30_000, () => subscribers.filter((s) => (s.name === "channelStats" || s.name === "walletBalances") && !s.received.length).map((s) => [s.name, s.errors]).slice(0, 3));
-  return { subscribers, dispose: () => disposers.forEach((d) => d()) };
+  return { subscribers, dispose: () => disposers.forEach((d) => d()), listeners: listenerCount() - before };
 }
 
 describe("live fan-out costs the database nothing per subscriber", { timeout: 240_000 }, () => {
@@ -149,7 +150,7 @@ describe("live fan-out costs the database nothing per subscriber", { timeout: 24
 
     const run = async (count: number) => {
       const clients = Array.from({ length: count }, () => wsClient(server, adminToken));
-      const { subscribers, dispose } = await subscribeAll(clients, ids);
+      const { subscribers, dispose, listeners } = await subscribeAll(clients, ids);
       const { sent, start, periodicStart, startedAt } = await sendHundred();
       const ok = sent.filter((s) => s.ok);
       const failed = sent.filter((s) => !s.ok);
@@ -173,11 +174,13 @@ describe("live fan-out costs the database nothing per subscriber", { timeout: 24
       for (const s of subscribers) expect(s.errors, s.name).toEqual([]);
       dispose();
       await Promise.all(clients.map((c) => c.dispose()));
-      return { used, clock, subscribers, sent };
+      return { used, clock, subscribers, sent, listeners };
     };
 
     const one = await run(1);
     const fifty = await run(50);
+    // 50 clients of the same documents and tenancy: one execution (one listener) per document, as for 1.
+    expect(fifty.listeners).toBe(one.listeners);
     // Per subscriber per event, even one statement would be 49 × 100 more.
     expect(fifty.used).toBeLessThanOrEqual(one.used + 5);
     expect(one.used).toBeLessThan(100 * 3);

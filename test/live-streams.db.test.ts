@@ -277,6 +277,34 @@ describe("channelStats and walletBalances", () => {
   });
 });
 
+describe("identical subscriptions share one execution per tenancy", () => {
+  it("same document, two organizations and two roles: each sees its own; a late joiner of walletBalances gets the balance at once, on no new execution", async () => {
+    const a = await f.world({ credit: "7" });
+    const b = await f.world({ credit: "9" });
+    const doc = `subscription { walletBalances(intervalMs: 250) { balances { bucket balance { amount } } } }`;
+    const credit = (t: Payload) => t.walletBalances.balances.find((x: Payload) => x.bucket === "CREDIT").balance.amount;
+    const before = await settledListeners();
+    const first = collect(await ws(a.org.id), doc);
+    await until(() => first.received.length >= 1);
+    const afterFirst = await settledListeners();
+    expect(afterFirst).toBeGreaterThan(before);
+    // The same document, same organization and role, on another socket: shared, answered at once.
+    const joiner = collect(await ws(a.org.id), doc);
+    await until(() => joiner.received.length >= 1, 2_000);
+    expect(await settledListeners()).toBe(afterFirst);
+    // Another organization and another role run their own.
+    const other = collect(await ws(b.org.id), doc);
+    const viewer = collect(await ws(a.org.id, "ORG_VIEWER"), doc);
+    await until(() => other.received.length >= 1 && viewer.received.length >= 1);
+    expect([credit(first.received[0]!), credit(joiner.received[0]!), credit(viewer.received[0]!), credit(other.received[0]!)]).toEqual(["7.000000", "7.000000", "7.000000", "9.000000"]);
+    expect(await settledListeners()).toBeGreaterThan(afterFirst);
+    for (const s of [first, joiner, other, viewer]) {
+      expect(s.errors).toEqual([]);
+      s.dispose();
+    }
+  });
+});
+
 describe("receipts live, from the event's payload", () => {
   it("liveFeed and receiptCreated show each receipt's token classes, upstream cost, status and latency as stored", async () => {
     const w = await f.world();

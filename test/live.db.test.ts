@@ -151,14 +151,16 @@ describe("subscription hygiene", () => {
     const client = wsClient(server, await token("ORG_ADMIN", w.org.id));
     const baseline = listenerCount();
     for (let round = 0; round < 10; round++) {
-      const subs = Array.from({ length: 100 }, () => collect(client, `subscription($k: ID!) { keySpend(keyId: $k) { requestId } }`, { k: w.key.id }));
-      await until(() => listenerCount() === baseline + 100);
+      // Odd rounds: 100 distinct documents (an execution each); even rounds: 100 identical ones (one shared execution).
+      const distinct = round % 2 === 1;
+      const subs = Array.from({ length: 100 }, (_, i) => collect(client, `subscription($k: ID!) { ${distinct ? `s${i}: ` : ""}keySpend(keyId: $k) { requestId } }`, { k: w.key.id }));
+      await until(() => listenerCount() === baseline + (distinct ? 100 : 1));
       for (const s of subs) s.dispose();
       await until(() => listenerCount() === baseline);
     }
     // A socket that drops with subscriptions open releases them too.
     const dropped = wsClient(server, await token("ORG_ADMIN", w.org.id));
-    for (let i = 0; i < 20; i++) collect(dropped, `subscription { budgetAlert { threshold } }`);
+    for (let i = 0; i < 20; i++) collect(dropped, `subscription { a${i}: budgetAlert { threshold } }`);
     await until(() => listenerCount() === baseline + 20);
     await dropped.dispose();
     await until(() => listenerCount() === baseline);
