@@ -1,7 +1,9 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { AdminRole } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("AdminToken", {
+  interfaces: [NodeRef],
   description: "A bearer token for this API. Its secret is shown once, at creation, and stored only as a hash.",
   authScopes: (t) => ({ owns: { organizationId: t.organizationId } }),
   fields: (t) => ({

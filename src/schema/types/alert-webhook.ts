@@ -1,4 +1,5 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { WebhookDeliveryStatus } from "../../generated/prisma/enums.ts";
 import { NEWEST_FIRST } from "./common.ts";
 
@@ -8,6 +9,7 @@ builder.enumType(WebhookDeliveryStatus, {
 });
 
 export const AlertWebhookRef = builder.prismaObject("AlertWebhook", {
+  interfaces: [NodeRef],
   description: "Where the organization's budget alerts are POSTed, signed with its secret (never shown after it was set).",
   authScopes: (w) => ({ owns: { organizationId: w.organizationId } }),
   fields: (t) => ({
@@ -20,6 +22,7 @@ export const AlertWebhookRef = builder.prismaObject("AlertWebhook", {
 });
 
 builder.prismaObject("AlertWebhookDelivery", {
+  interfaces: [NodeRef],
   description: "One attempt to deliver one event; attempts of the same event share deliveryId (sent as x-tokengate-delivery).",
   authScopes: (d) => ({ owns: { organizationId: d.organizationId } }),
   fields: (t) => ({

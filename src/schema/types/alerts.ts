@@ -1,10 +1,12 @@
 // Alert history: budget alerts, low-balance alerts and channel health changes, each stored once and
 // shown by the same type live (subscriptions) and in the lists.
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { BalanceBucket, CapScope, HealthState } from "../../generated/prisma/enums.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 
 export const BudgetAlertRef = builder.prismaObject("BudgetAlert", {
+  interfaces: [NodeRef],
   description: "A cap's window crossed 50, 80 or 100 %: raised once per threshold and window, across instances.",
   authScopes: (a) => ({ owns: { organizationId: a.organizationId, projectId: a.projectId } }),
   fields: (t) => ({
@@ -22,6 +24,7 @@ export const BudgetAlertRef = builder.prismaObject("BudgetAlert", {
 });
 
 export const LowBalanceAlertRef = builder.prismaObject("BalanceAlert", {
+  interfaces: [NodeRef],
   name: "LowBalanceAlert",
   description: "A charge took a bucket's ledger balance below the organization's threshold: raised once per crossing (a credit back to the threshold, or a new threshold, re-arms it).",
   authScopes: (a) => ({ owns: { organizationId: a.organizationId } }),
@@ -36,6 +39,7 @@ export const LowBalanceAlertRef = builder.prismaObject("BalanceAlert", {
 });
 
 builder.prismaObject("ChannelHealthEvent", {
+  interfaces: [NodeRef],
   description: "A channel's health changed state (the live routeHealth event, stored).",
   authScopes: (e) => ({ owns: { organizationId: e.organizationId } }),
   fields: (t) => ({

@@ -1,9 +1,11 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { BudgetStatusRef, MoneyRef, budgetMoney, NEWEST_FIRST } from "./common.ts";
 import { BalanceBucket, FailedChargePolicy, KeyStatus } from "../../generated/prisma/enums.ts";
 import { primaryBucket } from "../../keys/index.ts";
 
 builder.prismaObject("ApiKey", {
+  interfaces: [NodeRef],
   description: "A key's whole operating surface: what it may call, which balance it spends, its caps, and what it has spent.",
   authScopes: (k) => ({ owns: { organizationId: k.organizationId, projectId: k.projectId } }),
   fields: (t) => {

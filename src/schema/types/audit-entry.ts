@@ -1,6 +1,8 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 
 builder.prismaObject("AuditEntry", {
+  interfaces: [NodeRef],
   description: "One admin mutation: who did what to which object, with the state before and after.",
   authScopes: (a) => ({ owns: { organizationId: a.organizationId } }),
   fields: (t) => ({

@@ -1,4 +1,5 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { BalanceBucket, HealthState, Settlement } from "../../generated/prisma/enums.ts";
 import { bucketOf, PRICE_ORDER } from "../../routing/index.ts";
 import { BUCKET_CURRENCY } from "../../money.ts";
@@ -6,6 +7,7 @@ import { db } from "../../db/index.ts";
 import { MoneyRef, budgetMoney } from "./common.ts";
 
 builder.prismaObject("Channel", {
+  interfaces: [NodeRef],
   description: "One upstream that can serve a route. Its credential is encrypted at rest and never returned.",
   authScopes: (c) => ({ owns: { organizationId: c.organizationId } }),
   fields: (t) => ({

@@ -1,8 +1,10 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { BalanceBucket, CapScope, FailureCause } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("FailedRequest", {
+  interfaces: [NodeRef],
   description: "A request that did not complete: why (cause, and for budget refusals which cap), where, and what it was charged under the key's policy.",
   // Unattributed failures (unknown keys) have no organization: only platform admins see them.
   authScopes: (f) => ({ owns: { organizationId: f.organizationId, projectId: f.projectId } }),

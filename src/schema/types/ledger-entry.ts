@@ -1,8 +1,10 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { LedgerKind } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("LedgerEntry", {
+  interfaces: [NodeRef],
   description: "An immutable movement of one bucket's balance. Corrections are new entries.",
   authScopes: (e) => ({ owns: { organizationId: e.organizationId } }),
   fields: (t) => ({

@@ -1,6 +1,8 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 
 builder.prismaObject("Organization", {
+  interfaces: [NodeRef],
   authScopes: (org) => ({ owns: { organizationId: org.id } }),
   fields: (t) => ({
     id: t.exposeID("id"),

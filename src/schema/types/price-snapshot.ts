@@ -1,8 +1,10 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("PriceSnapshot", {
+  interfaces: [NodeRef],
   description: "A channel's price from validFrom on, per million tokens, in its bucket's currency, with optional token-class prices (cached input, cache writes, audio). Never rewritten.",
   authScopes: (p) => ({ owns: { organizationId: p.organizationId } }),
   fields: (t) => ({

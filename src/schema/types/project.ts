@@ -1,8 +1,10 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { BudgetStatusRef, MoneyRef, budgetMoney, NEWEST_FIRST } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("Project", {
+  interfaces: [NodeRef],
   authScopes: (p) => ({ owns: { organizationId: p.organizationId, projectId: p.id } }),
   fields: (t) => {
     const bucketArg = { bucket: t.arg({ type: BalanceBucket, required: false, description: "Default CREDIT." }) };

@@ -1,8 +1,10 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { BalanceBucket, ChannelRole } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("Receipt", {
+  interfaces: [NodeRef],
   description: "What one completed request cost and why: the route and channel it took, its tokens, the price it was charged at and its ledger entry.",
   authScopes: (r) => ({ owns: { organizationId: r.organizationId, projectId: r.projectId } }),
   fields: (t) => ({

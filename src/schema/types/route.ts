@@ -1,8 +1,10 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { BudgetStatusRef, MoneyRef, budgetMoney, NEWEST_FIRST } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("Route", {
+  interfaces: [NodeRef],
   description: "A catalog model clients request, and the channels that serve it in priority order.",
   authScopes: (r) => ({ owns: { organizationId: r.organizationId } }),
   fields: (t) => {

@@ -1,8 +1,10 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { BudgetStatusRef, NEWEST_FIRST } from "./common.ts";
 import { RunMode, RunStatus } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("Run", {
+  interfaces: [NodeRef],
   description: "An agent or research run with its own cap; requests sent with x-run-id count against it.",
   authScopes: (r) => ({ owns: { organizationId: r.organizationId, projectId: r.projectId } }),
   fields: (t) => ({
