@@ -10,6 +10,9 @@ import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 import { startRun } from "../src/runs/index.ts";
 import { setAlertWebhook } from "../src/webhooks/index.ts";
 import { createAdminToken } from "../src/auth/index.ts";
+import { AUDIT_ACTIONS, AUDIT_TARGET_TYPES } from "../src/audit/index.ts";
+import { schema } from "../src/schema/index.ts";
+import { isEnumType, type GraphQLEnumType } from "graphql";
 
 let database: TestDatabase;
 beforeAll(async () => {
@@ -179,5 +182,87 @@ describe("object identification", () => {
     const data = await gqlOk(admin, `fragment N on Node { id } query($k: ID!) { apiKey(id: $k) { ...N project { ...N } } node(id: $k) { ...N ... on ApiKey { name } } }`, { k: w.key.id });
     expect(data.apiKey).toEqual({ id: w.key.id, project: { id: w.project.id } });
     expect(data.node).toEqual({ id: w.key.id, name: w.key.name });
+  });
+});
+
+describe("types that say what they hold", () => {
+  const enumValues = (name: string) => (schema.getType(name) as GraphQLEnumType).getValues().map((v) => v.name);
+
+  it("fixed values are enums: spend buckets, run estimates, audit actions and targets, webhook events, live causes", async () => {
+    const w = await everyNode();
+    const admin = await token("ORG_ADMIN", w.org.id);
+    const field = (type: string, name: string) => {
+      const t = schema.getType(type) as { getFields(): Record<string, { type: unknown }> };
+      return String(t.getFields()[name]!.type);
+    };
+    expect(field("SpendPoint", "bucket")).toBe("BalanceBucket!");
+    expect(field("RunEstimate", "settlement")).toBe("Settlement");
+    expect(field("RunEstimate", "failedChargePolicy")).toBe("FailedChargePolicy!");
+    expect(field("AuditEntry", "action")).toBe("AuditAction!");
+    expect(field("AuditEntry", "targetType")).toBe("AuditTargetType!");
+    expect(field("AlertWebhookDelivery", "event")).toBe("WebhookEvent!");
+    expect(field("LiveFeedItem", "cause")).toBe("FailureCause");
+    // Every action and target the code writes (writeAudit takes only these) is a value, and no other.
+    expect(enumValues("AuditAction").sort()).toEqual([...AUDIT_ACTIONS].sort());
+    expect(enumValues("AuditTargetType").sort()).toEqual([...AUDIT_TARGET_TYPES].sort());
+    // Dead values are gone: no code ever set a run EXHAUSTED or COMPLETED; HoldStatus was no field's type.
+    expect(enumValues("RunStatus").sort()).toEqual(["ACTIVE", "CANCELLED", "PAUSED"]);
+    expect(isEnumType(schema.getType("HoldStatus"))).toBe(false);
+
+    const estimate = await gqlOk(admin, `query($k: ID!, $m: String!) { estimateRun(input: { keyId: $k, model: $m, mode: QUICK }) { settlement failedChargePolicy bucket } }`, {
+      k: w.key.id,
+      m: w.route.model,
+    });
+    expect(estimate.estimateRun).toEqual({ settlement: "OFFICIAL", failedChargePolicy: "NEVER", bucket: "CREDIT" });
+    // Audit entries read and filter by the enum; the values are the names the entries always had.
+    const audit = await gqlOk(admin, `{ auditEntries(action: createProject, targetType: Project) { totalCount edges { node { action targetType targetId } } } }`);
+    expect(audit.auditEntries.edges).toEqual([{ node: { action: "createProject", targetType: "Project", targetId: w.project.id } }]);
+    const unknown = await gql(admin, `{ auditEntries(action: "createProject") { totalCount } }`);
+    expect(codes(unknown)).toEqual(["GRAPHQL_VALIDATION_FAILED"]);
+  });
+
+  it("DateTime inputs are full ISO 8601 date-times with an offset; anything else is BAD_USER_INPUT", async () => {
+    const w = await f.world();
+    const admin = await token("ORG_ADMIN", w.org.id);
+    const query = `query($from: DateTime!) { receipts(filter: { from: $from }) { totalCount } }`;
+    for (const accepted of ["2026-11-01T00:00:00Z", "2026-11-01T00:00:00.123Z", "2026-11-01T09:30:00+08:00", "2026-11-01T09:30:00.5-05:30", "2024-02-29T23:59:59z"]) {
+      const r = await gql(admin, query, { from: accepted });
+      expect(r.errors, accepted).toBeUndefined();
+    }
+    for (const rejected of ["Nov 1 2026", "2026-11-01", "2026-11-01T00:00:00", "2026-11-01 00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-01T24:00:00Z",
+      "2026-13-01T00:00:00Z", "2026-11-01T00:00Z", "1730419200000", "", "2026-11-01T00:00:00+0800"]) {
+      const r = await gql(admin, query, { from: rejected });
+      expect(codes(r), rejected).toEqual(["BAD_USER_INPUT"]);
+      expect(r.errors![0]!.message).toMatch(/ISO 8601 date-time with an offset/);
+    }
+    // As a literal in the document too, and a number is no DateTime.
+    expect(codes(await gql(admin, `{ receipts(filter: { from: "2026-11-01" }) { totalCount } }`))).toEqual(["BAD_USER_INPUT"]);
+    expect(codes(await gql(admin, query, { from: 1730419200000 }))).toEqual(["BAD_USER_INPUT"]);
+    // An offset is honoured: 09:00+08:00 is 01:00Z.
+    const filtered = await gqlOk(admin, `query($from: DateTime!, $to: DateTime!) { spendSeries(input: { from: $from, to: $to, interval: HOUR, groupBy: KEY }) { bucketStart } }`, {
+      from: "2026-11-01T09:00:00+08:00",
+      to: "2026-11-01T10:00:00+08:00",
+    });
+    expect(filtered.spendSeries).toEqual([]);
+  });
+
+  it("token sums above 2^31 do not fail a spend series, and counts are Count numbers", async () => {
+    const w = await everyNode();
+    const admin = await token("ORG_ADMIN", w.org.id);
+    const hour = new Date(Date.UTC(2026, 10, 1, 10));
+    // Three receipts of 1.5 billion prompt tokens each (an Int column holds one; the sum does not fit 32 bits).
+    for (let i = 0; i < 3; i++) {
+      const r = await fakeReceipt(w.key, w.route.id, w.channel.id, w.snapshot.id, 1n);
+      await database.prisma.receipt.update({ where: { id: r.id }, data: { promptTokens: 1_500_000_000, completionTokens: 2_000_000_000 } });
+    }
+    await database.prisma.$executeRawUnsafe(`UPDATE "Receipt" SET "createdAt" = $1::timestamptz AT TIME ZONE 'UTC' WHERE "keyId" = $2 AND "promptTokens" = 1500000000`, hour.toISOString(), w.key.id);
+    const series = `query($from: DateTime!, $to: DateTime!, $interval: SpendInterval!) { spendSeries(input: { from: $from, to: $to, interval: $interval, groupBy: KEY }) { bucket requests promptTokens completionTokens spend { amount } } }`;
+    for (const interval of ["HOUR", "DAY"]) {
+      const r = await gql(admin, series, { from: "2026-11-01T00:00:00Z", to: "2026-11-02T00:00:00Z", interval });
+      expect(r.errors, interval).toBeUndefined();
+      expect(r.data!.spendSeries).toEqual([{ bucket: "CREDIT", requests: 3, promptTokens: 4_500_000_000, completionTokens: 6_000_000_000, spend: { amount: "0.000003" } }]);
+    }
+    const counted = await gqlOk(admin, `{ receipts { totalCount } }`);
+    expect(counted.receipts.totalCount).toBe(4);
   });
 });

@@ -7,6 +7,8 @@ import { forbidden } from "../errors.ts";
 import { RequestFilter, requestWhere, timeRange } from "./filters.ts";
 import { MoneyRef, moneyOf } from "../schema/types/common.ts";
 import { viewerOf } from "./viewer.ts";
+import { BalanceBucket } from "../generated/prisma/enums.ts";
+import { AuditActionEnum, AuditTargetTypeEnum } from "../schema/types/audit-entry.ts";
 
 builder.queryFields((t) => ({
   receipts: t.prismaConnection({
@@ -33,7 +35,8 @@ builder.queryFields((t) => ({
     description: "Newest first.",
     args: {
       targetId: t.arg.id({ required: false }),
-      action: t.arg.string({ required: false }),
+      action: t.arg({ type: AuditActionEnum, required: false }),
+      targetType: t.arg({ type: AuditTargetTypeEnum, required: false }),
       from: t.arg({ type: "DateTime", required: false }),
       to: t.arg({ type: "DateTime", required: false }),
     },
@@ -43,13 +46,14 @@ builder.queryFields((t) => ({
   }),
 }));
 
-function auditWhere(viewer: Viewer, args: { targetId?: string | number | null; action?: string | null; from?: Date | null; to?: Date | null }) {
+function auditWhere(viewer: Viewer, args: { targetId?: string | number | null; action?: string | null; targetType?: string | null; from?: Date | null; to?: Date | null }) {
   if (viewer.role === "PROJECT_VIEWER") throw forbidden("project viewers cannot read the audit trail");
   const range = timeRange(args.from, args.to);
   return {
     ...(isPlatform(viewer) ? {} : { organizationId: tenancyWhere(viewer).organizationId }),
     ...(args.targetId ? { targetId: String(args.targetId) } : {}),
     ...(args.action ? { action: args.action } : {}),
+    ...(args.targetType ? { targetType: args.targetType } : {}),
     ...(range ? { createdAt: range } : {}),
   };
 }
@@ -62,16 +66,16 @@ const SpendPointRef = builder.objectRef<SpendPoint>("SpendPoint").implement({
   fields: (t) => ({
     bucketStart: t.expose("bucketStart", { type: "DateTime" }),
     group: t.exposeString("group"),
-    bucket: t.exposeString("bucket", { description: "The balance bucket (CREDIT or ROUTED) the spend came from." }),
+    bucket: t.field({ type: BalanceBucket, description: "The balance bucket the spend came from.", resolve: (p) => p.bucket }),
     spend: t.field({ type: MoneyRef, resolve: (p) => moneyOf(p.spend, p.bucket) }),
-    requests: t.exposeInt("requests"),
-    promptTokens: t.exposeInt("promptTokens", { description: "All prompt tokens, every class below included." }),
-    completionTokens: t.exposeInt("completionTokens", { description: "All generated tokens, reasoning and audio included." }),
-    cachedPromptTokens: t.exposeInt("cachedPromptTokens", { description: "Of promptTokens: read from the upstreams' prompt caches." }),
-    cacheWriteTokens: t.exposeInt("cacheWriteTokens", { description: "Of promptTokens: written to the upstreams' prompt caches." }),
-    audioPromptTokens: t.exposeInt("audioPromptTokens", { description: "Of promptTokens: audio." }),
-    reasoningTokens: t.exposeInt("reasoningTokens", { description: "Of completionTokens: reasoning." }),
-    audioCompletionTokens: t.exposeInt("audioCompletionTokens", { description: "Of completionTokens: audio." }),
+    requests: t.expose("requests", { type: "Count" }),
+    promptTokens: t.expose("promptTokens", { type: "Count", description: "All prompt tokens, every class below included." }),
+    completionTokens: t.expose("completionTokens", { type: "Count", description: "All generated tokens, reasoning and audio included." }),
+    cachedPromptTokens: t.expose("cachedPromptTokens", { type: "Count", description: "Of promptTokens: read from the upstreams' prompt caches." }),
+    cacheWriteTokens: t.expose("cacheWriteTokens", { type: "Count", description: "Of promptTokens: written to the upstreams' prompt caches." }),
+    audioPromptTokens: t.expose("audioPromptTokens", { type: "Count", description: "Of promptTokens: audio." }),
+    reasoningTokens: t.expose("reasoningTokens", { type: "Count", description: "Of completionTokens: reasoning." }),
+    audioCompletionTokens: t.expose("audioCompletionTokens", { type: "Count", description: "Of completionTokens: audio." }),
   }),
 });
 

@@ -3,7 +3,7 @@
 import { revokeLeases } from "../accounting/leases.ts";
 import { db } from "../db/index.ts";
 import type { Run } from "../generated/prisma/client.ts";
-import type { BalanceBucket, RunMode } from "../generated/prisma/enums.ts";
+import type { BalanceBucket, FailedChargePolicy, RunMode, Settlement } from "../generated/prisma/enums.ts";
 import { assertCanWrite, canRead, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { budgetStatus, capsOf, parseCapInput, setCap, type BudgetStatus } from "../budgets/index.ts";
@@ -43,7 +43,6 @@ export async function cancelRun(viewer: Viewer, id: string): Promise<Run> {
   if (!run) throw notFound("run", id);
   assertCanWrite(viewer, run.organizationId, { what: "run", id, projectId: run.projectId });
   if (run.status === "CANCELLED") return run;
-  if (run.status !== "ACTIVE" && run.status !== "PAUSED") throw conflict(`cannot cancel a ${run.status.toLowerCase()} run`);
   return db.$transaction(async (tx) => {
     // Instances stop admitting against the run's leases (a grant checks the run's status too).
     await revokeLeases(tx, "RUN_TOTAL", id, run.organizationId);
@@ -109,7 +108,7 @@ export interface RunEstimate {
   allowed: boolean;
   reasons: string[];
   bucket: BalanceBucket | null;
-  settlement: string | null;
+  settlement: Settlement | null;
   channelName: string | null;
   upstreamModel: string | null;
   backupAvailable: boolean;
@@ -124,7 +123,7 @@ export interface RunEstimate {
   available: bigint | null;
   keyDaily: BudgetStatus | null;
   retryCeiling: number;
-  failedChargePolicy: string;
+  failedChargePolicy: FailedChargePolicy;
 }
 
 function usableChannel(channels: PlannedChannel[], key: { allowedBuckets: BalanceBucket[]; lowerCostRoutes: boolean; backupRoutes: boolean }) {

@@ -2,10 +2,18 @@ import { builder } from "../builder.ts";
 import { NodeRef } from "./node.ts";
 import { WebhookDeliveryStatus } from "../../generated/prisma/enums.ts";
 import { NEWEST_FIRST } from "./common.ts";
+import type { PublishedAlert } from "../../events/index.ts";
 
 builder.enumType(WebhookDeliveryStatus, {
   name: "WebhookDeliveryStatus",
   description: "SUCCEEDED: the receiver answered 2xx. RETRYING: failed, another attempt is scheduled. FAILED: failed, no attempt left.",
+});
+
+/** The events a webhook delivers (the subscription of the same name carries the same alert). */
+export const WEBHOOK_EVENTS = ["budgetAlert", "lowBalanceAlert"] as const satisfies ReadonlyArray<PublishedAlert["topic"]>;
+const WebhookEvent = builder.enumType("WebhookEvent", {
+  description: "Which alert a delivery carried: the name of the subscription that carries it live.",
+  values: WEBHOOK_EVENTS,
 });
 
 export const AlertWebhookRef = builder.prismaObject("AlertWebhook", {
@@ -28,7 +36,7 @@ builder.prismaObject("AlertWebhookDelivery", {
   fields: (t) => ({
     id: t.exposeID("id"),
     deliveryId: t.exposeString("deliveryId"),
-    event: t.exposeString("event"),
+    event: t.field({ type: WebhookEvent, resolve: (d) => d.event as (typeof WEBHOOK_EVENTS)[number] }),
     attempt: t.exposeInt("attempt"),
     status: t.expose("status", { type: WebhookDeliveryStatus }),
     httpStatus: t.exposeInt("httpStatus", { nullable: true }),

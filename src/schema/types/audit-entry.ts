@@ -1,5 +1,16 @@
 import { builder } from "../builder.ts";
 import { NodeRef } from "./node.ts";
+import { AUDIT_ACTIONS, AUDIT_TARGET_TYPES, type AuditAction, type AuditTargetType } from "../../audit/index.ts";
+
+export const AuditActionEnum = builder.enumType("AuditAction", {
+  description: "What an audit entry records: the name of the admin mutation that wrote it.",
+  values: AUDIT_ACTIONS,
+});
+
+export const AuditTargetTypeEnum = builder.enumType("AuditTargetType", {
+  description: "The kind of object targetId names (WalletBucket: a WalletBalance).",
+  values: AUDIT_TARGET_TYPES,
+});
 
 builder.prismaObject("AuditEntry", {
   interfaces: [NodeRef],
@@ -8,8 +19,8 @@ builder.prismaObject("AuditEntry", {
   fields: (t) => ({
     id: t.exposeID("id"),
     actor: t.exposeString("actor"),
-    action: t.exposeString("action"),
-    targetType: t.exposeString("targetType"),
+    action: t.field({ type: AuditActionEnum, resolve: (a) => a.action as AuditAction }),
+    targetType: t.field({ type: AuditTargetTypeEnum, resolve: (a) => a.targetType as AuditTargetType }),
     targetId: t.exposeString("targetId"),
     before: t.expose("before", { type: "JSON", nullable: true }),
     after: t.expose("after", { type: "JSON", nullable: true }),
