@@ -12,7 +12,7 @@ import { setAlertWebhook } from "../src/webhooks/index.ts";
 import { createAdminToken } from "../src/auth/index.ts";
 import { AUDIT_ACTIONS, AUDIT_TARGET_TYPES } from "../src/audit/index.ts";
 import { schema } from "../src/schema/index.ts";
-import { isEnumType, type GraphQLEnumType } from "graphql";
+import { isEnumType, type GraphQLEnumType, type GraphQLObjectType } from "graphql";
 
 let database: TestDatabase;
 beforeAll(async () => {
@@ -264,5 +264,60 @@ describe("types that say what they hold", () => {
     }
     const counted = await gqlOk(admin, `{ receipts { totalCount } }`);
     expect(counted.receipts.totalCount).toBe(4);
+  });
+});
+
+const fieldType = (type: string, field: string) => String((schema.getType(type) as GraphQLObjectType).getFields()[field]!.type);
+
+describe("one connection type per node type", () => {
+  it("a ReceiptConnection fragment works on the root list and every nested one; orderBy and the nested filter apply", async () => {
+    const w = await everyNode();
+    const admin = await token("ORG_ADMIN", w.org.id);
+    // Two more receipts, 1 and 2 seconds later, with higher charges; one of them in the run.
+    const later = [];
+    for (const [i, charge] of [[1, 9n], [2, 5n]] as const) {
+      const r = await fakeReceipt(w.key, w.route.id, w.channel.id, w.snapshot.id, charge);
+      later.push(await database.prisma.receipt.update({ where: { id: r.id }, data: { createdAt: new Date(w.receipt.createdAt.getTime() + i * 1000), runId: i === 2 ? w.run.id : null } }));
+    }
+    const ids = [w.receipt.id, later[0]!.id, later[1]!.id];
+    const query = `fragment R on ReceiptConnection { totalCount edges { cursor node { id } } pageInfo { hasNextPage } }
+      query($k: ID!, $p: ID!, $r: ID!, $run: ID!, $order: ReceiptOrder, $filter: RequestFilter) {
+        receipts(filter: { keyId: $k }, orderBy: $order) { ...R }
+        apiKey(id: $k) { receipts(orderBy: $order, filter: $filter) { ...R } }
+        project(id: $p) { receipts(orderBy: $order, filter: $filter) { ...R } }
+        route(id: $r) { receipts(orderBy: $order, filter: $filter) { ...R } }
+        run(id: $run) { receipts(orderBy: $order) { ...R } }
+      }`;
+    const vars = { k: w.key.id, p: w.project.id, r: w.route.id, run: w.run.id };
+    const order = (c: { edges: Array<{ node: { id: string } }> }) => c.edges.map((e) => e.node.id);
+    const byDefault = await gqlOk(admin, query, vars);
+    for (const c of [byDefault.receipts, byDefault.apiKey.receipts, byDefault.project.receipts, byDefault.route.receipts]) expect(order(c)).toEqual([...ids].reverse());
+    expect(order(byDefault.run.receipts)).toEqual([later[1]!.id]);
+    const ascending = await gqlOk(admin, query, { ...vars, order: { direction: "ASC" } });
+    for (const c of [ascending.receipts, ascending.apiKey.receipts, ascending.project.receipts, ascending.route.receipts]) expect(order(c)).toEqual(ids);
+    const byCharge = await gqlOk(admin, query, { ...vars, order: { field: "CHARGE", direction: "DESC" } });
+    expect(order(byCharge.apiKey.receipts)).toEqual([later[0]!.id, later[1]!.id, w.receipt.id]);
+    // The root field's filter, nested: a run and a time range.
+    const filtered = await gqlOk(admin, query, { ...vars, filter: { runId: w.run.id } });
+    expect(order(filtered.apiKey.receipts)).toEqual([later[1]!.id]);
+    expect(filtered.project.receipts.totalCount).toBe(1);
+    const ranged = await gqlOk(admin, query, { ...vars, filter: { from: later[0]!.createdAt.toISOString() } });
+    expect(order(ranged.route.receipts)).toEqual([later[1]!.id, later[0]!.id]);
+    expect(codes(await gql(admin, `{ receipts(orderBy: { field: NOPE }) { totalCount } }`))).toEqual(["GRAPHQL_VALIDATION_FAILED"]);
+    // A bad enum value in a variable answers as every bad enum variable does (not this change's to alter).
+    const badOrder = await gql(admin, query, { ...vars, order: { field: "NOPE" } });
+    const badBucket = await gql(admin, `query($b: BalanceBucket) { wallet { balances { bucket } } spendSeries(input: { from: "2026-11-01T00:00:00Z", to: "2026-11-02T00:00:00Z", interval: DAY, groupBy: KEY }) { bucket } x: ledgerEntries(bucket: $b) { totalCount } }`, { b: "NOPE" });
+    expect(badOrder.data ?? null).toBeNull();
+    expect(codes(badOrder)).toEqual(codes(badBucket));
+
+    const types = ["receipts", "failedRequests"].map((f) => fieldType("ApiKey", f));
+    expect(types).toEqual(["ReceiptConnection!", "FailedRequestConnection!"]);
+    for (const [type, field] of [["Query", "failedRequests"], ["Project", "failedRequests"], ["Run", "failedRequests"]]) {
+      expect(fieldType(type!, field!)).toBe("FailedRequestConnection!");
+    }
+    expect(fieldType("Project", "apiKeys")).toBe("ApiKeyConnection!");
+    expect(fieldType("Query", "apiKeys")).toBe("ApiKeyConnection!");
+    expect(fieldType("Channel", "healthHistory")).toBe("ChannelHealthEventConnection!");
+    expect(fieldType("Query", "channelHealthEvents")).toBe("ChannelHealthEventConnection!");
   });
 });

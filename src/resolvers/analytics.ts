@@ -8,42 +8,49 @@ import { RequestFilter, requestWhere, timeRange } from "./filters.ts";
 import { MoneyRef, moneyOf } from "../schema/types/common.ts";
 import { viewerOf } from "./viewer.ts";
 import { BalanceBucket } from "../generated/prisma/enums.ts";
-import { AuditActionEnum, AuditTargetTypeEnum } from "../schema/types/audit-entry.ts";
+import { AuditActionEnum, AuditEntryConnection, AuditEntryOrder, AuditTargetTypeEnum } from "../schema/types/audit-entry.ts";
+import { ReceiptConnection, ReceiptOrder } from "../schema/types/receipt.ts";
+import { FailedRequestConnection, FailedRequestOrder } from "../schema/types/failed-request.ts";
 
 builder.queryFields((t) => ({
-  receipts: t.prismaConnection({
-    type: "Receipt",
-    cursor: "id",
-    description: "Newest first.",
-    args: { filter: t.arg({ type: RequestFilter, required: false }) },
-    resolve: (query, _root, args, ctx) =>
-      db.receipt.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
-    totalCount: (_c, args, ctx) => db.receipt.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
-  }),
-  failedRequests: t.prismaConnection({
-    type: "FailedRequest",
-    cursor: "id",
-    description: "Newest first.",
-    args: { filter: t.arg({ type: RequestFilter, required: false }) },
-    resolve: (query, _root, args, ctx) =>
-      db.failedRequest.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
-    totalCount: (_c, args, ctx) => db.failedRequest.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
-  }),
+  receipts: t.prismaConnection(
+    {
+      type: "Receipt",
+      cursor: "id",
+      description: "Newest first by default.",
+      args: { filter: t.arg({ type: RequestFilter, required: false }), orderBy: t.arg({ type: ReceiptOrder.Input, required: false, description: ReceiptOrder.description }) },
+      resolve: (query, _root, args, ctx) => db.receipt.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: ReceiptOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.receipt.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
+    },
+    ReceiptConnection,
+  ),
+  failedRequests: t.prismaConnection(
+    {
+      type: "FailedRequest",
+      cursor: "id",
+      description: "Newest first by default.",
+      args: { filter: t.arg({ type: RequestFilter, required: false }), orderBy: t.arg({ type: FailedRequestOrder.Input, required: false, description: FailedRequestOrder.description }) },
+      resolve: (query, _root, args, ctx) =>
+        db.failedRequest.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: FailedRequestOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.failedRequest.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
+    },
+    FailedRequestConnection,
+  ),
   auditEntries: t.prismaConnection({
     type: "AuditEntry",
     cursor: "id",
-    description: "Newest first.",
+    description: "Newest first by default.",
     args: {
       targetId: t.arg.id({ required: false }),
       action: t.arg({ type: AuditActionEnum, required: false }),
       targetType: t.arg({ type: AuditTargetTypeEnum, required: false }),
       from: t.arg({ type: "DateTime", required: false }),
       to: t.arg({ type: "DateTime", required: false }),
+      orderBy: t.arg({ type: AuditEntryOrder.Input, required: false, description: AuditEntryOrder.description }),
     },
-    resolve: (query, _root, args, ctx) =>
-      db.auditEntry.findMany({ ...query, where: auditWhere(viewerOf(ctx), args), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
+    resolve: (query, _root, args, ctx) => db.auditEntry.findMany({ ...query, where: auditWhere(viewerOf(ctx), args), orderBy: AuditEntryOrder.orderBy(args.orderBy) }),
     totalCount: (_c, args, ctx) => db.auditEntry.count({ where: auditWhere(viewerOf(ctx), args) }),
-  }),
+  }, AuditEntryConnection),
 }));
 
 function auditWhere(viewer: Viewer, args: { targetId?: string | number | null; action?: string | null; targetType?: string | null; from?: Date | null; to?: Date | null }) {

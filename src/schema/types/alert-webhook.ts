@@ -1,7 +1,8 @@
 import { builder } from "../builder.ts";
 import { NodeRef } from "./node.ts";
 import { WebhookDeliveryStatus } from "../../generated/prisma/enums.ts";
-import { NEWEST_FIRST } from "./common.ts";
+import { listOrder } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
 import type { PublishedAlert } from "../../events/index.ts";
 
 builder.enumType(WebhookDeliveryStatus, {
@@ -23,13 +24,23 @@ export const AlertWebhookRef = builder.prismaObject("AlertWebhook", {
   fields: (t) => ({
     id: t.exposeID("id"),
     url: t.exposeString("url"),
-    deliveries: t.relatedConnection("deliveries", { ...NEWEST_FIRST, description: "Every delivery attempt, newest first." }),
+    deliveries: t.relatedConnection(
+      "deliveries",
+      {
+        cursor: "id",
+        totalCount: true,
+        description: "Every delivery attempt, newest first by default.",
+        args: { orderBy: t.arg({ type: AlertWebhookDeliveryOrder.Input, required: false, description: AlertWebhookDeliveryOrder.description }) },
+        query: (args) => ({ orderBy: AlertWebhookDeliveryOrder.orderBy(args.orderBy) }),
+      },
+      AlertWebhookDeliveryConnection,
+    ),
     createdAt: t.expose("createdAt", { type: "DateTime" }),
     updatedAt: t.expose("updatedAt", { type: "DateTime" }),
   }),
 });
 
-builder.prismaObject("AlertWebhookDelivery", {
+export const AlertWebhookDeliveryRef = builder.prismaObject("AlertWebhookDelivery", {
   interfaces: [NodeRef],
   description: "One attempt to deliver one event; attempts of the same event share deliveryId (sent as x-tokengate-delivery).",
   authScopes: (d) => ({ owns: { organizationId: d.organizationId } }),
@@ -45,3 +56,6 @@ builder.prismaObject("AlertWebhookDelivery", {
     createdAt: t.expose("createdAt", { type: "DateTime" }),
   }),
 });
+
+export const AlertWebhookDeliveryOrder = listOrder<Prisma.AlertWebhookDeliveryOrderByWithRelationInput>()("AlertWebhookDelivery", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const AlertWebhookDeliveryConnection = builder.connectionObject({ type: AlertWebhookDeliveryRef, name: "AlertWebhookDeliveryConnection" }, { name: "AlertWebhookDeliveryEdge" });

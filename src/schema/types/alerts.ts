@@ -3,7 +3,8 @@
 import { builder } from "../builder.ts";
 import { NodeRef } from "./node.ts";
 import { BalanceBucket, CapScope, HealthState } from "../../generated/prisma/enums.ts";
-import { MoneyRef, moneyOf } from "./common.ts";
+import { listOrder, MoneyRef, moneyOf } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
 
 export const BudgetAlertRef = builder.prismaObject("BudgetAlert", {
   interfaces: [NodeRef],
@@ -38,7 +39,7 @@ export const LowBalanceAlertRef = builder.prismaObject("BalanceAlert", {
   }),
 });
 
-builder.prismaObject("ChannelHealthEvent", {
+export const ChannelHealthEventRef = builder.prismaObject("ChannelHealthEvent", {
   interfaces: [NodeRef],
   description: "A channel's health changed state (the live routeHealth event, stored).",
   authScopes: (e) => ({ owns: { organizationId: e.organizationId } }),
@@ -53,3 +54,10 @@ builder.prismaObject("ChannelHealthEvent", {
     createdAt: t.expose("createdAt", { type: "DateTime" }),
   }),
 });
+
+export const BudgetAlertOrder = listOrder<Prisma.BudgetAlertOrderByWithRelationInput>()("BudgetAlert", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const BudgetAlertConnection = builder.connectionObject({ type: BudgetAlertRef, name: "BudgetAlertConnection" }, { name: "BudgetAlertEdge" });
+export const LowBalanceAlertOrder = listOrder<Prisma.BalanceAlertOrderByWithRelationInput>()("LowBalanceAlert", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const LowBalanceAlertConnection = builder.connectionObject({ type: LowBalanceAlertRef, name: "LowBalanceAlertConnection" }, { name: "LowBalanceAlertEdge" });
+export const ChannelHealthEventOrder = listOrder<Prisma.ChannelHealthEventOrderByWithRelationInput>()("ChannelHealthEvent", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const ChannelHealthEventConnection = builder.connectionObject({ type: ChannelHealthEventRef, name: "ChannelHealthEventConnection" }, { name: "ChannelHealthEventEdge" });

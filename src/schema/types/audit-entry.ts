@@ -1,5 +1,7 @@
 import { builder } from "../builder.ts";
 import { NodeRef } from "./node.ts";
+import { listOrder } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
 import { AUDIT_ACTIONS, AUDIT_TARGET_TYPES, type AuditAction, type AuditTargetType } from "../../audit/index.ts";
 
 export const AuditActionEnum = builder.enumType("AuditAction", {
@@ -12,7 +14,7 @@ export const AuditTargetTypeEnum = builder.enumType("AuditTargetType", {
   values: AUDIT_TARGET_TYPES,
 });
 
-builder.prismaObject("AuditEntry", {
+export const AuditEntryRef = builder.prismaObject("AuditEntry", {
   interfaces: [NodeRef],
   description: "One admin mutation: who did what to which object, with the state before and after.",
   authScopes: (a) => ({ owns: { organizationId: a.organizationId } }),
@@ -27,3 +29,6 @@ builder.prismaObject("AuditEntry", {
     createdAt: t.expose("createdAt", { type: "DateTime" }),
   }),
 });
+
+export const AuditEntryOrder = listOrder<Prisma.AuditEntryOrderByWithRelationInput>()("AuditEntry", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const AuditEntryConnection = builder.connectionObject({ type: AuditEntryRef, name: "AuditEntryConnection" }, { name: "AuditEntryEdge" });

@@ -1,5 +1,6 @@
 // Scalars, enums and the small value types shared by every model type.
 import { GraphQLError, Kind } from "graphql";
+import type { EnumRef } from "@pothos/core";
 import { builder } from "../builder.ts";
 import { BalanceBucket, CapScope, ChannelRole, FailedChargePolicy, FailureCause, HealthState, KeyStatus, LedgerKind, RunMode, RunStatus, Settlement, AdminRole } from "../../generated/prisma/enums.ts";
 import { BUCKET_CURRENCY, formatMoney, type Money } from "../../money.ts";
@@ -137,4 +138,34 @@ export const NEWEST_FIRST = {
   cursor: "id" as const,
   totalCount: true as const,
   query: () => ({ orderBy: [{ createdAt: "desc" as const }, { id: "desc" as const }] }),
+};
+
+export const OrderDirection = builder.enumType("OrderDirection", { values: ["ASC", "DESC"] as const });
+type Direction = "asc" | "desc";
+
+/**
+ * A list's orderBy argument: `{ field, direction }` with an enum of the columns it can sort on.
+ * Rows of equal value are ordered by `tiebreak` (ending with the id), so pages never overlap. The
+ * defaults are the list's order before orderBy existed.
+ */
+export const listOrder = <O>() => function order<const F extends string>(
+  typeName: string,
+  columns: Record<F, (direction: Direction) => O>,
+  tiebreak: (direction: Direction) => O[],
+  defaults: { field: NoInfer<F>; direction: "ASC" | "DESC" },
+) {
+  const fields = Object.keys(columns) as F[];
+  const FieldEnum = builder.enumType(`${typeName}OrderField`, { values: fields }) as unknown as EnumRef<typeof builder.$inferSchemaTypes, F, F>;
+  const Input = builder.inputType(`${typeName}Order`, {
+    description: `How ${typeName} rows are sorted. Default: ${defaults.field} ${defaults.direction}.`,
+    fields: (t) => ({
+      field: t.field({ type: FieldEnum, required: true, defaultValue: defaults.field }),
+      direction: t.field({ type: OrderDirection, required: true, defaultValue: defaults.direction }),
+    }),
+  });
+  const orderBy = (arg: { field?: F | null; direction?: "ASC" | "DESC" | null } | null | undefined): O[] => {
+    const direction = (arg?.direction ?? defaults.direction) === "ASC" ? "asc" : "desc";
+    return [columns[arg?.field ?? defaults.field](direction), ...tiebreak(direction)];
+  };
+  return { Input, orderBy, description: `Default: ${defaults.field} ${defaults.direction}.` };
 };
