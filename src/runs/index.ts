@@ -43,6 +43,7 @@ export async function cancelRun(viewer: Viewer, id: string): Promise<Run> {
   if (!run) throw notFound("run", id);
   assertCanWrite(viewer, run.organizationId, { what: "run", id, projectId: run.projectId });
   if (run.status === "CANCELLED") return run;
+  if (run.status !== "ACTIVE" && run.status !== "PAUSED") throw conflict(`cannot cancel a ${run.status.toLowerCase()} run`);
   return db.$transaction(async (tx) => {
     // Instances stop admitting against the run's leases (a grant checks the run's status too).
     await revokeLeases(tx, "RUN_TOTAL", id, run.organizationId);
