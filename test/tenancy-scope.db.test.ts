@@ -165,6 +165,17 @@ const CASES: Record<string, { query: string; args: Array<{ variable: IdKind; typ
     query: `query($keyId: ID, $projectId: ID) { a: auditEntries(targetId: $keyId) { ${CONNECTION} } b: auditEntries(targetId: $projectId) { ${CONNECTION} } }`,
     args: [{ variable: "keyId", type: "ID" }, { variable: "projectId", type: "ID" }],
   },
+  budgetAlerts: {
+    query: `query($organizationId: ID, $projectId: ID) { budgetAlerts(filter: { organizationId: $organizationId, projectId: $projectId }) { ${CONNECTION} } }`,
+    args: [{ variable: "organizationId", type: "ID" }, { variable: "projectId", type: "ID" }],
+  },
+  channelHealthEvents: {
+    query: `query($organizationId: ID, $routeId: ID, $channelId: ID) { channelHealthEvents(filter: { organizationId: $organizationId, routeId: $routeId, channelId: $channelId }) { ${CONNECTION} } }`,
+    args: ["organizationId", "routeId", "channelId"].map((v) => ({ variable: v as IdKind, type: "ID" })),
+  },
+  lowBalanceAlerts: { query: `query($organizationId: ID) { lowBalanceAlerts(filter: { organizationId: $organizationId }) { ${CONNECTION} } }`, args: [{ variable: "organizationId", type: "ID" }] },
+  node: { query: `query($keyId: ID!) { node(id: $keyId) { __typename id ... on ApiKey { project { id } } } }`, args: [{ variable: "keyId", type: "ID!" }] },
+  nodes: { query: `query($projectId: ID!) { nodes(ids: [$projectId]) { __typename id } }`, args: [{ variable: "projectId", type: "ID!" }] },
   estimateRun: { query: `query($keyId: ID!) { estimateRun(input: { keyId: $keyId, model: "gpt-tenancy", mode: QUICK }) { __typename } }`, args: [{ variable: "keyId", type: "ID!" }] },
   failedRequests: {
     query: `query($keyId: ID, $projectId: ID, $routeId: ID, $runId: ID, $requestId: String) { failedRequests(filter: { keyId: $keyId, projectId: $projectId, routeId: $routeId, runId: $runId, requestId: $requestId }) { ${REQUEST_NODE} } }`,
@@ -196,7 +207,7 @@ const CASES: Record<string, { query: string; args: Array<{ variable: IdKind; typ
 };
 
 /** Fields a platform token may find empty for another organization's ids: no audit / ledger rows name them, and spendSeries is asked in the default organization. */
-const PLATFORM_MAY_FIND_NOTHING = new Set(["auditEntries", "ledgerEntries", "spendSeries"]);
+const PLATFORM_MAY_FIND_NOTHING = new Set(["auditEntries", "ledgerEntries", "spendSeries", "budgetAlerts", "channelHealthEvents", "lowBalanceAlerts"]);
 
 /** How an out-of-scope read may answer (the field conventions already used); anything else is a bug. */
 const OK_CODES = /^(FORBIDDEN|NOT_FOUND)$/;

@@ -4,6 +4,38 @@ import type { Viewer } from "../auth/index.ts";
 
 type AuditClient = Pick<Prisma.TransactionClient, "auditEntry">;
 
+/** Every action an audit entry records: the name of the mutation that wrote it. */
+export const AUDIT_ACTIONS = [
+  "createOrganization",
+  "createAdminToken",
+  "revokeAdminToken",
+  "createProject",
+  "setProjectBudget",
+  "createApiKey",
+  "setKeyCaps",
+  "pauseKey",
+  "resumeKey",
+  "revokeKey",
+  "rotateKey",
+  "upsertRoute",
+  "setRouteLimits",
+  "setChannelLimits",
+  "setPrice",
+  "topUp",
+  "adjustBalance",
+  "setLowBalanceThreshold",
+  "setAlertWebhook",
+  "startRun",
+  "cancelRun",
+  "pauseRun",
+  "resumeRun",
+] as const;
+export type AuditAction = (typeof AUDIT_ACTIONS)[number];
+
+/** The kinds of object an audit entry's targetId names (stored names: a wallet bucket is WalletBucket). */
+export const AUDIT_TARGET_TYPES = ["Organization", "AdminToken", "Project", "ApiKey", "Route", "Channel", "LedgerEntry", "WalletBucket", "AlertWebhook", "Run"] as const;
+export type AuditTargetType = (typeof AUDIT_TARGET_TYPES)[number];
+
 /** JSON-safe snapshot: BigInt money becomes a decimal-free integer string of micros, dates ISO strings. */
 export function snapshot(value: unknown): Prisma.InputJsonValue | undefined {
   if (value === undefined || value === null) return undefined;
@@ -15,7 +47,7 @@ export function snapshot(value: unknown): Prisma.InputJsonValue | undefined {
 export async function writeAudit(
   client: AuditClient,
   viewer: Viewer,
-  entry: { organizationId: string | null; action: string; targetType: string; targetId: string; before?: unknown; after?: unknown },
+  entry: { organizationId: string | null; action: AuditAction; targetType: AuditTargetType; targetId: string; before?: unknown; after?: unknown },
 ): Promise<void> {
   await client.auditEntry.create({
     data: {

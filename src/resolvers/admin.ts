@@ -7,6 +7,7 @@ import { writeAudit } from "../audit/index.ts";
 import { conflict, forbidden, requiredText } from "../errors.ts";
 import { AdminRole } from "../generated/prisma/enums.ts";
 import { viewerOf } from "./viewer.ts";
+import { AdminTokenConnection, AdminTokenOrder } from "../schema/types/admin-token.ts";
 
 const CreatedAdminToken = builder.objectRef<CreatedAdminTokenResult>("CreatedAdminToken").implement({
   description: "The secret is returned here only, never again.",
@@ -50,11 +51,12 @@ builder.queryFields((t) => ({
     args: {
       organizationId: t.arg.id({ required: false }),
       includeRevoked: t.arg.boolean({ required: false, description: "Default false." }),
+      orderBy: t.arg({ type: AdminTokenOrder.Input, required: false, description: AdminTokenOrder.description }),
     },
     resolve: (query, _root, args, ctx) =>
-      db.adminToken.findMany({ ...query, where: adminTokenWhere(viewerOf(ctx), tokenFilter(args)), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
+      db.adminToken.findMany({ ...query, where: adminTokenWhere(viewerOf(ctx), tokenFilter(args)), orderBy: AdminTokenOrder.orderBy(args.orderBy) }),
     totalCount: (_c, args, ctx) => db.adminToken.count({ where: adminTokenWhere(viewerOf(ctx), tokenFilter(args)) }),
-  }),
+  }, AdminTokenConnection),
 }));
 
 const tokenFilter = (args: { organizationId?: string | number | null; includeRevoked?: boolean | null }) => ({

@@ -7,49 +7,60 @@ import { forbidden } from "../errors.ts";
 import { RequestFilter, requestWhere, timeRange } from "./filters.ts";
 import { MoneyRef, moneyOf } from "../schema/types/common.ts";
 import { viewerOf } from "./viewer.ts";
+import { BalanceBucket } from "../generated/prisma/enums.ts";
+import { AuditActionEnum, AuditEntryConnection, AuditEntryOrder, AuditTargetTypeEnum } from "../schema/types/audit-entry.ts";
+import { ReceiptConnection, ReceiptOrder } from "../schema/types/receipt.ts";
+import { FailedRequestConnection, FailedRequestOrder } from "../schema/types/failed-request.ts";
 
 builder.queryFields((t) => ({
-  receipts: t.prismaConnection({
-    type: "Receipt",
-    cursor: "id",
-    description: "Newest first.",
-    args: { filter: t.arg({ type: RequestFilter, required: false }) },
-    resolve: (query, _root, args, ctx) =>
-      db.receipt.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
-    totalCount: (_c, args, ctx) => db.receipt.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
-  }),
-  failedRequests: t.prismaConnection({
-    type: "FailedRequest",
-    cursor: "id",
-    description: "Newest first.",
-    args: { filter: t.arg({ type: RequestFilter, required: false }) },
-    resolve: (query, _root, args, ctx) =>
-      db.failedRequest.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
-    totalCount: (_c, args, ctx) => db.failedRequest.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
-  }),
+  receipts: t.prismaConnection(
+    {
+      type: "Receipt",
+      cursor: "id",
+      description: "Newest first by default.",
+      args: { filter: t.arg({ type: RequestFilter, required: false }), orderBy: t.arg({ type: ReceiptOrder.Input, required: false, description: ReceiptOrder.description }) },
+      resolve: (query, _root, args, ctx) => db.receipt.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: ReceiptOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.receipt.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
+    },
+    ReceiptConnection,
+  ),
+  failedRequests: t.prismaConnection(
+    {
+      type: "FailedRequest",
+      cursor: "id",
+      description: "Newest first by default.",
+      args: { filter: t.arg({ type: RequestFilter, required: false }), orderBy: t.arg({ type: FailedRequestOrder.Input, required: false, description: FailedRequestOrder.description }) },
+      resolve: (query, _root, args, ctx) =>
+        db.failedRequest.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: FailedRequestOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.failedRequest.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
+    },
+    FailedRequestConnection,
+  ),
   auditEntries: t.prismaConnection({
     type: "AuditEntry",
     cursor: "id",
-    description: "Newest first.",
+    description: "Newest first by default.",
     args: {
       targetId: t.arg.id({ required: false }),
-      action: t.arg.string({ required: false }),
+      action: t.arg({ type: AuditActionEnum, required: false }),
+      targetType: t.arg({ type: AuditTargetTypeEnum, required: false }),
       from: t.arg({ type: "DateTime", required: false }),
       to: t.arg({ type: "DateTime", required: false }),
+      orderBy: t.arg({ type: AuditEntryOrder.Input, required: false, description: AuditEntryOrder.description }),
     },
-    resolve: (query, _root, args, ctx) =>
-      db.auditEntry.findMany({ ...query, where: auditWhere(viewerOf(ctx), args), orderBy: [{ createdAt: "desc" }, { id: "desc" }] }),
+    resolve: (query, _root, args, ctx) => db.auditEntry.findMany({ ...query, where: auditWhere(viewerOf(ctx), args), orderBy: AuditEntryOrder.orderBy(args.orderBy) }),
     totalCount: (_c, args, ctx) => db.auditEntry.count({ where: auditWhere(viewerOf(ctx), args) }),
-  }),
+  }, AuditEntryConnection),
 }));
 
-function auditWhere(viewer: Viewer, args: { targetId?: string | number | null; action?: string | null; from?: Date | null; to?: Date | null }) {
+function auditWhere(viewer: Viewer, args: { targetId?: string | number | null; action?: string | null; targetType?: string | null; from?: Date | null; to?: Date | null }) {
   if (viewer.role === "PROJECT_VIEWER") throw forbidden("project viewers cannot read the audit trail");
   const range = timeRange(args.from, args.to);
   return {
     ...(isPlatform(viewer) ? {} : { organizationId: tenancyWhere(viewer).organizationId }),
     ...(args.targetId ? { targetId: String(args.targetId) } : {}),
     ...(args.action ? { action: args.action } : {}),
+    ...(args.targetType ? { targetType: args.targetType } : {}),
     ...(range ? { createdAt: range } : {}),
   };
 }
@@ -62,16 +73,16 @@ const SpendPointRef = builder.objectRef<SpendPoint>("SpendPoint").implement({
   fields: (t) => ({
     bucketStart: t.expose("bucketStart", { type: "DateTime" }),
     group: t.exposeString("group"),
-    bucket: t.exposeString("bucket", { description: "The balance bucket (CREDIT or ROUTED) the spend came from." }),
+    bucket: t.field({ type: BalanceBucket, description: "The balance bucket the spend came from.", resolve: (p) => p.bucket }),
     spend: t.field({ type: MoneyRef, resolve: (p) => moneyOf(p.spend, p.bucket) }),
-    requests: t.exposeInt("requests"),
-    promptTokens: t.exposeInt("promptTokens", { description: "All prompt tokens, every class below included." }),
-    completionTokens: t.exposeInt("completionTokens", { description: "All generated tokens, reasoning and audio included." }),
-    cachedPromptTokens: t.exposeInt("cachedPromptTokens", { description: "Of promptTokens: read from the upstreams' prompt caches." }),
-    cacheWriteTokens: t.exposeInt("cacheWriteTokens", { description: "Of promptTokens: written to the upstreams' prompt caches." }),
-    audioPromptTokens: t.exposeInt("audioPromptTokens", { description: "Of promptTokens: audio." }),
-    reasoningTokens: t.exposeInt("reasoningTokens", { description: "Of completionTokens: reasoning." }),
-    audioCompletionTokens: t.exposeInt("audioCompletionTokens", { description: "Of completionTokens: audio." }),
+    requests: t.expose("requests", { type: "Count" }),
+    promptTokens: t.expose("promptTokens", { type: "Count", description: "All prompt tokens, every class below included." }),
+    completionTokens: t.expose("completionTokens", { type: "Count", description: "All generated tokens, reasoning and audio included." }),
+    cachedPromptTokens: t.expose("cachedPromptTokens", { type: "Count", description: "Of promptTokens: read from the upstreams' prompt caches." }),
+    cacheWriteTokens: t.expose("cacheWriteTokens", { type: "Count", description: "Of promptTokens: written to the upstreams' prompt caches." }),
+    audioPromptTokens: t.expose("audioPromptTokens", { type: "Count", description: "Of promptTokens: audio." }),
+    reasoningTokens: t.expose("reasoningTokens", { type: "Count", description: "Of completionTokens: reasoning." }),
+    audioCompletionTokens: t.expose("audioCompletionTokens", { type: "Count", description: "Of completionTokens: audio." }),
   }),
 });
 

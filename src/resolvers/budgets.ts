@@ -5,6 +5,7 @@ import { createProject, setProjectBudget } from "../budgets/index.ts";
 import { notFound } from "../errors.ts";
 import { BalanceBucket } from "../generated/prisma/enums.ts";
 import { viewerOf } from "./viewer.ts";
+import { ProjectConnection, ProjectOrder } from "../schema/types/project.ts";
 
 function projectWhere(ctx: Parameters<typeof viewerOf>[0]) {
   const viewer = viewerOf(ctx);
@@ -17,9 +18,10 @@ builder.queryFields((t) => ({
   projects: t.prismaConnection({
     type: "Project",
     cursor: "id",
-    resolve: (query, _root, _args, ctx) => db.project.findMany({ ...query, where: projectWhere(ctx), orderBy: [{ createdAt: "asc" }, { id: "asc" }] }),
+    args: { orderBy: t.arg({ type: ProjectOrder.Input, required: false, description: ProjectOrder.description }) },
+    resolve: (query, _root, args, ctx) => db.project.findMany({ ...query, where: projectWhere(ctx), orderBy: ProjectOrder.orderBy(args.orderBy) }),
     totalCount: (_c, _a, ctx) => db.project.count({ where: projectWhere(ctx) }),
-  }),
+  }, ProjectConnection),
   project: t.prismaField({
     type: "Project",
     args: { id: t.arg.id({ required: true }) },

@@ -37,20 +37,20 @@ export function timeRange(from?: Date | null, to?: Date | null): { gte?: Date; l
 
 /** where for Receipt / FailedRequest lists: the filter AND what the viewer may see. */
 export function requestWhere(viewer: Viewer, filter: RequestFilterInput | null | undefined) {
+  return { AND: [tenancyWhere(viewer), requestFilterWhere(filter)] };
+}
+
+/** The filter alone: for lists under an object the viewer already reads (ApiKey.receipts, ...). */
+export function requestFilterWhere(filter: RequestFilterInput | null | undefined) {
   const f = filter ?? {};
   return {
-    AND: [
-      tenancyWhere(viewer),
-      {
-        ...(f.keyId ? { keyId: String(f.keyId) } : {}),
-        ...(f.projectId ? { projectId: String(f.projectId) } : {}),
-        ...(f.routeId ? { routeId: String(f.routeId) } : {}),
-        ...(f.runId ? { runId: String(f.runId) } : {}),
-        ...(f.model ? { requestedModel: f.model } : {}),
-        ...(f.requestId ? { requestId: f.requestId } : {}),
-        ...(timeRange(f.from, f.to) ? { createdAt: timeRange(f.from, f.to) } : {}),
-      },
-    ],
+    ...(f.keyId ? { keyId: String(f.keyId) } : {}),
+    ...(f.projectId ? { projectId: String(f.projectId) } : {}),
+    ...(f.routeId ? { routeId: String(f.routeId) } : {}),
+    ...(f.runId ? { runId: String(f.runId) } : {}),
+    ...(f.model ? { requestedModel: f.model } : {}),
+    ...(f.requestId ? { requestId: f.requestId } : {}),
+    ...(timeRange(f.from, f.to) ? { createdAt: timeRange(f.from, f.to) } : {}),
   };
 }
 

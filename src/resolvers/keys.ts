@@ -5,6 +5,7 @@ import { changeKeyStatus, createApiKey, rotateKey, setKeyCaps } from "../keys/in
 import { badInput, notFound } from "../errors.ts";
 import { BalanceBucket, FailedChargePolicy } from "../generated/prisma/enums.ts";
 import { viewerOf } from "./viewer.ts";
+import { ApiKeyConnection, ApiKeyOrder } from "../schema/types/api-key.ts";
 import type { Context } from "../schema/builder.ts";
 
 /**
@@ -27,10 +28,14 @@ builder.queryFields((t) => ({
   apiKeys: t.prismaConnection({
     type: "ApiKey",
     cursor: "id",
-    args: { projectId: t.arg.id({ required: false }), search: t.arg.string({ required: false, description: "Keys whose name contains this text (any case), or whose prefix starts with it / whose last 4 characters are it. At most 100 characters." }) },
-    resolve: (query, _root, args, ctx) => db.apiKey.findMany({ ...query, where: keysWhere(ctx, args), orderBy: [{ createdAt: "asc" }, { id: "asc" }] }),
+    args: {
+      projectId: t.arg.id({ required: false }),
+      search: t.arg.string({ required: false, description: "Keys whose name contains this text (any case), or whose prefix starts with it / whose last 4 characters are it. At most 100 characters." }),
+      orderBy: t.arg({ type: ApiKeyOrder.Input, required: false, description: ApiKeyOrder.description }),
+    },
+    resolve: (query, _root, args, ctx) => db.apiKey.findMany({ ...query, where: keysWhere(ctx, args), orderBy: ApiKeyOrder.orderBy(args.orderBy) }),
     totalCount: (_conn, args, ctx) => db.apiKey.count({ where: keysWhere(ctx, args) }),
-  }),
+  }, ApiKeyConnection),
   apiKey: t.prismaField({
     type: "ApiKey",
     args: { id: t.arg.id({ required: true }) },

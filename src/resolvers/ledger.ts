@@ -10,6 +10,7 @@ import { parseMoney } from "../money.ts";
 import { BalanceBucket, LedgerKind } from "../generated/prisma/enums.ts";
 import { timeRange } from "./filters.ts";
 import { viewerOf } from "./viewer.ts";
+import { LedgerEntryConnection, LedgerEntryOrder } from "../schema/types/ledger-entry.ts";
 import type { Viewer } from "../auth/index.ts";
 
 interface LedgerArgs {
@@ -59,7 +60,7 @@ builder.queryFields((t) => ({
   ledgerEntries: t.prismaConnection({
     type: "LedgerEntry",
     cursor: "id",
-    description: "Newest first.",
+    description: "Newest first by default.",
     args: {
       organizationId: t.arg.id({ required: false, description: "Platform tokens only; others always see their own organization." }),
       bucket: t.arg({ type: BalanceBucket, required: false }),
@@ -70,11 +71,11 @@ builder.queryFields((t) => ({
       model: t.arg.string({ required: false, description: "Charges for this requested model." }),
       from: t.arg({ type: "DateTime", required: false }),
       to: t.arg({ type: "DateTime", required: false }),
+      orderBy: t.arg({ type: LedgerEntryOrder.Input, required: false, description: LedgerEntryOrder.description }),
     },
-    resolve: (query, _root, args, ctx) =>
-      db.ledgerEntry.findMany({ ...query, where: ledgerWhere(viewerOf(ctx), args), orderBy: { sequence: "desc" } }),
+    resolve: (query, _root, args, ctx) => db.ledgerEntry.findMany({ ...query, where: ledgerWhere(viewerOf(ctx), args), orderBy: LedgerEntryOrder.orderBy(args.orderBy) }),
     totalCount: (_c, args, ctx) => db.ledgerEntry.count({ where: ledgerWhere(viewerOf(ctx), args) }),
-  }),
+  }, LedgerEntryConnection),
 }));
 
 const TopUpInput = builder.inputType("TopUpInput", {

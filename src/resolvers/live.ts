@@ -16,7 +16,7 @@ import { listen, type BudgetAlertEvent, type LowBalanceAlertEvent, type RequestV
 import { boundedStream, coalescedStream } from "../events/streams.ts";
 import { channelStatsBook, SpendWindow, watchWallet, type ChannelInfo, type SpendTick } from "../events/live.ts";
 import { badInput, forbidden, notFound } from "../errors.ts";
-import { BalanceBucket, CapScope, HealthState } from "../generated/prisma/enums.ts";
+import { BalanceBucket, CapScope, FailureCause, HealthState } from "../generated/prisma/enums.ts";
 import { MoneyRef, moneyOf, moneyOrNull } from "../schema/types/common.ts";
 import { BudgetAlertRef, LowBalanceAlertRef } from "../schema/types/alerts.ts";
 import { ChannelStatsTickRef, LiveSpendTickRef, ScopeStandingRef, WalletTickRef, type ChannelStatsTick, type WalletTick } from "../schema/types/live.ts";
@@ -264,7 +264,7 @@ const LiveFeedItemRef = builder.objectRef<RequestView>("LiveFeedItem").implement
     requestId: t.exposeString("requestId"),
     createdAt: t.field({ type: "DateTime", resolve: (v) => new Date(v.createdAt) }),
     httpStatus: t.exposeInt("httpStatus"),
-    cause: t.string({ nullable: true, resolve: (v) => v.cause }),
+    cause: t.field({ type: FailureCause, nullable: true, resolve: (v) => v.cause as FailureCause | null }),
     latencyMs: t.int({ nullable: true, resolve: (v) => v.latencyMs }),
     keyId: t.exposeID("keyId"),
     keyName: t.string({ nullable: true, resolve: (v) => v.keyName }),
@@ -303,9 +303,9 @@ const LiveFeedTickRef = builder.objectRef<FeedTick>("LiveFeedTick").implement({
   description: "The requests recorded since the previous tick: how many, and the newest `limit` of them (newest first); `dropped` were not listed.",
   fields: (t) => ({
     at: t.field({ type: "DateTime", resolve: (f) => f.at }),
-    requests: t.exposeInt("requests"),
-    failed: t.exposeInt("failed"),
-    dropped: t.exposeInt("dropped"),
+    requests: t.expose("requests", { type: "Count" }),
+    failed: t.expose("failed", { type: "Count" }),
+    dropped: t.expose("dropped", { type: "Count" }),
     items: t.field({ type: [LiveFeedItemRef], resolve: (f) => f.items }),
   }),
 });

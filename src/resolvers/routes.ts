@@ -6,6 +6,7 @@ import { forbidden, notFound } from "../errors.ts";
 import { BalanceBucket, Settlement } from "../generated/prisma/enums.ts";
 import { timeRange } from "./filters.ts";
 import { viewerOf } from "./viewer.ts";
+import { PriceSnapshotConnection, PriceSnapshotOrder } from "../schema/types/price-snapshot.ts";
 import type { Context } from "../schema/builder.ts";
 
 function orgWhere(ctx: Context) {
@@ -37,11 +38,11 @@ builder.queryFields((t) => ({
       routeId: t.arg.id({ required: false }),
       from: t.arg({ type: "DateTime", required: false }),
       to: t.arg({ type: "DateTime", required: false }),
+      orderBy: t.arg({ type: PriceSnapshotOrder.Input, required: false, description: PriceSnapshotOrder.description }),
     },
-    resolve: (query, _root, args, ctx) =>
-      db.priceSnapshot.findMany({ ...query, where: priceWhere(ctx, args), orderBy: [{ validFrom: "desc" }, { id: "desc" }] }),
+    resolve: (query, _root, args, ctx) => db.priceSnapshot.findMany({ ...query, where: priceWhere(ctx, args), orderBy: PriceSnapshotOrder.orderBy(args.orderBy) }),
     totalCount: (_c, args, ctx) => db.priceSnapshot.count({ where: priceWhere(ctx, args) }),
-  }),
+  }, PriceSnapshotConnection),
 }));
 
 function priceWhere(ctx: Context, args: { channelId?: string | number | null; routeId?: string | number | null; from?: Date | null; to?: Date | null }) {

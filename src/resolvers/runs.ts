@@ -3,7 +3,7 @@ import { db } from "../db/index.ts";
 import { canRead } from "../auth/index.ts";
 import { cancelRun, changeRunPause, estimateRun, startRun, type RunEstimate } from "../runs/index.ts";
 import { notFound } from "../errors.ts";
-import { BalanceBucket, RunMode } from "../generated/prisma/enums.ts";
+import { BalanceBucket, FailedChargePolicy, RunMode, Settlement } from "../generated/prisma/enums.ts";
 import { BudgetStatusRef, MoneyRef, moneyOrNull } from "../schema/types/common.ts";
 import { viewerOf } from "./viewer.ts";
 
@@ -19,7 +19,7 @@ const RunEstimateRef = builder.objectRef<RunEstimate>("RunEstimate").implement({
       allowed: t.exposeBoolean("allowed"),
       reasons: t.exposeStringList("reasons", { description: "Why the run would be refused or cut short (empty when allowed)." }),
       bucket: t.field({ type: BalanceBucket, nullable: true, resolve: (e) => e.bucket }),
-      settlement: t.exposeString("settlement", { nullable: true }),
+      settlement: t.field({ type: Settlement, nullable: true, resolve: (e) => e.settlement }),
       channelName: t.exposeString("channelName", { nullable: true, description: "null for project viewer tokens (they cannot read routes)." }),
       upstreamModel: t.exposeString("upstreamModel", { nullable: true }),
       backupAvailable: t.exposeBoolean("backupAvailable"),
@@ -38,7 +38,7 @@ const RunEstimateRef = builder.objectRef<RunEstimate>("RunEstimate").implement({
       }),
       keyDaily: t.field({ type: BudgetStatusRef, nullable: true, resolve: (e) => e.keyDaily }),
       retryCeiling: t.exposeInt("retryCeiling"),
-      failedChargePolicy: t.exposeString("failedChargePolicy"),
+      failedChargePolicy: t.field({ type: FailedChargePolicy, resolve: (e) => e.failedChargePolicy }),
     };
   },
 });

@@ -3,7 +3,7 @@
 import { revokeLeases } from "../accounting/leases.ts";
 import { db } from "../db/index.ts";
 import type { Run } from "../generated/prisma/client.ts";
-import type { BalanceBucket, RunMode } from "../generated/prisma/enums.ts";
+import type { BalanceBucket, FailedChargePolicy, RunMode, Settlement } from "../generated/prisma/enums.ts";
 import { assertCanWrite, canRead, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { budgetStatus, capsOf, parseCapInput, setCap, type BudgetStatus } from "../budgets/index.ts";
@@ -109,7 +109,7 @@ export interface RunEstimate {
   allowed: boolean;
   reasons: string[];
   bucket: BalanceBucket | null;
-  settlement: string | null;
+  settlement: Settlement | null;
   channelName: string | null;
   upstreamModel: string | null;
   backupAvailable: boolean;
@@ -124,7 +124,7 @@ export interface RunEstimate {
   available: bigint | null;
   keyDaily: BudgetStatus | null;
   retryCeiling: number;
-  failedChargePolicy: string;
+  failedChargePolicy: FailedChargePolicy;
 }
 
 function usableChannel(channels: PlannedChannel[], key: { allowedBuckets: BalanceBucket[]; lowerCostRoutes: boolean; backupRoutes: boolean }) {

@@ -32,6 +32,8 @@ export const builder = new SchemaBuilder<{
     Decimal: { Input: string; Output: string };
     DateTime: { Input: Date; Output: Date };
     JSON: { Input: unknown; Output: unknown };
+    /** Requests, tokens, rows: may exceed 32 bits (a JSON number while exact, else a string). */
+    Count: { Input: bigint; Output: number | bigint };
   };
   AuthScopes: {
     authenticated: boolean;
@@ -82,7 +84,8 @@ export const builder = new SchemaBuilder<{
 });
 
 builder.globalConnectionField("totalCount", (t) =>
-  t.int({
+  t.field({
+    type: "Count",
     resolve: (parent) => (typeof parent.totalCount === "function" ? parent.totalCount() : parent.totalCount),
   }),
 );

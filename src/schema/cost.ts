@@ -92,7 +92,9 @@ function fieldCost(walk: Walk, parent: GraphQLNamedType, node: FieldNode): numbe
   const type = getNamedType(definition.type);
   const children = selectionSetCost(walk, type, node.selectionSet);
   const isConnection = definition.args.some((a) => a.name === "first" || a.name === "last");
-  const rows = isConnection ? pageSize(getArgumentValues(definition, node, walk.variables)) : 1;
+  // nodes(ids:) reads one object per id (at most MAX_NODE_IDS: more are refused before reading).
+  const ids = definition.args.some((a) => a.name === "ids") ? getArgumentValues(definition, node, walk.variables).ids : undefined;
+  const rows = isConnection ? pageSize(getArgumentValues(definition, node, walk.variables)) : Array.isArray(ids) ? Math.max(Math.min(ids.length, PAGE_SIZE.max), 1) : 1;
   return rows * (OBJECT_COST + DEPTH_FACTOR * children);
 }
 

@@ -2,6 +2,7 @@
 import { lexicographicSortSchema, printSchema, type GraphQLSchema } from "graphql";
 import { builder } from "./builder.ts";
 import "./types/common.ts";
+import "./types/node.ts";
 import "./types/organization.ts";
 import "./types/wallet.ts";
 import "./types/project.ts";
@@ -29,6 +30,7 @@ import "../resolvers/analytics.ts";
 import "../resolvers/live.ts";
 import "../resolvers/webhooks.ts";
 import "../resolvers/alerts.ts";
+import "../resolvers/node.ts";
 
 export const schema: GraphQLSchema = builder.toSchema();
 

@@ -1,7 +1,11 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
+import { listOrder } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
 import { AdminRole } from "../../generated/prisma/enums.ts";
 
-builder.prismaObject("AdminToken", {
+export const AdminTokenRef = builder.prismaObject("AdminToken", {
+  interfaces: [NodeRef],
   description: "A bearer token for this API. Its secret is shown once, at creation, and stored only as a hash.",
   authScopes: (t) => ({ owns: { organizationId: t.organizationId } }),
   fields: (t) => ({
@@ -19,3 +23,6 @@ builder.prismaObject("AdminToken", {
     lastUsedAt: t.expose("lastUsedAt", { type: "DateTime", nullable: true, description: "Updated at most once a minute." }),
   }),
 });
+
+export const AdminTokenOrder = listOrder<Prisma.AdminTokenOrderByWithRelationInput>()("AdminToken", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const AdminTokenConnection = builder.connectionObject({ type: AdminTokenRef, name: "AdminTokenConnection" }, { name: "AdminTokenEdge" });

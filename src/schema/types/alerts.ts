@@ -1,10 +1,13 @@
 // Alert history: budget alerts, low-balance alerts and channel health changes, each stored once and
 // shown by the same type live (subscriptions) and in the lists.
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { BalanceBucket, CapScope, HealthState } from "../../generated/prisma/enums.ts";
-import { MoneyRef, moneyOf } from "./common.ts";
+import { listOrder, MoneyRef, moneyOf } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
 
 export const BudgetAlertRef = builder.prismaObject("BudgetAlert", {
+  interfaces: [NodeRef],
   description: "A cap's window crossed 50, 80 or 100 %: raised once per threshold and window, across instances.",
   authScopes: (a) => ({ owns: { organizationId: a.organizationId, projectId: a.projectId } }),
   fields: (t) => ({
@@ -22,6 +25,7 @@ export const BudgetAlertRef = builder.prismaObject("BudgetAlert", {
 });
 
 export const LowBalanceAlertRef = builder.prismaObject("BalanceAlert", {
+  interfaces: [NodeRef],
   name: "LowBalanceAlert",
   description: "A charge took a bucket's ledger balance below the organization's threshold: raised once per crossing (a credit back to the threshold, or a new threshold, re-arms it).",
   authScopes: (a) => ({ owns: { organizationId: a.organizationId } }),
@@ -35,7 +39,8 @@ export const LowBalanceAlertRef = builder.prismaObject("BalanceAlert", {
   }),
 });
 
-builder.prismaObject("ChannelHealthEvent", {
+export const ChannelHealthEventRef = builder.prismaObject("ChannelHealthEvent", {
+  interfaces: [NodeRef],
   description: "A channel's health changed state (the live routeHealth event, stored).",
   authScopes: (e) => ({ owns: { organizationId: e.organizationId } }),
   fields: (t) => ({
@@ -49,3 +54,10 @@ builder.prismaObject("ChannelHealthEvent", {
     createdAt: t.expose("createdAt", { type: "DateTime" }),
   }),
 });
+
+export const BudgetAlertOrder = listOrder<Prisma.BudgetAlertOrderByWithRelationInput>()("BudgetAlert", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const BudgetAlertConnection = builder.connectionObject({ type: BudgetAlertRef, name: "BudgetAlertConnection" }, { name: "BudgetAlertEdge" });
+export const LowBalanceAlertOrder = listOrder<Prisma.BalanceAlertOrderByWithRelationInput>()("LowBalanceAlert", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const LowBalanceAlertConnection = builder.connectionObject({ type: LowBalanceAlertRef, name: "LowBalanceAlertConnection" }, { name: "LowBalanceAlertEdge" });
+export const ChannelHealthEventOrder = listOrder<Prisma.ChannelHealthEventOrderByWithRelationInput>()("ChannelHealthEvent", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const ChannelHealthEventConnection = builder.connectionObject({ type: ChannelHealthEventRef, name: "ChannelHealthEventConnection" }, { name: "ChannelHealthEventEdge" });

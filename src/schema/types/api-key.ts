@@ -1,9 +1,17 @@
 import { builder } from "../builder.ts";
-import { BudgetStatusRef, MoneyRef, budgetMoney, NEWEST_FIRST } from "./common.ts";
+import { NodeRef } from "./node.ts";
+import { RequestFilter, requestFilterWhere } from "../../resolvers/filters.ts";
+import { ReceiptConnection, ReceiptOrder } from "./receipt.ts";
+import { FailedRequestConnection, FailedRequestOrder } from "./failed-request.ts";
+import { RunConnection, RunOrder } from "./run.ts";
+import { listOrder } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
+import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
 import { BalanceBucket, FailedChargePolicy, KeyStatus } from "../../generated/prisma/enums.ts";
 import { primaryBucket } from "../../keys/index.ts";
 
-builder.prismaObject("ApiKey", {
+export const ApiKeyRef = builder.prismaObject("ApiKey", {
+  interfaces: [NodeRef],
   description: "A key's whole operating surface: what it may call, which balance it spends, its caps, and what it has spent.",
   authScopes: (k) => ({ owns: { organizationId: k.organizationId, projectId: k.projectId } }),
   fields: (t) => {
@@ -38,11 +46,43 @@ builder.prismaObject("ApiKey", {
         description: "Daily window of this key in each allowed bucket.",
         resolve: (k, _args, ctx) => Promise.all(k.allowedBuckets.map((b) => ctx.loaders.budget("KEY_DAILY", k.id, b))),
       }),
-      receipts: t.relatedConnection("receipts", NEWEST_FIRST),
-      failedRequests: t.relatedConnection("failedRequests", NEWEST_FIRST),
-      runs: t.relatedConnection("runs", NEWEST_FIRST),
+      receipts: t.relatedConnection(
+        "receipts",
+        {
+          cursor: "id",
+          totalCount: true,
+          description: "The same filter and order as the root receipts field.",
+          args: { filter: t.arg({ type: RequestFilter, required: false }), orderBy: t.arg({ type: ReceiptOrder.Input, required: false, description: ReceiptOrder.description }) },
+          query: (args) => ({ where: requestFilterWhere(args.filter), orderBy: ReceiptOrder.orderBy(args.orderBy) }),
+        },
+        ReceiptConnection,
+      ),
+      failedRequests: t.relatedConnection(
+        "failedRequests",
+        {
+          cursor: "id",
+          totalCount: true,
+          description: "The same filter and order as the root failedRequests field.",
+          args: { filter: t.arg({ type: RequestFilter, required: false }), orderBy: t.arg({ type: FailedRequestOrder.Input, required: false, description: FailedRequestOrder.description }) },
+          query: (args) => ({ where: requestFilterWhere(args.filter), orderBy: FailedRequestOrder.orderBy(args.orderBy) }),
+        },
+        FailedRequestConnection,
+      ),
+      runs: t.relatedConnection(
+        "runs",
+        {
+          cursor: "id",
+          totalCount: true,
+          args: { orderBy: t.arg({ type: RunOrder.Input, required: false, description: RunOrder.description }) },
+          query: (args) => ({ orderBy: RunOrder.orderBy(args.orderBy) }),
+        },
+        RunConnection,
+      ),
       createdAt: t.expose("createdAt", { type: "DateTime" }),
       updatedAt: t.expose("updatedAt", { type: "DateTime" }),
     };
   },
 });
+
+export const ApiKeyOrder = listOrder<Prisma.ApiKeyOrderByWithRelationInput>()("ApiKey", { CREATED_AT: (d) => ({ createdAt: d }), NAME: (d) => ({ name: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "ASC" });
+export const ApiKeyConnection = builder.connectionObject({ type: ApiKeyRef, name: "ApiKeyConnection" }, { name: "ApiKeyEdge" });

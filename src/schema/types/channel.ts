@@ -1,4 +1,7 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
+import { ChannelHealthEventConnection, ChannelHealthEventOrder } from "./alerts.ts";
+import { PriceSnapshotConnection, PriceSnapshotOrder } from "./price-snapshot.ts";
 import { BalanceBucket, HealthState, Settlement } from "../../generated/prisma/enums.ts";
 import { bucketOf, PRICE_ORDER } from "../../routing/index.ts";
 import { BUCKET_CURRENCY } from "../../money.ts";
@@ -6,6 +9,7 @@ import { db } from "../../db/index.ts";
 import { MoneyRef, budgetMoney } from "./common.ts";
 
 builder.prismaObject("Channel", {
+  interfaces: [NodeRef],
   description: "One upstream that can serve a route. Its credential is encrypted at rest and never returned.",
   authScopes: (c) => ({ owns: { organizationId: c.organizationId } }),
   fields: (t) => ({
@@ -35,17 +39,27 @@ builder.prismaObject("Channel", {
         });
       },
     }),
-    priceHistory: t.relatedConnection("priceSnapshots", {
-      cursor: "id",
-      totalCount: true,
-      query: { orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }] },
-    }),
-    healthHistory: t.relatedConnection("healthEvents", {
-      cursor: "id",
-      totalCount: true,
-      description: "Its health changes, newest first.",
-      query: { orderBy: [{ createdAt: "desc" }, { id: "desc" }] },
-    }),
+    priceHistory: t.relatedConnection(
+        "priceSnapshots",
+        {
+          cursor: "id",
+          totalCount: true,
+          args: { orderBy: t.arg({ type: PriceSnapshotOrder.Input, required: false, description: PriceSnapshotOrder.description }) },
+          query: (args) => ({ orderBy: PriceSnapshotOrder.orderBy(args.orderBy) }),
+        },
+        PriceSnapshotConnection,
+      ),
+    healthHistory: t.relatedConnection(
+      "healthEvents",
+      {
+        cursor: "id",
+        totalCount: true,
+        description: "Its health changes, newest first by default.",
+        args: { orderBy: t.arg({ type: ChannelHealthEventOrder.Input, required: false, description: ChannelHealthEventOrder.description }) },
+        query: (args) => ({ orderBy: ChannelHealthEventOrder.orderBy(args.orderBy) }),
+      },
+      ChannelHealthEventConnection,
+    ),
     dailyCap: t.field({
       type: MoneyRef,
       nullable: true,

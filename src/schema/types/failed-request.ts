@@ -1,8 +1,12 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
+import { listOrder } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { BalanceBucket, CapScope, FailureCause } from "../../generated/prisma/enums.ts";
 
-builder.prismaObject("FailedRequest", {
+export const FailedRequestRef = builder.prismaObject("FailedRequest", {
+  interfaces: [NodeRef],
   description: "A request that did not complete: why (cause, and for budget refusals which cap), where, and what it was charged under the key's policy.",
   // Unattributed failures (unknown keys) have no organization: only platform admins see them.
   authScopes: (f) => ({ owns: { organizationId: f.organizationId, projectId: f.projectId } }),
@@ -40,3 +44,11 @@ builder.prismaObject("FailedRequest", {
     createdAt: t.expose("createdAt", { type: "DateTime" }),
   }),
 });
+
+export const FailedRequestOrder = listOrder<Prisma.FailedRequestOrderByWithRelationInput>()(
+  "FailedRequest",
+  { CREATED_AT: (d) => ({ createdAt: d }), CHARGE: (d) => ({ charge: d }) },
+  (d) => [{ id: d }],
+  { field: "CREATED_AT", direction: "DESC" },
+);
+export const FailedRequestConnection = builder.connectionObject({ type: FailedRequestRef, name: "FailedRequestConnection" }, { name: "FailedRequestEdge" });

@@ -1,8 +1,12 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
+import { listOrder } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { LedgerKind } from "../../generated/prisma/enums.ts";
 
-builder.prismaObject("LedgerEntry", {
+export const LedgerEntryRef = builder.prismaObject("LedgerEntry", {
+  interfaces: [NodeRef],
   description: "An immutable movement of one bucket's balance. Corrections are new entries.",
   authScopes: (e) => ({ owns: { organizationId: e.organizationId } }),
   fields: (t) => ({
@@ -31,3 +35,7 @@ builder.prismaObject("LedgerEntry", {
     createdAt: t.expose("createdAt", { type: "DateTime" }),
   }),
 });
+
+/** CREATED_AT sorts by the ledger's sequence: the order entries were posted in. */
+export const LedgerEntryOrder = listOrder<Prisma.LedgerEntryOrderByWithRelationInput>()("LedgerEntry", { CREATED_AT: (d) => ({ sequence: d }) }, () => [], { field: "CREATED_AT", direction: "DESC" });
+export const LedgerEntryConnection = builder.connectionObject({ type: LedgerEntryRef, name: "LedgerEntryConnection" }, { name: "LedgerEntryEdge" });

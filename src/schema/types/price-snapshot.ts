@@ -1,8 +1,12 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
+import { listOrder } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
-builder.prismaObject("PriceSnapshot", {
+export const PriceSnapshotRef = builder.prismaObject("PriceSnapshot", {
+  interfaces: [NodeRef],
   description: "A channel's price from validFrom on, per million tokens, in its bucket's currency, with optional token-class prices (cached input, cache writes, audio). Never rewritten.",
   authScopes: (p) => ({ owns: { organizationId: p.organizationId } }),
   fields: (t) => ({
@@ -39,3 +43,11 @@ builder.prismaObject("PriceSnapshot", {
     createdAt: t.expose("createdAt", { type: "DateTime" }),
   }),
 });
+
+export const PriceSnapshotOrder = listOrder<Prisma.PriceSnapshotOrderByWithRelationInput>()(
+  "PriceSnapshot",
+  { VALID_FROM: (d) => ({ validFrom: d }), CREATED_AT: (d) => ({ createdAt: d }) },
+  (d) => [{ createdAt: d }, { id: d }],
+  { field: "VALID_FROM", direction: "DESC" },
+);
+export const PriceSnapshotConnection = builder.connectionObject({ type: PriceSnapshotRef, name: "PriceSnapshotConnection" }, { name: "PriceSnapshotEdge" });

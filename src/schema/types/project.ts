@@ -1,8 +1,17 @@
 import { builder } from "../builder.ts";
-import { BudgetStatusRef, MoneyRef, budgetMoney, NEWEST_FIRST } from "./common.ts";
+import { NodeRef } from "./node.ts";
+import { RequestFilter, requestFilterWhere } from "../../resolvers/filters.ts";
+import { ReceiptConnection, ReceiptOrder } from "./receipt.ts";
+import { FailedRequestConnection, FailedRequestOrder } from "./failed-request.ts";
+import { RunConnection, RunOrder } from "./run.ts";
+import { ApiKeyConnection, ApiKeyOrder } from "./api-key.ts";
+import { listOrder } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
+import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
-builder.prismaObject("Project", {
+export const ProjectRef = builder.prismaObject("Project", {
+  interfaces: [NodeRef],
   authScopes: (p) => ({ owns: { organizationId: p.organizationId, projectId: p.id } }),
   fields: (t) => {
     const bucketArg = { bucket: t.arg({ type: BalanceBucket, required: false, description: "Default CREDIT." }) };
@@ -33,10 +42,51 @@ builder.prismaObject("Project", {
             ),
           ),
       }),
-      apiKeys: t.relatedConnection("apiKeys", { cursor: "id", totalCount: true, query: { orderBy: { createdAt: "asc" } } }),
-      receipts: t.relatedConnection("receipts", NEWEST_FIRST),
-      failedRequests: t.relatedConnection("failedRequests", NEWEST_FIRST),
-      runs: t.relatedConnection("runs", NEWEST_FIRST),
+      apiKeys: t.relatedConnection(
+        "apiKeys",
+        {
+          cursor: "id",
+          totalCount: true,
+          args: { orderBy: t.arg({ type: ApiKeyOrder.Input, required: false, description: ApiKeyOrder.description }) },
+          query: (args) => ({ orderBy: ApiKeyOrder.orderBy(args.orderBy) }),
+        },
+        ApiKeyConnection,
+      ),
+      receipts: t.relatedConnection(
+        "receipts",
+        {
+          cursor: "id",
+          totalCount: true,
+          description: "The same filter and order as the root receipts field.",
+          args: { filter: t.arg({ type: RequestFilter, required: false }), orderBy: t.arg({ type: ReceiptOrder.Input, required: false, description: ReceiptOrder.description }) },
+          query: (args) => ({ where: requestFilterWhere(args.filter), orderBy: ReceiptOrder.orderBy(args.orderBy) }),
+        },
+        ReceiptConnection,
+      ),
+      failedRequests: t.relatedConnection(
+        "failedRequests",
+        {
+          cursor: "id",
+          totalCount: true,
+          description: "The same filter and order as the root failedRequests field.",
+          args: { filter: t.arg({ type: RequestFilter, required: false }), orderBy: t.arg({ type: FailedRequestOrder.Input, required: false, description: FailedRequestOrder.description }) },
+          query: (args) => ({ where: requestFilterWhere(args.filter), orderBy: FailedRequestOrder.orderBy(args.orderBy) }),
+        },
+        FailedRequestConnection,
+      ),
+      runs: t.relatedConnection(
+        "runs",
+        {
+          cursor: "id",
+          totalCount: true,
+          args: { orderBy: t.arg({ type: RunOrder.Input, required: false, description: RunOrder.description }) },
+          query: (args) => ({ orderBy: RunOrder.orderBy(args.orderBy) }),
+        },
+        RunConnection,
+      ),
     };
   },
 });
+
+export const ProjectOrder = listOrder<Prisma.ProjectOrderByWithRelationInput>()("Project", { CREATED_AT: (d) => ({ createdAt: d }), NAME: (d) => ({ name: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "ASC" });
+export const ProjectConnection = builder.connectionObject({ type: ProjectRef, name: "ProjectConnection" }, { name: "ProjectEdge" });

@@ -1,8 +1,12 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
+import { listOrder } from "./common.ts";
+import type { Prisma } from "../../generated/prisma/client.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { BalanceBucket, ChannelRole } from "../../generated/prisma/enums.ts";
 
-builder.prismaObject("Receipt", {
+export const ReceiptRef = builder.prismaObject("Receipt", {
+  interfaces: [NodeRef],
   description: "What one completed request cost and why: the route and channel it took, its tokens, the price it was charged at and its ledger entry.",
   authScopes: (r) => ({ owns: { organizationId: r.organizationId, projectId: r.projectId } }),
   fields: (t) => ({
@@ -43,3 +47,11 @@ builder.prismaObject("Receipt", {
     createdAt: t.expose("createdAt", { type: "DateTime" }),
   }),
 });
+
+export const ReceiptOrder = listOrder<Prisma.ReceiptOrderByWithRelationInput>()(
+  "Receipt",
+  { CREATED_AT: (d) => ({ createdAt: d }), CHARGE: (d) => ({ charge: d }), LATENCY: (d) => ({ latencyMs: d }) },
+  (d) => [{ id: d }],
+  { field: "CREATED_AT", direction: "DESC" },
+);
+export const ReceiptConnection = builder.connectionObject({ type: ReceiptRef, name: "ReceiptConnection" }, { name: "ReceiptEdge" });

@@ -1,8 +1,12 @@
 import { builder } from "../builder.ts";
-import { BudgetStatusRef, MoneyRef, budgetMoney, NEWEST_FIRST } from "./common.ts";
+import { NodeRef } from "./node.ts";
+import { RequestFilter, requestFilterWhere } from "../../resolvers/filters.ts";
+import { ReceiptConnection, ReceiptOrder } from "./receipt.ts";
+import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
 builder.prismaObject("Route", {
+  interfaces: [NodeRef],
   description: "A catalog model clients request, and the channels that serve it in priority order.",
   authScopes: (r) => ({ owns: { organizationId: r.organizationId } }),
   fields: (t) => {
@@ -29,7 +33,17 @@ builder.prismaObject("Route", {
         type: [BudgetStatusRef],
         resolve: (r, _args, ctx) => Promise.all((["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget("ROUTE_DAILY", r.id, b))),
       }),
-      receipts: t.relatedConnection("receipts", NEWEST_FIRST),
+      receipts: t.relatedConnection(
+        "receipts",
+        {
+          cursor: "id",
+          totalCount: true,
+          description: "The same filter and order as the root receipts field.",
+          args: { filter: t.arg({ type: RequestFilter, required: false }), orderBy: t.arg({ type: ReceiptOrder.Input, required: false, description: ReceiptOrder.description }) },
+          query: (args) => ({ where: requestFilterWhere(args.filter), orderBy: ReceiptOrder.orderBy(args.orderBy) }),
+        },
+        ReceiptConnection,
+      ),
       createdAt: t.expose("createdAt", { type: "DateTime" }),
       updatedAt: t.expose("updatedAt", { type: "DateTime" }),
     };

@@ -1,12 +1,15 @@
 import { builder } from "../builder.ts";
+import { NodeRef } from "./node.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
 export const WalletBalanceRef = builder.prismaObject("WalletBucket", {
+  interfaces: [NodeRef],
   name: "WalletBalance",
   description: "One balance bucket: balance is the sum of its ledger entries; held is reserved by requests in flight; available = balance − held.",
   authScopes: (b) => ({ owns: { organizationId: b.organizationId } }),
   fields: (t) => ({
+    id: t.exposeID("id"),
     bucket: t.field({ type: BalanceBucket, resolve: (b) => b.bucket }),
     currency: t.exposeString("currency"),
     balance: t.field({ type: MoneyRef, resolve: (b) => moneyOf(b.balance, b.bucket) }),
@@ -29,6 +32,7 @@ export const WalletBalanceRef = builder.prismaObject("WalletBucket", {
 });
 
 builder.prismaObject("Wallet", {
+  interfaces: [NodeRef],
   authScopes: (w) => ({ owns: { organizationId: w.organizationId } }),
   fields: (t) => ({
     id: t.exposeID("id"),
