@@ -179,6 +179,15 @@ export function createYogaApp(
             extensions: { ...error.extensions, code: error.extensions.code ?? "GRAPHQL_VALIDATION_FAILED" },
           });
         }
+        // A variable graphql-js could not coerce (an unknown enum value, a wrong type): its GraphQLError
+        // wraps the type's own GraphQLError. The client's mistake, with the message that names it.
+        if (error instanceof GraphQLError && error.originalError instanceof GraphQLError && !error.path) {
+          return new GraphQLError(error.message, {
+            nodes: error.nodes,
+            positions: error.positions,
+            extensions: { code: error.extensions.code ?? error.originalError.extensions.code ?? "BAD_USER_INPUT" },
+          });
+        }
         const original = error instanceof GraphQLError ? error.originalError : error;
         if (original) componentLogger("graphql").error(errorFields(original), "unexpected error");
         return new GraphQLError(message, { extensions: { code: "INTERNAL_SERVER_ERROR" } });

@@ -304,11 +304,13 @@ describe("one connection type per node type", () => {
     const ranged = await gqlOk(admin, query, { ...vars, filter: { from: later[0]!.createdAt.toISOString() } });
     expect(order(ranged.route.receipts)).toEqual([later[1]!.id, later[0]!.id]);
     expect(codes(await gql(admin, `{ receipts(orderBy: { field: NOPE }) { totalCount } }`))).toEqual(["GRAPHQL_VALIDATION_FAILED"]);
-    // A bad enum value in a variable answers as every bad enum variable does (not this change's to alter).
+    // A bad enum value in a variable is the client's mistake: BAD_USER_INPUT naming it, never an internal error.
     const badOrder = await gql(admin, query, { ...vars, order: { field: "NOPE" } });
     const badBucket = await gql(admin, `query($b: BalanceBucket) { wallet { balances { bucket } } spendSeries(input: { from: "2026-11-01T00:00:00Z", to: "2026-11-02T00:00:00Z", interval: DAY, groupBy: KEY }) { bucket } x: ledgerEntries(bucket: $b) { totalCount } }`, { b: "NOPE" });
     expect(badOrder.data ?? null).toBeNull();
-    expect(codes(badOrder)).toEqual(codes(badBucket));
+    expect(codes(badOrder)).toEqual(["BAD_USER_INPUT"]);
+    expect(codes(badBucket)).toEqual(["BAD_USER_INPUT"]);
+    expect(JSON.stringify(badBucket.errors)).toContain("NOPE");
 
     const types = ["receipts", "failedRequests"].map((f) => fieldType("ApiKey", f));
     expect(types).toEqual(["ReceiptConnection!", "FailedRequestConnection!"]);
