@@ -8,7 +8,7 @@
 // and receives, and event lag commit → client (liveFeed: now − the newest receipt's createdAt;
 // liveSpend: now − the tick's newest request). Beside it, in the same run, the 1,000-subscriber
 // keySpend fan-out against a bare ws broadcast (bench/events.ts).
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import os from "node:os";
 import { createClient, type Client } from "graphql-ws";
 import WebSocket from "ws";
@@ -39,12 +39,30 @@ interface Cell {
   viewers: number;
   rps: number;
   cpuUs: number;
+  /** CPU the Chromium processes used during the cell, in cores (seconds of CPU per second). */
+  chromiumCores: number;
   seconds: number;
   httpPerViewer: number;
   sentPerViewer: number;
   receivedPerViewer: number;
   lags: Lags;
   non2xx: number;
+}
+
+/** utime + stime of every Chromium process (browser, renderers, utility), in seconds (clock ticks of 1/100 s). */
+function chromiumCpuSeconds(): number {
+  let ticks = 0;
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (!readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("chromium")) continue;
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch {
+      // The process ended while it was read.
+    }
+  }
+  return ticks / 100;
 }
 
 const percentile = (values: number[], p: number) => {
@@ -150,14 +168,17 @@ export async function benchLive(options: { durationSeconds?: number } = {}): Pro
       for (const v of viewers) v.http = v.framesSent = v.framesReceived = 0;
       lags.receipt.length = lags.spend.length = 0;
       const started = performance.now();
+      const chromiumBefore = chromiumCpuSeconds();
       const m = await load(`${url}/v1/chat/completions`, body, auth, CONNECTIONS, duration, gateway.child.pid);
       const seconds = (performance.now() - started) / 1000;
+      const chromiumCores = (chromiumCpuSeconds() - chromiumBefore) / seconds;
       const per = (f: (v: Viewer) => number) => (viewers.length ? viewers.reduce((s, v) => s + f(v), 0) / viewers.length / seconds : 0);
       cells.push({
         name: step.name,
         viewers: viewers.length,
         rps: m.rps,
         cpuUs: m.cpuUsPerRequest,
+        chromiumCores,
         seconds,
         httpPerViewer: per((v) => v.http),
         sentPerViewer: per((v) => v.framesSent),
@@ -165,7 +186,7 @@ export async function benchLive(options: { durationSeconds?: number } = {}): Pro
         lags: { receipt: [...lags.receipt], spend: [...lags.spend] },
         non2xx: m.non2xx + m.errors,
       });
-      console.error(`[bench] live ${step.name}: ${m.rps.toFixed(0)} req/s, ${m.cpuUsPerRequest.toFixed(0)} µs/req`);
+      console.error(`[bench] live ${step.name}: ${m.rps.toFixed(0)} req/s, ${m.cpuUsPerRequest.toFixed(0)} µs/req, Chromium ${chromiumCores.toFixed(2)} cores`);
       await Promise.all(viewers.map((v) => v.close()));
       await new Promise((r) => setTimeout(r, 1_000));
     }
@@ -182,7 +203,7 @@ export async function benchLive(options: { durationSeconds?: number } = {}): Pro
   const x = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b) && b > 0 ? `${(a / b).toFixed(2)}×` : "n/a");
   const rows = cells.map(
     (c) =>
-      `| ${c.name} | ${f0(c.rps)} | ${x(c.rps, base.rps)} | ${f0(c.cpuUs)} | ${x(c.cpuUs, base.cpuUs)} | ${c.viewers ? f1(c.httpPerViewer) : "—"} | ${c.viewers ? f1(c.sentPerViewer) : "—"} | ${c.viewers ? f1(c.receivedPerViewer) : "—"} | ${c.lags.receipt.length ? `${f0(percentile(c.lags.receipt, 50))} / ${f0(percentile(c.lags.receipt, 99))}` : "—"} | ${c.lags.spend.length ? `${f0(percentile(c.lags.spend, 50))} / ${f0(percentile(c.lags.spend, 99))}` : "—"} | ${c.non2xx} |`,
+      `| ${c.name} | ${f0(c.rps)} | ${x(c.rps, base.rps)} | ${f0(c.cpuUs)} | ${x(c.cpuUs, base.cpuUs)} | ${c.viewers ? f1(c.httpPerViewer) : "—"} | ${c.viewers ? f1(c.sentPerViewer) : "—"} | ${c.viewers ? f1(c.receivedPerViewer) : "—"} | ${c.lags.receipt.length ? `${f0(percentile(c.lags.receipt, 50))} / ${f0(percentile(c.lags.receipt, 99))}` : "—"} | ${c.lags.spend.length ? `${f0(percentile(c.lags.spend, 50))} / ${f0(percentile(c.lags.spend, 99))}` : "—"} | ${c.non2xx} | ${c.name.includes("Chromium") ? c.chromiumCores.toFixed(2) : "—"} |`,
   );
   const checks: string[] = [];
   const target = (name: string, ok: boolean, detail: string) => checks.push(`- ${ok ? "met" : "**missed**"}: ${name} (${detail})`);
@@ -198,8 +219,8 @@ export async function benchLive(options: { durationSeconds?: number } = {}): Pro
     "",
     `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, Node ${process.version}. Gateway (whole server), fake upstream, Chromium and the load generator share the machine; CPU µs/req is the gateway process's only.`,
     "",
-    "| cell | gateway req/s | × none | CPU µs/req | × none | per dashboard: HTTP req/s sent | WS frames/s sent | WS frames/s received | liveFeed lag p50 / p99 ms | liveSpend lag p50 / p99 ms | non-2xx |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| cell | gateway req/s | × none | CPU µs/req | × none | per dashboard: HTTP req/s sent | WS frames/s sent | WS frames/s received | liveFeed lag p50 / p99 ms | liveSpend lag p50 / p99 ms | non-2xx | Chromium CPU (cores) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ...rows,
     "",
     ...checks,

@@ -182,8 +182,8 @@ const CASES: Record<string, { query: string; args: Array<{ variable: IdKind; typ
     args: ["keyId", "projectId", "routeId", "runId", "requestId"].map((v) => ({ variable: v as IdKind, type: v === "requestId" ? "String" : "ID" })),
   },
   ledgerEntries: {
-    query: `query($organizationId: ID, $keyId: ID, $projectId: ID, $routeId: ID) { ledgerEntries(organizationId: $organizationId, keyId: $keyId, projectId: $projectId, routeId: $routeId) { ${CONNECTION} } }`,
-    args: ["organizationId", "keyId", "projectId", "routeId"].map((v) => ({ variable: v as IdKind, type: "ID" })),
+    query: `query($organizationId: ID, $keyId: ID, $projectId: ID, $routeId: ID, $runId: ID) { ledgerEntries(organizationId: $organizationId, keyId: $keyId, projectId: $projectId, routeId: $routeId, runId: $runId) { ${CONNECTION} } }`,
+    args: ["organizationId", "keyId", "projectId", "routeId", "runId"].map((v) => ({ variable: v as IdKind, type: "ID" })),
   },
   organizations: { query: `{ organizations { id projects { ${CONNECTION} } } }`, args: [] },
   priceSnapshots: {
@@ -198,7 +198,11 @@ const CASES: Record<string, { query: string; args: Array<{ variable: IdKind; typ
   },
   route: { query: `query($routeId: ID!) { route(id: $routeId) { id channels { id } } }`, args: [{ variable: "routeId", type: "ID!" }] },
   routes: { query: `{ routes { id channels { id } } }`, args: [] },
-  run: { query: `query($runId: ID!) { run(id: $runId) { id } }`, args: [{ variable: "runId", type: "ID!" }] },
+  run: { query: `query($runId: ID!) { run(id: $runId) { id totals { requests } ledgerEntries { ${CONNECTION} } } }`, args: [{ variable: "runId", type: "ID!" }] },
+  runs: {
+    query: `query($organizationId: ID, $keyId: ID, $projectId: ID) { runs(filter: { organizationId: $organizationId, keyId: $keyId, projectId: $projectId }) { ${CONNECTION} } }`,
+    args: ["organizationId", "keyId", "projectId"].map((v) => ({ variable: v as IdKind, type: "ID" })),
+  },
   spendSeries: {
     query: `query($organizationId: ID, $keyId: ID, $projectId: ID) { spendSeries(input: { from: "${TODAY.from}", to: "${TODAY.to}", interval: DAY, groupBy: KEY, organizationId: $organizationId, keyId: $keyId, projectId: $projectId }) { group requests spend { amount } } }`,
     args: ["organizationId", "keyId", "projectId"].map((v) => ({ variable: v as IdKind, type: "ID" })),

@@ -29,6 +29,8 @@ export const AUDIT_ACTIONS = [
   "cancelRun",
   "pauseRun",
   "resumeRun",
+  "finishRun",
+  "setRunCap",
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 

@@ -196,8 +196,19 @@ export const insufficientBalance = (bucket: string) =>
   });
 
 /** 402 rather than 409: OpenAI SDKs retry 409, and retrying a cancelled run cannot help. */
-export const runCancelled = () =>
-  new GatewayError({ status: 402, type: "insufficient_quota", code: "run_cancelled", message: "The run is no longer active (cancelled or ended).", cause: "RUN_CANCELLED" });
+export const runCancelled = (status?: string) =>
+  new GatewayError({
+    status: 402,
+    type: "insufficient_quota",
+    code: "run_cancelled",
+    message:
+      status === "EXHAUSTED"
+        ? "The run is exhausted: a request was refused on its cap (setRunCap makes room again)."
+        : status === "COMPLETED"
+          ? "The run is completed (finishRun)."
+          : "The run is no longer active (cancelled or ended).",
+    cause: "RUN_CANCELLED",
+  });
 
 /** 402 like run_cancelled; unlike it, the run works again after resumeRun. */
 export const runPaused = () =>

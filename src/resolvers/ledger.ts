@@ -22,6 +22,7 @@ interface LedgerArgs {
   keyId?: string | number | null;
   projectId?: string | number | null;
   routeId?: string | number | null;
+  runId?: string | number | null;
   model?: string | null;
 }
 
@@ -34,6 +35,7 @@ function ledgerWhere(viewer: Viewer, args: LedgerArgs) {
     ...(args.keyId ? { keyId: String(args.keyId) } : {}),
     ...(args.projectId ? { projectId: String(args.projectId) } : {}),
     ...(args.routeId ? { routeId: String(args.routeId) } : {}),
+    ...(args.runId ? { runId: String(args.runId) } : {}),
   };
   const and = [
     ...(Object.keys(owner).length ? [{ OR: [{ hold: owner }, { receipt: owner }, { failedRequest: owner }] }] : []),
@@ -68,6 +70,7 @@ builder.queryFields((t) => ({
       keyId: t.arg.id({ required: false, description: "Charges of this key." }),
       projectId: t.arg.id({ required: false }),
       routeId: t.arg.id({ required: false }),
+      runId: t.arg.id({ required: false, description: "Charges of requests sent with this run id (x-run-id)." }),
       model: t.arg.string({ required: false, description: "Charges for this requested model." }),
       from: t.arg({ type: "DateTime", required: false }),
       to: t.arg({ type: "DateTime", required: false }),

@@ -1,9 +1,11 @@
 import { builder } from "../schema/builder.ts";
 import { db } from "../db/index.ts";
-import { canRead } from "../auth/index.ts";
-import { cancelRun, changeRunPause, estimateRun, startRun, type RunEstimate } from "../runs/index.ts";
+import { canRead, isPlatform, tenancyWhere, type Viewer } from "../auth/index.ts";
+import { timeRange } from "./filters.ts";
+import { RunConnection, RunOrder } from "../schema/types/run.ts";
+import { cancelRun, changeRunPause, estimateRun, finishRun, setRunCap, startRun, type RunEstimate } from "../runs/index.ts";
 import { notFound } from "../errors.ts";
-import { BalanceBucket, FailedChargePolicy, RunMode, Settlement } from "../generated/prisma/enums.ts";
+import { BalanceBucket, FailedChargePolicy, RunMode, RunStatus, Settlement } from "../generated/prisma/enums.ts";
 import { BudgetStatusRef, MoneyRef, moneyOrNull } from "../schema/types/common.ts";
 import { viewerOf } from "./viewer.ts";
 
@@ -57,8 +59,51 @@ const StartRunInput = builder.inputType("StartRunInput", {
     mode: t.field({ type: RunMode, required: true }),
     cap: t.field({ type: "Decimal", required: false, description: "Total the run may spend, in the cap bucket's currency." }),
     capBucket: t.field({ type: BalanceBucket, required: false, description: "Default: the key's primary bucket." }),
+    model: t.string({ required: false, description: "The catalog model the run is for (a route must serve it and the key may call it)." }),
+    label: t.string({ required: false, description: "A free label (at most 200 characters), e.g. the agent's task." }),
   }),
 });
+
+const SetRunCapInput = builder.inputType("SetRunCapInput", {
+  fields: (t) => ({
+    runId: t.id({ required: true }),
+    cap: t.field({ type: "Decimal", required: false, description: "The run's total cap in the bucket's currency; null removes it." }),
+    bucket: t.field({ type: BalanceBucket, required: false, description: "Default: the key's primary bucket." }),
+  }),
+});
+
+const RunFilter = builder.inputType("RunFilter", {
+  fields: (t) => ({
+    organizationId: t.id({ required: false, description: "Platform tokens only; others always see their own organization." }),
+    keyId: t.id({ required: false }),
+    projectId: t.id({ required: false }),
+    status: t.field({ type: RunStatus, required: false }),
+    mode: t.field({ type: RunMode, required: false }),
+    model: t.string({ required: false }),
+    from: t.field({ type: "DateTime", required: false, description: "Started at or after (inclusive)." }),
+    to: t.field({ type: "DateTime", required: false, description: "Started before (exclusive)." }),
+  }),
+});
+
+type RunFilterInput = { organizationId?: string | number | null; keyId?: string | number | null; projectId?: string | number | null; status?: RunStatus | null; mode?: RunMode | null; model?: string | null; from?: Date | null; to?: Date | null };
+
+function runWhere(viewer: Viewer, filter: RunFilterInput | null | undefined) {
+  const f = filter ?? {};
+  const range = timeRange(f.from, f.to);
+  return {
+    AND: [
+      isPlatform(viewer) ? (f.organizationId ? { organizationId: String(f.organizationId) } : {}) : tenancyWhere(viewer),
+      {
+        ...(f.keyId ? { keyId: String(f.keyId) } : {}),
+        ...(f.projectId ? { projectId: String(f.projectId) } : {}),
+        ...(f.status ? { status: f.status } : {}),
+        ...(f.mode ? { mode: f.mode } : {}),
+        ...(f.model ? { model: f.model } : {}),
+        ...(range ? { createdAt: range } : {}),
+      },
+    ],
+  };
+}
 
 builder.queryFields((t) => ({
   estimateRun: t.field({
@@ -66,6 +111,17 @@ builder.queryFields((t) => ({
     args: { input: t.arg({ type: EstimateRunInput, required: true }) },
     resolve: (_root, { input }, ctx) => estimateRun(viewerOf(ctx), { ...input, keyId: String(input.keyId) }),
   }),
+  runs: t.prismaConnection(
+    {
+      type: "Run",
+      cursor: "id",
+      description: "Runs, newest first by default.",
+      args: { filter: t.arg({ type: RunFilter, required: false }), orderBy: t.arg({ type: RunOrder.Input, required: false, description: RunOrder.description }) },
+      resolve: (query, _root, args, ctx) => db.run.findMany({ ...query, where: runWhere(viewerOf(ctx), args.filter), orderBy: RunOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.run.count({ where: runWhere(viewerOf(ctx), args.filter) }),
+    },
+    RunConnection,
+  ),
   run: t.prismaField({
     type: "Run",
     args: { id: t.arg.id({ required: true }) },
@@ -91,6 +147,24 @@ builder.mutationFields((t) => ({
     args: { id: t.arg.id({ required: true }) },
     resolve: async (query, _root, { id }, ctx) => {
       const run = await cancelRun(viewerOf(ctx), String(id));
+      return db.run.findUniqueOrThrow({ ...query, where: { id: run.id } });
+    },
+  }),
+  finishRun: t.prismaField({
+    type: "Run",
+    description: "Ends a run as COMPLETED: its requests are refused from now on (402 run_cancelled). Audited; idempotent.",
+    args: { id: t.arg.id({ required: true }) },
+    resolve: async (query, _root, { id }, ctx) => {
+      const run = await finishRun(viewerOf(ctx), String(id));
+      return db.run.findUniqueOrThrow({ ...query, where: { id: run.id } });
+    },
+  }),
+  setRunCap: t.prismaField({
+    type: "Run",
+    description: "Changes a run's total cap (audited). An EXHAUSTED run the new cap leaves room in is ACTIVE again.",
+    args: { input: t.arg({ type: SetRunCapInput, required: true }) },
+    resolve: async (query, _root, { input }, ctx) => {
+      const run = await setRunCap(viewerOf(ctx), { runId: String(input.runId), cap: input.cap ?? null, bucket: input.bucket ?? null });
       return db.run.findUniqueOrThrow({ ...query, where: { id: run.id } });
     },
   }),

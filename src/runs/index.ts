@@ -13,9 +13,21 @@ import { planRoute, type PlannedChannel } from "../routing/index.ts";
 import { requestCharge } from "../money.ts";
 import { walletBucket } from "../accounting/index.ts";
 
+/** Bounds of startRun's free text. */
+const RUN_MODEL_MAX = 256;
+const RUN_LABEL_MAX = 200;
+
+function optionalText(value: string | null | undefined, field: string, max: number): string | null {
+  if (value === null || value === undefined) return null;
+  const text = value.trim();
+  if (!text) return null;
+  if (text.length > max || /[\u0000-\u001f\u007f]/.test(text)) throw badInput(field, `must be at most ${max} printable characters`);
+  return text;
+}
+
 export async function startRun(
   viewer: Viewer,
-  input: { keyId: string; mode: RunMode; cap?: string | null; capBucket?: BalanceBucket | null },
+  input: { keyId: string; mode: RunMode; cap?: string | null; capBucket?: BalanceBucket | null; model?: string | null; label?: string | null },
 ): Promise<Run> {
   const key = await db.apiKey.findUnique({ where: { id: input.keyId } });
   if (!key) throw notFound("API key", input.keyId);
@@ -24,8 +36,15 @@ export async function startRun(
   const cap = parseCapInput(input.cap, "cap");
   const bucket = input.capBucket ?? primaryBucket(key);
   if (!key.allowedBuckets.includes(bucket)) throw badInput("capBucket", "the key may not spend from that bucket");
+  const model = optionalText(input.model, "model", RUN_MODEL_MAX);
+  const label = optionalText(input.label, "label", RUN_LABEL_MAX);
+  if (model !== null) {
+    const route = await db.route.findFirst({ where: { organizationId: key.organizationId, model }, select: { id: true } });
+    if (!route) throw badInput("model", `no route serves "${model}" in this organization`);
+    if (key.allowedModels.length > 0 && !key.allowedModels.includes(model)) throw badInput("model", "the key may not call this model");
+  }
   return db.$transaction(async (tx) => {
-    const run = await tx.run.create({ data: { organizationId: key.organizationId, keyId: key.id, projectId: key.projectId, mode: input.mode } });
+    const run = await tx.run.create({ data: { organizationId: key.organizationId, keyId: key.id, projectId: key.projectId, mode: input.mode, model, label } });
     await setCap(tx, { organizationId: key.organizationId, scope: "RUN_TOTAL", scopeId: run.id, bucket }, cap);
     await writeAudit(tx, viewer, {
       organizationId: key.organizationId,
@@ -58,6 +77,104 @@ export async function cancelRun(viewer: Viewer, id: string): Promise<Run> {
     });
     return next;
   });
+}
+
+/** Ends a run as COMPLETED (an explicit finish): its requests are refused from now on. Idempotent. */
+export async function finishRun(viewer: Viewer, id: string): Promise<Run> {
+  const run = await db.run.findUnique({ where: { id } });
+  if (!run) throw notFound("run", id);
+  assertCanWrite(viewer, run.organizationId, { what: "run", id, projectId: run.projectId });
+  if (run.status === "COMPLETED") return run;
+  if (run.status === "CANCELLED") throw conflict("cannot finish a cancelled run");
+  return db.$transaction(async (tx) => {
+    await revokeLeases(tx, "RUN_TOTAL", id, run.organizationId);
+    const next = await tx.run.update({ where: { id }, data: { status: "COMPLETED", endedAt: run.endedAt ?? new Date() } });
+    await writeAudit(tx, viewer, { organizationId: run.organizationId, action: "finishRun", targetType: "Run", targetId: id, before: { status: run.status }, after: { status: next.status } });
+    return next;
+  });
+}
+
+/**
+ * Changes a run's cap (audited; null removes it). An EXHAUSTED run whose new cap leaves room is
+ * ACTIVE again; a finished or cancelled one keeps its status.
+ */
+export async function setRunCap(viewer: Viewer, input: { runId: string; cap: string | null; bucket?: BalanceBucket | null }): Promise<Run> {
+  const run = await db.run.findUnique({ where: { id: input.runId }, include: { key: true } });
+  if (!run) throw notFound("run", input.runId);
+  assertCanWrite(viewer, run.organizationId, { what: "run", id: run.id, projectId: run.projectId });
+  const cap = parseCapInput(input.cap, "cap") ?? null;
+  const bucket = input.bucket ?? primaryBucket(run.key);
+  if (!run.key.allowedBuckets.includes(bucket)) throw badInput("bucket", "the run's key may not spend from that bucket");
+  // An exhausted run admits nothing, so its spend cannot move while the cap changes (read outside the transaction).
+  const spent = run.status === "EXHAUSTED" ? (await budgetStatus("RUN_TOTAL", run.id, bucket)).spent : 0n;
+  const next = await db.$transaction(async (tx) => {
+    const before = await capsOf(tx, run.id);
+    await setCap(tx, { organizationId: run.organizationId, scope: "RUN_TOTAL", scopeId: run.id, bucket }, cap);
+    const status = run.status === "EXHAUSTED" && (cap === null || spent < cap) ? "ACTIVE" : run.status;
+    const updated = status === run.status ? run : await tx.run.update({ where: { id: run.id }, data: { status, endedAt: null } });
+    await writeAudit(tx, viewer, {
+      organizationId: run.organizationId,
+      action: "setRunCap",
+      targetType: "Run",
+      targetId: run.id,
+      before: { status: run.status, caps: before },
+      after: { status, caps: await capsOf(tx, run.id) },
+    });
+    return updated;
+  });
+  return db.run.findUniqueOrThrow({ where: { id: next.id } });
+}
+
+/**
+ * A request was refused on the run's cap: the run is EXHAUSTED (its requests are refused until
+ * setRunCap makes room). Only an ACTIVE run changes; its leases are given back.
+ */
+export async function markRunExhausted(runId: string, organizationId: string): Promise<boolean> {
+  return db.$transaction(async (tx) => {
+    const changed = await tx.run.updateMany({ where: { id: runId, status: "ACTIVE" }, data: { status: "EXHAUSTED", endedAt: new Date() } });
+    if (changed.count === 0) return false;
+    await revokeLeases(tx, "RUN_TOTAL", runId, organizationId);
+    return true;
+  });
+}
+
+export interface RunTotals {
+  requests: number;
+  failures: number;
+  promptTokens: bigint;
+  completionTokens: bigint;
+  charges: Array<{ bucket: BalanceBucket; amount: bigint }>;
+  firstRequestAt: Date | null;
+  lastRequestAt: Date | null;
+}
+
+/** What a run did: its receipts and failed requests, summed per bucket. Two aggregate statements. */
+export async function runTotals(runId: string): Promise<RunTotals> {
+  const [receipts, failures] = await Promise.all([
+    db.receipt.groupBy({ by: ["bucket"], where: { runId }, _count: { _all: true }, _sum: { charge: true, promptTokens: true, completionTokens: true }, _min: { createdAt: true }, _max: { createdAt: true } }),
+    db.failedRequest.groupBy({ by: ["bucket"], where: { runId }, _count: { _all: true }, _sum: { charge: true, promptTokens: true, completionTokens: true }, _min: { createdAt: true }, _max: { createdAt: true } }),
+  ]);
+  const charges = new Map<BalanceBucket, bigint>();
+  let first: Date | null = null;
+  let last: Date | null = null;
+  let promptTokens = 0n;
+  let completionTokens = 0n;
+  for (const g of [...receipts, ...failures]) {
+    if (g.bucket) charges.set(g.bucket, (charges.get(g.bucket) ?? 0n) + (g._sum.charge ?? 0n));
+    promptTokens += BigInt(g._sum.promptTokens ?? 0);
+    completionTokens += BigInt(g._sum.completionTokens ?? 0);
+    if (g._min.createdAt && (!first || g._min.createdAt < first)) first = g._min.createdAt;
+    if (g._max.createdAt && (!last || g._max.createdAt > last)) last = g._max.createdAt;
+  }
+  return {
+    requests: receipts.reduce((n, g) => n + g._count._all, 0),
+    failures: failures.reduce((n, g) => n + g._count._all, 0),
+    promptTokens,
+    completionTokens,
+    charges: [...charges].map(([bucket, amount]) => ({ bucket, amount })).sort((a, b) => a.bucket.localeCompare(b.bucket)),
+    firstRequestAt: first,
+    lastRequestAt: last,
+  };
 }
 
 const RUN_PAUSE = {

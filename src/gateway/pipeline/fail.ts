@@ -6,6 +6,7 @@
 import type { ServerResponse } from "node:http";
 import { failedRequestCharge } from "../../accounting/charges.ts";
 import { primaryBucket } from "../../keys/index.ts";
+import { markRunExhausted } from "../../runs/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../../money.ts";
 import { sendError, type GatewayError } from "../errors.ts";
 import { clip } from "../../text.ts";
@@ -58,6 +59,10 @@ export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestSt
       });
       state.recorded = true;
       state.hold = null;
+      // Refused on the run's cap: the run is EXHAUSTED (off the request path).
+      if (error.failureCause === "BUDGET_EXCEEDED" && error.capScope === "RUN_TOTAL" && state.runId && state.key) {
+        markRunExhausted(state.runId, state.key.organizationId).catch((e: unknown) => deps.log("warn", "could not mark the run exhausted", { runId: state.runId, error: String(e) }));
+      }
       const key = state.key;
       if (key) {
         announce(deps, {

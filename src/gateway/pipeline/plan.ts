@@ -75,7 +75,7 @@ export async function plan(
     if (!run) throw runNotFound(runId);
     trail.runId = run.id;
     if (run.status === "PAUSED") throw runPaused();
-    if (run.status !== "ACTIVE") throw runCancelled();
+    if (run.status !== "ACTIVE") throw runCancelled(run.status);
   }
 
   // Worst case: every prompt token (with a margin for the upstream's tokenizer) and the output bound.

@@ -6,7 +6,30 @@ import { FailedRequestConnection, FailedRequestOrder } from "./failed-request.ts
 import { listOrder } from "./common.ts";
 import type { Prisma } from "../../generated/prisma/client.ts";
 import { BudgetStatusRef } from "./common.ts";
-import { RunMode, RunStatus } from "../../generated/prisma/enums.ts";
+import { BalanceBucket, RunMode, RunStatus } from "../../generated/prisma/enums.ts";
+import { db } from "../../db/index.ts";
+import { runTotals, type RunTotals } from "../../runs/index.ts";
+import { MoneyRef, moneyOf } from "./common.ts";
+import { LedgerEntryConnection } from "./ledger-entry.ts";
+
+const RunChargeRef = builder.objectRef<{ bucket: BalanceBucket; amount: bigint }>("RunCharge").implement({
+  fields: (t) => ({
+    bucket: t.field({ type: BalanceBucket, resolve: (c) => c.bucket }),
+    amount: t.field({ type: MoneyRef, resolve: (c) => moneyOf(c.amount, c.bucket) }),
+  }),
+});
+
+const RunTotalsRef = builder.objectRef<RunTotals>("RunTotals").implement({
+  fields: (t) => ({
+    requests: t.field({ type: "Count", description: "Receipts (answered requests).", resolve: (x) => x.requests }),
+    failures: t.field({ type: "Count", description: "Failed requests.", resolve: (x) => x.failures }),
+    promptTokens: t.field({ type: "Count", resolve: (x) => x.promptTokens }),
+    completionTokens: t.field({ type: "Count", resolve: (x) => x.completionTokens }),
+    charges: t.field({ type: [RunChargeRef], description: "Charged per bucket (receipts and charged failures); a bucket it never spent is absent.", resolve: (x) => x.charges }),
+    firstRequestAt: t.field({ type: "DateTime", nullable: true, resolve: (x) => x.firstRequestAt }),
+    lastRequestAt: t.field({ type: "DateTime", nullable: true, resolve: (x) => x.lastRequestAt }),
+  }),
+});
 
 export const RunRef = builder.prismaObject("Run", {
   interfaces: [NodeRef],
@@ -17,7 +40,39 @@ export const RunRef = builder.prismaObject("Run", {
     key: t.relation("key"),
     project: t.relation("project"),
     mode: t.field({ type: RunMode, resolve: (r) => r.mode }),
-    status: t.field({ type: RunStatus, resolve: (r) => r.status }),
+    status: t.field({
+      type: RunStatus,
+      description: "ACTIVE; PAUSED (pauseRun); COMPLETED (finishRun); EXHAUSTED (a request was refused on its cap: setRunCap makes room); CANCELLED (cancelRun). Only an ACTIVE run admits requests.",
+      resolve: (r) => r.status,
+    }),
+    model: t.exposeString("model", { nullable: true, description: "The catalog model it was started for (startRun), if given." }),
+    label: t.exposeString("label", { nullable: true }),
+    totals: t.field({
+      type: RunTotalsRef,
+      description: "What it did: requests, failures, tokens and charges per bucket, first and last request.",
+      resolve: (r) => runTotals(r.id),
+    }),
+    durationMs: t.float({
+      nullable: true,
+      description: "From its first request to its end (or its last request while it is open); null before any request.",
+      resolve: async (r) => {
+        const totals = await runTotals(r.id);
+        if (!totals.firstRequestAt) return null;
+        const end = r.endedAt ?? totals.lastRequestAt ?? totals.firstRequestAt;
+        return Math.max(0, end.getTime() - totals.firstRequestAt.getTime());
+      },
+    }),
+    ledgerEntries: t.prismaConnection(
+      {
+        type: "LedgerEntry",
+        cursor: "id",
+        description: "The charges of its requests (receipts and charged failures), newest first.",
+        resolve: (query, r) =>
+          db.ledgerEntry.findMany({ ...query, where: { organizationId: r.organizationId, OR: [{ receipt: { runId: r.id } }, { failedRequest: { runId: r.id } }] }, orderBy: { sequence: "desc" } }),
+        totalCount: (r) => db.ledgerEntry.count({ where: { organizationId: r.organizationId, OR: [{ receipt: { runId: r.id } }, { failedRequest: { runId: r.id } }] } }),
+      },
+      LedgerEntryConnection,
+    ),
     budgets: t.field({
       type: [BudgetStatusRef],
       description: "The run's total cap and spend in each bucket.",
