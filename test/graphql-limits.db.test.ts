@@ -167,7 +167,8 @@ describe("over graphql-ws", () => {
     const client = wsClient(server, admin);
     const before = listenerCount();
     const stops: Array<() => void> = [];
-    for (let i = 0; i < 100; i++) stops.push(client.subscribe({ query: "subscription { receiptCreated { id } }" }, { next: () => {}, error: () => {}, complete: () => {} }));
+    // Distinct documents (identical ones would share one execution, and one listener).
+    for (let i = 0; i < 100; i++) stops.push(client.subscribe({ query: `subscription { s${i}: receiptCreated { id } }` }, { next: () => {}, error: () => {}, complete: () => {} }));
     const deadline = Date.now() + 20_000;
     while (listenerCount() < before + 100 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     expect(listenerCount()).toBe(before + 100);
