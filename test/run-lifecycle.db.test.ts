@@ -81,6 +81,16 @@ describe("run lifecycle", () => {
     expect(run.ledgerEntries.edges.reduce((s: bigint, e: { node: { amount: { amount: string } } }) => s - BigInt(e.node.amount.amount.replace(".", "")), 0n)).toBe(charged);
     const ledger = await gqlOk(w.admin, `query($r: ID) { ledgerEntries(runId: $r) { totalCount } }`, { r: started.id });
     expect(ledger.ledgerEntries.totalCount).toBe(3);
+    // The exports take the run too: its receipts, and its charges in the ledger (the top-up is no run's).
+    const csv = async (kind: string) => {
+      const response = await fetch(`${server.url}/exports/${kind}.csv?runId=${started.id}`, { headers: { authorization: `Bearer ${w.admin}` } });
+      expect(response.status).toBe(200);
+      return (await response.text()).trim().split(/\r?\n/).slice(1);
+    };
+    const receiptRows = await csv("receipts");
+    expect(receiptRows).toHaveLength(3);
+    for (const r of receipts) expect(receiptRows.some((row) => row.includes(r.id))).toBe(true);
+    expect(await csv("ledger")).toHaveLength(3);
     const listed = await gqlOk(w.admin, `query($k: ID) { runs(filter: { keyId: $k, status: ACTIVE }) { totalCount edges { node { id } } } }`, { k: w.key.id });
     expect(listed.runs).toEqual({ totalCount: 1, edges: [{ node: { id: started.id } }] });
 

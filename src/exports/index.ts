@@ -18,12 +18,14 @@ export interface ExportFilter {
   keyId?: string;
   projectId?: string;
   routeId?: string;
+  /** Requests sent with this run id (x-run-id), and their charges. */
+  runId?: string;
   model?: string;
   /** Platform tokens only (others always export their own organization). */
   organizationId?: string;
 }
 
-const FILTER_PARAMS = ["from", "to", "keyId", "projectId", "routeId", "model", "organizationId"] as const;
+const FILTER_PARAMS = ["from", "to", "keyId", "projectId", "routeId", "runId", "model", "organizationId"] as const;
 // ISO 8601 date or date-time; a date-time without an offset is taken as UTC.
 const ISO_8601 = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(Z|[+-]\d{2}(?::?\d{2})?)?)?$/i;
 
@@ -113,6 +115,7 @@ function requestConditions(viewer: Viewer, filter: ExportFilter): { conditions: 
   if (s.projectId !== undefined) add((n) => `t."projectId" = ${n}`, s.projectId);
   if (filter.keyId) add((n) => `t."keyId" = ${n}`, filter.keyId);
   if (filter.routeId) add((n) => `t."routeId" = ${n}`, filter.routeId);
+  if (filter.runId) add((n) => `t."runId" = ${n}`, filter.runId);
   if (filter.model) add((n) => `t."requestedModel" = ${n}`, filter.model);
   if (filter.from) add((n) => `t."createdAt" >= ${n}::timestamptz AT TIME ZONE 'UTC'`, filter.from.toISOString());
   if (filter.to) add((n) => `t."createdAt" < ${n}::timestamptz AT TIME ZONE 'UTC'`, filter.to.toISOString());
@@ -203,6 +206,7 @@ const SPECS: Record<ExportKind, ExportSpec> = {
       if (s.projectId !== undefined) add((n) => `COALESCE(r."projectId", f."projectId") = ${n}`, s.projectId);
       if (filter.keyId) add((n) => `COALESCE(r."keyId", f."keyId") = ${n}`, filter.keyId);
       if (filter.routeId) add((n) => `COALESCE(r."routeId", f."routeId") = ${n}`, filter.routeId);
+      if (filter.runId) add((n) => `COALESCE(r."runId", f."runId") = ${n}`, filter.runId);
       if (filter.model) add((n) => `COALESCE(r."requestedModel", f."requestedModel") = ${n}`, filter.model);
       if (filter.from) add((n) => `t."createdAt" >= ${n}::timestamptz AT TIME ZONE 'UTC'`, filter.from.toISOString());
       if (filter.to) add((n) => `t."createdAt" < ${n}::timestamptz AT TIME ZONE 'UTC'`, filter.to.toISOString());
