@@ -42,9 +42,9 @@ async function runWorld() {
   await f.route(w.viewer, w.org.id, model, [{ name: "main", baseUrl: fake.url, upstreamModel: `${model}-up`, price: ["1", "10"] }]);
   fake.set(`${model}-up`, { type: "ok", usage: { prompt_tokens: 10, completion_tokens: 10 } });
   const admin = await token("ORG_ADMIN", w.org.id);
-  const send = (runId: string) =>
+  const send = (runId: string, maxTokens = 10) =>
     new OpenAI({ apiKey: w.secret, baseURL: `${server.url}/v1`, maxRetries: 0, timeout: 60_000, defaultHeaders: { "x-run-id": runId } }).chat.completions
-      .create({ model, messages: [{ role: "user", content: "step" }], max_tokens: 10 })
+      .create({ model, messages: [{ role: "user", content: "step" }], max_tokens: maxTokens })
       .then(
         () => ({ ok: true as const }),
         (e: APIError) => ({ ok: false as const, status: e.status, code: e.code, message: e.message }),
@@ -115,12 +115,17 @@ describe("run lifecycle", () => {
     const w = await runWorld();
     // Room for two requests of 110 µ (a third one's worst case does not fit).
     const started = (await gqlOk(w.admin, `mutation($k: ID!) { startRun(input: { keyId: $k, mode: QUICK, cap: "0.0003" }) { id } }`, { k: w.key.id })).startRun;
+    const status = async () => (await database.prisma.run.findUniqueOrThrow({ where: { id: started.id } })).status;
+    // A request whose worst case is above the whole cap (1,000 output tokens: 10,000 µ) could never
+    // fit this run: refused on the cap, and the run goes on.
+    expect(await w.send(started.id, 1_000)).toMatchObject({ ok: false, status: 402, code: "budget_exceeded" });
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await status()).toBe("ACTIVE");
     const outcomes = [];
     for (let i = 0; i < 4; i++) outcomes.push(await w.send(started.id));
     const firstRefusal = outcomes.findIndex((o) => !o.ok);
     expect(firstRefusal).toBeGreaterThan(0);
     expect(outcomes[firstRefusal]).toMatchObject({ status: 402, code: "budget_exceeded" });
-    const status = async () => (await database.prisma.run.findUniqueOrThrow({ where: { id: started.id } })).status;
     await until(async () => (await status()) === "EXHAUSTED");
     const later = await w.send(started.id);
     expect(later).toMatchObject({ ok: false, status: 402, code: "run_cancelled" });

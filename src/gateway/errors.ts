@@ -32,6 +32,8 @@ export class GatewayError extends Error {
   /** What the upstream itself said (redacted): stored for organization admins, never sent to the client. */
   readonly upstreamMessage: string | null;
   readonly headers: Record<string, string>;
+  /** A cap refusal: the worst case (micro-units) that did not fit, when admission knew it. */
+  readonly refusedAmount: bigint | null;
 
   constructor(init: {
     status: number;
@@ -45,6 +47,7 @@ export class GatewayError extends Error {
     rawBody?: Buffer | null;
     upstreamMessage?: string | null;
     headers?: Record<string, string>;
+    refusedAmount?: bigint | null;
   }) {
     // Echoed to the client and stored: well-formed whatever client text it quotes.
     super(wellFormed(init.message));
@@ -59,6 +62,7 @@ export class GatewayError extends Error {
     this.rawBody = init.rawBody ?? null;
     this.upstreamMessage = init.upstreamMessage == null ? null : wellFormed(init.upstreamMessage);
     this.headers = init.headers ?? {};
+    this.refusedAmount = init.refusedAmount ?? null;
   }
 
   body(): OpenAIErrorBody {
@@ -176,8 +180,9 @@ const SCOPE_TEXT: Record<CapScope, string> = {
   CHANNEL_DAILY: "the daily cap of every channel left to try",
 };
 
-export const budgetExceeded = (scope: CapScope) =>
+export const budgetExceeded = (scope: CapScope, refusedAmount?: bigint) =>
   new GatewayError({
+    refusedAmount,
     status: 402,
     type: "insufficient_quota",
     code: "budget_exceeded",

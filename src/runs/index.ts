@@ -6,7 +6,7 @@ import type { Run } from "../generated/prisma/client.ts";
 import type { BalanceBucket, FailedChargePolicy, RunMode, Settlement } from "../generated/prisma/enums.ts";
 import { assertCanWrite, canRead, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
-import { budgetStatus, capsOf, parseCapInput, setCap, type BudgetStatus } from "../budgets/index.ts";
+import { budgetStatus, capAmount, capsOf, parseCapInput, setCap, type BudgetStatus } from "../budgets/index.ts";
 import { badInput, conflict, forbidden, notFound } from "../errors.ts";
 import { primaryBucket } from "../keys/index.ts";
 import { planRoute, type PlannedChannel } from "../routing/index.ts";
@@ -127,9 +127,14 @@ export async function setRunCap(viewer: Viewer, input: { runId: string; cap: str
 
 /**
  * A request was refused on the run's cap: the run is EXHAUSTED (its requests are refused until
- * setRunCap makes room). Only an ACTIVE run changes; its leases are given back.
+ * setRunCap makes room). Only an ACTIVE run changes; its leases are given back. A request whose
+ * worst case is above the whole cap could never fit the run: it is refused, the run goes on.
  */
-export async function markRunExhausted(runId: string, organizationId: string): Promise<boolean> {
+export async function markRunExhausted(runId: string, organizationId: string, bucket: BalanceBucket | null, refusedAmount: bigint | null): Promise<boolean> {
+  if (bucket && refusedAmount !== null) {
+    const cap = await capAmount("RUN_TOTAL", runId, bucket);
+    if (cap !== null && refusedAmount > cap) return false;
+  }
   return db.$transaction(async (tx) => {
     const changed = await tx.run.updateMany({ where: { id: runId, status: "ACTIVE" }, data: { status: "EXHAUSTED", endedAt: new Date() } });
     if (changed.count === 0) return false;

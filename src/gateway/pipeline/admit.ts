@@ -43,5 +43,5 @@ export async function admit(
   if (result.refusal === "INSUFFICIENT_BALANCE") throw insufficientBalance(channel.bucket);
   if (result.refusal === "RUN_CANCELLED") throw runCancelled();
   if (result.refusal === "RUN_PAUSED") throw runPaused();
-  throw budgetExceeded(result.refusal);
+  throw budgetExceeded(result.refusal, worst);
 }
