@@ -31,6 +31,14 @@ const RunTotalsRef = builder.objectRef<RunTotals>("RunTotals").implement({
   }),
 });
 
+/** One read of a run's totals per parent row and operation (totals and durationMs both need them). */
+const totalsByRow = new WeakMap<object, Promise<RunTotals>>();
+const totalsOf = (row: { id: string }): Promise<RunTotals> => {
+  let hit = totalsByRow.get(row);
+  if (!hit) totalsByRow.set(row, (hit = runTotals(row.id)));
+  return hit;
+};
+
 export const RunRef = builder.prismaObject("Run", {
   interfaces: [NodeRef],
   description: "An agent or research run with its own cap; requests sent with x-run-id count against it.",
@@ -50,13 +58,13 @@ export const RunRef = builder.prismaObject("Run", {
     totals: t.field({
       type: RunTotalsRef,
       description: "What it did: requests, failures, tokens and charges per bucket, first and last request.",
-      resolve: (r) => runTotals(r.id),
+      resolve: (r) => totalsOf(r),
     }),
     durationMs: t.float({
       nullable: true,
       description: "From its first request to its end (or its last request while it is open); null before any request.",
       resolve: async (r) => {
-        const totals = await runTotals(r.id);
+        const totals = await totalsOf(r);
         if (!totals.firstRequestAt) return null;
         const end = r.endedAt ?? totals.lastRequestAt ?? totals.firstRequestAt;
         return Math.max(0, end.getTime() - totals.firstRequestAt.getTime());
