@@ -259,25 +259,39 @@ function phaseQuery(
   return { text: `SELECT ${select} FROM ${phase.from}${where} ORDER BY ${order}${limit ? ` LIMIT ${limit}` : ""}`, params };
 }
 
-/** A phase's rows, a batch at a time: a cursor's reads on PostgreSQL, keyset pages on PGlite. */
-async function* phaseBatches(database: Database, spec: ExportSpec, phase: Phase): AsyncGenerator<RowValues[], void, undefined> {
+/**
+ * A phase's rows as CSV text, one string per batch: a cursor's reads on PostgreSQL, keyset pages
+ * on PGlite. A PGlite page is turned into its strings as soon as it arrives, before the first one
+ * is handed on: rows held across the consumer's waits for the socket would survive V8's scavenges
+ * and be promoted to the old generation, which grows by tens of MB before it is collected.
+ */
+async function* phaseCsv(
+  database: Database,
+  spec: ExportSpec,
+  phase: Phase,
+  toCsv: (rows: RowValues[]) => string,
+): AsyncGenerator<string, void, undefined> {
   if (database.streamRowBatches) {
     const q = phaseQuery(spec, phase, null, null, false);
-    yield* database.streamRowBatches(q.text, q.params);
+    for await (const batch of database.streamRowBatches(q.text, q.params)) yield toCsv(batch);
     return;
   }
   const aliases = spec.select.map((_e, i) => `c${i}`);
   let after: Array<string | null> | null = null;
   for (;;) {
     const q = phaseQuery(spec, phase, after, EXPORT_PAGE_ROWS, true);
-    const page = await database.sql.query<RawRow>(q.text, q.params);
-    // The page in slices the size of a cursor read, so each CSV string stays as small as PostgreSQL's.
+    let page: RawRow[] | null = await database.sql.query<RawRow>(q.text, q.params);
+    const full = page.length === EXPORT_PAGE_ROWS;
+    const last = page[page.length - 1];
+    if (full && last) after = phase.keys.map((_k, i) => last[`k${i}`] ?? null);
+    // Slices the size of a cursor read, so each CSV string stays as small as PostgreSQL's.
+    const texts: string[] = [];
     for (let i = 0; i < page.length; i += PAGE_SLICE_ROWS) {
-      yield page.slice(i, i + PAGE_SLICE_ROWS).map((row) => aliases.map((a) => row[a] ?? null));
+      texts.push(toCsv(page.slice(i, i + PAGE_SLICE_ROWS).map((row) => aliases.map((a) => row[a] ?? null))));
     }
-    if (page.length < EXPORT_PAGE_ROWS) return;
-    const last = page[page.length - 1]!;
-    after = phase.keys.map((_k, i) => last[`k${i}`] ?? null);
+    page = null;
+    yield* texts;
+    if (!full) return;
   }
 }
 
@@ -332,8 +346,7 @@ export function exportCsv(viewer: Viewer, kind: ExportKind, filter: ExportFilter
     }
     let pending: string | null = header;
     for (const phase of phases) {
-      for await (const batch of phaseBatches(database, spec, phase)) {
-        const text = toCsv(batch);
+      for await (const text of phaseCsv(database, spec, phase, toCsv)) {
         if (pending !== null) {
           yield pending + text;
           pending = null;
