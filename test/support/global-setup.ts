@@ -2,6 +2,7 @@
 // migrated template database, and a migrated PGlite data-dir dump. Each test file clones one of
 // them instead of initialising and migrating a database of its own.
 import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
@@ -23,7 +24,9 @@ declare module "vitest" {
 export const TEMPLATE_DB = "tokengate_template";
 
 /** A throw-away PostgreSQL server. Tests turn durability off for speed; benchmarks keep it on. */
-export async function startEmbeddedPostgres(options: { durable?: boolean } = {}): Promise<{ url: string; stop: () => Promise<void> }> {
+export async function startEmbeddedPostgres(
+  options: { durable?: boolean } = {},
+): Promise<{ url: string; stop: () => Promise<void>; postmasterPid: () => number | undefined }> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "tokengate-pg-"));
   const port = await freePort();
   const isRoot = process.getuid?.() === 0;
@@ -47,6 +50,14 @@ export async function startEmbeddedPostgres(options: { durable?: boolean } = {})
   await server.start();
   return {
     url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`,
+    // The first line of postmaster.pid: the benchmark counts the server's CPU from its process tree.
+    postmasterPid: () => {
+      try {
+        return Number(readFileSync(path.join(dir, "data", "postmaster.pid"), "utf8").split("\n")[0]) || undefined;
+      } catch {
+        return undefined;
+      }
+    },
     stop: async () => {
       await server.stop();
       await rm(dir, { recursive: true, force: true });
