@@ -1,6 +1,6 @@
 // Every admin mutation leaves an AuditEntry: who, what, on which target, before and after.
 import type { Prisma } from "../generated/prisma/client.ts";
-import type { Viewer } from "../auth/index.ts";
+import type { Viewer } from "../auth/viewer.ts";
 
 type AuditClient = Pick<Prisma.TransactionClient, "auditEntry">;
 
