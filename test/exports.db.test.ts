@@ -225,6 +225,32 @@ describe("CSV exports", () => {
     expect(await charges("failed-requests.csv", { from: "2026-03-01T12:00:00.001Z" })).toEqual([]);
   });
 
+  it("export the audit trail: an organization's own entries with their before / after JSON, refused to project viewers", async () => {
+    const own = await exportCsv("audit.csv", t.adminA!);
+    expect(own.status).toBe(200);
+    expect(own.rows.length).toBeGreaterThan(0);
+    expect(new Set(own.rows.map((r) => r.organizationId))).toEqual(new Set([a.org.id]));
+    // Every row is one GraphQL shows, with the same action, target and JSON.
+    const stored = await database.prisma.auditEntry.findMany({ where: { organizationId: a.org.id }, orderBy: [{ createdAt: "asc" }, { id: "asc" }] });
+    expect(own.rows.map((r) => [r.id, r.action, r.targetType, r.targetId])).toEqual(stored.map((e) => [e.id, e.action, e.targetType, e.targetId]));
+    const created = own.rows.find((r) => r.action === "createProject" && r.targetId === a.key2.projectId);
+    expect(created).toBeDefined();
+    expect(JSON.parse(created!.after!)).toMatchObject({ id: a.key2.projectId });
+    expect(created!.before).toBe("");
+    // A window: nothing in 2020.
+    expect((await exportCsv("audit.csv", t.adminA!, { to: "2020-01-01" })).rows).toEqual([]);
+    // The other organization's entries are not in it; platform tokens see both.
+    const all = await exportCsv("audit.csv", t.platform!);
+    expect(all.rows.some((r) => r.organizationId === b.org.id)).toBe(true);
+    expect(all.rows.some((r) => r.organizationId === a.org.id)).toBe(true);
+    const viewer = await exportCsv("audit.csv", t.projectViewerA2!);
+    expect(viewer.status).toBe(403);
+    expect(viewer.json?.error.code).toBe("FORBIDDEN");
+    const notAFilter = await exportCsv("audit.csv", t.adminA!, { keyId: a.key.id });
+    expect(notAFilter.status).toBe(400);
+    expect(notAFilter.json?.error).toMatchObject({ code: "BAD_USER_INPUT", param: "keyId" });
+  });
+
   it("refuse bad parameters with 400 and the parameter's name, and unknown paths with 404", async () => {
     const cases: Array<[Record<string, string>, string]> = [
       [{ from: "yesterday" }, "from"],

@@ -1,4 +1,4 @@
-// GET /exports/{receipts,ledger,failed-requests}.csv: the admin bearer token, GraphQL's tenancy,
+// GET /exports/{receipts,ledger,failed-requests,audit}.csv: the admin bearer token, GraphQL's tenancy,
 // RFC 4180 CSV (CRLF records, fields with a comma, quote or line break quoted, quotes doubled)
 // streamed with backpressure from the database to the socket, one string per database batch.
 import type http from "node:http";
