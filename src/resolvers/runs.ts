@@ -6,8 +6,43 @@ import { RunConnection, RunOrder } from "../schema/types/run.ts";
 import { cancelRun, changeRunPause, estimateRun, finishRun, setRunCap, startRun, type RunEstimate } from "../runs/index.ts";
 import { notFound } from "../errors.ts";
 import { BalanceBucket, FailedChargePolicy, RunMode, RunStatus, Settlement } from "../generated/prisma/enums.ts";
-import { BudgetStatusRef, MoneyRef, moneyOrNull } from "../schema/types/common.ts";
+import { BudgetStatusRef, MoneyRef, moneyOf, moneyOrNull } from "../schema/types/common.ts";
+import type { EstimatePoint as RunEstimatePoint } from "../runs/prediction.ts";
 import { viewerOf } from "./viewer.ts";
+
+const RunEstimateBasis = builder.enumType("RunEstimateBasis", {
+  description: "Where an estimate's calls, tokens and cost come from.",
+  values: {
+    HISTORY: { description: "The project's latest finished (COMPLETED) runs of this mode started for this model (at least 5)." },
+    HISTORY_ANY_MODEL: { description: "Fewer than 5 of those: the project's latest finished runs of this mode, whatever their model (at least 5)." },
+    PROFILE: { description: "Too little history: the mode's built-in profile (calls and tokens per call)." },
+  } as const,
+});
+
+const RunSecondsBasis = builder.enumType("RunSecondsBasis", {
+  description: "Where an estimate's runtime comes from.",
+  values: {
+    HISTORY: { description: "The sampled runs' wall time, from their first request's start to their last answer." },
+    ROUTE_LATENCY: { description: "The profile's calls × the p50 latency of the channel's recent receipts (at least 5 in the last 7 days)." },
+    PROFILE: { description: "The profile's calls × its fixed seconds per call." },
+  } as const,
+});
+
+const RunEstimatePointRef = builder.objectRef<RunEstimatePoint & { bucket: BalanceBucket | null }>("RunEstimatePoint").implement({
+  description: "One percentile of a run. Each number is its own percentile over the sampled runs (an observed run's value); for PROFILE, the profile's low / typical / high calls.",
+  fields: (t) => ({
+    calls: t.exposeInt("calls", { description: "Answered model calls." }),
+    promptTokens: t.field({ type: "Count", resolve: (p) => p.promptTokens }),
+    completionTokens: t.field({ type: "Count", resolve: (p) => p.completionTokens }),
+    seconds: t.float({ description: "Wall time, to the millisecond.", resolve: (p) => p.milliseconds / 1000 }),
+    cost: t.field({
+      type: MoneyRef,
+      nullable: true,
+      description: "At the current price of the channel the key would use (not what past runs were charged); null without a usable channel.",
+      resolve: (p) => (p.bucket ? moneyOf(p.cost, p.bucket) : null),
+    }),
+  }),
+});
 
 const RunEstimateRef = builder.objectRef<RunEstimate>("RunEstimate").implement({
   description: "The pre-flight check for a run: what it will likely cost, which balance and route pay, and whether the key, balance and caps allow it.",
@@ -25,13 +60,27 @@ const RunEstimateRef = builder.objectRef<RunEstimate>("RunEstimate").implement({
       channelName: t.exposeString("channelName", { nullable: true, description: "null for project viewer tokens (they cannot read routes)." }),
       upstreamModel: t.exposeString("upstreamModel", { nullable: true }),
       backupAvailable: t.exposeBoolean("backupAvailable"),
-      estimatedCallsMin: t.exposeInt("estimatedCallsMin"),
-      estimatedCallsMax: t.exposeInt("estimatedCallsMax"),
-      estimatedSecondsMin: t.exposeInt("estimatedSecondsMin"),
-      estimatedSecondsMax: t.exposeInt("estimatedSecondsMax"),
+      estimatedCallsMin: t.exposeInt("estimatedCallsMin", { description: "p10.calls." }),
+      estimatedCallsMax: t.exposeInt("estimatedCallsMax", { description: "p90.calls." }),
+      estimatedSecondsMin: t.exposeInt("estimatedSecondsMin", { description: "p10.seconds rounded down." }),
+      estimatedSecondsMax: t.exposeInt("estimatedSecondsMax", { description: "p90.seconds rounded up." }),
       costMin: inBucket((e) => e.costMin),
       costMax: inBucket((e) => e.costMax),
-      minimumRecommendedBalance: inBucket((e) => e.minimumRecommendedBalance),
+      minimumRecommendedBalance: t.field({
+        type: MoneyRef,
+        nullable: true,
+        description: "costMax plus one more call as dear as the dearest one the estimate knows (the profile's call, or the sampled runs' dearest at the current price).",
+        resolve: (e) => (e.bucket ? moneyOrNull(e.minimumRecommendedBalance, e.bucket) : null),
+      }),
+      basis: t.field({ type: RunEstimateBasis, resolve: (e) => e.basis }),
+      basisRunCount: t.exposeInt("basisRunCount", { description: "The finished runs the estimate learned from (0 for PROFILE)." }),
+      secondsBasis: t.field({ type: RunSecondsBasis, resolve: (e) => e.secondsBasis }),
+      latencySampleCount: t.exposeInt("latencySampleCount", { description: "The receipts the per-call latency came from (0 unless secondsBasis is ROUTE_LATENCY)." }),
+      secondsPerCall: t.float({ nullable: true, description: "Seconds per call used with the profile's calls; null when the runtime is the sampled runs' own.", resolve: (e) => e.secondsPerCall }),
+      p10: t.field({ type: RunEstimatePointRef, resolve: (e) => ({ ...e.p10, bucket: e.bucket }) }),
+      p50: t.field({ type: RunEstimatePointRef, resolve: (e) => ({ ...e.p50, bucket: e.bucket }) }),
+      p90: t.field({ type: RunEstimatePointRef, resolve: (e) => ({ ...e.p90, bucket: e.bucket }) }),
+      warnings: t.exposeStringList("warnings", { description: "What the user should know that does not refuse the run, e.g. an available balance below minimumRecommendedBalance (empty when none)." }),
       available: t.field({
         type: MoneyRef,
         nullable: true,

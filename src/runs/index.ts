@@ -10,7 +10,8 @@ import { budgetStatus, capAmount, capsOf, parseCapInput, setCap, type BudgetStat
 import { badInput, conflict, forbidden, notFound } from "../errors.ts";
 import { primaryBucket } from "../keys/index.ts";
 import { planRoute, type PlannedChannel } from "../routing/index.ts";
-import { requestCharge } from "../money.ts";
+import { BUCKET_CURRENCY, formatMoney } from "../money.ts";
+import { predictRun, type RunPrediction } from "./prediction.ts";
 import { walletBucket } from "../accounting/index.ts";
 
 /** Bounds of startRun's free text. */
@@ -217,14 +218,11 @@ export async function changeRunPause(viewer: Viewer, id: string, action: keyof t
   });
 }
 
-/** Typical shape of a run per mode: model calls and tokens per call (documented in the README). */
-export const RUN_PROFILES: Record<RunMode, { calls: [number, number]; promptTokens: number; completionTokens: number; secondsPerCall: number }> = {
-  QUICK: { calls: [2, 4], promptTokens: 2_000, completionTokens: 800, secondsPerCall: 8 },
-  STANDARD: { calls: [5, 10], promptTokens: 4_000, completionTokens: 1_500, secondsPerCall: 15 },
-  DEEP: { calls: [12, 30], promptTokens: 8_000, completionTokens: 3_000, secondsPerCall: 25 },
-};
+// The built-in profiles and the history / latency rules live in prediction.ts.
+export { RUN_PROFILES } from "./prediction.ts";
 
-export interface RunEstimate {
+/** The prediction's basis, its percentiles and runtime rule (prediction.ts), and the pre-flight verdict. */
+export interface RunEstimate extends Omit<RunPrediction, "dearestCall"> {
   keyId: string;
   model: string;
   mode: RunMode;
@@ -241,12 +239,14 @@ export interface RunEstimate {
   estimatedSecondsMax: number;
   costMin: bigint;
   costMax: bigint;
-  /** costMax plus one more worst-case call: what the wallet should hold before starting. */
+  /** costMax plus one more call as dear as the dearest the estimate knows (profile or sampled runs): what the wallet should hold before starting. */
   minimumRecommendedBalance: bigint;
   available: bigint | null;
   keyDaily: BudgetStatus | null;
   retryCeiling: number;
   failedChargePolicy: FailedChargePolicy;
+  /** Things the user should know that do not refuse the run (e.g. a balance below minimumRecommendedBalance). */
+  warnings: string[];
 }
 
 function usableChannel(channels: PlannedChannel[], key: { allowedBuckets: BalanceBucket[]; lowerCostRoutes: boolean; backupRoutes: boolean }) {
@@ -262,7 +262,6 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
   const key = await db.apiKey.findUnique({ where: { id: input.keyId } });
   if (!key) throw notFound("API key", input.keyId);
   if (!canRead(viewer, key.organizationId, key.projectId)) throw notFound("API key", input.keyId);
-  const profile = RUN_PROFILES[input.mode];
   const reasons: string[] = [];
   if (key.status !== "ACTIVE") reasons.push(`key is ${key.status.toLowerCase()}`);
   if (key.allowedModels.length > 0 && !key.allowedModels.includes(input.model)) reasons.push(`key may not call ${input.model}`);
@@ -273,10 +272,10 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
   if (plan && !first) reasons.push("no channel of this route is usable with this key's buckets and route settings");
   if (first && !first.price) reasons.push("the channel has no price: requests would be refused");
 
-  const perCall = first?.price ? requestCharge(first.price, profile.promptTokens, profile.completionTokens) : 0n;
-  const costMin = perCall * BigInt(profile.calls[0]);
-  const costMax = perCall * BigInt(profile.calls[1]);
-  const minimumRecommendedBalance = costMax + perCall;
+  const prediction = await predictRun({ projectId: key.projectId, model: input.model, mode: input.mode, channel: first });
+  const costMin = prediction.p10.cost;
+  const costMax = prediction.p90.cost;
+  const minimumRecommendedBalance = costMax + prediction.dearestCall;
   let available: bigint | null = null;
   let keyDaily: BudgetStatus | null = null;
   if (first) {
@@ -285,6 +284,11 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     if (available < costMin) reasons.push("the balance does not cover even the smallest estimate");
     keyDaily = await budgetStatus("KEY_DAILY", key.id, first.bucket);
     if (keyDaily.remaining !== null && keyDaily.remaining < costMin) reasons.push("the key's daily cap leaves less than the smallest estimate");
+  }
+  // Below the recommended minimum but above the smallest estimate: the run may start, the user is told.
+  const warnings: string[] = [];
+  if (first && available !== null && available >= costMin && available < minimumRecommendedBalance) {
+    warnings.push(`the available balance is below the minimum recommended balance of ${formatMoney(minimumRecommendedBalance)} ${BUCKET_CURRENCY[first.bucket]}`);
   }
   // A project viewer sees its key's estimate, not the organization's wallet balance or channel names
   // (it cannot read the wallet or the routes either): those fields are null for it.
@@ -300,10 +304,11 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     channelName: orgReader ? (first?.channel.name ?? null) : null,
     upstreamModel: first?.channel.upstreamModel ?? null,
     backupAvailable: usable.length > 1,
-    estimatedCallsMin: profile.calls[0],
-    estimatedCallsMax: profile.calls[1],
-    estimatedSecondsMin: profile.calls[0] * profile.secondsPerCall,
-    estimatedSecondsMax: profile.calls[1] * profile.secondsPerCall,
+    // min / max are the p10 / p90 (whole seconds rounded outwards, so the range holds the exact one).
+    estimatedCallsMin: prediction.p10.calls,
+    estimatedCallsMax: prediction.p90.calls,
+    estimatedSecondsMin: Math.floor(prediction.p10.milliseconds / 1000),
+    estimatedSecondsMax: Math.ceil(prediction.p90.milliseconds / 1000),
     costMin,
     costMax,
     minimumRecommendedBalance,
@@ -311,5 +316,14 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     keyDaily,
     retryCeiling: key.retryCeiling,
     failedChargePolicy: key.failedChargePolicy,
+    basis: prediction.basis,
+    basisRunCount: prediction.basisRunCount,
+    secondsBasis: prediction.secondsBasis,
+    latencySampleCount: prediction.latencySampleCount,
+    secondsPerCall: prediction.secondsPerCall,
+    p10: prediction.p10,
+    p50: prediction.p50,
+    p90: prediction.p90,
+    warnings,
   };
 }
