@@ -229,7 +229,9 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
     page.once("dialog", (dialog) => void dialog.accept());
     await row.locator('button[data-action="revokeKey"]').click();
     await containsSoon(row.locator(".status"), "REVOKED");
-    expect(await row.locator("button").count()).toBe(0);
+    // No state change is offered for a revoked key (its Details view stays).
+    expect(await row.locator('button:not([data-action="details"])').count()).toBe(0);
+    expect(await row.locator('button[data-action="details"]').count()).toBe(1);
     await expect(secretClient(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "gone" }], max_tokens: 40 })).rejects.toMatchObject({
       status: 401,
       code: "key_revoked",

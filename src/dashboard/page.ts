@@ -47,6 +47,27 @@ export const DASHBOARD_HTML = `<!doctype html>
     </div>
     <table id="keys"><thead><tr><th>Key</th><th>Project</th><th>Status</th><th class="num">Daily cap</th><th class="num">Per request</th><th class="num">Spend today</th><th class="num">Remaining today</th><th>Caps used</th><th></th></tr></thead><tbody></tbody></table>
   </section>
+  <section id="key-panel" class="panel" hidden></section>
+  <section id="projects-section"><h2>Projects and their caps</h2><div id="projects-view"></div></section>
+  <section id="runs-section"><h2>Runs</h2>
+    <form id="preflight" class="controls">
+      <label>Key <select id="pf-key"></select></label>
+      <label>Model <select id="pf-model"></select></label>
+      <label>Mode <select id="pf-mode"><option value="QUICK">quick</option><option value="STANDARD" selected>standard</option><option value="DEEP">deep</option></select></label>
+      <button id="pf-estimate" type="button">Pre-flight</button>
+      <label>Cap <input id="pf-cap" inputmode="decimal" maxlength="30" placeholder="no cap" size="8"></label>
+      <label>Label <input id="pf-label" maxlength="200" placeholder="the agent's task"></label>
+      <button id="pf-start" type="button">Start run</button>
+    </form>
+    <div id="pf-result"></div>
+    <p id="pf-started" class="muted"></p>
+    <table id="runs"><thead><tr><th>Run</th><th>Key</th><th>Model · mode</th><th>Status</th><th class="num">Requests</th><th class="num">Failed</th><th class="num">Charged</th><th class="num">Cap left</th><th class="num">Duration</th><th></th></tr></thead><tbody></tbody></table>
+    <div id="run-detail" hidden></div>
+  </section>
+  <div class="columns">
+    <section id="ledger-section"><h2>Ledger <button id="ledger-export" type="button" class="export">Export CSV</button></h2><div id="ledger-view"></div></section>
+    <section id="audit-section"><h2>Audit trail <button id="audit-export" type="button" class="export">Export CSV</button></h2><div id="audit-view"></div></section>
+  </div>
   <div class="columns">
     <section id="health-section"><h2>Route health</h2>
       <table id="health"><thead><tr><th>Route</th><th>Channel</th><th>Role</th><th>State</th><th class="num">Requests</th><th class="num">Success</th><th class="num">p50</th><th class="num">p95</th><th class="num">Spend today</th></tr></thead><tbody></tbody></table>

@@ -57,7 +57,7 @@ const ASSETS = new Map<string, Asset>([
   [`${UPLOT_ASSETS}/uPlot.min.css`, { file: path.join(uplotDir, "uPlot.min.css"), immutable: true }],
   [`${GRAPHQL_WS_ASSETS}/graphql-ws.min.js`, { file: path.join(graphqlWsDir, "graphql-ws.min.js"), immutable: true }],
   // Our own files change with the code: revalidated on every load (ETag).
-  ...["dashboard.css", "dashboard.js", "api.js", "dom.js", "chart.js", "playground.js", "queries.js", "graphiql.js", "favicon.svg"].map(
+  ...["dashboard.css", "dashboard.js", "api.js", "dom.js", "chart.js", "playground.js", "queries.js", "views.js", "view-queries.js", "graphiql.js", "favicon.svg"].map(
     (name): [string, Asset] => [`${OWN_ASSETS}/${name}`, { file: path.join(publicDir, name), immutable: false }],
   ),
 ]);

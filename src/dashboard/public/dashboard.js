@@ -9,6 +9,7 @@ import { adoptFragmentToken, getToken, gql, liveClient, setToken, subscribe } fr
 import { drawSpendChart, rangeFor } from "./chart.js";
 import { setUpPlayground } from "./playground.js";
 import { KEY_FIELDS, KEY_PAGE_SIZE, KEYS_PAGE, LIVE, MONEY, OVERVIEW } from "./queries.js";
+import { loadAudit, loadLedger, loadProjects, loadRuns, noteSpendTick, openKeyPanel, setUpExports, setUpRuns } from "./views.js";
 
 /** What the page knows, by id, for labels (spend groups and alerts carry ids). */
 const names = { keys: new Map(), projects: new Map(), routes: new Map() };
@@ -80,6 +81,7 @@ function keyRow(key) {
     h(
       "td",
       { className: "actions" },
+      h("button", { type: "button", dataset: { action: "details" }, onclick: () => openKeyPanel(key.id).catch(reportError) }, "Details"),
       key.status === "ACTIVE" && action("Pause", "pauseKey"),
       key.status === "PAUSED" && action("Resume", "resumeKey"),
       key.status !== "REVOKED" && action("Revoke", "revokeKey", `Revoke ${key.name}? Its secret stops working at once and for good.`),
@@ -340,7 +342,15 @@ async function start() {
   for (const { node, kind } of history) addToFeed(node, kind, { append: true });
 
   // The page's five live operations, on one socket, whatever the number of keys or the request rate.
-  subscribe(LIVE.spend, {}, ({ liveSpend }) => applySpendTick(liveSpend), reportError);
+  subscribe(
+    LIVE.spend,
+    {},
+    ({ liveSpend }) => {
+      applySpendTick(liveSpend);
+      noteSpendTick(liveSpend);
+    },
+    reportError,
+  );
   subscribe(LIVE.wallet, {}, ({ walletBalances }) => renderWallet(walletBalances), reportError);
   subscribe(LIVE.feed, {}, ({ liveFeed }) => applyFeedTick(liveFeed), reportError);
   subscribe(LIVE.channels, {}, ({ channelStats }) => applyChannelStats(channelStats), reportError);
@@ -350,6 +360,11 @@ async function start() {
   for (const id of ["#spend-group", "#spend-interval", "#spend-bucket"]) $(id).addEventListener("change", () => drawChart().catch(reportError));
   window.addEventListener("resize", () => chart?.setSize({ width: Math.max(320, $("#spend-chart").clientWidth), height: 240 }));
   await drawChart();
+  // The detail views: read once, then on their own triggers (runs on liveSpend, the rest with the reconcile).
+  setUpRuns({ keys: [...keyRows.values()].map((r) => r.key), models: [...new Set(data.routes.map((r) => r.model))] });
+  setUpExports();
+  await Promise.all([loadProjects(), loadRuns(), loadLedger(), loadAudit()]);
+  setInterval(() => Promise.all([loadProjects(), loadLedger(), loadAudit()]).catch(reportError), RECONCILE_MS);
 }
 
 function askForToken(message) {
