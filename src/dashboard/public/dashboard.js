@@ -1,14 +1,15 @@
 // The ops dashboard: wallet, spend chart, keys with caps and controls, route health, live feed of
 // receipts and failed requests, budget alerts, and the playground. Every number is read from the
 // GraphQL API: queries once, then one graphql-ws socket with a fixed set of operations (LIVE in
-// queries.js) keeps it current, whatever the number of keys: spend arrives coalesced (liveSpend),
-// the feed carries its own names, channel statistics and balances come on an interval. Nothing is
-// re-read per event; the visible page of keys is reconciled with the API every RECONCILE_MS.
+// queries.js, printed from src/dashboard/operations/*.graphql) keeps it current, whatever the number
+// of keys: spend arrives coalesced (liveSpend), the feed carries its own names, channel statistics
+// and balances come on an interval. Nothing is re-read per event; the visible page of keys is
+// reconciled with the API every RECONCILE_MS.
 import { $, h, micros, money, percent, showError, time } from "./dom.js";
 import { adoptFragmentToken, getToken, gql, liveClient, setToken, subscribe } from "./api.js";
 import { drawSpendChart, rangeFor } from "./chart.js";
 import { setUpPlayground } from "./playground.js";
-import { KEY_FIELDS, KEY_PAGE_SIZE, KEYS_PAGE, LIVE, MONEY, OVERVIEW } from "./queries.js";
+import { KEY_ACTIONS, KEYS_PAGE, LIVE, OVERVIEW, SPEND_CHART } from "./queries.js";
 
 /** What the page knows, by id, for labels (spend groups and alerts carry ids). */
 const names = { keys: new Map(), projects: new Map(), routes: new Map() };
@@ -17,6 +18,8 @@ const keyRows = new Map();
 const standings = new Map();
 const healthRows = new Map();
 const FEED_LIMIT = 50;
+/** Keys a page at a time: any number of keys is reachable, by page or by search. */
+const KEY_PAGE_SIZE = 50;
 const RECONCILE_MS = 30_000;
 const CHART_EVERY_MS = 30_000;
 
@@ -55,7 +58,7 @@ function keyRow(key) {
           if (confirmText && !confirm(confirmText)) return;
           event.target.disabled = true;
           try {
-            const data = await gql(`mutation($id: ID!) { ${mutation}(id: $id) { ${KEY_FIELDS} } }`, { id: key.id });
+            const data = await gql(KEY_ACTIONS[mutation], { id: key.id });
             upsertKey(data[mutation]);
             showError("");
           } catch (error) {
@@ -293,10 +296,7 @@ async function drawChart() {
   const interval = $("#spend-interval").value;
   const bucket = $("#spend-bucket").value;
   const { from, to } = rangeFor(interval);
-  const { spendSeries } = await gql(
-    `query Spend($input: SpendSeriesInput!) { spendSeries(input: $input) { bucketStart group bucket spend { ${MONEY} } requests } }`,
-    { input: { from: from.toISOString(), to: to.toISOString(), interval, groupBy } },
-  );
+  const { spendSeries } = await gql(SPEND_CHART, { input: { from: from.toISOString(), to: to.toISOString(), interval, groupBy } });
   const labels = { KEY: names.keys, PROJECT: names.projects, ROUTE: names.routes }[groupBy];
   const drawn = drawSpendChart($("#spend-chart"), chart, {
     points: spendSeries.filter((p) => p.bucket === bucket),
