@@ -31,8 +31,6 @@ const config: CodegenConfig = {
         enumType: "string-literal",
         useTypeImports: true,
         skipTypename: true,
-        // Nullable fields and variables as `T | null`, as the server returns them.
-        avoidOptionals: true,
       },
     },
   },

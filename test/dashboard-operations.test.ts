@@ -88,19 +88,34 @@ describe(`${GENERATED} (GraphQL Code Generator)`, () => {
   });
 
   it("compiles under tsc --strict, and so does the module typing the documents with it", () => {
-    const program = ts.createProgram([path.join(PACKAGE_ROOT, GENERATED), path.join(PACKAGE_ROOT, "src/dashboard/operations.ts")], {
-      strict: true,
-      noEmit: true,
-      noUnusedLocals: false,
-      target: ts.ScriptTarget.ES2022,
-      module: ts.ModuleKind.NodeNext,
-      moduleResolution: ts.ModuleResolutionKind.NodeNext,
-      allowImportingTsExtensions: true,
-      verbatimModuleSyntax: true,
-      skipLibCheck: true,
-      types: ["node"],
-    });
-    const diagnostics = ts.getPreEmitDiagnostics(program).map((d) => ts.flattenDiagnosticMessageText(d.messageText, "\n"));
-    expect(diagnostics).toEqual([]);
+    expect(
+      typeErrors([path.join(PACKAGE_ROOT, GENERATED), path.join(PACKAGE_ROOT, "src/dashboard/operations.ts")], {
+        strict: true,
+        noEmit: true,
+        target: ts.ScriptTarget.ES2022,
+        module: ts.ModuleKind.NodeNext,
+        moduleResolution: ts.ModuleResolutionKind.NodeNext,
+        allowImportingTsExtensions: true,
+        verbatimModuleSyntax: true,
+        skipLibCheck: true,
+        types: ["node"],
+      }),
+    ).toEqual([]);
+  });
+
+  it("types the page's own JavaScript: its API calls and result handlers check against the documents (src/dashboard/public/tsconfig.json)", () => {
+    const file = path.join(PACKAGE_ROOT, "src/dashboard/public/tsconfig.json");
+    const read = ts.readConfigFile(file, ts.sys.readFile);
+    expect(read.error).toBeUndefined();
+    const parsed = ts.parseJsonConfigFileContent(read.config, ts.sys, path.dirname(file));
+    expect(parsed.errors).toEqual([]);
+    expect(parsed.fileNames.map((f) => path.basename(f))).toEqual(expect.arrayContaining(["api.js", "dashboard.js", "playground.js", "queries.d.ts"]));
+    expect(parsed.options.checkJs).toBe(true);
+    expect(typeErrors(parsed.fileNames, parsed.options)).toEqual([]);
   });
 });
+
+function typeErrors(files: string[], options: ts.CompilerOptions): string[] {
+  const program = ts.createProgram(files, options);
+  return ts.getPreEmitDiagnostics(program).map((d) => `${d.file ? path.relative(PACKAGE_ROOT, d.file.fileName) : ""}: ${ts.flattenDiagnosticMessageText(d.messageText, "\n")}`);
+}

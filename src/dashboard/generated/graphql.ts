@@ -82,9 +82,9 @@ export type SpendSeriesInput = {
   from: string;
   groupBy: SpendGroupBy;
   interval: SpendInterval;
-  keyId: string | number | null | undefined;
-  organizationId: string | number | null | undefined;
-  projectId: string | number | null | undefined;
+  keyId?: string | number | null | undefined;
+  organizationId?: string | number | null | undefined;
+  projectId?: string | number | null | undefined;
   to: string;
 };
 
@@ -96,8 +96,8 @@ export type FailedRequestFieldsFragment = { requestId: string, createdAt: string
 
 export type KeysQueryVariables = Exact<{
   first: number;
-  after: string | null | undefined;
-  search: string | null | undefined;
+  after?: string | null | undefined;
+  search?: string | null | undefined;
 }>;
 
 
