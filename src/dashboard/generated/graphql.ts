@@ -137,7 +137,7 @@ export type WalletSubscription = { walletBalances: { balances: Array<{ bucket: B
 export type FeedSubscriptionVariables = Exact<{ [key: string]: never; }>;
 
 
-export type FeedSubscription = { liveFeed: { requests: number | string, dropped: number | string, items: Array<{ kind: LiveFeedKind, requestId: string, createdAt: string, httpStatus: number, cause: FailureCause | null, latencyMs: number | null, keyId: string, keyName: string | null, requestedModel: string | null, routeModel: string | null, channelName: string | null, fallback: boolean, promptTokens: number, completionTokens: number, charge: { amount: string, currency: string } }> } };
+export type FeedSubscription = { liveFeed: { requests: number | string, dropped: number | string, items: Array<{ kind: LiveFeedKind, requestId: string, createdAt: string, httpStatus: number, cause: FailureCause | null, latencyMs: number | null, keyId: string, keyName: string | null, requestedModel: string | null, routeModel: string | null, channelName: string | null, fallback: boolean, promptTokens: number, completionTokens: number, cachedPromptTokens: number, reasoningTokens: number, charge: { amount: string, currency: string } }> } };
 
 export type ChannelsSubscriptionVariables = Exact<{ [key: string]: never; }>;
 
