@@ -16,7 +16,7 @@ import { chromium, type Browser, type Page } from "playwright-core";
 import { compiled } from "../test/support/build.ts";
 import { load, startChild, stopChild } from "./gateway.ts";
 import { benchEvents } from "./events.ts";
-import { LIVE } from "../src/dashboard/public/queries.js";
+import { LIVE } from "../src/dashboard/operations.ts";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const CONNECTIONS = 16;

@@ -56,6 +56,10 @@ describe("compiled build (npm start)", () => {
       const asset = await fetch(`${base}/assets/tokengate/dashboard.js`);
       expect(asset.status).toBe(200);
       expect(await asset.text()).toBe(readFileSync(path.join(PACKAGE_ROOT, "src/dashboard/public/dashboard.js"), "utf8"));
+      // Its GraphQL documents are read from src/dashboard/operations/*.graphql, also from dist/.
+      const queries = await fetch(`${base}/assets/tokengate/queries.js`);
+      expect(queries.status).toBe(200);
+      expect(await queries.text()).toMatch(/export const OVERVIEW = "query Overview \{/);
 
       // The data dir was made in a staging dir and renamed into place.
       expect(existsSync(path.join(dataDir, "pglite", "PG_VERSION"))).toBe(true);

@@ -10,6 +10,7 @@ import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts
 import * as f from "./support/fixtures.ts";
 import { gqlOk, startTestServer, token } from "./support/graphql.ts";
 import { formatMoney } from "../src/money.ts";
+import { browserModule } from "../src/dashboard/operations.ts";
 import type { RunningServer } from "../src/server.ts";
 
 let database: TestDatabase;
@@ -72,6 +73,12 @@ describe("pages and assets", () => {
     const etag = own.headers.get("etag")!;
     expect((await get("/assets/tokengate/dashboard.js", { "if-none-match": etag })).status).toBe(304);
     expect((await get("/assets/tokengate/dashboard.css")).headers.get("content-type")).toBe("text/css; charset=utf-8");
+    // The page's GraphQL documents: printed from src/dashboard/operations/*.graphql, revalidated like the files.
+    const queries = await get("/assets/tokengate/queries.js");
+    expect(queries.headers.get("content-type")).toBe("text/javascript; charset=utf-8");
+    expect(queries.headers.get("cache-control")).toBe("no-cache");
+    expect(await queries.text()).toBe(browserModule());
+    expect((await get("/assets/tokengate/queries.js", { "if-none-match": queries.headers.get("etag")! })).status).toBe(304);
 
     for (const path of ["/assets/tokengate/nope.js", "/assets/tokengate/../../package.json", "/assets/tokengate/%2e%2e/%2e%2e/package.json", "/assets/graphiql/0.0.1/graphiql.css"]) {
       expect((await get(path)).status, path).toBe(404);

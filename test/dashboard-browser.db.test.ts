@@ -168,6 +168,8 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
     const w = await f.world({ credit: "12.5", key: { dailyCap: "2" } });
     const model = `dash-${w.org.id.slice(-6)}`;
     await f.route(w.viewer, w.org.id, model, [{ name: "main", baseUrl: fake.url, upstreamModel: "up-dash", price: ["2.5", "10"] }]);
+    // Token classes inside the totals: the feed row shows them from the liveFeed tick itself.
+    fake.set("up-dash", { type: "ok", usage: { prompt_tokens: 1000, completion_tokens: 50 }, details: { cached_tokens: 900, reasoning_tokens: 20 } });
     // Key names are user input: this one must show as text, never as markup.
     const hostile = await createApiKey(w.viewer, { projectId: w.project.id, name: `<img src=x onerror="document.title='pwned'">` });
     const page = await newPage();
@@ -195,6 +197,7 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
     const feedRow = page.locator(`#feed tr[data-request-id="${requestId}"]`);
     await containsSoon(feedRow.locator('[data-field="charge"]'), `${charge} USD`);
     await containsSoon(feedRow, `${model} → ${model} · main`);
+    await containsSoon(feedRow, "1000+50 (cached 900, reasoning 20)");
     await containsSoon(row.locator('[data-field="spendToday"]'), `${charge} USD`);
     // Remaining = cap − spent − held, as the batch that recorded the request left the counter. On
     // leases (the default) held is the instance's leased headroom, so remaining is at most cap − charge.

@@ -13,7 +13,7 @@ import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts
 import * as f from "./support/fixtures.ts";
 import { gqlOk, startTestServer, token } from "./support/graphql.ts";
 import { createApiKey } from "../src/keys/index.ts";
-import { LIVE } from "../src/dashboard/public/queries.js";
+import { LIVE } from "../src/dashboard/operations.ts";
 import type { RunningServer } from "../src/server.ts";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";

@@ -7,7 +7,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import * as f from "./support/fixtures.ts";
 import { fakeReceipt } from "./support/records.ts";
 import { startTestServer, token, wsClient, wsExecute, type GraphQLResponse } from "./support/graphql.ts";
-import { OVERVIEW } from "../src/dashboard/public/queries.js";
+import { OVERVIEW } from "../src/dashboard/operations.ts";
 import { GRAPHQL_LIMITS } from "../src/schema/limits.ts";
 import type { RunningServer } from "../src/server.ts";
 

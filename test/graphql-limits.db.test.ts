@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { gql, startTestServer, token, wsClient, wsExecute, type GraphQLResponse } from "./support/graphql.ts";
-import { OVERVIEW } from "../src/dashboard/public/queries.js";
+import { OVERVIEW } from "../src/dashboard/operations.ts";
 import { GRAPHQL_LIMITS } from "../src/schema/limits.ts";
 import { listenerCount } from "../src/events/index.ts";
 import type { RunningServer } from "../src/server.ts";

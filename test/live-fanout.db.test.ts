@@ -14,7 +14,7 @@ import { currentDatabase } from "../src/db/index.ts";
 import { listenerCount } from "../src/events/index.ts";
 import { formatMoney } from "../src/money.ts";
 import type { RunningServer } from "../src/server.ts";
-import { RECEIPT_FIELDS, FAILED_FIELDS } from "../src/dashboard/public/queries.js";
+import { RECEIPT_FIELDS, FAILED_FIELDS } from "../src/dashboard/operations.ts";
 
 let database: TestDatabase;
 let fake: FakeUpstream;

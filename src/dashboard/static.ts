@@ -1,7 +1,7 @@
 // Browser assets served by tokengate itself, so /graphql (GraphiQL) and /dashboard work on a
 // machine without internet: every file comes from an installed npm package or from
-// src/dashboard/public. Only the files listed here are served (no path from the URL ever
-// reaches the file system).
+// src/dashboard/public, and queries.js is printed from src/dashboard/operations/*.graphql. Only the
+// assets listed here are served (no path from the URL ever reaches the file system).
 import { readFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import path from "node:path";
@@ -10,6 +10,7 @@ import { promisify } from "node:util";
 import { createHash } from "node:crypto";
 import type http from "node:http";
 import { PACKAGE_ROOT } from "../paths.ts";
+import { browserModule } from "./operations.ts";
 
 const require = createRequire(import.meta.url);
 const gzipAsync = promisify(gzip);
@@ -30,9 +31,12 @@ const CONTENT_TYPES: Record<string, string> = {
 };
 
 interface Asset {
+  /** The file served; for a generated asset, only a name (its extension gives the content type). */
   file: string;
   /** Files from npm packages carry the package version in their URL: cache them for a year. */
   immutable: boolean;
+  /** Builds the body in the process instead of reading `file`. */
+  generate?: () => string;
 }
 
 const graphiqlDir = path.join(packageDir("@graphql-yoga/graphiql"), "dist");
@@ -57,9 +61,11 @@ const ASSETS = new Map<string, Asset>([
   [`${UPLOT_ASSETS}/uPlot.min.css`, { file: path.join(uplotDir, "uPlot.min.css"), immutable: true }],
   [`${GRAPHQL_WS_ASSETS}/graphql-ws.min.js`, { file: path.join(graphqlWsDir, "graphql-ws.min.js"), immutable: true }],
   // Our own files change with the code: revalidated on every load (ETag).
-  ...["dashboard.css", "dashboard.js", "api.js", "dom.js", "chart.js", "playground.js", "queries.js", "views.js", "view-queries.js", "graphiql.js", "favicon.svg"].map(
+  ...["dashboard.css", "dashboard.js", "api.js", "dom.js", "chart.js", "playground.js", "views.js", "graphiql.js", "favicon.svg"].map(
     (name): [string, Asset] => [`${OWN_ASSETS}/${name}`, { file: path.join(publicDir, name), immutable: false }],
   ),
+  // The page's GraphQL documents, from the same .graphql files the tests and the codegen read.
+  [`${OWN_ASSETS}/queries.js`, { file: "queries.js", immutable: false, generate: browserModule }],
 ]);
 
 interface Loaded {
@@ -73,7 +79,7 @@ interface Loaded {
 const cache = new Map<string, Promise<Loaded>>();
 
 async function load(asset: Asset): Promise<Loaded> {
-  const body = await readFile(asset.file);
+  const body = asset.generate ? Buffer.from(asset.generate(), "utf8") : await readFile(asset.file);
   const compressible = body.length > 1024 && !asset.file.endsWith(".svg");
   return {
     body,

@@ -23,11 +23,18 @@ export class GraphQLRequestError extends Error {
   }
 }
 
-export async function gql(query, variables = {}) {
+/**
+ * A query or mutation over HTTP; its data typed by the document (queries.js, typed in queries.d.ts).
+ * @template TResult, TVariables
+ * @param {import("../operations.ts").TypedDocument<TResult, TVariables>} query
+ * @param {TVariables} [variables]
+ * @returns {Promise<TResult>}
+ */
+export async function gql(query, variables) {
   const response = await fetch("/graphql", {
     method: "POST",
     headers: { "content-type": "application/json", authorization: `Bearer ${getToken()}` },
-    body: JSON.stringify({ query, variables }),
+    body: JSON.stringify({ query, variables: variables ?? {} }),
   });
   const body = await response.json();
   if (body.errors?.length) throw new GraphQLRequestError(body.errors);
@@ -54,7 +61,15 @@ export function liveClient(onState) {
   return client;
 }
 
-/** Subscribes and calls onData with each event's data; returns the unsubscribe function. */
+/**
+ * Subscribes and calls onData with each event's data; returns the unsubscribe function.
+ * @template TResult, TVariables
+ * @param {import("../operations.ts").TypedDocument<TResult, TVariables>} query
+ * @param {TVariables} variables
+ * @param {(data: TResult) => void} onData
+ * @param {(error: unknown) => void} [onError]
+ * @returns {() => void}
+ */
 export function subscribe(query, variables, onData, onError = console.warn) {
   return liveClient(() => {}).subscribe(
     { query, variables },
@@ -63,7 +78,7 @@ export function subscribe(query, variables, onData, onError = console.warn) {
         if (result.errors?.length) onError(new GraphQLRequestError(result.errors));
         else {
           try {
-            onData(result.data);
+            onData(/** @type {TResult} */ (result.data));
           } catch (error) {
             // A bug of the page, not of the stream: loud, so it is seen (and the tests fail on it).
             console.error(error);

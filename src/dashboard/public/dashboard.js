@@ -1,26 +1,53 @@
 // The ops dashboard: wallet, spend chart, keys with caps and controls, route health, live feed of
 // receipts and failed requests, budget alerts, and the playground. Every number is read from the
 // GraphQL API: queries once, then one graphql-ws socket with a fixed set of operations (LIVE in
-// queries.js) keeps it current, whatever the number of keys: spend arrives coalesced (liveSpend),
-// the feed carries its own names, channel statistics and balances come on an interval. Nothing is
-// re-read per event; the visible page of keys is reconciled with the API every RECONCILE_MS.
+// queries.js, printed from src/dashboard/operations/*.graphql) keeps it current, whatever the number
+// of keys: spend arrives coalesced (liveSpend), the feed carries its own names, channel statistics
+// and balances come on an interval. Nothing is re-read per event; the visible page of keys is
+// reconciled with the API every RECONCILE_MS.
 import { $, h, micros, money, percent, showError, time } from "./dom.js";
 import { adoptFragmentToken, getToken, gql, liveClient, setToken, subscribe } from "./api.js";
 import { drawSpendChart, rangeFor } from "./chart.js";
 import { setUpPlayground } from "./playground.js";
-import { KEY_FIELDS, KEY_PAGE_SIZE, KEYS_PAGE, LIVE, MONEY, OVERVIEW } from "./queries.js";
+import { KEY_ACTIONS, KEYS_PAGE, LIVE, OVERVIEW, SPEND_CHART } from "./queries.js";
 import { loadAudit, loadLedger, loadProjects, loadRuns, noteSpendTick, openKeyPanel, setUpExports, setUpRuns } from "./views.js";
 
-/** What the page knows, by id, for labels (spend groups and alerts carry ids). */
+// The results the page handles, as GraphQL Code Generator types them from its documents.
+/**
+ * @typedef {import("../generated/graphql.ts").KeyFieldsFragment} Key
+ * @typedef {Key["budgets"][number]} KeyBudget
+ * @typedef {import("../generated/graphql.ts").WalletSubscription["walletBalances"]} Wallet
+ * @typedef {import("../generated/graphql.ts").SpendSubscription["liveSpend"]} SpendTick
+ * @typedef {SpendTick["scopes"][number]} ScopeStanding
+ * @typedef {import("../generated/graphql.ts").OverviewQuery["routes"]} Routes
+ * @typedef {import("../generated/graphql.ts").ChannelsSubscription["channelStats"]} ChannelStatsTick
+ * @typedef {import("../generated/graphql.ts").FeedSubscription["liveFeed"]} FeedTick
+ * @typedef {import("../generated/graphql.ts").AlertsSubscription["budgetAlert"]} BudgetAlert
+ * @typedef {import("../generated/graphql.ts").ReceiptFieldsFragment} ReceiptRow
+ * @typedef {import("../generated/graphql.ts").FailedRequestFieldsFragment} FailedRow
+ */
+
+/**
+ * What the page knows, by id, for labels (spend groups and alerts carry ids).
+ * @type {{ keys: Map<string, string>, projects: Map<string, string>, routes: Map<string, string> }}
+ */
 const names = { keys: new Map(), projects: new Map(), routes: new Map() };
+/** @type {Map<string, { row: HTMLElement, key: Key }>} */
 const keyRows = new Map();
-/** The latest standing of every key's windows the page heard of (applied when its row is shown). */
+/**
+ * The latest standing of every key's windows the page heard of (applied when its row is shown).
+ * @type {Map<string, Map<string, ScopeStanding>>}
+ */
 const standings = new Map();
+/** @type {Map<string, HTMLElement>} */
 const healthRows = new Map();
 const FEED_LIMIT = 50;
+/** Keys a page at a time: any number of keys is reachable, by page or by search. */
+const KEY_PAGE_SIZE = 50;
 const RECONCILE_MS = 30_000;
 const CHART_EVERY_MS = 30_000;
 
+/** @param {Wallet} wallet */
 function renderWallet(wallet) {
   $("#wallet tbody").replaceChildren(
     ...wallet.balances.map((b) =>
@@ -30,8 +57,9 @@ function renderWallet(wallet) {
 }
 
 // ---- keys ---------------------------------------------------------------------------------
+/** @param {Key} key */
 function capBars(key) {
-  const capped = key.budgets.filter((b) => b.cap);
+  const capped = key.budgets.flatMap((b) => (b.cap ? [{ ...b, cap: b.cap }] : []));
   if (!capped.length) return h("span", { className: "muted" }, "no cap");
   return capped.map((b) => {
     const used = percent(micros(b.spent.amount) + micros(b.held.amount), micros(b.cap.amount));
@@ -45,6 +73,7 @@ function capBars(key) {
   });
 }
 
+/** @param {Key} key */
 function keyRow(key) {
   const action = (label, mutation, confirmText) =>
     h(
@@ -56,7 +85,7 @@ function keyRow(key) {
           if (confirmText && !confirm(confirmText)) return;
           event.target.disabled = true;
           try {
-            const data = await gql(`mutation($id: ID!) { ${mutation}(id: $id) { ${KEY_FIELDS} } }`, { id: key.id });
+            const data = await gql(KEY_ACTIONS[mutation], { id: key.id });
             upsertKey(data[mutation]);
             showError("");
           } catch (error) {
@@ -89,6 +118,7 @@ function keyRow(key) {
   );
 }
 
+/** @param {Key} key */
 function upsertKey(key) {
   names.keys.set(key.id, key.name);
   const known = applyStandings(key);
@@ -99,7 +129,11 @@ function upsertKey(key) {
   keyRows.set(key.id, { row, key: known });
 }
 
-/** A key as the API returned it, with any newer window standing heard from liveSpend since. */
+/**
+ * A key as the API returned it, with any newer window standing heard from liveSpend since.
+ * @param {Key} key
+ * @returns {Key}
+ */
 function applyStandings(key) {
   const heard = standings.get(key.id);
   if (!heard) return key;
@@ -114,12 +148,13 @@ function applyStandings(key) {
 }
 
 // ---- keys, a page at a time ----------------------------------------------------------------
+/** @type {{ search: string, cursors: Array<string | null>, index: number, total: number, hasNext: boolean }} */
 const keyPage = { search: "", cursors: [null], index: 0, total: 0, hasNext: false };
 
 async function loadKeys() {
   const after = keyPage.cursors[keyPage.index];
   const { apiKeys } = await gql(KEYS_PAGE, { first: KEY_PAGE_SIZE, after, search: keyPage.search || null });
-  keyPage.total = apiKeys.totalCount;
+  keyPage.total = Number(apiKeys.totalCount);
   keyPage.hasNext = apiKeys.pageInfo.hasNextPage;
   keyPage.cursors[keyPage.index + 1] = apiKeys.pageInfo.endCursor;
   keyRows.clear();
@@ -155,7 +190,10 @@ function setUpKeyControls() {
   });
 }
 
-/** A liveSpend tick: remember every key window it carries, and redraw the rows on this page. */
+/**
+ * A liveSpend tick: remember every key window it carries, and redraw the rows on this page.
+ * @param {SpendTick} tick
+ */
 function applySpendTick(tick) {
   for (const s of tick.scopes) {
     if (s.scope !== "KEY_DAILY") continue;
@@ -172,6 +210,7 @@ function applySpendTick(tick) {
 }
 
 // ---- route health -------------------------------------------------------------------------
+/** @param {Routes} routes */
 function renderHealth(routes) {
   const rows = routes.flatMap((route) =>
     [...route.channels]
@@ -198,13 +237,18 @@ function renderHealth(routes) {
   $("#health tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colSpan: 9, className: "muted" }, "No route yet."))]));
 }
 
-/** A channelStats tick: every channel's state, success rate and latency over the last minutes. */
+/**
+ * A channelStats tick: every channel's state, success rate and latency over the last minutes.
+ * @param {ChannelStatsTick} tick
+ */
 function applyChannelStats(tick) {
   for (const c of tick.channels) {
     const row = healthRows.get(c.channelId);
     if (!row) continue;
-    const set = (field, text) => (row.querySelector(`[data-field="${field}"]`).textContent = text);
-    row.querySelector('[data-field="state"]').replaceChildren(h("span", { className: `health ${c.state.toLowerCase()}` }, c.state));
+    // The row's cells, made by renderHealth.
+    const cell = (field) => /** @type {HTMLElement} */ (row.querySelector(`[data-field="${field}"]`));
+    const set = (field, text) => (cell(field).textContent = text);
+    cell("state").replaceChildren(h("span", { className: `health ${c.state.toLowerCase()}` }, c.state));
     set("requests", String(c.requests));
     set("successRate", c.successRate === null ? "—" : `${(c.successRate * 100).toFixed(1)} %`);
     set("p50", c.p50LatencyMs === null ? "—" : `${c.p50LatencyMs} ms`);
@@ -238,7 +282,10 @@ function feedRow(item, kind) {
   );
 }
 
-/** A liveFeed tick: its items newest first, in the shape of the receipts / failed requests the overview read. */
+/**
+ * A liveFeed tick: its items newest first, in the shape of the receipts / failed requests the overview read.
+ * @param {FeedTick} tick
+ */
 function applyFeedTick(tick) {
   for (const item of [...tick.items].reverse()) {
     const row = {
@@ -262,6 +309,7 @@ function addToFeed(item, kind, { append = false } = {}) {
 }
 
 // ---- budget alerts ------------------------------------------------------------------------
+/** @param {BudgetAlert} alert */
 function addAlert(alert) {
   const list = $("#alerts");
   list.querySelector(".empty")?.remove();
@@ -295,10 +343,7 @@ async function drawChart() {
   const interval = $("#spend-interval").value;
   const bucket = $("#spend-bucket").value;
   const { from, to } = rangeFor(interval);
-  const { spendSeries } = await gql(
-    `query Spend($input: SpendSeriesInput!) { spendSeries(input: $input) { bucketStart group bucket spend { ${MONEY} } requests } }`,
-    { input: { from: from.toISOString(), to: to.toISOString(), interval, groupBy } },
-  );
+  const { spendSeries } = await gql(SPEND_CHART, { input: { from: from.toISOString(), to: to.toISOString(), interval, groupBy } });
   const labels = { KEY: names.keys, PROJECT: names.projects, ROUTE: names.routes }[groupBy];
   const drawn = drawSpendChart($("#spend-chart"), chart, {
     points: spendSeries.filter((p) => p.bucket === bucket),

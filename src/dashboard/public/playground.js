@@ -2,16 +2,7 @@
 // memory only), streams the answer, then shows the request's receipt and ledger entry from GraphQL.
 import { $, h, money, showError } from "./dom.js";
 import { gql } from "./api.js";
-
-const RECEIPT_QUERY = `query PlaygroundReceipt($requestId: String!) {
-  receipts(first: 1, filter: { requestId: $requestId }) { edges { node {
-    requestId requestedModel upstreamModel bucket channelRole fallback attempts promptTokens completionTokens latencyMs
-    charge { amount currency } route { model } channel { name }
-    ledgerEntry { id kind createdAt amount { amount currency } balanceAfter { amount currency } } } } }
-  failedRequests(first: 1, filter: { requestId: $requestId }) { edges { node {
-    requestId cause httpStatus message attempts promptTokens completionTokens charge { amount currency }
-    ledgerEntry { id kind amount { amount currency } balanceAfter { amount currency } } } } }
-}`;
+import { PLAYGROUND_RECEIPT } from "./queries.js";
 
 const status = (text) => ($("#pg-status").textContent = text);
 
@@ -66,7 +57,7 @@ function showRecord(rows) {
 async function showReceipt(requestId) {
   // The receipt is committed before the response's last byte; a short retry covers a slow replica.
   for (let attempt = 0; attempt < 10; attempt++) {
-    const data = await gql(RECEIPT_QUERY, { requestId });
+    const data = await gql(PLAYGROUND_RECEIPT, { requestId });
     const receipt = data.receipts.edges[0]?.node;
     const failed = data.failedRequests.edges[0]?.node;
     const ledger = (receipt ?? failed)?.ledgerEntry;

@@ -5,10 +5,11 @@
 // every RUNS_EVERY_MS), never once per request.
 import { $, h, money, showError, time } from "./dom.js";
 import { getToken, gql } from "./api.js";
-import { KEY_PANEL, LEDGER_PAGE, AUDIT_PAGE, PROJECTS_PAGE, RUN_DETAIL, RUNS_PAGE, RUN_FIELDS, ESTIMATE, START_RUN } from "./view-queries.js";
+import { RUN_ACTIONS, VIEWS } from "./queries.js";
 
 const RUNS_EVERY_MS = 2_000;
 const PROJECTS_EVERY_MS = 10_000;
+/** @type {Array<"CREDIT" | "ROUTED">} */
 const BUCKETS = ["CREDIT", "ROUTED"];
 const report = (what) => (error) => showError(`${what}: ${error?.message ?? error}`);
 
@@ -94,7 +95,7 @@ const LEDGER_HEADERS = ["Time", "Kind", "Bucket", "Amount ", "Balance after ", "
 
 // ---- projects -----------------------------------------------------------------------------
 export async function loadProjects() {
-  const { projects } = await gql(PROJECTS_PAGE);
+  const { projects } = await gql(VIEWS.projects);
   const rows = projects.edges.flatMap(({ node: p }) =>
     BUCKETS.map((bucket) => {
       const window = (scope) => p.budgets.find((b) => b.scope === scope && b.bucket === bucket);
@@ -121,7 +122,7 @@ export async function loadProjects() {
 
 // ---- a key's panel ------------------------------------------------------------------------
 export async function openKeyPanel(keyId) {
-  const { apiKey: k, ledgerEntries } = await gql(KEY_PANEL, { id: keyId });
+  const { apiKey: k, ledgerEntries } = await gql(VIEWS.keyPanel, { id: keyId });
   const limit = (label, value) => h("tr", {}, h("th", {}, label), h("td", { dataset: { field: label } }, value));
   const perBucket = (field) => BUCKETS.filter((b) => k.allowedBuckets.includes(b)).map((b) => `${b}: ${money(k[`${field}${b}`], field === "spend" ? "—" : "no cap")}`).join(" · ");
   const panel = $("#key-panel");
@@ -158,6 +159,7 @@ export async function openKeyPanel(keyId) {
 }
 
 // ---- runs ---------------------------------------------------------------------------------
+/** @type {{ openRunId: string | null, timer: ReturnType<typeof setTimeout> | null, projectsTimer: ReturnType<typeof setTimeout> | null }} */
 const runState = { openRunId: null, timer: null, projectsTimer: null };
 
 function chargesText(totals) {
@@ -175,7 +177,7 @@ function runRow(run) {
         onclick: async (event) => {
           event.target.disabled = true;
           try {
-            await gql(`mutation($id: ID!) { ${mutation}(id: $id) { ${RUN_FIELDS} } }`, { id: run.id });
+            await gql(RUN_ACTIONS[mutation], { id: run.id });
             await Promise.all([loadRuns(), loadAudit()]);
             showError("");
           } catch (error) {
@@ -212,7 +214,7 @@ function runRow(run) {
 }
 
 export async function loadRuns() {
-  const { runs } = await gql(RUNS_PAGE);
+  const { runs } = await gql(VIEWS.runs);
   $("#runs tbody").replaceChildren(
     ...(runs.edges.length ? runs.edges.map(({ node }) => runRow(node)) : [h("tr", {}, h("td", { colSpan: 10, className: "muted" }, "No run yet."))]),
   );
@@ -221,7 +223,7 @@ export async function loadRuns() {
 
 async function openRun(id) {
   runState.openRunId = id;
-  const { run, ledgerEntries } = await gql(RUN_DETAIL, { id });
+  const { run, ledgerEntries } = await gql(VIEWS.runDetail, { id });
   const detail = $("#run-detail");
   detail.hidden = false;
   detail.dataset.runId = run.id;
@@ -299,7 +301,7 @@ export function setUpRuns({ keys, models }) {
   $("#pf-model").replaceChildren(...models.map((m) => h("option", { value: m }, m)));
   $("#pf-estimate").addEventListener("click", async () => {
     try {
-      const { estimateRun } = await gql(ESTIMATE, { input: preflightInput() });
+      const { estimateRun } = await gql(VIEWS.estimate, { input: preflightInput() });
       renderEstimate(estimateRun);
       showError("");
     } catch (error) {
@@ -310,7 +312,7 @@ export function setUpRuns({ keys, models }) {
     try {
       const cap = $("#pf-cap").value.trim();
       const label = $("#pf-label").value.trim();
-      const { startRun } = await gql(START_RUN, { input: { ...preflightInput(), ...(cap ? { cap } : {}), ...(label ? { label } : {}) } });
+      const { startRun } = await gql(VIEWS.startRun, { input: { ...preflightInput(), ...(cap ? { cap } : {}), ...(label ? { label } : {}) } });
       runState.openRunId = startRun.id;
       $("#pf-started").textContent = `Started run ${startRun.id}: send its requests with the header x-run-id: ${startRun.id}`;
       await Promise.all([loadRuns(), loadAudit()]);
@@ -323,12 +325,12 @@ export function setUpRuns({ keys, models }) {
 
 // ---- ledger and audit ---------------------------------------------------------------------
 export async function loadLedger() {
-  const { ledgerEntries } = await gql(LEDGER_PAGE);
+  const { ledgerEntries } = await gql(VIEWS.ledger);
   $("#ledger-view").replaceChildren(table(LEDGER_HEADERS, ledgerRows(ledgerEntries), "No entry yet."));
 }
 
 export async function loadAudit() {
-  const { auditEntries } = await gql(AUDIT_PAGE);
+  const { auditEntries } = await gql(VIEWS.audit);
   const rows = auditEntries.edges.map(({ node: a }) =>
     h("tr", { dataset: { auditId: a.id, action: a.action } }, h("td", {}, time(a.createdAt)), h("td", {}, a.actor), h("td", {}, a.action), h("td", {}, a.targetType), h("td", {}, h("code", {}, a.targetId))),
   );
