@@ -19,6 +19,8 @@ import { MAX_ATTEMPT_PATH } from "../src/requests/attempts.ts";
 import { MAX_RETRY_CEILING } from "../src/keys/index.ts";
 
 const FIRST_BYTE_MS = 600;
+const IDLE_MS = 600;
+const MAX_RESPONSE_BYTES = 64 * 1024;
 
 let database: TestDatabase;
 let fake: FakeUpstream;
@@ -30,7 +32,7 @@ beforeAll(async () => {
   database = await createTestDatabase({ onQuery: (sql) => statements.push(sql) });
   fake = await startFakeUpstream();
   server = await startServer(
-    { ...loadConfig({ LOG_LEVEL: "silent", UPSTREAM_CONNECT_TIMEOUT_MS: "2000", UPSTREAM_FIRST_BYTE_TIMEOUT_MS: String(FIRST_BYTE_MS), UPSTREAM_IDLE_TIMEOUT_MS: "2000", UPSTREAM_TOTAL_TIMEOUT_MS: "20000", ...admissionEnv() }), port: 0, host: "127.0.0.1" },
+    { ...loadConfig({ LOG_LEVEL: "silent", UPSTREAM_CONNECT_TIMEOUT_MS: "2000", UPSTREAM_FIRST_BYTE_TIMEOUT_MS: String(FIRST_BYTE_MS), UPSTREAM_IDLE_TIMEOUT_MS: String(IDLE_MS), UPSTREAM_TOTAL_TIMEOUT_MS: "20000", UPSTREAM_MAX_RESPONSE_BYTES: String(MAX_RESPONSE_BYTES), ...admissionEnv() }), port: 0, host: "127.0.0.1" },
     { quiet: true },
   );
 });
@@ -118,7 +120,7 @@ describe("receipts list their attempts", () => {
       { name: "backup", price: ["5", "20"] },
     ]);
     fake.set(s.upstream.primary!, { type: "status", status: 503 });
-    fake.set(s.upstream.backup!, { type: "ok", delayMs: 150 });
+    fake.set(s.upstream.backup!, { type: "ok", delayMs: 400 });
     const { data, response } = await s.openai.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "fall back" }], max_tokens: 40 }).withResponse();
     const requestId = response.headers.get("x-request-id")!;
     const expected = requestCharge(price("5", "20"), data.usage!.prompt_tokens, data.usage!.completion_tokens);
@@ -131,10 +133,10 @@ describe("receipts list their attempts", () => {
       step(1, s.id.primary!, "primary", "PRIMARY", 503, "UPSTREAM_5XX", false),
       step(2, s.id.backup!, "backup", "BACKUP", 200, "ANSWERED", true),
     ]);
-    // Each attempt's own time: the backup's 150 ms delay is in its step, not in the primary's; both within the request's.
+    // Each attempt's own time: the backup's 400 ms delay is in its step; the two steps do not overlap
+    // (their sum is within the request's time, so the primary's holds none of the backup's).
     const [first, second] = r.attemptPath;
-    expect(second!.latencyMs).toBeGreaterThanOrEqual(140);
-    expect(first!.latencyMs).toBeLessThan(second!.latencyMs);
+    expect(second!.latencyMs).toBeGreaterThanOrEqual(390);
     // (each is rounded to a whole millisecond on its own: 1 ms each of slack)
     expect(first!.latencyMs + second!.latencyMs).toBeLessThanOrEqual(r.latencyMs + 2);
   });
@@ -221,6 +223,50 @@ describe("failed requests list every attempt", () => {
       step(1, s.id.primary!, "primary", "PRIMARY", null, "CONNECT_ERROR", false),
       step(2, s.id.backup!, "backup", "BACKUP", 400, "REJECTED", false),
     ]);
+  });
+
+  it("an attempt that ends the request after its answer started: a cut stream NETWORK_ERROR, a stall TIMEOUT, both with status 200; FULL_USAGE charges that step", async () => {
+    for (const [behavior, cause] of [
+      [{ type: "cut", afterChunks: 3 }, "NETWORK_ERROR"],
+      [{ type: "stall", afterChunks: 3 }, "TIMEOUT"],
+    ] as const) {
+      const s = await setup(
+        [
+          { name: "primary", price: ["3", "12"] },
+          { name: "backup", price: ["3", "12"] },
+        ],
+        { failedChargePolicy: "FULL_USAGE" },
+      );
+      fake.set(s.upstream.primary!, behavior);
+      const stream = await s.openai.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "cut" }], max_tokens: 50, stream: true }).withResponse();
+      const error = await (async () => {
+        try {
+          for await (const _chunk of stream.data) void _chunk;
+        } catch (e) {
+          return e;
+        }
+        return null;
+      })();
+      expect(error).toBeInstanceOf(APIError);
+      const f = await failureOf(s.admin, stream.response.headers.get("x-request-id")!);
+      // Not retried on the backup: the answer had started reaching the client.
+      expect(f.attempts).toBe(1);
+      expect(f.charge.amount).not.toBe("0.000000");
+      expect(withoutLatency(f.attemptPath)).toEqual([step(1, s.id.primary!, "primary", "PRIMARY", 200, cause, true)]);
+    }
+  });
+
+  it("an answer over the relay limit: RESPONSE_TOO_LARGE, charged as billed, not retried", async () => {
+    const s = await setup([
+      { name: "primary", price: ["1", "1"] },
+      { name: "backup", price: ["1", "1"] },
+    ]);
+    fake.set(s.upstream.primary!, { type: "huge", bytes: MAX_RESPONSE_BYTES * 2, usage: { prompt_tokens: 10, completion_tokens: 1000 } });
+    const error = await caught(s.openai.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "huge" }], max_tokens: 2000 }));
+    expect(error.status).toBe(502);
+    const f = await failureOf(s.admin, error.requestID!);
+    expect(f.charge.amount).toBe(formatMoney(requestCharge(price("1", "1"), 10, 1000)));
+    expect(withoutLatency(f.attemptPath)).toEqual([step(1, s.id.primary!, "primary", "PRIMARY", 200, "RESPONSE_TOO_LARGE", true)]);
   });
 
   it("a request refused before any attempt has an empty path", async () => {
