@@ -330,28 +330,30 @@ BEGIN
     INSERT INTO "Receipt" (id, "requestId", "organizationId", "keyId", "projectId", "runId", "routeId", "channelId", "requestedModel", "upstreamModel",
                            endpoint, "channelRole", fallback, attempts, bucket, currency, "promptTokens", "completionTokens", "priceSnapshotId",
                            charge, stream, "latencyMs", status, "usageExceededReservation",
-                           "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "upstreamCost", "createdAt")
+                           "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "upstreamCost", "attemptPath", "createdAt")
     SELECT x.id, x."requestId", x."organizationId", x."keyId", x."projectId", x."runId", x."routeId", x."channelId", x."requestedModel", x."upstreamModel",
            x.endpoint, x."channelRole"::"ChannelRole", x.fallback, x.attempts, x.bucket::"BalanceBucket", x.currency, x."promptTokens", x."completionTokens", x."priceSnapshotId",
            x.charge::bigint, x.stream, x."latencyMs", x.status, x."usageExceededReservation",
            COALESCE(x."cachedPromptTokens", 0), COALESCE(x."cacheWriteTokens", 0), COALESCE(x."audioPromptTokens", 0), COALESCE(x."reasoningTokens", 0),
-           COALESCE(x."audioCompletionTokens", 0), x."upstreamCost", p_now
+           COALESCE(x."audioCompletionTokens", 0), x."upstreamCost", COALESCE(x."attemptPath", '[]'::jsonb), p_now
       FROM json_to_recordset(p_receipts) AS x(id text, "requestId" text, "organizationId" text, "keyId" text, "projectId" text, "runId" text, "routeId" text,
              "channelId" text, "requestedModel" text, "upstreamModel" text, endpoint text, "channelRole" text, fallback boolean, attempts int, bucket text,
              currency text, "promptTokens" int, "completionTokens" int, "priceSnapshotId" text, charge text, stream boolean, "latencyMs" int, status int,
              "usageExceededReservation" boolean,
-             "cachedPromptTokens" int, "cacheWriteTokens" int, "audioPromptTokens" int, "reasoningTokens" int, "audioCompletionTokens" int, "upstreamCost" text);
+             "cachedPromptTokens" int, "cacheWriteTokens" int, "audioPromptTokens" int, "reasoningTokens" int, "audioCompletionTokens" int, "upstreamCost" text,
+             "attemptPath" jsonb);
   END IF;
   IF p_failures IS NOT NULL THEN
     INSERT INTO "FailedRequest" (id, "requestId", "organizationId", "keyId", "projectId", "runId", "routeId", "channelId", "requestedModel", endpoint,
                                  cause, "capScope", message, "httpStatus", "upstreamStatus", attempts, bucket, currency, "promptTokens", "completionTokens",
-                                 "priceSnapshotId", charge, estimated, "createdAt")
+                                 "priceSnapshotId", charge, estimated, "attemptPath", "createdAt")
     SELECT x.id, x."requestId", x."organizationId", x."keyId", x."projectId", x."runId", x."routeId", x."channelId", x."requestedModel", x.endpoint,
            x.cause::"FailureCause", x."capScope"::"CapScope", x.message, x."httpStatus", x."upstreamStatus", x.attempts, x.bucket::"BalanceBucket", x.currency,
-           x."promptTokens", x."completionTokens", x."priceSnapshotId", x.charge::bigint, x.estimated, p_now
+           x."promptTokens", x."completionTokens", x."priceSnapshotId", x.charge::bigint, x.estimated, COALESCE(x."attemptPath", '[]'::jsonb), p_now
       FROM json_to_recordset(p_failures) AS x(id text, "requestId" text, "organizationId" text, "keyId" text, "projectId" text, "runId" text, "routeId" text,
              "channelId" text, "requestedModel" text, endpoint text, cause text, "capScope" text, message text, "httpStatus" int, "upstreamStatus" int,
-             attempts int, bucket text, currency text, "promptTokens" int, "completionTokens" int, "priceSnapshotId" text, charge text, estimated boolean);
+             attempts int, bucket text, currency text, "promptTokens" int, "completionTokens" int, "priceSnapshotId" text, charge text, estimated boolean,
+             "attemptPath" jsonb);
   END IF;
 
   -- The charges leave the leases that still live.

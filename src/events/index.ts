@@ -79,6 +79,23 @@ export interface RequestView {
   capScope: string | null;
   message: string | null;
   createdAt: string;
+  /**
+   * Every upstream attempt, in order, with its channel's name and upstream model (so a subscriber
+   * resolves Receipt.attemptPath { channel { name } } without a read). Absent from publishers that
+   * do not know it: then the field is read once per event.
+   */
+  attemptPath?: AttemptViewStep[];
+}
+
+/** One step of a view's attempt path: the stored step (src/requests/attempts.ts) and the names the publisher held. */
+export interface AttemptViewStep {
+  channelId: string;
+  role: "PRIMARY" | "BACKUP";
+  status: number | null;
+  cause: string;
+  latencyMs: number;
+  channelName: string | null;
+  upstreamModel: string | null;
 }
 
 /** After every settled or failed request: what it cost and where its key / project stand. */

@@ -151,13 +151,23 @@ function auditPhase(filter: ExportFilter, organizationId: string | null): Phase 
   return { from: `"AuditEntry" t`, conditions, params, keys: BY_TIME };
 }
 
+/**
+ * A request's attempt path in one compact field, its steps joined by ">": `role:status` when the
+ * status says why (answered, 5xx, 429, 401 / 403, 404, another 4xx), else `role:cause`, e.g.
+ * `primary:503>backup:200` or `primary:connect_error>backup:timeout`. Empty when no path was recorded.
+ */
+const attemptPathCsv = `(SELECT string_agg(lower(s->>'role') || ':' ||
+    CASE WHEN s->>'cause' IN ('ANSWERED', 'UPSTREAM_5XX', 'RATE_LIMITED', 'UPSTREAM_AUTH', 'UPSTREAM_NOT_FOUND', 'REJECTED') AND jsonb_typeof(s->'status') = 'number'
+         THEN s->>'status' ELSE lower(s->>'cause') END, '>' ORDER BY p.n)
+  FROM jsonb_array_elements(t."attemptPath") WITH ORDINALITY AS p(s, n))`;
+
 const SPECS: Record<ExportKind, ExportSpec> = {
   receipts: {
     columns: [
       "createdAt", "id", "requestId", "organizationId", "projectId", "keyId", "runId", "routeId", "channelId", "requestedModel",
       "upstreamModel", "endpoint", "channelRole", "fallback", "attempts", "stream", "status", "latencyMs", "bucket",
       "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens",
-      "charge", "currency", "priceSnapshotId", "upstreamCost",
+      "charge", "currency", "priceSnapshotId", "upstreamCost", "attemptPath",
     ],
     select: [
       iso(`t."createdAt"`), "t.id", `t."requestId"`, `t."organizationId"`, `t."projectId"`, `t."keyId"`, `t."runId"`, `t."routeId"`,
@@ -165,6 +175,7 @@ const SPECS: Record<ExportKind, ExportSpec> = {
       "t.attempts::text", "t.stream::text", "t.status::text", `t."latencyMs"::text`, "t.bucket::text", `t."promptTokens"::text`,
       `t."completionTokens"::text`, `t."cachedPromptTokens"::text`, `t."cacheWriteTokens"::text`, `t."audioPromptTokens"::text`,
       `t."reasoningTokens"::text`, `t."audioCompletionTokens"::text`, "t.charge::text", "t.currency", `t."priceSnapshotId"`, `t."upstreamCost"`,
+      attemptPathCsv,
     ],
     money: new Set(["charge"]),
     text: new Set(["requestedModel", "upstreamModel", "upstreamCost"]),
@@ -177,13 +188,13 @@ const SPECS: Record<ExportKind, ExportSpec> = {
     columns: [
       "createdAt", "id", "requestId", "organizationId", "projectId", "keyId", "runId", "routeId", "channelId", "requestedModel",
       "endpoint", "cause", "capScope", "message", "httpStatus", "upstreamStatus", "attempts", "estimated", "bucket",
-      "promptTokens", "completionTokens", "charge", "currency", "upstreamMessage",
+      "promptTokens", "completionTokens", "charge", "currency", "upstreamMessage", "attemptPath",
     ],
     select: [
       iso(`t."createdAt"`), "t.id", `t."requestId"`, `t."organizationId"`, `t."projectId"`, `t."keyId"`, `t."runId"`, `t."routeId"`,
       `t."channelId"`, `t."requestedModel"`, "t.endpoint", "t.cause::text", `t."capScope"::text`, "t.message", `t."httpStatus"::text`,
       `t."upstreamStatus"::text`, "t.attempts::text", "t.estimated::text", "t.bucket::text", `t."promptTokens"::text`,
-      `t."completionTokens"::text`, "t.charge::text", "t.currency", "u.message",
+      `t."completionTokens"::text`, "t.charge::text", "t.currency", "u.message", attemptPathCsv,
     ],
     money: new Set(["charge"]),
     text: new Set(["requestedModel", "message", "upstreamMessage"]),

@@ -13,7 +13,7 @@ import { events } from "../events/index.ts";
 
 export const API_KEY_PREFIX = "tg_";
 const DISPLAY_PREFIX_LENGTH = API_KEY_PREFIX.length + 6;
-const MAX_RETRY_CEILING = 10;
+export const MAX_RETRY_CEILING = 10;
 const MAX_GRACE_SECONDS = 30 * 24 * 3600;
 export const DEFAULT_ROTATION_GRACE_SECONDS = 3600;
 

@@ -8,6 +8,7 @@ import type { BalanceBucket, CapScope, ChannelRole, FailureCause } from "../gene
 import { translateDbError, type SqlClient } from "../accounting/index.ts";
 import { chargeBatchParams, RECORD_BATCH_SQL, type ChargeLease, type ChargeRow } from "../accounting/leases.ts";
 import { storable } from "../text.ts";
+import { storedPath, type AttemptStep } from "./attempts.ts";
 
 export interface ReceiptInput {
   requestId: string;
@@ -42,6 +43,8 @@ export interface ReceiptInput {
   status: number;
   /** Usage above the reservation (or absurd): charged at the reservation. Default false. */
   usageExceededReservation?: boolean;
+  /** Every upstream attempt, in order, the answered one last (src/requests/attempts.ts). Default: none. */
+  attemptPath?: readonly AttemptStep[];
 }
 
 export interface FailedRequestInput {
@@ -69,6 +72,8 @@ export interface FailedRequestInput {
   priceSnapshotId: string | null;
   charge: bigint;
   estimated: boolean;
+  /** Every upstream attempt, in order (src/requests/attempts.ts). Default: none. */
+  attemptPath?: readonly AttemptStep[];
 }
 
 export interface HoldRef {
@@ -144,6 +149,7 @@ const RECEIPT_COLUMNS: Array<[keyof ReceiptInput, string]> = [
   ["reasoningTokens", "int"],
   ["audioCompletionTokens", "int"],
   ["upstreamCost", "text"],
+  ["attemptPath", "jsonb"],
 ];
 
 const RECEIPT_CLASS_COLUMNS = new Set<keyof ReceiptInput>(["cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens"]);
@@ -171,6 +177,7 @@ const FAILED_COLUMNS: Array<[keyof FailedRequestInput, string]> = [
   ["priceSnapshotId", "text"],
   ["charge", "bigint"],
   ["estimated", "boolean"],
+  ["attemptPath", "jsonb"],
 ];
 
 function insertSql(table: string, columns: Array<[string, string]>): string {
@@ -185,8 +192,20 @@ function insertSql(table: string, columns: Array<[string, string]>): string {
 const param = (value: unknown): unknown =>
   typeof value === "bigint" ? value.toString() : value === undefined ? null : typeof value === "string" ? storable(value) : value;
 
+// The attempt path is an array in the batches' JSON, and JSON text as a positional parameter (positional()).
 const receiptParam = (record: ReceiptInput, column: keyof ReceiptInput): unknown =>
-  column === "usageExceededReservation" ? record.usageExceededReservation === true : RECEIPT_CLASS_COLUMNS.has(column) ? (record[column] ?? 0) : param(record[column]);
+  column === "attemptPath"
+    ? storedPath(record.attemptPath)
+    : column === "usageExceededReservation"
+      ? record.usageExceededReservation === true
+      : RECEIPT_CLASS_COLUMNS.has(column)
+        ? (record[column] ?? 0)
+        : param(record[column]);
+
+const failedParam = (record: FailedRequestInput, column: keyof FailedRequestInput): unknown => (column === "attemptPath" ? storedPath(record.attemptPath) : param(record[column]));
+
+/** A value as a positional parameter: a jsonb column's array as its JSON text. */
+const positional = (value: unknown): unknown => (Array.isArray(value) ? JSON.stringify(value) : value);
 
 function recordAndResolveSql(table: string, columns: Array<[string, string]>, status: "SETTLED" | "RELEASED"): string {
   const n = columns.length;
@@ -216,7 +235,7 @@ export async function recordReceipt(record: ReceiptInput, hold: HoldRef, now = n
   if (record.charge > hold.amount || record.charge < 0n) throw new RangeError("receipt charge outside its hold");
   const rows = await (directSql().$queryRawUnsafe(
       RECEIPT_SETTLE_SQL,
-      ...RECEIPT_COLUMNS.map(([c]) => receiptParam(record, c)),
+      ...RECEIPT_COLUMNS.map(([c]) => positional(receiptParam(record, c))),
       now.toISOString(),
       hold.id,
       record.charge.toString(),
@@ -231,7 +250,7 @@ export async function recordReceipt(record: ReceiptInput, hold: HoldRef, now = n
 
 const RECEIPT_MANY_SQL = (() => {
   // JSON carries bigints and enums as strings: they are declared text and cast on insert.
-  const plain = (type: string) => type === "text" || type === "int" || type === "boolean";
+  const plain = (type: string) => type === "text" || type === "int" || type === "boolean" || type === "jsonb";
   const fields = RECEIPT_COLUMNS.map(([c, type]) => `"${c}" ${plain(type) ? type : "text"}`).join(", ");
   const values = RECEIPT_COLUMNS.map(([c, type]) => (plain(type) ? `x."${c}"` : `x."${c}"::${type}`)).join(", ");
   const names = RECEIPT_COLUMNS.map(([c]) => `"${c}"`).join(", ");
@@ -294,7 +313,7 @@ function withUpstreamMessages(sql: string, n: number): string {
 /** Writes the failed request and releases its hold, charging `record.charge` (capped at the hold), atomically. */
 export async function recordFailure(record: FailedRequestInput, hold: HoldRef | null, now = new Date()): Promise<{ id: string }> {
   const data = { ...record, charge: capToHold(record.charge, hold) };
-  const params = FAILED_COLUMNS.map(([c]) => param(data[c]));
+  const params = FAILED_COLUMNS.map(([c]) => positional(failedParam(data, c)));
   const upstream = upstreamMessagesJson([record]);
   let id: string;
   if (!hold) {
@@ -367,7 +386,7 @@ export async function recordBatch(items: BatchItem[], now = new Date()): Promise
     const id = item.id ?? randomUUID();
     ids.push(id);
     if (item.kind === "receipt") receipts.push(jsonRow(id, RECEIPT_COLUMNS, (c) => receiptParam(item.record, c as keyof ReceiptInput)));
-    else failures.push(jsonRow(id, FAILED_COLUMNS, (c) => param(item.record[c as keyof FailedRequestInput])));
+    else failures.push(jsonRow(id, FAILED_COLUMNS, (c) => failedParam(item.record, c as keyof FailedRequestInput)));
     const charge = item.record.charge;
     if (charge < 0n) throw new RangeError("a charge must be >= 0");
     if (charge > 0n && !item.bucketId) throw new RangeError("a charge needs a bucket");

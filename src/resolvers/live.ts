@@ -149,8 +149,9 @@ const lowBalanceRow = (e: LowBalanceAlertEvent) => ({
 
 /** Fields of each type a view carries (anything else selected is read, once per event). */
 const FROM_VIEW: Record<string, ReadonlySet<string>> = {
-  Receipt: new Set(["id", "requestId", "key", "project", "route", "channel", "requestedModel", "upstreamModel", "endpoint", "channelRole", "fallback", "attempts", "bucket", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "upstreamCost", "charge", "stream", "usageExceededReservation", "latencyMs", "status", "createdAt"]),
-  FailedRequest: new Set(["id", "requestId", "key", "project", "route", "channel", "requestedModel", "endpoint", "cause", "capScope", "message", "httpStatus", "upstreamStatus", "attempts", "bucket", "promptTokens", "completionTokens", "charge", "estimated", "createdAt"]),
+  Receipt: new Set(["id", "requestId", "key", "project", "route", "channel", "requestedModel", "upstreamModel", "endpoint", "channelRole", "fallback", "attempts", "bucket", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "upstreamCost", "charge", "stream", "usageExceededReservation", "latencyMs", "status", "createdAt", "attemptPath"]),
+  FailedRequest: new Set(["id", "requestId", "key", "project", "route", "channel", "requestedModel", "endpoint", "cause", "capScope", "message", "httpStatus", "upstreamStatus", "attempts", "bucket", "promptTokens", "completionTokens", "charge", "estimated", "createdAt", "attemptPath"]),
+  RequestAttempt: new Set(["position", "channelId", "channel", "role", "upstreamStatus", "cause", "latencyMs", "charged"]),
   ApiKey: new Set(["id", "name", "prefix"]),
   Project: new Set(["id", "name"]),
   Route: new Set(["id", "model"]),
@@ -160,8 +161,17 @@ const FROM_VIEW: Record<string, ReadonlySet<string>> = {
 
 /** Does the selection under `info` ask only for what the view carries (names known)? */
 function answerableFromView(info: GraphQLResolveInfo, typeName: string, view: RequestView): boolean {
-  const relationType: Record<string, string> = { key: "ApiKey", project: "Project", route: "Route", channel: "Channel", charge: "Money" };
-  const known: Record<string, boolean> = { key: view.keyName !== null, project: view.projectName !== null, route: view.routeId === null || view.routeModel !== null, channel: view.channelId === null || view.channelName !== null, charge: true };
+  const relationType: Record<string, string> = { key: "ApiKey", project: "Project", route: "Route", channel: "Channel", charge: "Money", attemptPath: "RequestAttempt" };
+  const known: Record<string, boolean> = {
+    key: view.keyName !== null,
+    project: view.projectName !== null,
+    route: view.routeId === null || view.routeModel !== null,
+    channel: view.channelId === null || view.channelName !== null,
+    charge: true,
+    attemptPath: view.attemptPath !== undefined,
+  };
+  // An attempt's channel, when the view names every attempt's.
+  const attemptChannelsKnown = (view.attemptPath ?? []).every((step) => step.channelName !== null && step.upstreamModel !== null);
   const walk = (set: SelectionSetNode | undefined, type: string): boolean => {
     if (!set) return true;
     for (const s of set.selections) {
@@ -175,9 +185,9 @@ function answerableFromView(info: GraphQLResolveInfo, typeName: string, view: Re
         if (name === "__typename") continue;
         if (s.directives?.length) return false;
         if (!FROM_VIEW[type]?.has(name)) return false;
-        const nested = type === typeName ? relationType[name] : undefined;
+        const nested = type === typeName ? relationType[name] : type === "RequestAttempt" && name === "channel" ? "Channel" : undefined;
         if (nested) {
-          if (!known[name]) return false;
+          if (!(type === typeName ? known[name] : attemptChannelsKnown)) return false;
           if (!walk(s.selectionSet, nested)) return false;
         }
       }
@@ -212,6 +222,11 @@ function rowFromView(view: RequestView): Record<string, unknown> {
     project: { id: view.projectId, name: view.projectName, organizationId: view.organizationId },
     route: view.routeId ? { id: view.routeId, model: view.routeModel, organizationId: view.organizationId } : null,
     channel: view.channelId ? { id: view.channelId, name: view.channelName, upstreamModel: view.upstreamModel, organizationId: view.organizationId, routeId: view.routeId } : null,
+    // Each step with its channel built from the names the view carries (RequestAttempt.channel then reads nothing).
+    attemptPath: (view.attemptPath ?? []).map((step) => ({
+      ...step,
+      channel: step.channelName === null || step.upstreamModel === null ? undefined : { id: step.channelId, name: step.channelName, upstreamModel: step.upstreamModel, organizationId: view.organizationId, routeId: view.routeId },
+    })),
   };
   if (view.kind === "receipt") {
     return {

@@ -9,6 +9,7 @@ import "./types/project.ts";
 import "./types/api-key.ts";
 import "./types/route.ts";
 import "./types/channel.ts";
+import "./types/request-attempt.ts";
 import "./types/price-snapshot.ts";
 import "./types/receipt.ts";
 import "./types/failed-request.ts";

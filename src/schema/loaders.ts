@@ -1,8 +1,8 @@
-// Per-request batching for values that are not Prisma relations (caps and spend counters),
-// so a list of 50 keys with their spend costs two queries, not a hundred.
+// Per-request batching for values that are not Prisma relations (caps and spend counters, the
+// channels of attempt paths), so a list of 50 keys with their spend costs two queries, not a hundred.
 import DataLoader from "dataloader";
 import { db } from "../db/index.ts";
-import type { BudgetCap } from "../generated/prisma/client.ts";
+import type { BudgetCap, Channel } from "../generated/prisma/client.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { windowFor, type ScopeSpend } from "../accounting/index.ts";
 import { effectiveCap, type BudgetStatus } from "../budgets/index.ts";
@@ -40,10 +40,17 @@ export function createLoaders() {
     const byId = new Map(rows.map((r) => [r.requestId, r.message]));
     return requestIds.map((id) => byId.get(id) ?? null);
   });
+  // Channels by id: the attempts of a page of receipts (a JSON column, not a relation) name theirs in one read.
+  const channels = new DataLoader<string, Channel | null>(async (ids) => {
+    const rows = await db.channel.findMany({ where: { id: { in: [...ids] } } });
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    return ids.map((id) => byId.get(id) ?? null);
+  });
   return {
     caps,
     counters,
     upstreamMessages,
+    channels,
     async budget(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date()): Promise<BudgetStatus> {
       const [spend, scopeCaps] = await Promise.all([
         counters.load({ scope, scopeId, bucket, windowStart: windowFor(scope, now) }),

@@ -48,6 +48,8 @@ export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestSt
         priceSnapshotId: channel?.price?.id ?? null,
         charge,
         estimated: usage?.estimated ?? false,
+        // Every attempt has ended by now (forward's own bookkeeping runs before the error reaches here).
+        attemptPath: [...state.path],
       };
       let written = record;
       const { id } = await deps.recordFailure(record, hold).catch(async (firstError: unknown) => {
@@ -158,5 +160,6 @@ function failureView(id: string, record: FailedRequestInput, key: ApiKey, state:
     capScope: record.capScope,
     message: record.message,
     createdAt: new Date().toISOString(),
+    attemptPath: [...state.path],
   };
 }

@@ -7,7 +7,10 @@
 // channel whose own daily cap (CHANNEL_DAILY) refuses is skipped like an unusable one; a DOWN
 // channel is skipped while it cools down (src/health), or probed when every channel is. Exhausted:
 // 504 upstream_timeout if the last failure was a timeout, else 502 upstream_error (with the last
-// upstream status). The answer itself is relayed (and settled) by relay.ts.
+// upstream status). The answer itself is relayed (and settled) by relay.ts. Every attempt that was
+// sent ends as one step of the request's path (state.path: channel, role, upstream status, cause,
+// latency), stored with its receipt or failed request; skipped channels (cooling down, capped) are
+// not attempts and leave no step.
 import type { ServerResponse } from "node:http";
 import type { ApiKey } from "../../generated/prisma/client.ts";
 import { holdCovers, worstCase } from "../../accounting/charges.ts";
@@ -16,12 +19,13 @@ import type { PlannedChannel } from "../../routing/index.ts";
 import { GatewayError, channelsDown, clientClosed, upstreamRejected, upstreamError, upstreamTimeout } from "../errors.ts";
 import { observeAttempt, observeFallback } from "../observe.ts";
 import { UpstreamFailure } from "../upstream.ts";
+import { statusCause, type AttemptCause } from "../../requests/attempts.ts";
 import { channelRedactor } from "../redact.ts";
 import { clip } from "../../text.ts";
 import { admit } from "./admit.ts";
 import type { Plan } from "./plan.ts";
 import { relayJson, relayStream } from "./relay.ts";
-import type { AttemptFailure, Endpoint, GatewayDeps, Outcome, RequestState } from "./state.ts";
+import { finishAttempt, type AttemptFailure, type Endpoint, type GatewayDeps, type Outcome, type RequestState } from "./state.ts";
 
 const RETRYABLE_STATUS = (status: number) => status >= 500 || status === 429 || status === 408 || status === 401 || status === 403 || status === 404;
 
@@ -85,6 +89,7 @@ async function tryChannel(
   let settleBefore = state.settleMs;
   let ok: boolean | null = null;
   let failure: AttemptFailure;
+  let ended: AttemptCause = "INTERNAL_ERROR";
   try {
     const worst = worstCase(channel.price!, plan.promptBound, plan.outputBound);
     if (!holdCovers(state.hold, channel.channel.id, worst)) {
@@ -104,17 +109,24 @@ async function tryChannel(
     if (state.attempts > 1) observeFallback(state, channel);
     started = performance.now();
     settleBefore = state.settleMs;
+    state.current = { channel, startedAt: started, settleBefore, status: null, cause: null };
     const outcome = await attempt(deps, state, res, plan, channel);
     ok = outcome.done;
-    if (outcome.done) return null;
+    if (outcome.done) {
+      ended = "ANSWERED"; // settle() has already ended it so (its step is in the receipt)
+      return null;
+    }
     failure = outcome.failure;
+    ended = failureCause(failure);
   } catch (error) {
     ok = started ? healthVerdict(error) : null;
+    ended = state.current?.cause ?? thrownCause(error);
     // A channel whose own daily cap refuses is skipped like an unusable channel; only when none is left is that refusal the answer.
     if (error instanceof GatewayError && error.capScope === "CHANNEL_DAILY") return error;
     throw error;
   } finally {
     if (started) {
+      finishAttempt(state, ended);
       const upstreamMs = performance.now() - started - (state.settleMs - settleBefore);
       state.upstreamMs += upstreamMs;
       observeAttempt(state, channel, ok === true, upstreamMs);
@@ -140,6 +152,34 @@ function healthVerdict(error: unknown): boolean | null {
   }
   // Client gone or our own error: says nothing about the channel.
   return null;
+}
+
+/** The step cause of an attempt the next channel may fix. */
+function failureCause(f: AttemptFailure): AttemptCause {
+  if (!(f instanceof UpstreamFailure)) return statusCause(f.status);
+  if (f.kind === "connect") return "CONNECT_ERROR";
+  if (f.kind === "timeout") return f.reachedUpstream ? "TIMEOUT" : "CONNECT_TIMEOUT";
+  if (f.kind === "client_closed") return "CLIENT_CLOSED";
+  return "NETWORK_ERROR";
+}
+
+/** The step cause of an attempt that ended the request by throwing (unless its stage said better: state.current.cause). */
+function thrownCause(error: unknown): AttemptCause {
+  if (!(error instanceof GatewayError)) return "INTERNAL_ERROR";
+  switch (error.code) {
+    case "upstream_rejected":
+      return "REJECTED";
+    case "client_closed":
+      return "CLIENT_CLOSED";
+    case "upstream_response_too_large":
+      return "RESPONSE_TOO_LARGE";
+    case "upstream_timeout":
+      return "TIMEOUT";
+    case "upstream_error":
+      return "BAD_RESPONSE";
+    default:
+      return "INTERNAL_ERROR";
+  }
 }
 
 /** Our words for a failed attempt (the upstream status, never its text): what key holders read. */
@@ -185,6 +225,7 @@ async function attempt(deps: GatewayDeps, state: RequestState, res: ServerRespon
     let head: { status: number; headers: Record<string, string | string[] | undefined> };
     try {
       head = await call.start();
+      if (state.current) state.current.status = head.status;
     } catch (error) {
       if (!(error instanceof UpstreamFailure)) throw error;
       if (error.kind === "client_closed") {

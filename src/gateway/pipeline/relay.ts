@@ -201,6 +201,7 @@ export async function relayStream(deps: GatewayDeps, state: RequestState, res: S
       state.failureUsage = failureUsage();
       const detail = { requestId: state.requestId, upstreamMessage: channelRedactor(deps.lookups, [channel])(error.message) };
       if (error.kind === "timeout") throw upstreamTimeout(`the stream stalled: ${error.summary}`, state.attempts, detail);
+      if (state.current) state.current.cause = "NETWORK_ERROR";
       throw upstreamError(`the stream was cut off: ${error.summary}`, state.attempts, 200, detail);
     }
   } finally {

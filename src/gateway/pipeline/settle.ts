@@ -10,7 +10,7 @@ import type { RequestView } from "../../events/index.ts";
 import { observeSpend } from "../observe.ts";
 import type { Usage } from "../sse.ts";
 import type { Plan } from "./plan.ts";
-import type { GatewayDeps, RequestState } from "./state.ts";
+import { finishAttempt, type GatewayDeps, type RequestState } from "./state.ts";
 
 /** Writes the receipt of the request answered by `channel` and returns its charge. The trail's hold is settled by it. */
 export async function settle(deps: GatewayDeps, state: RequestState, plan: Plan, channel: PlannedChannel, usage: Usage, status: number): Promise<bigint> {
@@ -19,6 +19,9 @@ export async function settle(deps: GatewayDeps, state: RequestState, plan: Plan,
   const key = state.key!;
   const { charge, full } = usageCharge(price, usage, hold.amount);
   const exceeded = charge < full || usage.clamped === true;
+  // The answering attempt ends here: its step (latency up to its usage) is the last of the receipt's path.
+  finishAttempt(state, "ANSWERED");
+  const attemptPath = [...state.path];
   if (exceeded) {
     // The upstream used more than the worst case reserved (another tokenizer, ignored max_tokens, absurd usage): caps win.
     deps.log("warn", "usage exceeded the reservation; the charge is capped at the hold", { requestId: state.requestId, usage, reserved: hold.amount.toString(), full: full.toString() });
@@ -53,6 +56,7 @@ export async function settle(deps: GatewayDeps, state: RequestState, plan: Plan,
     latencyMs: Math.round(performance.now() - state.startedAt),
     status,
     usageExceededReservation: exceeded,
+    attemptPath,
   };
   const settleStarted = performance.now();
   const receipt = await deps.settle({ record, hold, bucketId: hold.bucketId });
@@ -103,6 +107,7 @@ export async function settle(deps: GatewayDeps, state: RequestState, plan: Plan,
     capScope: null,
     message: null,
     createdAt: at.toISOString(),
+    attemptPath,
   };
   const event = { ...record, routeId: record.routeId, receiptId: receipt.id, status: "SETTLED" as const, view };
   // Sent before its commit (SEND_BEFORE_COMMIT_MS): announced once it committed, as every spend is.

@@ -10,6 +10,7 @@ import type { ApiKey, Route } from "../../generated/prisma/client.ts";
 import type { BalanceBucket } from "../../generated/prisma/enums.ts";
 import type { ReserveInput, ReserveResult } from "../../accounting/index.ts";
 import type { CounterState, FailedRequestInput, HoldRef, ReceiptInput } from "../../requests/index.ts";
+import type { AttemptCause, AttemptStep } from "../../requests/attempts.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
 import type { Lookups } from "../lookups.ts";
 import type { RateLimiter, RateTicket } from "../rate-limit.ts";
@@ -61,6 +62,24 @@ export interface FailureUsage {
 /** Why an attempt on a channel failed in a way the next channel may fix. */
 export type AttemptFailure = UpstreamFailure | { kind: "status"; status: number; message: string };
 
+/** A step of the request's path with the names a live view shows (the stored step drops them). */
+export interface PathStep extends AttemptStep {
+  channelName: string;
+  upstreamModel: string;
+}
+
+/** The attempt in progress: what its step is built from when it ends (finishAttempt). */
+export interface CurrentAttempt {
+  channel: PlannedChannel;
+  startedAt: number;
+  /** state.settleMs when it started: a settlement it waits for is not its latency. */
+  settleBefore: number;
+  /** The upstream's HTTP status, once its headers came. */
+  status: number | null;
+  /** Set by the stage that knows better than the error it throws (e.g. a stream cut off: NETWORK_ERROR). */
+  cause: AttemptCause | null;
+}
+
 /** How an attempt ended when it did not throw: answered, or failed over to the next channel. */
 export type Outcome = { done: true } | { done: false; failure: AttemptFailure };
 
@@ -75,6 +94,9 @@ export class RequestState {
   runId: string | null = null;
   channel: PlannedChannel | null = null;
   attempts = 0;
+  /** Every attempt that ended, in order (the receipt's or failed request's attemptPath). */
+  readonly path: PathStep[] = [];
+  current: CurrentAttempt | null = null;
   hold: Hold | null = null;
   failureUsage: FailureUsage | null = null;
   recorded = false;
@@ -90,4 +112,20 @@ export class RequestState {
     readonly requestId: string,
     readonly endpoint: Endpoint,
   ) {}
+}
+
+/** Ends the current attempt as `cause`: its step joins the path (once; a second call does nothing). */
+export function finishAttempt(state: RequestState, cause: AttemptCause): void {
+  const a = state.current;
+  if (!a) return;
+  state.current = null;
+  state.path.push({
+    channelId: a.channel.channel.id,
+    role: a.channel.role,
+    status: a.status,
+    cause,
+    latencyMs: Math.max(0, Math.round(performance.now() - a.startedAt - (state.settleMs - a.settleBefore))),
+    channelName: a.channel.channel.name,
+    upstreamModel: a.channel.channel.upstreamModel,
+  });
 }

@@ -4,6 +4,7 @@ import { listOrder } from "./common.ts";
 import type { Prisma } from "../../generated/prisma/client.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { BalanceBucket, CapScope, FailureCause } from "../../generated/prisma/enums.ts";
+import { RequestAttemptRef, attemptsOf } from "./request-attempt.ts";
 
 export const FailedRequestRef = builder.prismaObject("FailedRequest", {
   interfaces: [NodeRef],
@@ -34,6 +35,11 @@ export const FailedRequestRef = builder.prismaObject("FailedRequest", {
     httpStatus: t.exposeInt("httpStatus"),
     upstreamStatus: t.exposeInt("upstreamStatus", { nullable: true }),
     attempts: t.exposeInt("attempts"),
+    attemptPath: t.field({
+      type: [RequestAttemptRef],
+      description: "Every upstream attempt, in order: channel, role, upstream status, cause, latency, and which one (the last, if any) was charged under the key's failed-request policy. Empty when the request was refused before any attempt, and for failed requests recorded before attempt paths were.",
+      resolve: (f) => attemptsOf(f),
+    }),
     bucket: t.field({ type: BalanceBucket, nullable: true, resolve: (f) => f.bucket }),
     promptTokens: t.exposeInt("promptTokens"),
     completionTokens: t.exposeInt("completionTokens"),

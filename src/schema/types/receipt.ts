@@ -4,6 +4,7 @@ import { listOrder } from "./common.ts";
 import type { Prisma } from "../../generated/prisma/client.ts";
 import { MoneyRef, moneyOf } from "./common.ts";
 import { BalanceBucket, ChannelRole } from "../../generated/prisma/enums.ts";
+import { RequestAttemptRef, attemptsOf } from "./request-attempt.ts";
 
 export const ReceiptRef = builder.prismaObject("Receipt", {
   interfaces: [NodeRef],
@@ -23,6 +24,11 @@ export const ReceiptRef = builder.prismaObject("Receipt", {
     channelRole: t.field({ type: ChannelRole, resolve: (r) => r.channelRole }),
     fallback: t.exposeBoolean("fallback", { description: "True when an earlier channel failed and another one answered." }),
     attempts: t.exposeInt("attempts"),
+    attemptPath: t.field({
+      type: [RequestAttemptRef],
+      description: "Every upstream attempt, in order (the answered one last): channel, role, upstream status, cause, latency, and which one was charged. Empty for receipts recorded before attempt paths were (then only `attempts` counts them).",
+      resolve: (r) => attemptsOf(r),
+    }),
     bucket: t.field({ type: BalanceBucket, resolve: (r) => r.bucket }),
     promptTokens: t.exposeInt("promptTokens", { description: "All prompt tokens, every class below included." }),
     completionTokens: t.exposeInt("completionTokens", { description: "All generated tokens, reasoning and audio included." }),
