@@ -6,6 +6,7 @@ import "./types/node.ts";
 import "./types/organization.ts";
 import "./types/wallet.ts";
 import "./types/project.ts";
+import "./types/key-plan.ts";
 import "./types/api-key.ts";
 import "./types/route.ts";
 import "./types/channel.ts";
