@@ -8,7 +8,8 @@
 // Decisions (README material):
 // - Order: key check (cached ≤ 1 s, cleared by keyChanged events) → body (≤ MAX_BODY_BYTES, else
 //   413; bad JSON 400) → allowed models (403) → route (404) → usable channels (buckets,
-//   lower-cost ROUTED routes, backup routes; none → 403) → priced channels (none → 503
+//   lower-cost ROUTED routes, backup routes; none → 403) → x-tokengate-quote (its pinned prices
+//   replace the current ones; unknown / other key's 404, expired / other model's 400) → priced channels (none → 503
 //   price_unknown, fail closed: an unpriced channel is never called) → x-run-id (must be this
 //   key's run, else 404 run_not_found; not ACTIVE → 402 run_cancelled) → worst case → reserve →
 //   upstream → receipt + settle, or FailedRequest + release.
