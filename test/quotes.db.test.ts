@@ -224,6 +224,28 @@ describe("quoteRequest", () => {
     expect([pausedError.status, pausedError.code]).toEqual([403, "key_paused"]);
   });
 
+  it("rate limits: the quote reads the limiter's counts and answers 429 rate_limit_exceeded when the request would get it", async () => {
+    const w = await quotedWorld({ key: { rpmLimit: 2, tpmLimit: 100_000 } });
+    h.fake.set(w.upstream, { type: "ok", usage: { prompt_tokens: 10, completion_tokens: 10 } });
+    const ask = () => client(w.secret).chat.completions.create({ model: w.model, messages: MESSAGES, max_tokens: 10 });
+    // tpm counts the token bound: 100,001 tokens do not fit 100,000.
+    const tooBig = await quote(w.admin, { keyId: w.key.id, model: w.model, promptTokens: 100_000, completionTokens: 1 });
+    expect(tooBig).toMatchObject({ admitted: false, refusal: { code: "rate_limit_exceeded", httpStatus: 429 } });
+    await ask();
+    await ask();
+    const plan = await gqlOk<{ apiKey: { plan: Array<{ rateLimits: Record<string, unknown> }> } }>(
+      w.admin,
+      `query($id: ID!, $m: String) { apiKey(id: $id) { plan(model: $m) { rateLimits { rpmLimit tpmLimit maxConcurrent requestsLastMinute tokensLastMinute inFlight } } } }`,
+      { id: w.key.id, m: w.model },
+    );
+    // Two requests counted; their tokens corrected to the 20 each really used.
+    expect(plan.apiKey.plan[0]!.rateLimits).toEqual({ rpmLimit: 2, tpmLimit: 100_000, maxConcurrent: null, requestsLastMinute: 2, tokensLastMinute: 40, inFlight: null });
+    const q = await quote(w.admin, { keyId: w.key.id, model: w.model, promptTokens: 10, completionTokens: 10 });
+    expect(q).toMatchObject({ admitted: false, refusal: { code: "rate_limit_exceeded", httpStatus: 429, capScope: null } });
+    const error = await refusal(ask());
+    expect([error.status, error.code]).toEqual([429, "rate_limit_exceeded"]);
+  });
+
   it("bad input is BAD_USER_INPUT; another tenant's key is NOT_FOUND; read-only tokens may not quote", async () => {
     const w = await quotedWorld();
     const bad = async (input: Record<string, unknown>) => codes(await gql(w.admin, QUOTE, { input }));

@@ -59,6 +59,7 @@ import { findModel, listModels } from "./models.ts";
 import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./pipeline/index.ts";
 import { UpstreamClient } from "./upstream.ts";
 import { RateLimiter, type RateLimiterStats } from "./rate-limit.ts";
+import { setRateUsageSource } from "../keys/plan.ts";
 import { componentLogger } from "../log.ts";
 import { observeRequest, type Observed } from "./observe.ts";
 
@@ -91,6 +92,8 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
   const grouped = options.groupCommit ?? true;
   const log: GatewayDeps["log"] = (level, message, extra) => logger[level](extra ?? {}, message);
   const limiter = RateLimiter.create({ redisUrl: config.redisUrl, badKeyLimitPerMinute: config.badKeyLimitPerMinute, log });
+  // Key plans and quotes read where a key stands in its rate limits from this limiter.
+  const forgetRateUsage = setRateUsageSource((keyId) => limiter.usage(keyId));
   const leased = (options.admission ?? config.admission) === "leases";
   const leasePath = leased
     ? leaseMoneyPath({
@@ -250,6 +253,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       if (leasePath) await leasePath.pool.returnAll();
     },
     async close() {
+      forgetRateUsage();
       clearInterval(keepAlive);
       await deps.upstream.close();
       await limiter.close();

@@ -10,7 +10,8 @@
 // database's counters, where headroom leased to gateway instances counts as held (API.md's
 // `remaining = cap − spent − held`): near a cap a quote may refuse what an instance would still
 // admit from its own lease, never the other way round. Rate limits (rpm / tpm / concurrency) are
-// shown as configured; their minute windows live in each instance (or Redis) and are not judged here.
+// read from the gateway's limiter (setRateUsageSource): with Redis every instance's counts, without
+// it this process's; unknown (no gateway here, Redis down) they are shown as configured, not judged.
 import { db } from "../db/index.ts";
 import type { ApiKey, Channel, PriceSnapshot, Route } from "../generated/prisma/client.ts";
 import type { BalanceBucket, CapScope, FailedChargePolicy } from "../generated/prisma/enums.ts";
@@ -58,6 +59,39 @@ export interface KeyRateLimitValues {
   rpmLimit: number | null;
   tpmLimit: number | null;
   maxConcurrent: number | null;
+  /** Sliding counts of the last 60 s and requests in flight, as the limiter counts them; null when it has no such limit or cannot say. */
+  requestsLastMinute: number | null;
+  tokensLastMinute: number | null;
+  inFlight: number | null;
+}
+
+export interface RateUsage {
+  requests: number;
+  tokens: number;
+  inFlight: number;
+}
+
+let rateUsage: ((keyId: string) => Promise<RateUsage | null>) | null = null;
+
+/** The gateway registers its limiter's reader here (the domain knows no gateway); returns the unregistration. */
+export function setRateUsageSource(source: (keyId: string) => Promise<RateUsage | null>): () => void {
+  rateUsage = source;
+  return () => {
+    if (rateUsage === source) rateUsage = null;
+  };
+}
+
+async function rateLimitsOf(key: Pick<ApiKey, "id" | "rpmLimit" | "tpmLimit" | "maxConcurrent">): Promise<KeyRateLimitValues> {
+  const limited = key.rpmLimit !== null || key.tpmLimit !== null || key.maxConcurrent !== null;
+  const usage = limited && rateUsage ? await rateUsage(key.id) : null;
+  return {
+    rpmLimit: key.rpmLimit,
+    tpmLimit: key.tpmLimit,
+    maxConcurrent: key.maxConcurrent,
+    requestsLastMinute: usage && key.rpmLimit !== null ? usage.requests : null,
+    tokensLastMinute: usage && key.tpmLimit !== null ? usage.tokens : null,
+    inFlight: usage && key.maxConcurrent !== null ? usage.inFlight : null,
+  };
 }
 
 export interface KeyModelPlan {
@@ -105,6 +139,8 @@ export const REFUSALS = {
   runNotFound: (runId: string) => refusal("run_not_found", 404, `run ${runId} does not exist or does not belong to this key`),
   runPaused: () => refusal("run_paused", 402, "the run is paused"),
   runCancelled: (status: string) => refusal("run_cancelled", 402, `the run is ${status.toLowerCase()}`),
+  rateLimited: (limit: "rpm" | "tpm" | "concurrent") =>
+    refusal("rate_limit_exceeded", 429, limit === "concurrent" ? "the key's requests in flight are at maxConcurrent" : `the key's ${limit} limit leaves no room in the last 60 s`),
   budgetExceeded: (scope: CapScope) => refusal("budget_exceeded", 402, `the worst case would exceed ${scope}`, scope),
   insufficientBalance: (bucket: BalanceBucket) => refusal("insufficient_balance", 402, `the ${bucket} balance does not cover the worst case`),
 } as const;
@@ -227,7 +263,7 @@ export async function keyPlans(viewer: Viewer, key: ApiKey, options: PlanOptions
   }
   const organizationReader = viewer.role !== "PROJECT_VIEWER";
   const models = model ? [model] : key.allowedModels.length > 0 ? key.allowedModels : null;
-  const routes = await routesOf(key.organizationId, models, now);
+  const [routes, rateLimits] = await Promise.all([routesOf(key.organizationId, models, now), rateLimitsOf(key)]);
   const plans: Array<Omit<KeyModelPlan, "limits"> & { targets: LimitTarget[] }> = [];
   for (const name of model ? [model] : models ?? routes.map((r) => r.route.model)) {
     const routed = routes.find((r) => r.route.model === name) ?? null;
@@ -253,7 +289,7 @@ export async function keyPlans(viewer: Viewer, key: ApiKey, options: PlanOptions
       route: routed?.route ?? null,
       channels,
       fallbackSwitchesBucket: new Set(tried.map((c) => c.bucket)).size > 1,
-      rateLimits: { rpmLimit: key.rpmLimit, tpmLimit: key.tpmLimit, maxConcurrent: key.maxConcurrent },
+      rateLimits,
       retryCeiling: key.retryCeiling,
       maxAttempts: 1 + Math.max(0, key.retryCeiling),
       failedChargePolicy: key.failedChargePolicy,
@@ -308,6 +344,8 @@ export async function judgeAdmission(
   key: ApiKey,
   plan: KeyModelPlan,
   worstOf: (channel: PlanChannel) => bigint,
+  /** The request's token bound (reserved prompt + output), what tpm counts; null: tpm not judged. */
+  tokens: number | null,
   now = new Date(),
 ): Promise<AdmissionVerdict> {
   const refused = (r: Refusal, extra: Partial<AdmissionVerdict> = {}): AdmissionVerdict => ({ admitted: false, refusal: r, channel: null, worstCase: null, binding: null, headroom: null, skippedChannels: [], ...extra });
@@ -327,6 +365,11 @@ export async function judgeAdmission(
     if (run.status === "PAUSED") return refused(REFUSALS.runPaused());
     if (run.status !== "ACTIVE") return refused(REFUSALS.runCancelled(run.status));
   }
+  // The limiter's order (src/gateway/rate-limit.ts): requests in flight, then rpm, then tpm.
+  const rate = plan.rateLimits;
+  if (rate.maxConcurrent !== null && rate.inFlight !== null && rate.inFlight >= rate.maxConcurrent) return refused(REFUSALS.rateLimited("concurrent"));
+  if (rate.rpmLimit !== null && rate.requestsLastMinute !== null && rate.requestsLastMinute + 1 > rate.rpmLimit) return refused(REFUSALS.rateLimited("rpm"));
+  if (rate.tpmLimit !== null && rate.tokensLastMinute !== null && tokens !== null && rate.tokensLastMinute + tokens > rate.tpmLimit) return refused(REFUSALS.rateLimited("tpm"));
   let limits = plan.limits;
   if (!limits.some((l) => l.kind === "BALANCE")) {
     limits = [...limits, ...(await readLimits(key.organizationId, [], [...new Set(tried.map((c) => c.bucket))], now))];

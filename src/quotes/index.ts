@@ -92,7 +92,7 @@ export async function quoteRequest(viewer: Viewer, input: QuoteInput, bodyBounds
   const bounds: RequestBounds =
     body !== null && plan!.route ? await bodyBounds({ ...body, model }, plan!) : { promptCounted: promptTokens ?? 0, promptBound: promptTokens ?? 0, outputBound: completionTokens ?? 0 };
   const expectedCompletionTokens = completionTokens ?? bounds.outputBound;
-  const verdict = await judgeAdmission(key, plan!, (c) => worstCase(c.price!, bounds.promptBound, bounds.outputBound), now);
+  const verdict = await judgeAdmission(key, plan!, (c) => worstCase(c.price!, bounds.promptBound, bounds.outputBound), bounds.promptBound + bounds.outputBound, now);
   const served = verdict.channel ?? plan!.channels.find((c) => c.tried) ?? null;
   const expectedCharge = served?.price ? classCharge(served.price, { promptTokens: bounds.promptCounted, completionTokens: expectedCompletionTokens }) : null;
 

@@ -76,11 +76,15 @@ export const PlanChannelRef = builder.objectRef<ShownChannel>("PlanChannel").imp
 });
 
 export const KeyRateLimitsRef = builder.objectRef<KeyRateLimitValues>("KeyRateLimits").implement({
-  description: "The key's rate limits as configured (null = none). Over one: 429 rate_limit_exceeded. Their minute windows are counted by the gateway instances (or Redis), not shown here.",
+  description:
+    "The key's rate limits (null = none; over one: 429 rate_limit_exceeded) and where it stands in them, as the gateway's limiter counts: with REDIS_URL across instances, without it in this process. A count is null when the key has no such limit or the limiter cannot say.",
   fields: (t) => ({
     rpmLimit: t.int({ nullable: true, resolve: (r) => r.rpmLimit }),
     tpmLimit: t.int({ nullable: true, resolve: (r) => r.tpmLimit }),
     maxConcurrent: t.int({ nullable: true, resolve: (r) => r.maxConcurrent }),
+    requestsLastMinute: t.int({ nullable: true, description: "Sliding count of the last 60 s (what rpmLimit is checked against).", resolve: (r) => r.requestsLastMinute }),
+    tokensLastMinute: t.int({ nullable: true, description: "Sliding token count of the last 60 s (what tpmLimit is checked against).", resolve: (r) => r.tokensLastMinute }),
+    inFlight: t.int({ nullable: true, description: "Requests in flight now (what maxConcurrent is checked against).", resolve: (r) => r.inFlight }),
   }),
 });
 
