@@ -157,6 +157,28 @@ describe("quoteRequest", () => {
     expect((await quote(w.admin, { keyId: w.key.id, model: w.model, promptTokens: 1000, completionTokens: 100 })).expectedCharge.amount).toBe("0.037000");
   });
 
+  it("a quote pins every channel the request may be served by: a fallback is charged at the backup's quoted price", async () => {
+    const w = await world({ credit: "10" });
+    const model = uid("pinned");
+    const [primaryUp, backupUp] = [uid("pinned-primary"), uid("pinned-backup")];
+    const r = await route(w.viewer, w.org.id, model, [
+      { name: "primary", baseUrl: h.fake.url, upstreamModel: primaryUp, price: ["1.5", "7.3"] },
+      { name: "backup", baseUrl: h.fake.url, upstreamModel: backupUp, price: ["2", "8"] },
+    ]);
+    const admin = await token("ORG_ADMIN", w.org.id);
+    const q = await quote(admin, { keyId: w.key.id, model, promptTokens: 1000, completionTokens: 100 });
+    expect(q.channel.name).toBe("primary");
+    const quotedBackup = await h.database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: r.channels[1]!.id } });
+    for (const c of r.channels) await setPrice(w.viewer, { channelId: c.id, inputPerMillion: "50", outputPerMillion: "50" });
+
+    h.fake.set(primaryUp, { type: "status", status: 500 });
+    h.fake.set(backupUp, { type: "ok", usage: { prompt_tokens: 1000, completion_tokens: 100 } });
+    const sent = await client(w.secret, { "x-tokengate-quote": q.id }).chat.completions.create({ model, messages: LONG, max_tokens: 100 }).withResponse();
+    expect([sent.response.headers.get("x-tokengate-channel"), sent.response.headers.get("x-tokengate-charge")]).toEqual(["backup", "0.002800"]); // 1000 × 2 + 100 × 8
+    const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId: sent.response.headers.get("x-request-id")! } });
+    expect([receipt.priceSnapshotId, receipt.charge, receipt.fallback]).toEqual([quotedBackup.id, 2_800n, true]);
+  });
+
   it("an expired, unknown, other key's or other model's quote is refused (4xx, OpenAI shape), never priced otherwise", async () => {
     const w = await quotedWorld();
     h.fake.set(w.upstream, { type: "ok", usage: { prompt_tokens: 10, completion_tokens: 10 } });
