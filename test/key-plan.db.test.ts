@@ -6,7 +6,7 @@
 // viewer: its key without the organization's parts).
 import { describe, expect, it } from "vitest";
 import { useGatewayHarness, leasesReturned, uid } from "./support/gateway.ts";
-import { route, world, topUp } from "./support/fixtures.ts";
+import { apiKey as newKey, route, world, topUp } from "./support/fixtures.ts";
 import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 import { reserve, release, walletBucket } from "../src/accounting/index.ts";
 import { setKeyCaps } from "../src/keys/index.ts";
@@ -140,6 +140,20 @@ describe("ApiKey.plan", () => {
       ["CHARGE", "-0.000220", "CNY"],
       ["CHARGE", "-0.000110", "USD"],
     ]);
+    // In a list (batched per request): the used key and an unused one.
+    const unused = await newKey(w.viewer, w.project.id);
+    const listed = await gqlOk<{ apiKeys: { edges: Array<{ node: Record<string, any> }> } }>(
+      admin,
+      `query($p: ID!) { apiKeys(projectId: $p) { edges { node { id lastUsedAt spend { bucket charged { amount } requests } } } } }`,
+      { p: w.project.id },
+    );
+    expect(listed.apiKeys.edges.map((e) => e.node)).toEqual([
+      { id: w.key.id, lastUsedAt: last.createdAt.toISOString(), spend: [{ bucket: "CREDIT", charged: { amount: "0.000110" }, requests: 1 }, { bucket: "ROUTED", charged: { amount: "0.000220" }, requests: 1 }] },
+      { id: unused.apiKey.id, lastUsedAt: null, spend: [{ bucket: "CREDIT", charged: { amount: "0.000000" }, requests: 0 }, { bucket: "ROUTED", charged: { amount: "0.000000" }, requests: 0 }] },
+    ]);
+    // A range before today: nothing.
+    const before = await gqlOk<{ apiKey: { spend: Array<{ charged: { amount: string } }> } }>(admin, `query($id: ID!) { apiKey(id: $id) { spend(from: "2020-01-01T00:00:00Z", to: "2020-01-02T00:00:00Z") { charged { amount } } } }`, { id: w.key.id });
+    expect(before.apiKey.spend.map((x) => x.charged.amount)).toEqual(["0.000000", "0.000000"]);
     const routedOnly = await gqlOk<{ apiKey: { ledgerEntries: { totalCount: number } } }>(admin, `query($id: ID!) { apiKey(id: $id) { ledgerEntries(bucket: ROUTED) { totalCount } } }`, { id: w.key.id });
     expect(routedOnly.apiKey.ledgerEntries.totalCount).toBe(1);
 

@@ -1,5 +1,6 @@
 // A key's spend per bucket over a time range, and when it was last used: from its receipts and
 // failed requests (their (keyId, createdAt) indexes), so they are exactly what the ledger holds.
+// Both take many keys at once (two grouped statements), for lists of keys.
 import { db } from "../db/index.ts";
 import type { BalanceBucket } from "../generated/prisma/enums.ts";
 import { dayStart } from "../accounting/index.ts";
@@ -13,27 +14,39 @@ export interface BucketSpend {
 
 const BUCKETS: BalanceBucket[] = ["CREDIT", "ROUTED"];
 
-/** Both buckets, always (a bucket it never spent from shows 0): [from, to), default the current UTC day. */
-export async function keySpend(keyId: string, range: { from?: Date | null; to?: Date | null } = {}, now = new Date()): Promise<BucketSpend[]> {
+/** Per key, both buckets always (a bucket it never spent from shows 0): [from, to), default the current UTC day. */
+export async function keysSpend(keyIds: readonly string[], range: { from?: Date | null; to?: Date | null } = {}, now = new Date()): Promise<Map<string, BucketSpend[]>> {
   const createdAt = { gte: range.from ?? dayStart(now), ...(range.to ? { lt: range.to } : {}) };
+  const ids = [...new Set(keyIds)];
   const [receipts, failures] = await Promise.all([
-    db.receipt.groupBy({ by: ["bucket"], where: { keyId, createdAt }, _count: { _all: true }, _sum: { charge: true } }),
-    db.failedRequest.groupBy({ by: ["bucket"], where: { keyId, createdAt, bucket: { not: null } }, _count: { _all: true }, _sum: { charge: true } }),
+    db.receipt.groupBy({ by: ["keyId", "bucket"], where: { keyId: { in: ids }, createdAt }, _count: { _all: true }, _sum: { charge: true } }),
+    db.failedRequest.groupBy({ by: ["keyId", "bucket"], where: { keyId: { in: ids }, createdAt, bucket: { not: null } }, _count: { _all: true }, _sum: { charge: true } }),
   ]);
-  return BUCKETS.map((bucket) => {
-    const r = receipts.find((g) => g.bucket === bucket);
-    const f = failures.find((g) => g.bucket === bucket);
-    return { bucket, charged: (r?._sum.charge ?? 0n) + (f?._sum.charge ?? 0n), requests: r?._count._all ?? 0, failures: f?._count._all ?? 0 };
-  });
+  return new Map(
+    ids.map((keyId) => [
+      keyId,
+      BUCKETS.map((bucket) => {
+        const r = receipts.find((g) => g.keyId === keyId && g.bucket === bucket);
+        const f = failures.find((g) => g.keyId === keyId && g.bucket === bucket);
+        return { bucket, charged: (r?._sum.charge ?? 0n) + (f?._sum.charge ?? 0n), requests: r?._count._all ?? 0, failures: f?._count._all ?? 0 };
+      }),
+    ]),
+  );
 }
 
-/** The time of the key's latest recorded request (answered or failed); null if it was never used. */
-export async function keyLastUsedAt(keyId: string): Promise<Date | null> {
-  const [r, f] = await Promise.all([
-    db.receipt.findFirst({ where: { keyId }, orderBy: { createdAt: "desc" }, select: { createdAt: true } }),
-    db.failedRequest.findFirst({ where: { keyId }, orderBy: { createdAt: "desc" }, select: { createdAt: true } }),
+/** Per key, the time of its latest recorded request (answered or failed); absent if never used. */
+export async function keysLastUsedAt(keyIds: readonly string[]): Promise<Map<string, Date>> {
+  const ids = [...new Set(keyIds)];
+  const [receipts, failures] = await Promise.all([
+    db.receipt.groupBy({ by: ["keyId"], where: { keyId: { in: ids } }, _max: { createdAt: true } }),
+    db.failedRequest.groupBy({ by: ["keyId"], where: { keyId: { in: ids } }, _max: { createdAt: true } }),
   ]);
-  if (!r) return f?.createdAt ?? null;
-  if (!f) return r.createdAt;
-  return r.createdAt > f.createdAt ? r.createdAt : f.createdAt;
+  const last = new Map<string, Date>();
+  for (const g of [...receipts, ...failures]) {
+    const at = g._max.createdAt;
+    if (!at || !g.keyId) continue;
+    const seen = last.get(g.keyId);
+    if (!seen || at > seen) last.set(g.keyId, at);
+  }
+  return last;
 }

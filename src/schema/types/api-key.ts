@@ -10,7 +10,6 @@ import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
 import { BalanceBucket, FailedChargePolicy, KeyStatus } from "../../generated/prisma/enums.ts";
 import { primaryBucket } from "../../keys/index.ts";
 import { keyPlans } from "../../keys/plan.ts";
-import { keyLastUsedAt, keySpend } from "../../keys/spend.ts";
 import { ledgerWhere } from "../../resolvers/filters.ts";
 import { viewerOf } from "../../resolvers/viewer.ts";
 import { db } from "../../db/index.ts";
@@ -100,13 +99,13 @@ export const ApiKeyRef = builder.prismaObject("ApiKey", {
         type: [BucketSpendRef],
         description: "Charged per bucket (both, always; never one total) over [from, to): default the current UTC day.",
         args: { from: t.arg({ type: "DateTime", required: false }), to: t.arg({ type: "DateTime", required: false }) },
-        resolve: (k, args) => keySpend(k.id, { from: args.from, to: args.to }),
+        resolve: (k, args, ctx) => ctx.loaders.keySpend.load({ keyId: k.id, from: args.from ?? null, to: args.to ?? null }),
       }),
       lastUsedAt: t.field({
         type: "DateTime",
         nullable: true,
         description: "When its latest request (answered or failed) was recorded; null if never used.",
-        resolve: (k) => keyLastUsedAt(k.id),
+        resolve: (k, _args, ctx) => ctx.loaders.keyLastUsed.load(k.id),
       }),
       ledgerEntries: t.prismaConnection(
         {
