@@ -8,6 +8,7 @@ import { route, world } from "./support/fixtures.ts";
 import { requireRedis, startRedis } from "./support/redis.ts";
 import { walletBucket } from "../src/accounting/index.ts";
 import type { KeyCapsInput } from "../src/keys/index.ts";
+import { RateLimiter } from "../src/gateway/rate-limit.ts";
 import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 
 const h = useGatewayHarness();
@@ -244,6 +245,27 @@ describe.runIf(hasRedis)("limits across two instances sharing redis-server", () 
     await expectLimited(chat(b, s.secret, s.model));
     await first;
     await chat(b, s.secret, s.model);
+  });
+
+  it("usage (what key plans and quotes read): a key's counts admitted through one limiter, read from another", async () => {
+    const log = () => {};
+    const [one, two] = [RateLimiter.create({ redisUrl: redis.url, badKeyLimitPerMinute: 0, log }), RateLimiter.create({ redisUrl: redis.url, badKeyLimitPerMinute: 0, log })];
+    const memory = RateLimiter.create({ badKeyLimitPerMinute: 0, log });
+    try {
+      const keyId = uid("usage-key");
+      const limits = { rpmLimit: 10, tpmLimit: 10_000, maxConcurrent: 5 };
+      for (const limiter of [one, memory]) {
+        const first = await limiter.admit(keyId, "r1", limits, 123);
+        await limiter.admit(keyId, "r2", limits, 77);
+        expect(first.ok).toBe(true);
+        if (first.ok) await limiter.finish(first.ticket!);
+      }
+      expect(await two.usage(keyId)).toEqual({ requests: 2, tokens: 200, inFlight: 1 });
+      expect(await memory.usage(keyId)).toEqual({ requests: 2, tokens: 200, inFlight: 1 });
+      expect(await two.usage(uid("unused-key"))).toEqual({ requests: 0, tokens: 0, inFlight: 0 });
+    } finally {
+      await Promise.all([one.close(), two.close(), memory.close()]);
+    }
   });
 
   it("tpmLimit: a bound admitted on A counts on B, and A's correction to real usage too", async () => {

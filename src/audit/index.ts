@@ -31,11 +31,12 @@ export const AUDIT_ACTIONS = [
   "resumeRun",
   "finishRun",
   "setRunCap",
+  "quoteRequest",
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
 /** The kinds of object an audit entry's targetId names (stored names: a wallet bucket is WalletBucket). */
-export const AUDIT_TARGET_TYPES = ["Organization", "AdminToken", "Project", "ApiKey", "Route", "Channel", "LedgerEntry", "WalletBucket", "AlertWebhook", "Run"] as const;
+export const AUDIT_TARGET_TYPES = ["Organization", "AdminToken", "Project", "ApiKey", "Route", "Channel", "LedgerEntry", "WalletBucket", "AlertWebhook", "Run", "Quote"] as const;
 export type AuditTargetType = (typeof AUDIT_TARGET_TYPES)[number];
 
 /** JSON-safe snapshot: BigInt money becomes a decimal-free integer string of micros, dates ISO strings. */

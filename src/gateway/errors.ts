@@ -219,6 +219,10 @@ export const runCancelled = (status?: string) =>
 export const runPaused = () =>
   new GatewayError({ status: 402, type: "insufficient_quota", code: "run_paused", message: "The run is paused; its requests are refused until it is resumed.", cause: "RUN_PAUSED" });
 
+/** A claimed quote (x-tokengate-quote) that cannot price this request: refused, never priced otherwise. */
+export const quoteRefused = (code: "quote_not_found" | "quote_expired" | "quote_model_mismatch" | "quote_stale", message: string) =>
+  new GatewayError({ status: code === "quote_not_found" ? 404 : 400, type: "invalid_request_error", code, message, param: "x-tokengate-quote", cause: "BAD_REQUEST" });
+
 export const runNotFound = (runId: string) =>
   new GatewayError({
     status: 404,

@@ -8,7 +8,8 @@
 // Decisions (README material):
 // - Order: key check (cached ≤ 1 s, cleared by keyChanged events) → body (≤ MAX_BODY_BYTES, else
 //   413; bad JSON 400) → allowed models (403) → route (404) → usable channels (buckets,
-//   lower-cost ROUTED routes, backup routes; none → 403) → priced channels (none → 503
+//   lower-cost ROUTED routes, backup routes; none → 403) → x-tokengate-quote (its pinned prices
+//   replace the current ones; unknown / other key's 404, expired / other model's 400) → priced channels (none → 503
 //   price_unknown, fail closed: an unpriced channel is never called) → x-run-id (must be this
 //   key's run, else 404 run_not_found; not ACTIVE → 402 run_cancelled) → worst case → reserve →
 //   upstream → receipt + settle, or FailedRequest + release.
@@ -58,6 +59,7 @@ import { findModel, listModels } from "./models.ts";
 import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./pipeline/index.ts";
 import { UpstreamClient } from "./upstream.ts";
 import { RateLimiter, type RateLimiterStats } from "./rate-limit.ts";
+import { setRateUsageSource } from "../keys/plan.ts";
 import { componentLogger } from "../log.ts";
 import { observeRequest, type Observed } from "./observe.ts";
 
@@ -90,6 +92,8 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
   const grouped = options.groupCommit ?? true;
   const log: GatewayDeps["log"] = (level, message, extra) => logger[level](extra ?? {}, message);
   const limiter = RateLimiter.create({ redisUrl: config.redisUrl, badKeyLimitPerMinute: config.badKeyLimitPerMinute, log });
+  // Key plans and quotes read where a key stands in its rate limits from this limiter.
+  const forgetRateUsage = setRateUsageSource((keyId) => limiter.usage(keyId));
   const leased = (options.admission ?? config.admission) === "leases";
   const leasePath = leased
     ? leaseMoneyPath({
@@ -249,6 +253,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       if (leasePath) await leasePath.pool.returnAll();
     },
     async close() {
+      forgetRateUsage();
       clearInterval(keepAlive);
       await deps.upstream.close();
       await limiter.close();

@@ -39,6 +39,13 @@ export interface RateTicket {
   concurrent: boolean;
 }
 
+/** Where a key stands in its limits now: the sliding counts of the last 60 s and its requests in flight (a kind it has no limit on is not counted). */
+export interface RateUsage {
+  requests: number;
+  tokens: number;
+  inFlight: number;
+}
+
 export type RateAdmission = { ok: true; ticket: RateTicket | null } | { ok: false; limit: RateLimitKind; retryAfterSeconds: number };
 
 /** Where the counters live. Every method is one atomic step (one Lua script on Redis). */
@@ -47,6 +54,8 @@ interface CounterStore {
   /** Adds `delta` tokens to a window's tpm count, if that window is still kept. */
   adjustTokens(keyId: string, window: number, delta: number): Promise<void>;
   releaseConcurrent(keyId: string, requestId: string): Promise<void>;
+  /** A key's sliding rpm / tpm counts and requests in flight now (read only). */
+  usage(keyId: string, now: number): Promise<RateUsage>;
   /** Counts one bad key for an address in `window`; returns the count. */
   countBadKey(address: string, window: number): Promise<number>;
   close(): Promise<void>;
@@ -151,6 +160,15 @@ class MemoryStore implements CounterStore {
 
   async countBadKey(address: string, window: number): Promise<number> {
     return this.add(`bad:${address}:${window}`, 1);
+  }
+
+  async usage(keyId: string, now: number): Promise<RateUsage> {
+    const w = windowOf(now);
+    const remaining = previousRemainingMs(now);
+    const sliding = (kind: "rpm" | "tpm") => slidingCount(this.get(`${keyId}:${kind}:${w - 1}`), this.get(`${keyId}:${kind}:${w}`), remaining);
+    let inFlight = 0;
+    for (const expires of this.inFlight.get(keyId)?.values() ?? []) if (expires > now) inFlight++;
+    return { requests: sliding("rpm"), tokens: sliding("tpm"), inFlight };
   }
 
   async close(): Promise<void> {
@@ -263,6 +281,19 @@ class RedisStore implements CounterStore {
     await this.redis.zrem(RedisStore.k(keyId, "inflight"), requestId);
   }
 
+  async usage(keyId: string, now: number): Promise<RateUsage> {
+    this.ready();
+    const w = windowOf(now);
+    const k = RedisStore.k;
+    const [counts, inFlight] = await Promise.all([
+      this.redis.mget(k(keyId, "rpm", w - 1), k(keyId, "rpm", w), k(keyId, "tpm", w - 1), k(keyId, "tpm", w)),
+      this.redis.zcount(k(keyId, "inflight"), `(${now}`, "+inf"),
+    ]);
+    const [rp, rc, tp, tc] = counts.map((v) => Number(v ?? 0)) as [number, number, number, number];
+    const remaining = previousRemainingMs(now);
+    return { requests: slidingCount(rp, rc, remaining), tokens: slidingCount(tp, tc, remaining), inFlight: Number(inFlight) };
+  }
+
   async countBadKey(address: string, window: number): Promise<number> {
     this.ready();
     return Number(await this.redis.eval(COUNT_LUA, 1, `tg:badkey:{${address}}:${window}`, 2 * WINDOW_MS));
@@ -346,6 +377,16 @@ export class RateLimiter {
     const ticket: RateTicket = { keyId, requestId, window: windowOf(now), tokens, tpm: limits.tpmLimit !== null, concurrent: limits.maxConcurrent !== null };
     if (ticket.tpm) this.tickets.set(requestId, ticket);
     return { ok: true, ticket };
+  }
+
+  /** Where a key stands in its rate limits now (for key plans and quotes); null if the store cannot say. */
+  async usage(keyId: string, now = Date.now()): Promise<RateUsage | null> {
+    try {
+      return await this.store.usage(keyId, now);
+    } catch (error) {
+      this.options.log("warn", "rate limiter unavailable: usage unknown", { error: String(error) });
+      return null;
+    }
   }
 
   /** The request ended (its record, if any, has committed): frees its concurrency slot. */

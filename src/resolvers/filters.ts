@@ -1,8 +1,8 @@
 // Shared list arguments (by key, project, route, run, model, time range) and the tenancy-scoped where they build.
 import type { InputFieldRef } from "@pothos/core";
 import { builder } from "../schema/builder.ts";
-import { tenancyWhere, type Viewer } from "../auth/index.ts";
-import { badInput } from "../errors.ts";
+import { isPlatform, tenancyWhere, type Viewer } from "../auth/index.ts";
+import { badInput, forbidden } from "../errors.ts";
 
 export const RequestFilter = builder.inputType("RequestFilter", {
   description: "Narrows receipts and failed requests. All given conditions must hold.",
@@ -55,3 +55,41 @@ export function requestFilterWhere(filter: RequestFilterInput | null | undefined
 }
 
 export type { InputFieldRef };
+
+export interface LedgerArgs {
+  bucket?: "CREDIT" | "ROUTED" | null;
+  kind?: string | null;
+  from?: Date | null;
+  to?: Date | null;
+  organizationId?: string | number | null;
+  keyId?: string | number | null;
+  projectId?: string | number | null;
+  routeId?: string | number | null;
+  runId?: string | number | null;
+  model?: string | null;
+}
+
+/** The root ledgerEntries filter (and ApiKey.ledgerEntries, with its key): tenancy-scoped; project viewers cannot read the ledger. */
+export function ledgerWhere(viewer: Viewer, args: LedgerArgs) {
+  if (viewer.role === "PROJECT_VIEWER") throw forbidden("project viewers cannot read the wallet ledger");
+  const range = timeRange(args.from, args.to);
+  // Charges belong to a key, project and route through their receipt or failed request (and, on the
+  // hold path, their hold); top-ups and adjustments to none.
+  const owner = {
+    ...(args.keyId ? { keyId: String(args.keyId) } : {}),
+    ...(args.projectId ? { projectId: String(args.projectId) } : {}),
+    ...(args.routeId ? { routeId: String(args.routeId) } : {}),
+    ...(args.runId ? { runId: String(args.runId) } : {}),
+  };
+  const and = [
+    ...(Object.keys(owner).length ? [{ OR: [{ hold: owner }, { receipt: owner }, { failedRequest: owner }] }] : []),
+    ...(args.model ? [{ OR: [{ receipt: { requestedModel: args.model } }, { failedRequest: { requestedModel: args.model } }] }] : []),
+  ];
+  return {
+    ...(and.length ? { AND: and } : {}),
+    ...(isPlatform(viewer) ? (args.organizationId ? { organizationId: String(args.organizationId) } : {}) : { organizationId: tenancyWhere(viewer).organizationId }),
+    ...(args.bucket ? { bucket: { bucket: args.bucket } } : {}),
+    ...(args.kind ? { kind: args.kind as "TOPUP" } : {}),
+    ...(range ? { createdAt: range } : {}),
+  };
+}

@@ -8,47 +8,10 @@ import { writeAudit } from "../audit/index.ts";
 import { badInput, forbidden } from "../errors.ts";
 import { parseMoney } from "../money.ts";
 import { BalanceBucket, LedgerKind } from "../generated/prisma/enums.ts";
-import { timeRange } from "./filters.ts";
+import { ledgerWhere } from "./filters.ts";
 import { viewerOf } from "./viewer.ts";
 import { LedgerEntryConnection, LedgerEntryOrder } from "../schema/types/ledger-entry.ts";
 import type { Viewer } from "../auth/index.ts";
-
-interface LedgerArgs {
-  bucket?: "CREDIT" | "ROUTED" | null;
-  kind?: string | null;
-  from?: Date | null;
-  to?: Date | null;
-  organizationId?: string | number | null;
-  keyId?: string | number | null;
-  projectId?: string | number | null;
-  routeId?: string | number | null;
-  runId?: string | number | null;
-  model?: string | null;
-}
-
-function ledgerWhere(viewer: Viewer, args: LedgerArgs) {
-  if (viewer.role === "PROJECT_VIEWER") throw forbidden("project viewers cannot read the wallet ledger");
-  const range = timeRange(args.from, args.to);
-  // Charges belong to a key, project and route through their receipt or failed request (and, on the
-  // hold path, their hold); top-ups and adjustments to none.
-  const owner = {
-    ...(args.keyId ? { keyId: String(args.keyId) } : {}),
-    ...(args.projectId ? { projectId: String(args.projectId) } : {}),
-    ...(args.routeId ? { routeId: String(args.routeId) } : {}),
-    ...(args.runId ? { runId: String(args.runId) } : {}),
-  };
-  const and = [
-    ...(Object.keys(owner).length ? [{ OR: [{ hold: owner }, { receipt: owner }, { failedRequest: owner }] }] : []),
-    ...(args.model ? [{ OR: [{ receipt: { requestedModel: args.model } }, { failedRequest: { requestedModel: args.model } }] }] : []),
-  ];
-  return {
-    ...(and.length ? { AND: and } : {}),
-    ...(isPlatform(viewer) ? (args.organizationId ? { organizationId: String(args.organizationId) } : {}) : { organizationId: tenancyWhere(viewer).organizationId }),
-    ...(args.bucket ? { bucket: { bucket: args.bucket } } : {}),
-    ...(args.kind ? { kind: args.kind as "TOPUP" } : {}),
-    ...(range ? { createdAt: range } : {}),
-  };
-}
 
 builder.queryFields((t) => ({
   wallet: t.prismaField({

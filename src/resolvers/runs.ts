@@ -9,6 +9,7 @@ import { BalanceBucket, FailedChargePolicy, RunMode, RunStatus, Settlement } fro
 import { BudgetStatusRef, MoneyRef, moneyOf, moneyOrNull } from "../schema/types/common.ts";
 import type { EstimatePoint as RunEstimatePoint } from "../runs/prediction.ts";
 import { viewerOf } from "./viewer.ts";
+import { PlanLimitRef, shownLimits } from "../schema/types/key-plan.ts";
 
 const RunEstimateBasis = builder.enumType("RunEstimateBasis", {
   description: "Where an estimate's calls, tokens and cost come from.",
@@ -88,6 +89,16 @@ const RunEstimateRef = builder.objectRef<RunEstimate>("RunEstimate").implement({
         resolve: (e) => (e.bucket ? moneyOrNull(e.available, e.bucket) : null),
       }),
       keyDaily: t.field({ type: BudgetStatusRef, nullable: true, resolve: (e) => e.keyDaily }),
+      limits: t.field({
+        type: [PlanLimitRef],
+        description: "Every limit a call on the first channel is held against, in the order admission checks them (BALANCE not for project viewers).",
+        resolve: (e, _args, ctx) => shownLimits(e.limits, viewerOf(ctx).role !== "PROJECT_VIEWER"),
+      }),
+      bindingLimits: t.field({
+        type: [PlanLimitRef],
+        description: "The caps that refuse the run or may cut it short: remaining below costMax (KEY_PER_REQUEST: below one call's estimate). A cap below costMin is also in reasons.",
+        resolve: (e, _args, ctx) => shownLimits(e.bindingLimits, viewerOf(ctx).role !== "PROJECT_VIEWER"),
+      }),
       retryCeiling: t.exposeInt("retryCeiling"),
       failedChargePolicy: t.field({ type: FailedChargePolicy, resolve: (e) => e.failedChargePolicy }),
     };

@@ -13,6 +13,7 @@ import { planRoute, type PlannedChannel } from "../routing/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../money.ts";
 import { predictRun, type RunPrediction } from "./prediction.ts";
 import { walletBucket } from "../accounting/index.ts";
+import { keyPlans, limitsFor, type PlanLimit } from "../keys/plan.ts";
 
 /** Bounds of startRun's free text. */
 const RUN_MODEL_MAX = 256;
@@ -243,6 +244,10 @@ export interface RunEstimate extends Omit<RunPrediction, "dearestCall"> {
   minimumRecommendedBalance: bigint;
   available: bigint | null;
   keyDaily: BudgetStatus | null;
+  /** Every limit a call on the first channel is held against (src/keys/plan.ts), in admission order. */
+  limits: PlanLimit[];
+  /** The limits that refuse the run or may cut it short: remaining below the largest estimate (KEY_PER_REQUEST: below one call). */
+  bindingLimits: PlanLimit[];
   retryCeiling: number;
   failedChargePolicy: FailedChargePolicy;
   /** Things the user should know that do not refuse the run (e.g. a balance below minimumRecommendedBalance). */
@@ -257,6 +262,16 @@ function usableChannel(channels: PlannedChannel[], key: { allowedBuckets: Balanc
       (key.backupRoutes || c.role === "PRIMARY"),
   );
 }
+
+const LIMIT_TEXT: Record<Exclude<PlanLimit["kind"], "BALANCE">, string> = {
+  KEY_PER_REQUEST: "the key's per-request maximum charge",
+  KEY_DAILY: "the key's daily cap",
+  PROJECT_DAILY: "the project's daily cap",
+  PROJECT_MONTHLY: "the project's monthly cap",
+  ROUTE_DAILY: "the route's daily cap",
+  CHANNEL_DAILY: "the channel's daily cap",
+  RUN_TOTAL: "the run's cap",
+};
 
 export async function estimateRun(viewer: Viewer, input: { keyId: string; model: string; mode: RunMode }): Promise<RunEstimate> {
   const key = await db.apiKey.findUnique({ where: { id: input.keyId } });
@@ -278,12 +293,26 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
   const minimumRecommendedBalance = costMax + prediction.dearestCall;
   let available: bigint | null = null;
   let keyDaily: BudgetStatus | null = null;
+  let limits: PlanLimit[] = [];
+  let bindingLimits: PlanLimit[] = [];
   if (first) {
     const bucket = await walletBucket(key.organizationId, first.bucket);
     available = bucket.balance - bucket.held;
     if (available < costMin) reasons.push("the balance does not cover even the smallest estimate");
     keyDaily = await budgetStatus("KEY_DAILY", key.id, first.bucket);
-    if (keyDaily.remaining !== null && keyDaily.remaining < costMin) reasons.push("the key's daily cap leaves less than the smallest estimate");
+    // Every cap a call is held against (the balance is judged above): one that leaves less than the
+    // smallest estimate refuses the run (per request: less than one call); below the largest it may cut it short.
+    const [plan] = await keyPlans(viewer, key, { model: input.model });
+    const channel = plan?.channels.find((c) => c.tried && c.channel.id === first.channel.id);
+    limits = plan && channel ? limitsFor(plan.limits, plan, channel) : [];
+    for (const limit of limits) {
+      if (limit.kind === "BALANCE" || limit.remaining === null) continue;
+      const perRequest = limit.kind === "KEY_PER_REQUEST";
+      if (limit.remaining < (perRequest ? prediction.dearestCall : costMax)) bindingLimits.push(limit);
+      // A channel's own cap only skips it while a backup is left to try.
+      if (limit.kind === "CHANNEL_DAILY" && usable.length > 1) continue;
+      if (limit.remaining < (perRequest ? prediction.dearestCall : costMin)) reasons.push(`${LIMIT_TEXT[limit.kind]} leaves less than ${perRequest ? "one call's estimate" : "the smallest estimate"}`);
+    }
   }
   // Below the recommended minimum but above the smallest estimate: the run may start, the user is told.
   const warnings: string[] = [];
@@ -314,6 +343,8 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     minimumRecommendedBalance,
     available: orgReader ? available : null,
     keyDaily,
+    limits,
+    bindingLimits,
     retryCeiling: key.retryCeiling,
     failedChargePolicy: key.failedChargePolicy,
     basis: prediction.basis,

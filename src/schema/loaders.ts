@@ -6,6 +6,7 @@ import type { BudgetCap, Channel } from "../generated/prisma/client.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { windowFor, type ScopeSpend } from "../accounting/index.ts";
 import { effectiveCap, type BudgetStatus } from "../budgets/index.ts";
+import { keysLastUsedAt, keysSpend, type BucketSpend } from "../keys/spend.ts";
 
 interface CounterKey {
   scope: CapScope;
@@ -46,11 +47,33 @@ export function createLoaders() {
     const byId = new Map(rows.map((r) => [r.id, r]));
     return ids.map((id) => byId.get(id) ?? null);
   });
+  // ApiKey.lastUsedAt and ApiKey.spend of a list of keys: two grouped statements each.
+  const keyLastUsed = new DataLoader<string, Date | null>(async (keyIds) => {
+    const last = await keysLastUsedAt(keyIds);
+    return keyIds.map((id) => last.get(id) ?? null);
+  });
+  const rangeOf = (k: { from: Date | null; to: Date | null }) => `${k.from?.toISOString() ?? ""}|${k.to?.toISOString() ?? ""}`;
+  const keySpend = new DataLoader<{ keyId: string; from: Date | null; to: Date | null }, BucketSpend[], string>(
+    async (keys) => {
+      // One statement pair per distinct range (a query normally asks one).
+      const ranges = new Map<string, { from: Date | null; to: Date | null; keyIds: string[] }>();
+      for (const k of keys) {
+        const range = ranges.get(rangeOf(k)) ?? { from: k.from, to: k.to, keyIds: [] };
+        range.keyIds.push(k.keyId);
+        ranges.set(rangeOf(k), range);
+      }
+      const spent = new Map(await Promise.all([...ranges].map(async ([name, r]) => [name, await keysSpend(r.keyIds, r)] as const)));
+      return keys.map((k) => spent.get(rangeOf(k))!.get(k.keyId)!);
+    },
+    { cacheKeyFn: (k) => `${k.keyId}|${rangeOf(k)}` },
+  );
   return {
     caps,
     counters,
     upstreamMessages,
     channels,
+    keyLastUsed,
+    keySpend,
     async budget(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date()): Promise<BudgetStatus> {
       const [spend, scopeCaps] = await Promise.all([
         counters.load({ scope, scopeId, bucket, windowStart: windowFor(scope, now) }),

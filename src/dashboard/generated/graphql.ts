@@ -14,6 +14,7 @@ export type AuditAction =
   | 'finishRun'
   | 'pauseKey'
   | 'pauseRun'
+  | 'quoteRequest'
   | 'resumeKey'
   | 'resumeRun'
   | 'revokeAdminToken'
@@ -40,6 +41,7 @@ export type AuditTargetType =
   | 'LedgerEntry'
   | 'Organization'
   | 'Project'
+  | 'Quote'
   | 'Route'
   | 'Run'
   | 'WalletBucket';

@@ -4,15 +4,19 @@
 // (buckets, lower-cost ROUTED routes, backup routes; none → 403) → priced channels (none → 503
 // price_unknown, fail closed: an unpriced channel is never called) → x-run-id (this key's run, else
 // 404 run_not_found; PAUSED → 402 run_paused; not ACTIVE → 402 run_cancelled) → token bounds.
+// A request claiming a quote (x-tokengate-quote, src/quotes) is priced here, and only here, with
+// the quote's pinned snapshots: the hold (forward.ts) and the charge (settle.ts, fail.ts) read
+// `channel.price`, so both use the quoted price. A quote that cannot apply is refused (404 / 400).
 import type { IncomingMessage } from "node:http";
 import type { ApiKey, Route } from "../../generated/prisma/client.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
-import { modelNotAllowed, modelNotFound, priceUnknown, routeUnavailable, runCancelled, runNotFound, runPaused } from "../errors.ts";
+import { modelNotAllowed, modelNotFound, priceUnknown, quoteRefused, routeUnavailable, runCancelled, runNotFound, runPaused } from "../errors.ts";
+import { claimQuote, QUOTE_HEADER } from "../../quotes/index.ts";
 import { header, parseJsonObject, readBody } from "../http.ts";
 import { modelAllowed, usableChannels } from "../lookups.ts";
 import { completionsOutputBound, countChatPrompt, countCompletionPrompt, countEmbeddingInput, countResponsesPrompt, outputBound, reservedPromptTokens, responsesOutputBound, type PromptCount } from "../tokens.ts";
 import { validateRequest } from "../validate.ts";
-import type { GatewayDeps, RequestState } from "./state.ts";
+import type { Endpoint, GatewayDeps, RequestState } from "./state.ts";
 
 /** Everything the later stages need to know about the request. */
 export interface Plan {
@@ -61,8 +65,14 @@ export async function plan(
   const route = routed.route;
   trail.route = route;
   if (routed.channels.length === 0) throw routeUnavailable(model);
-  const usable = usableChannels(routed, key);
+  let usable = usableChannels(routed, key);
   if (usable.length === 0) throw modelNotAllowed(model, "no channel of its route is open to this key (allowed buckets, lower-cost routes, backup routes)");
+  const quoteId = header(req, QUOTE_HEADER);
+  if (quoteId !== undefined) {
+    const claimed = await claimQuote(quoteId, key, model);
+    if (!claimed.ok) throw quoteRefused(claimed.problem.code, claimed.problem.message);
+    usable = usable.map((c) => ({ ...c, price: claimed.snapshots.find((s) => s.channelId === c.channel.id) ?? c.price }));
+  }
   const channels = usable.filter((c) => c.price !== null);
   if (channels.length === 0) {
     trail.channel = usable[0]!;
@@ -78,20 +88,7 @@ export async function plan(
     if (run.status !== "ACTIVE") throw runCancelled(run.status);
   }
 
-  // Worst case: every prompt token (with a margin for the upstream's tokenizer) and the output bound.
-  let prompt: PromptCount;
-  let output = 0;
-  if (trail.endpoint === "/v1/chat/completions") {
-    prompt = await countChatPrompt(body);
-    output = outputBound(body, route.defaultMaxTokens);
-  } else if (trail.endpoint === "/v1/responses") {
-    prompt = await countResponsesPrompt(body);
-    output = responsesOutputBound(body, route.defaultMaxTokens);
-  } else if (trail.endpoint === "/v1/completions") {
-    const counted = await countCompletionPrompt(body);
-    prompt = counted;
-    output = completionsOutputBound(body, route.defaultMaxTokens, counted.prompts);
-  } else prompt = await countEmbeddingInput(body);
+  const bounds = await requestBounds(trail.endpoint, body, route, channels.map((c) => c.channel.upstreamModel));
   return {
     body,
     model,
@@ -102,8 +99,33 @@ export async function plan(
     route,
     channels,
     runId: trail.runId,
-    promptCounted: prompt.text,
-    promptBound: reservedPromptTokens(prompt, channels.map((c) => c.channel.upstreamModel), route.maxUnboundedPartTokens),
-    outputBound: output,
+    ...bounds,
   };
+}
+
+/**
+ * The token bounds a request's worst case is priced from: every prompt token (with a margin for
+ * the upstream's tokenizer) and the output bound; and the prompt as counted. Quotes count a body
+ * with this too, so a quote's worst case is the hold its request takes.
+ */
+export async function requestBounds(
+  endpoint: Endpoint,
+  body: Record<string, unknown>,
+  route: Pick<Route, "defaultMaxTokens" | "maxUnboundedPartTokens">,
+  upstreamModels: string[],
+): Promise<{ promptCounted: number; promptBound: number; outputBound: number }> {
+  let prompt: PromptCount;
+  let output = 0;
+  if (endpoint === "/v1/chat/completions") {
+    prompt = await countChatPrompt(body);
+    output = outputBound(body, route.defaultMaxTokens);
+  } else if (endpoint === "/v1/responses") {
+    prompt = await countResponsesPrompt(body);
+    output = responsesOutputBound(body, route.defaultMaxTokens);
+  } else if (endpoint === "/v1/completions") {
+    const counted = await countCompletionPrompt(body);
+    prompt = counted;
+    output = completionsOutputBound(body, route.defaultMaxTokens, counted.prompts);
+  } else prompt = await countEmbeddingInput(body);
+  return { promptCounted: prompt.text, promptBound: reservedPromptTokens(prompt, upstreamModels, route.maxUnboundedPartTokens), outputBound: output };
 }

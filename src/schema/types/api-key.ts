@@ -9,6 +9,13 @@ import type { Prisma } from "../../generated/prisma/client.ts";
 import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
 import { BalanceBucket, FailedChargePolicy, KeyStatus } from "../../generated/prisma/enums.ts";
 import { primaryBucket } from "../../keys/index.ts";
+import { keyPlans } from "../../keys/plan.ts";
+import { ledgerWhere } from "../../resolvers/filters.ts";
+import { viewerOf } from "../../resolvers/viewer.ts";
+import { db } from "../../db/index.ts";
+import { LedgerKind } from "../../generated/prisma/enums.ts";
+import { LedgerEntryConnection, LedgerEntryOrder } from "./ledger-entry.ts";
+import { BucketSpendRef, KeyModelPlanRef } from "./key-plan.ts";
 
 export const ApiKeyRef = builder.prismaObject("ApiKey", {
   interfaces: [NodeRef],
@@ -77,6 +84,49 @@ export const ApiKeyRef = builder.prismaObject("ApiKey", {
           query: (args) => ({ orderBy: RunOrder.orderBy(args.orderBy) }),
         },
         RunConnection,
+      ),
+      plan: t.field({
+        type: [KeyModelPlanRef],
+        description:
+          "What this key gets per model, before it spends: channels in the order tried, the bucket and price on each, every limit per bucket (spent, held, remaining), rate limits, retries and the failed-request policy. Without model: every model it may call.",
+        args: {
+          model: t.arg.string({ required: false, description: "One catalog model (also one it may not call: the plan then says why)." }),
+          runId: t.arg.id({ required: false, description: "Include this run's cap (a run of this key)." }),
+        },
+        resolve: (k, args, ctx) => keyPlans(viewerOf(ctx), k, { model: args.model, runId: args.runId ? String(args.runId) : null }),
+      }),
+      spend: t.field({
+        type: [BucketSpendRef],
+        description: "Charged per bucket (both, always; never one total) over [from, to): default the current UTC day.",
+        args: { from: t.arg({ type: "DateTime", required: false }), to: t.arg({ type: "DateTime", required: false }) },
+        resolve: (k, args, ctx) => ctx.loaders.keySpend.load({ keyId: k.id, from: args.from ?? null, to: args.to ?? null }),
+      }),
+      lastUsedAt: t.field({
+        type: "DateTime",
+        nullable: true,
+        description: "When its latest request (answered or failed) was recorded; null if never used.",
+        resolve: (k, _args, ctx) => ctx.loaders.keyLastUsed.load(k.id),
+      }),
+      ledgerEntries: t.prismaConnection(
+        {
+          type: "LedgerEntry",
+          cursor: "id",
+          description: "The ledger entries of this key's charges, with the root ledgerEntries' filter and order (newest first). Not for project viewer tokens (they cannot read the ledger).",
+          args: {
+            bucket: t.arg({ type: BalanceBucket, required: false }),
+            kind: t.arg({ type: LedgerKind, required: false }),
+            routeId: t.arg.id({ required: false }),
+            runId: t.arg.id({ required: false }),
+            model: t.arg.string({ required: false }),
+            from: t.arg({ type: "DateTime", required: false }),
+            to: t.arg({ type: "DateTime", required: false }),
+            orderBy: t.arg({ type: LedgerEntryOrder.Input, required: false, description: LedgerEntryOrder.description }),
+          },
+          resolve: (query, k, args, ctx) =>
+            db.ledgerEntry.findMany({ ...query, where: { ...ledgerWhere(viewerOf(ctx), { ...args, keyId: k.id }), organizationId: k.organizationId }, orderBy: LedgerEntryOrder.orderBy(args.orderBy) }),
+          totalCount: (k, args, ctx) => db.ledgerEntry.count({ where: { ...ledgerWhere(viewerOf(ctx), { ...args, keyId: k.id }), organizationId: k.organizationId } }),
+        },
+        LedgerEntryConnection,
       ),
       createdAt: t.expose("createdAt", { type: "DateTime" }),
       updatedAt: t.expose("updatedAt", { type: "DateTime" }),
