@@ -8,7 +8,7 @@ import { BUCKET_CURRENCY } from "../../money.ts";
 import { db } from "../../db/index.ts";
 import { MoneyRef, budgetMoney } from "./common.ts";
 
-builder.prismaObject("Channel", {
+export const ChannelRef = builder.prismaObject("Channel", {
   interfaces: [NodeRef],
   description: "One upstream that can serve a route. Its credential is encrypted at rest and never returned.",
   authScopes: (c) => ({ owns: { organizationId: c.organizationId } }),
