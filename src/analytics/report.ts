@@ -71,7 +71,7 @@ export interface SpendReportInput {
   filter?: SpendFilter | null;
   /** Keep this many groups by spend, the rest summed into one "other" series; null: every group. */
   top?: number | null;
-  /** Whose spend ranks the groups (buckets are never summed together); ties: the other bucket, requests, failures. */
+  /** Whose spend ranks the groups (buckets are never summed together); ties: the other bucket, requests, failures, then the group's values (code-unit order of their JSON). */
   rankBucket?: BalanceBucket;
   /** Sums of the period of the same length immediately before `from`. */
   compare?: boolean;

@@ -44,7 +44,7 @@ export const SpendAnalyticsInput = builder.inputType("SpendAnalyticsInput", {
     groupBy: t.field({ type: [SpendDimensionEnum], required: false, description: "Zero or more dimensions; none: one series of everything." }),
     filter: t.field({ type: SpendFilterInput, required: false }),
     top: t.int({ required: false, description: `Keep the ${"`top`"} groups by spend (1–${MAX_TOP}) and sum the rest into one series with other = true. Default: every group (at most ${MAX_CELLS} points × series).` }),
-    rankBy: t.field({ type: BalanceBucket, required: false, description: "Whose spend ranks groups for top (buckets are never summed). Default CREDIT; ties: the other bucket's spend, then requests, then failed requests." }),
+    rankBy: t.field({ type: BalanceBucket, required: false, description: "Whose spend ranks groups for top (buckets are never summed). Default CREDIT; ties: the other bucket's spend, then requests, then failed requests, then the group's values." }),
     compareWithPrevious: t.boolean({ required: false, description: "Also sum the period of the same length immediately before from (previous, and each series' previous)." }),
     organizationId: t.id({ required: false, description: "Platform tokens only; others always see their own organization." }),
   }),
