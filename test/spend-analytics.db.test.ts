@@ -374,17 +374,27 @@ describe("spendAnalytics: tenancy and bad input", () => {
 });
 
 describe("spendSeries (API.md's call shape)", () => {
-  it("answers as before: UTC buckets, one dimension, ids as group strings, receipts and charged failed requests only", async () => {
+  it("answers as before: UTC buckets, one dimension, ids as group strings, receipts and charged failed requests only (and takes WEEK and MINUTE)", async () => {
     const s = await scene(database);
     const admin = await token("ORG_ADMIN", s.orgId);
     const start = Date.UTC(2026, 7, 1);
     const rows = fc.sample(rowArb(2 * DAY), { seed: 25, numRuns: 150 });
     await write(database, s, start, rows, true);
     const all = held(s, start, rows);
-    for (const [groupBy, pick] of [["KEY", (v: Stored) => v.keyId], ["MODEL", (v: Stored) => v.model], ["BUCKET", (v: Stored) => v.bucket], ["PROJECT", (v: Stored) => v.projectId], ["ROUTE", (v: Stored) => v.routeId]] as const) {
+    const truncs = {
+      DAY: (t: number) => Math.floor(t / DAY) * DAY,
+      // 2026-08-03 is a Monday: UTC weeks start there.
+      WEEK: (t: number) => Date.UTC(2026, 7, 3) + Math.floor((t - Date.UTC(2026, 7, 3)) / (7 * DAY)) * 7 * DAY,
+      MINUTE: (t: number) => Math.floor(t / 60_000) * 60_000,
+    };
+    const cases = [["DAY", "KEY"], ["DAY", "MODEL"], ["DAY", "BUCKET"], ["DAY", "PROJECT"], ["DAY", "ROUTE"], ["WEEK", "KEY"], ["MINUTE", "MODEL"]] as const;
+    const picks = { KEY: (v: Stored) => v.keyId, MODEL: (v: Stored) => v.model, BUCKET: (v: Stored) => v.bucket, PROJECT: (v: Stored) => v.projectId, ROUTE: (v: Stored) => v.routeId };
+    for (const [interval, groupBy] of cases) {
+      const pick = picks[groupBy];
+      const trunc = truncs[interval];
       const want = new Map<string, { bucketStart: string; group: string; bucket: string; spend: bigint; requests: number; promptTokens: number; completionTokens: number }>();
       for (const v of all.filter((x) => x.spends)) {
-        const bucketStart = new Date(Math.floor(v.at / DAY) * DAY).toISOString();
+        const bucketStart = new Date(trunc(v.at)).toISOString();
         const group = pick(v) ?? "(none)";
         const k = `${bucketStart}|${group}|${v.bucket}`;
         const e = want.get(k) ?? { bucketStart, group, bucket: v.bucket!, spend: 0n, requests: 0, promptTokens: 0, completionTokens: 0 };
@@ -396,7 +406,7 @@ describe("spendSeries (API.md's call shape)", () => {
       }
       const got = await gqlOk<{ spendSeries: Array<{ bucketStart: string; group: string; bucket: string; spend: { amount: string; currency: string }; requests: number; promptTokens: number; completionTokens: number }> }>(
         admin,
-        `{ spendSeries(input: { from: "${new Date(start).toISOString()}", to: "${new Date(start + 2 * DAY).toISOString()}", interval: DAY, groupBy: ${groupBy} }) { bucketStart group bucket spend { amount currency } requests promptTokens completionTokens } }`,
+        `{ spendSeries(input: { from: "${new Date(start).toISOString()}", to: "${new Date(start + 2 * DAY).toISOString()}", interval: ${interval}, groupBy: ${groupBy} }) { bucketStart group bucket spend { amount currency } requests promptTokens completionTokens } }`,
       );
       const order = (x: { bucketStart: string; group: string; bucket: string }) => `${x.bucketStart}|${x.group}|${x.bucket}`;
       const sorted = <T extends { bucketStart: string; group: string; bucket: string }>(list: T[]) => [...list].sort((p, q) => (order(p) < order(q) ? -1 : 1));
