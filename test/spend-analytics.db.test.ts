@@ -101,7 +101,7 @@ function asGroup(s: Scene, values: Partial<Record<Dimension, string | null>>) {
 }
 
 /** The report this test expects, from the rows alone: `starts` are the bucket starts (the test's own formula). */
-function expected(s: Scene, rows: Stored[], q: { from: number; to: number; starts: number[]; groupBy: Dimension[]; filter?: Filter; top?: number; compare?: boolean }) {
+function expected(s: Scene, rows: Stored[], q: { from: number; to: number; starts: number[]; groupBy: Dimension[]; filter?: Filter; top?: number; rankBy?: Bucket; compare?: boolean }) {
   const buckets = q.filter?.buckets ? BUCKETS.filter((b) => q.filter!.buckets!.includes(b)) : BUCKETS;
   const groups = new Map<string, { values: Partial<Record<Dimension, string | null>>; total: Sums; points: Sums[] }>();
   const keyOf = (v: Stored) => JSON.stringify(q.groupBy.map((d) => dimension(v, d)));
@@ -118,7 +118,7 @@ function expected(s: Scene, rows: Stored[], q: { from: number; to: number; start
     while (q.starts[i]! > v.at) i--;
     add(g.points[i]!, v);
   }
-  const rank = (x: Sums) => [x.spend.CREDIT, x.spend.ROUTED, BigInt(x.requests), BigInt(x.failedRequests)];
+  const rank = (x: Sums) => (q.rankBy === "ROUTED" ? [x.spend.ROUTED, x.spend.CREDIT] : [x.spend.CREDIT, x.spend.ROUTED]).concat(BigInt(x.requests), BigInt(x.failedRequests));
   const cmp = (a: Sums, b: Sums) => {
     const [ra, rb] = [rank(a), rank(b)];
     for (let i = 0; i < ra.length; i++) if (ra[i] !== rb[i]) return ra[i]! > rb[i]! ? -1 : 1;
@@ -197,15 +197,16 @@ describe("spendAnalytics against the rows", () => {
     const range = { from: new Date(FROM).toISOString(), to: new Date(FROM + 3 * DAY).toISOString(), interval: "DAY", timeZone: "Asia/Shanghai" };
     const [r0, r1] = s.routes as [Scene["routes"][number], Scene["routes"][number]];
 
-    const cases: Array<{ groupBy: Dimension[]; filter?: Filter; top?: number; compare?: boolean }> = [
+    const cases: Array<{ groupBy: Dimension[]; filter?: Filter; top?: number; rankBy?: Bucket; compare?: boolean }> = [
       { groupBy: ["KEY", "MODEL"], top: 2, compare: true },
+      { groupBy: ["KEY", "MODEL"], top: 3, rankBy: "ROUTED" },
       { groupBy: ["PROJECT", "CHANNEL", "RUN_MODE", "SETTLEMENT", "UPSTREAM_MODEL"], filter: { keyIds: [s.keys[0]!.id, s.keys[1]!.id], channelIds: [r0.channels[0]!.id, r0.channels[1]!.id, r1.channels[1]!.id] } },
       { groupBy: ["ROUTE", "RUN", "BUCKET"], filter: { models: [r1.model], buckets: ["ROUTED"], runIds: s.runs.map((r) => r.id), projectIds: [s.keys[0]!.projectId], routeIds: [r1.id] }, compare: true },
       { groupBy: [], top: 1 },
     ];
     for (const c of cases) {
       const want = expected(s, rows, { from: FROM, to: FROM + 3 * DAY, starts: days, ...c });
-      const got = await report(admin, { ...range, groupBy: c.groupBy, filter: c.filter, top: c.top, compareWithPrevious: c.compare });
+      const got = await report(admin, { ...range, groupBy: c.groupBy, filter: c.filter, top: c.top, rankBy: c.rankBy, compareWithPrevious: c.compare });
       const { rawTotals, ...shape } = want;
       expect(got, JSON.stringify(c)).toMatchObject({ source: "ROLLUPS", timeZone: "Asia/Shanghai", latencyUnavailable: null, ...shape });
       expect(got.series.length).toBe(want.series.length);
@@ -220,6 +221,9 @@ describe("spendAnalytics against the rows", () => {
     const topped = await report(admin, { ...range, groupBy: ["KEY", "MODEL"], top: 2 });
     expect(topped.series.map((x) => x.other)).toEqual([false, false, true]);
     expect(topped.groupCount).toBe(7); // 3 keys × 2 models, and failed requests refused before routing (no key, no model)
+    // Ranking by the other bucket picks other groups first (the data makes the two orders differ).
+    const byRouted = await report(admin, { ...range, groupBy: ["KEY", "MODEL"], top: 2, rankBy: "ROUTED" });
+    expect(JSON.stringify(byRouted.series.map((x) => x.group))).not.toBe(JSON.stringify(topped.series.map((x) => x.group)));
   });
 
   it("WEEK (Monday first) and MONTH buckets in Asia/Shanghai", async () => {
