@@ -77,5 +77,11 @@ describe("spend groups as objects", () => {
     expect(large.named).toBe(49);
     expect(large.count).toBeGreaterThan(2);
     expect(large.count).toBe(small.count);
+    // Latency percentiles scan raw receipts: only an operation that asks for them pays for that.
+    expect(statements.some((sql) => sql.includes("percentile_disc"))).toBe(false);
+    statements = [];
+    const timed = await gqlOk(adminToken, `query($from: DateTime!, $to: DateTime!) { spendAnalytics(input: { from: $from, to: $to, interval: HOUR }) { ...L } } fragment L on SpendAnalytics { latency { receipts } }`, range);
+    expect(statements.some((sql) => sql.includes("percentile_disc"))).toBe(true);
+    expect(timed.spendAnalytics.latency.receipts).toBeGreaterThan(50);
   });
 });

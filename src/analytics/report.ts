@@ -75,6 +75,8 @@ export interface SpendReportInput {
   rankBucket?: BalanceBucket;
   /** Sums of the period of the same length immediately before `from`. */
   compare?: boolean;
+  /** Compute latency percentiles (a scan of raw receipts): only when asked for. Default true. */
+  latency?: boolean;
 }
 
 export interface SpendSums {
@@ -418,7 +420,7 @@ export async function spendReport(input: SpendReportInput, options: { forceRaw?:
   let latencyUnavailable: string | null = null;
   if (to - from > LATENCY_MAX_SPAN_MS) {
     latencyUnavailable = `latency percentiles are computed from raw receipts for ranges of up to ${LATENCY_MAX_SPAN_MS / DAY_MS} days`;
-  } else if (seriesCount > 0) {
+  } else if (seriesCount > 0 && input.latency !== false) {
     for (const row of await latencies(q, starts, from, to, shownForSql)) {
       const value = toLatency(row);
       if (row.by_point && row.by_series) latency = value;

@@ -1,4 +1,5 @@
 // Request history (receipts, failed requests), the audit trail and spend series for dashboards.
+import type { GraphQLResolveInfo, SelectionSetNode } from "graphql";
 import { builder } from "../schema/builder.ts";
 import { db } from "../db/index.ts";
 import { isPlatform, resolveOrganizationId, tenancyWhere, type Viewer } from "../auth/index.ts";
@@ -125,12 +126,23 @@ function spendFilter(viewer: Viewer, filter: Record<string, ReadonlyArray<string
   return out as SpendFilter;
 }
 
+/** Does the operation select a field of this name anywhere under the resolved field (fragments included)? */
+function selects(info: GraphQLResolveInfo, name: string): boolean {
+  const walk = (set: SelectionSetNode | undefined): boolean =>
+    !!set &&
+    set.selections.some((s) =>
+      s.kind === "Field" ? s.name.value === name || walk(s.selectionSet)
+        : s.kind === "InlineFragment" ? walk(s.selectionSet)
+          : walk(info.fragments[s.name.value]?.selectionSet));
+  return info.fieldNodes.some((node) => walk(node.selectionSet));
+}
+
 builder.queryFields((t) => ({
   spendAnalytics: t.field({
     type: SpendAnalyticsRef,
     description: "Spend a chart draws as it comes: filtered, grouped by any dimensions, bucketed in a time zone, zero-filled, top N and other, totals, failures, latency and the previous period.",
     args: { input: t.arg({ type: SpendAnalyticsInput, required: true }) },
-    resolve: async (_root, { input }, ctx) => {
+    resolve: async (_root, { input }, ctx, info) => {
       const viewer = viewerOf(ctx);
       const organizationId = await resolveOrganizationId(viewer, input.organizationId ? String(input.organizationId) : null);
       const timeZone = input.timeZone ? checkTimeZone(input.timeZone) : await organizationTimeZone(organizationId);
@@ -145,6 +157,8 @@ builder.queryFields((t) => ({
         top: input.top ?? null,
         rankBucket: input.rankBy ?? "CREDIT",
         compare: input.compareWithPrevious ?? false,
+        // Percentiles scan raw receipts: only for operations that ask for them.
+        latency: selects(info, "latency"),
       });
     },
   }),
