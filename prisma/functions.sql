@@ -11,7 +11,10 @@
 --
 -- To change a function: edit it here. CREATE OR REPLACE cannot change a function's argument or
 -- result types; to change a signature, add `DROP FUNCTION IF EXISTS name(old types);` just above
--- the new definition. A migration must not define functions any more.
+-- the new definition. A migration defines no function, with one exception: a migration that changes
+-- a table so that the function writing it breaks (a dropped column or unique key) also redefines
+-- that function in its own transaction, with the same text as here, so no write between the
+-- migration and this file meets a stale function (20261203100000_spend_rollup_dimensions does).
 
 -- ==============================================================================================
 -- Time: the clock every function and the gateway's SQL share (tests move it).
@@ -428,40 +431,36 @@ END $$;
 CREATE OR REPLACE FUNCTION tg_spend_rollup_receipt() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF TG_OP IN ('UPDATE', 'DELETE') THEN
-    INSERT INTO "SpendRollupHourly" AS r ("organizationId", "hour", "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens")
-    SELECT "organizationId", date_trunc('hour', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-           -SUM("charge"), -COUNT(*), -SUM("promptTokens"), -SUM("completionTokens"), -SUM("cachedPromptTokens"), -SUM("cacheWriteTokens"), -SUM("audioPromptTokens"), -SUM("reasoningTokens"), -SUM("audioCompletionTokens")
-      FROM old_rows GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+    INSERT INTO "SpendRollupHourly" AS r ("organizationId", "hour", "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "failedRequests", "failedCharge")
+    SELECT "organizationId", date_trunc('hour', "createdAt"), "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+           -SUM("charge"), -SUM(1), -SUM("promptTokens"), -SUM("completionTokens"), -SUM("cachedPromptTokens"), -SUM("cacheWriteTokens"), -SUM("audioPromptTokens"), -SUM("reasoningTokens"), -SUM("audioCompletionTokens"), -SUM(0), -SUM(0)
+      FROM old_rows GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     ON CONFLICT ON CONSTRAINT "SpendRollupHourly_group_key" DO UPDATE SET
-      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests",
-      "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens";
-    INSERT INTO "SpendRollupDaily" AS r ("organizationId", "day", "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens")
-    SELECT "organizationId", date_trunc('day', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-           -SUM("charge"), -COUNT(*), -SUM("promptTokens"), -SUM("completionTokens"), -SUM("cachedPromptTokens"), -SUM("cacheWriteTokens"), -SUM("audioPromptTokens"), -SUM("reasoningTokens"), -SUM("audioCompletionTokens")
-      FROM old_rows GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests", "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens", "failedRequests" = r."failedRequests" + EXCLUDED."failedRequests", "failedCharge" = r."failedCharge" + EXCLUDED."failedCharge";
+    INSERT INTO "SpendRollupDaily" AS r ("organizationId", "day", "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "failedRequests", "failedCharge")
+    SELECT "organizationId", date_trunc('day', "createdAt"), "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+           -SUM("charge"), -SUM(1), -SUM("promptTokens"), -SUM("completionTokens"), -SUM("cachedPromptTokens"), -SUM("cacheWriteTokens"), -SUM("audioPromptTokens"), -SUM("reasoningTokens"), -SUM("audioCompletionTokens"), -SUM(0), -SUM(0)
+      FROM old_rows GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     ON CONFLICT ON CONSTRAINT "SpendRollupDaily_group_key" DO UPDATE SET
-      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests",
-      "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens";
+      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests", "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens", "failedRequests" = r."failedRequests" + EXCLUDED."failedRequests", "failedCharge" = r."failedCharge" + EXCLUDED."failedCharge";
   END IF;
   IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    INSERT INTO "SpendRollupHourly" AS r ("organizationId", "hour", "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens")
-    SELECT "organizationId", date_trunc('hour', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-           SUM("charge"), COUNT(*), SUM("promptTokens"), SUM("completionTokens"), SUM("cachedPromptTokens"), SUM("cacheWriteTokens"), SUM("audioPromptTokens"), SUM("reasoningTokens"), SUM("audioCompletionTokens")
-      FROM new_rows GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+    INSERT INTO "SpendRollupHourly" AS r ("organizationId", "hour", "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "failedRequests", "failedCharge")
+    SELECT "organizationId", date_trunc('hour', "createdAt"), "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+           SUM("charge"), SUM(1), SUM("promptTokens"), SUM("completionTokens"), SUM("cachedPromptTokens"), SUM("cacheWriteTokens"), SUM("audioPromptTokens"), SUM("reasoningTokens"), SUM("audioCompletionTokens"), SUM(0), SUM(0)
+      FROM new_rows GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     ON CONFLICT ON CONSTRAINT "SpendRollupHourly_group_key" DO UPDATE SET
-      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests",
-      "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens";
-    INSERT INTO "SpendRollupDaily" AS r ("organizationId", "day", "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens")
-    SELECT "organizationId", date_trunc('day', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-           SUM("charge"), COUNT(*), SUM("promptTokens"), SUM("completionTokens"), SUM("cachedPromptTokens"), SUM("cacheWriteTokens"), SUM("audioPromptTokens"), SUM("reasoningTokens"), SUM("audioCompletionTokens")
-      FROM new_rows GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests", "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens", "failedRequests" = r."failedRequests" + EXCLUDED."failedRequests", "failedCharge" = r."failedCharge" + EXCLUDED."failedCharge";
+    INSERT INTO "SpendRollupDaily" AS r ("organizationId", "day", "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "failedRequests", "failedCharge")
+    SELECT "organizationId", date_trunc('day', "createdAt"), "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+           SUM("charge"), SUM(1), SUM("promptTokens"), SUM("completionTokens"), SUM("cachedPromptTokens"), SUM("cacheWriteTokens"), SUM("audioPromptTokens"), SUM("reasoningTokens"), SUM("audioCompletionTokens"), SUM(0), SUM(0)
+      FROM new_rows GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     ON CONFLICT ON CONSTRAINT "SpendRollupDaily_group_key" DO UPDATE SET
-      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests",
-      "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens";
+      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests", "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens", "failedRequests" = r."failedRequests" + EXCLUDED."failedRequests", "failedCharge" = r."failedCharge" + EXCLUDED."failedCharge";
   END IF;
   RETURN NULL;
 END $$;
@@ -470,40 +469,36 @@ END $$;
 CREATE OR REPLACE FUNCTION tg_spend_rollup_failed_request() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF TG_OP IN ('UPDATE', 'DELETE') THEN
-    INSERT INTO "SpendRollupHourly" AS r ("organizationId", "hour", "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens")
-    SELECT "organizationId", date_trunc('hour', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-           -SUM("charge"), -COUNT(*), -SUM("promptTokens"), -SUM("completionTokens"), 0, 0, 0, 0, 0
-      FROM old_rows WHERE "organizationId" IS NOT NULL AND "bucket" IS NOT NULL AND "charge" > 0 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+    INSERT INTO "SpendRollupHourly" AS r ("organizationId", "hour", "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "failedRequests", "failedCharge")
+    SELECT "organizationId", date_trunc('hour', "createdAt"), "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", NULL::text, "bucket", "currency",
+           -SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "charge" ELSE 0 END), -SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN 1 ELSE 0 END), -SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "promptTokens" ELSE 0 END), -SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "completionTokens" ELSE 0 END), -SUM(0), -SUM(0), -SUM(0), -SUM(0), -SUM(0), -SUM(1), -SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "charge" ELSE 0 END)
+      FROM old_rows WHERE "organizationId" IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     ON CONFLICT ON CONSTRAINT "SpendRollupHourly_group_key" DO UPDATE SET
-      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests",
-      "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens";
-    INSERT INTO "SpendRollupDaily" AS r ("organizationId", "day", "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens")
-    SELECT "organizationId", date_trunc('day', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-           -SUM("charge"), -COUNT(*), -SUM("promptTokens"), -SUM("completionTokens"), 0, 0, 0, 0, 0
-      FROM old_rows WHERE "organizationId" IS NOT NULL AND "bucket" IS NOT NULL AND "charge" > 0 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests", "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens", "failedRequests" = r."failedRequests" + EXCLUDED."failedRequests", "failedCharge" = r."failedCharge" + EXCLUDED."failedCharge";
+    INSERT INTO "SpendRollupDaily" AS r ("organizationId", "day", "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "failedRequests", "failedCharge")
+    SELECT "organizationId", date_trunc('day', "createdAt"), "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", NULL::text, "bucket", "currency",
+           -SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "charge" ELSE 0 END), -SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN 1 ELSE 0 END), -SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "promptTokens" ELSE 0 END), -SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "completionTokens" ELSE 0 END), -SUM(0), -SUM(0), -SUM(0), -SUM(0), -SUM(0), -SUM(1), -SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "charge" ELSE 0 END)
+      FROM old_rows WHERE "organizationId" IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     ON CONFLICT ON CONSTRAINT "SpendRollupDaily_group_key" DO UPDATE SET
-      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests",
-      "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens";
+      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests", "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens", "failedRequests" = r."failedRequests" + EXCLUDED."failedRequests", "failedCharge" = r."failedCharge" + EXCLUDED."failedCharge";
   END IF;
   IF TG_OP IN ('INSERT', 'UPDATE') THEN
-    INSERT INTO "SpendRollupHourly" AS r ("organizationId", "hour", "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens")
-    SELECT "organizationId", date_trunc('hour', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-           SUM("charge"), COUNT(*), SUM("promptTokens"), SUM("completionTokens"), 0, 0, 0, 0, 0
-      FROM new_rows WHERE "organizationId" IS NOT NULL AND "bucket" IS NOT NULL AND "charge" > 0 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+    INSERT INTO "SpendRollupHourly" AS r ("organizationId", "hour", "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "failedRequests", "failedCharge")
+    SELECT "organizationId", date_trunc('hour', "createdAt"), "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", NULL::text, "bucket", "currency",
+           SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "charge" ELSE 0 END), SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN 1 ELSE 0 END), SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "promptTokens" ELSE 0 END), SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "completionTokens" ELSE 0 END), SUM(0), SUM(0), SUM(0), SUM(0), SUM(0), SUM(1), SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "charge" ELSE 0 END)
+      FROM new_rows WHERE "organizationId" IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     ON CONFLICT ON CONSTRAINT "SpendRollupHourly_group_key" DO UPDATE SET
-      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests",
-      "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens";
-    INSERT INTO "SpendRollupDaily" AS r ("organizationId", "day", "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens")
-    SELECT "organizationId", date_trunc('day', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", "bucket", "currency",
-           SUM("charge"), COUNT(*), SUM("promptTokens"), SUM("completionTokens"), 0, 0, 0, 0, 0
-      FROM new_rows WHERE "organizationId" IS NOT NULL AND "bucket" IS NOT NULL AND "charge" > 0 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests", "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens", "failedRequests" = r."failedRequests" + EXCLUDED."failedRequests", "failedCharge" = r."failedCharge" + EXCLUDED."failedCharge";
+    INSERT INTO "SpendRollupDaily" AS r ("organizationId", "day", "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+                                "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "failedRequests", "failedCharge")
+    SELECT "organizationId", date_trunc('day', "createdAt"), "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", NULL::text, "bucket", "currency",
+           SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "charge" ELSE 0 END), SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN 1 ELSE 0 END), SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "promptTokens" ELSE 0 END), SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "completionTokens" ELSE 0 END), SUM(0), SUM(0), SUM(0), SUM(0), SUM(0), SUM(1), SUM(CASE WHEN ("bucket" IS NOT NULL AND "charge" > 0) THEN "charge" ELSE 0 END)
+      FROM new_rows WHERE "organizationId" IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
     ON CONFLICT ON CONSTRAINT "SpendRollupDaily_group_key" DO UPDATE SET
-      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests",
-      "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens";
+      "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests", "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens", "failedRequests" = r."failedRequests" + EXCLUDED."failedRequests", "failedCharge" = r."failedCharge" + EXCLUDED."failedCharge";
   END IF;
   RETURN NULL;
 END $$;

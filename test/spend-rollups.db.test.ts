@@ -1,12 +1,12 @@
 // Hourly spend rollups always equal the receipts and charged failed requests they summarize, after
 // random traffic written the ways the gateway writes (one row per statement, multi-row batches),
 // plus rare updates and deletes; and spendSeries answers from them exactly as a raw scan does.
-import { randomUUID } from "node:crypto";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
-import * as f from "./support/fixtures.ts";
+import { rowArb as spendRowArb, scene as spendScene, write as writeRows, type Row, type Scene } from "./support/spend-rows.ts";
 import { spendSeries, spendSeriesFromRawRows, type SpendSeriesInput } from "../src/analytics/index.ts";
+import { SPEND_DIMENSIONS, spendReport, type SpendDimension, type SpendReportInput } from "../src/analytics/report.ts";
 
 let database: TestDatabase;
 beforeAll(async () => {
@@ -16,102 +16,14 @@ afterAll(async () => {
   await database?.dispose();
 });
 
-interface Scene {
-  orgId: string;
-  keys: Array<{ id: string; projectId: string }>;
-  routes: Array<{ id: string; model: string; channelId: string; snapshotId: string }>;
-}
-
-async function scene(): Promise<Scene> {
-  const w = await f.world({ routed: "100" });
-  const second = await f.project(w.viewer, w.org.id);
-  const k2 = (await f.apiKey(w.viewer, second.id)).apiKey;
-  const k3 = (await f.apiKey(w.viewer, w.project.id)).apiKey;
-  const routes: Scene["routes"] = [];
-  for (const model of ["model-a", "model-b"]) {
-    const r = await f.route(w.viewer, w.org.id, `${model}-${randomUUID().slice(0, 6)}`, [
-      { name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: model, settlement: "OFFICIAL", price: ["1", "2"] },
-    ]);
-    const snapshot = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: r.channels[0]!.id } });
-    routes.push({ id: r.route.id, model: r.route.model, channelId: r.channels[0]!.id, snapshotId: snapshot.id });
-  }
-  return { orgId: w.org.id, keys: [w.key, k2, k3].map((k) => ({ id: k.id, projectId: k.projectId })), routes };
-}
-
 const BASE = Date.UTC(2026, 5, 1, 0, 0, 0);
+const SPAN = 3 * 86_400_000;
+const rowArb = spendRowArb(SPAN);
+const write = (s: Scene, rows: Row[], batch: boolean) => writeRows(database, s, BASE, rows, batch);
+const scene = () => spendScene(database);
 
-interface Row {
-  failed: boolean;
-  key: number;
-  route: number;
-  /** Failed requests may have no key or route (refused before routing). */
-  anonymous: boolean;
-  bucket: "CREDIT" | "ROUTED";
-  charge: number;
-  prompt: number;
-  completion: number;
-  /** Milliseconds after BASE, over three days. */
-  at: number;
-}
-
-const rowArb: fc.Arbitrary<Row> = fc.record({
-  failed: fc.boolean(),
-  key: fc.integer({ min: 0, max: 2 }),
-  route: fc.integer({ min: 0, max: 1 }),
-  anonymous: fc.boolean(),
-  bucket: fc.constantFrom("CREDIT" as const, "ROUTED" as const),
-  charge: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 5_000_000 })),
-  prompt: fc.integer({ min: 0, max: 100_000 }),
-  completion: fc.integer({ min: 0, max: 100_000 }),
-  at: fc.integer({ min: 0, max: 3 * 86_400_000 - 1 }),
-});
-
-/** Writes rows as one multi-row INSERT per table (a batch) — or, with batch = false, one statement per row. */
-async function write(s: Scene, rows: Row[], batch: boolean): Promise<void> {
-  const chunks = batch ? [rows] : rows.map((r) => [r]);
-  for (const chunk of chunks) {
-    const receipts = chunk.filter((r) => !r.failed);
-    const failed = chunk.filter((r) => r.failed);
-    if (receipts.length) {
-      const params: unknown[] = [];
-      const values = receipts.map((r) => {
-        const k = s.keys[r.key]!;
-        const rt = s.routes[r.route]!;
-        params.push(randomUUID(), s.orgId, k.id, k.projectId, rt.id, rt.channelId, rt.model, r.bucket, r.bucket === "CREDIT" ? "USD" : "CNY",
-          r.prompt, r.completion, rt.snapshotId, String(r.charge), new Date(BASE + r.at).toISOString());
-        const n = params.length - 14;
-        return `($${n + 1}, $${n + 2}, $${n + 3}, $${n + 4}, $${n + 5}, $${n + 6}, $${n + 7}, 'up', '/v1/chat/completions', 'PRIMARY', false, 1,
-                 $${n + 8}::"BalanceBucket", $${n + 9}, $${n + 10}::int, $${n + 11}::int, $${n + 12}, $${n + 13}::bigint, 5, 200,
-                 $${n + 14}::timestamptz AT TIME ZONE 'UTC')`;
-      });
-      await database.sql.query(
-        `INSERT INTO "Receipt" ("requestId", "organizationId", "keyId", "projectId", "routeId", "channelId", "requestedModel", "upstreamModel",
-           endpoint, "channelRole", fallback, attempts, bucket, currency, "promptTokens", "completionTokens", "priceSnapshotId", charge,
-           "latencyMs", status, "createdAt") VALUES ${values.join(", ")}`,
-        params,
-      );
-    }
-    if (failed.length) {
-      const params: unknown[] = [];
-      const values = failed.map((r) => {
-        const k = s.keys[r.key]!;
-        const rt = s.routes[r.route]!;
-        const charged = r.charge > 0;
-        params.push(randomUUID(), s.orgId, r.anonymous ? null : k.id, r.anonymous ? null : k.projectId, r.anonymous ? null : rt.id,
-          r.anonymous ? null : rt.model, charged ? r.bucket : null, charged ? (r.bucket === "CREDIT" ? "USD" : "CNY") : null,
-          r.prompt, r.completion, String(r.charge), new Date(BASE + r.at).toISOString());
-        const n = params.length - 12;
-        return `($${n + 1}, $${n + 2}, $${n + 3}, $${n + 4}, $${n + 5}, $${n + 6}, '/v1/chat/completions', 'UPSTREAM_ERROR', 'boom', 502,
-                 $${n + 7}::"BalanceBucket", $${n + 8}, $${n + 9}::int, $${n + 10}::int, $${n + 11}::bigint, $${n + 12}::timestamptz AT TIME ZONE 'UTC')`;
-      });
-      await database.sql.query(
-        `INSERT INTO "FailedRequest" ("requestId", "organizationId", "keyId", "projectId", "routeId", "requestedModel", endpoint, cause, message,
-           "httpStatus", bucket, currency, "promptTokens", "completionTokens", charge, "createdAt") VALUES ${values.join(", ")}`,
-        params,
-      );
-    }
-  }
-}
+/** A filter list in about one query of four (absent otherwise). */
+const sometimes = <T,>(arb: fc.Arbitrary<T>) => fc.oneof({ arbitrary: fc.constant(undefined), weight: 3 }, { arbitrary: arb, weight: 1 });
 
 const GRAINS = [
   { table: "SpendRollupHourly", unit: "hour" },
@@ -120,23 +32,30 @@ const GRAINS = [
 
 /** Rollups of one grain as stored vs the same sums computed from the raw rows: must be identical. */
 async function compareWithRawRows(orgId: string, grain: (typeof GRAINS)[number] = GRAINS[0]) {
-  const GROUP_COLUMNS = `"organizationId", ${grain.unit} AS at, "keyId", "projectId", "routeId", "requestedModel", bucket, currency`;
-  const ORDER = `"organizationId", at, "keyId", "projectId", "routeId", "requestedModel", bucket, currency`;
+  const DIMENSIONS = `"keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", bucket, currency`;
+  const GROUP_COLUMNS = `"organizationId", ${grain.unit} AS at, ${DIMENSIONS}`;
+  const SUMS = `spend, requests, "promptTokens", "completionTokens", "cachedPromptTokens", "failedRequests", "failedCharge"`;
   const rollups = await database.sql.query<Record<string, unknown>>(
-    `SELECT ${GROUP_COLUMNS}, spend::text, requests::text, "promptTokens"::text, "completionTokens"::text
-       FROM "${grain.table}" WHERE "organizationId" = $1 AND requests <> 0 ORDER BY ${ORDER}`,
+    `SELECT ${GROUP_COLUMNS}, ${SUMS.split(", ").map((c) => `${c}::text`).join(", ")}
+       FROM "${grain.table}" WHERE "organizationId" = $1 AND (requests <> 0 OR "failedRequests" <> 0) ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11`,
     [orgId],
   );
+  // Every failed request is a failure; only a charged one (with a bucket) is spend, with its tokens.
+  const charged = `(bucket IS NOT NULL AND charge > 0)`;
   const raw = await database.sql.query<Record<string, unknown>>(
-    `SELECT ${GROUP_COLUMNS}, SUM(charge)::text AS spend, COUNT(*)::text AS requests,
-            SUM("promptTokens")::text AS "promptTokens", SUM("completionTokens")::text AS "completionTokens"
-       FROM (SELECT "organizationId", date_trunc('${grain.unit}', "createdAt") AS ${grain.unit}, "keyId", "projectId", "routeId", "requestedModel", bucket, currency,
-                    charge, "promptTokens", "completionTokens" FROM "Receipt" WHERE "organizationId" = $1
+    `SELECT ${GROUP_COLUMNS}, SUM(charge)::text AS spend, SUM(requests)::text AS requests,
+            SUM("promptTokens")::text AS "promptTokens", SUM("completionTokens")::text AS "completionTokens", SUM(cached)::text AS "cachedPromptTokens",
+            SUM(failed)::text AS "failedRequests", SUM(failed_charge)::text AS "failedCharge"
+       FROM (SELECT "organizationId", date_trunc('${grain.unit}', "createdAt") AS ${grain.unit}, ${DIMENSIONS},
+                    charge, 1 AS requests, "promptTokens", "completionTokens", "cachedPromptTokens" AS cached, 0 AS failed, 0 AS failed_charge
+               FROM "Receipt" WHERE "organizationId" = $1
              UNION ALL
-             SELECT "organizationId", date_trunc('${grain.unit}', "createdAt"), "keyId", "projectId", "routeId", "requestedModel", bucket, currency,
-                    charge, "promptTokens", "completionTokens" FROM "FailedRequest"
-              WHERE "organizationId" = $1 AND bucket IS NOT NULL AND charge > 0) spend
-      GROUP BY 1, 2, 3, 4, 5, 6, 7, 8 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8`,
+             SELECT "organizationId", date_trunc('${grain.unit}', "createdAt"), "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", NULL, bucket, currency,
+                    CASE WHEN ${charged} THEN charge ELSE 0 END, CASE WHEN ${charged} THEN 1 ELSE 0 END,
+                    CASE WHEN ${charged} THEN "promptTokens" ELSE 0 END, CASE WHEN ${charged} THEN "completionTokens" ELSE 0 END, 0,
+                    1, CASE WHEN ${charged} THEN charge ELSE 0 END
+               FROM "FailedRequest" WHERE "organizationId" = $1) spend
+      GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11`,
     [orgId],
   );
   return { rollups, raw };
@@ -154,12 +73,32 @@ describe("spend rollups", () => {
       projectFilter: fc.option(fc.integer({ min: 0, max: 2 }), { nil: undefined }),
       align: fc.constantFrom("none" as const, "hour" as const, "day" as const),
     });
+    // spendAnalytics: every dimension and filter (each filter in about one query of four), zones whose boundaries are on UTC hours (rollups) or not (raw rows).
+    const reportQuery = fc.record({
+      fromMs: fc.integer({ min: -3_600_000, max: 3 * 86_400_000 }),
+      spanMs: fc.integer({ min: 1, max: 4 * 86_400_000 }),
+      interval: fc.constantFrom("HOUR" as const, "DAY" as const, "WEEK" as const, "MONTH" as const),
+      timeZone: fc.constantFrom("UTC", "Asia/Shanghai", "America/New_York", "Asia/Kolkata"),
+      groupBy: fc.subarray([...SPEND_DIMENSIONS], { maxLength: 3 }),
+      keys: sometimes(fc.subarray([0, 1, 2], { minLength: 1 })),
+      projects: sometimes(fc.subarray([0, 1], { minLength: 1 })),
+      routes: sometimes(fc.subarray([0, 1], { minLength: 1 })),
+      channels: sometimes(fc.subarray([0, 1, 2, 3], { minLength: 1 })),
+      runs: sometimes(fc.subarray([0, 1], { minLength: 1 })),
+      models: sometimes(fc.subarray([0, 1], { minLength: 1 })),
+      buckets: sometimes(fc.subarray(["CREDIT" as const, "ROUTED" as const], { minLength: 1 })),
+      top: fc.option(fc.integer({ min: 1, max: 4 }), { nil: undefined }),
+      compare: fc.boolean(),
+      align: fc.constantFrom("none" as const, "hour" as const, "day" as const),
+    });
     let checkedPoints = 0;
+    let checkedReports = 0; // non-empty points read from the rollups
     await fc.assert(
       fc.asyncProperty(
         fc.array(fc.record({ rows: fc.array(rowArb, { minLength: 1, maxLength: 25 }), batch: fc.boolean() }), { minLength: 1, maxLength: 4 }),
         fc.array(seriesQuery, { minLength: 3, maxLength: 6 }),
-        async (writes, queries) => {
+        fc.array(reportQuery, { minLength: 2, maxLength: 5 }),
+        async (writes, queries, reports) => {
           for (const w of writes) await write(s, w.rows, w.batch);
           for (const grain of GRAINS) {
             const { rollups, raw } = await compareWithRawRows(s.orgId, grain);
@@ -182,19 +121,50 @@ describe("spend rollups", () => {
             expect(await spendSeries(input)).toEqual(expected);
             checkedPoints += expected.length;
           }
+          for (const q of reports) {
+            const unit = { none: 1, hour: 3_600_000, day: 86_400_000 }[q.align];
+            const from = Math.floor(q.fromMs / unit) * unit;
+            const to = Math.max(Math.ceil((from + q.spanMs) / unit) * unit, from + 1);
+            const pick = <T,>(all: T[], picked: number[] | undefined) => (picked === undefined ? null : picked.map((i) => all[i]!));
+            const input: SpendReportInput = {
+              organizationId: s.orgId,
+              from: new Date(BASE + from),
+              to: new Date(BASE + to),
+              interval: q.interval,
+              timeZone: q.timeZone,
+              groupBy: q.groupBy as SpendDimension[],
+              filter: {
+                keyIds: pick(s.keys.map((k) => k.id), q.keys),
+                projectIds: pick([...new Set(s.keys.map((k) => k.projectId))], q.projects),
+                routeIds: pick(s.routes.map((r) => r.id), q.routes),
+                channelIds: pick(s.routes.flatMap((r) => r.channels.map((c) => c.id)), q.channels),
+                runIds: pick(s.runs.map((r) => r.id), q.runs),
+                models: pick(s.routes.map((r) => r.model), q.models),
+                buckets: q.buckets ?? null,
+              },
+              top: q.top ?? null,
+              compare: q.compare,
+            };
+            const { source: _raw, ...expected } = await spendReport(input, { forceRaw: true });
+            const { source: _read, ...actual } = await spendReport(input);
+            expect(actual).toEqual(expected);
+            // Points with something in them, answered from the rollups.
+            if (_read === "ROLLUPS") checkedReports += expected.series.flatMap((x) => x.points).filter((p) => p.sums.requests > 0n || p.sums.failedRequests > 0n).length;
+          }
         },
       ),
       { seed: 20261123, numRuns: 15 },
     );
     // The property compared real series, not only empty ones.
     expect(checkedPoints).toBeGreaterThan(100);
+    expect(checkedReports).toBeGreaterThan(50);
   });
 
   it("follow updates and deletes of the summarized rows", async () => {
     const s = await scene();
     await write(s, Array.from({ length: 12 }, (_, i) => ({
-      failed: i % 3 === 0, key: i % 3, route: i % 2, anonymous: false, bucket: i % 2 ? "ROUTED" : "CREDIT", charge: 1000 + i,
-      prompt: 10 * i, completion: i, at: i * 1_800_000,
+      failed: i % 3 === 0, key: i % 3, route: i % 2, channel: i % 2, run: i % 4 === 0 ? null : i % 2, anonymous: false, bucket: i % 2 ? "ROUTED" : "CREDIT",
+      uncharged: "bucket", charge: 1000 + i, prompt: 10 * i, completion: i, cached: i, latencyMs: 100 + i, at: i * 1_800_000,
     })), true);
     await database.sql.query(`UPDATE "Receipt" SET charge = charge + 7, "createdAt" = "createdAt" + interval '5 hours' WHERE "organizationId" = $1 AND "promptTokens" < 60`, [s.orgId]);
     await database.sql.query(`UPDATE "FailedRequest" SET charge = 0 WHERE "organizationId" = $1 AND "promptTokens" = 30`, [s.orgId]);
@@ -210,7 +180,7 @@ describe("spend rollups", () => {
 
   it("are what spendSeries reads for whole days and whole hours", async () => {
     const s = await scene();
-    await write(s, [{ failed: false, key: 0, route: 0, anonymous: false, bucket: "CREDIT", charge: 5_000, prompt: 1, completion: 1, at: 90_000 }], false);
+    await write(s, [{ failed: false, key: 0, route: 0, channel: 0, run: null, anonymous: false, bucket: "CREDIT", uncharged: "none", charge: 5_000, prompt: 1, completion: 1, cached: 0, latencyMs: 5, at: 90_000 }], false);
     const byDay: SpendSeriesInput = { organizationId: s.orgId, from: new Date(BASE), to: new Date(BASE + 86_400_000), interval: "DAY", groupBy: "BUCKET" };
     const byHour: SpendSeriesInput = { ...byDay, interval: "HOUR" };
     expect((await spendSeries(byDay)).map((p) => p.spend)).toEqual([5_000n]);

@@ -51,6 +51,28 @@ describe("prisma/functions.sql", () => {
     }
   });
 
+  it("a migration since the file that redefines a function (its table changed under it) uses the file's exact text", async () => {
+    const { readdir } = await import("node:fs/promises");
+    const { MIGRATIONS_DIR } = await import("../src/db/migrate.ts");
+    const bodyOf = (sql: string, name: string): string | null => {
+      const start = new RegExp(`^CREATE (?:OR REPLACE )?FUNCTION ${name}\\s*\\(`, "m").exec(sql);
+      if (!start) return null;
+      const tag = /AS\s+(\$\w*\$)/.exec(sql.slice(start.index))!;
+      const open = start.index + tag.index + tag[0].length;
+      const close = sql.indexOf(tag[1]!, open);
+      return sql.slice(sql.indexOf("FUNCTION", start.index), sql.indexOf(";", close) + 1);
+    };
+    let checked = 0;
+    for (const dir of (await readdir(MIGRATIONS_DIR)).filter((d) => d >= "20261203")) {
+      const sql = await readFile(path.join(MIGRATIONS_DIR, dir, "migration.sql"), "utf8").catch(() => "");
+      for (const [, name] of sql.matchAll(/^CREATE (?:OR REPLACE )?FUNCTION (\w+)\s*\(/gm)) {
+        expect(bodyOf(sql, name!), `${dir}: ${name}`).toBe(bodyOf(fileSql, name!));
+        checked++;
+      }
+    }
+    expect(checked).toBeGreaterThan(0);
+  });
+
   it("a data directory migrated before the file existed starts, takes the file, and keeps its rows", async () => {
     const pglite = await PGlite.create();
     try {

@@ -207,11 +207,19 @@ const CASES: Record<string, { query: string; args: Array<{ variable: IdKind; typ
     query: `query($organizationId: ID, $keyId: ID, $projectId: ID) { spendSeries(input: { from: "${TODAY.from}", to: "${TODAY.to}", interval: DAY, groupBy: KEY, organizationId: $organizationId, keyId: $keyId, projectId: $projectId }) { group requests spend { amount } } }`,
     args: ["organizationId", "keyId", "projectId"].map((v) => ({ variable: v as IdKind, type: "ID" })),
   },
+  spendAnalytics: {
+    query: `query($organizationId: ID, $keyId: [ID!], $projectId: [ID!], $routeId: [ID!], $channelId: [ID!], $runId: [ID!]) {
+      spendAnalytics(input: { from: "${TODAY.from}", to: "${TODAY.to}", interval: HOUR, groupBy: [KEY, PROJECT, ROUTE, CHANNEL, RUN], organizationId: $organizationId,
+                              filter: { keyIds: $keyId, projectIds: $projectId, routeIds: $routeId, channelIds: $channelId, runIds: $runId } }) {
+        groupCount totals { requests failedRequests spend { amount { amount } } }
+        series { group { key { id } project { id } route { id } channel { id } run { id } } points { requests failedRequests } } } }`,
+    args: [{ variable: "organizationId", type: "ID" }, ...["keyId", "projectId", "routeId", "channelId", "runId"].map((v) => ({ variable: v as IdKind, type: "[ID!]" }))],
+  },
   wallet: { query: `query($organizationId: ID) { wallet(organizationId: $organizationId) { id organization { id } balances { bucket balance { amount } } } }`, args: [{ variable: "organizationId", type: "ID" }] },
 };
 
-/** Fields a platform token may find empty for another organization's ids: no audit / ledger rows name them, and spendSeries is asked in the default organization. */
-const PLATFORM_MAY_FIND_NOTHING = new Set(["auditEntries", "ledgerEntries", "spendSeries", "budgetAlerts", "channelHealthEvents", "lowBalanceAlerts"]);
+/** Fields a platform token may find empty for another organization's ids: no audit / ledger rows name them, and spendSeries / spendAnalytics are asked in the default organization. */
+const PLATFORM_MAY_FIND_NOTHING = new Set(["auditEntries", "ledgerEntries", "spendSeries", "spendAnalytics", "budgetAlerts", "channelHealthEvents", "lowBalanceAlerts"]);
 
 /** How an out-of-scope read may answer (the field conventions already used); anything else is a bug. */
 const OK_CODES = /^(FORBIDDEN|NOT_FOUND)$/;

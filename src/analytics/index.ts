@@ -1,4 +1,5 @@
-// Spend series for dashboards: receipts plus charged failed requests, grouped in SQL.
+// Spend series for dashboards (API.md's spendSeries, UTC, one dimension; spendAnalytics in
+// ./report.ts is the chartable one): receipts plus charged failed requests, grouped in SQL.
 // Their charges are exactly the ledger's CHARGE entries (each links to one of them; tested).
 // Whole UTC days (for DAY and MONTH series) and whole hours are read from "SpendRollupDaily" and
 // "SpendRollupHourly" (sums kept by triggers in the same transaction as the rows:
@@ -35,8 +36,8 @@ export interface SpendSeriesInput {
 }
 
 const GROUP_COLUMN = { KEY: `"keyId"`, PROJECT: `"projectId"`, MODEL: `"requestedModel"`, ROUTE: `"routeId"`, BUCKET: `bucket::text` } as const;
-const TRUNC = { HOUR: "hour", DAY: "day", MONTH: "month" } as const;
-const MAX_POINTS_SPAN_MS = { HOUR: 31 * 86_400_000, DAY: 3 * 366 * 86_400_000, MONTH: 20 * 366 * 86_400_000 } as const;
+const TRUNC = { MINUTE: "minute", HOUR: "hour", DAY: "day", WEEK: "week", MONTH: "month" } as const;
+const MAX_POINTS_SPAN_MS = { MINUTE: 2 * 86_400_000, HOUR: 31 * 86_400_000, DAY: 3 * 366 * 86_400_000, WEEK: 20 * 366 * 86_400_000, MONTH: 20 * 366 * 86_400_000 } as const;
 const HOUR_MS = 3_600_000;
 const DAY_MS = 24 * HOUR_MS;
 
@@ -147,6 +148,8 @@ async function run(input: SpendSeriesInput, plan: ReturnType<typeof planRanges>)
 
 export async function spendSeries(input: SpendSeriesInput): Promise<SpendPoint[]> {
   validate(input);
+  // Minutes are finer than the rollups: raw rows only. UTC weeks (Monday first) are whole UTC days.
+  if (input.interval === "MINUTE") return spendSeriesFromRawRows(input);
   return run(input, planRanges(input.from.getTime(), input.to.getTime(), input.interval !== "HOUR"));
 }
 

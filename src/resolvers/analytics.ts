@@ -1,4 +1,5 @@
 // Request history (receipts, failed requests), the audit trail and spend series for dashboards.
+import type { GraphQLResolveInfo, SelectionSetNode } from "graphql";
 import { builder } from "../schema/builder.ts";
 import { db } from "../db/index.ts";
 import { isPlatform, resolveOrganizationId, tenancyWhere, type Viewer } from "../auth/index.ts";
@@ -11,6 +12,10 @@ import { BalanceBucket } from "../generated/prisma/enums.ts";
 import { AuditActionEnum, AuditEntryConnection, AuditEntryOrder, AuditTargetTypeEnum } from "../schema/types/audit-entry.ts";
 import { ReceiptConnection, ReceiptOrder } from "../schema/types/receipt.ts";
 import { FailedRequestConnection, FailedRequestOrder } from "../schema/types/failed-request.ts";
+import { SpendAnalyticsInput, SpendAnalyticsRef, SpendInterval } from "../schema/types/spend-analytics.ts";
+import { spendReport, type SpendFilter } from "../analytics/report.ts";
+import { checkTimeZone } from "../analytics/zones.ts";
+import { organizationTimeZone } from "../orgs/index.ts";
 
 builder.queryFields((t) => ({
   receipts: t.prismaConnection(
@@ -65,7 +70,6 @@ function auditWhere(viewer: Viewer, args: { targetId?: string | number | null; a
   };
 }
 
-const SpendInterval = builder.enumType("SpendInterval", { values: ["HOUR", "DAY", "MONTH"] as const });
 const SpendGroupBy = builder.enumType("SpendGroupBy", { values: ["KEY", "PROJECT", "MODEL", "ROUTE", "BUCKET"] as const });
 
 const SpendPointRef = builder.objectRef<SpendPoint>("SpendPoint").implement({
@@ -107,6 +111,55 @@ builder.queryFields((t) => ({
       const organizationId = await resolveOrganizationId(viewer, input.organizationId ? String(input.organizationId) : null);
       const projectId = viewer.role === "PROJECT_VIEWER" ? viewer.projectId : input.projectId ? String(input.projectId) : null;
       return spendSeries({ ...input, organizationId, projectId, keyId: input.keyId ? String(input.keyId) : null });
+    },
+  }),
+}));
+
+/** The filter as the domain takes it: ids as strings, an empty list as no condition; a project viewer only ever sees its project. */
+function spendFilter(viewer: Viewer, filter: Record<string, ReadonlyArray<string | number> | null | undefined> | null | undefined): SpendFilter {
+  const out: Record<string, string[]> = {};
+  for (const [name, values] of Object.entries(filter ?? {})) if (values?.length) out[name] = values.map(String);
+  if (viewer.role === "PROJECT_VIEWER") {
+    const own = viewer.projectId ?? "";
+    out.projectIds = out.projectIds ? out.projectIds.filter((id) => id === own) : [own];
+  }
+  return out as SpendFilter;
+}
+
+/** Does the operation select a field of this name anywhere under the resolved field (fragments included)? */
+function selects(info: GraphQLResolveInfo, name: string): boolean {
+  const walk = (set: SelectionSetNode | undefined): boolean =>
+    !!set &&
+    set.selections.some((s) =>
+      s.kind === "Field" ? s.name.value === name || walk(s.selectionSet)
+        : s.kind === "InlineFragment" ? walk(s.selectionSet)
+          : walk(info.fragments[s.name.value]?.selectionSet));
+  return info.fieldNodes.some((node) => walk(node.selectionSet));
+}
+
+builder.queryFields((t) => ({
+  spendAnalytics: t.field({
+    type: SpendAnalyticsRef,
+    description: "Spend a chart draws as it comes: filtered, grouped by any dimensions, bucketed in a time zone, zero-filled, top N and other, totals, failures, latency and the previous period.",
+    args: { input: t.arg({ type: SpendAnalyticsInput, required: true }) },
+    resolve: async (_root, { input }, ctx, info) => {
+      const viewer = viewerOf(ctx);
+      const organizationId = await resolveOrganizationId(viewer, input.organizationId ? String(input.organizationId) : null);
+      const timeZone = input.timeZone ? checkTimeZone(input.timeZone) : await organizationTimeZone(organizationId);
+      return spendReport({
+        organizationId,
+        from: input.from,
+        to: input.to,
+        interval: input.interval,
+        timeZone,
+        groupBy: input.groupBy ?? [],
+        filter: spendFilter(viewer, input.filter),
+        top: input.top ?? null,
+        rankBucket: input.rankBy ?? "CREDIT",
+        compare: input.compareWithPrevious ?? false,
+        // Percentiles scan raw receipts: only for operations that ask for them.
+        latency: selects(info, "latency"),
+      });
     },
   }),
 }));

@@ -21,6 +21,7 @@ import "./types/audit-entry.ts";
 import "./types/alert-webhook.ts";
 import "./types/alerts.ts";
 import "./types/admin-token.ts";
+import "./types/spend-analytics.ts";
 import "./types/live.ts";
 import "../resolvers/root.ts";
 import "../resolvers/admin.ts";

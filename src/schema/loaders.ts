@@ -2,11 +2,13 @@
 // channels of attempt paths), so a list of 50 keys with their spend costs two queries, not a hundred.
 import DataLoader from "dataloader";
 import { db } from "../db/index.ts";
-import type { BudgetCap, Channel } from "../generated/prisma/client.ts";
+import type { ApiKey, BudgetCap, Channel, Project, Route, Run } from "../generated/prisma/client.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { windowFor, type ScopeSpend } from "../accounting/index.ts";
 import { effectiveCap, type BudgetStatus } from "../budgets/index.ts";
 import { keysLastUsedAt, keysSpend, type BucketSpend } from "../keys/spend.ts";
+import { nodeTenancy } from "../nodes/index.ts";
+import type { Viewer } from "../auth/index.ts";
 
 interface CounterKey {
   scope: CapScope;
@@ -16,6 +18,11 @@ interface CounterKey {
 }
 
 const counterKey = (k: CounterKey) => `${k.scope}|${k.scopeId}|${k.bucket}|${k.windowStart.toISOString()}`;
+
+const byId = <T extends { id: string }>(ids: readonly string[], rows: T[]): Array<T | null> => {
+  const found = new Map(rows.map((r) => [r.id, r]));
+  return ids.map((id) => found.get(id) ?? null);
+};
 
 export function createLoaders() {
   const caps = new DataLoader<string, BudgetCap[]>(async (scopeIds) => {
@@ -67,8 +74,24 @@ export function createLoaders() {
     },
     { cacheKeyFn: (k) => `${k.keyId}|${rangeOf(k)}` },
   );
+  let viewerForRows: Viewer | null = null;
+  const tenancy = (type: "ApiKey" | "Project" | "Route" | "Channel" | "Run"): Record<string, unknown> =>
+    viewerForRows ? nodeTenancy(viewerForRows, type) : { id: { in: [] as string[] } };
+  // Rows by id within the viewer's tenancy (null when absent or not the viewer's): spend groups name their objects.
+  const visible = {
+    ApiKey: new DataLoader<string, ApiKey | null>(async (ids) => byId(ids, await db.apiKey.findMany({ where: { id: { in: [...ids] }, ...tenancy("ApiKey") } }))),
+    Project: new DataLoader<string, Project | null>(async (ids) => byId(ids, await db.project.findMany({ where: { id: { in: [...ids] }, ...tenancy("Project") } }))),
+    Route: new DataLoader<string, Route | null>(async (ids) => byId(ids, await db.route.findMany({ where: { id: { in: [...ids] }, ...tenancy("Route") } }))),
+    Channel: new DataLoader<string, Channel | null>(async (ids) => byId(ids, await db.channel.findMany({ where: { id: { in: [...ids] }, ...tenancy("Channel") } }))),
+    Run: new DataLoader<string, Run | null>(async (ids) => byId(ids, await db.run.findMany({ where: { id: { in: [...ids] }, ...tenancy("Run") } }))),
+  };
   return {
     caps,
+    /** The loaders of visible rows, for this operation's viewer (one viewer per operation). */
+    visible(viewer: Viewer) {
+      viewerForRows = viewer;
+      return visible;
+    },
     counters,
     upstreamMessages,
     channels,

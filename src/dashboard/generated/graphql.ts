@@ -149,10 +149,13 @@ export type SpendGroupBy =
   | 'PROJECT'
   | 'ROUTE';
 
+/** Bucket length, in the series' time zone: local minutes and hours (a 23-hour day has 23 hourly buckets, a 25-hour day 25), days from local midnight, ISO weeks (Monday first), calendar months. */
 export type SpendInterval =
   | 'DAY'
   | 'HOUR'
-  | 'MONTH';
+  | 'MINUTE'
+  | 'MONTH'
+  | 'WEEK';
 
 export type SpendSeriesInput = {
   from: string;

@@ -5,7 +5,7 @@ import { ReceiptConnection, ReceiptOrder } from "./receipt.ts";
 import { BudgetStatusRef, MoneyRef, budgetMoney } from "./common.ts";
 import { BalanceBucket } from "../../generated/prisma/enums.ts";
 
-builder.prismaObject("Route", {
+export const RouteRef = builder.prismaObject("Route", {
   interfaces: [NodeRef],
   description: "A catalog model clients request, and the channels that serve it in priority order.",
   authScopes: (r) => ({ owns: { organizationId: r.organizationId } }),
