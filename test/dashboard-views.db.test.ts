@@ -178,6 +178,19 @@ describe.skipIf(!haveChromium)("the dashboard's views in Chromium", { timeout: 3
       const receipt = receipts.find((r) => r.requestId === requestId)!;
       await containsSoon(panel.locator(`#key-receipts tr[data-request-id="${requestId}"] [data-field="charge"]`), usd(receipt.charge));
     }
+    // Its plan for the model: the channel it would use with its price, and every limit per bucket as the API has it.
+    const { apiKey: planned } = await gqlOk<{
+      apiKey: { plan: Array<{ model: string; limits: Array<{ kind: string; bucket: string; limit: { amount: string } | null; spent: { amount: string } }> }> };
+    }>(adminToken, `query($k: ID!, $m: String!) { apiKey(id: $k) { plan(model: $m) { model limits { kind bucket limit { amount } spent { amount } } } } }`, { k: w.key.id, m: model });
+    const plan = panel.locator(`.plan[data-plan-model="${model}"]`);
+    await containsSoon(plan, "callable");
+    await containsSoon(plan.locator('tr[data-position="0"] [data-field="price"]'), "2.500000 USD / 10.000000 USD");
+    for (const l of planned.plan[0]!.limits.filter((x) => x.bucket === "CREDIT" && x.kind !== "BALANCE")) {
+      const shown = plan.locator(`tr[data-limit="${l.kind}"][data-bucket="CREDIT"]`);
+      await containsSoon(shown.locator('[data-field="spent"]'), `${l.spent.amount} USD`);
+      if (l.limit) await containsSoon(shown.locator('[data-field="cap"]'), `${l.limit.amount} USD`);
+    }
+    await containsSoon(panel.locator('tr[data-spend-bucket="CREDIT"] [data-field="charged"]'), usd(spent));
     const shownLedger = await panel.locator('#key-ledger [data-field="amount"]').allInnerTexts();
     expect(shownLedger).toEqual(api.ledgerEntries.edges.map((e) => `${e.node.amount.amount} USD`));
     expect(api.ledgerEntries.edges.map((e) => e.node.receipt.requestId).sort()).toEqual([...requestIds].sort());

@@ -112,6 +112,17 @@ export type LedgerKind =
   | 'REFUND'
   | 'TOPUP';
 
+/** A money limit a request is held against: a cap scope (CapScope's names) or the bucket's available BALANCE. */
+export type LimitKind =
+  | 'BALANCE'
+  | 'CHANNEL_DAILY'
+  | 'KEY_DAILY'
+  | 'KEY_PER_REQUEST'
+  | 'PROJECT_DAILY'
+  | 'PROJECT_MONTHLY'
+  | 'ROUTE_DAILY'
+  | 'RUN_TOTAL';
+
 export type LiveFeedKind =
   | 'FAILED_REQUEST'
   | 'RECEIPT';
@@ -278,7 +289,7 @@ export type KeyPanelQueryVariables = Exact<{
 }>;
 
 
-export type KeyPanelQuery = { apiKey: { id: string, name: string, prefix: string, last4: string, status: KeyStatus, allowedModels: Array<string>, allowedBuckets: Array<BalanceBucket>, lowerCostRoutes: boolean, backupRoutes: boolean, rpmLimit: number | null, tpmLimit: number | null, maxConcurrent: number | null, retryCeiling: number, failedChargePolicy: FailedChargePolicy, expiresAt: string | null, project: { id: string, name: string }, spendCREDIT: { amount: string, currency: string }, spendROUTED: { amount: string, currency: string }, perRequestCREDIT: { amount: string, currency: string } | null, perRequestROUTED: { amount: string, currency: string } | null, budgets: Array<{ scope: CapScope, bucket: BalanceBucket, cap: { amount: string, currency: string } | null, spent: { amount: string, currency: string }, held: { amount: string, currency: string }, remaining: { amount: string, currency: string } | null }>, receipts: { edges: Array<{ node: { id: string, requestId: string, createdAt: string, requestedModel: string, bucket: BalanceBucket, promptTokens: number, completionTokens: number, charge: { amount: string, currency: string }, channel: { name: string } } }> } }, ledgerEntries: { edges: Array<{ node: { id: string, createdAt: string, kind: LedgerKind, memo: string | null, amount: { amount: string, currency: string }, balanceAfter: { amount: string, currency: string }, bucket: { bucket: BalanceBucket }, receipt: { requestId: string } | null, failedRequest: { requestId: string } | null } }> } };
+export type KeyPanelQuery = { apiKey: { id: string, name: string, prefix: string, last4: string, status: KeyStatus, allowedModels: Array<string>, allowedBuckets: Array<BalanceBucket>, lowerCostRoutes: boolean, backupRoutes: boolean, rpmLimit: number | null, tpmLimit: number | null, maxConcurrent: number | null, retryCeiling: number, failedChargePolicy: FailedChargePolicy, expiresAt: string | null, lastUsedAt: string | null, project: { id: string, name: string }, spendCREDIT: { amount: string, currency: string }, spendROUTED: { amount: string, currency: string }, perRequestCREDIT: { amount: string, currency: string } | null, perRequestROUTED: { amount: string, currency: string } | null, budgets: Array<{ scope: CapScope, bucket: BalanceBucket, cap: { amount: string, currency: string } | null, spent: { amount: string, currency: string }, held: { amount: string, currency: string }, remaining: { amount: string, currency: string } | null }>, spend: Array<{ bucket: BalanceBucket, requests: number | string, failures: number | string, charged: { amount: string, currency: string } }>, plan: Array<{ model: string, callable: boolean, reasons: Array<string>, fallbackSwitchesBucket: boolean, maxAttempts: number, channels: Array<{ position: number, name: string | null, role: ChannelRole, settlement: Settlement, bucket: BalanceBucket, upstreamModel: string, health: HealthState, tried: boolean, notTriedBecause: string | null, price: { inputPerMillion: { amount: string, currency: string }, outputPerMillion: { amount: string, currency: string } } | null }>, limits: Array<{ kind: LimitKind, bucket: BalanceBucket, limit: { amount: string, currency: string } | null, spent: { amount: string, currency: string }, held: { amount: string, currency: string }, remaining: { amount: string, currency: string } | null }> }>, receipts: { edges: Array<{ node: { id: string, requestId: string, createdAt: string, requestedModel: string, bucket: BalanceBucket, promptTokens: number, completionTokens: number, charge: { amount: string, currency: string }, channel: { name: string } } }> } }, ledgerEntries: { edges: Array<{ node: { id: string, createdAt: string, kind: LedgerKind, memo: string | null, amount: { amount: string, currency: string }, balanceAfter: { amount: string, currency: string }, bucket: { bucket: BalanceBucket }, receipt: { requestId: string } | null, failedRequest: { requestId: string } | null } }> } };
 
 export type RunsQueryVariables = Exact<{ [key: string]: never; }>;
 

@@ -147,6 +147,56 @@ export async function openKeyPanel(keyId) {
         limit("Expires", k.expiresAt ? time(k.expiresAt) : "never"),
       ),
     ),
+    h("h3", {}, "Spend today per bucket"),
+    table(
+      ["Bucket", "Charged ", "Requests ", "Failed "],
+      k.spend.map((s) =>
+        h("tr", { dataset: { spendBucket: s.bucket } }, h("td", {}, s.bucket), num(money(s.charged), "charged"), num(String(s.requests), "requests"), num(String(s.failures), "failures")),
+      ),
+      "No spend.",
+    ),
+    h("p", { className: "muted" }, `Last used: ${k.lastUsedAt ? time(k.lastUsedAt) : "never"}`),
+    ...k.plan.map((p) =>
+      h(
+        "div",
+        { className: "plan", dataset: { planModel: p.model } },
+        h("h3", {}, `Plan for ${p.model}: `, h("span", { className: p.callable ? "ok" : "bad" }, p.callable ? "callable" : `refused (${p.reasons.join("; ")})`)),
+        h("p", { className: "muted" }, `at most ${p.maxAttempts} attempts${p.fallbackSwitchesBucket ? "; a fallback can move the charge to the other bucket" : ""}`),
+        table(
+          ["#", "Channel", "Role", "Pays", "Upstream model", "Price in / out per 1M ", "Tried"],
+          p.channels.map((c) =>
+            h(
+              "tr",
+              { dataset: { position: String(c.position) } },
+              h("td", {}, String(c.position + 1)),
+              h("td", {}, c.name ?? "—", h("span", { className: "muted" }, ` · ${c.health.toLowerCase()}`)),
+              h("td", {}, c.role),
+              h("td", {}, `${c.bucket} · ${c.settlement}`),
+              h("td", {}, c.upstreamModel),
+              num(c.price ? `${money(c.price.inputPerMillion)} / ${money(c.price.outputPerMillion)}` : "unpriced", "price"),
+              h("td", {}, c.tried ? "yes" : `no: ${c.notTriedBecause ?? ""}`),
+            ),
+          ),
+          "No channel.",
+        ),
+        table(
+          ["Limit", "Bucket", "Cap ", "Spent ", "Held ", "Remaining "],
+          p.limits.map((l) =>
+            h(
+              "tr",
+              { dataset: { limit: l.kind, bucket: l.bucket } },
+              h("td", {}, l.kind.replace("_", " ").toLowerCase()),
+              h("td", {}, l.bucket),
+              num(money(l.limit, "no cap"), "cap"),
+              num(money(l.spent), "spent"),
+              num(money(l.held), "held"),
+              num(money(l.remaining, "—"), "remaining"),
+            ),
+          ),
+          "No limit.",
+        ),
+      ),
+    ),
     h("h3", {}, "Windows"),
     table(BUDGET_HEADERS, budgetRows(k.budgets), "No window."),
     h("h3", {}, "Latest receipts ", exportButton("Export CSV", "receipts", { keyId: k.id })),
