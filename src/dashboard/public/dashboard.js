@@ -405,11 +405,10 @@ async function start() {
   for (const id of ["#spend-group", "#spend-interval", "#spend-bucket"]) $(id).addEventListener("change", () => drawChart().catch(reportError));
   window.addEventListener("resize", () => chart?.setSize({ width: Math.max(320, $("#spend-chart").clientWidth), height: 240 }));
   await drawChart();
-  // The detail views: read once, then on their own triggers (runs on liveSpend, the rest with the reconcile).
+  // The detail views: read once, then on their own triggers (projects and runs from liveSpend, ledger and audit after the page's own changes).
   setUpRuns({ keys: [...keyRows.values()].map((r) => r.key), models: [...new Set(data.routes.map((r) => r.model))] });
   setUpExports();
   await Promise.all([loadProjects(), loadRuns(), loadLedger(), loadAudit()]);
-  setInterval(() => Promise.all([loadProjects(), loadLedger(), loadAudit()]).catch(reportError), RECONCILE_MS);
 }
 
 function askForToken(message) {

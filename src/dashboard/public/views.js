@@ -8,7 +8,6 @@ import { getToken, gql } from "./api.js";
 import { RUN_ACTIONS, VIEWS } from "./queries.js";
 
 const RUNS_EVERY_MS = 2_000;
-const PROJECTS_EVERY_MS = 10_000;
 /** @type {Array<"CREDIT" | "ROUTED">} */
 const BUCKETS = ["CREDIT", "ROUTED"];
 const report = (what) => (error) => showError(`${what}: ${error?.message ?? error}`);
@@ -209,8 +208,8 @@ export async function openKeyPanel(keyId) {
 }
 
 // ---- runs ---------------------------------------------------------------------------------
-/** @type {{ openRunId: string | null, timer: ReturnType<typeof setTimeout> | null, projectsTimer: ReturnType<typeof setTimeout> | null }} */
-const runState = { openRunId: null, timer: null, projectsTimer: null };
+/** @type {{ openRunId: string | null, timer: ReturnType<typeof setTimeout> | null }} */
+const runState = { openRunId: null, timer: null };
 
 function chargesText(totals) {
   return totals.charges.length ? totals.charges.map((c) => money(c.amount)).join(" · ") : "—";
@@ -294,21 +293,27 @@ async function openRun(id) {
 }
 
 /**
- * A liveSpend tick: a run's or a project's window moved, so the runs or the projects are re-read
- * (one query, at most every RUNS_EVERY_MS / PROJECTS_EVERY_MS whatever the request rate).
+ * A liveSpend tick. A project's windows are applied to its shown rows from the tick itself (no
+ * query); a run's window moved, so the runs are re-read (one query, at most every RUNS_EVERY_MS).
  */
 export function noteSpendTick(tick) {
+  for (const scope of tick.scopes) {
+    const fields = { PROJECT_DAILY: ["dailyCap", "spentToday", "remainingToday"], PROJECT_MONTHLY: ["monthlyCap", "spentThisMonth", "remainingThisMonth"] }[scope.scope];
+    const row = fields && document.querySelector(`#projects-view tr[data-project-id="${CSS.escape(scope.scopeId)}"][data-bucket="${scope.bucket}"]`);
+    if (!fields || !row) continue;
+    const set = (field, text) => {
+      const cell = row.querySelector(`[data-field="${field}"]`);
+      if (cell) cell.textContent = text;
+    };
+    set(fields[0], money(scope.cap, "no cap"));
+    set(fields[1], money(scope.spent));
+    set(fields[2], money(scope.remaining, "—"));
+  }
   if (tick.scopes.some((s) => s.scope === "RUN_TOTAL") && !runState.timer) {
     runState.timer = setTimeout(() => {
       runState.timer = null;
       loadRuns().catch(report("runs"));
     }, RUNS_EVERY_MS);
-  }
-  if (tick.scopes.some((s) => s.scope.startsWith("PROJECT_")) && !runState.projectsTimer) {
-    runState.projectsTimer = setTimeout(() => {
-      runState.projectsTimer = null;
-      loadProjects().catch(report("projects"));
-    }, PROJECTS_EVERY_MS);
   }
 }
 
