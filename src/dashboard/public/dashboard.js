@@ -409,6 +409,8 @@ async function start() {
   setUpRuns({ keys: [...keyRows.values()].map((r) => r.key), models: [...new Set(data.routes.map((r) => r.model))] });
   setUpExports();
   await Promise.all([loadProjects(), loadRuns(), loadLedger(), loadAudit()]);
+  // Every view has been read once; from here the page asks the API only on its own triggers.
+  document.body.dataset.loaded = "true";
 }
 
 function askForToken(message) {
