@@ -205,8 +205,11 @@ describe("alert and health history", () => {
     const live = await subscribe(w.org.id, `subscription { routeHealth { channelId state previousState } }`);
     fake.set(upstreamModel, { type: "status", status: 500 });
     const openai = new OpenAI({ apiKey: w.secret, baseURL: `${server.url}/v1`, maxRetries: 0, timeout: 60_000 });
-    for (let i = 0; i < 4 && live.received.length === 0; i++) await openai.chat.completions.create({ model, messages: [{ role: "user", content: "x" }], max_tokens: 5 }).catch(() => undefined);
+    // Two failures in a row make a HEALTHY channel DEGRADED (one change); a third would make it DOWN
+    // while the first change is still being stored, so the test stops at two.
+    for (let i = 0; i < 2; i++) await openai.chat.completions.create({ model, messages: [{ role: "user", content: "x" }], max_tokens: 5 }).catch(() => undefined);
     await until(() => live.received.length >= 1);
+    expect(live.received.map((m) => m.routeHealth)).toEqual([{ channelId: channels[0]!.id, state: "DEGRADED", previousState: "HEALTHY" }]);
     const admin = await token("ORG_ADMIN", w.org.id);
     const listed = await gqlOk(admin, `query($r: ID) { channelHealthEvents(first: 10, filter: { routeId: $r }) { totalCount edges { node { id routeId previousState state channel { id name } createdAt } } } }`, { r: route.id });
     expect(listed.channelHealthEvents.totalCount).toBe(live.received.length);
