@@ -9,6 +9,7 @@ import path from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { chromium, type Browser, type BrowserContext, type Locator, type Page } from "playwright-core";
 import OpenAI from "openai";
+import { parseCsv } from "./support/csv.ts";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
@@ -60,35 +61,6 @@ async function downloadCsv(page: Page, button: Locator): Promise<Array<Record<st
   await download.saveAs(file);
   const [header, ...records] = parseCsv(readFileSync(file, "utf8"));
   return records.map((r) => Object.fromEntries(header!.map((column, i) => [column, r[i]!])));
-}
-
-/** RFC 4180: quoted fields with doubled quotes, CRLF record ends (the audit's JSON holds commas and quotes). */
-function parseCsv(text: string): string[][] {
-  const records: string[][] = [];
-  let record: string[] = [];
-  let field = "";
-  let quoted = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text[i]!;
-    if (quoted) {
-      if (c === '"' && text[i + 1] === '"') {
-        field += '"';
-        i++;
-      } else if (c === '"') quoted = false;
-      else field += c;
-    } else if (c === '"') quoted = true;
-    else if (c === ",") {
-      record.push(field);
-      field = "";
-    } else if (c === "\r" && text[i + 1] === "\n") {
-      record.push(field);
-      records.push(record);
-      record = [];
-      field = "";
-      i++;
-    } else field += c;
-  }
-  return records;
 }
 
 const usd = (micros: bigint) => `${formatMoney(micros)} USD`;

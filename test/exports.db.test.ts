@@ -5,6 +5,7 @@ import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import * as f from "./support/fixtures.ts";
+import { parseCsv } from "./support/csv.ts";
 import { startTestServer, token } from "./support/graphql.ts";
 import { walletBucket } from "../src/accounting/index.ts";
 import type { RunningServer } from "../src/server.ts";
@@ -12,29 +13,6 @@ import type { RunningServer } from "../src/server.ts";
 let database: TestDatabase;
 let server: RunningServer;
 const t: Record<string, string> = {};
-
-/** A strict RFC 4180 parser (quoted fields, doubled quotes, CRLF records), to read what we wrote. */
-function parseCsv(text: string): string[][] {
-  const records: string[][] = [];
-  let record: string[] = [];
-  let field = "";
-  let i = 0;
-  let quoted = false;
-  while (i < text.length) {
-    const c = text[i]!;
-    if (quoted) {
-      if (c === '"' && text[i + 1] === '"') (field += '"'), (i += 2);
-      else if (c === '"') (quoted = false), i++;
-      else (field += c), i++;
-    } else if (c === '"' && field === "") (quoted = true), i++;
-    else if (c === ",") record.push(field), (field = ""), i++;
-    else if (c === "\r" && text[i + 1] === "\n") record.push(field), records.push(record), (record = []), (field = ""), (i += 2);
-    else if (c === '"' || c === "\n" || c === "\r") throw new Error(`not RFC 4180 at ${i}: ${JSON.stringify(text.slice(i - 20, i + 20))}`);
-    else (field += c), i++;
-  }
-  if (field !== "" || record.length) throw new Error("last record not terminated by CRLF");
-  return records;
-}
 
 interface Csv {
   status: number;
