@@ -37,9 +37,7 @@ async function benchDatabase(label: string, database: Database, concurrencies: n
   const bucketId = (await walletBucket(w.org.id, "CREDIT")).id;
   const rows: AccountingRow[] = [];
   for (const concurrency of concurrencies) {
-    const baselinePerSec = await measure(concurrency, () =>
-      database.prisma.$executeRawUnsafe(`UPDATE "Project" SET name = name WHERE id = $1`, w.project.id),
-    );
+    const baselinePerSec = await measure(concurrency, () => database.prisma.$executeRawUnsafe(`UPDATE "Project" SET name = name WHERE id = $1`, w.project.id));
     const pairsPerSec = await measure(concurrency, async () => {
       const r = await reserve({ requestId: randomUUID(), bucketId, amount: 1_000n, keyId: w.key.id, projectId: w.project.id, ttlMs: 60_000 });
       if (!r.ok) throw new Error(`refused: ${r.refusal}`);

@@ -42,14 +42,14 @@ async function tokengateLatencies(): Promise<number[]> {
   await inBatches(clients.length, (i) => {
     const client = clients[i]!;
     return new Promise<void>((resolve) => {
-          client.on("connected", () => {
-            subscribed++;
-            resolve();
-          });
-          client.subscribe<{ keySpend: { requestId: string } }>(
-            { query: `subscription($k: ID!) { keySpend(keyId: $k) { requestId charge { amount } spendToday { amount } } }`, variables: { k: w.key.id } },
-            { next: (v) => latencies.push(performance.now() - sentAt.get(v.data!.keySpend.requestId)!), error: () => undefined, complete: () => undefined },
-          );
+      client.on("connected", () => {
+        subscribed++;
+        resolve();
+      });
+      client.subscribe<{ keySpend: { requestId: string } }>(
+        { query: `subscription($k: ID!) { keySpend(keyId: $k) { requestId charge { amount } spendToday { amount } } }`, variables: { k: w.key.id } },
+        { next: (v) => latencies.push(performance.now() - sentAt.get(v.data!.keySpend.requestId)!), error: () => undefined, complete: () => undefined },
+      );
     });
   });
   await new Promise((r) => setTimeout(r, 500)); // let every subscription register
@@ -77,12 +77,16 @@ async function rawWsLatencies(): Promise<number[]> {
   const port = (wss.address() as AddressInfo).port;
   const latencies: number[] = [];
   let sentAt = 0;
-  const sockets = await inBatches(SUBSCRIBERS, () => new Promise<WebSocket>((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}`);
-    ws.on("message", () => latencies.push(performance.now() - sentAt));
-    ws.on("open", () => resolve(ws));
-    ws.on("error", reject);
-  }));
+  const sockets = await inBatches(
+    SUBSCRIBERS,
+    () =>
+      new Promise<WebSocket>((resolve, reject) => {
+        const ws = new WebSocket(`ws://127.0.0.1:${port}`);
+        ws.on("message", () => latencies.push(performance.now() - sentAt));
+        ws.on("open", () => resolve(ws));
+        ws.on("error", reject);
+      }),
+  );
   const payload = JSON.stringify({ id: randomUUID(), type: "next", payload: { data: { keySpend: { requestId: randomUUID(), charge: { amount: "0.000900" }, spendToday: { amount: "0.000900" } } } } });
   for (let i = 0; i < EVENTS; i++) {
     sentAt = performance.now();

@@ -29,9 +29,7 @@ async function seed(database: Database, rows: number): Promise<string> {
   const org = await f.organization();
   const project = await f.project(viewer, org.id);
   const key = (await f.apiKey(viewer, project.id)).apiKey;
-  const r = await f.route(viewer, org.id, `export-bench-${randomUUID().slice(0, 6)}`, [
-    { name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "m", price: ["1", "2"] },
-  ]);
+  const r = await f.route(viewer, org.id, `export-bench-${randomUUID().slice(0, 6)}`, [{ name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "m", price: ["1", "2"] }]);
   const snapshot = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: r.channels[0]!.id } });
   // Set-up only: foreign-key checks and triggers off (replica role) for a fast bulk insert.
   await database.sql.exec(`SET session_replication_role = replica;

@@ -53,7 +53,14 @@ const server = http.createServer((req, res) => {
       const ledger = await database.prisma.ledgerEntry.aggregate({ where: { kind: "CHARGE" }, _sum: { amount: true } });
       res.writeHead(200, { "content-type": "application/json" });
       res.end(
-        JSON.stringify({ receipts, failed, staleHolds, staleLeases: await staleLeases(now), receiptCharges: String((charged._sum.charge ?? 0n) + (failedCharged._sum.charge ?? 0n)), ledgerCharges: String(-(ledger._sum.amount ?? 0n)) }),
+        JSON.stringify({
+          receipts,
+          failed,
+          staleHolds,
+          staleLeases: await staleLeases(now),
+          receiptCharges: String((charged._sum.charge ?? 0n) + (failedCharged._sum.charge ?? 0n)),
+          ledgerCharges: String(-(ledger._sum.amount ?? 0n)),
+        }),
       );
     })();
     return;

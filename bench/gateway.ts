@@ -186,15 +186,7 @@ function percentile(sorted: number[], p: number): number {
 }
 
 /** autocannon's histogram keeps whole milliseconds; the latencies are collected here with sub-millisecond precision. */
-export async function load(
-  url: string,
-  body: string,
-  headers: Record<string, string>,
-  connections: number,
-  duration: number,
-  pid?: number,
-  databasePid?: number,
-): Promise<Measure> {
+export async function load(url: string, body: string, headers: Record<string, string>, connections: number, duration: number, pid?: number, databasePid?: number): Promise<Measure> {
   const latencies: number[] = [];
   const ticksBefore = cpuTicks(pid);
   const dbTicksBefore = treeCpuTicks(databasePid);
@@ -304,15 +296,7 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
               portkey && portkeyServes.has(mode)
                 ? await load(`${portkey.origin}${pathOf(mode)}`, bodies(mode, gateway.info.upstreamModel), portkeyHeaders, connections, duration, portkey.child.pid)
                 : null;
-            const through = await load(
-              `${gatewayOrigin}${pathOf(mode)}`,
-              bodies(mode, gateway.info.model),
-              auth,
-              connections,
-              duration,
-              gateway.child.pid,
-              pg?.postmasterPid(),
-            );
+            const through = await load(`${gatewayOrigin}${pathOf(mode)}`, bodies(mode, gateway.info.model), auth, connections, duration, gateway.child.pid, pg?.postmasterPid());
             gateway2xx += through.requests - through.non2xx - through.errors;
             rows.push({ database: kind, mode, connections, direct, portkey: viaPortkey, gateway: through });
             console.error(

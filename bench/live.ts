@@ -121,7 +121,13 @@ function openClient(url: string, adminToken: string, lags: Lags): Viewer {
       } as WebSocket["send"];
     }
   }
-  const client: Client = createClient({ url: `${url.replace("http", "ws")}/graphql`, webSocketImpl: Counting, connectionParams: { authorization: `Bearer ${adminToken}` }, retryAttempts: 3, lazy: false });
+  const client: Client = createClient({
+    url: `${url.replace("http", "ws")}/graphql`,
+    webSocketImpl: Counting,
+    connectionParams: { authorization: `Bearer ${adminToken}` },
+    retryAttempts: 3,
+    lazy: false,
+  });
   for (const query of Object.values(LIVE)) client.subscribe({ query }, { next: () => undefined, error: () => undefined, complete: () => undefined });
   return viewer;
 }
@@ -215,7 +221,11 @@ export async function benchLive(options: { durationSeconds?: number } = {}): Pro
   for (const c of cells.filter((cell) => cell.viewers > 0)) {
     const one = c.viewers === 1;
     const [rpsMin, cpuMax] = one ? [0.95, 1.05] : [0.9, 1.1];
-    target(`${c.name}: req/s ≥ ${rpsMin} × and CPU/request ≤ ${cpuMax} × the no-dashboard cell`, c.rps >= rpsMin * base.rps && c.cpuUs <= cpuMax * base.cpuUs, `${x(c.rps, base.rps)}, ${x(c.cpuUs, base.cpuUs)}`);
+    target(
+      `${c.name}: req/s ≥ ${rpsMin} × and CPU/request ≤ ${cpuMax} × the no-dashboard cell`,
+      c.rps >= rpsMin * base.rps && c.cpuUs <= cpuMax * base.cpuUs,
+      `${x(c.rps, base.rps)}, ${x(c.cpuUs, base.cpuUs)}`,
+    );
     if (c.lags.receipt.length) target(`${c.name}: liveFeed lag p99 ≤ its 1,000 ms interval + 100 ms`, percentile(c.lags.receipt, 99) <= 1_100, `${f0(percentile(c.lags.receipt, 99))} ms`);
     if (c.lags.spend.length) target(`${c.name}: liveSpend lag p99 ≤ its 1,000 ms interval + 100 ms`, percentile(c.lags.spend, 99) <= 1_100, `${f0(percentile(c.lags.spend, 99))} ms`);
   }

@@ -32,9 +32,7 @@ async function stages(args: string[], env: Record<string, string>): Promise<Stag
 async function rows(database: string, env: Record<string, string>): Promise<string[]> {
   const node = await stages(compiled("bench/memory-process.ts"), env);
   const tsx = await stages(["--import", "tsx", fileURLToPath(new URL("./memory-process.ts", import.meta.url))], env);
-  return node.map(
-    (row, i) => `| ${database} | ${row.stage} | ${row.rss} | ${row.peakRss ?? "n/a"} | ${row.heapUsed} | ${row.external} | ${row.arrayBuffers} | ${tsx[i]?.rss ?? "n/a"} |`,
-  );
+  return node.map((row, i) => `| ${database} | ${row.stage} | ${row.rss} | ${row.peakRss ?? "n/a"} | ${row.heapUsed} | ${row.external} | ${row.arrayBuffers} | ${tsx[i]?.rss ?? "n/a"} |`);
 }
 
 export async function benchMemory(): Promise<string> {

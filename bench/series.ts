@@ -43,9 +43,7 @@ export async function benchSeries(): Promise<string> {
     for (let i = 0; i < KEYS; i++) keys.push((await f.apiKey(viewer, projects[i % PROJECTS]!.id)).apiKey);
     const routes = [];
     for (let m = 0; m < MODELS; m++) {
-      const r = await f.route(viewer, org.id, `bench-model-${m}-${randomUUID().slice(0, 6)}`, [
-        { name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: `m${m}`, price: ["1", "2"] },
-      ]);
+      const r = await f.route(viewer, org.id, `bench-model-${m}-${randomUUID().slice(0, 6)}`, [{ name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: `m${m}`, price: ["1", "2"] }]);
       const snapshot = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: r.channels[0]!.id } });
       routes.push({ id: r.route.id, model: r.route.model, channelId: r.channels[0]!.id, snapshotId: snapshot.id });
     }
@@ -78,8 +76,7 @@ export async function benchSeries(): Promise<string> {
     };
     const fromRollups = await spendSeries(input);
     const fromRaw = await spendSeriesFromRawRows(input);
-    if (JSON.stringify(fromRollups, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v)) !==
-        JSON.stringify(fromRaw, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v))) {
+    if (JSON.stringify(fromRollups, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v)) !== JSON.stringify(fromRaw, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v))) {
       throw new Error("rollup series differs from the raw scan");
     }
     const rollupTimes = await timed(ROLLUP_RUNS, () => spendSeries(input));

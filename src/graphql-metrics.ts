@@ -20,9 +20,11 @@ const hasErrors = (result: unknown): boolean => {
 
 export function useGraphQLMetrics(): Plugin {
   return {
-    onValidate: ({ params }) => ({ result }) => {
-      if (result.length > 0) graphqlOperations.inc({ ...describe(params.documentAST), outcome: "invalid" });
-    },
+    onValidate:
+      ({ params }) =>
+      ({ result }) => {
+        if (result.length > 0) graphqlOperations.inc({ ...describe(params.documentAST), outcome: "invalid" });
+      },
     onExecute: ({ args }) => {
       const labels = describe(args.document, args.operationName);
       const started = performance.now();

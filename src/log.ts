@@ -7,20 +7,7 @@ import type { Config } from "./config.ts";
 
 export type LogLevel = Config["logLevel"];
 
-const REDACT = [
-  "authorization",
-  "headers.authorization",
-  "req.headers.authorization",
-  "apiKey",
-  "secret",
-  "token",
-  "password",
-  "*.authorization",
-  "*.apiKey",
-  "*.secret",
-  "*.token",
-  "*.password",
-];
+const REDACT = ["authorization", "headers.authorization", "req.headers.authorization", "apiKey", "secret", "token", "password", "*.authorization", "*.apiKey", "*.secret", "*.token", "*.password"];
 
 function create(level: LogLevel): Logger {
   return pino({

@@ -113,7 +113,12 @@ export function classCharge(price: Price, usage: ClassUsage): bigint {
 
 /** The dearest price on each side, and how many distinct prices (token kinds) each side has. */
 function priceSides(price: Price): { input: bigint; output: bigint; extraKinds: number } {
-  const inputs = new Set([price.inputPerMillion, price.cachedInputPerMillion ?? price.inputPerMillion, price.cacheWritePerMillion ?? price.inputPerMillion, price.audioInputPerMillion ?? price.inputPerMillion]);
+  const inputs = new Set([
+    price.inputPerMillion,
+    price.cachedInputPerMillion ?? price.inputPerMillion,
+    price.cacheWritePerMillion ?? price.inputPerMillion,
+    price.audioInputPerMillion ?? price.inputPerMillion,
+  ]);
   const outputs = new Set([price.outputPerMillion, price.audioOutputPerMillion ?? price.outputPerMillion]);
   const max = (values: Set<bigint>) => [...values].reduce((a, b) => (b > a ? b : a));
   return { input: max(inputs), output: max(outputs), extraKinds: inputs.size - 1 + outputs.size - 1 };

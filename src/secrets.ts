@@ -44,9 +44,7 @@ export class CredentialCipher {
   private readonly legacyKey: Buffer;
   constructor(secret: string) {
     if (secret.length < MIN_CREDENTIAL_SECRET_LENGTH) {
-      throw new Error(
-        `TOKENGATE_SECRET must be at least ${MIN_CREDENTIAL_SECRET_LENGTH} characters (got ${secret.length}); generate one with: openssl rand -base64 32`,
-      );
+      throw new Error(`TOKENGATE_SECRET must be at least ${MIN_CREDENTIAL_SECRET_LENGTH} characters (got ${secret.length}); generate one with: openssl rand -base64 32`);
     }
     this.key = Buffer.from(hkdfSync("sha256", secret, "tokengate", "tokengate upstream credentials v2", 32));
     this.legacyKey = createHash("sha256").update(`tokengate-credentials:${secret}`).digest();

@@ -89,9 +89,7 @@ function guardPlugin(maxBodyBytes: number, viewers: WeakMap<Request, Viewer>): P
       }
       const viewer = await authenticateAdmin(request.headers.get("authorization"));
       if (!viewer) {
-        return endResponse(
-          graphqlErrorResponse(401, "authentication required: send Authorization: Bearer <admin token>", "UNAUTHENTICATED", { "www-authenticate": "Bearer" }),
-        );
+        return endResponse(graphqlErrorResponse(401, "authentication required: send Authorization: Bearer <admin token>", "UNAUTHENTICATED", { "www-authenticate": "Bearer" }));
       }
       viewers.set(request, viewer);
     },
@@ -137,9 +135,7 @@ const endSubscriptionsOfInvalidTokens: Plugin<Context> = {
   },
 };
 
-export function createYogaApp(
-  limits: { graphqlMaxBodyBytes: number } = loadConfig({}).admin,
-): YogaServerInstance<ServerContext, Context> {
+export function createYogaApp(limits: { graphqlMaxBodyBytes: number } = loadConfig({}).admin): YogaServerInstance<ServerContext, Context> {
   const viewers = new WeakMap<Request, Viewer>();
   return createYoga<ServerContext, Context>({
     schema,
@@ -302,7 +298,12 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
       return;
     }
     res.writeHead(404, { "content-type": "application/json" });
-    res.end(JSON.stringify({ error: "not found", paths: ["/graphql", "/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard", ...EXPORT_PATHS] }));
+    res.end(
+      JSON.stringify({
+        error: "not found",
+        paths: ["/graphql", "/v1/chat/completions", "/v1/responses", "/v1/completions", "/v1/embeddings", "/v1/models", "/healthz", "/metrics", "/dashboard", ...EXPORT_PATHS],
+      }),
+    );
   });
 
   // maxPayload: ws closes the socket with 1009 (message too big) before parsing anything larger.
@@ -367,7 +368,14 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
         if (Object.keys(ctx.subscriptions).length > wsMaxSubscriptions) {
           return [new GraphQLError(`too many operations on this connection: at most ${wsMaxSubscriptions} at once`, { extensions: { code: "TOO_MANY_SUBSCRIPTIONS" } })];
         }
-        const { schema: envSchema, execute, subscribe, contextFactory, parse, validate } = yoga.getEnveloped({
+        const {
+          schema: envSchema,
+          execute,
+          subscribe,
+          contextFactory,
+          parse,
+          validate,
+        } = yoga.getEnveloped({
           ...ctx,
           req: ctx.extra.request,
           socket: ctx.extra.socket,

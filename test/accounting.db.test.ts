@@ -165,9 +165,7 @@ describe("idempotent postings", () => {
   it("replaying a top-up 10 times at once writes one entry", async () => {
     const other = await database.openSecondClient();
     const results = await Promise.all(
-      Array.from({ length: 10 }, (_, i) =>
-        postEntry({ bucketId, kind: "TOPUP", amount: 5_000_000n, idempotencyKey: "par-1" }, i % 2 ? other.prisma : database.prisma),
-      ),
+      Array.from({ length: 10 }, (_, i) => postEntry({ bucketId, kind: "TOPUP", amount: 5_000_000n, idempotencyKey: "par-1" }, i % 2 ? other.prisma : database.prisma)),
     );
     await other.close();
     expect(new Set(results.map((r) => r.entry.id)).size).toBe(1);

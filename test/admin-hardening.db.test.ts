@@ -83,10 +83,20 @@ describe("point 6: moving a channel never carries its credential to the new host
       expect(codes(r)).toEqual(["FORBIDDEN"]);
     }
     // Public addresses and names that do not resolve are fine for an organization admin.
-    const pub = await gql(orgAdmin, UPSERT, { input: { model: "public", channels: [{ name: "c", baseUrl: "https://8.8.8.8/v1", upstreamModel: "m" }, { name: "d", baseUrl: "https://api.example.test/v1", upstreamModel: "m" }] } });
+    const pub = await gql(orgAdmin, UPSERT, {
+      input: {
+        model: "public",
+        channels: [
+          { name: "c", baseUrl: "https://8.8.8.8/v1", upstreamModel: "m" },
+          { name: "d", baseUrl: "https://api.example.test/v1", upstreamModel: "m" },
+        ],
+      },
+    });
     expect(pub.errors).toBeUndefined();
     // Platform admins may; with the setting, every admin may.
-    expect((await gql(await token("PLATFORM_ADMIN"), UPSERT, { input: { organizationId: w.org.id, model: "internal", channels: [{ name: "c", baseUrl: internal[0], upstreamModel: "m" }] } })).errors).toBeUndefined();
+    expect(
+      (await gql(await token("PLATFORM_ADMIN"), UPSERT, { input: { organizationId: w.org.id, model: "internal", channels: [{ name: "c", baseUrl: internal[0], upstreamModel: "m" }] } })).errors,
+    ).toBeUndefined();
     configureUpstreamPolicy({ allowPrivateUpstreams: true });
     expect((await gql(orgAdmin, UPSERT, { input: { model: "internal", channels: [{ name: "c", baseUrl: internal[2], upstreamModel: "m" }] } })).errors).toBeUndefined();
     expect(loadConfig({ TOKENGATE_ALLOW_PRIVATE_UPSTREAMS: "1" }).admin.allowPrivateUpstreams).toBe(true);
@@ -94,7 +104,22 @@ describe("point 6: moving a channel never carries its credential to the new host
   });
 
   it("classifies addresses", async () => {
-    for (const a of ["127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "::", "fe80::1", "fc00::1", "::ffff:10.0.0.1", "::ffff:a9fe:a9fe", "64:ff9b::7f00:1"]) {
+    for (const a of [
+      "127.0.0.1",
+      "10.0.0.1",
+      "172.16.5.4",
+      "192.168.1.1",
+      "169.254.169.254",
+      "100.64.0.1",
+      "0.0.0.0",
+      "::1",
+      "::",
+      "fe80::1",
+      "fc00::1",
+      "::ffff:10.0.0.1",
+      "::ffff:a9fe:a9fe",
+      "64:ff9b::7f00:1",
+    ]) {
       expect(isInternalAddress(a), a).toBe(true);
     }
     for (const a of ["8.8.8.8", "1.1.1.1", "172.32.0.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"]) expect(isInternalAddress(a), a).toBe(false);

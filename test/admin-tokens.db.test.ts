@@ -174,7 +174,14 @@ describe("adminTokens and revokeAdminToken", () => {
       return false;
     };
     const health = (channelId: string) => ({
-      organizationId: a.org.id, routeId: "r", channelId, state: "DOWN" as const, previousState: "HEALTHY" as const, successRate: 0, p50LatencyMs: 1, at: new Date().toISOString(),
+      organizationId: a.org.id,
+      routeId: "r",
+      channelId,
+      state: "DOWN" as const,
+      previousState: "HEALTHY" as const,
+      successRate: 0,
+      p50LatencyMs: 1,
+      at: new Date().toISOString(),
     });
     await new Promise((resolve) => setTimeout(resolve, 300)); // the subscription is listening
     events.publish("routeHealth", health("before-revoke"));

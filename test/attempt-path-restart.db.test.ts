@@ -6,7 +6,7 @@ import { mkdtemp, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
-import { APIError } from "openai";
+import type { APIError } from "openai";
 import { afterAll, expect, inject, it } from "vitest";
 import { createTestDatabase, testDatabaseKind, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream } from "./support/fake-upstream.ts";

@@ -30,7 +30,19 @@ beforeAll(async () => {
   database = await createTestDatabase({ onQuery: (sql) => statements.push(sql) });
   fake = await startFakeUpstream();
   server = await startServer(
-    { ...loadConfig({ LOG_LEVEL: "silent", UPSTREAM_CONNECT_TIMEOUT_MS: "2000", UPSTREAM_FIRST_BYTE_TIMEOUT_MS: String(FIRST_BYTE_MS), UPSTREAM_IDLE_TIMEOUT_MS: String(IDLE_MS), UPSTREAM_TOTAL_TIMEOUT_MS: "20000", UPSTREAM_MAX_RESPONSE_BYTES: String(MAX_RESPONSE_BYTES), ...admissionEnv() }), port: 0, host: "127.0.0.1" },
+    {
+      ...loadConfig({
+        LOG_LEVEL: "silent",
+        UPSTREAM_CONNECT_TIMEOUT_MS: "2000",
+        UPSTREAM_FIRST_BYTE_TIMEOUT_MS: String(FIRST_BYTE_MS),
+        UPSTREAM_IDLE_TIMEOUT_MS: String(IDLE_MS),
+        UPSTREAM_TOTAL_TIMEOUT_MS: "20000",
+        UPSTREAM_MAX_RESPONSE_BYTES: String(MAX_RESPONSE_BYTES),
+        ...admissionEnv(),
+      }),
+      port: 0,
+      host: "127.0.0.1",
+    },
     { quiet: true },
   );
 });
@@ -76,14 +88,31 @@ interface Step {
 async function receiptOf(admin: string, requestId: string) {
   const data = await gqlOk(admin, RECEIPT, { id: requestId });
   expect(data.receipts.edges).toHaveLength(1);
-  return data.receipts.edges[0].node as { attempts: number; fallback: boolean; channelRole: string; latencyMs: number; charge: { amount: string; currency: string }; ledgerEntry: { amount: { amount: string } } | null; attemptPath: Step[] };
+  return data.receipts.edges[0].node as {
+    attempts: number;
+    fallback: boolean;
+    channelRole: string;
+    latencyMs: number;
+    charge: { amount: string; currency: string };
+    ledgerEntry: { amount: { amount: string } } | null;
+    attemptPath: Step[];
+  };
 }
 
 async function failureOf(admin: string, requestId: string) {
   for (let i = 0; i < 200; i++) {
     const data = await gqlOk(admin, FAILED, { id: requestId });
     if (data.failedRequests.edges.length === 1) {
-      return data.failedRequests.edges[0].node as { cause: string; httpStatus: number; upstreamStatus: number | null; attempts: number; promptTokens: number; charge: { amount: string }; ledgerEntry: { amount: { amount: string } } | null; attemptPath: Step[] };
+      return data.failedRequests.edges[0].node as {
+        cause: string;
+        httpStatus: number;
+        upstreamStatus: number | null;
+        attempts: number;
+        promptTokens: number;
+        charge: { amount: string };
+        ledgerEntry: { amount: { amount: string } } | null;
+        attemptPath: Step[];
+      };
     }
     await new Promise((r) => setTimeout(r, 25));
   }
@@ -127,10 +156,7 @@ describe("receipts list their attempts", () => {
     const r = await receiptOf(s.admin, requestId);
     expect(r).toMatchObject({ attempts: 2, fallback: true, channelRole: "BACKUP", charge: { amount: formatMoney(expected), currency: "USD" } });
     expect(r.ledgerEntry?.amount.amount).toBe(formatMoney(-expected));
-    expect(withoutLatency(r.attemptPath)).toEqual([
-      step(1, s.id.primary!, "primary", "PRIMARY", 503, "UPSTREAM_5XX", false),
-      step(2, s.id.backup!, "backup", "BACKUP", 200, "ANSWERED", true),
-    ]);
+    expect(withoutLatency(r.attemptPath)).toEqual([step(1, s.id.primary!, "primary", "PRIMARY", 503, "UPSTREAM_5XX", false), step(2, s.id.backup!, "backup", "BACKUP", 200, "ANSWERED", true)]);
     // Each attempt's own time: the backup's 400 ms delay is in its step; the two steps do not overlap
     // (their sum is within the request's time, so the primary's holds none of the backup's).
     const [first, second] = r.attemptPath;
@@ -145,16 +171,15 @@ describe("receipts list their attempts", () => {
       { name: "backup", price: ["2", "4"] },
     ]);
     fake.set(s.upstream.primary!, { type: "status", status: 429 });
-    const { data: stream, response } = await s.openai.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "stream" }], max_tokens: 30, stream: true, stream_options: { include_usage: true } }).withResponse();
+    const { data: stream, response } = await s.openai.chat.completions
+      .create({ model: s.model, messages: [{ role: "user", content: "stream" }], max_tokens: 30, stream: true, stream_options: { include_usage: true } })
+      .withResponse();
     let usage: { prompt_tokens: number; completion_tokens: number } | null = null;
     for await (const chunk of stream) if (chunk.usage) usage = chunk.usage;
     const expected = requestCharge(price("2", "4"), usage!.prompt_tokens, usage!.completion_tokens);
     const r = await receiptOf(s.admin, response.headers.get("x-request-id")!);
     expect(r.charge.amount).toBe(formatMoney(expected));
-    expect(withoutLatency(r.attemptPath)).toEqual([
-      step(1, s.id.primary!, "primary", "PRIMARY", 429, "RATE_LIMITED", false),
-      step(2, s.id.backup!, "backup", "BACKUP", 200, "ANSWERED", true),
-    ]);
+    expect(withoutLatency(r.attemptPath)).toEqual([step(1, s.id.primary!, "primary", "PRIMARY", 429, "RATE_LIMITED", false), step(2, s.id.backup!, "backup", "BACKUP", 200, "ANSWERED", true)]);
   });
 
   it("a primary that never answers: TIMEOUT with no upstream status, after the first-byte timeout; the backup answers", async () => {
@@ -165,10 +190,7 @@ describe("receipts list their attempts", () => {
     fake.set(s.upstream.primary!, { type: "hang" });
     const { response } = await s.openai.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "hang" }], max_tokens: 5 }).withResponse();
     const r = await receiptOf(s.admin, response.headers.get("x-request-id")!);
-    expect(withoutLatency(r.attemptPath)).toEqual([
-      step(1, s.id.primary!, "primary", "PRIMARY", null, "TIMEOUT", false),
-      step(2, s.id.backup!, "backup", "BACKUP", 200, "ANSWERED", true),
-    ]);
+    expect(withoutLatency(r.attemptPath)).toEqual([step(1, s.id.primary!, "primary", "PRIMARY", null, "TIMEOUT", false), step(2, s.id.backup!, "backup", "BACKUP", 200, "ANSWERED", true)]);
     expect(r.attemptPath[0]!.latencyMs).toBeGreaterThanOrEqual(FIRST_BYTE_MS - 5);
     expect(r.attemptPath[0]!.latencyMs).toBeLessThan(FIRST_BYTE_MS + 3_000);
   });
@@ -217,10 +239,7 @@ describe("failed requests list every attempt", () => {
     expect(error.status).toBe(400);
     const f = await failureOf(s.admin, error.requestID!);
     expect(f).toMatchObject({ cause: "BAD_REQUEST", attempts: 2, charge: { amount: "0.000000" }, ledgerEntry: null });
-    expect(withoutLatency(f.attemptPath)).toEqual([
-      step(1, s.id.primary!, "primary", "PRIMARY", null, "CONNECT_ERROR", false),
-      step(2, s.id.backup!, "backup", "BACKUP", 400, "REJECTED", false),
-    ]);
+    expect(withoutLatency(f.attemptPath)).toEqual([step(1, s.id.primary!, "primary", "PRIMARY", null, "CONNECT_ERROR", false), step(2, s.id.backup!, "backup", "BACKUP", 400, "REJECTED", false)]);
   });
 
   it("an attempt that ends the request after its answer started: a cut stream NETWORK_ERROR, a stall TIMEOUT, both with status 200; FULL_USAGE charges that step", async () => {
@@ -393,10 +412,7 @@ describe("reading paths", () => {
       expect(live.reads).toBe(0);
       const stored = await receiptOf(s.admin, live.requestId);
       expect(live.event.attemptPath).toEqual(stored.attemptPath);
-      expect(withoutLatency(stored.attemptPath)).toEqual([
-        step(1, s.id.primary!, "primary", "PRIMARY", 502, "UPSTREAM_5XX", false),
-        step(2, s.id.backup!, "backup", "BACKUP", 200, "ANSWERED", true),
-      ]);
+      expect(withoutLatency(stored.attemptPath)).toEqual([step(1, s.id.primary!, "primary", "PRIMARY", 502, "UPSTREAM_5XX", false), step(2, s.id.backup!, "backup", "BACKUP", 200, "ANSWERED", true)]);
       // The control: a field the event does not carry is read (once per event), so the count above could fail.
       const control = await one(`priceSnapshot { id } ${PATH}`);
       expect(control.reads).toBeGreaterThan(0);

@@ -21,7 +21,10 @@ describe("attempt paths", () => {
     expect(readPath(null)).toEqual([]);
     expect(readPath({ not: "an array" })).toEqual([]);
     const good = stepOf(1);
-    expect(readPath([good, { ...good, cause: "SOMETHING_ELSE" }, { ...good, role: "x" }, { ...good, status: "503" }, { ...good, latencyMs: 1.5 }, 7, null, { ...good, status: null }])).toEqual([good, { ...good, status: null }]);
+    expect(readPath([good, { ...good, cause: "SOMETHING_ELSE" }, { ...good, role: "x" }, { ...good, status: "503" }, { ...good, latencyMs: 1.5 }, 7, null, { ...good, status: null }])).toEqual([
+      good,
+      { ...good, status: null },
+    ]);
   });
 
   it("charge only the last step, and only a charge above 0", () => {
@@ -31,7 +34,16 @@ describe("attempt paths", () => {
 
   it("name the cause a status says", () => {
     expect([500, 503, 429, 401, 403, 404, 408, 400, 422, 200].map(statusCause)).toEqual([
-      "UPSTREAM_5XX", "UPSTREAM_5XX", "RATE_LIMITED", "UPSTREAM_AUTH", "UPSTREAM_AUTH", "UPSTREAM_NOT_FOUND", "TIMEOUT", "REJECTED", "REJECTED", "BAD_RESPONSE",
+      "UPSTREAM_5XX",
+      "UPSTREAM_5XX",
+      "RATE_LIMITED",
+      "UPSTREAM_AUTH",
+      "UPSTREAM_AUTH",
+      "UPSTREAM_NOT_FOUND",
+      "TIMEOUT",
+      "REJECTED",
+      "REJECTED",
+      "BAD_RESPONSE",
     ]);
   });
 });

@@ -16,9 +16,7 @@ beforeAll(async () => {
   database = await createTestDatabase();
   a = await f.world({ credit: "10" });
   b = await f.world({ credit: "20" });
-  const { route, channels } = await f.route(a.viewer, a.org.id, "gpt-test", [
-    { name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "gpt-test-upstream", price: ["1", "2"] },
-  ]);
+  const { route, channels } = await f.route(a.viewer, a.org.id, "gpt-test", [{ name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "gpt-test-upstream", price: ["1", "2"] }]);
   const price = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: channels[0]!.id } });
   await fakeReceipt(a.key, route.id, channels[0]!.id, price.id);
   t.platform = await token("PLATFORM_ADMIN");
@@ -45,12 +43,15 @@ describe("over HTTP", () => {
   });
 
   it("an organization token lists only its own keys, receipts and ledger", async () => {
-    const r = await gql(t.adminB!, `{
+    const r = await gql(
+      t.adminB!,
+      `{
       apiKeys { totalCount edges { node { id } } }
       receipts { totalCount }
       ledgerEntries { totalCount edges { node { amount { amount currency } } } }
       wallet { balances { bucket balance { amount } } }
-    }`);
+    }`,
+    );
     expect(r.errors).toBeUndefined();
     expect(r.data!.apiKeys.edges.map((e: { node: { id: string } }) => e.node.id)).toEqual([b.key.id]);
     expect(r.data!.receipts.totalCount).toBe(0);

@@ -36,7 +36,13 @@ describe("compiled build (npm start)", () => {
       const deadline = Date.now() + 90_000;
       for (;;) {
         if (child.exitCode !== null) throw new Error(`server exited early:\n${output}`);
-        if (await fetch(`${base}/healthz`).then((r) => r.status === 200, () => false)) break;
+        if (
+          await fetch(`${base}/healthz`).then(
+            (r) => r.status === 200,
+            () => false,
+          )
+        )
+          break;
         if (Date.now() > deadline) throw new Error(`no /healthz within 90 s:\n${output}`);
         await new Promise((r) => setTimeout(r, 200));
       }

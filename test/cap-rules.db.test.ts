@@ -18,8 +18,7 @@ const h = useGatewayHarness();
 
 // The SDK may reuse a keep-alive socket the server just closed on this loaded machine
 // (ECONNRESET before the request is sent): let it retry connection errors only.
-const client = (secret: string, headers: Record<string, string> = {}) =>
-  new OpenAI({ apiKey: secret, baseURL: h.gw.url, maxRetries: 2, timeout: 60_000, defaultHeaders: headers });
+const client = (secret: string, headers: Record<string, string> = {}) => new OpenAI({ apiKey: secret, baseURL: h.gw.url, maxRetries: 2, timeout: 60_000, defaultHeaders: headers });
 
 // 100 micros per input token, 1,000 per output token: a request reserves a few thousand micros.
 const PRICES: [string, string] = ["100", "1000"];
@@ -120,7 +119,9 @@ describe("a cap in one bucket caps the other bucket at zero", () => {
     const w = await world({ credit: "100", routed: "100", key: { dailyCap: "1" } });
     const { model } = await creditThenRouted(w, "fails");
     await setKeyCaps(w.viewer, { keyId: w.key.id, dailyCap: "5", capBucket: "ROUTED" });
-    const { data, response } = await client(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 5 }).withResponse();
+    const { data, response } = await client(w.secret)
+      .chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 5 })
+      .withResponse();
     expect(data.choices[0]!.message.content).toBe(" a b c");
     expect(response.headers.get("x-tokengate-bucket")).toBe("ROUTED");
     expect(response.headers.get("x-tokengate-fallback")).toBe("true");
@@ -157,7 +158,9 @@ describe("a cap in one bucket caps the other bucket at zero", () => {
     await routedUntouched(w, 100_000_000n);
     // Without the run header the same request may spend ROUTED (no other cap applies).
     await topUp(w.org.id, "ROUTED", "1");
-    const ok = await client(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 5 }).withResponse();
+    const ok = await client(w.secret)
+      .chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 5 })
+      .withResponse();
     expect(ok.response.headers.get("x-tokengate-bucket")).toBe("ROUTED");
   });
 });

@@ -16,12 +16,13 @@ const h = useGatewayHarness();
 
 // The SDK may reuse a keep-alive socket the server just closed on this loaded machine
 // (ECONNRESET before the request is sent): let it retry connection errors only.
-const client = (secret: string, headers: Record<string, string> = {}) =>
-  new OpenAI({ apiKey: secret, baseURL: h.gw.url, maxRetries: 2, timeout: 60_000, defaultHeaders: headers });
+const client = (secret: string, headers: Record<string, string> = {}) => new OpenAI({ apiKey: secret, baseURL: h.gw.url, maxRetries: 2, timeout: 60_000, defaultHeaders: headers });
 
 const PRICES: [string, string] = ["100", "1000"];
 const ask = (secret: string, model: string, headers: Record<string, string> = {}) =>
-  client(secret, headers).chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 5 }).withResponse();
+  client(secret, headers)
+    .chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 5 })
+    .withResponse();
 
 async function refusal(promise: Promise<unknown>): Promise<APIError> {
   const error = await promise.then(
@@ -141,7 +142,10 @@ describe("run pause", () => {
     expect(failed).toMatchObject({ cause: "RUN_PAUSED", httpStatus: 402, runId: run.id, charge: 0n });
     // The reservation itself refuses a paused run (a request that passed the check before the pause).
     const bucket = await walletBucket(w.org.id, "CREDIT");
-    expect(await reserve({ requestId: randomUUID(), bucketId: bucket.id, amount: 1n, keyId: w.key.id, projectId: w.project.id, runId: run.id, ttlMs: 60_000 })).toEqual({ ok: false, refusal: "RUN_PAUSED" });
+    expect(await reserve({ requestId: randomUUID(), bucketId: bucket.id, amount: 1n, keyId: w.key.id, projectId: w.project.id, runId: run.id, ttlMs: 60_000 })).toEqual({
+      ok: false,
+      refusal: "RUN_PAUSED",
+    });
     // Requests without the run header are not affected.
     expect((await ask(w.secret, model)).data.choices[0]!.message.content).toBe(" a b c");
 

@@ -187,9 +187,7 @@ describe("a client that hangs up is charged what the upstream bills, whatever th
   it("just before the usage chunk, and the usage never comes: after the grace the prompt and the streamed text are charged (counted, estimated)", async () => {
     const s = await setup(() => scripted.url);
     scripted.gate(s.upstreamModel); // never opened
-    const client = rawRequest(s.secret, { model: s.model, messages: [{ role: "user", content: "hi" }], max_tokens: 1000, stream: true }, (received) =>
-      received.includes('"finish_reason":"stop"'),
-    );
+    const client = rawRequest(s.secret, { model: s.model, messages: [{ role: "user", content: "hi" }], max_tokens: 1000, stream: true }, (received) => received.includes('"finish_reason":"stop"'));
     await client.closed;
     const { receipt, failed } = await recorded(s.key.id);
     expect(receipt).toBeNull();

@@ -3,7 +3,7 @@
 // by request id within the token's tenancy.
 import { gunzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { APIError } from "openai";
+import type { APIError } from "openai";
 import OpenAI from "openai";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
@@ -59,10 +59,12 @@ describe("pages and assets", () => {
     // undici decompresses transparently; read raw bytes through node:http to check the encoding.
     const http = await import("node:http");
     const raw = await new Promise<{ encoding: string | undefined; bytes: Buffer }>((resolve, reject) => {
-      http.get(`${server.url}${bundle}`, { headers: { "accept-encoding": "gzip" } }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on("data", (c: Buffer) => chunks.push(c)).on("end", () => resolve({ encoding: res.headers["content-encoding"], bytes: Buffer.concat(chunks) }));
-      }).on("error", reject);
+      http
+        .get(`${server.url}${bundle}`, { headers: { "accept-encoding": "gzip" } }, (res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (c: Buffer) => chunks.push(c)).on("end", () => resolve({ encoding: res.headers["content-encoding"], bytes: Buffer.concat(chunks) }));
+        })
+        .on("error", reject);
     });
     expect(raw.encoding).toBe("gzip");
     expect(raw.bytes.length).toBeLessThan(body.length / 2);
@@ -107,7 +109,9 @@ describe("receipts and failed requests by request id", () => {
     const query = `query($id: String!) {
       receipts(filter: { requestId: $id }) { totalCount edges { node { requestId charge { amount } } } }
       failedRequests(filter: { requestId: $id }) { totalCount edges { node { requestId cause } } } }`;
-    const one = await gqlOk<{ receipts: { totalCount: number; edges: Array<{ node: { requestId: string; charge: { amount: string } } }> }; failedRequests: { totalCount: number } }>(admin, query, { id: ids[1] });
+    const one = await gqlOk<{ receipts: { totalCount: number; edges: Array<{ node: { requestId: string; charge: { amount: string } } }> }; failedRequests: { totalCount: number } }>(admin, query, {
+      id: ids[1],
+    });
     expect(one.receipts.totalCount).toBe(1);
     expect(one.receipts.edges[0]!.node.requestId).toBe(ids[1]);
     const stored = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId: ids[1]! } });

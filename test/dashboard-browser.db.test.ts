@@ -58,9 +58,7 @@ async function containsSoon(locator: Locator, text: string): Promise<void> {
 
 /** GraphiQL's schema request succeeded (it carries the Authorization header the page was given). */
 function introspection(page: Page) {
-  return page.waitForResponse(
-    async (response) => response.request().method() === "POST" && response.url().endsWith("/graphql") && response.ok() && (await response.text()).includes("__schema"),
-  );
+  return page.waitForResponse(async (response) => response.request().method() === "POST" && response.url().endsWith("/graphql") && response.ok() && (await response.text()).includes("__schema"));
 }
 
 async function openWithToken(page: Page, pathname: string, adminToken: string): Promise<void> {
@@ -110,7 +108,7 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
     const model = `gql-${w.org.id.slice(-6)}`;
     await f.route(w.viewer, w.org.id, model, [{ name: "main", baseUrl: fake.url, upstreamModel: "up-graphiql", price: ["2.5", "10"] }]);
     const page = await newPage();
-    let introspected = introspection(page);
+    const introspected = introspection(page);
     await openWithToken(page, "/graphql", await token("ORG_ADMIN", w.org.id));
     await page.locator(".graphiql-container .monaco-editor").first().waitFor({ state: "visible" });
     await introspected; // the schema (fetched with the token) is loaded: GraphiQL is ready
@@ -156,7 +154,9 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
         { timeout: UI_TIMEOUT, interval: 3_000 },
       )
       .toBeGreaterThan(listening); // subscribed on the server
-    const { response } = await secretClient(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 20 }).withResponse();
+    const { response } = await secretClient(w.secret)
+      .chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 20 })
+      .withResponse();
     const requestId = response.headers.get("x-request-id")!;
     await expect.poll(() => page.locator(".result-window").innerText(), { timeout: UI_TIMEOUT }).toContain(requestId);
     expect(await page.locator(".result-window").innerText()).toContain(response.headers.get("x-tokengate-charge")!);
@@ -188,7 +188,9 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
       for await (const event of spends as AsyncIterable<SpendEvent>) if (event.keyId === w.key.id) return event;
       return null;
     })();
-    const { response } = await secretClient(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hello dashboard" }], max_tokens: 40 }).withResponse();
+    const { response } = await secretClient(w.secret)
+      .chat.completions.create({ model, messages: [{ role: "user", content: "hello dashboard" }], max_tokens: 40 })
+      .withResponse();
     const requestId = response.headers.get("x-request-id")!;
     const charge = response.headers.get("x-tokengate-charge")!;
     const receipt = await database.prisma.receipt.findUniqueOrThrow({ where: { requestId } });
@@ -215,7 +217,10 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
     await containsSoon(row.locator(".status"), "PAUSED");
     const refused = await secretClient(w.secret)
       .chat.completions.create({ model, messages: [{ role: "user", content: "still there?" }], max_tokens: 40 })
-      .then(() => null, (error: unknown) => error as APIError);
+      .then(
+        () => null,
+        (error: unknown) => error as APIError,
+      );
     expect(refused).toBeInstanceOf(APIError);
     expect(refused!.status).toBe(403);
     expect(refused!.code).toBe("key_paused");

@@ -14,19 +14,7 @@ import { PACKAGE_ROOT } from "../src/paths.ts";
 import { schema } from "../src/schema/index.ts";
 import { operationCost } from "../src/schema/cost.ts";
 import { GRAPHQL_LIMITS, graphqlLimitsPlugin } from "../src/schema/limits.ts";
-import {
-  BROWSER_EXPORTS,
-  KEY_ACTIONS,
-  KEYS_PAGE,
-  LIVE,
-  OVERVIEW,
-  PLAYGROUND_RECEIPT,
-  RUN_ACTIONS,
-  SPEND_CHART,
-  VIEWS,
-  browserModule,
-  readOperationFiles,
-} from "../src/dashboard/operations.ts";
+import { BROWSER_EXPORTS, KEY_ACTIONS, KEYS_PAGE, LIVE, OVERVIEW, PLAYGROUND_RECEIPT, RUN_ACTIONS, SPEND_CHART, VIEWS, browserModule, readOperationFiles } from "../src/dashboard/operations.ts";
 
 const GENERATED = "src/dashboard/generated/graphql.ts";
 
@@ -64,7 +52,13 @@ describe("the dashboard's operations", () => {
     });
     expect(names.sort()).toEqual([...files.operations.keys()].sort());
     // NoUnusedFragments and KnownFragmentNames (below) hold per document; every fragment is used by one.
-    const spread = new Set(sent.flatMap(({ document }) => parse(document).definitions.filter((d) => d.kind === Kind.FRAGMENT_DEFINITION).map((d) => d.name.value)));
+    const spread = new Set(
+      sent.flatMap(({ document }) =>
+        parse(document)
+          .definitions.filter((d) => d.kind === Kind.FRAGMENT_DEFINITION)
+          .map((d) => d.name.value),
+      ),
+    );
     expect([...spread].sort()).toEqual([...files.fragments.keys()].sort());
   });
 

@@ -150,10 +150,13 @@ describe.skipIf(!haveChromium)("the dashboard with 1,000 keys under load", { tim
     await Promise.all(loops);
 
     // Quiet now: what the page shows is what the API returns (after at most one more tick).
-    const api = await gqlOk(adminToken, `{
+    const api = await gqlOk(
+      adminToken,
+      `{
       wallet { balances { bucket balance { amount currency } held { amount currency } available { amount currency } } }
       apiKeys(first: 50) { edges { node { id spendToday { amount currency } } } }
-    }`);
+    }`,
+    );
     const credit = api.wallet.balances.find((b: { bucket: string }) => b.bucket === "CREDIT");
     await containsSoon(page.locator('#wallet tr[data-bucket="CREDIT"]'), `${credit.balance.amount} ${credit.balance.currency}`);
     const firstPage = api.apiKeys.edges.map((e: { node: { id: string; spendToday: { amount: string; currency: string } } }) => e.node);

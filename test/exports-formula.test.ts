@@ -4,7 +4,7 @@ import { neutralizeFormula } from "../src/exports/index.ts";
 
 describe("neutralizeFormula", () => {
   it("prefixes text that starts like a formula with a quote, and leaves everything else as it is", () => {
-    for (const formula of ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\r=1"]) {
+    for (const formula of ['=HYPERLINK("http://x","y")', "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "\r=1"]) {
       expect(neutralizeFormula(formula)).toBe(`'${formula}`);
     }
     for (const plain of ["gpt-4o-mini", "a=b", "", "1.5", "invoice #1", "'already"]) expect(neutralizeFormula(plain)).toBe(plain);

@@ -48,9 +48,7 @@ async function setUp(): Promise<World> {
   const key2 = (await f.apiKey(w.viewer, project2.id)).apiKey;
   const routes: World["routes"] = [];
   for (const model of ["m-one", "m-two"]) {
-    const r = await f.route(w.viewer, w.org.id, `${model}-${randomUUID().slice(0, 6)}`, [
-      { name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: model, price: ["1", "2"] },
-    ]);
+    const r = await f.route(w.viewer, w.org.id, `${model}-${randomUUID().slice(0, 6)}`, [{ name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: model, price: ["1", "2"] }]);
     const snapshot = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: r.channels[0]!.id } });
     routes.push({ id: r.route.id, channelId: r.channels[0]!.id, snapshotId: snapshot.id });
   }
@@ -67,8 +65,7 @@ async function receipt(w: World, opts: { key?: 1 | 2; route?: 0 | 1; model: stri
        "latencyMs", status, "createdAt")
      VALUES ($1, $2, $3, $4, $5, $6, $7, 'up', '/v1/chat/completions', 'PRIMARY', false, 1, $8::"BalanceBucket", $9, 11, 22, $10, $11::bigint,
        5, 200, $12::timestamptz AT TIME ZONE 'UTC') RETURNING id, "requestId"`,
-    [randomUUID(), w.org.id, key.id, key.projectId, route.id, route.channelId, opts.model, bucket, bucket === "CREDIT" ? "USD" : "CNY",
-      route.snapshotId, opts.charge.toString(), opts.at],
+    [randomUUID(), w.org.id, key.id, key.projectId, route.id, route.channelId, opts.model, bucket, bucket === "CREDIT" ? "USD" : "CNY", route.snapshotId, opts.charge.toString(), opts.at],
   );
   // Its CHARGE entry (the ledger accepts inserts; balanceAfter is not what these tests check).
   const b = await walletBucket(w.org.id, bucket);
@@ -86,9 +83,18 @@ async function failed(w: World, opts: { organization: boolean; message: string; 
        "httpStatus", bucket, currency, charge, "createdAt")
      VALUES ($1, $2, $3, $4, $5, 'm-one', '/v1/chat/completions', 'UPSTREAM_ERROR', $6, 502, $7::"BalanceBucket", $8, $9::bigint,
        $10::timestamptz AT TIME ZONE 'UTC')`,
-    [randomUUID(), opts.organization ? w.org.id : null, opts.organization ? w.key.id : null, opts.organization ? w.key.projectId : null,
-      opts.organization ? w.routes[0]!.id : null, opts.message, opts.charge > 0n ? "CREDIT" : null, opts.charge > 0n ? "USD" : null,
-      opts.charge.toString(), opts.at],
+    [
+      randomUUID(),
+      opts.organization ? w.org.id : null,
+      opts.organization ? w.key.id : null,
+      opts.organization ? w.key.projectId : null,
+      opts.organization ? w.routes[0]!.id : null,
+      opts.message,
+      opts.charge > 0n ? "CREDIT" : null,
+      opts.charge > 0n ? "USD" : null,
+      opts.charge.toString(),
+      opts.at,
+    ],
   );
 }
 
@@ -134,9 +140,7 @@ describe("CSV exports", () => {
       ["CHARGE", "0.000000", "USD", NASTY, "m-one"],
     ]);
     const failures = await exportCsv("failed-requests.csv", t.adminA!);
-    expect(failures.rows.map((r) => [r.message, r.charge, r.currency, r.cause, r.httpStatus])).toEqual([
-      [`upstream said: ${NASTY}`, "0.000300", "USD", "UPSTREAM_ERROR", "502"],
-    ]);
+    expect(failures.rows.map((r) => [r.message, r.charge, r.currency, r.cause, r.httpStatus])).toEqual([[`upstream said: ${NASTY}`, "0.000300", "USD", "UPSTREAM_ERROR", "502"]]);
   });
 
   it("apply GraphQL's tenancy: an organization sees its own rows, a project viewer its project's, others 401 / 403 / 404", async () => {
@@ -159,10 +163,7 @@ describe("CSV exports", () => {
     expect(forbidden.status).toBe(403);
     expect(forbidden.json?.error.code).toBe("FORBIDDEN");
     // Another tenant's ids answer like unknown ones, as in GraphQL.
-    const unknown = [
-      await exportCsv("receipts.csv", t.projectViewerA2!, { projectId: a.key.projectId }),
-      await exportCsv("receipts.csv", t.viewerB!, { organizationId: a.org.id }),
-    ];
+    const unknown = [await exportCsv("receipts.csv", t.projectViewerA2!, { projectId: a.key.projectId }), await exportCsv("receipts.csv", t.viewerB!, { organizationId: a.org.id })];
     for (const r of unknown) {
       expect(r.status).toBe(404);
       expect(r.json?.error.code).toBe("NOT_FOUND");
@@ -177,8 +178,7 @@ describe("CSV exports", () => {
   });
 
   it("filter by from, to, keyId, projectId, routeId and model", async () => {
-    const charges = async (path: string, params: Record<string, string>, column = "charge") =>
-      (await exportCsv(path, t.adminA!, params)).rows.map((r) => r[column]);
+    const charges = async (path: string, params: Record<string, string>, column = "charge") => (await exportCsv(path, t.adminA!, params)).rows.map((r) => r[column]);
     expect(await charges("receipts.csv", { from: "2026-03-02T00:00:00Z" })).toEqual(["0.000005", "0.000000"]);
     expect(await charges("receipts.csv", { to: "2026-03-02T10:00:00Z" })).toEqual(["1.234567"]);
     expect(await charges("receipts.csv", { from: "2026-03-01T10:00:00.001Z", to: "2026-03-03" })).toEqual(["0.000005"]);
@@ -254,9 +254,7 @@ describe("CSV exports", () => {
     const viewer = await f.platformViewer();
     const proj = await f.project(viewer, org.id);
     const key = (await f.apiKey(viewer, proj.id)).apiKey;
-    const r = await f.route(viewer, org.id, `bulk-${randomUUID().slice(0, 6)}`, [
-      { name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "bulk", price: ["1", "2"] },
-    ]);
+    const r = await f.route(viewer, org.id, `bulk-${randomUUID().slice(0, 6)}`, [{ name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "bulk", price: ["1", "2"] }]);
     const snapshot = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: r.channels[0]!.id } });
     const ROWS = 100_000;
     // Many rows share a millisecond, so the export's order must break ties by id to page correctly.
@@ -326,9 +324,11 @@ describe("CSV exports", () => {
       await expect
         .poll(
           async () =>
-            (await database.sql.query<{ n: number }>(
-              `SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle' AND query LIKE 'SELECT to_char%'`,
-            ))[0]!.n,
+            (
+              await database.sql.query<{ n: number }>(
+                `SELECT COUNT(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle' AND query LIKE 'SELECT to_char%'`,
+              )
+            )[0]!.n,
           { timeout: 10_000, interval: 100 },
         )
         .toBe(0);

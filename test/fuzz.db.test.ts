@@ -4,7 +4,20 @@
 // ledger invariants hold afterwards (balance = Σ entries, nothing held once idle).
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildSchema, getNamedType, isEnumType, isInputObjectType, isListType, isNonNullType, isObjectType, isScalarType, type GraphQLField, type GraphQLInputType, type GraphQLObjectType, type GraphQLSchema } from "graphql";
+import {
+  buildSchema,
+  getNamedType,
+  isEnumType,
+  isInputObjectType,
+  isListType,
+  isNonNullType,
+  isObjectType,
+  isScalarType,
+  type GraphQLField,
+  type GraphQLInputType,
+  type GraphQLObjectType,
+  type GraphQLSchema,
+} from "graphql";
 import { readFileSync } from "node:fs";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
@@ -54,11 +67,7 @@ const oddString = fc.oneof(
   fc.string({ unit: "binary", maxLength: 40 }),
   fc.constantFrom("", "\u0000", "a\u0000b", "\uD800", "\uFFFF", "🙂".repeat(50), "漢".repeat(2000), "<|endoftext|>", "%s%n", "../../etc/passwd"),
 );
-const oddNumber = fc.oneof(
-  fc.integer(),
-  fc.double(),
-  fc.constantFrom(0, -1, 1, 2 ** 31, 2 ** 53, 1e308, -1e308, 3e9, 0.5, Number.MAX_SAFE_INTEGER + 2),
-);
+const oddNumber = fc.oneof(fc.integer(), fc.double(), fc.constantFrom(0, -1, 1, 2 ** 31, 2 ** 53, 1e308, -1e308, 3e9, 0.5, Number.MAX_SAFE_INTEGER + 2));
 const junk: fc.Arbitrary<unknown> = fc.oneof(
   { depthSize: "small" },
   oddString,
@@ -74,7 +83,10 @@ const contentPart = fc.oneof(
   fc.record({
     type: fc.constant("image_url"),
     image_url: fc.oneof(
-      fc.record({ url: fc.oneof(fc.constant("https://example.invalid/cat.png"), fc.constant("data:image/png;base64,iVBORw0KGgo="), oddString), detail: fc.oneof(fc.constantFrom("low", "high", "auto"), junk) }, { requiredKeys: ["url"] }),
+      fc.record(
+        { url: fc.oneof(fc.constant("https://example.invalid/cat.png"), fc.constant("data:image/png;base64,iVBORw0KGgo="), oddString), detail: fc.oneof(fc.constantFrom("low", "high", "auto"), junk) },
+        { requiredKeys: ["url"] },
+      ),
       junk,
     ),
   }),
@@ -210,7 +222,10 @@ describe("fuzzing", () => {
       if (held.every((h) => Number(h) === 0) || Date.now() > deadline) break;
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
-    expect(held.every((h) => Number(h) === 0), `held: ${held.join(", ")}`).toBe(true);
+    expect(
+      held.every((h) => Number(h) === 0),
+      `held: ${held.join(", ")}`,
+    ).toBe(true);
   }, 60_000);
 });
 
@@ -225,13 +240,14 @@ function graphqlDocument(schema: GraphQLSchema): fc.Arbitrary<string> {
   for (const field of Object.values(schema.getMutationType()?.getFields() ?? {})) roots.push({ op: "mutation", field });
   const structured = fc.tuple(fc.constantFrom(...roots), fc.integer({ min: 0, max: 2 ** 31 - 1 })).map(([root, seed]) => {
     const rnd = mulberry(seed);
-    const args = root.field.args
-      .filter((a) => isNonNullType(a.type) || rnd() < 0.5)
-      .map((a) => `${a.name}: ${literal(a.type, rnd, 0)}`);
+    const args = root.field.args.filter((a) => isNonNullType(a.type) || rnd() < 0.5).map((a) => `${a.name}: ${literal(a.type, rnd, 0)}`);
     const selection = selectionOf(getNamedType(root.field.type), rnd, 0);
     return `${root.op} { ${root.field.name}${args.length ? `(${args.join(", ")})` : ""}${selection} }`;
   });
-  return fc.oneof({ weight: 9, arbitrary: structured }, { weight: 1, arbitrary: fc.oneof(fc.string({ maxLength: 200 }), fc.constantFrom("{", "query {{", "{ __typename @skip }", "mutation { }", "{ a: __typename b: __typename }")) });
+  return fc.oneof(
+    { weight: 9, arbitrary: structured },
+    { weight: 1, arbitrary: fc.oneof(fc.string({ maxLength: 200 }), fc.constantFrom("{", "query {{", "{ __typename @skip }", "mutation { }", "{ a: __typename b: __typename }")) },
+  );
 }
 
 function selectionOf(type: ReturnType<typeof getNamedType>, rnd: () => number, depth: number): string {
@@ -261,7 +277,11 @@ function literal(type: GraphQLInputType, rnd: () => number, depth: number): stri
   if (rnd() < 0.1) return pick(rnd, ['"x"', "1", "-1", "1.5", "true", "null", "[]", "{}", `"${"9".repeat(40)}"`, '"\\u0000"', '"2026-13-45T99:99:99Z"', '"-0.0000001"']);
   if (isNonNullType(type)) return literal(type.ofType, rnd, depth);
   if (isListType(type)) return depth > 2 ? "[]" : `[${literal(type.ofType, rnd, depth + 1)}]`;
-  if (isEnumType(type)) return pick(rnd, type.getValues().map((v) => v.name));
+  if (isEnumType(type))
+    return pick(
+      rnd,
+      type.getValues().map((v) => v.name),
+    );
   if (isInputObjectType(type)) {
     if (depth > 2) return "{}";
     const fields = Object.values(type.getFields()).filter((f) => isNonNullType(f.type) || rnd() < 0.5);

@@ -16,7 +16,6 @@ const CAP = "0.050000";
 const CAP_MICROS = 50_000n;
 const CONCURRENCY = 100;
 
-
 // 100 micros per input token, 1,000 per output token. Each request reserves ~7,600 micros
 // (prompt bound + max_tokens 5) and costs 3,700 (7 prompt + 3 completion tokens as the fake reports).
 const PRICES: [string, string] = ["100", "1000"];

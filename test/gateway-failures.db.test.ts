@@ -93,7 +93,10 @@ describe("fallback", () => {
       { name: "good", baseUrl: h.fake.url, upstreamModel: good, price: ["1", "1"] },
     ]);
     h.fake.set("limited-" + good, { type: "status", status: 429 });
-    const { response } = await h.gw.client(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "x" }], max_tokens: 5 }).withResponse();
+    const { response } = await h.gw
+      .client(w.secret)
+      .chat.completions.create({ model, messages: [{ role: "user", content: "x" }], max_tokens: 5 })
+      .withResponse();
     expect(response.headers.get("x-tokengate-channel")).toBe("good");
     const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! } });
     expect(receipt.attempts).toBe(3);
@@ -189,9 +192,7 @@ describe("streams cut short", () => {
   it("an upstream that never ends its response after [DONE] still completes the request", async () => {
     const s = await setup("NEVER", { retryCeiling: 0 });
     h.fake.set(s.primary, { type: "ok", holdOpen: true });
-    const { data: stream, response } = await s.client.chat.completions
-      .create({ model: s.model, messages: [{ role: "user", content: "open" }], max_tokens: 50, stream: true })
-      .withResponse();
+    const { data: stream, response } = await s.client.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "open" }], max_tokens: 50, stream: true }).withResponse();
     let text = "";
     for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? "";
     expect(text).toBe(DEFAULT_TEXT);
@@ -203,9 +204,7 @@ describe("streams cut short", () => {
     const s = await setup("FULL_USAGE", { retryCeiling: 0 });
     h.fake.set(s.primary, { type: "cut", afterChunks: 4, delayMs: 5 });
     const before = await walletBucket(s.org.id, "CREDIT");
-    const { data: stream, response } = await s.client.chat.completions
-      .create({ model: s.model, messages: [{ role: "user", content: "cut me" }], max_tokens: 50, stream: true })
-      .withResponse();
+    const { data: stream, response } = await s.client.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "cut me" }], max_tokens: 50, stream: true }).withResponse();
     let text = "";
     let thrown: unknown = null;
     try {

@@ -39,7 +39,15 @@ describe("group commit", () => {
     const r = await route(w.viewer, w.org.id, `m-${randomUUID()}`, [{ name: "p", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "u", price: ["1", "2"] }]);
     const snapshot = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: r.channels[0]!.id } });
     const bucket = await walletBucket(w.org.id, "CREDIT");
-    const inputs: ReserveInput[] = [1, 2, 3].map(() => ({ requestId: randomUUID(), bucketId: bucket.id, amount: 1_000n, keyId: w.key.id, projectId: w.project.id, routeId: r.route.id, ttlMs: 60_000 }));
+    const inputs: ReserveInput[] = [1, 2, 3].map(() => ({
+      requestId: randomUUID(),
+      bucketId: bucket.id,
+      amount: 1_000n,
+      keyId: w.key.id,
+      projectId: w.project.id,
+      routeId: r.route.id,
+      ttlMs: 60_000,
+    }));
     const holds = await reserveMany(inputs, directSql());
     const items = holds.map((h, i) => {
       if (!h.ok) throw new Error("refused");

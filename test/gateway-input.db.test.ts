@@ -101,7 +101,11 @@ describe("point 1: prompt counting never stalls the process", () => {
     const path = endpoint === "chat" ? "/v1/chat/completions" : "/v1/embeddings";
     const started = performance.now();
     const { result, latencies } = await pollHealthWhile(
-      fetch(`${server.url}${path}`, { method: "POST", headers: { authorization: `Bearer ${s.secret}`, "content-type": "application/json" }, body }).then(async (r) => ({ status: r.status, id: r.headers.get("x-request-id")!, text: await r.text() })),
+      fetch(`${server.url}${path}`, { method: "POST", headers: { authorization: `Bearer ${s.secret}`, "content-type": "application/json" }, body }).then(async (r) => ({
+        status: r.status,
+        id: r.headers.get("x-request-id")!,
+        text: await r.text(),
+      })),
     );
     const elapsed = performance.now() - started;
     expect(result.status, result.text.slice(0, 300)).toBe(200);
@@ -200,9 +204,17 @@ describe("point 11: bodies are validated as OpenAI validates them", () => {
     ["a user message without content", (m) => ({ model: m, messages: [{ role: "user" }] }), "messages[0].content"],
     ["content as a number", (m) => ({ model: m, messages: [{ role: "user", content: 42 }] }), "messages[0].content", "invalid_type"],
     ["an unknown part type", (m) => ({ model: m, messages: [{ role: "user", content: [{ type: "video", video: {} }] }] }), "messages[0].content[0].type", "invalid_value"],
-    ["an image part in a system message", (m) => ({ model: m, messages: [{ role: "system", content: [{ type: "image_url", image_url: { url: "https://x/y.png" } }] }] }), "messages[0].content[0].type"],
+    [
+      "an image part in a system message",
+      (m) => ({ model: m, messages: [{ role: "system", content: [{ type: "image_url", image_url: { url: "https://x/y.png" } }] }] }),
+      "messages[0].content[0].type",
+    ],
     ["a text part without text", (m) => ({ model: m, messages: [{ role: "user", content: [{ type: "text" }] }] }), "messages[0].content[0].text"],
-    ["an image detail OpenAI does not know", (m) => ({ model: m, messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "https://x/y.png", detail: "ultra" } }] }] }), "messages[0].content[0].image_url.detail"],
+    [
+      "an image detail OpenAI does not know",
+      (m) => ({ model: m, messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "https://x/y.png", detail: "ultra" } }] }] }),
+      "messages[0].content[0].image_url.detail",
+    ],
     ["a tool message without tool_call_id", (m) => ({ model: m, messages: [{ role: "tool", content: "42" }] }), "messages[0].tool_call_id"],
     ["tools not an array", (m) => ({ ...base(m), tools: { type: "function" } }), "tools", "invalid_type"],
     ["stop with five sequences", (m) => ({ ...base(m), stop: ["a", "b", "c", "d", "e"] }), "stop"],
@@ -258,7 +270,14 @@ describe("point 11: bodies are validated as OpenAI validates them", () => {
       model: s.model,
       messages: [
         { role: "developer", content: [{ type: "text", text: "be brief" }] },
-        { role: "user", content: [{ type: "text", text: "what is this?" }, { type: "image_url", image_url: { url: "https://example.com/a.png", detail: "low" } }], name: "ann" },
+        {
+          role: "user",
+          content: [
+            { type: "text", text: "what is this?" },
+            { type: "image_url", image_url: { url: "https://example.com/a.png", detail: "low" } },
+          ],
+          name: "ann",
+        },
         { role: "assistant", content: null, tool_calls: [{ id: "c1", type: "function", function: { name: "f", arguments: "{}" } }] },
         { role: "tool", content: "42", tool_call_id: "c1" },
       ],

@@ -47,9 +47,7 @@ describe("charging", () => {
   it("a non-stream call: header, receipt and ledger agree with price × usage; the wallet dropped by exactly that", async () => {
     const s = await setup();
     const before = await walletBucket(s.org.id, "CREDIT");
-    const { data, response } = await s.client.chat.completions
-      .create({ model: s.model, messages: [{ role: "user", content: "Say hello to the gateway" }], max_tokens: 50 })
-      .withResponse();
+    const { data, response } = await s.client.chat.completions.create({ model: s.model, messages: [{ role: "user", content: "Say hello to the gateway" }], max_tokens: 50 }).withResponse();
     expect(data.choices[0]!.message.content).toBe(DEFAULT_TEXT);
     const usage = data.usage!;
     const expected = requestCharge(s.price, usage.prompt_tokens, usage.completion_tokens);
@@ -200,7 +198,10 @@ describe("charging", () => {
     const model = uid("routed");
     const upstreamModel = uid("up");
     await route(w.viewer, w.org.id, model, [{ name: "cheap", baseUrl: h.fake.url, upstreamModel, settlement: "ROUTED", price: ["1", "2"] }]);
-    const { response } = await h.gw.client(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 20 }).withResponse();
+    const { response } = await h.gw
+      .client(w.secret)
+      .chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 20 })
+      .withResponse();
     expect(response.headers.get("x-tokengate-bucket")).toBe("ROUTED");
     expect(response.headers.get("x-tokengate-currency")).toBe("CNY");
     const receipt = await h.database.prisma.receipt.findUniqueOrThrow({ where: { requestId: response.headers.get("x-request-id")! } });

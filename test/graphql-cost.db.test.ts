@@ -19,9 +19,7 @@ let statements: string[] = [];
 beforeAll(async () => {
   database = await createTestDatabase({ onQuery: (sql) => statements.push(sql) });
   const w = await f.world();
-  const { route, channels } = await f.route(w.viewer, w.org.id, "gpt-cost", [
-    { name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "gpt-cost-upstream", price: ["1", "2"] },
-  ]);
+  const { route, channels } = await f.route(w.viewer, w.org.id, "gpt-cost", [{ name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "gpt-cost-upstream", price: ["1", "2"] }]);
   const price = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: channels[0]!.id } });
   for (let i = 0; i < 3; i++) await fakeReceipt(w.key, route.id, channels[0]!.id, price.id, 10n);
   server = await startTestServer();

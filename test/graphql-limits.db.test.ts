@@ -172,9 +172,7 @@ describe("over graphql-ws", () => {
     const deadline = Date.now() + 20_000;
     while (listenerCount() < before + 100 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     expect(listenerCount()).toBe(before + 100);
-    const refused = await new Promise<unknown>((resolve) =>
-      client.subscribe({ query: "subscription { receiptCreated { id } }" }, { next: () => {}, error: resolve, complete: () => resolve(null) }),
-    );
+    const refused = await new Promise<unknown>((resolve) => client.subscribe({ query: "subscription { receiptCreated { id } }" }, { next: () => {}, error: resolve, complete: () => resolve(null) }));
     expect(JSON.stringify(refused)).toMatch(/TOO_MANY_SUBSCRIPTIONS|at most 100/);
     // Freed slots can be used again.
     stops[0]!();

@@ -53,7 +53,10 @@ describe("a request that outlives HOLD_TTL_MS", () => {
     await sleep(TTL_MS * 2);
     const error = await client(w.secret)
       .chat.completions.create({ model: fastModel, messages: [{ role: "user", content: "hi" }], max_tokens: 5 })
-      .then(() => null, (e: unknown) => e);
+      .then(
+        () => null,
+        (e: unknown) => e,
+      );
     expect(error).toBeInstanceOf(APIError);
     expect((error as APIError).status).toBe(402);
     expect((error as APIError).code).toBe("budget_exceeded");

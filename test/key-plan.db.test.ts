@@ -28,7 +28,16 @@ const PLAN = `query($id: ID!, $model: String) { apiKey(id: $id) {
   }
 } }`;
 
-type Limit = { kind: string; scopeId: string | null; bucket: string; windowStart: string | null; limit: { amount: string; currency: string } | null; spent: { amount: string }; held: { amount: string }; remaining: { amount: string } | null };
+type Limit = {
+  kind: string;
+  scopeId: string | null;
+  bucket: string;
+  windowStart: string | null;
+  limit: { amount: string; currency: string } | null;
+  spent: { amount: string };
+  held: { amount: string };
+  remaining: { amount: string } | null;
+};
 
 const m = (micros: bigint) => formatMoney(micros);
 /** The limits as [kind, scopeId, bucket, limit, spent, held, remaining] rows. */
@@ -70,7 +79,17 @@ describe("ApiKey.plan", () => {
 
     // A request in flight on the primary: 1,000 µ held against every CREDIT scope and the balance.
     const creditBucket = await walletBucket(w.org.id, "CREDIT");
-    const held = await reserve({ requestId: uid("inflight"), bucketId: creditBucket.id, amount: 1_000n, keyId: w.key.id, projectId: w.project.id, routeId: r.route.id, runId: null, channelId: primary!.id, ttlMs: 60_000 });
+    const held = await reserve({
+      requestId: uid("inflight"),
+      bucketId: creditBucket.id,
+      amount: 1_000n,
+      keyId: w.key.id,
+      projectId: w.project.id,
+      routeId: r.route.id,
+      runId: null,
+      channelId: primary!.id,
+      ttlMs: 60_000,
+    });
     if (!held.ok) throw new Error(`not reserved: ${held.refusal}`);
 
     const admin = await token("ORG_ADMIN", w.org.id);
@@ -92,11 +111,29 @@ describe("ApiKey.plan", () => {
     const snapshotOf = (channelId: string) => snapshots.find((s) => s.channelId === channelId)!.id;
     expect(plan.channels).toEqual([
       {
-        position: 0, role: "PRIMARY", channelId: primary!.id, name: "official", settlement: "OFFICIAL", bucket: "CREDIT", upstreamModel: primaryUp, health: "HEALTHY", tried: true, notTriedBecause: null,
+        position: 0,
+        role: "PRIMARY",
+        channelId: primary!.id,
+        name: "official",
+        settlement: "OFFICIAL",
+        bucket: "CREDIT",
+        upstreamModel: primaryUp,
+        health: "HEALTHY",
+        tried: true,
+        notTriedBecause: null,
         price: { snapshotId: snapshotOf(primary!.id), bucket: "CREDIT", inputPerMillion: { amount: "1.000000", currency: "USD" }, outputPerMillion: { amount: "10.000000", currency: "USD" } },
       },
       {
-        position: 1, role: "BACKUP", channelId: backup!.id, name: "routed", settlement: "ROUTED", bucket: "ROUTED", upstreamModel: backupUp, health: "HEALTHY", tried: true, notTriedBecause: null,
+        position: 1,
+        role: "BACKUP",
+        channelId: backup!.id,
+        name: "routed",
+        settlement: "ROUTED",
+        bucket: "ROUTED",
+        upstreamModel: backupUp,
+        health: "HEALTHY",
+        tried: true,
+        notTriedBecause: null,
         price: { snapshotId: snapshotOf(backup!.id), bucket: "ROUTED", inputPerMillion: { amount: "2.000000", currency: "CNY" }, outputPerMillion: { amount: "20.000000", currency: "CNY" } },
       },
     ]);
@@ -148,18 +185,42 @@ describe("ApiKey.plan", () => {
       { p: w.project.id },
     );
     expect(listed.apiKeys.edges.map((e) => e.node)).toEqual([
-      { id: w.key.id, lastUsedAt: last.createdAt.toISOString(), spend: [{ bucket: "CREDIT", charged: { amount: "0.000110" }, requests: 1 }, { bucket: "ROUTED", charged: { amount: "0.000220" }, requests: 1 }] },
-      { id: unused.apiKey.id, lastUsedAt: null, spend: [{ bucket: "CREDIT", charged: { amount: "0.000000" }, requests: 0 }, { bucket: "ROUTED", charged: { amount: "0.000000" }, requests: 0 }] },
+      {
+        id: w.key.id,
+        lastUsedAt: last.createdAt.toISOString(),
+        spend: [
+          { bucket: "CREDIT", charged: { amount: "0.000110" }, requests: 1 },
+          { bucket: "ROUTED", charged: { amount: "0.000220" }, requests: 1 },
+        ],
+      },
+      {
+        id: unused.apiKey.id,
+        lastUsedAt: null,
+        spend: [
+          { bucket: "CREDIT", charged: { amount: "0.000000" }, requests: 0 },
+          { bucket: "ROUTED", charged: { amount: "0.000000" }, requests: 0 },
+        ],
+      },
     ]);
     // A range before today: nothing.
-    const before = await gqlOk<{ apiKey: { spend: Array<{ charged: { amount: string } }> } }>(admin, `query($id: ID!) { apiKey(id: $id) { spend(from: "2020-01-01T00:00:00Z", to: "2020-01-02T00:00:00Z") { charged { amount } } } }`, { id: w.key.id });
+    const before = await gqlOk<{ apiKey: { spend: Array<{ charged: { amount: string } }> } }>(
+      admin,
+      `query($id: ID!) { apiKey(id: $id) { spend(from: "2020-01-01T00:00:00Z", to: "2020-01-02T00:00:00Z") { charged { amount } } } }`,
+      { id: w.key.id },
+    );
     expect(before.apiKey.spend.map((x) => x.charged.amount)).toEqual(["0.000000", "0.000000"]);
-    const routedOnly = await gqlOk<{ apiKey: { ledgerEntries: { totalCount: number } } }>(admin, `query($id: ID!) { apiKey(id: $id) { ledgerEntries(bucket: ROUTED) { totalCount } } }`, { id: w.key.id });
+    const routedOnly = await gqlOk<{ apiKey: { ledgerEntries: { totalCount: number } } }>(admin, `query($id: ID!) { apiKey(id: $id) { ledgerEntries(bucket: ROUTED) { totalCount } } }`, {
+      id: w.key.id,
+    });
     expect(routedOnly.apiKey.ledgerEntries.totalCount).toBe(1);
 
     // A project viewer of the key's project: the plan without channel names / ids and without the wallet; no ledger.
     const projectViewer = await token("PROJECT_VIEWER", w.org.id, w.project.id);
-    const seen = await gqlOk<{ apiKey: Record<string, any> }>(projectViewer, `query($id: ID!, $model: String) { apiKey(id: $id) { plan(model: $model) { channels { channelId name bucket price { inputPerMillion { amount } } } limits { kind scopeId bucket } } } }`, { id: w.key.id, model });
+    const seen = await gqlOk<{ apiKey: Record<string, any> }>(
+      projectViewer,
+      `query($id: ID!, $model: String) { apiKey(id: $id) { plan(model: $model) { channels { channelId name bucket price { inputPerMillion { amount } } } limits { kind scopeId bucket } } } }`,
+      { id: w.key.id, model },
+    );
     expect(seen.apiKey.plan[0].channels).toEqual([
       { channelId: null, name: null, bucket: "CREDIT", price: { inputPerMillion: { amount: "1.000000" } } },
       { channelId: null, name: null, bucket: "ROUTED", price: { inputPerMillion: { amount: "2.000000" } } },
@@ -212,7 +273,9 @@ describe("ApiKey.plan", () => {
     expect(byModel.get(b)!.channels).toEqual([{ name: "unpriced", role: "PRIMARY", tried: false, notTriedBecause: "the channel has no price (never called)" }]);
 
     // A model it may not call says so; a run of another key is not found.
-    const planOf = await gqlOk<{ apiKey: { plan: Array<Record<string, any>> } }>(admin, `query($id: ID!) { apiKey(id: $id) { plan(model: "nope") { model callable reasons channels { name } } } }`, { id: w.key.id });
+    const planOf = await gqlOk<{ apiKey: { plan: Array<Record<string, any>> } }>(admin, `query($id: ID!) { apiKey(id: $id) { plan(model: "nope") { model callable reasons channels { name } } } }`, {
+      id: w.key.id,
+    });
     expect(planOf.apiKey.plan).toEqual([{ model: "nope", callable: false, reasons: ["no route serves nope"], channels: [] }]);
     expect(codes(await gql(admin, `query($id: ID!) { apiKey(id: $id) { plan(model: "${a}", runId: "no-such-run") { model } } }`, { id: w.key.id }))).toEqual(["NOT_FOUND"]);
   });

@@ -301,10 +301,10 @@ describe("an instance that stalls past the TTL with requests in flight", () => {
     expect(await walletBucket(w.org.id, "CREDIT")).toMatchObject({ balance: 100_000_000n - 900n, held: 0n });
     for (const scope of ["KEY_DAILY", "PROJECT_DAILY", "PROJECT_MONTHLY"] as const) {
       const scopeId = scope === "KEY_DAILY" ? w.key.id : w.project.id;
-      const rows = await database.sql.query<{ spent: string; held: string }>(
-        `SELECT spent::text, held::text FROM "SpendCounter" WHERE scope = $1 AND "scopeId" = $2 AND bucket = 'CREDIT'`,
-        [scope, scopeId],
-      );
+      const rows = await database.sql.query<{ spent: string; held: string }>(`SELECT spent::text, held::text FROM "SpendCounter" WHERE scope = $1 AND "scopeId" = $2 AND bucket = 'CREDIT'`, [
+        scope,
+        scopeId,
+      ]);
       expect(rows.map((r) => [r.spent, r.held])).toEqual([["900", "0"]]);
     }
   });

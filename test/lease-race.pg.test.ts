@@ -26,14 +26,10 @@ describe("cap change and grant race", () => {
       });
       expect(await granted).toMatchObject({ ok: true });
       // Leased under the new cap: at most 20,000 µ, however large the chunk asked for.
-      const [row] = await database.sql.query<{ held: string }>(
-        `SELECT held::text FROM "SpendCounter" WHERE scope = 'KEY_DAILY' AND "scopeId" = $1 AND bucket = 'CREDIT'`,
-        [w.key.id],
-      );
+      const [row] = await database.sql.query<{ held: string }>(`SELECT held::text FROM "SpendCounter" WHERE scope = 'KEY_DAILY' AND "scopeId" = $1 AND bucket = 'CREDIT'`, [w.key.id]);
       expect(BigInt(row!.held)).toBeLessThanOrEqual(20_000n);
     } finally {
       await database.dispose();
     }
   });
-
 });

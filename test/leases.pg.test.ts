@@ -44,7 +44,12 @@ async function startInstance(): Promise<{ child: ChildProcess; url: string; outp
   child.stderr!.on("data", (c: Buffer) => (output += c.toString()));
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 60_000;
-  while (!(await fetch(`${url}/healthz`).then((r) => r.ok, () => false))) {
+  while (
+    !(await fetch(`${url}/healthz`).then(
+      (r) => r.ok,
+      () => false,
+    ))
+  ) {
     if (child.exitCode !== null || Date.now() > deadline) throw new Error(`instance did not start:\n${output}`);
     await new Promise((r) => setTimeout(r, 200));
   }

@@ -52,7 +52,10 @@ describe("budget alerts of run and channel caps", () => {
     const openai = new OpenAI({ apiKey: w.secret, baseURL: `${server.url}/v1`, maxRetries: 0, timeout: 60_000, defaultHeaders: { "x-run-id": run.id } });
     // Small requests until the run's cap refuses one.
     for (let i = 0; i < 200; i++) {
-      const ok = await openai.chat.completions.create({ model, messages: [{ role: "user", content: `spend ${i}` }], max_tokens: 16 }).then(() => true, () => false);
+      const ok = await openai.chat.completions.create({ model, messages: [{ role: "user", content: `spend ${i}` }], max_tokens: 16 }).then(
+        () => true,
+        () => false,
+      );
       if (!ok) break;
     }
     const stored = () => database.prisma.budgetAlert.findMany({ where: { scopeId: { in: [run.id, channel.id] } }, orderBy: [{ scope: "asc" }, { threshold: "asc" }] });

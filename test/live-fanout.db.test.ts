@@ -4,7 +4,7 @@
 // per subscription and once with 50; the difference is what subscribers cost the database.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Client } from "graphql-ws";
-import { APIError } from "openai";
+import type { APIError } from "openai";
 import OpenAI from "openai";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
@@ -26,7 +26,8 @@ let statements = 0;
  * while it spends). A slower run (50 subscribers take more CPU) has more of them; they are bounded by
  * the run's duration instead.
  */
-const PERIODIC = /tg_lease_renew|tg_reclaim_leases|tg_lease_return|granted::text AS granted|KEY_PER_REQUEST|FROM "public"\."ApiKeySecret"|FROM "public"\."ApiKey"|"public"\."WalletBucket"|FROM "public"\."Route"|FROM "public"\."Channel"|FROM "public"\."PriceSnapshot"/;
+const PERIODIC =
+  /tg_lease_renew|tg_reclaim_leases|tg_lease_return|granted::text AS granted|KEY_PER_REQUEST|FROM "public"\."ApiKeySecret"|FROM "public"\."ApiKey"|"public"\."WalletBucket"|FROM "public"\."Route"|FROM "public"\."Channel"|FROM "public"\."PriceSnapshot"/;
 let periodic = 0;
 /** SHOW_SQL=1: the statements of each run, grouped (to see what grew). */
 const seen = new Map<string, number>();
@@ -67,14 +68,30 @@ type Payload = Record<string, any>;
 /** Every subscription of API.md and of issue 15, with the fields a dashboard selects. */
 function documents(ids: { keyId: string; projectId: string; routeId: string }) {
   return [
-    { name: "keySpend", query: `subscription($k: ID!) { keySpend(keyId: $k) { keyId requestId charge { amount currency } spendToday { amount } remainingToday { amount } status scopes { scope scopeId spent { amount } remaining { amount } } } }`, variables: { k: ids.keyId } },
-    { name: "projectSpend", query: `subscription($p: ID!) { projectSpend(projectId: $p) { projectId keyId requestId charge { amount } spendToday { amount } remainingToday { amount } status } }`, variables: { p: ids.projectId } },
+    {
+      name: "keySpend",
+      query: `subscription($k: ID!) { keySpend(keyId: $k) { keyId requestId charge { amount currency } spendToday { amount } remainingToday { amount } status scopes { scope scopeId spent { amount } remaining { amount } } } }`,
+      variables: { k: ids.keyId },
+    },
+    {
+      name: "projectSpend",
+      query: `subscription($p: ID!) { projectSpend(projectId: $p) { projectId keyId requestId charge { amount } spendToday { amount } remainingToday { amount } status } }`,
+      variables: { p: ids.projectId },
+    },
     { name: "routeHealth", query: `subscription($r: ID) { routeHealth(routeId: $r) { routeId channelId state successRate p50LatencyMs } }`, variables: { r: ids.routeId } },
     { name: "receiptCreated", query: `subscription { receiptCreated { id status latencyMs ${RECEIPT_FIELDS} } }`, variables: {} },
     { name: "failedRequestCreated", query: `subscription { failedRequestCreated { id ${FAILED_FIELDS} } }`, variables: {} },
     { name: "budgetAlert", query: `subscription { budgetAlert { scope scopeId threshold spent { amount } cap { amount } } }`, variables: {} },
-    { name: "liveSpend", query: `subscription { liveSpend(input: { intervalMs: 250 }) { requests failed spend { bucket amount { amount } } keys { keyId requests } scopes { scope scopeId spent { amount } } } }`, variables: {} },
-    { name: "channelStats", query: `subscription { channelStats(intervalMs: 250) { channels { channelId requests successRate p50LatencyMs p95LatencyMs state spendToday { amount { amount } } } } }`, variables: {} },
+    {
+      name: "liveSpend",
+      query: `subscription { liveSpend(input: { intervalMs: 250 }) { requests failed spend { bucket amount { amount } } keys { keyId requests } scopes { scope scopeId spent { amount } } } }`,
+      variables: {},
+    },
+    {
+      name: "channelStats",
+      query: `subscription { channelStats(intervalMs: 250) { channels { channelId requests successRate p50LatencyMs p95LatencyMs state spendToday { amount { amount } } } } }`,
+      variables: {},
+    },
     { name: "walletBalances", query: `subscription { walletBalances(intervalMs: 250) { balances { bucket balance { amount } held { amount } available { amount } } } }`, variables: {} },
   ];
 }
@@ -94,28 +111,43 @@ async function subscribeAll(clients: Client[], ids: { keyId: string; projectId: 
       const s: Subscriber = { name: doc.name, received: [], errors: [] };
       subscribers.push(s);
       disposers.push(
-        client.subscribe<Payload>({ query: doc.query, variables: doc.variables }, {
-          next: (v) => (v.errors ? s.errors.push(v.errors) : s.received.push(v.data![doc.name])),
-          error: (e) => s.errors.push(e),
-          complete: () => undefined,
-        }),
+        client.subscribe<Payload>(
+          { query: doc.query, variables: doc.variables },
+          {
+            next: (v) => (v.errors ? s.errors.push(v.errors) : s.received.push(v.data![doc.name])),
+            error: (e) => s.errors.push(e),
+            complete: () => undefined,
+          },
+        ),
       );
     }
   }
   // Every subscription listens: the listener count settles (each one is checked by what it receives below).
   let last = -1;
   let stableSince = Date.now();
-  await until(() => {
-    const now = listenerCount();
-    if (now !== last) {
-      last = now;
-      stableSince = Date.now();
-    }
-    // Identical documents of one tenancy share one execution: 6 listeners however many clients.
-    return now >= before + 6 && Date.now() - stableSince > 1_000;
-  }, 60_000, () => ({ before, now: listenerCount() }));
+  await until(
+    () => {
+      const now = listenerCount();
+      if (now !== last) {
+        last = now;
+        stableSince = Date.now();
+      }
+      // Identical documents of one tenancy share one execution: 6 listeners however many clients.
+      return now >= before + 6 && Date.now() - stableSince > 1_000;
+    },
+    60_000,
+    () => ({ before, now: listenerCount() }),
+  );
   // The first tick of channelStats and walletBalances arrived for everyone: subscribe-time reads are over.
-  await until(() => subscribers.filter((s) => s.name === "channelStats" || s.name === "walletBalances").every((s) => s.received.length >= 1), 30_000, () => subscribers.filter((s) => (s.name === "channelStats" || s.name === "walletBalances") && !s.received.length).map((s) => [s.name, s.errors]).slice(0, 3));
+  await until(
+    () => subscribers.filter((s) => s.name === "channelStats" || s.name === "walletBalances").every((s) => s.received.length >= 1),
+    30_000,
+    () =>
+      subscribers
+        .filter((s) => (s.name === "channelStats" || s.name === "walletBalances") && !s.received.length)
+        .map((s) => [s.name, s.errors])
+        .slice(0, 3),
+  );
   return { subscribers, dispose: () => disposers.forEach((d) => d()), listeners: listenerCount() - before };
 }
 
@@ -170,7 +202,12 @@ describe("live fan-out costs the database nothing per subscriber", { timeout: 24
       );
       const used = statements - start;
       const clock = { statements: periodic - periodicStart, ms: Date.now() - startedAt };
-      if (process.env.SHOW_SQL) console.log(count, used, [...seen.entries()].sort((a, b) => b[1] - a[1]));
+      if (process.env.SHOW_SQL)
+        console.log(
+          count,
+          used,
+          [...seen.entries()].sort((a, b) => b[1] - a[1]),
+        );
       for (const s of subscribers) expect(s.errors, s.name).toEqual([]);
       dispose();
       await Promise.all(clients.map((c) => c.dispose()));
@@ -215,7 +252,10 @@ describe("live fan-out costs the database nothing per subscriber", { timeout: 24
       expect(item).toMatchObject({ id: stored.id, cause: stored.cause, httpStatus: stored.httpStatus, key: { name: w.key.name }, route: { model: "fan-bad" }, channel: { name: "broken" } });
     }
     // The coalesced spend adds up to the ledger's charges.
-    const ledger = await database.prisma.ledgerEntry.aggregate({ where: { organizationId: w.org.id, kind: "CHARGE", receipt: { requestId: { in: fifty.sent.map((s) => s.requestId) } } }, _sum: { amount: true } });
+    const ledger = await database.prisma.ledgerEntry.aggregate({
+      where: { organizationId: w.org.id, kind: "CHARGE", receipt: { requestId: { in: fifty.sent.map((s) => s.requestId) } } },
+      _sum: { amount: true },
+    });
     const live = fifty.subscribers.find((s) => s.name === "liveSpend")!.received;
     const liveTotal = live.flatMap((t) => t.spend).reduce((sum: bigint, s: Payload) => sum + BigInt(s.amount.amount.replace(".", "")), 0n);
     expect(liveTotal).toBe(-(ledger._sum.amount ?? 0n));

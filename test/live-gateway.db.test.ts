@@ -1,7 +1,7 @@
 // keySpend through the real passthrough: an event for every settled and every failed request of
 // the key, carrying the charge of the response header and of the receipt / failed request.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { APIError } from "openai";
+import type { APIError } from "openai";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import { startGateway, type TestGateway } from "./support/gateway.ts";
@@ -77,7 +77,10 @@ describe("keySpend from the gateway", () => {
     expect(refusal).toMatchObject({ status: "FAILED", charge: { amount: "0.000000" } });
     // After the last charge, spendToday is what the counters (and the ledger) say.
     const ledger = await database.prisma.ledgerEntry.aggregate({ where: { organizationId: w.org.id, kind: "CHARGE" }, _sum: { amount: true } });
-    const highest = events.map((e) => e.spendToday.amount).sort((a, b) => Number(a) - Number(b)).at(-1);
+    const highest = events
+      .map((e) => e.spendToday.amount)
+      .sort((a, b) => Number(a) - Number(b))
+      .at(-1);
     expect(highest).toBe(formatMoney(-(ledger._sum.amount ?? 0n)));
     // The ledger answers the same question by key and by model.
     const admin = await token("ORG_ADMIN", w.org.id);

@@ -47,11 +47,14 @@ type Payload = Record<string, any>;
 function collect(client: Client, query: string, variables: Record<string, unknown> = {}) {
   const received: Payload[] = [];
   const errors: Payload[] = [];
-  const dispose = client.subscribe<Payload>({ query, variables }, {
-    next: (v) => (v.errors ? errors.push(...(v.errors as unknown as Payload[])) : received.push(v.data!)),
-    error: (e) => errors.push(e as Payload),
-    complete: () => undefined,
-  });
+  const dispose = client.subscribe<Payload>(
+    { query, variables },
+    {
+      next: (v) => (v.errors ? errors.push(...(v.errors as unknown as Payload[])) : received.push(v.data!)),
+      error: (e) => errors.push(e as Payload),
+      complete: () => undefined,
+    },
+  );
   return { received, errors, dispose };
 }
 
@@ -100,7 +103,11 @@ describe("liveSpend", () => {
     await f.route(w.viewer, w.org.id, model, [{ name: "main", baseUrl: fake.url, upstreamModel: "ls-up", price: ["2.5", "10"] }]);
     const client = await ws(w.org.id);
     const before = await settledListeners();
-    const sub = collect(client, `subscription($k: [ID!]) { liveSpend(input: { keyIds: $k, intervalMs: 250 }) { since at requests settled failed promptTokens spend { bucket amount { amount currency } } keys { keyId requests spend { amount { amount } } } scopes { scope scopeId bucket spent { amount } held { amount } cap { amount } remaining { amount } } } }`, { k: [w.key.id] });
+    const sub = collect(
+      client,
+      `subscription($k: [ID!]) { liveSpend(input: { keyIds: $k, intervalMs: 250 }) { since at requests settled failed promptTokens spend { bucket amount { amount currency } } keys { keyId requests spend { amount { amount } } } scopes { scope scopeId bucket spent { amount } held { amount } cap { amount } remaining { amount } } } }`,
+      { k: [w.key.id] },
+    );
     await until(() => listenerCount() > before);
     const mine = await sendRequests(w.secret, model, 6);
     await sendRequests(other.secret, model, 3); // another key: not in this subscription
@@ -245,7 +252,11 @@ describe("channelStats and walletBalances", () => {
       { name: "b", baseUrl: fake.url, upstreamModel: "cs-b", price: ["1", "1"] },
     ]);
     const client = await ws(w.org.id, "ORG_VIEWER");
-    const sub = collect(client, `subscription($r: ID) { channelStats(routeId: $r, intervalMs: 250) { channels { routeId routeModel channelId channelName requests failed successRate p50LatencyMs p95LatencyMs state } } }`, { r: route.id });
+    const sub = collect(
+      client,
+      `subscription($r: ID) { channelStats(routeId: $r, intervalMs: 250) { channels { routeId routeModel channelId channelName requests failed successRate p50LatencyMs p95LatencyMs state } } }`,
+      { r: route.id },
+    );
     await until(() => sub.received.length >= 1);
     expect(sub.received[0]!.channelStats.channels.map((c: Payload) => [c.channelName, c.requests, c.successRate, c.state])).toEqual([
       ["a", 0, null, "HEALTHY"],

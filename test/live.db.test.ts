@@ -27,11 +27,14 @@ afterAll(async () => {
 function collect<T = Record<string, any>>(client: Client, query: string, variables?: Record<string, unknown>) {
   const received: T[] = [];
   const errors: unknown[] = [];
-  const dispose = client.subscribe<T>({ query, variables }, {
-    next: (v) => (v.errors ? errors.push(v.errors) : received.push(v.data as T)),
-    error: (e) => errors.push(e),
-    complete: () => undefined,
-  });
+  const dispose = client.subscribe<T>(
+    { query, variables },
+    {
+      next: (v) => (v.errors ? errors.push(v.errors) : received.push(v.data as T)),
+      error: (e) => errors.push(e),
+      complete: () => undefined,
+    },
+  );
   return { received, errors, dispose };
 }
 
@@ -77,12 +80,7 @@ describe("routeHealth", () => {
     expect(successes + 1).toBe(8);
 
     await until(() => sub.received.length >= 4);
-    expect(sub.received.map((e) => `${e.routeHealth.previousState}->${e.routeHealth.state}`)).toEqual([
-      "HEALTHY->DEGRADED",
-      "DEGRADED->DOWN",
-      "DOWN->DEGRADED",
-      "DEGRADED->HEALTHY",
-    ]);
+    expect(sub.received.map((e) => `${e.routeHealth.previousState}->${e.routeHealth.state}`)).toEqual(["HEALTHY->DEGRADED", "DEGRADED->DOWN", "DOWN->DEGRADED", "DEGRADED->HEALTHY"]);
     expect(sub.received[1]!.routeHealth).toMatchObject({ routeId: route.id, channelId: channel.id, state: "DOWN", successRate: 0 });
     expect((await database.prisma.channel.findUniqueOrThrow({ where: { id: channel.id } })).health).toBe("HEALTHY");
     expect(await database.prisma.channelHealthEvent.count({ where: { channelId: channel.id } })).toBe(4);
@@ -98,7 +96,9 @@ describe("budgetAlert and keySpend", () => {
     const client = wsClient(server, await token("ORG_ADMIN", w.org.id));
     const before = listenerCount();
     const alerts = collect(client, `subscription($p: ID) { budgetAlert(projectId: $p) { scope scopeId threshold spent { amount } cap { amount currency } } }`, { p: w.project.id });
-    const spend = collect(client, `subscription($k: ID!) { keySpend(keyId: $k) { keyId requestId charge { amount currency } spendToday { amount } remainingToday { amount } status } }`, { k: w.key.id });
+    const spend = collect(client, `subscription($k: ID!) { keySpend(keyId: $k) { keyId requestId charge { amount currency } spendToday { amount } remainingToday { amount } status } }`, {
+      k: w.key.id,
+    });
     await until(() => listenerCount() === before + 2);
 
     const first = await settleOne(w, 600_000n);
@@ -113,7 +113,12 @@ describe("budgetAlert and keySpend", () => {
       ["KEY_DAILY", 100, "1.000000"],
     ]);
     expect(spend.received[0]!.keySpend).toEqual({
-      keyId: w.key.id, requestId: first, charge: { amount: "0.600000", currency: "USD" }, spendToday: { amount: "0.600000" }, remainingToday: { amount: "0.400000" }, status: "SETTLED",
+      keyId: w.key.id,
+      requestId: first,
+      charge: { amount: "0.600000", currency: "USD" },
+      spendToday: { amount: "0.600000" },
+      remainingToday: { amount: "0.400000" },
+      status: "SETTLED",
     });
     expect(spend.received[3]!.keySpend.remainingToday).toEqual({ amount: "0.000000" });
     expect(await database.prisma.budgetAlert.count({ where: { scopeId: w.key.id } })).toBe(3);

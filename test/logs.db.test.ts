@@ -55,7 +55,12 @@ describe("logs", () => {
     child.stderr!.on("data", (c: Buffer) => (stderr += c.toString()));
     const base = `http://127.0.0.1:${port}`;
     const deadline = Date.now() + 60_000;
-    while (!(await fetch(`${base}/healthz`).then((r) => r.status === 200, () => false))) {
+    while (
+      !(await fetch(`${base}/healthz`).then(
+        (r) => r.status === 200,
+        () => false,
+      ))
+    ) {
       if (child.exitCode !== null || Date.now() > deadline) throw new Error(`server did not start:\n${stdout}${stderr}`);
       await new Promise((r) => setTimeout(r, 200));
     }
@@ -78,7 +83,8 @@ describe("logs", () => {
 
     // Secrets created through the API.
     const org = (await ok(bootstrap!, `mutation { createOrganization(name: "logs-org") { id } }`)).createOrganization.id as string;
-    const orgAdmin = (await ok(bootstrap!, `mutation($o: ID) { createAdminToken(input: { name: "ops", role: ORG_ADMIN, organizationId: $o }) { secret } }`, { o: org })).createAdminToken.secret as string;
+    const orgAdmin = (await ok(bootstrap!, `mutation($o: ID) { createAdminToken(input: { name: "ops", role: ORG_ADMIN, organizationId: $o }) { secret } }`, { o: org })).createAdminToken
+      .secret as string;
     await ok(bootstrap!, `mutation($o: ID) { topUp(input: { organizationId: $o, bucket: CREDIT, amount: "10", idempotencyKey: "logs-topup" }) { id } }`, { o: org });
     const project = (await ok(orgAdmin, `mutation($o: ID) { createProject(input: { organizationId: $o, name: "logs" }) { id } }`, { o: org })).createProject.id as string;
     const apiKey = (await ok(orgAdmin, `mutation($p: ID!) { createApiKey(input: { projectId: $p, name: "k" }) { secret } }`, { p: project })).createApiKey.secret as string;
@@ -95,8 +101,12 @@ describe("logs", () => {
       await ok(orgAdmin, `mutation($c: ID!) { setPrice(input: { channelId: $c, inputPerMillion: "1", outputPerMillion: "2" }) { id } }`, { c: channel.id });
     }
     const webhookSecret = "webhook-signing-secret-5e6f7a8b";
-    await ok(orgAdmin, `mutation($o: ID, $s: String) { setAlertWebhook(input: { organizationId: $o, url: "http://127.0.0.1:9/hook", secret: $s }) { alertWebhook { id } } }`, { o: org, s: webhookSecret });
-    const generatedWebhookSecret = (await ok(orgAdmin, `mutation($o: ID) { setAlertWebhook(input: { organizationId: $o, url: "http://127.0.0.1:9/hook" }) { generatedSecret } }`, { o: org })).setAlertWebhook.generatedSecret as string;
+    await ok(orgAdmin, `mutation($o: ID, $s: String) { setAlertWebhook(input: { organizationId: $o, url: "http://127.0.0.1:9/hook", secret: $s }) { alertWebhook { id } } }`, {
+      o: org,
+      s: webhookSecret,
+    });
+    const generatedWebhookSecret = (await ok(orgAdmin, `mutation($o: ID) { setAlertWebhook(input: { organizationId: $o, url: "http://127.0.0.1:9/hook" }) { generatedSecret } }`, { o: org }))
+      .setAlertWebhook.generatedSecret as string;
 
     // Traffic: a fallback (primary 500, debug-logged), a stream, refusals, bad keys and tokens.
     fake.set("logs-primary", { type: "status", status: 500, body: { error: { message: "primary is down" } } });

@@ -174,7 +174,10 @@ describe("alert and health history", () => {
     const live = await subscribe(w.org.id, `subscription { budgetAlert { id scope scopeId projectId threshold createdAt } }`);
     const openai = new OpenAI({ apiKey: w.secret, baseURL: `${server.url}/v1`, maxRetries: 0, timeout: 60_000 });
     for (let i = 0; i < 10; i++) {
-      const ok = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 10 }).then(() => true, () => false);
+      const ok = await openai.chat.completions.create({ model, messages: [{ role: "user", content: "hi" }], max_tokens: 10 }).then(
+        () => true,
+        () => false,
+      );
       if (!ok) break;
     }
     await until(() => live.received.some((a) => a.budgetAlert.threshold === 80));
@@ -211,9 +214,18 @@ describe("alert and health history", () => {
     await until(() => live.received.length >= 1);
     expect(live.received.map((m) => m.routeHealth)).toEqual([{ channelId: channels[0]!.id, state: "DEGRADED", previousState: "HEALTHY" }]);
     const admin = await token("ORG_ADMIN", w.org.id);
-    const listed = await gqlOk(admin, `query($r: ID) { channelHealthEvents(first: 10, filter: { routeId: $r }) { totalCount edges { node { id routeId previousState state channel { id name } createdAt } } } }`, { r: route.id });
+    const listed = await gqlOk(
+      admin,
+      `query($r: ID) { channelHealthEvents(first: 10, filter: { routeId: $r }) { totalCount edges { node { id routeId previousState state channel { id name } createdAt } } } }`,
+      { r: route.id },
+    );
     expect(listed.channelHealthEvents.totalCount).toBe(live.received.length);
-    expect(listed.channelHealthEvents.edges[0].node).toMatchObject({ routeId: route.id, previousState: "HEALTHY", state: live.received[0]!.routeHealth.state, channel: { id: channels[0]!.id, name: "flaky" } });
+    expect(listed.channelHealthEvents.edges[0].node).toMatchObject({
+      routeId: route.id,
+      previousState: "HEALTHY",
+      state: live.received[0]!.routeHealth.state,
+      channel: { id: channels[0]!.id, name: "flaky" },
+    });
     const nested = await gqlOk(admin, `query($r: ID!) { route(id: $r) { channels { healthHistory(first: 5) { totalCount edges { node { id state } } } } } }`, { r: route.id });
     expect(nested.route.channels[0].healthHistory.edges[0].node.id).toBe(listed.channelHealthEvents.edges[0].node.id);
     const stranger = await f.world();

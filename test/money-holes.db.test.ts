@@ -131,7 +131,10 @@ describe("issue 14 money holes", () => {
       const second = await admitted;
       expect(second.ok).toBe(true);
       const local = pool.snapshot();
-      const stored = await leaseAmounts(database.sql, local.map((l) => l.id));
+      const stored = await leaseAmounts(
+        database.sql,
+        local.map((l) => l.id),
+      );
       for (const lease of local) expect(stored.get(lease.id) ?? 0n).toBeGreaterThanOrEqual(lease.inFlight);
       // Once its free part is back too, another instance can have everything but what this one holds in flight.
       await pool.returnAll();
@@ -245,9 +248,28 @@ describe("issue 14 money holes", () => {
         bucketId: bucket.id,
         leases: [],
         record: {
-          requestId: randomUUID(), organizationId: w.org.id, keyId: w.key.id, projectId: w.project.id, runId: null, routeId: null, channelId: null,
-          requestedModel: "m", endpoint: "/v1/chat/completions", cause: "CLIENT_CLOSED", capScope: null, message: "client closed", httpStatus: 499,
-          upstreamStatus: null, attempts: 1, bucket: "CREDIT", currency: "USD", promptTokens: 10, completionTokens: 0, priceSnapshotId: null, charge: 150_000n, estimated: true,
+          requestId: randomUUID(),
+          organizationId: w.org.id,
+          keyId: w.key.id,
+          projectId: w.project.id,
+          runId: null,
+          routeId: null,
+          channelId: null,
+          requestedModel: "m",
+          endpoint: "/v1/chat/completions",
+          cause: "CLIENT_CLOSED",
+          capScope: null,
+          message: "client closed",
+          httpStatus: 499,
+          upstreamStatus: null,
+          attempts: 1,
+          bucket: "CREDIT",
+          currency: "USD",
+          promptTokens: 10,
+          completionTokens: 0,
+          priceSnapshotId: null,
+          charge: 150_000n,
+          estimated: true,
         },
       };
       let calls = 0;
@@ -292,7 +314,9 @@ describe("issue 14 money holes", () => {
       const clock = { ms: Date.now() };
       // Three dead instances, six leases each (balance, key day, project day and month, route, channel):
       // more rows than the sweep's cursor fetches at once, where the old sweep skipped the rest.
-      const dead = [0, 1, 2].map((i) => new LeasePool(sql, { instanceId: `dead${i}-${randomUUID()}`, ttlMs: TTL_MS, chunk: (need) => need, clock: () => clock.ms, databaseTime: () => new Date(clock.ms) }));
+      const dead = [0, 1, 2].map(
+        (i) => new LeasePool(sql, { instanceId: `dead${i}-${randomUUID()}`, ttlMs: TTL_MS, chunk: (need) => need, clock: () => clock.ms, databaseTime: () => new Date(clock.ms) }),
+      );
       const input = { bucketId: bucket.id, keyId: w.key.id, projectId: w.project.id, routeId: route.id, channelId: channels[0]!.id, amount: 100_000n };
       for (const pool of dead) expect((await pool.admit(input)).ok).toBe(true);
       const leases = await database.sql.query<{ n: string }>(`SELECT count(*)::text AS n FROM "BudgetLease" WHERE "bucketId" = $1`, [bucket.id]);
@@ -302,7 +326,11 @@ describe("issue 14 money holes", () => {
       expect(await reclaimLeases(sql, 0, new Date(clock.ms))).toBe(18);
       const after = await walletBucket(w.org.id, "CREDIT");
       expect(after.held).toBe(0n);
-      for (const [scope, id] of [["KEY_DAILY", w.key.id], ["ROUTE_DAILY", route.id], ["CHANNEL_DAILY", channels[0]!.id]] as const) {
+      for (const [scope, id] of [
+        ["KEY_DAILY", w.key.id],
+        ["ROUTE_DAILY", route.id],
+        ["CHANNEL_DAILY", channels[0]!.id],
+      ] as const) {
         expect((await scopeSpend(scope, id, "CREDIT")).held).toBe(0n);
       }
       expect(await leaseBookViolations(database.sql)).toEqual([]);
@@ -328,9 +356,28 @@ describe("issue 14 money holes", () => {
         bucketId: bucket.id,
         leases: [],
         record: {
-          requestId, organizationId: w.org.id, keyId: w.key.id, projectId: w.project.id, runId: null, routeId: route.id, channelId: channels[0]!.id,
-          requestedModel: "m", upstreamModel: "m", endpoint: "/v1/chat/completions", channelRole: "PRIMARY", fallback: false, attempts: 1,
-          bucket: "CREDIT", currency: "USD", promptTokens: 1_000, completionTokens: 500, priceSnapshotId: price.id, charge: 2_000n, stream: true, latencyMs: 1, status: 200,
+          requestId,
+          organizationId: w.org.id,
+          keyId: w.key.id,
+          projectId: w.project.id,
+          runId: null,
+          routeId: route.id,
+          channelId: channels[0]!.id,
+          requestedModel: "m",
+          upstreamModel: "m",
+          endpoint: "/v1/chat/completions",
+          channelRole: "PRIMARY",
+          fallback: false,
+          attempts: 1,
+          bucket: "CREDIT",
+          currency: "USD",
+          promptTokens: 1_000,
+          completionTokens: 500,
+          priceSnapshotId: price.id,
+          charge: 2_000n,
+          stream: true,
+          latencyMs: 1,
+          status: 200,
         },
       };
       let calls = 0;
@@ -400,7 +447,10 @@ describe("issue 14 money holes", () => {
       // A real write failure: receipts of this key are rejected by the database until the trigger goes.
       await database.sql.query(`CREATE FUNCTION tg_test_reject_receipt() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'receipts are failing'; END $$`);
       await database.sql.query(`CREATE TRIGGER tg_test_reject BEFORE INSERT ON "Receipt" FOR EACH ROW WHEN (NEW."keyId" = '${w.key.id}') EXECUTE FUNCTION tg_test_reject_receipt()`);
-      const { response } = await gw.client(w.secret).chat.completions.create({ model, messages: [{ role: "user", content: "hello" }], max_tokens: 20 }).withResponse();
+      const { response } = await gw
+        .client(w.secret)
+        .chat.completions.create({ model, messages: [{ role: "user", content: "hello" }], max_tokens: 20 })
+        .withResponse();
       const requestId = response.headers.get("x-request-id")!;
       const charge = response.headers.get("x-tokengate-charge")!;
       await new Promise((resolve) => setTimeout(resolve, 300));

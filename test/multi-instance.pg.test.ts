@@ -42,7 +42,12 @@ async function startInstance(): Promise<{ child: ChildProcess; url: string; outp
   child.stderr!.on("data", (c: Buffer) => (output += c.toString()));
   const url = `http://127.0.0.1:${port}`;
   const deadline = Date.now() + 60_000;
-  while (!(await fetch(`${url}/healthz`).then((r) => r.ok, () => false))) {
+  while (
+    !(await fetch(`${url}/healthz`).then(
+      (r) => r.ok,
+      () => false,
+    ))
+  ) {
     if (child.exitCode !== null || Date.now() > deadline) throw new Error(`instance did not start:\n${output}`);
     await new Promise((r) => setTimeout(r, 200));
   }
@@ -90,7 +95,10 @@ describe.runIf(hasRedis)("two instances, one PostgreSQL, one Redis", () => {
     while (!ready) await new Promise((r) => setTimeout(r, 20));
     await new Promise((r) => setTimeout(r, 300)); // the subscription is registered with Redis
 
-    const { response } = await s.client(1).chat.completions.create({ model: s.model, messages: [{ role: "user", content: "hello from B" }], max_tokens: 20 }).withResponse();
+    const { response } = await s
+      .client(1)
+      .chat.completions.create({ model: s.model, messages: [{ role: "user", content: "hello from B" }], max_tokens: 20 })
+      .withResponse();
     const requestId = response.headers.get("x-request-id")!;
     const charge = response.headers.get("x-tokengate-charge")!;
     const deadline = Date.now() + 5_000;
@@ -116,10 +124,13 @@ describe.runIf(hasRedis)("two instances, one PostgreSQL, one Redis", () => {
     const started = Date.now();
     let status = 200;
     while (Date.now() - started < 1_000) {
-      status = await s.client(1).chat.completions.create({ model: s.model, messages: [{ role: "user", content: "still?" }], max_tokens: 5 }).then(
-        () => 200,
-        (e: unknown) => (e instanceof APIError ? (e.status ?? 0) : 0),
-      );
+      status = await s
+        .client(1)
+        .chat.completions.create({ model: s.model, messages: [{ role: "user", content: "still?" }], max_tokens: 5 })
+        .then(
+          () => 200,
+          (e: unknown) => (e instanceof APIError ? (e.status ?? 0) : 0),
+        );
       if (status === 401) break;
     }
     expect(status).toBe(401);
@@ -130,10 +141,14 @@ describe.runIf(hasRedis)("two instances, one PostgreSQL, one Redis", () => {
     const s = await setup({ dailyCap: "0.01" });
     const results = await Promise.all(
       Array.from({ length: 100 }, (_, i) =>
-        s.client(i % 2).chat.completions.create({ model: s.model, messages: [{ role: "user", content: `request ${i}` }], max_tokens: 100 }).withResponse().then(
-          (r) => ({ ok: true as const, charge: parseMoney(r.response.headers.get("x-tokengate-charge")!, "charge") }),
-          (e: unknown) => ({ ok: false as const, status: (e as APIError).status, code: (e as APIError).code }),
-        ),
+        s
+          .client(i % 2)
+          .chat.completions.create({ model: s.model, messages: [{ role: "user", content: `request ${i}` }], max_tokens: 100 })
+          .withResponse()
+          .then(
+            (r) => ({ ok: true as const, charge: parseMoney(r.response.headers.get("x-tokengate-charge")!, "charge") }),
+            (e: unknown) => ({ ok: false as const, status: (e as APIError).status, code: (e as APIError).code }),
+          ),
       ),
     );
     const served = results.filter((r) => r.ok);
@@ -154,10 +169,13 @@ describe.runIf(hasRedis)("two instances, one PostgreSQL, one Redis", () => {
     const s = await setup({ rpmLimit: 6 });
     const results = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
-        s.client(i % 2).chat.completions.create({ model: s.model, messages: [{ role: "user", content: `request ${i}` }], max_tokens: 5 }).then(
-          () => ({ ok: true as const }),
-          (e: unknown) => ({ ok: false as const, status: (e as APIError).status, code: (e as APIError).code, retryAfter: (e as APIError).headers?.get("retry-after") }),
-        ),
+        s
+          .client(i % 2)
+          .chat.completions.create({ model: s.model, messages: [{ role: "user", content: `request ${i}` }], max_tokens: 5 })
+          .then(
+            () => ({ ok: true as const }),
+            (e: unknown) => ({ ok: false as const, status: (e as APIError).status, code: (e as APIError).code, retryAfter: (e as APIError).headers?.get("retry-after") }),
+          ),
       ),
     );
     expect(results.filter((r) => r.ok)).toHaveLength(6);

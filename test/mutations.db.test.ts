@@ -36,15 +36,26 @@ const snapshotCounts = async () => ({
 
 describe("projects and budgets", () => {
   it("createProject stores caps and audits; setProjectBudget changes and removes them", async () => {
-    const created = await gqlOk(orgAdmin, `mutation { createProject(input: { name: "web", dailyCap: "12.5", monthlyCap: "300" }) {
-      id name dailyCap { amount currency } monthlyCap { amount } spendToday { amount } remainingToday { amount } } }`);
+    const created = await gqlOk(
+      orgAdmin,
+      `mutation { createProject(input: { name: "web", dailyCap: "12.5", monthlyCap: "300" }) {
+      id name dailyCap { amount currency } monthlyCap { amount } spendToday { amount } remainingToday { amount } } }`,
+    );
     const p = created.createProject;
-    expect(p).toMatchObject({ name: "web", dailyCap: { amount: "12.500000", currency: "USD" }, monthlyCap: { amount: "300.000000" }, spendToday: { amount: "0.000000" }, remainingToday: { amount: "12.500000" } });
+    expect(p).toMatchObject({
+      name: "web",
+      dailyCap: { amount: "12.500000", currency: "USD" },
+      monthlyCap: { amount: "300.000000" },
+      spendToday: { amount: "0.000000" },
+      remainingToday: { amount: "12.500000" },
+    });
     const [audit] = await audits(p.id, "createProject");
     expect(audit!.actor).toMatch(/test ORG_ADMIN/);
     expect(JSON.stringify(audit!.after)).toContain("12500000");
 
-    const changed = await gqlOk(orgAdmin, `mutation($id: ID!) { setProjectBudget(input: { projectId: $id, dailyCap: null, monthlyCap: "100" }) { dailyCap { amount } monthlyCap { amount } } }`, { id: p.id });
+    const changed = await gqlOk(orgAdmin, `mutation($id: ID!) { setProjectBudget(input: { projectId: $id, dailyCap: null, monthlyCap: "100" }) { dailyCap { amount } monthlyCap { amount } } }`, {
+      id: p.id,
+    });
     expect(changed.setProjectBudget).toEqual({ dailyCap: null, monthlyCap: { amount: "100.000000" } });
     const [budgetAudit] = await audits(p.id, "setProjectBudget");
     expect(JSON.stringify(budgetAudit!.before)).toContain("12500000");
@@ -74,10 +85,14 @@ describe("projects and budgets", () => {
 
 describe("API keys", () => {
   it("createApiKey shows the secret once and stores only its SHA-256, prefix and last 4", async () => {
-    const r = await gqlOk(orgAdmin, `mutation($p: ID!) { createApiKey(input: { projectId: $p, name: "worker", allowedModels: ["gpt-4o-mini"],
+    const r = await gqlOk(
+      orgAdmin,
+      `mutation($p: ID!) { createApiKey(input: { projectId: $p, name: "worker", allowedModels: ["gpt-4o-mini"],
       allowedBuckets: [ROUTED], lowerCostRoutes: true, backupRoutes: false, dailyCap: "3", perRequestMaxCharge: "0.25", retryCeiling: 1, failedChargePolicy: PROMPT_TOKENS }) {
       secret apiKey { id prefix last4 status allowedModels allowedBuckets lowerCostRoutes backupRoutes retryCeiling failedChargePolicy
-        dailyCap { amount currency } perRequestMaxCharge { amount currency } spendToday { amount currency } remainingToday { amount } } } }`, { p: w.project.id });
+        dailyCap { amount currency } perRequestMaxCharge { amount currency } spendToday { amount currency } remainingToday { amount } } } }`,
+      { p: w.project.id },
+    );
     const { secret, apiKey } = r.createApiKey;
     expect(secret).toMatch(/^tg_[0-9A-Za-z]{43}$/);
     expect(apiKey).toMatchObject({
@@ -97,8 +112,10 @@ describe("API keys", () => {
     const stored = await database.prisma.apiKeySecret.findFirstOrThrow({ where: { keyId: apiKey.id } });
     expect(stored.secretHash).toBe(sha256(secret));
     // The secret is nowhere in the database: not in keys, secrets or the audit trail.
-    const dump = JSON.stringify(await database.sql.query(`SELECT row_to_json(t)::text AS j FROM (SELECT * FROM "ApiKey" UNION ALL SELECT * FROM "ApiKey") t`)) +
-      JSON.stringify(await database.prisma.auditEntry.findMany()) + JSON.stringify(await database.prisma.apiKeySecret.findMany());
+    const dump =
+      JSON.stringify(await database.sql.query(`SELECT row_to_json(t)::text AS j FROM (SELECT * FROM "ApiKey" UNION ALL SELECT * FROM "ApiKey") t`)) +
+      JSON.stringify(await database.prisma.auditEntry.findMany()) +
+      JSON.stringify(await database.prisma.apiKeySecret.findMany());
     expect(dump).not.toContain(secret);
     expect((await lookupKey(secret)).ok).toBe(true);
     expect((await audits(apiKey.id, "createApiKey")).length).toBe(1);
@@ -116,8 +133,12 @@ describe("API keys", () => {
 
   it("setKeyCaps, pause, resume and revoke change the key and audit each step", async () => {
     const { apiKey, secret } = await f.apiKey(w.viewer, w.project.id);
-    const caps = await gqlOk(orgAdmin, `mutation($k: ID!) { setKeyCaps(input: { keyId: $k, dailyCap: "7", retryCeiling: 0, failedChargePolicy: FULL_USAGE }) {
-      dailyCap { amount } retryCeiling failedChargePolicy } }`, { k: apiKey.id });
+    const caps = await gqlOk(
+      orgAdmin,
+      `mutation($k: ID!) { setKeyCaps(input: { keyId: $k, dailyCap: "7", retryCeiling: 0, failedChargePolicy: FULL_USAGE }) {
+      dailyCap { amount } retryCeiling failedChargePolicy } }`,
+      { k: apiKey.id },
+    );
     expect(caps.setKeyCaps).toEqual({ dailyCap: { amount: "7.000000" }, retryCeiling: 0, failedChargePolicy: "FULL_USAGE" });
     expect((await gqlOk(orgAdmin, `mutation($k: ID!) { pauseKey(id: $k) { status } }`, { k: apiKey.id })).pauseKey.status).toBe("PAUSED");
     expect(await lookupKey(secret)).toMatchObject({ ok: false, reason: "KEY_PAUSED" });
@@ -149,20 +170,29 @@ describe("API keys", () => {
 
 describe("routes and prices", () => {
   it("upsertRoute encrypts credentials, orders channels, and disables channels left out", async () => {
-    const r = await gqlOk(orgAdmin, `mutation { upsertRoute(input: { model: "gpt-4o-mini", dailyCap: "20", channels: [
+    const r = await gqlOk(
+      orgAdmin,
+      `mutation { upsertRoute(input: { model: "gpt-4o-mini", dailyCap: "20", channels: [
         { name: "official", baseUrl: "https://api.example.test/v1", apiKey: "sk-upstream-secret-1", upstreamModel: "gpt-4o-mini", settlement: OFFICIAL },
         { name: "routed", baseUrl: "https://cheap.example.test/v1", apiKey: "sk-upstream-secret-2", upstreamModel: "gpt-4o-mini-r", settlement: ROUTED }] }) {
-      id model dailyCap { amount currency } channels { id name priority settlement upstreamModel health hasCredential } } }`);
+      id model dailyCap { amount currency } channels { id name priority settlement upstreamModel health hasCredential } } }`,
+    );
     const route = r.upsertRoute;
     expect(route.dailyCap).toEqual({ amount: "20.000000", currency: "USD" });
-    expect(route.channels.map((c: { name: string; priority: number }) => [c.name, c.priority])).toEqual([["official", 0], ["routed", 1]]);
+    expect(route.channels.map((c: { name: string; priority: number }) => [c.name, c.priority])).toEqual([
+      ["official", 0],
+      ["routed", 1],
+    ]);
     expect(route.channels.every((c: { hasCredential: boolean; health: string }) => c.hasCredential && c.health === "HEALTHY")).toBe(true);
     const raw = JSON.stringify(await database.prisma.channel.findMany({ where: { routeId: route.id } })) + JSON.stringify(await audits(route.id, "upsertRoute"));
     expect(raw).not.toContain("sk-upstream-secret");
 
-    const again = await gqlOk(orgAdmin, `mutation { upsertRoute(input: { model: "gpt-4o-mini", channels: [
+    const again = await gqlOk(
+      orgAdmin,
+      `mutation { upsertRoute(input: { model: "gpt-4o-mini", channels: [
         { name: "routed", baseUrl: "https://cheap.example.test/v1", upstreamModel: "gpt-4o-mini-r", settlement: ROUTED, priority: 0 }] }) {
-      id channels { name hasCredential } } }`);
+      id channels { name hasCredential } } }`,
+    );
     expect(again.upsertRoute.id).toBe(route.id);
     expect(again.upsertRoute.channels).toEqual([{ name: "routed", hasCredential: true }]);
     const bad = await gql(orgAdmin, `mutation { upsertRoute(input: { model: "x", channels: [{ name: "a", baseUrl: "not a url", upstreamModel: "m" }] }) { id } }`);
@@ -171,11 +201,13 @@ describe("routes and prices", () => {
   });
 
   it("setPrice adds snapshots in the channel's currency and never rewrites history; setRouteLimits changes the cap", async () => {
-    const { route, channels } = await f.route(w.viewer, w.org.id, "priced", [
-      { name: "a", baseUrl: "http://127.0.0.1:9", upstreamModel: "m", settlement: "ROUTED" },
-    ]);
-    const first = await gqlOk(orgAdmin, `mutation($c: ID!) { setPrice(input: { channelId: $c, inputPerMillion: "1.5", outputPerMillion: "6" }) {
-      id bucket inputPerMillion { amount currency } outputPerMillion { amount } } }`, { c: channels[0]!.id });
+    const { route, channels } = await f.route(w.viewer, w.org.id, "priced", [{ name: "a", baseUrl: "http://127.0.0.1:9", upstreamModel: "m", settlement: "ROUTED" }]);
+    const first = await gqlOk(
+      orgAdmin,
+      `mutation($c: ID!) { setPrice(input: { channelId: $c, inputPerMillion: "1.5", outputPerMillion: "6" }) {
+      id bucket inputPerMillion { amount currency } outputPerMillion { amount } } }`,
+      { c: channels[0]!.id },
+    );
     expect(first.setPrice).toMatchObject({ bucket: "ROUTED", inputPerMillion: { amount: "1.500000", currency: "CNY" }, outputPerMillion: { amount: "6.000000" } });
     await new Promise((r) => setTimeout(r, 5));
     await gqlOk(orgAdmin, `mutation($c: ID!) { setPrice(input: { channelId: $c, inputPerMillion: "2", outputPerMillion: "8" }) { id } }`, { c: channels[0]!.id });
@@ -183,10 +215,16 @@ describe("routes and prices", () => {
     expect(history.route.channels[0]).toEqual({ currentPrice: { inputPerMillion: { amount: "2.000000" } }, priceHistory: { totalCount: 2 } });
     const stillFirst = await database.prisma.priceSnapshot.findUniqueOrThrow({ where: { id: first.setPrice.id } });
     expect(stillFirst.inputPerMillion).toBe(1_500_000n);
-    expect(codes(await gql(orgAdmin, `mutation($c: ID!) { setPrice(input: { channelId: $c, inputPerMillion: "-1", outputPerMillion: "1" }) { id } }`, { c: channels[0]!.id }))).toEqual(["BAD_USER_INPUT"]);
+    expect(codes(await gql(orgAdmin, `mutation($c: ID!) { setPrice(input: { channelId: $c, inputPerMillion: "-1", outputPerMillion: "1" }) { id } }`, { c: channels[0]!.id }))).toEqual([
+      "BAD_USER_INPUT",
+    ]);
 
-    const limits = await gqlOk(orgAdmin, `mutation($r: ID!) { setRouteLimits(input: { routeId: $r, dailyCap: "4", capBucket: ROUTED, defaultMaxTokens: 512 }) {
-      defaultMaxTokens dailyCap(bucket: ROUTED) { amount currency } } }`, { r: route.id });
+    const limits = await gqlOk(
+      orgAdmin,
+      `mutation($r: ID!) { setRouteLimits(input: { routeId: $r, dailyCap: "4", capBucket: ROUTED, defaultMaxTokens: 512 }) {
+      defaultMaxTokens dailyCap(bucket: ROUTED) { amount currency } } }`,
+      { r: route.id },
+    );
     expect(limits.setRouteLimits).toEqual({ defaultMaxTokens: 512, dailyCap: { amount: "4.000000", currency: "CNY" } });
     expect(await audits(route.id, "setRouteLimits")).toHaveLength(1);
     expect(await audits(channels[0]!.id, "setPrice")).toHaveLength(2);
@@ -259,10 +297,14 @@ describe("runs, spend and estimates", () => {
     if (!a.ok || !b.ok) throw new Error("refused");
     await settle(a.holdId, 1_250_000n);
     const t = await token("ORG_ADMIN", fresh.org.id);
-    const data = await gqlOk(t, `query($k: ID!, $p: ID!, $r: ID!) {
+    const data = await gqlOk(
+      t,
+      `query($k: ID!, $p: ID!, $r: ID!) {
       apiKey(id: $k) { spendToday { amount } remainingToday { amount } }
       project(id: $p) { spendToday { amount } remainingToday { amount } spendThisMonth { amount } }
-      route(id: $r) { spendToday { amount } remainingToday { amount } } }`, { k: fresh.key.id, p: fresh.project.id, r: route.id });
+      route(id: $r) { spendToday { amount } remainingToday { amount } } }`,
+      { k: fresh.key.id, p: fresh.project.id, r: route.id },
+    );
     expect(data.apiKey).toEqual({ spendToday: { amount: "1.250000" }, remainingToday: { amount: "2.750000" } });
     expect(data.project).toEqual({ spendToday: { amount: "1.250000" }, remainingToday: { amount: "5.750000" }, spendThisMonth: { amount: "1.250000" } });
     expect(data.route).toEqual({ spendToday: { amount: "1.250000" }, remainingToday: { amount: "3.750000" } });
@@ -276,8 +318,18 @@ describe("runs, spend and estimates", () => {
       allowed reasons bucket channelName upstreamModel estimatedCallsMin estimatedCallsMax costMin { amount currency } costMax { amount } available { amount } } }`;
     const quick = (await gqlOk(t, q, { k: fresh.key.id, mode: "QUICK" })).estimateRun;
     // QUICK: 2–4 calls of 2,000 prompt + 800 completion tokens at $2.5 / $10 per M = 0.013 per call.
-    expect(quick).toEqual({ allowed: true, reasons: [], bucket: "CREDIT", channelName: "main", upstreamModel: "gpt-x-up", estimatedCallsMin: 2, estimatedCallsMax: 4,
-      costMin: { amount: "0.026000", currency: "USD" }, costMax: { amount: "0.052000" }, available: { amount: "1.000000" } });
+    expect(quick).toEqual({
+      allowed: true,
+      reasons: [],
+      bucket: "CREDIT",
+      channelName: "main",
+      upstreamModel: "gpt-x-up",
+      estimatedCallsMin: 2,
+      estimatedCallsMax: 4,
+      costMin: { amount: "0.026000", currency: "USD" },
+      costMax: { amount: "0.052000" },
+      available: { amount: "1.000000" },
+    });
     const deep = (await gqlOk(t, q, { k: fresh.key.id, mode: "DEEP" })).estimateRun;
     // DEEP: 12 calls × (8,000 × 2.5 + 3,000 × 10) / 1e6 = 12 × 0.05 = 0.6 ≤ 1, still allowed.
     expect(deep.costMin).toEqual({ amount: "0.600000", currency: "USD" });

@@ -12,9 +12,7 @@ let adminToken: string;
 beforeAll(async () => {
   database = await createTestDatabase({ onQuery: (sql) => statements.push(sql) });
   const w = await f.world();
-  const { route, channels } = await f.route(w.viewer, w.org.id, "gpt-test", [
-    { name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "gpt-test-upstream", price: ["1", "2"] },
-  ]);
+  const { route, channels } = await f.route(w.viewer, w.org.id, "gpt-test", [{ name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "gpt-test-upstream", price: ["1", "2"] }]);
   const price = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: channels[0]!.id } });
   // 50 keys over 5 projects, each with a few receipts.
   const projects = [w.project, ...(await Promise.all([1, 2, 3, 4].map(() => f.project(w.viewer, w.org.id))))];
@@ -39,7 +37,11 @@ const QUERY = `query($first: Int!) {
 async function countStatements(first: number): Promise<{ count: number; keys: number }> {
   statements = [];
   const data = await gqlOk(adminToken, QUERY, { first });
-  if (process.env.SHOW_SQL) console.log(statements.length, statements.map((s) => s.slice(0, 90)));
+  if (process.env.SHOW_SQL)
+    console.log(
+      statements.length,
+      statements.map((s) => s.slice(0, 90)),
+    );
   return { count: statements.length, keys: data.apiKeys.edges.length };
 }
 
@@ -68,7 +70,11 @@ describe("spend groups as objects", () => {
     const count = async (top: number) => {
       statements = [];
       const data = await gqlOk(adminToken, query, { top, ...range });
-      if (process.env.SHOW_SQL) console.log(statements.length, statements.map((s) => s.slice(0, 90)));
+      if (process.env.SHOW_SQL)
+        console.log(
+          statements.length,
+          statements.map((s) => s.slice(0, 90)),
+        );
       return { count: statements.length, named: data.spendAnalytics.series.filter((s: { group: { key: { name: string } | null } | null }) => s.group?.key?.name).length };
     };
     const small = await count(5);
@@ -80,7 +86,11 @@ describe("spend groups as objects", () => {
     // Latency percentiles scan raw receipts: only an operation that asks for them pays for that.
     expect(statements.some((sql) => sql.includes("percentile_disc"))).toBe(false);
     statements = [];
-    const timed = await gqlOk(adminToken, `query($from: DateTime!, $to: DateTime!) { spendAnalytics(input: { from: $from, to: $to, interval: HOUR }) { ...L } } fragment L on SpendAnalytics { latency { receipts } }`, range);
+    const timed = await gqlOk(
+      adminToken,
+      `query($from: DateTime!, $to: DateTime!) { spendAnalytics(input: { from: $from, to: $to, interval: HOUR }) { ...L } } fragment L on SpendAnalytics { latency { receipts } }`,
+      range,
+    );
     expect(statements.some((sql) => sql.includes("percentile_disc"))).toBe(true);
     expect(timed.spendAnalytics.latency.receipts).toBeGreaterThan(50);
   });

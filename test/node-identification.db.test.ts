@@ -34,8 +34,17 @@ async function everyNode() {
   const run = await startRun(w.viewer, { keyId: w.key.id, mode: "QUICK" });
   const failed = await database.prisma.failedRequest.create({
     data: {
-      requestId: randomUUID(), organizationId: w.org.id, keyId: w.key.id, projectId: w.project.id, routeId: route.id, runId: run.id,
-      endpoint: "/v1/chat/completions", cause: "UPSTREAM_ERROR", message: "upstream failed", httpStatus: 502, attempts: 1,
+      requestId: randomUUID(),
+      organizationId: w.org.id,
+      keyId: w.key.id,
+      projectId: w.project.id,
+      routeId: route.id,
+      runId: run.id,
+      endpoint: "/v1/chat/completions",
+      cause: "UPSTREAM_ERROR",
+      message: "upstream failed",
+      httpStatus: 502,
+      attempts: 1,
     },
   });
   const wallet = await database.prisma.wallet.findUniqueOrThrow({ where: { organizationId: w.org.id }, include: { buckets: true } });
@@ -149,10 +158,7 @@ describe("object identification", () => {
       ids: [...ids, sibling.id, siblingKey.apiKey.id],
     });
     const visible = seen.nodes.map((n) => n?.__typename ?? null);
-    expect(visible).toEqual([
-      null, "Project", "ApiKey", null, null, null, "Receipt", "FailedRequest", null, "Run", null, null, null, null, null, null, "BudgetAlert", null, null,
-      null, null,
-    ]);
+    expect(visible).toEqual([null, "Project", "ApiKey", null, null, null, "Receipt", "FailedRequest", null, "Run", null, null, null, null, null, null, "BudgetAlert", null, null, null, null]);
     // An organization viewer sees the organization's objects but not its admin tokens (as adminTokens).
     const orgViewer = await token("ORG_VIEWER", w.org.id);
     const byOrgViewer = await gqlOk<{ nodes: Array<{ __typename: string } | null> }>(orgViewer, NODES, { ids });
@@ -229,8 +235,19 @@ describe("types that say what they hold", () => {
       const r = await gql(admin, query, { from: accepted });
       expect(r.errors, accepted).toBeUndefined();
     }
-    for (const rejected of ["Nov 1 2026", "2026-11-01", "2026-11-01T00:00:00", "2026-11-01 00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-01T24:00:00Z",
-      "2026-13-01T00:00:00Z", "2026-11-01T00:00Z", "1730419200000", "", "2026-11-01T00:00:00+0800"]) {
+    for (const rejected of [
+      "Nov 1 2026",
+      "2026-11-01",
+      "2026-11-01T00:00:00",
+      "2026-11-01 00:00:00Z",
+      "2026-02-30T00:00:00Z",
+      "2026-11-01T24:00:00Z",
+      "2026-13-01T00:00:00Z",
+      "2026-11-01T00:00Z",
+      "1730419200000",
+      "",
+      "2026-11-01T00:00:00+0800",
+    ]) {
       const r = await gql(admin, query, { from: rejected });
       expect(codes(r), rejected).toEqual(["BAD_USER_INPUT"]);
       expect(r.errors![0]!.message).toMatch(/ISO 8601 date-time with an offset/);
@@ -275,7 +292,10 @@ describe("one connection type per node type", () => {
     const admin = await token("ORG_ADMIN", w.org.id);
     // Two more receipts, 1 and 2 seconds later, with higher charges; one of them in the run.
     const later = [];
-    for (const [i, charge] of [[1, 9n], [2, 5n]] as const) {
+    for (const [i, charge] of [
+      [1, 9n],
+      [2, 5n],
+    ] as const) {
       const r = await fakeReceipt(w.key, w.route.id, w.channel.id, w.snapshot.id, charge);
       later.push(await database.prisma.receipt.update({ where: { id: r.id }, data: { createdAt: new Date(w.receipt.createdAt.getTime() + i * 1000), runId: i === 2 ? w.run.id : null } }));
     }
@@ -306,7 +326,11 @@ describe("one connection type per node type", () => {
     expect(codes(await gql(admin, `{ receipts(orderBy: { field: NOPE }) { totalCount } }`))).toEqual(["GRAPHQL_VALIDATION_FAILED"]);
     // A bad enum value in a variable is the client's mistake: BAD_USER_INPUT naming it, never an internal error.
     const badOrder = await gql(admin, query, { ...vars, order: { field: "NOPE" } });
-    const badBucket = await gql(admin, `query($b: BalanceBucket) { wallet { balances { bucket } } spendSeries(input: { from: "2026-11-01T00:00:00Z", to: "2026-11-02T00:00:00Z", interval: DAY, groupBy: KEY }) { bucket } x: ledgerEntries(bucket: $b) { totalCount } }`, { b: "NOPE" });
+    const badBucket = await gql(
+      admin,
+      `query($b: BalanceBucket) { wallet { balances { bucket } } spendSeries(input: { from: "2026-11-01T00:00:00Z", to: "2026-11-02T00:00:00Z", interval: DAY, groupBy: KEY }) { bucket } x: ledgerEntries(bucket: $b) { totalCount } }`,
+      { b: "NOPE" },
+    );
     expect(badOrder.data ?? null).toBeNull();
     expect(codes(badOrder)).toEqual(["BAD_USER_INPUT"]);
     expect(codes(badBucket)).toEqual(["BAD_USER_INPUT"]);
@@ -314,7 +338,11 @@ describe("one connection type per node type", () => {
 
     const types = ["receipts", "failedRequests"].map((f) => fieldType("ApiKey", f));
     expect(types).toEqual(["ReceiptConnection!", "FailedRequestConnection!"]);
-    for (const [type, field] of [["Query", "failedRequests"], ["Project", "failedRequests"], ["Run", "failedRequests"]]) {
+    for (const [type, field] of [
+      ["Query", "failedRequests"],
+      ["Project", "failedRequests"],
+      ["Run", "failedRequests"],
+    ]) {
       expect(fieldType(type!, field!)).toBe("FailedRequestConnection!");
     }
     expect(fieldType("Project", "apiKeys")).toBe("ApiKeyConnection!");

@@ -45,7 +45,10 @@ function rawStream(secret: string, model: string) {
 
 function csvRows(text: string): Array<Record<string, string>> {
   // Test data has no quoted fields: a plain split is enough here (exports.db.test.ts checks the quoting).
-  const [header, ...lines] = text.trim().split("\r\n").map((l) => l.split(","));
+  const [header, ...lines] = text
+    .trim()
+    .split("\r\n")
+    .map((l) => l.split(","));
   return lines.map((l) => Object.fromEntries(header!.map((name, i) => [name, l[i]!])));
 }
 
@@ -122,14 +125,25 @@ describe("a settlement change leaves the old bucket's price behind", () => {
     const ids = [first, json].map((x) => x.response.headers.get("x-request-id")!).concat(String(stream.headers["x-request-id"]));
     const receipts = await h.database.prisma.receipt.findMany({ where: { requestId: { in: ids } } });
     const byRequest = (id: string) => receipts.find((x) => x.requestId === id)!;
-    expect([ids[0], ids[1], ids[2]].map((id) => { const x = byRequest(id!); return [x.bucket, x.currency, x.charge, x.priceSnapshotId === snapshot.id]; })).toEqual([
+    expect(
+      [ids[0], ids[1], ids[2]].map((id) => {
+        const x = byRequest(id!);
+        return [x.bucket, x.currency, x.charge, x.priceSnapshotId === snapshot.id];
+      }),
+    ).toEqual([
       ["CREDIT", "USD", USD_CHARGE, false],
       ["ROUTED", "CNY", CNY_CHARGE, true],
       ["ROUTED", "CNY", CNY_CHARGE, true],
     ]);
 
     // GraphQL: the receipt's charge and its price snapshot agree on the currency.
-    const gqlReceipts = await gqlOk<{ receipts: { edges: Array<{ node: { requestId: string; bucket: string; charge: { amount: string; currency: string }; priceSnapshot: { bucket: string; outputPerMillion: { amount: string; currency: string } } } }> } }>(
+    const gqlReceipts = await gqlOk<{
+      receipts: {
+        edges: Array<{
+          node: { requestId: string; bucket: string; charge: { amount: string; currency: string }; priceSnapshot: { bucket: string; outputPerMillion: { amount: string; currency: string } } };
+        }>;
+      };
+    }>(
       admin,
       `query($keyId: ID!) { receipts(filter: { keyId: $keyId }, first: 10) { edges { node { requestId bucket charge { amount currency } priceSnapshot { bucket outputPerMillion { amount currency } } } } } }`,
       { keyId: w.key.id },

@@ -59,11 +59,12 @@ describe("half-open probe slot", () => {
       { name: "backup", baseUrl: h.fake.url, upstreamModel: uid("backup"), price: ["1", "1"] },
     ]);
     const primaryChannel = r.channels.find((c) => c.name === "primary")!;
-    const ask = () => fetch(`${h.gw.url}/chat/completions`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${w.secret}`, "content-type": "application/json" },
-      body: JSON.stringify({ model, messages: [{ role: "user", content: "probe" }], max_tokens: 5 }),
-    });
+    const ask = () =>
+      fetch(`${h.gw.url}/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${w.secret}`, "content-type": "application/json" },
+        body: JSON.stringify({ model, messages: [{ role: "user", content: "probe" }], max_tokens: 5 }),
+      });
 
     h.fake.set(primary, { type: "status", status: 502 });
     for (let i = 0; i < 3; i++) expect((await ask()).headers.get("x-tokengate-channel")).toBe("backup");

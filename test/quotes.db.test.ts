@@ -186,8 +186,7 @@ describe("quoteRequest", () => {
     const other = await apiKey(w.viewer, w.project.id);
     const otherModel = uid("other-model");
     await route(w.viewer, w.org.id, otherModel, [{ name: "main", baseUrl: h.fake.url, upstreamModel: w.upstream, price: ["1", "1"] }]);
-    const send = (secret: string, quoteId: string, model = w.model) =>
-      refusal(client(secret, { "x-tokengate-quote": quoteId }).chat.completions.create({ model, messages: MESSAGES, max_tokens: 10 }));
+    const send = (secret: string, quoteId: string, model = w.model) => refusal(client(secret, { "x-tokengate-quote": quoteId }).chat.completions.create({ model, messages: MESSAGES, max_tokens: 10 }));
     const before = h.fake.requests.length;
 
     const cases: Array<[APIError, number, string]> = [

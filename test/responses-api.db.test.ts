@@ -65,7 +65,13 @@ describe("POST /v1/responses with the openai SDK", () => {
     const s = await setup();
     const before = await walletBucket(s.org.id, "CREDIT");
     const { data, response } = await s.client.responses
-      .create({ model: s.model, instructions: "Be brief.", input: "Say hello to the gateway", max_output_tokens: 64, some_future_field: { kept: true } } as OpenAI.Responses.ResponseCreateParamsNonStreaming)
+      .create({
+        model: s.model,
+        instructions: "Be brief.",
+        input: "Say hello to the gateway",
+        max_output_tokens: 64,
+        some_future_field: { kept: true },
+      } as OpenAI.Responses.ResponseCreateParamsNonStreaming)
       .withResponse();
     expect(data.output_text).toBe(DEFAULT_TEXT);
     const prompt = fakeResponsesPromptTokens({ instructions: "Be brief.", input: "Say hello to the gateway" });
@@ -154,7 +160,15 @@ describe("POST /v1/responses with the openai SDK", () => {
     const expected = 992n;
     expect(response.headers.get("x-tokengate-charge")).toBe(formatMoney(expected));
     const receipt = await receiptOf(response.headers.get("x-request-id")!);
-    expect(receipt).toMatchObject({ promptTokens: 1000, cachedPromptTokens: 900, completionTokens: 50, reasoningTokens: 20, upstreamCost: "0.00042", charge: expected, usageExceededReservation: false });
+    expect(receipt).toMatchObject({
+      promptTokens: 1000,
+      cachedPromptTokens: 900,
+      completionTokens: 50,
+      reasoningTokens: 20,
+      upstreamCost: "0.00042",
+      charge: expected,
+      usageExceededReservation: false,
+    });
     expect(receipt.ledgerEntry!.amount).toBe(-expected);
 
     // Every class visible: the receipt and its snapshot in GraphQL, spendSeries sums, the CSV export, /v1/models.
@@ -188,11 +202,19 @@ describe("POST /v1/responses with the openai SDK", () => {
     expect(series.spendSeries).toEqual([{ requests: 1, promptTokens: 1000, cachedPromptTokens: 900, completionTokens: 50, reasoningTokens: 20, spend: { amount: "0.000992" } }]);
     let csv = "";
     for await (const part of exportCsv(s.viewer, "receipts", { keyId: s.key.id })) csv += part;
-    const [header, row] = csv.trim().split(/\r?\n/).map((line) => line.split(","));
+    const [header, row] = csv
+      .trim()
+      .split(/\r?\n/)
+      .map((line) => line.split(","));
     const record = Object.fromEntries(header!.map((h, i) => [h, row![i]]));
     expect(record).toMatchObject({ promptTokens: "1000", cachedPromptTokens: "900", completionTokens: "50", reasoningTokens: "20", upstreamCost: "0.00042", charge: "0.000992" });
     const models = (await s.client.models.list()).data as unknown as Array<{ id: string; pricing: Record<string, string> }>;
-    expect(models.find((m) => m.id === s.model)!.pricing).toMatchObject({ input_per_million: "2.500000", cached_input_per_million: "0.250000", cache_write_per_million: "2.500000", output_per_million: "10.333333" });
+    expect(models.find((m) => m.id === s.model)!.pricing).toMatchObject({
+      input_per_million: "2.500000",
+      cached_input_per_million: "0.250000",
+      cache_write_per_million: "2.500000",
+      output_per_million: "10.333333",
+    });
   });
 
   it("a snapshot without a cached price charges as before classes existed (the cached tokens are still recorded); chat completions read prompt_tokens_details", async () => {

@@ -3,7 +3,7 @@
 // (audited; an exhausted run the new cap leaves room in is active again); totals, its ledger
 // entries, a root runs connection and a run filter on the ledger. Through the real passthrough.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import OpenAI, { APIError } from "openai";
+import OpenAI, { type APIError } from "openai";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";

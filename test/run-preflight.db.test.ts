@@ -6,7 +6,7 @@
 // are made through the real passthrough (openai SDK + fake upstream, x-run-id), and every expected
 // number is computed here from their stored receipts.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import OpenAI, { APIError } from "openai";
+import OpenAI, { type APIError } from "openai";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
@@ -70,11 +70,32 @@ type RunNumbers = ReturnType<typeof runNumbers>;
 /** The estimate's percentile points, expected from the sampled runs. */
 function expectedPoints(runs: RunNumbers[], currency = "USD") {
   const point = (p: number) => ({
-    calls: percentile(runs.map((r) => r.calls), p),
-    promptTokens: percentile(runs.map((r) => r.promptTokens), p),
-    completionTokens: percentile(runs.map((r) => r.completionTokens), p),
-    seconds: percentile(runs.map((r) => r.ms), p) / 1000,
-    cost: { amount: formatMoney(percentile(runs.map((r) => r.cost), p)), currency },
+    calls: percentile(
+      runs.map((r) => r.calls),
+      p,
+    ),
+    promptTokens: percentile(
+      runs.map((r) => r.promptTokens),
+      p,
+    ),
+    completionTokens: percentile(
+      runs.map((r) => r.completionTokens),
+      p,
+    ),
+    seconds:
+      percentile(
+        runs.map((r) => r.ms),
+        p,
+      ) / 1000,
+    cost: {
+      amount: formatMoney(
+        percentile(
+          runs.map((r) => r.cost),
+          p,
+        ),
+      ),
+      currency,
+    },
   });
   return { p10: point(0.1), p50: point(0.5), p90: point(0.9) };
 }
@@ -100,8 +121,7 @@ async function world(credit = "10") {
   const startRun = async (mode: string, runModel: string | null, cap?: string) =>
     (await gqlOk(admin, START, { input: { keyId: w.key.id, mode, model: runModel, ...(cap ? { cap } : {}) } })).startRun.id as string;
   const estimate = async (mode: string, forModel = model) => (await gqlOk(admin, ESTIMATE, { k: w.key.id, model: forModel, mode })).estimateRun;
-  const currentPrice = async (channelId: string): Promise<Price> =>
-    database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId }, orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }] });
+  const currentPrice = async (channelId: string): Promise<Price> => database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId }, orderBy: [{ validFrom: "desc" }, { createdAt: "desc" }] });
   return { ...w, model, other, routes, admin, call, startRun, estimate, currentPrice };
 }
 
@@ -149,9 +169,20 @@ describe("estimateRun from history", () => {
     // its runtime from the channel's measured latency (the runs left 41 receipts on it).
     const onChannel = await database.prisma.receipt.findMany({ where: { channelId: channel!.id } });
     expect(onChannel).toHaveLength(3 + 7 + 2 + 5 + 12 + 11 + 1);
-    const latency = percentile(onChannel.map((r) => r.latencyMs), 0.5);
+    const latency = percentile(
+      onChannel.map((r) => r.latencyMs),
+      0.5,
+    );
     const early = await w.estimate("STANDARD");
-    expect(early).toMatchObject({ basis: "PROFILE", basisRunCount: 0, secondsBasis: "ROUTE_LATENCY", latencySampleCount: 41, secondsPerCall: latency / 1000, estimatedCallsMin: 5, estimatedCallsMax: 10 });
+    expect(early).toMatchObject({
+      basis: "PROFILE",
+      basisRunCount: 0,
+      secondsBasis: "ROUTE_LATENCY",
+      latencySampleCount: 41,
+      secondsPerCall: latency / 1000,
+      estimatedCallsMin: 5,
+      estimatedCallsMax: 10,
+    });
     // Per call 4,000 × 1 + 1,500 × 10 = 19,000 µ.
     expect(early.p10).toEqual({ calls: 5, promptTokens: 20_000, completionTokens: 7_500, seconds: (5 * latency) / 1000, cost: usd(95_000n) });
     expect(early.p50).toEqual({ calls: 8, promptTokens: 32_000, completionTokens: 12_000, seconds: (8 * latency) / 1000, cost: usd(152_000n) });
@@ -198,9 +229,23 @@ describe("estimateRun from history", () => {
     });
     // One more call as dear as the dearest the sample made, at today's price.
     const dearest = sample.reduce((m, r) => (r.dearestCall > m ? r.dearestCall : m), 0n);
-    expect(estimate.minimumRecommendedBalance).toEqual(usd(percentile(sample.map((r) => r.cost), 0.9) + dearest));
+    expect(estimate.minimumRecommendedBalance).toEqual(
+      usd(
+        percentile(
+          sample.map((r) => r.cost),
+          0.9,
+        ) + dearest,
+      ),
+    );
     // Not the charges the runs paid (the price rose since).
-    expect(estimate.p90.cost).not.toEqual(usd(percentile(sample.map((r) => r.charged), 0.9)));
+    expect(estimate.p90.cost).not.toEqual(
+      usd(
+        percentile(
+          sample.map((r) => r.charged),
+          0.9,
+        ),
+      ),
+    );
 
     // Another model with no runs of its own: the mode across models (all six completed runs),
     // priced at that model's channel.
@@ -231,7 +276,10 @@ describe("estimateRun without history", () => {
     for (let i = 0; i < 3; i++) expect((await w.call({ prompt: 100, completion: 50, delayMs: 80 + 25 * i })).ok).toBe(true);
     const receipts = await database.prisma.receipt.findMany({ where: { channelId: channel!.id } });
     expect(receipts).toHaveLength(7);
-    const p50 = percentile(receipts.map((r) => r.latencyMs), 0.5);
+    const p50 = percentile(
+      receipts.map((r) => r.latencyMs),
+      0.5,
+    );
     expect(p50).toBeGreaterThan(0);
     const estimate = await w.estimate("QUICK");
     expect(estimate).toMatchObject({ basis: "PROFILE", basisRunCount: 0, secondsBasis: "ROUTE_LATENCY", latencySampleCount: 7, secondsPerCall: p50 / 1000 });

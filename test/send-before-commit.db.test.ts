@@ -94,10 +94,7 @@ describe("send before commit", () => {
       expect(receipts.length).toBe(answered.length);
       expect(receipts.reduce((sum, r) => sum + r.charge, 0n)).toBe(charged);
       expect(charged).toBeLessThanOrEqual(2_000n);
-      const [counter] = await database.sql.query<{ spent: string; held: string }>(
-        `SELECT spent::text, held::text FROM "SpendCounter" WHERE scope = 'KEY_DAILY' AND "scopeId" = $1`,
-        [w.key.id],
-      );
+      const [counter] = await database.sql.query<{ spent: string; held: string }>(`SELECT spent::text, held::text FROM "SpendCounter" WHERE scope = 'KEY_DAILY' AND "scopeId" = $1`, [w.key.id]);
       expect(BigInt(counter!.spent)).toBe(charged);
       expect(counter!.held).toBe("0");
     } finally {

@@ -25,26 +25,55 @@ const BUCKETS: Bucket[] = ["CREDIT", "ROUTED"];
 const CURRENCY = { CREDIT: "USD", ROUTED: "CNY" } as const;
 type Dimension = "KEY" | "PROJECT" | "MODEL" | "UPSTREAM_MODEL" | "ROUTE" | "CHANNEL" | "BUCKET" | "RUN" | "RUN_MODE" | "SETTLEMENT";
 type Stored = ReturnType<typeof stored> & { at: number };
-interface Filter { keyIds?: string[]; projectIds?: string[]; routeIds?: string[]; channelIds?: string[]; runIds?: string[]; models?: string[]; buckets?: Bucket[] }
+interface Filter {
+  keyIds?: string[];
+  projectIds?: string[];
+  routeIds?: string[];
+  channelIds?: string[];
+  runIds?: string[];
+  models?: string[];
+  buckets?: Bucket[];
+}
 
 /** Rows as the database holds them, with their instant. */
 const held = (s: Scene, base: number, rows: Row[]): Stored[] => rows.map((r) => ({ ...stored(s, r), at: base + r.at }));
 
 const dimension = (v: Stored, d: Dimension): string | null =>
   ({
-    KEY: v.keyId, PROJECT: v.projectId, MODEL: v.model, UPSTREAM_MODEL: v.upstreamModel, ROUTE: v.routeId, CHANNEL: v.channelId,
-    BUCKET: v.bucket, RUN: v.runId, RUN_MODE: v.runMode, SETTLEMENT: v.bucket === "CREDIT" ? "OFFICIAL" : v.bucket === "ROUTED" ? "ROUTED" : null,
+    KEY: v.keyId,
+    PROJECT: v.projectId,
+    MODEL: v.model,
+    UPSTREAM_MODEL: v.upstreamModel,
+    ROUTE: v.routeId,
+    CHANNEL: v.channelId,
+    BUCKET: v.bucket,
+    RUN: v.runId,
+    RUN_MODE: v.runMode,
+    SETTLEMENT: v.bucket === "CREDIT" ? "OFFICIAL" : v.bucket === "ROUTED" ? "ROUTED" : null,
   })[d];
 
 function matches(v: Stored, filter: Filter): boolean {
   const pairs: Array<[string[] | undefined, string | null]> = [
-    [filter.keyIds, v.keyId], [filter.projectIds, v.projectId], [filter.routeIds, v.routeId], [filter.channelIds, v.channelId],
-    [filter.runIds, v.runId], [filter.models, v.model], [filter.buckets, v.bucket],
+    [filter.keyIds, v.keyId],
+    [filter.projectIds, v.projectId],
+    [filter.routeIds, v.routeId],
+    [filter.channelIds, v.channelId],
+    [filter.runIds, v.runId],
+    [filter.models, v.model],
+    [filter.buckets, v.bucket],
   ];
   return pairs.every(([list, value]) => list === undefined || (value !== null && list.includes(value)));
 }
 
-interface Sums { spend: Record<Bucket, bigint>; failedCharge: Record<Bucket, bigint>; requests: number; failedRequests: number; promptTokens: number; completionTokens: number; cachedPromptTokens: number }
+interface Sums {
+  spend: Record<Bucket, bigint>;
+  failedCharge: Record<Bucket, bigint>;
+  requests: number;
+  failedRequests: number;
+  promptTokens: number;
+  completionTokens: number;
+  cachedPromptTokens: number;
+}
 const zero = (): Sums => ({ spend: { CREDIT: 0n, ROUTED: 0n }, failedCharge: { CREDIT: 0n, ROUTED: 0n }, requests: 0, failedRequests: 0, promptTokens: 0, completionTokens: 0, cachedPromptTokens: 0 });
 function add(s: Sums, v: Stored): void {
   if (v.failed) {
@@ -156,9 +185,18 @@ function expected(s: Scene, rows: Stored[], q: { from: number; to: number; start
       other: true,
       groupCount: rest.length,
       group: null as unknown as ReturnType<typeof asGroup>,
-      total: asGql(rest.reduce((a, [, g]) => plus(a, g.total), zero()), buckets),
+      total: asGql(
+        rest.reduce((a, [, g]) => plus(a, g.total), zero()),
+        buckets,
+      ),
       previous: q.compare ? asGql(previousRest, buckets) : null,
-      points: q.starts.map((t, i) => ({ bucketStart: new Date(t).toISOString(), ...asGql(rest.reduce((a, [, g]) => plus(a, g.points[i]!), zero()), buckets) })),
+      points: q.starts.map((t, i) => ({
+        bucketStart: new Date(t).toISOString(),
+        ...asGql(
+          rest.reduce((a, [, g]) => plus(a, g.points[i]!), zero()),
+          buckets,
+        ),
+      })),
     });
   }
   const totals = ranked.reduce((a, [, g]) => plus(a, g.total), zero());
@@ -175,8 +213,9 @@ function expected(s: Scene, rows: Stored[], q: { from: number; to: number; start
 }
 
 const report = (secret: string, input: Record<string, unknown>) =>
-  gqlOk<{ spendAnalytics: Record<string, unknown> & { series: Array<Record<string, unknown>> } }>(secret, `query($input: SpendAnalyticsInput!) { spendAnalytics(input: $input) { ${REPORT} } }`, { input })
-    .then((d) => d.spendAnalytics);
+  gqlOk<{ spendAnalytics: Record<string, unknown> & { series: Array<Record<string, unknown>> } }>(secret, `query($input: SpendAnalyticsInput!) { spendAnalytics(input: $input) { ${REPORT} } }`, {
+    input,
+  }).then((d) => d.spendAnalytics);
 
 /** Asia/Shanghai is UTC+8 all year (no DST since 1991): local midnight is 16:00 UTC. */
 const SHANGHAI = 8 * HOUR;
@@ -200,8 +239,15 @@ describe("spendAnalytics against the rows", () => {
     const cases: Array<{ groupBy: Dimension[]; filter?: Filter; top?: number; rankBy?: Bucket; compare?: boolean }> = [
       { groupBy: ["KEY", "MODEL"], top: 2, compare: true },
       { groupBy: ["KEY", "MODEL"], top: 3, rankBy: "ROUTED" },
-      { groupBy: ["PROJECT", "CHANNEL", "RUN_MODE", "SETTLEMENT", "UPSTREAM_MODEL"], filter: { keyIds: [s.keys[0]!.id, s.keys[1]!.id], channelIds: [r0.channels[0]!.id, r0.channels[1]!.id, r1.channels[1]!.id] } },
-      { groupBy: ["ROUTE", "RUN", "BUCKET"], filter: { models: [r1.model], buckets: ["ROUTED"], runIds: s.runs.map((r) => r.id), projectIds: [s.keys[0]!.projectId], routeIds: [r1.id] }, compare: true },
+      {
+        groupBy: ["PROJECT", "CHANNEL", "RUN_MODE", "SETTLEMENT", "UPSTREAM_MODEL"],
+        filter: { keyIds: [s.keys[0]!.id, s.keys[1]!.id], channelIds: [r0.channels[0]!.id, r0.channels[1]!.id, r1.channels[1]!.id] },
+      },
+      {
+        groupBy: ["ROUTE", "RUN", "BUCKET"],
+        filter: { models: [r1.model], buckets: ["ROUTED"], runIds: s.runs.map((r) => r.id), projectIds: [s.keys[0]!.projectId], routeIds: [r1.id] },
+        compare: true,
+      },
       { groupBy: [], top: 1 },
     ];
     for (const c of cases) {
@@ -240,7 +286,10 @@ describe("spendAnalytics against the rows", () => {
     for (let t = weekStart(start); t < to; t += 7 * DAY) weeks.push(t);
     expect(new Date(weeks[1]! + SHANGHAI).getUTCDay()).toBe(1);
     const months = [Date.UTC(2026, 4, 1) - SHANGHAI, Date.UTC(2026, 5, 1) - SHANGHAI];
-    for (const [interval, starts] of [["WEEK", weeks], ["MONTH", months]] as const) {
+    for (const [interval, starts] of [
+      ["WEEK", weeks],
+      ["MONTH", months],
+    ] as const) {
       const want = expected(s, all, { from: start, to, starts, groupBy: ["BUCKET"] });
       const got = await report(admin, { from: new Date(start).toISOString(), to: new Date(to).toISOString(), interval, timeZone: "Asia/Shanghai", groupBy: ["BUCKET"] });
       const { rawTotals, ...shape } = want;
@@ -252,13 +301,30 @@ describe("spendAnalytics against the rows", () => {
   it("an America/New_York DST day has 23 hourly points (a fall-back day 25), and its DAY buckets are 24, 23 and 24 hours", async () => {
     const s = await scene(database);
     const admin = await token("ORG_ADMIN", s.orgId);
-    for (const [dayStart, hours] of [[Date.UTC(2026, 2, 8, 5), 23], [Date.UTC(2026, 10, 1, 4), 25]] as const) {
+    for (const [dayStart, hours] of [
+      [Date.UTC(2026, 2, 8, 5), 23],
+      [Date.UTC(2026, 10, 1, 4), 25],
+    ] as const) {
       // Two requests in every UTC hour of the local day, and a day either side.
       const rows: Row[] = [];
       for (let h = -24; h < hours + 24; h++) {
         for (const [i, minute] of [7, 41].entries()) {
-          rows.push({ failed: i === 1 && h % 3 === 0, key: h & 1 ? 1 : 0, route: 0, channel: 0, run: null, anonymous: false, bucket: "CREDIT", uncharged: "bucket",
-            charge: i === 1 && h % 3 === 0 ? 0 : 1000 + h * 10 + i, prompt: 10, completion: 5, cached: 0, latencyMs: 50 + h, at: (h + 24) * HOUR + minute * 60_000 });
+          rows.push({
+            failed: i === 1 && h % 3 === 0,
+            key: h & 1 ? 1 : 0,
+            route: 0,
+            channel: 0,
+            run: null,
+            anonymous: false,
+            bucket: "CREDIT",
+            uncharged: "bucket",
+            charge: i === 1 && h % 3 === 0 ? 0 : 1000 + h * 10 + i,
+            prompt: 10,
+            completion: 5,
+            cached: 0,
+            latencyMs: 50 + h,
+            at: (h + 24) * HOUR + minute * 60_000,
+          });
         }
       }
       await write(database, s, dayStart - DAY, rows, true);
@@ -391,7 +457,15 @@ describe("spendSeries (API.md's call shape)", () => {
       WEEK: (t: number) => Date.UTC(2026, 7, 3) + Math.floor((t - Date.UTC(2026, 7, 3)) / (7 * DAY)) * 7 * DAY,
       MINUTE: (t: number) => Math.floor(t / 60_000) * 60_000,
     };
-    const cases = [["DAY", "KEY"], ["DAY", "MODEL"], ["DAY", "BUCKET"], ["DAY", "PROJECT"], ["DAY", "ROUTE"], ["WEEK", "KEY"], ["MINUTE", "MODEL"]] as const;
+    const cases = [
+      ["DAY", "KEY"],
+      ["DAY", "MODEL"],
+      ["DAY", "BUCKET"],
+      ["DAY", "PROJECT"],
+      ["DAY", "ROUTE"],
+      ["WEEK", "KEY"],
+      ["MINUTE", "MODEL"],
+    ] as const;
     const picks = { KEY: (v: Stored) => v.keyId, MODEL: (v: Stored) => v.model, BUCKET: (v: Stored) => v.bucket, PROJECT: (v: Stored) => v.projectId, ROUTE: (v: Stored) => v.routeId };
     for (const [interval, groupBy] of cases) {
       const pick = picks[groupBy];
@@ -408,7 +482,9 @@ describe("spendSeries (API.md's call shape)", () => {
         e.completionTokens += v.completion;
         want.set(k, e);
       }
-      const got = await gqlOk<{ spendSeries: Array<{ bucketStart: string; group: string; bucket: string; spend: { amount: string; currency: string }; requests: number; promptTokens: number; completionTokens: number }> }>(
+      const got = await gqlOk<{
+        spendSeries: Array<{ bucketStart: string; group: string; bucket: string; spend: { amount: string; currency: string }; requests: number; promptTokens: number; completionTokens: number }>;
+      }>(
         admin,
         `{ spendSeries(input: { from: "${new Date(start).toISOString()}", to: "${new Date(start + 2 * DAY).toISOString()}", interval: ${interval}, groupBy: ${groupBy} }) { bucketStart group bucket spend { amount currency } requests promptTokens completionTokens } }`,
       );

@@ -23,7 +23,7 @@ const write = (s: Scene, rows: Row[], batch: boolean) => writeRows(database, s, 
 const scene = () => spendScene(database);
 
 /** A filter list in about one query of four (absent otherwise). */
-const sometimes = <T,>(arb: fc.Arbitrary<T>) => fc.oneof({ arbitrary: fc.constant(undefined), weight: 3 }, { arbitrary: arb, weight: 1 });
+const sometimes = <T>(arb: fc.Arbitrary<T>) => fc.oneof({ arbitrary: fc.constant(undefined), weight: 3 }, { arbitrary: arb, weight: 1 });
 
 const GRAINS = [
   { table: "SpendRollupHourly", unit: "hour" },
@@ -36,7 +36,9 @@ async function compareWithRawRows(orgId: string, grain: (typeof GRAINS)[number] 
   const GROUP_COLUMNS = `"organizationId", ${grain.unit} AS at, ${DIMENSIONS}`;
   const SUMS = `spend, requests, "promptTokens", "completionTokens", "cachedPromptTokens", "failedRequests", "failedCharge"`;
   const rollups = await database.sql.query<Record<string, unknown>>(
-    `SELECT ${GROUP_COLUMNS}, ${SUMS.split(", ").map((c) => `${c}::text`).join(", ")}
+    `SELECT ${GROUP_COLUMNS}, ${SUMS.split(", ")
+      .map((c) => `${c}::text`)
+      .join(", ")}
        FROM "${grain.table}" WHERE "organizationId" = $1 AND (requests <> 0 OR "failedRequests" <> 0) ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11`,
     [orgId],
   );
@@ -125,7 +127,7 @@ describe("spend rollups", () => {
             const unit = { none: 1, hour: 3_600_000, day: 86_400_000 }[q.align];
             const from = Math.floor(q.fromMs / unit) * unit;
             const to = Math.max(Math.ceil((from + q.spanMs) / unit) * unit, from + 1);
-            const pick = <T,>(all: T[], picked: number[] | undefined) => (picked === undefined ? null : picked.map((i) => all[i]!));
+            const pick = <T>(all: T[], picked: number[] | undefined) => (picked === undefined ? null : picked.map((i) => all[i]!));
             const input: SpendReportInput = {
               organizationId: s.orgId,
               from: new Date(BASE + from),
@@ -134,12 +136,27 @@ describe("spend rollups", () => {
               timeZone: q.timeZone,
               groupBy: q.groupBy as SpendDimension[],
               filter: {
-                keyIds: pick(s.keys.map((k) => k.id), q.keys),
+                keyIds: pick(
+                  s.keys.map((k) => k.id),
+                  q.keys,
+                ),
                 projectIds: pick([...new Set(s.keys.map((k) => k.projectId))], q.projects),
-                routeIds: pick(s.routes.map((r) => r.id), q.routes),
-                channelIds: pick(s.routes.flatMap((r) => r.channels.map((c) => c.id)), q.channels),
-                runIds: pick(s.runs.map((r) => r.id), q.runs),
-                models: pick(s.routes.map((r) => r.model), q.models),
+                routeIds: pick(
+                  s.routes.map((r) => r.id),
+                  q.routes,
+                ),
+                channelIds: pick(
+                  s.routes.flatMap((r) => r.channels.map((c) => c.id)),
+                  q.channels,
+                ),
+                runIds: pick(
+                  s.runs.map((r) => r.id),
+                  q.runs,
+                ),
+                models: pick(
+                  s.routes.map((r) => r.model),
+                  q.models,
+                ),
                 buckets: q.buckets ?? null,
               },
               top: q.top ?? null,
@@ -162,10 +179,26 @@ describe("spend rollups", () => {
 
   it("follow updates and deletes of the summarized rows", async () => {
     const s = await scene();
-    await write(s, Array.from({ length: 12 }, (_, i) => ({
-      failed: i % 3 === 0, key: i % 3, route: i % 2, channel: i % 2, run: i % 4 === 0 ? null : i % 2, anonymous: false, bucket: i % 2 ? "ROUTED" : "CREDIT",
-      uncharged: "bucket", charge: 1000 + i, prompt: 10 * i, completion: i, cached: i, latencyMs: 100 + i, at: i * 1_800_000,
-    })), true);
+    await write(
+      s,
+      Array.from({ length: 12 }, (_, i) => ({
+        failed: i % 3 === 0,
+        key: i % 3,
+        route: i % 2,
+        channel: i % 2,
+        run: i % 4 === 0 ? null : i % 2,
+        anonymous: false,
+        bucket: i % 2 ? "ROUTED" : "CREDIT",
+        uncharged: "bucket",
+        charge: 1000 + i,
+        prompt: 10 * i,
+        completion: i,
+        cached: i,
+        latencyMs: 100 + i,
+        at: i * 1_800_000,
+      })),
+      true,
+    );
     await database.sql.query(`UPDATE "Receipt" SET charge = charge + 7, "createdAt" = "createdAt" + interval '5 hours' WHERE "organizationId" = $1 AND "promptTokens" < 60`, [s.orgId]);
     await database.sql.query(`UPDATE "FailedRequest" SET charge = 0 WHERE "organizationId" = $1 AND "promptTokens" = 30`, [s.orgId]);
     await database.sql.query(`DELETE FROM "Receipt" WHERE "organizationId" = $1 AND "promptTokens" > 90`, [s.orgId]);
@@ -180,7 +213,11 @@ describe("spend rollups", () => {
 
   it("are what spendSeries reads for whole days and whole hours", async () => {
     const s = await scene();
-    await write(s, [{ failed: false, key: 0, route: 0, channel: 0, run: null, anonymous: false, bucket: "CREDIT", uncharged: "none", charge: 5_000, prompt: 1, completion: 1, cached: 0, latencyMs: 5, at: 90_000 }], false);
+    await write(
+      s,
+      [{ failed: false, key: 0, route: 0, channel: 0, run: null, anonymous: false, bucket: "CREDIT", uncharged: "none", charge: 5_000, prompt: 1, completion: 1, cached: 0, latencyMs: 5, at: 90_000 }],
+      false,
+    );
     const byDay: SpendSeriesInput = { organizationId: s.orgId, from: new Date(BASE), to: new Date(BASE + 86_400_000), interval: "DAY", groupBy: "BUCKET" };
     const byHour: SpendSeriesInput = { ...byDay, interval: "HOUR" };
     expect((await spendSeries(byDay)).map((p) => p.spend)).toEqual([5_000n]);

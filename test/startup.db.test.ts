@@ -40,7 +40,10 @@ async function start(env: Record<string, string>): Promise<Started> {
   const deadline = Date.now() + 60_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`server exited early:\n${output}`);
-    const ok = await fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.status === 200, () => false);
+    const ok = await fetch(`http://127.0.0.1:${port}/healthz`).then(
+      (r) => r.status === 200,
+      () => false,
+    );
     if (ok) return { child, port, output: () => output };
     if (Date.now() > deadline) throw new Error(`no /healthz within 60 s:\n${output}`);
     await new Promise((r) => setTimeout(r, 200));

@@ -102,7 +102,9 @@ afterAll(async () => {
 });
 
 /** Every id (and request id) of rows the role may not read: the other organization's, and for a project viewer its sibling project's. */
-async function foreignIds(role: AdminRole): Promise<{ organizationId: string[]; projectId: string[]; keyId: string[]; routeId: string[]; channelId: string[]; runId: string[]; requestId: string[]; all: string[] }> {
+async function foreignIds(
+  role: AdminRole,
+): Promise<{ organizationId: string[]; projectId: string[]; keyId: string[]; routeId: string[]; channelId: string[]; runId: string[]; requestId: string[]; all: string[] }> {
   const [a, b] = tenants as [Tenant, Tenant];
   if (role === "PLATFORM_ADMIN") return { organizationId: [], projectId: [], keyId: [], routeId: [], channelId: [], runId: [], requestId: [], all: [] };
   const p = database.prisma;
@@ -163,11 +165,17 @@ const CASES: Record<string, { query: string; args: Array<{ variable: IdKind; typ
   apiKeys: { query: `query($projectId: ID) { apiKeys(projectId: $projectId) { ${CONNECTION} } }`, args: [{ variable: "projectId", type: "ID" }] },
   auditEntries: {
     query: `query($keyId: ID, $projectId: ID) { a: auditEntries(targetId: $keyId) { ${CONNECTION} } b: auditEntries(targetId: $projectId) { ${CONNECTION} } }`,
-    args: [{ variable: "keyId", type: "ID" }, { variable: "projectId", type: "ID" }],
+    args: [
+      { variable: "keyId", type: "ID" },
+      { variable: "projectId", type: "ID" },
+    ],
   },
   budgetAlerts: {
     query: `query($organizationId: ID, $projectId: ID) { budgetAlerts(filter: { organizationId: $organizationId, projectId: $projectId }) { ${CONNECTION} } }`,
-    args: [{ variable: "organizationId", type: "ID" }, { variable: "projectId", type: "ID" }],
+    args: [
+      { variable: "organizationId", type: "ID" },
+      { variable: "projectId", type: "ID" },
+    ],
   },
   channelHealthEvents: {
     query: `query($organizationId: ID, $routeId: ID, $channelId: ID) { channelHealthEvents(filter: { organizationId: $organizationId, routeId: $routeId, channelId: $channelId }) { ${CONNECTION} } }`,
@@ -188,7 +196,10 @@ const CASES: Record<string, { query: string; args: Array<{ variable: IdKind; typ
   organizations: { query: `{ organizations { id projects { ${CONNECTION} } } }`, args: [] },
   priceSnapshots: {
     query: `query($channelId: ID, $routeId: ID) { priceSnapshots(channelId: $channelId, routeId: $routeId) { ${CONNECTION} } }`,
-    args: [{ variable: "channelId", type: "ID" }, { variable: "routeId", type: "ID" }],
+    args: [
+      { variable: "channelId", type: "ID" },
+      { variable: "routeId", type: "ID" },
+    ],
   },
   project: { query: `query($projectId: ID!) { project(id: $projectId) { id apiKeys { ${CONNECTION} } } }`, args: [{ variable: "projectId", type: "ID!" }] },
   projects: { query: `{ projects { ${CONNECTION} } }`, args: [] },
@@ -215,7 +226,10 @@ const CASES: Record<string, { query: string; args: Array<{ variable: IdKind; typ
         series { group { key { id } project { id } route { id } channel { id } run { id } } points { requests failedRequests } } } }`,
     args: [{ variable: "organizationId", type: "ID" }, ...["keyId", "projectId", "routeId", "channelId", "runId"].map((v) => ({ variable: v as IdKind, type: "[ID!]" }))],
   },
-  wallet: { query: `query($organizationId: ID) { wallet(organizationId: $organizationId) { id organization { id } balances { bucket balance { amount } } } }`, args: [{ variable: "organizationId", type: "ID" }] },
+  wallet: {
+    query: `query($organizationId: ID) { wallet(organizationId: $organizationId) { id organization { id } balances { bucket balance { amount } } } }`,
+    args: [{ variable: "organizationId", type: "ID" }],
+  },
 };
 
 /** Fields a platform token may find empty for another organization's ids: no audit / ledger rows name them, and spendSeries / spendAnalytics are asked in the default organization. */
@@ -252,19 +266,27 @@ describe("every root query field, per role", () => {
         }
         for (const arg of c.args) {
           // Platform tokens see everything: the other organization's ids are asked to prove they find rows.
-          const ids = role === "PLATFORM_ADMIN" ? { keyId: b.keys.map((k) => k.id), projectId: b.projects.map((p) => p.id), organizationId: [b.org.id], routeId: [b.route.id], channelId: [b.channelId], runId: [], requestId: [] }[arg.variable] : foreign[arg.variable];
+          const ids =
+            role === "PLATFORM_ADMIN"
+              ? { keyId: b.keys.map((k) => k.id), projectId: b.projects.map((p) => p.id), organizationId: [b.org.id], routeId: [b.route.id], channelId: [b.channelId], runId: [], requestId: [] }[
+                  arg.variable
+                ]
+              : foreign[arg.variable];
           for (const id of ids.slice(0, 2)) {
             const unknown = randomUUID();
             const real = await gql(secret, c.query, { [arg.variable]: id });
             const none = await gql(secret, c.query, { [arg.variable]: unknown });
             asked++;
-            for (const e of [...(real.errors ?? []), ...(none.errors ?? [])]) if (!OK_CODES.test(e.extensions?.code ?? "")) mismatches.push(`${field}(${arg.variable}): ${e.extensions?.code} ${e.message}`);
+            for (const e of [...(real.errors ?? []), ...(none.errors ?? [])])
+              if (!OK_CODES.test(e.extensions?.code ?? "")) mismatches.push(`${field}(${arg.variable}): ${e.extensions?.code} ${e.message}`);
             if (role === "PLATFORM_ADMIN") {
               // Non-vacuous: the platform token finds what the others must not.
-              if (normalize(real, [id]) === normalize(none, [unknown]) && !PLATFORM_MAY_FIND_NOTHING.has(field)) mismatches.push(`platform: ${field}(${arg.variable}) found nothing for an existing id`);
+              if (normalize(real, [id]) === normalize(none, [unknown]) && !PLATFORM_MAY_FIND_NOTHING.has(field))
+                mismatches.push(`platform: ${field}(${arg.variable}) found nothing for an existing id`);
               continue;
             }
-            if (normalize(real, [id]) !== normalize(none, [unknown])) mismatches.push(`${field}(${arg.variable}: ${id}) ${normalize(real, [id]).slice(0, 160)} ≠ unknown id ${normalize(none, [unknown]).slice(0, 160)}`);
+            if (normalize(real, [id]) !== normalize(none, [unknown]))
+              mismatches.push(`${field}(${arg.variable}: ${id}) ${normalize(real, [id]).slice(0, 160)} ≠ unknown id ${normalize(none, [unknown]).slice(0, 160)}`);
             const text = visibleText(real);
             for (const other of foreign.all) if (other !== id && text.includes(other)) mismatches.push(`${field}(${arg.variable}) shows ${other}`);
           }
@@ -305,7 +327,8 @@ describe("CSV exports, per role", () => {
             const real = await get(secret, kind, { [param]: id });
             const none = await get(secret, kind, { [param]: unknown });
             expect(real.status).not.toBe(500);
-            if (normalize(real, [id]) !== normalize(none, [unknown])) mismatches.push(`${kind}.csv?${param}=${id}: ${real.status} ${real.body.slice(0, 200)} ≠ ${none.status} ${none.body.slice(0, 200)}`);
+            if (normalize(real, [id]) !== normalize(none, [unknown]))
+              mismatches.push(`${kind}.csv?${param}=${id}: ${real.status} ${real.body.slice(0, 200)} ≠ ${none.status} ${none.body.slice(0, 200)}`);
           }
         }
       }

@@ -20,7 +20,16 @@ describe("reading usage", () => {
         completion_tokens_details: { reasoning_tokens: 20, audio_tokens: 5 },
         cost: 0.00042,
       }),
-    ).toEqual({ promptTokens: 1000, completionTokens: 50, cachedPromptTokens: 900, cacheWriteTokens: 40, audioPromptTokens: 3, reasoningTokens: 20, audioCompletionTokens: 5, upstreamCost: "0.00042" });
+    ).toEqual({
+      promptTokens: 1000,
+      completionTokens: 50,
+      cachedPromptTokens: 900,
+      cacheWriteTokens: 40,
+      audioPromptTokens: 3,
+      reasoningTokens: 20,
+      audioCompletionTokens: 5,
+      upstreamCost: "0.00042",
+    });
   });
 
   it("the Responses API shape; DeepSeek's prompt_cache_hit_tokens", () => {
@@ -60,7 +69,9 @@ describe("charging by class", () => {
     expect(classCharge(price, { promptTokens: 2, completionTokens: 1, cachedPromptTokens: 1 })).toBe(15n);
     const all = { ...BASE, cachedInputPerMillion: 250_000n, cacheWritePerMillion: 3_125_000n, audioInputPerMillion: 40_000_000n, audioOutputPerMillion: 80_000_000n };
     const usage = { promptTokens: 1000, completionTokens: 100, cachedPromptTokens: 500, cacheWriteTokens: 200, audioPromptTokens: 100, audioCompletionTokens: 40 };
-    expect(classCharge(all, usage)).toBe(tokenCharge(200, 2_500_000n) + tokenCharge(500, 250_000n) + tokenCharge(200, 3_125_000n) + tokenCharge(100, 40_000_000n) + tokenCharge(60, 10_333_333n) + tokenCharge(40, 80_000_000n));
+    expect(classCharge(all, usage)).toBe(
+      tokenCharge(200, 2_500_000n) + tokenCharge(500, 250_000n) + tokenCharge(200, 3_125_000n) + tokenCharge(100, 40_000_000n) + tokenCharge(60, 10_333_333n) + tokenCharge(40, 80_000_000n),
+    );
   });
 
   it("a snapshot without class prices charges exactly requestCharge, whatever classes the upstream reports", () => {

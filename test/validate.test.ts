@@ -37,7 +37,21 @@ describe("validateRequest", () => {
 
   it("names nested params the way OpenAI does", () => {
     const e = refusal(() =>
-      validateRequest("/v1/chat/completions", chat({ messages: [{ role: "user", content: [{ type: "text", text: "a" }, { type: "image_url", image_url: { url: 5 } }] }] }), undefined),
+      validateRequest(
+        "/v1/chat/completions",
+        chat({
+          messages: [
+            {
+              role: "user",
+              content: [
+                { type: "text", text: "a" },
+                { type: "image_url", image_url: { url: 5 } },
+              ],
+            },
+          ],
+        }),
+        undefined,
+      ),
     );
     expect(e).toMatchObject({ param: "messages[0].content[1].image_url.url", code: "invalid_type" });
   });
@@ -45,11 +59,29 @@ describe("validateRequest", () => {
 
 describe("generated bodies (seeded): validation, counting and bounds only ever refuse with a GatewayError", () => {
   const part = fc.oneof(
-    fc.record({ type: fc.constantFrom("text", "image_url", "input_audio", "file", "refusal", "x"), text: fc.anything(), image_url: fc.oneof(fc.anything(), fc.record({ url: fc.oneof(fc.string(), fc.constant("data:image/png;base64,iVBORw0KGgo=")), detail: fc.anything() })), input_audio: fc.anything(), file: fc.anything() }, { requiredKeys: ["type"] }),
+    fc.record(
+      {
+        type: fc.constantFrom("text", "image_url", "input_audio", "file", "refusal", "x"),
+        text: fc.anything(),
+        image_url: fc.oneof(fc.anything(), fc.record({ url: fc.oneof(fc.string(), fc.constant("data:image/png;base64,iVBORw0KGgo=")), detail: fc.anything() })),
+        input_audio: fc.anything(),
+        file: fc.anything(),
+      },
+      { requiredKeys: ["type"] },
+    ),
     fc.anything(),
   );
   const message = fc.oneof(
-    fc.record({ role: fc.oneof(fc.constantFrom("system", "developer", "user", "assistant", "tool", "function"), fc.anything()), content: fc.oneof(fc.string(), fc.array(part, { maxLength: 4 }), fc.anything()), name: fc.anything(), tool_call_id: fc.anything(), tool_calls: fc.anything() }, { requiredKeys: ["role"] }),
+    fc.record(
+      {
+        role: fc.oneof(fc.constantFrom("system", "developer", "user", "assistant", "tool", "function"), fc.anything()),
+        content: fc.oneof(fc.string(), fc.array(part, { maxLength: 4 }), fc.anything()),
+        name: fc.anything(),
+        tool_call_id: fc.anything(),
+        tool_calls: fc.anything(),
+      },
+      { requiredKeys: ["role"] },
+    ),
     fc.anything(),
   );
   const body = fc.record(

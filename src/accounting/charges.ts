@@ -56,14 +56,7 @@ export function usageCharge(price: Price, usage: TokenUsage, held: bigint): { ch
  * their totals at the input / output price (their records keep no token classes; a failure's usage
  * is mostly counted here, not reported).
  */
-export function failedRequestCharge(
-  cause: FailureCause,
-  policy: FailedChargePolicy | null,
-  usage: TokenUsage | null,
-  price: Price | null,
-  held: bigint | null,
-  billed = false,
-): bigint {
+export function failedRequestCharge(cause: FailureCause, policy: FailedChargePolicy | null, usage: TokenUsage | null, price: Price | null, held: bigint | null, billed = false): bigint {
   const applied = cause === "CLIENT_CLOSED" || billed ? "FULL_USAGE" : (policy ?? "NEVER");
   if (!usage || !price || held === null || applied === "NEVER") return 0n;
   const charge = applied === "PROMPT_TOKENS" ? tokenCharge(usage.promptTokens, price.inputPerMillion) : requestCharge(price, usage.promptTokens, usage.completionTokens);

@@ -193,31 +193,18 @@ async function resolveHold(
 }
 
 /** Turns a hold into the actual charge (capped at the hold), writes the CHARGE entry linked to the receipt, releases the rest. */
-export function settle(
-  holdId: string,
-  charge: bigint,
-  links: { receiptId?: string | null; now?: Date } = {},
-  client: SqlClient = db,
-): Promise<Resolution> {
+export function settle(holdId: string, charge: bigint, links: { receiptId?: string | null; now?: Date } = {}, client: SqlClient = db): Promise<Resolution> {
   return resolveHold(holdId, charge, "SETTLED", links, client);
 }
 
 /** Drops a hold, optionally charging part of it (a failed request under its key's charge policy). */
-export function release(
-  holdId: string,
-  charge = 0n,
-  links: { failedRequestId?: string | null; now?: Date } = {},
-  client: SqlClient = db,
-): Promise<Resolution> {
+export function release(holdId: string, charge = 0n, links: { failedRequestId?: string | null; now?: Date } = {}, client: SqlClient = db): Promise<Resolution> {
   return resolveHold(holdId, charge, "RELEASED", links, client);
 }
 
 /** Releases holds whose TTL passed: a crashed process never locks budget for longer than the TTL. */
 export async function expireHolds(now = new Date(), client: SqlClient = db): Promise<number> {
-  const rows = await client.$queryRawUnsafe<{ n: number }[]>(
-    `SELECT tg_expire_holds($1::timestamptz AT TIME ZONE 'UTC') AS n`,
-    utc(now),
-  );
+  const rows = await client.$queryRawUnsafe<{ n: number }[]>(`SELECT tg_expire_holds($1::timestamptz AT TIME ZONE 'UTC') AS n`, utc(now));
   return Number(rows[0]!.n);
 }
 

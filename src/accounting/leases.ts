@@ -101,8 +101,7 @@ export interface LeasePoolOptions {
 const REFUSAL_MEMORY_MS = 25;
 
 const keyOf = (k: LeaseKey) => `${k.bucketId}|${k.scope}|${k.scopeId}|${k.windowStart.toISOString()}`;
-const scopeOfRefusal = (refusal: LeaseRefusal): LeaseScopeName =>
-  refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal === "RUN_PAUSED" || refusal === "RUN_CANCELLED" ? "RUN_TOTAL" : refusal;
+const scopeOfRefusal = (refusal: LeaseRefusal): LeaseScopeName => (refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal === "RUN_PAUSED" || refusal === "RUN_CANCELLED" ? "RUN_TOTAL" : refusal);
 
 /** The leases a request needs: the bucket's balance and every counter scope that applies to it. */
 export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "projectId" | "routeId" | "runId" | "channelId">, now: Date): LeaseKey[] {

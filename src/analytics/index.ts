@@ -96,7 +96,10 @@ function spendSource(plan: ReturnType<typeof planRanges>, params: unknown[]): st
                        1, "promptTokens", "completionTokens", 0, 0, 0, 0, 0
                   FROM "FailedRequest" WHERE "organizationId" = $1 AND bucket IS NOT NULL AND charge > 0 AND (${ranges(`"createdAt"`, plan.raw)})`);
   }
-  for (const [table, column, list] of [["SpendRollupHourly", "hour", plan.hours], ["SpendRollupDaily", "day", plan.days]] as const) {
+  for (const [table, column, list] of [
+    ["SpendRollupHourly", "hour", plan.hours],
+    ["SpendRollupDaily", "day", plan.days],
+  ] as const) {
     if (!list.length) continue;
     parts.push(`SELECT "${column}" AS at, "keyId", "projectId", "routeId", "requestedModel", bucket, spend AS charge,
                        requests, "promptTokens", "completionTokens", ${CLASS_COLUMNS}

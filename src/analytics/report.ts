@@ -164,8 +164,17 @@ type Range = [from: number, to: number];
 type Plan = ReturnType<typeof planRanges>;
 
 const SUM_COLUMNS = [
-  "spend", "requests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens",
-  "reasoningTokens", "audioCompletionTokens", "failedRequests", "failedCharge",
+  "spend",
+  "requests",
+  "promptTokens",
+  "completionTokens",
+  "cachedPromptTokens",
+  "cacheWriteTokens",
+  "audioPromptTokens",
+  "reasoningTokens",
+  "audioCompletionTokens",
+  "failedRequests",
+  "failedCharge",
 ] as const;
 const CHARGED = `(bucket IS NOT NULL AND charge > 0)`;
 const ROW_COLUMNS = `"keyId", "projectId", "routeId", "channelId", "runId", "requestedModel"`;
@@ -190,7 +199,10 @@ function source(plan: Plan, params: unknown[]): string {
                        1, CASE WHEN ${CHARGED} THEN charge ELSE 0 END
                   FROM "FailedRequest" WHERE "organizationId" = $1 AND (${ranges(`"createdAt"`, plan.raw)})`);
   }
-  for (const [table, column, list] of [["SpendRollupHourly", "hour", plan.hours], ["SpendRollupDaily", "day", plan.days]] as const) {
+  for (const [table, column, list] of [
+    ["SpendRollupHourly", "hour", plan.hours],
+    ["SpendRollupDaily", "day", plan.days],
+  ] as const) {
     if (!list.length) continue;
     parts.push(`SELECT "${column}" AS at, ${ROW_COLUMNS}, "upstreamModel", bucket, ${SUM_COLUMNS.map((c) => `"${c}"`).join(", ")}
                   FROM "${table}" WHERE "organizationId" = $1 AND (${ranges(`"${column}"`, list)})`);
@@ -225,7 +237,17 @@ export const zeroSums = (): SpendSums => ({
   reasoningTokens: 0n,
   audioCompletionTokens: 0n,
 });
-const COUNT_FIELDS = ["requests", "failedRequests", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens"] as const;
+const COUNT_FIELDS = [
+  "requests",
+  "failedRequests",
+  "promptTokens",
+  "completionTokens",
+  "cachedPromptTokens",
+  "cacheWriteTokens",
+  "audioPromptTokens",
+  "reasoningTokens",
+  "audioCompletionTokens",
+] as const;
 
 function addRow(into: SpendSums, row: SumRow): void {
   if (row.bucket) {
@@ -265,8 +287,14 @@ async function groupTotals(q: Query): Promise<Map<string, { values: GroupValues;
   const params: unknown[] = [q.organizationId];
   const { from, group, dims } = body(q, params);
   const rows = await db.$queryRawUnsafe<Array<SumRow & { g: string } & Record<string, string | null>>>(
-    `SELECT ${group} AS g, ${dims.map((d, i) => `${d} AS d${i}`).concat("s.bucket").join(", ")}, ${sumsSql("s")}
-       ${from} GROUP BY ${dims.map((_, i) => i + 2).concat(dims.length + 2, 1).join(", ")}`,
+    `SELECT ${group} AS g, ${dims
+      .map((d, i) => `${d} AS d${i}`)
+      .concat("s.bucket")
+      .join(", ")}, ${sumsSql("s")}
+       ${from} GROUP BY ${dims
+         .map((_, i) => i + 2)
+         .concat(dims.length + 2, 1)
+         .join(", ")}`,
     ...params,
   );
   const groups = new Map<string, { values: GroupValues; sums: SpendSums }>();
@@ -363,14 +391,18 @@ function rank(groups: Map<string, { values: GroupValues; sums: SpendSums }>, buc
   const other: BalanceBucket = bucket === "CREDIT" ? "ROUTED" : "CREDIT";
   const cmp = (a: bigint, b: bigint) => (a > b ? -1 : a < b ? 1 : 0);
   return [...groups.entries()]
-    .sort(([ga, a], [gb, b]) =>
-      cmp(a.sums.spend[bucket], b.sums.spend[bucket]) || cmp(a.sums.spend[other], b.sums.spend[other]) ||
-      cmp(a.sums.requests, b.sums.requests) || cmp(a.sums.failedRequests, b.sums.failedRequests) || (ga < gb ? -1 : ga > gb ? 1 : 0))
+    .sort(
+      ([ga, a], [gb, b]) =>
+        cmp(a.sums.spend[bucket], b.sums.spend[bucket]) ||
+        cmp(a.sums.spend[other], b.sums.spend[other]) ||
+        cmp(a.sums.requests, b.sums.requests) ||
+        cmp(a.sums.failedRequests, b.sums.failedRequests) ||
+        (ga < gb ? -1 : ga > gb ? 1 : 0),
+    )
     .map(([g]) => g);
 }
 
-const toLatency = (row: LatencyRow | undefined): Latency | null =>
-  row && row.p50 !== null ? { p50Ms: Number(row.p50), p95Ms: Number(row.p95), receipts: Number(row.n) } : null;
+const toLatency = (row: LatencyRow | undefined): Latency | null => (row && row.p50 !== null ? { p50Ms: Number(row.p50), p95Ms: Number(row.p95), receipts: Number(row.n) } : null);
 
 /** The report; `forceRaw` reads every sum from the raw rows (the reference the rollups are tested against). */
 export async function spendReport(input: SpendReportInput, options: { forceRaw?: boolean } = {}): Promise<SpendReport> {

@@ -15,7 +15,14 @@ function formatter(zone: string): Intl.DateTimeFormat {
   let f = formatters.get(zone);
   if (!f) {
     f = new Intl.DateTimeFormat("en-US", {
-      timeZone: zone, hourCycle: "h23", year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "numeric", second: "numeric",
+      timeZone: zone,
+      hourCycle: "h23",
+      year: "numeric",
+      month: "numeric",
+      day: "numeric",
+      hour: "numeric",
+      minute: "numeric",
+      second: "numeric",
     });
     formatters.set(zone, f);
   }
@@ -24,7 +31,7 @@ function formatter(zone: string): Intl.DateTimeFormat {
 
 /** The IANA name of `zone` as the tz data spells it; BAD_USER_INPUT for anything else (offsets like "+08:00" included: a zone has rules, an offset has none). */
 export function checkTimeZone(zone: string, field = "timeZone"): string {
-  if (!/^[A-Za-z][A-Za-z0-9_+\-]*(\/[A-Za-z0-9_+\-]+)*$/.test(zone) || zone.length > 64) {
+  if (!/^[A-Za-z][A-Za-z0-9_+-]*(\/[A-Za-z0-9_+-]+)*$/.test(zone) || zone.length > 64) {
     throw badInput(field, `"${zone}" is not an IANA time zone name (e.g. "Asia/Shanghai", "UTC")`);
   }
   try {

@@ -42,9 +42,7 @@ export type AuditTargetType = (typeof AUDIT_TARGET_TYPES)[number];
 /** JSON-safe snapshot: BigInt money becomes a decimal-free integer string of micros, dates ISO strings. */
 export function snapshot(value: unknown): Prisma.InputJsonValue | undefined {
   if (value === undefined || value === null) return undefined;
-  return JSON.parse(
-    JSON.stringify(value, (_key, v: unknown) => (typeof v === "bigint" ? v.toString() : v)),
-  ) as Prisma.InputJsonValue;
+  return JSON.parse(JSON.stringify(value, (_key, v: unknown) => (typeof v === "bigint" ? v.toString() : v))) as Prisma.InputJsonValue;
 }
 
 export async function writeAudit(

@@ -171,8 +171,7 @@ export async function issueAdminToken(
   if (input.expiresAt && input.expiresAt.getTime() <= Date.now()) throw badInput("expiresAt", "must be in the future");
   // As every organizationId argument (API.md): the given one, else the viewer's, else the default
   // organization (a platform token has none of its own). A project token takes its project's.
-  let organizationId =
-    input.role === "PLATFORM_ADMIN" || input.role === "PROJECT_VIEWER" ? null : await resolveOrganizationId(viewer, input.organizationId ?? null);
+  let organizationId = input.role === "PLATFORM_ADMIN" || input.role === "PROJECT_VIEWER" ? null : await resolveOrganizationId(viewer, input.organizationId ?? null);
   let projectId: string | null = null;
   if (input.role === "PROJECT_VIEWER") {
     if (!input.projectId) throw badInput("projectId", "required for a PROJECT_VIEWER token");

@@ -21,11 +21,7 @@ export function parseCapInput(value: CapInput, field: string): bigint | null | u
   return parseMoney(value, field);
 }
 
-export async function setCap(
-  tx: Tx,
-  target: { organizationId: string; scope: CapScope; scopeId: string; bucket: BalanceBucket },
-  amount: bigint | null | undefined,
-): Promise<void> {
+export async function setCap(tx: Tx, target: { organizationId: string; scope: CapScope; scopeId: string; bucket: BalanceBucket }, amount: bigint | null | undefined): Promise<void> {
   if (amount === undefined) return;
   // Before the cap is written: a grant racing this change commits first (and is revoked here) or
   // waits for this transaction and reads the new cap.

@@ -54,16 +54,18 @@ export const OWN_ASSETS = "/assets/tokengate";
 const ASSETS = new Map<string, Asset>([
   [`${GRAPHIQL_ASSETS}/yoga-graphiql.umd.js`, { file: path.join(graphiqlDir, "yoga-graphiql.umd.js"), immutable: true }],
   [`${GRAPHIQL_ASSETS}/graphiql.css`, { file: path.join(graphiqlDir, "graphiql.css"), immutable: true }],
-  ...["editor.worker.bundle.js", "json.worker.bundle.js", "graphql.worker..bundle.js"].map(
-    (name): [string, Asset] => [`${GRAPHIQL_ASSETS}/monacoeditorwork/${name}`, { file: path.join(graphiqlDir, "monacoeditorwork", name), immutable: true }],
-  ),
+  ...["editor.worker.bundle.js", "json.worker.bundle.js", "graphql.worker..bundle.js"].map((name): [string, Asset] => [
+    `${GRAPHIQL_ASSETS}/monacoeditorwork/${name}`,
+    { file: path.join(graphiqlDir, "monacoeditorwork", name), immutable: true },
+  ]),
   [`${UPLOT_ASSETS}/uPlot.iife.min.js`, { file: path.join(uplotDir, "uPlot.iife.min.js"), immutable: true }],
   [`${UPLOT_ASSETS}/uPlot.min.css`, { file: path.join(uplotDir, "uPlot.min.css"), immutable: true }],
   [`${GRAPHQL_WS_ASSETS}/graphql-ws.min.js`, { file: path.join(graphqlWsDir, "graphql-ws.min.js"), immutable: true }],
   // Our own files change with the code: revalidated on every load (ETag).
-  ...["dashboard.css", "dashboard.js", "api.js", "dom.js", "chart.js", "playground.js", "views.js", "graphiql.js", "favicon.svg"].map(
-    (name): [string, Asset] => [`${OWN_ASSETS}/${name}`, { file: path.join(publicDir, name), immutable: false }],
-  ),
+  ...["dashboard.css", "dashboard.js", "api.js", "dom.js", "chart.js", "playground.js", "views.js", "graphiql.js", "favicon.svg"].map((name): [string, Asset] => [
+    `${OWN_ASSETS}/${name}`,
+    { file: path.join(publicDir, name), immutable: false },
+  ]),
   // The page's GraphQL documents, from the same .graphql files the tests and the codegen read.
   [`${OWN_ASSETS}/queries.js`, { file: "queries.js", immutable: false, generate: browserModule }],
 ]);

@@ -28,7 +28,10 @@ interface Migration {
 
 async function readMigrations(dir: string): Promise<Migration[]> {
   const entries = await readdir(dir, { withFileTypes: true });
-  const names = entries.filter((e) => e.isDirectory()).map((e) => e.name).sort();
+  const names = entries
+    .filter((e) => e.isDirectory())
+    .map((e) => e.name)
+    .sort();
   return Promise.all(
     names.map(async (name) => {
       const sql = await readFile(path.join(dir, name, "migration.sql"), "utf8");
@@ -68,9 +71,7 @@ export async function applyMigrations(db: SqlExecutor, dir = MIGRATIONS_DIR, fun
   await db.query("SELECT pg_advisory_lock($1)", [ADVISORY_LOCK_ID]);
   try {
     await db.exec(MIGRATIONS_TABLE);
-    const done = await db.query<{ migration_name: string; checksum: string }>(
-      `SELECT migration_name, checksum FROM "_prisma_migrations" WHERE finished_at IS NOT NULL AND rolled_back_at IS NULL`,
-    );
+    const done = await db.query<{ migration_name: string; checksum: string }>(`SELECT migration_name, checksum FROM "_prisma_migrations" WHERE finished_at IS NOT NULL AND rolled_back_at IS NULL`);
     const applied = new Map(done.map((r) => [r.migration_name, r.checksum]));
     const ran: string[] = [];
     for (const m of migrations) {
@@ -85,10 +86,7 @@ export async function applyMigrations(db: SqlExecutor, dir = MIGRATIONS_DIR, fun
         await db.exec("ROLLBACK").catch(() => undefined);
         throw new Error(`migration ${m.name} failed: ${(error as Error).message}`);
       });
-      await db.query(
-        `INSERT INTO "_prisma_migrations" (id, checksum, finished_at, migration_name, applied_steps_count) VALUES ($1, $2, now(), $3, 1)`,
-        [randomUUID(), m.checksum, m.name],
-      );
+      await db.query(`INSERT INTO "_prisma_migrations" (id, checksum, finished_at, migration_name, applied_steps_count) VALUES ($1, $2, now(), $3, 1)`, [randomUUID(), m.checksum, m.name]);
       ran.push(m.name);
     }
     if (functions !== null && (await applyFunctions(db, functions))) ran.push(FUNCTIONS_STEP);
@@ -108,9 +106,6 @@ async function applyFunctions(db: SqlExecutor, sql: string): Promise<boolean> {
     await db.exec("ROLLBACK").catch(() => undefined);
     throw new Error(`${FUNCTIONS_STEP} failed: ${(error as Error).message}`);
   });
-  await db.query(
-    `INSERT INTO "_tg_functions" (id, checksum) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()`,
-    [checksum],
-  );
+  await db.query(`INSERT INTO "_tg_functions" (id, checksum) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()`, [checksum]);
   return true;
 }

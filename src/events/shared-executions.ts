@@ -29,9 +29,7 @@ const isIterator = (value: Started): value is AsyncIterableIterator<Result> => t
 
 /** The root field of the operation graphql-ws runs (subscriptions have exactly one). */
 export function rootFieldOf(document: DocumentNode, operationName?: string | null): string | null {
-  const operation = document.definitions.find(
-    (d): d is OperationDefinitionNode => d.kind === "OperationDefinition" && (!operationName || d.name?.value === operationName),
-  );
+  const operation = document.definitions.find((d): d is OperationDefinitionNode => d.kind === "OperationDefinition" && (!operationName || d.name?.value === operationName));
   const first = operation?.selectionSet.selections[0];
   return first?.kind === "Field" ? first.name.value : null;
 }

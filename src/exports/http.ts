@@ -49,7 +49,10 @@ export async function handleExport(req: http.IncomingMessage, res: http.ServerRe
     if (error instanceof DomainError) return sendError(res, error);
     throw error;
   }
-  const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+  const stamp = new Date()
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
   res.writeHead(200, {
     "content-type": "text/csv; charset=utf-8",
     "content-disposition": `attachment; filename="tokengate-${kind}-${stamp}.csv"`,

@@ -4,15 +4,7 @@ import type { ServerResponse } from "node:http";
 import type { CapScope, FailureCause } from "../generated/prisma/enums.ts";
 import { wellFormed } from "../text.ts";
 
-export type OpenAIErrorType =
-  | "invalid_request_error"
-  | "authentication_error"
-  | "permission_error"
-  | "insufficient_quota"
-  | "not_found_error"
-  | "rate_limit_error"
-  | "api_error"
-  | "server_error";
+export type OpenAIErrorType = "invalid_request_error" | "authentication_error" | "permission_error" | "insufficient_quota" | "not_found_error" | "rate_limit_error" | "api_error" | "server_error";
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; code: string | null; param: string | null };
@@ -84,8 +76,7 @@ export const missingKey = () =>
     cause: null,
   });
 
-export const invalidKey = () =>
-  new GatewayError({ status: 401, type: "invalid_request_error", code: "invalid_api_key", message: "Incorrect API key provided.", cause: null });
+export const invalidKey = () => new GatewayError({ status: 401, type: "invalid_request_error", code: "invalid_api_key", message: "Incorrect API key provided.", cause: null });
 
 const LIMIT_TEXT = { rpm: "requests per minute (rpmLimit)", tpm: "tokens per minute (tpmLimit)", concurrent: "requests in flight (maxConcurrent)" } as const;
 
@@ -111,14 +102,11 @@ export const badKeysThrottled = (retryAfterSeconds: number) =>
     headers: { "retry-after": String(retryAfterSeconds) },
   });
 
-export const expiredKey = () =>
-  new GatewayError({ status: 401, type: "invalid_request_error", code: "invalid_api_key", message: "This API key has expired.", cause: "KEY_EXPIRED" });
+export const expiredKey = () => new GatewayError({ status: 401, type: "invalid_request_error", code: "invalid_api_key", message: "This API key has expired.", cause: "KEY_EXPIRED" });
 
-export const revokedKey = () =>
-  new GatewayError({ status: 401, type: "invalid_request_error", code: "key_revoked", message: "This API key has been revoked.", cause: "KEY_REVOKED" });
+export const revokedKey = () => new GatewayError({ status: 401, type: "invalid_request_error", code: "key_revoked", message: "This API key has been revoked.", cause: "KEY_REVOKED" });
 
-export const pausedKey = () =>
-  new GatewayError({ status: 403, type: "permission_error", code: "key_paused", message: "This API key is paused.", cause: "KEY_PAUSED" });
+export const pausedKey = () => new GatewayError({ status: 403, type: "permission_error", code: "key_paused", message: "This API key is paused.", cause: "KEY_PAUSED" });
 
 export const modelNotAllowed = (model: string, why = "this API key may not call it") =>
   new GatewayError({

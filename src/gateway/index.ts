@@ -153,7 +153,16 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       observeRequest(observed, res.statusCode);
       if (!logger.isLevelEnabled("info")) return;
       logger.info(
-        { requestId, method, path, status: res.statusCode, durationMs: Math.round(performance.now() - observed.startedAt), route: observed.route?.model ?? null, channel: observed.channel?.channel.name ?? null, attempts: observed.attempts },
+        {
+          requestId,
+          method,
+          path,
+          status: res.statusCode,
+          durationMs: Math.round(performance.now() - observed.startedAt),
+          route: observed.route?.model ?? null,
+          channel: observed.channel?.channel.name ?? null,
+          attempts: observed.attempts,
+        },
         "request",
       );
     };
@@ -204,9 +213,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       const known = error instanceof GatewayError ? error : null;
       if (known?.code === "invalid_api_key" && state.key === null) await limiter.badKey(address);
       if (!known) deps.log("error", "internal error in the passthrough", { requestId, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
-      await recordAndAnswerFailure(deps, state, res, known ?? internalError()).catch((e) =>
-        deps.log("error", "could not answer a failed request", { requestId, error: String(e) }),
-      );
+      await recordAndAnswerFailure(deps, state, res, known ?? internalError()).catch((e) => deps.log("error", "could not answer a failed request", { requestId, error: String(e) }));
     } finally {
       inFlight.delete(state);
       res.off("close", onClose);

@@ -97,13 +97,7 @@ export class Lookups {
 
 /** Channels of a plan this key may use: its buckets, lower-cost (ROUTED) routes, backup routes. */
 export function usableChannels(plan: RoutePlan, key: Pick<ApiKey, "allowedBuckets" | "lowerCostRoutes" | "backupRoutes">): PlannedChannel[] {
-  return plan.channels.filter(
-    (c) =>
-      key.allowedBuckets.includes(c.bucket) &&
-      (key.lowerCostRoutes || c.channel.settlement !== "ROUTED") &&
-      (key.backupRoutes || c.role === "PRIMARY"),
-  );
+  return plan.channels.filter((c) => key.allowedBuckets.includes(c.bucket) && (key.lowerCostRoutes || c.channel.settlement !== "ROUTED") && (key.backupRoutes || c.role === "PRIMARY"));
 }
 
-export const modelAllowed = (key: Pick<ApiKey, "allowedModels">, model: string): boolean =>
-  key.allowedModels.length === 0 || key.allowedModels.includes(model);
+export const modelAllowed = (key: Pick<ApiKey, "allowedModels">, model: string): boolean => key.allowedModels.length === 0 || key.allowedModels.includes(model);

@@ -11,7 +11,19 @@ import { LeasePool, reclaimLeases, type LeaseHold } from "../accounting/leases.t
 import { GroupCommit } from "./group-commit.ts";
 import { events } from "../events/index.ts";
 
-import { capToHold, recordBatch, recordFailure, recordReceipt, recordReceiptMany, recordWritten, type BatchItem, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "../requests/index.ts";
+import {
+  capToHold,
+  recordBatch,
+  recordFailure,
+  recordReceipt,
+  recordReceiptMany,
+  recordWritten,
+  type BatchItem,
+  type CounterState,
+  type FailedRequestInput,
+  type HoldRef,
+  type ReceiptInput,
+} from "../requests/index.ts";
 
 const RECALL_EVERY_MS = 250;
 /** Tries of a durable write before the request fails (about 1.5 s of retries). */
@@ -236,17 +248,20 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
 
   // Heartbeat: renew what is in use, give back what idles, lapse any instance's expired leases.
   let beating: Promise<void> | null = null;
-  const timer = setInterval(() => {
-    if (beating) return;
-    beating = (async () => {
-      await pool.maintain();
-      await reclaimLeases(sql, options.reclaimGraceMs);
-    })()
-      .catch((e: unknown) => options.onError("lease heartbeat failed", e))
-      .finally(() => {
-        beating = null;
-      });
-  }, Math.max(50, Math.floor(options.ttlMs / 3)));
+  const timer = setInterval(
+    () => {
+      if (beating) return;
+      beating = (async () => {
+        await pool.maintain();
+        await reclaimLeases(sql, options.reclaimGraceMs);
+      })()
+        .catch((e: unknown) => options.onError("lease heartbeat failed", e))
+        .finally(() => {
+          beating = null;
+        });
+    },
+    Math.max(50, Math.floor(options.ttlMs / 3)),
+  );
   timer.unref();
 
   // Counters each recorded request's batch returned, until its event is announced (bounded: oldest dropped).

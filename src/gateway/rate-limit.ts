@@ -332,7 +332,10 @@ export class RateLimiter {
   /** Throttled addresses: when their last key lookup was let through (ms). */
   private readonly lookups = new Map<string, number>();
 
-  private constructor(store: CounterStore, private readonly options: RateLimiterOptions) {
+  private constructor(
+    store: CounterStore,
+    private readonly options: RateLimiterOptions,
+  ) {
     this.store = store;
     // The real usage of an admitted request replaces its token bound once its record committed.
     this.unsubscribe = onRequestRecorded((event) => {

@@ -297,7 +297,15 @@ async function countResponseContent(content: unknown, counter: TokenCounter, cou
 /** Prompt of a Responses API request. */
 export async function countResponsesPrompt(body: Record<string, unknown>): Promise<PromptCount> {
   const counter = new TokenCounter();
-  const count: PromptCount = { text: 0, images: [], unboundedParts: 0, unbounded: { what: "stored context (previous_response_id, conversation, prompt, item_reference), hosted tools (web or file search, code interpreter, MCP, image generation), audio or files", param: "input" } };
+  const count: PromptCount = {
+    text: 0,
+    images: [],
+    unboundedParts: 0,
+    unbounded: {
+      what: "stored context (previous_response_id, conversation, prompt, item_reference), hosted tools (web or file search, code interpreter, MCP, image generation), audio or files",
+      param: "input",
+    },
+  };
   counter.add(REPLY_PRIMING);
   if (typeof body.instructions === "string") {
     counter.add(TOKENS_PER_MESSAGE);

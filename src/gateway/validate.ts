@@ -9,7 +9,8 @@ import { clip } from "../text.ts";
 
 type Json = Record<string, unknown>;
 
-const typeName = (v: unknown): string => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "object" ? "an object" : typeof v === "number" ? (Number.isInteger(v) ? "an integer" : "a decimal") : `a ${typeof v}`);
+const typeName = (v: unknown): string =>
+  v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "object" ? "an object" : typeof v === "number" ? (Number.isInteger(v) ? "an integer" : "a decimal") : `a ${typeof v}`;
 
 const invalidType = (param: string, expected: string, v: unknown): GatewayError =>
   badRequest(`Invalid type for '${param}': expected ${expected}, but got ${typeName(v)} instead.`, param, "invalid_type");
@@ -65,8 +66,10 @@ function number(body: Json, param: string, options: { min?: number; max?: number
 
 function array(v: unknown, param: string, options: { min?: number; max?: number } = {}): unknown[] {
   if (!Array.isArray(v)) throw invalidType(param, "an array", v);
-  if (options.min !== undefined && v.length < options.min) throw invalidValue(param, `empty array. Expected an array with minimum length ${options.min}, but got an empty array instead.`, "empty_array");
-  if (options.max !== undefined && v.length > options.max) throw invalidValue(param, `array too long. Expected an array with maximum length ${options.max}, but got an array with length ${v.length} instead.`, "array_above_max_length");
+  if (options.min !== undefined && v.length < options.min)
+    throw invalidValue(param, `empty array. Expected an array with minimum length ${options.min}, but got an empty array instead.`, "empty_array");
+  if (options.max !== undefined && v.length > options.max)
+    throw invalidValue(param, `array too long. Expected an array with maximum length ${options.max}, but got an array with length ${v.length} instead.`, "array_above_max_length");
   return v;
 }
 
@@ -279,7 +282,11 @@ function responses(body: Json): void {
   boolean(body, "stream");
   for (const flag of ["store", "parallel_tool_calls", "background"]) boolean(body, flag);
   if (body.background === true) {
-    throw invalidValue("background", "background responses are not supported: their tokens are generated after the request has ended, and tokengate charges every request when it ends.", "unsupported_value");
+    throw invalidValue(
+      "background",
+      "background responses are not supported: their tokens are generated after the request has ended, and tokengate charges every request when it ends.",
+      "unsupported_value",
+    );
   }
   // OpenAI's minimum is 16; the upper bound keeps the reservation finite.
   number(body, "max_output_tokens", { integer: true, min: 16, max: 100_000_000 });

@@ -78,10 +78,7 @@ async function applyCaps(tx: Prisma.TransactionClient, key: ApiKey, dailyCap: bi
   await setCap(tx, { organizationId: key.organizationId, scope: "KEY_PER_REQUEST", scopeId: key.id, bucket }, perRequest);
 }
 
-export async function createApiKey(
-  viewer: Viewer,
-  input: { projectId: string; name: string } & KeyCapsInput,
-): Promise<{ apiKey: ApiKey; secret: string }> {
+export async function createApiKey(viewer: Viewer, input: { projectId: string; name: string } & KeyCapsInput): Promise<{ apiKey: ApiKey; secret: string }> {
   const project = await db.project.findUnique({ where: { id: input.projectId } });
   if (!project) throw notFound("project", input.projectId);
   assertCanWrite(viewer, project.organizationId, { what: "project", id: project.id, projectId: project.id });
@@ -288,9 +285,7 @@ function ensureSubscribed(): void {
   })();
 }
 
-export type KeyLookup =
-  | { ok: true; key: KeyContext }
-  | { ok: false; reason: "KEY_INVALID" | "KEY_REVOKED" | "KEY_PAUSED" | "KEY_EXPIRED"; key: KeyContext | null };
+export type KeyLookup = { ok: true; key: KeyContext } | { ok: false; reason: "KEY_INVALID" | "KEY_REVOKED" | "KEY_PAUSED" | "KEY_EXPIRED"; key: KeyContext | null };
 
 /** Resolves a bearer secret to its key and says whether it may be used now. */
 /**

@@ -200,7 +200,11 @@ async function readLimits(organizationId: string, targets: LimitTarget[], balanc
     balances.length ? db.walletBucket.findMany({ where: { organizationId, bucket: { in: balances } } }) : Promise.resolve([]),
   ]);
   const limits: PlanLimit[] = targets.map((t) => {
-    const cap = effectiveCap(caps.filter((c) => c.scopeId === t.scopeId), t.kind, t.bucket);
+    const cap = effectiveCap(
+      caps.filter((c) => c.scopeId === t.scopeId),
+      t.kind,
+      t.bucket,
+    );
     if (t.kind === "KEY_PER_REQUEST") return { kind: t.kind, scopeId: t.scopeId, bucket: t.bucket, windowStart: null, limit: cap, spent: 0n, held: 0n, remaining: cap };
     const windowStart = windowFor(t.kind, now);
     const row = counters.find((c) => c.scope === t.kind && c.scopeId === t.scopeId && c.bucket === t.bucket && c.windowStart.getTime() === windowStart.getTime());
@@ -265,7 +269,7 @@ export async function keyPlans(viewer: Viewer, key: ApiKey, options: PlanOptions
   const models = model ? [model] : key.allowedModels.length > 0 ? key.allowedModels : null;
   const [routes, rateLimits] = await Promise.all([routesOf(key.organizationId, models, now), rateLimitsOf(key)]);
   const plans: Array<Omit<KeyModelPlan, "limits"> & { targets: LimitTarget[] }> = [];
-  for (const name of model ? [model] : models ?? routes.map((r) => r.route.model)) {
+  for (const name of model ? [model] : (models ?? routes.map((r) => r.route.model))) {
     const routed = routes.find((r) => r.route.model === name) ?? null;
     const reasons: string[] = [];
     const allowed = key.allowedModels.length === 0 || key.allowedModels.includes(name);
@@ -348,7 +352,16 @@ export async function judgeAdmission(
   tokens: number | null,
   now = new Date(),
 ): Promise<AdmissionVerdict> {
-  const refused = (r: Refusal, extra: Partial<AdmissionVerdict> = {}): AdmissionVerdict => ({ admitted: false, refusal: r, channel: null, worstCase: null, binding: null, headroom: null, skippedChannels: [], ...extra });
+  const refused = (r: Refusal, extra: Partial<AdmissionVerdict> = {}): AdmissionVerdict => ({
+    admitted: false,
+    refusal: r,
+    channel: null,
+    worstCase: null,
+    binding: null,
+    headroom: null,
+    skippedChannels: [],
+    ...extra,
+  });
   if (key.status === "REVOKED") return refused(REFUSALS.keyRevoked());
   if (key.expiresAt && key.expiresAt <= now) return refused(REFUSALS.keyExpired());
   if (key.status === "PAUSED") return refused(REFUSALS.keyPaused());

@@ -107,11 +107,7 @@ export interface LoadedNode {
  * it): one statement to locate them all, then one read per node type involved. `selection` gives the
  * Prisma include / select a type's rows are read with (what the operation asks of them).
  */
-export async function loadNodes(
-  viewer: Viewer,
-  ids: readonly string[],
-  selection: (type: NodeType) => { include?: object; select?: object } = () => ({}),
-): Promise<Array<LoadedNode | null>> {
+export async function loadNodes(viewer: Viewer, ids: readonly string[], selection: (type: NodeType) => { include?: object; select?: object } = () => ({})): Promise<Array<LoadedNode | null>> {
   checkNodeIds(ids);
   const located = await locateIds(ids);
   const byType = new Map<NodeType, string[]>();

@@ -141,7 +141,12 @@ export type QuoteProblem = { code: "quote_not_found" | "quote_expired" | "quote_
  * The snapshots a quote pins, if `quoteId` may price a request of `key` for `model` now; else the
  * problem. Another key's (or organization's) quote is not found, like an unknown one.
  */
-export async function claimQuote(quoteId: string, key: Pick<ApiKey, "id" | "organizationId">, model: string, now = new Date()): Promise<{ ok: true; snapshots: PriceSnapshot[]; quote: Quote } | { ok: false; problem: QuoteProblem }> {
+export async function claimQuote(
+  quoteId: string,
+  key: Pick<ApiKey, "id" | "organizationId">,
+  model: string,
+  now = new Date(),
+): Promise<{ ok: true; snapshots: PriceSnapshot[]; quote: Quote } | { ok: false; problem: QuoteProblem }> {
   const id = quoteId.trim();
   const quote = id.length > 0 && id.length <= 64 ? await db.quote.findUnique({ where: { id } }) : null;
   if (!quote || quote.keyId !== key.id || quote.organizationId !== key.organizationId) {

@@ -189,8 +189,7 @@ function insertSql(table: string, columns: Array<[string, string]>): string {
 // PostgreSQL text cannot hold NUL, and jsonb (the batched writes) refuses lone surrogates: a client
 // string that carries either (a model name, a message quoting it) is stored with U+FFFD in its place
 // rather than failing the write, and with it every other record of its batch.
-const param = (value: unknown): unknown =>
-  typeof value === "bigint" ? value.toString() : value === undefined ? null : typeof value === "string" ? storable(value) : value;
+const param = (value: unknown): unknown => (typeof value === "bigint" ? value.toString() : value === undefined ? null : typeof value === "string" ? storable(value) : value);
 
 // The attempt path is an array in the batches' JSON, and JSON text as a positional parameter (positional()).
 const receiptParam = (record: ReceiptInput, column: keyof ReceiptInput): unknown =>
@@ -233,13 +232,11 @@ function settledCharge(charged: string, asked: bigint): bigint {
 /** Writes the receipt and settles its hold (CHARGE ledger entry linked to it) atomically. `record.charge` must already be capped at the hold. */
 export async function recordReceipt(record: ReceiptInput, hold: HoldRef, now = new Date()): Promise<{ id: string; ledgerEntryId: string | null }> {
   if (record.charge > hold.amount || record.charge < 0n) throw new RangeError("receipt charge outside its hold");
-  const rows = await (directSql().$queryRawUnsafe(
-      RECEIPT_SETTLE_SQL,
-      ...RECEIPT_COLUMNS.map(([c]) => positional(receiptParam(record, c))),
-      now.toISOString(),
-      hold.id,
-      record.charge.toString(),
-    ) as Promise<Array<{ id: string; ledger_entry_id: string | null; charged: string }>>).catch(translateDbError);
+  const rows = await (
+    directSql().$queryRawUnsafe(RECEIPT_SETTLE_SQL, ...RECEIPT_COLUMNS.map(([c]) => positional(receiptParam(record, c))), now.toISOString(), hold.id, record.charge.toString()) as Promise<
+      Array<{ id: string; ledger_entry_id: string | null; charged: string }>
+    >
+  ).catch(translateDbError);
   const row = rows[0]!;
   // tg_resolve_hold charges min(charge, hold): equal here, since the charge was capped before;
   // less only in a late settlement the available balance could not cover (the row says so too).
@@ -280,9 +277,9 @@ export async function recordReceiptMany(items: Array<{ record: ReceiptInput; hol
     for (const [c] of RECEIPT_COLUMNS) row[c] = receiptParam(record, c);
     return row;
   });
-  const rows = await (directSql().$queryRawUnsafe(RECEIPT_MANY_SQL, JSON.stringify(payload), now.toISOString()) as Promise<
-    Array<{ request_id: string; id: string; ledger_entry_id: string | null; charged: string }>
-  >).catch(translateDbError);
+  const rows = await (
+    directSql().$queryRawUnsafe(RECEIPT_MANY_SQL, JSON.stringify(payload), now.toISOString()) as Promise<Array<{ request_id: string; id: string; ledger_entry_id: string | null; charged: string }>>
+  ).catch(translateDbError);
   const byRequest = new Map(rows.map((r) => [r.request_id, r]));
   const results = items.map(({ record }) => {
     const row = byRequest.get(record.requestId);
@@ -408,13 +405,22 @@ export async function recordBatch(items: BatchItem[], now = new Date()): Promise
   }
   const values = [now.toISOString(), receipts.length ? JSON.stringify(receipts) : null, failures.length ? JSON.stringify(failures) : null, ...chargeBatchParams(charges)];
   const upstream = upstreamMessagesJson(items.flatMap((item) => (item.kind === "failure" ? [item.record] : [])));
-  const rows = await (directSql().$queryRawUnsafe(
-    upstream ? withUpstreamMessages(RECORD_BATCH_SQL, values.length + 1) : RECORD_BATCH_SQL,
-    ...values,
-    ...(upstream ? [upstream] : []),
-  ) as Promise<
-    Array<{ request_id: string | null; ledger_entry_id: string | null; balance_after: string | null; scope: string | null; scope_id: string | null; bucket: string | null; window_start: string | null; spent: string | null; held: string | null; cap: string | null }>
-  >).catch(translateDbError);
+  const rows = await (
+    directSql().$queryRawUnsafe(upstream ? withUpstreamMessages(RECORD_BATCH_SQL, values.length + 1) : RECORD_BATCH_SQL, ...values, ...(upstream ? [upstream] : [])) as Promise<
+      Array<{
+        request_id: string | null;
+        ledger_entry_id: string | null;
+        balance_after: string | null;
+        scope: string | null;
+        scope_id: string | null;
+        bucket: string | null;
+        window_start: string | null;
+        spent: string | null;
+        held: string | null;
+        cap: string | null;
+      }>
+    >
+  ).catch(translateDbError);
   const counters: CounterState[] = [];
   const balanceAfter = new Map<string, bigint>();
   for (const r of rows) {

@@ -44,19 +44,21 @@ builder.queryFields((t) => ({
       return db.organization.findMany({ ...query, where: isPlatform(viewer) ? {} : { id: viewer.organizationId ?? "" }, orderBy: { createdAt: "asc" } });
     },
   }),
-  adminTokens: t.prismaConnection({
-    type: "AdminToken",
-    cursor: "id",
-    description: "Newest first. Platform admins see every token, organization admins their organization's; viewers none.",
-    args: {
-      organizationId: t.arg.id({ required: false }),
-      includeRevoked: t.arg.boolean({ required: false, description: "Default false." }),
-      orderBy: t.arg({ type: AdminTokenOrder.Input, required: false, description: AdminTokenOrder.description }),
+  adminTokens: t.prismaConnection(
+    {
+      type: "AdminToken",
+      cursor: "id",
+      description: "Newest first. Platform admins see every token, organization admins their organization's; viewers none.",
+      args: {
+        organizationId: t.arg.id({ required: false }),
+        includeRevoked: t.arg.boolean({ required: false, description: "Default false." }),
+        orderBy: t.arg({ type: AdminTokenOrder.Input, required: false, description: AdminTokenOrder.description }),
+      },
+      resolve: (query, _root, args, ctx) => db.adminToken.findMany({ ...query, where: adminTokenWhere(viewerOf(ctx), tokenFilter(args)), orderBy: AdminTokenOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.adminToken.count({ where: adminTokenWhere(viewerOf(ctx), tokenFilter(args)) }),
     },
-    resolve: (query, _root, args, ctx) =>
-      db.adminToken.findMany({ ...query, where: adminTokenWhere(viewerOf(ctx), tokenFilter(args)), orderBy: AdminTokenOrder.orderBy(args.orderBy) }),
-    totalCount: (_c, args, ctx) => db.adminToken.count({ where: adminTokenWhere(viewerOf(ctx), tokenFilter(args)) }),
-  }, AdminTokenConnection),
+    AdminTokenConnection,
+  ),
 }));
 
 const tokenFilter = (args: { organizationId?: string | number | null; includeRevoked?: boolean | null }) => ({

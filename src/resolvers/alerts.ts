@@ -61,30 +61,42 @@ const createdWithin = (from?: Date | null, to?: Date | null) => {
 };
 
 builder.queryFields((t) => ({
-  budgetAlerts: t.prismaConnection({
-    type: "BudgetAlert",
-    cursor: "id",
-    description: "Budget alerts raised (50 / 80 / 100 % of a cap), newest first. Project viewers see their project's.",
-    args: { filter: t.arg({ type: BudgetAlertFilter, required: false }), orderBy: t.arg({ type: BudgetAlertOrder.Input, required: false, description: BudgetAlertOrder.description }) },
-    resolve: (query, _root, args, ctx) => db.budgetAlert.findMany({ ...query, where: budgetAlertWhere(viewerOf(ctx), args.filter), orderBy: BudgetAlertOrder.orderBy(args.orderBy) }),
-    totalCount: (_c, args, ctx) => db.budgetAlert.count({ where: budgetAlertWhere(viewerOf(ctx), args.filter) }),
-  }, BudgetAlertConnection),
-  lowBalanceAlerts: t.prismaConnection({
-    type: "BalanceAlert",
-    cursor: "id",
-    description: "Low-balance alerts raised, newest first.",
-    args: { filter: t.arg({ type: LowBalanceAlertFilter, required: false }), orderBy: t.arg({ type: LowBalanceAlertOrder.Input, required: false, description: LowBalanceAlertOrder.description }) },
-    resolve: (query, _root, args, ctx) => db.balanceAlert.findMany({ ...query, where: lowBalanceWhere(viewerOf(ctx), args.filter), orderBy: LowBalanceAlertOrder.orderBy(args.orderBy) }),
-    totalCount: (_c, args, ctx) => db.balanceAlert.count({ where: lowBalanceWhere(viewerOf(ctx), args.filter) }),
-  }, LowBalanceAlertConnection),
-  channelHealthEvents: t.prismaConnection({
-    type: "ChannelHealthEvent",
-    cursor: "id",
-    description: "Channel health changes, newest first.",
-    args: { filter: t.arg({ type: ChannelHealthFilter, required: false }), orderBy: t.arg({ type: ChannelHealthEventOrder.Input, required: false, description: ChannelHealthEventOrder.description }) },
-    resolve: (query, _root, args, ctx) => db.channelHealthEvent.findMany({ ...query, where: healthWhere(viewerOf(ctx), args.filter), orderBy: ChannelHealthEventOrder.orderBy(args.orderBy) }),
-    totalCount: (_c, args, ctx) => db.channelHealthEvent.count({ where: healthWhere(viewerOf(ctx), args.filter) }),
-  }, ChannelHealthEventConnection),
+  budgetAlerts: t.prismaConnection(
+    {
+      type: "BudgetAlert",
+      cursor: "id",
+      description: "Budget alerts raised (50 / 80 / 100 % of a cap), newest first. Project viewers see their project's.",
+      args: { filter: t.arg({ type: BudgetAlertFilter, required: false }), orderBy: t.arg({ type: BudgetAlertOrder.Input, required: false, description: BudgetAlertOrder.description }) },
+      resolve: (query, _root, args, ctx) => db.budgetAlert.findMany({ ...query, where: budgetAlertWhere(viewerOf(ctx), args.filter), orderBy: BudgetAlertOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.budgetAlert.count({ where: budgetAlertWhere(viewerOf(ctx), args.filter) }),
+    },
+    BudgetAlertConnection,
+  ),
+  lowBalanceAlerts: t.prismaConnection(
+    {
+      type: "BalanceAlert",
+      cursor: "id",
+      description: "Low-balance alerts raised, newest first.",
+      args: { filter: t.arg({ type: LowBalanceAlertFilter, required: false }), orderBy: t.arg({ type: LowBalanceAlertOrder.Input, required: false, description: LowBalanceAlertOrder.description }) },
+      resolve: (query, _root, args, ctx) => db.balanceAlert.findMany({ ...query, where: lowBalanceWhere(viewerOf(ctx), args.filter), orderBy: LowBalanceAlertOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.balanceAlert.count({ where: lowBalanceWhere(viewerOf(ctx), args.filter) }),
+    },
+    LowBalanceAlertConnection,
+  ),
+  channelHealthEvents: t.prismaConnection(
+    {
+      type: "ChannelHealthEvent",
+      cursor: "id",
+      description: "Channel health changes, newest first.",
+      args: {
+        filter: t.arg({ type: ChannelHealthFilter, required: false }),
+        orderBy: t.arg({ type: ChannelHealthEventOrder.Input, required: false, description: ChannelHealthEventOrder.description }),
+      },
+      resolve: (query, _root, args, ctx) => db.channelHealthEvent.findMany({ ...query, where: healthWhere(viewerOf(ctx), args.filter), orderBy: ChannelHealthEventOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.channelHealthEvent.count({ where: healthWhere(viewerOf(ctx), args.filter) }),
+    },
+    ChannelHealthEventConnection,
+  ),
 }));
 
 type BudgetAlertFilterInput = { organizationId?: Id; scope?: CapScope | null; scopeId?: Id; projectId?: Id; bucket?: BalanceBucket | null; from?: Date | null; to?: Date | null };

@@ -35,27 +35,29 @@ builder.queryFields((t) => ({
       cursor: "id",
       description: "Newest first by default.",
       args: { filter: t.arg({ type: RequestFilter, required: false }), orderBy: t.arg({ type: FailedRequestOrder.Input, required: false, description: FailedRequestOrder.description }) },
-      resolve: (query, _root, args, ctx) =>
-        db.failedRequest.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: FailedRequestOrder.orderBy(args.orderBy) }),
+      resolve: (query, _root, args, ctx) => db.failedRequest.findMany({ ...query, where: requestWhere(viewerOf(ctx), args.filter), orderBy: FailedRequestOrder.orderBy(args.orderBy) }),
       totalCount: (_c, args, ctx) => db.failedRequest.count({ where: requestWhere(viewerOf(ctx), args.filter) }),
     },
     FailedRequestConnection,
   ),
-  auditEntries: t.prismaConnection({
-    type: "AuditEntry",
-    cursor: "id",
-    description: "Newest first by default.",
-    args: {
-      targetId: t.arg.id({ required: false }),
-      action: t.arg({ type: AuditActionEnum, required: false }),
-      targetType: t.arg({ type: AuditTargetTypeEnum, required: false }),
-      from: t.arg({ type: "DateTime", required: false }),
-      to: t.arg({ type: "DateTime", required: false }),
-      orderBy: t.arg({ type: AuditEntryOrder.Input, required: false, description: AuditEntryOrder.description }),
+  auditEntries: t.prismaConnection(
+    {
+      type: "AuditEntry",
+      cursor: "id",
+      description: "Newest first by default.",
+      args: {
+        targetId: t.arg.id({ required: false }),
+        action: t.arg({ type: AuditActionEnum, required: false }),
+        targetType: t.arg({ type: AuditTargetTypeEnum, required: false }),
+        from: t.arg({ type: "DateTime", required: false }),
+        to: t.arg({ type: "DateTime", required: false }),
+        orderBy: t.arg({ type: AuditEntryOrder.Input, required: false, description: AuditEntryOrder.description }),
+      },
+      resolve: (query, _root, args, ctx) => db.auditEntry.findMany({ ...query, where: auditWhere(viewerOf(ctx), args), orderBy: AuditEntryOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.auditEntry.count({ where: auditWhere(viewerOf(ctx), args) }),
     },
-    resolve: (query, _root, args, ctx) => db.auditEntry.findMany({ ...query, where: auditWhere(viewerOf(ctx), args), orderBy: AuditEntryOrder.orderBy(args.orderBy) }),
-    totalCount: (_c, args, ctx) => db.auditEntry.count({ where: auditWhere(viewerOf(ctx), args) }),
-  }, AuditEntryConnection),
+    AuditEntryConnection,
+  ),
 }));
 
 function auditWhere(viewer: Viewer, args: { targetId?: string | number | null; action?: string | null; targetType?: string | null; from?: Date | null; to?: Date | null }) {
@@ -131,9 +133,8 @@ function selects(info: GraphQLResolveInfo, name: string): boolean {
   const walk = (set: SelectionSetNode | undefined): boolean =>
     !!set &&
     set.selections.some((s) =>
-      s.kind === "Field" ? s.name.value === name || walk(s.selectionSet)
-        : s.kind === "InlineFragment" ? walk(s.selectionSet)
-          : walk(info.fragments[s.name.value]?.selectionSet));
+      s.kind === "Field" ? s.name.value === name || walk(s.selectionSet) : s.kind === "InlineFragment" ? walk(s.selectionSet) : walk(info.fragments[s.name.value]?.selectionSet),
+    );
   return info.fieldNodes.some((node) => walk(node.selectionSet));
 }
 

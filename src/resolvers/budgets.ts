@@ -15,13 +15,16 @@ function projectWhere(ctx: Parameters<typeof viewerOf>[0]) {
 }
 
 builder.queryFields((t) => ({
-  projects: t.prismaConnection({
-    type: "Project",
-    cursor: "id",
-    args: { orderBy: t.arg({ type: ProjectOrder.Input, required: false, description: ProjectOrder.description }) },
-    resolve: (query, _root, args, ctx) => db.project.findMany({ ...query, where: projectWhere(ctx), orderBy: ProjectOrder.orderBy(args.orderBy) }),
-    totalCount: (_c, _a, ctx) => db.project.count({ where: projectWhere(ctx) }),
-  }, ProjectConnection),
+  projects: t.prismaConnection(
+    {
+      type: "Project",
+      cursor: "id",
+      args: { orderBy: t.arg({ type: ProjectOrder.Input, required: false, description: ProjectOrder.description }) },
+      resolve: (query, _root, args, ctx) => db.project.findMany({ ...query, where: projectWhere(ctx), orderBy: ProjectOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, _a, ctx) => db.project.count({ where: projectWhere(ctx) }),
+    },
+    ProjectConnection,
+  ),
   project: t.prismaField({
     type: "Project",
     args: { id: t.arg.id({ required: true }) },
@@ -32,7 +35,6 @@ builder.queryFields((t) => ({
     },
   }),
 }));
-
 
 const CreateProjectInput = builder.inputType("CreateProjectInput", {
   fields: (t) => ({

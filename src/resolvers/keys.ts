@@ -25,17 +25,23 @@ function searchWhere(search: string | null | undefined) {
 }
 
 builder.queryFields((t) => ({
-  apiKeys: t.prismaConnection({
-    type: "ApiKey",
-    cursor: "id",
-    args: {
-      projectId: t.arg.id({ required: false }),
-      search: t.arg.string({ required: false, description: "Keys whose name contains this text (any case), or whose prefix starts with it / whose last 4 characters are it. At most 100 characters." }),
-      orderBy: t.arg({ type: ApiKeyOrder.Input, required: false, description: ApiKeyOrder.description }),
+  apiKeys: t.prismaConnection(
+    {
+      type: "ApiKey",
+      cursor: "id",
+      args: {
+        projectId: t.arg.id({ required: false }),
+        search: t.arg.string({
+          required: false,
+          description: "Keys whose name contains this text (any case), or whose prefix starts with it / whose last 4 characters are it. At most 100 characters.",
+        }),
+        orderBy: t.arg({ type: ApiKeyOrder.Input, required: false, description: ApiKeyOrder.description }),
+      },
+      resolve: (query, _root, args, ctx) => db.apiKey.findMany({ ...query, where: keysWhere(ctx, args), orderBy: ApiKeyOrder.orderBy(args.orderBy) }),
+      totalCount: (_conn, args, ctx) => db.apiKey.count({ where: keysWhere(ctx, args) }),
     },
-    resolve: (query, _root, args, ctx) => db.apiKey.findMany({ ...query, where: keysWhere(ctx, args), orderBy: ApiKeyOrder.orderBy(args.orderBy) }),
-    totalCount: (_conn, args, ctx) => db.apiKey.count({ where: keysWhere(ctx, args) }),
-  }, ApiKeyConnection),
+    ApiKeyConnection,
+  ),
   apiKey: t.prismaField({
     type: "ApiKey",
     args: { id: t.arg.id({ required: true }) },

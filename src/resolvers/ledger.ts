@@ -22,26 +22,29 @@ builder.queryFields((t) => ({
       return db.wallet.findUniqueOrThrow({ ...query, where: { organizationId } });
     },
   }),
-  ledgerEntries: t.prismaConnection({
-    type: "LedgerEntry",
-    cursor: "id",
-    description: "Newest first by default.",
-    args: {
-      organizationId: t.arg.id({ required: false, description: "Platform tokens only; others always see their own organization." }),
-      bucket: t.arg({ type: BalanceBucket, required: false }),
-      kind: t.arg({ type: LedgerKind, required: false }),
-      keyId: t.arg.id({ required: false, description: "Charges of this key." }),
-      projectId: t.arg.id({ required: false }),
-      routeId: t.arg.id({ required: false }),
-      runId: t.arg.id({ required: false, description: "Charges of requests sent with this run id (x-run-id)." }),
-      model: t.arg.string({ required: false, description: "Charges for this requested model." }),
-      from: t.arg({ type: "DateTime", required: false }),
-      to: t.arg({ type: "DateTime", required: false }),
-      orderBy: t.arg({ type: LedgerEntryOrder.Input, required: false, description: LedgerEntryOrder.description }),
+  ledgerEntries: t.prismaConnection(
+    {
+      type: "LedgerEntry",
+      cursor: "id",
+      description: "Newest first by default.",
+      args: {
+        organizationId: t.arg.id({ required: false, description: "Platform tokens only; others always see their own organization." }),
+        bucket: t.arg({ type: BalanceBucket, required: false }),
+        kind: t.arg({ type: LedgerKind, required: false }),
+        keyId: t.arg.id({ required: false, description: "Charges of this key." }),
+        projectId: t.arg.id({ required: false }),
+        routeId: t.arg.id({ required: false }),
+        runId: t.arg.id({ required: false, description: "Charges of requests sent with this run id (x-run-id)." }),
+        model: t.arg.string({ required: false, description: "Charges for this requested model." }),
+        from: t.arg({ type: "DateTime", required: false }),
+        to: t.arg({ type: "DateTime", required: false }),
+        orderBy: t.arg({ type: LedgerEntryOrder.Input, required: false, description: LedgerEntryOrder.description }),
+      },
+      resolve: (query, _root, args, ctx) => db.ledgerEntry.findMany({ ...query, where: ledgerWhere(viewerOf(ctx), args), orderBy: LedgerEntryOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.ledgerEntry.count({ where: ledgerWhere(viewerOf(ctx), args) }),
     },
-    resolve: (query, _root, args, ctx) => db.ledgerEntry.findMany({ ...query, where: ledgerWhere(viewerOf(ctx), args), orderBy: LedgerEntryOrder.orderBy(args.orderBy) }),
-    totalCount: (_c, args, ctx) => db.ledgerEntry.count({ where: ledgerWhere(viewerOf(ctx), args) }),
-  }, LedgerEntryConnection),
+    LedgerEntryConnection,
+  ),
 }));
 
 const TopUpInput = builder.inputType("TopUpInput", {
@@ -59,7 +62,7 @@ const AdjustBalanceInput = builder.inputType("AdjustBalanceInput", {
   fields: (t) => ({
     organizationId: t.id({ required: false }),
     bucket: t.field({ type: BalanceBucket, required: true }),
-    amount: t.field({ type: "Decimal", required: true, description: "Signed, e.g. \"-2.50\"." }),
+    amount: t.field({ type: "Decimal", required: true, description: 'Signed, e.g. "-2.50".' }),
     idempotencyKey: t.string({ required: true }),
     memo: t.string({ required: true, description: "Why: shown in the ledger and the audit trail." }),
   }),
@@ -78,10 +81,7 @@ async function post(
   // The entry and its audit record commit together; a replay writes neither again.
   let rearmed = false;
   const entry = await db.$transaction(async (tx) => {
-    const { entry, created } = await postEntry(
-      { bucketId: bucket.id, kind, amount, idempotencyKey: input.idempotencyKey, actorTokenId: viewer.tokenId, memo: input.memo },
-      tx,
-    );
+    const { entry, created } = await postEntry({ bucketId: bucket.id, kind, amount, idempotencyKey: input.idempotencyKey, actorTokenId: viewer.tokenId, memo: input.memo }, tx);
     if (created) {
       await writeAudit(tx, viewer, {
         organizationId,

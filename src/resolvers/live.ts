@@ -16,7 +16,7 @@ import { listen, type BudgetAlertEvent, type LowBalanceAlertEvent, type RequestV
 import { boundedStream, coalescedStream } from "../events/streams.ts";
 import { channelStatsBook, SpendWindow, watchWallet, type ChannelInfo, type SpendTick } from "../events/live.ts";
 import { badInput, forbidden, notFound } from "../errors.ts";
-import { BalanceBucket, CapScope, FailureCause, HealthState } from "../generated/prisma/enums.ts";
+import { BalanceBucket, type CapScope, FailureCause, HealthState } from "../generated/prisma/enums.ts";
 import { MoneyRef, moneyOf, moneyOrNull } from "../schema/types/common.ts";
 import { BudgetAlertRef, LowBalanceAlertRef } from "../schema/types/alerts.ts";
 import { ChannelStatsTickRef, LiveSpendTickRef, ScopeStandingRef, WalletTickRef, type ChannelStatsTick, type WalletTick } from "../schema/types/live.ts";
@@ -149,8 +149,59 @@ const lowBalanceRow = (e: LowBalanceAlertEvent) => ({
 
 /** Fields of each type a view carries (anything else selected is read, once per event). */
 const FROM_VIEW: Record<string, ReadonlySet<string>> = {
-  Receipt: new Set(["id", "requestId", "key", "project", "route", "channel", "requestedModel", "upstreamModel", "endpoint", "channelRole", "fallback", "attempts", "bucket", "promptTokens", "completionTokens", "cachedPromptTokens", "cacheWriteTokens", "audioPromptTokens", "reasoningTokens", "audioCompletionTokens", "upstreamCost", "charge", "stream", "usageExceededReservation", "latencyMs", "status", "createdAt", "attemptPath"]),
-  FailedRequest: new Set(["id", "requestId", "key", "project", "route", "channel", "requestedModel", "endpoint", "cause", "capScope", "message", "httpStatus", "upstreamStatus", "attempts", "bucket", "promptTokens", "completionTokens", "charge", "estimated", "createdAt", "attemptPath"]),
+  Receipt: new Set([
+    "id",
+    "requestId",
+    "key",
+    "project",
+    "route",
+    "channel",
+    "requestedModel",
+    "upstreamModel",
+    "endpoint",
+    "channelRole",
+    "fallback",
+    "attempts",
+    "bucket",
+    "promptTokens",
+    "completionTokens",
+    "cachedPromptTokens",
+    "cacheWriteTokens",
+    "audioPromptTokens",
+    "reasoningTokens",
+    "audioCompletionTokens",
+    "upstreamCost",
+    "charge",
+    "stream",
+    "usageExceededReservation",
+    "latencyMs",
+    "status",
+    "createdAt",
+    "attemptPath",
+  ]),
+  FailedRequest: new Set([
+    "id",
+    "requestId",
+    "key",
+    "project",
+    "route",
+    "channel",
+    "requestedModel",
+    "endpoint",
+    "cause",
+    "capScope",
+    "message",
+    "httpStatus",
+    "upstreamStatus",
+    "attempts",
+    "bucket",
+    "promptTokens",
+    "completionTokens",
+    "charge",
+    "estimated",
+    "createdAt",
+    "attemptPath",
+  ]),
   RequestAttempt: new Set(["position", "channelId", "channel", "role", "upstreamStatus", "cause", "latencyMs", "charged"]),
   ApiKey: new Set(["id", "name", "prefix"]),
   Project: new Set(["id", "name"]),
@@ -225,7 +276,10 @@ function rowFromView(view: RequestView): Record<string, unknown> {
     // Each step with its channel built from the names the view carries (RequestAttempt.channel then reads nothing).
     attemptPath: (view.attemptPath ?? []).map((step) => ({
       ...step,
-      channel: step.channelName === null || step.upstreamModel === null ? undefined : { id: step.channelId, name: step.channelName, upstreamModel: step.upstreamModel, organizationId: view.organizationId, routeId: view.routeId },
+      channel:
+        step.channelName === null || step.upstreamModel === null
+          ? undefined
+          : { id: step.channelId, name: step.channelName, upstreamModel: step.upstreamModel, organizationId: view.organizationId, routeId: view.routeId },
     })),
   };
   if (view.kind === "receipt") {
@@ -370,10 +424,7 @@ async function spendScope(viewer: Viewer, input: SpendScopeArgs): Promise<{ orga
   const routes = routeIds && new Set(routeIds);
   const narrowed = !!(keys?.size || projects?.size || routes?.size);
   const mine = visible(viewer);
-  const keep = (e: SpendEvent) =>
-    e.organizationId === organizationId &&
-    mine(e) &&
-    (!narrowed || !!keys?.has(e.keyId) || !!projects?.has(e.projectId) || (!!e.routeId && !!routes?.has(e.routeId)));
+  const keep = (e: SpendEvent) => e.organizationId === organizationId && mine(e) && (!narrowed || !!keys?.has(e.keyId) || !!projects?.has(e.projectId) || (!!e.routeId && !!routes?.has(e.routeId)));
   // Project viewers see their own key, project and run windows only (routes and channels are the organization's).
   const showScope = (s: ScopeStanding) => !projectViewer || s.scope === "KEY_DAILY" || s.scope === "PROJECT_DAILY" || s.scope === "PROJECT_MONTHLY" || s.scope === "RUN_TOTAL";
   return { organizationId, keep, showScope };
@@ -431,7 +482,8 @@ builder.subscriptionFields((t) => ({
   }),
   receiptCreated: t.prismaField({
     type: "Receipt",
-    description: "Every receipt as it is committed. The fields a live feed shows (names of key, project, route and channel included) come with the event; others are read once per event, not per subscriber.",
+    description:
+      "Every receipt as it is committed. The fields a live feed shows (names of key, project, route and channel included) come with the event; others are read once per event, not per subscriber.",
     args: { projectId: t.arg.id({ required: false }), keyId: t.arg.id({ required: false }) },
     subscribe: (_root, args, ctx) => {
       const mine = visible(viewerOf(ctx));
@@ -574,12 +626,19 @@ builder.subscriptionFields((t) => ({
         orderBy: [{ routeId: "asc" }, { priority: "asc" }],
         take: 500,
       });
-      const infos: ChannelInfo[] = channels.map((c) => ({ channelId: c.id, channelName: c.name, routeId: c.routeId, routeModel: c.route.model, organizationId, priority: c.priority, settlement: c.settlement, health: c.health }));
+      const infos: ChannelInfo[] = channels.map((c) => ({
+        channelId: c.id,
+        channelName: c.name,
+        routeId: c.routeId,
+        routeModel: c.route.model,
+        organizationId,
+        priority: c.priority,
+        settlement: c.settlement,
+        health: c.health,
+      }));
       const ids = new Set(infos.map((c) => c.channelId));
       const now = new Date();
-      const counters = infos.length
-        ? await db.spendCounter.findMany({ where: { scope: "CHANNEL_DAILY", scopeId: { in: [...ids] }, windowStart: windowFor("CHANNEL_DAILY", now) } })
-        : [];
+      const counters = infos.length ? await db.spendCounter.findMany({ where: { scope: "CHANNEL_DAILY", scopeId: { in: [...ids] }, windowStart: windowFor("CHANNEL_DAILY", now) } }) : [];
       const atStart = new Map<string, Map<"CREDIT" | "ROUTED", { windowStart: string; spent: bigint }>>();
       for (const c of counters) {
         const m = atStart.get(c.scopeId) ?? new Map();

@@ -45,7 +45,14 @@ builder.mutationFields((t) => ({
       if (body !== null && (typeof body !== "object" || Array.isArray(body))) throw badInput("body", "must be a JSON object (a chat completion request)");
       return quoteRequest(
         viewerOf(ctx),
-        { keyId: String(input.keyId), model: input.model, body: body as Record<string, unknown> | null, promptTokens: input.promptTokens, completionTokens: input.completionTokens, runId: input.runId ? String(input.runId) : null },
+        {
+          keyId: String(input.keyId),
+          model: input.model,
+          body: body as Record<string, unknown> | null,
+          promptTokens: input.promptTokens,
+          completionTokens: input.completionTokens,
+          runId: input.runId ? String(input.runId) : null,
+        },
         chatBodyBounds,
       );
     },

@@ -29,20 +29,23 @@ builder.queryFields((t) => ({
       return route;
     },
   }),
-  priceSnapshots: t.prismaConnection({
-    type: "PriceSnapshot",
-    cursor: "id",
-    description: "Price history, newest first.",
-    args: {
-      channelId: t.arg.id({ required: false }),
-      routeId: t.arg.id({ required: false }),
-      from: t.arg({ type: "DateTime", required: false }),
-      to: t.arg({ type: "DateTime", required: false }),
-      orderBy: t.arg({ type: PriceSnapshotOrder.Input, required: false, description: PriceSnapshotOrder.description }),
+  priceSnapshots: t.prismaConnection(
+    {
+      type: "PriceSnapshot",
+      cursor: "id",
+      description: "Price history, newest first.",
+      args: {
+        channelId: t.arg.id({ required: false }),
+        routeId: t.arg.id({ required: false }),
+        from: t.arg({ type: "DateTime", required: false }),
+        to: t.arg({ type: "DateTime", required: false }),
+        orderBy: t.arg({ type: PriceSnapshotOrder.Input, required: false, description: PriceSnapshotOrder.description }),
+      },
+      resolve: (query, _root, args, ctx) => db.priceSnapshot.findMany({ ...query, where: priceWhere(ctx, args), orderBy: PriceSnapshotOrder.orderBy(args.orderBy) }),
+      totalCount: (_c, args, ctx) => db.priceSnapshot.count({ where: priceWhere(ctx, args) }),
     },
-    resolve: (query, _root, args, ctx) => db.priceSnapshot.findMany({ ...query, where: priceWhere(ctx, args), orderBy: PriceSnapshotOrder.orderBy(args.orderBy) }),
-    totalCount: (_c, args, ctx) => db.priceSnapshot.count({ where: priceWhere(ctx, args) }),
-  }, PriceSnapshotConnection),
+    PriceSnapshotConnection,
+  ),
 }));
 
 function priceWhere(ctx: Context, args: { channelId?: string | number | null; routeId?: string | number | null; from?: Date | null; to?: Date | null }) {
@@ -74,7 +77,10 @@ const UpsertRouteInput = builder.inputType("UpsertRouteInput", {
     dailyCap: t.field({ type: "Decimal", required: false }),
     capBucket: t.field({ type: BalanceBucket, required: false, description: "Bucket the daily cap counts (default: the primary channel's)." }),
     defaultMaxTokens: t.int({ required: false }),
-    maxUnboundedPartTokens: t.int({ required: false, description: "Prompt tokens reserved per audio / file part (their cost cannot be bounded from the request); 0 refuses such parts; omitted keeps the current value." }),
+    maxUnboundedPartTokens: t.int({
+      required: false,
+      description: "Prompt tokens reserved per audio / file part (their cost cannot be bounded from the request); 0 refuses such parts; omitted keeps the current value.",
+    }),
   }),
 });
 
@@ -84,7 +90,10 @@ const SetRouteLimitsInput = builder.inputType("SetRouteLimitsInput", {
     dailyCap: t.field({ type: "Decimal", required: false, description: "null removes the cap." }),
     capBucket: t.field({ type: BalanceBucket, required: false }),
     defaultMaxTokens: t.int({ required: false }),
-    maxUnboundedPartTokens: t.int({ required: false, description: "Prompt tokens reserved per audio / file part (their cost cannot be bounded from the request); 0 refuses such parts; omitted keeps the current value." }),
+    maxUnboundedPartTokens: t.int({
+      required: false,
+      description: "Prompt tokens reserved per audio / file part (their cost cannot be bounded from the request); 0 refuses such parts; omitted keeps the current value.",
+    }),
   }),
 });
 

@@ -48,8 +48,7 @@ const RunEstimatePointRef = builder.objectRef<RunEstimatePoint & { bucket: Balan
 const RunEstimateRef = builder.objectRef<RunEstimate>("RunEstimate").implement({
   description: "The pre-flight check for a run: what it will likely cost, which balance and route pay, and whether the key, balance and caps allow it.",
   fields: (t) => {
-    const inBucket = (pick: (e: RunEstimate) => bigint | null) =>
-      t.field({ type: MoneyRef, nullable: true, resolve: (e: RunEstimate) => (e.bucket ? moneyOrNull(pick(e), e.bucket) : null) });
+    const inBucket = (pick: (e: RunEstimate) => bigint | null) => t.field({ type: MoneyRef, nullable: true, resolve: (e: RunEstimate) => (e.bucket ? moneyOrNull(pick(e), e.bucket) : null) });
     return {
       keyId: t.exposeID("keyId"),
       model: t.exposeString("model"),
@@ -145,7 +144,16 @@ const RunFilter = builder.inputType("RunFilter", {
   }),
 });
 
-type RunFilterInput = { organizationId?: string | number | null; keyId?: string | number | null; projectId?: string | number | null; status?: RunStatus | null; mode?: RunMode | null; model?: string | null; from?: Date | null; to?: Date | null };
+type RunFilterInput = {
+  organizationId?: string | number | null;
+  keyId?: string | number | null;
+  projectId?: string | number | null;
+  status?: RunStatus | null;
+  mode?: RunMode | null;
+  model?: string | null;
+  from?: Date | null;
+  to?: Date | null;
+};
 
 function runWhere(viewer: Viewer, filter: RunFilterInput | null | undefined) {
   const f = filter ?? {};

@@ -42,7 +42,6 @@ builder.mutationFields((t) => ({
     type: SetAlertWebhookPayload,
     description: "Registers (or replaces) the organization's budget alert webhook. Audited.",
     args: { input: t.arg({ type: SetAlertWebhookInput, required: true }) },
-    resolve: (_root, { input }, ctx) =>
-      setAlertWebhook(viewerOf(ctx), { organizationId: input.organizationId ? String(input.organizationId) : null, url: input.url, secret: input.secret }),
+    resolve: (_root, { input }, ctx) => setAlertWebhook(viewerOf(ctx), { organizationId: input.organizationId ? String(input.organizationId) : null, url: input.url, secret: input.secret }),
   }),
 }));

@@ -17,14 +17,16 @@ for (const [network, prefix] of [
   ["198.18.0.0", 15],
   ["224.0.0.0", 4],
   ["240.0.0.0", 4],
-] as const) internal.addSubnet(network, prefix, "ipv4");
+] as const)
+  internal.addSubnet(network, prefix, "ipv4");
 for (const [network, prefix] of [
   ["::", 128],
   ["::1", 128],
   ["fc00::", 7],
   ["fe80::", 10],
   ["ff00::", 8],
-] as const) internal.addSubnet(network, prefix, "ipv6");
+] as const)
+  internal.addSubnet(network, prefix, "ipv6");
 
 /** The IPv4 address an IPv6 address embeds (IPv4-mapped ::ffff:a.b.c.d, NAT64 64:ff9b::/96), if any. */
 function embeddedIPv4(address: string): string | null {
@@ -56,7 +58,10 @@ export type HostCheck = { internal: true; address: string } | { internal: false;
  * rebinding) is not caught here (README "Limits and abuse").
  */
 export async function checkUpstreamHost(url: URL, timeoutMs = 3_000): Promise<HostCheck> {
-  const host = url.hostname.replace(/^\[|\]$/g, "").replace(/\.$/, "").toLowerCase();
+  const host = url.hostname
+    .replace(/^\[|\]$/g, "")
+    .replace(/\.$/, "")
+    .toLowerCase();
   if (isIP(host)) return isInternalAddress(host) ? { internal: true, address: host } : { internal: false, unresolved: false };
   if (host === "localhost" || host.endsWith(".localhost")) return { internal: true, address: host };
   let timer: NodeJS.Timeout | undefined;

@@ -57,11 +57,7 @@ export async function assertUpstreamAllowed(viewer: Viewer, baseUrl: string, fie
     throw badInput(field, `${url.hostname} could not be resolved in time: try again`);
   });
   if (check.internal) {
-    throw new DomainError(
-      "FORBIDDEN",
-      `${field}: ${url.hostname} is (or resolves to) a loopback, private, link-local or metadata address (${check.address}); only platform admins may set it`,
-      field,
-    );
+    throw new DomainError("FORBIDDEN", `${field}: ${url.hostname} is (or resolves to) a loopback, private, link-local or metadata address (${check.address}); only platform admins may set it`, field);
   }
 }
 
@@ -211,10 +207,7 @@ export async function setRouteLimits(
  * the reservation with every other cap. Default bucket: the channel's own (its settlement's); a
  * cap in the other bucket only would cap the channel's own bucket at zero (the cross-bucket rule).
  */
-export async function setChannelLimits(
-  viewer: Viewer,
-  input: { channelId: string; dailyCap?: CapInput; capBucket?: BalanceBucket | null },
-): Promise<Channel> {
+export async function setChannelLimits(viewer: Viewer, input: { channelId: string; dailyCap?: CapInput; capBucket?: BalanceBucket | null }): Promise<Channel> {
   const channel = await db.channel.findUnique({ where: { id: input.channelId } });
   if (!channel) throw notFound("channel", input.channelId);
   assertCanWrite(viewer, channel.organizationId);
@@ -251,10 +244,7 @@ export interface SetPriceInput {
 }
 
 /** Records a new price for a channel, in its bucket's currency (with its token-class prices, if any). Earlier snapshots are never changed. */
-export async function setPrice(
-  viewer: Viewer,
-  input: SetPriceInput,
-): Promise<PriceSnapshot> {
+export async function setPrice(viewer: Viewer, input: SetPriceInput): Promise<PriceSnapshot> {
   const channel = await db.channel.findUnique({ where: { id: input.channelId }, include: { route: true } });
   if (!channel) throw notFound("channel", input.channelId);
   assertCanWrite(viewer, channel.route.organizationId, { what: "channel", id: channel.id });

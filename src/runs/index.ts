@@ -158,8 +158,22 @@ export interface RunTotals {
 /** What a run did: its receipts and failed requests, summed per bucket. Two aggregate statements. */
 export async function runTotals(runId: string): Promise<RunTotals> {
   const [receipts, failures] = await Promise.all([
-    db.receipt.groupBy({ by: ["bucket"], where: { runId }, _count: { _all: true }, _sum: { charge: true, promptTokens: true, completionTokens: true }, _min: { createdAt: true }, _max: { createdAt: true } }),
-    db.failedRequest.groupBy({ by: ["bucket"], where: { runId }, _count: { _all: true }, _sum: { charge: true, promptTokens: true, completionTokens: true }, _min: { createdAt: true }, _max: { createdAt: true } }),
+    db.receipt.groupBy({
+      by: ["bucket"],
+      where: { runId },
+      _count: { _all: true },
+      _sum: { charge: true, promptTokens: true, completionTokens: true },
+      _min: { createdAt: true },
+      _max: { createdAt: true },
+    }),
+    db.failedRequest.groupBy({
+      by: ["bucket"],
+      where: { runId },
+      _count: { _all: true },
+      _sum: { charge: true, promptTokens: true, completionTokens: true },
+      _min: { createdAt: true },
+      _max: { createdAt: true },
+    }),
   ]);
   const charges = new Map<BalanceBucket, bigint>();
   let first: Date | null = null;
@@ -255,12 +269,7 @@ export interface RunEstimate extends Omit<RunPrediction, "dearestCall"> {
 }
 
 function usableChannel(channels: PlannedChannel[], key: { allowedBuckets: BalanceBucket[]; lowerCostRoutes: boolean; backupRoutes: boolean }) {
-  return channels.filter(
-    (c) =>
-      key.allowedBuckets.includes(c.bucket) &&
-      (key.lowerCostRoutes || c.channel.settlement !== "ROUTED") &&
-      (key.backupRoutes || c.role === "PRIMARY"),
-  );
+  return channels.filter((c) => key.allowedBuckets.includes(c.bucket) && (key.lowerCostRoutes || c.channel.settlement !== "ROUTED") && (key.backupRoutes || c.role === "PRIMARY"));
 }
 
 const LIMIT_TEXT: Record<Exclude<PlanLimit["kind"], "BALANCE">, string> = {
@@ -294,7 +303,7 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
   let available: bigint | null = null;
   let keyDaily: BudgetStatus | null = null;
   let limits: PlanLimit[] = [];
-  let bindingLimits: PlanLimit[] = [];
+  const bindingLimits: PlanLimit[] = [];
   if (first) {
     const bucket = await walletBucket(key.organizationId, first.bucket);
     available = bucket.balance - bucket.held;

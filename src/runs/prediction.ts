@@ -60,9 +60,12 @@ const ZERO_PRICE: Price = { inputPerMillion: 0n, outputPerMillion: 0n };
 export async function predictRun(input: { projectId: string; model: string; mode: RunMode; channel: PlannedChannel | null }): Promise<RunPrediction> {
   const price: Price = input.channel?.price ?? ZERO_PRICE;
   const history = await runHistory(input.projectId, input.mode, input.model, price);
-  const sample = history.sameModel && history.sameModel.runs >= HISTORY_MIN_RUNS ? { basis: "HISTORY" as const, row: history.sameModel }
-    : history.anyModel && history.anyModel.runs >= HISTORY_MIN_RUNS ? { basis: "HISTORY_ANY_MODEL" as const, row: history.anyModel }
-    : null;
+  const sample =
+    history.sameModel && history.sameModel.runs >= HISTORY_MIN_RUNS
+      ? { basis: "HISTORY" as const, row: history.sameModel }
+      : history.anyModel && history.anyModel.runs >= HISTORY_MIN_RUNS
+        ? { basis: "HISTORY_ANY_MODEL" as const, row: history.anyModel }
+        : null;
   if (sample) {
     const { row } = sample;
     return {

@@ -118,10 +118,9 @@ export function operationCost(schema: GraphQLSchema, document: DocumentNode, ope
 function refusal(cost: number) {
   return {
     errors: [
-      new GraphQLError(
-        `Query cost limit of ${GRAPHQL_LIMITS.maxCost} exceeded, found ${cost} (page sizes as run: variables, defaults of ${PAGE_SIZE.default} rows, at most ${PAGE_SIZE.max})`,
-        { extensions: { code: "COST_LIMIT_EXCEEDED", cost, maxCost: GRAPHQL_LIMITS.maxCost } },
-      ),
+      new GraphQLError(`Query cost limit of ${GRAPHQL_LIMITS.maxCost} exceeded, found ${cost} (page sizes as run: variables, defaults of ${PAGE_SIZE.default} rows, at most ${PAGE_SIZE.max})`, {
+        extensions: { code: "COST_LIMIT_EXCEEDED", cost, maxCost: GRAPHQL_LIMITS.maxCost },
+      }),
     ],
   };
 }

@@ -75,8 +75,7 @@ export function createLoaders() {
     { cacheKeyFn: (k) => `${k.keyId}|${rangeOf(k)}` },
   );
   let viewerForRows: Viewer | null = null;
-  const tenancy = (type: "ApiKey" | "Project" | "Route" | "Channel" | "Run"): Record<string, unknown> =>
-    viewerForRows ? nodeTenancy(viewerForRows, type) : { id: { in: [] as string[] } };
+  const tenancy = (type: "ApiKey" | "Project" | "Route" | "Channel" | "Run"): Record<string, unknown> => (viewerForRows ? nodeTenancy(viewerForRows, type) : { id: { in: [] as string[] } });
   // Rows by id within the viewer's tenancy (null when absent or not the viewer's): spend groups name their objects.
   const visible = {
     ApiKey: new DataLoader<string, ApiKey | null>(async (ids) => byId(ids, await db.apiKey.findMany({ where: { id: { in: [...ids] }, ...tenancy("ApiKey") } }))),
@@ -98,10 +97,7 @@ export function createLoaders() {
     keyLastUsed,
     keySpend,
     async budget(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date()): Promise<BudgetStatus> {
-      const [spend, scopeCaps] = await Promise.all([
-        counters.load({ scope, scopeId, bucket, windowStart: windowFor(scope, now) }),
-        caps.load(scopeId),
-      ]);
+      const [spend, scopeCaps] = await Promise.all([counters.load({ scope, scopeId, bucket, windowStart: windowFor(scope, now) }), caps.load(scopeId)]);
       const cap = effectiveCap(scopeCaps, scope, bucket);
       const left = cap === null ? null : cap - spend.spent - spend.held;
       return { scope, bucket, cap, remaining: left === null ? null : left > 0n ? left : 0n, ...spend };

@@ -35,8 +35,7 @@ const refusal = () => ({
 });
 
 export function textGuardPlugin(): Plugin {
-  const offending = (args: { document: DocumentNode; variableValues?: unknown }) =>
-    documentHasUnstorable(args.document) || valueHasUnstorable(args.variableValues ?? null);
+  const offending = (args: { document: DocumentNode; variableValues?: unknown }) => documentHasUnstorable(args.document) || valueHasUnstorable(args.variableValues ?? null);
   return {
     onExecute({ args, setResultAndStopExecution }) {
       if (offending(args)) setResultAndStopExecution(refusal());

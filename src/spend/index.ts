@@ -63,17 +63,19 @@ async function scopeStates(o: SpendOutcome, now: Date): Promise<ScopeRow[]> {
     JSON.stringify(present.map((p) => ({ scope: p.scope, scope_id: p.scopeId, window_start: p.window.toISOString() }))),
     o.bucket,
   );
-  return rows
-    .map((r) => ({
-      scope: r.scope,
-      scope_id: r.scope_id,
-      window_start: present.find((p) => p.scope === r.scope)!.window,
-      spent: BigInt(r.spent ?? 0),
-      held: BigInt(r.held ?? 0),
-      cap: r.cap === null ? null : BigInt(r.cap),
-    }))
-    // A run or channel without a counter and without a cap says nothing a view needs.
-    .filter((r) => present.find((p) => p.scope === r.scope)!.required || r.cap !== null || r.spent > 0n);
+  return (
+    rows
+      .map((r) => ({
+        scope: r.scope,
+        scope_id: r.scope_id,
+        window_start: present.find((p) => p.scope === r.scope)!.window,
+        spent: BigInt(r.spent ?? 0),
+        held: BigInt(r.held ?? 0),
+        cap: r.cap === null ? null : BigInt(r.cap),
+      }))
+      // A run or channel without a counter and without a cap says nothing a view needs.
+      .filter((r) => present.find((p) => p.scope === r.scope)!.required || r.cap !== null || r.spent > 0n)
+  );
 }
 
 const remaining = (s: ScopeRow | undefined): string | null => {

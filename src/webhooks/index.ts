@@ -163,7 +163,14 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
       secret = credentialCipher().decrypt(webhook.secretCiphertext, webhookBinding(webhook.organizationId));
     } catch {
       // Never send unsigned: a secret that cannot be decrypted fails the delivery, visibly.
-      await record({ event: alert.topic, webhookId: webhook.id, organizationId: webhook.organizationId, deliveryId }, 1, "FAILED", null, "the webhook secret cannot be decrypted (was TOKENGATE_SECRET changed?): set it again", 0);
+      await record(
+        { event: alert.topic, webhookId: webhook.id, organizationId: webhook.organizationId, deliveryId },
+        1,
+        "FAILED",
+        null,
+        "the webhook secret cannot be decrypted (was TOKENGATE_SECRET changed?): set it again",
+        0,
+      );
       return;
     }
     const delivery: Delivery = {
@@ -203,17 +210,21 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
       await response.body?.cancel().catch(() => undefined);
       if (response.status < 200 || response.status >= 300) error = `HTTP ${response.status}`;
     } catch (e) {
-      const cause = e instanceof Error && e.name === "TimeoutError" ? `timed out after ${options.timeoutMs} ms` : e instanceof Error ? (e.cause instanceof Error ? e.cause.message : e.message) : String(e);
+      const cause =
+        e instanceof Error && e.name === "TimeoutError" ? `timed out after ${options.timeoutMs} ms` : e instanceof Error ? (e.cause instanceof Error ? e.cause.message : e.message) : String(e);
       error = cause.slice(0, MAX_ERROR_LENGTH);
     }
     const retry = error !== null && n < options.maxAttempts && !stopped;
     const status: WebhookDeliveryStatus = error === null ? "SUCCEEDED" : retry ? "RETRYING" : "FAILED";
     await record(d, n, status, httpStatus, error, performance.now() - started);
     if (!retry) return;
-    const timer = setTimeout(() => {
-      timers.delete(timer);
-      track(attempt(d, n + 1).catch((e: unknown) => report("webhook attempt failed", e)));
-    }, options.backoffMs * 2 ** (n - 1));
+    const timer = setTimeout(
+      () => {
+        timers.delete(timer);
+        track(attempt(d, n + 1).catch((e: unknown) => report("webhook attempt failed", e)));
+      },
+      options.backoffMs * 2 ** (n - 1),
+    );
     timer.unref();
     timers.add(timer);
   }
@@ -227,7 +238,17 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
     milliseconds: number,
   ): Promise<void> {
     await db.alertWebhookDelivery.create({
-      data: { webhookId: d.webhookId, organizationId: d.organizationId, deliveryId: d.deliveryId, event: d.event, attempt: attemptNumber, status, httpStatus, error, durationMs: Math.round(milliseconds) },
+      data: {
+        webhookId: d.webhookId,
+        organizationId: d.organizationId,
+        deliveryId: d.deliveryId,
+        event: d.event,
+        attempt: attemptNumber,
+        status,
+        httpStatus,
+        error,
+        durationMs: Math.round(milliseconds),
+      },
     });
   }
 

@@ -15,7 +15,10 @@ export function startNodeFlags(): string[] {
   const pkg = JSON.parse(readFileSync(path.join(PACKAGE_ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> };
   const words = pkg.scripts.start!.trim().split(/\s+/);
   if (words[0] !== "node") throw new Error(`package.json's start script does not start with node: ${pkg.scripts.start}`);
-  return words.slice(1, words.findIndex((w) => w.endsWith(".js")));
+  return words.slice(
+    1,
+    words.findIndex((w) => w.endsWith(".js")),
+  );
 }
 
 /** Runs `npm run build` (tsc -b) once per process. */

@@ -236,7 +236,10 @@ export async function startFakeUpstream(options: { port?: number; host?: string 
 
     const text = behavior.type === "ok" && behavior.text !== undefined ? behavior.text : DEFAULT_TEXT;
     const words = text.split(/(?= )/);
-    const usage = chatUsage(behavior.type === "ok" && behavior.usage ? behavior.usage : { prompt_tokens: fakePromptTokens(body), completion_tokens: tokens(text) }, behavior.type === "ok" ? behavior.details : undefined);
+    const usage = chatUsage(
+      behavior.type === "ok" && behavior.usage ? behavior.usage : { prompt_tokens: fakePromptTokens(body), completion_tokens: tokens(text) },
+      behavior.type === "ok" ? behavior.details : undefined,
+    );
     const delayMs = (behavior.type === "ok" || behavior.type === "cut") && behavior.delayMs ? behavior.delayMs : 0;
 
     if (!record.stream) {
@@ -354,7 +357,9 @@ export async function startFakeUpstream(options: { port?: number; host?: string 
       }
       if (behavior.type === "stall" && i === behavior.afterChunks) return;
       if (behavior.type === "response-failed" && i === behavior.afterChunks) {
-        await event("response.failed", { response: { ...response("failed", [], behavior.usage ? usage : null), error: { code: "server_error", message: "The model failed to generate a response." } } });
+        await event("response.failed", {
+          response: { ...response("failed", [], behavior.usage ? usage : null), error: { code: "server_error", message: "The model failed to generate a response." } },
+        });
         return void res.end();
       }
       if (delayMs) await sleep(delayMs);
@@ -385,7 +390,8 @@ export async function startFakeUpstream(options: { port?: number; host?: string 
     const includeUsage = (body.stream_options as { include_usage?: boolean } | undefined)?.include_usage === true && !ok?.noUsage;
     res.writeHead(200, { "content-type": "text/event-stream", "cache-control": "no-cache" });
     const write = writer(res);
-    const chunk = (t: string, finish: string | null) => `data: ${JSON.stringify({ id: cmplId, object: "text_completion", created, model: record.model, choices: [{ text: t, index: 0, logprobs: null, finish_reason: finish }] })}\n\n`;
+    const chunk = (t: string, finish: string | null) =>
+      `data: ${JSON.stringify({ id: cmplId, object: "text_completion", created, model: record.model, choices: [{ text: t, index: 0, logprobs: null, finish_reason: finish }] })}\n\n`;
     for (let i = 0; i < words.length; i++) {
       if (behavior.type === "cut" && i === behavior.afterChunks) {
         await sleep(Math.max(delayMs, 20));

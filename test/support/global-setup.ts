@@ -24,9 +24,7 @@ declare module "vitest" {
 export const TEMPLATE_DB = "tokengate_template";
 
 /** A throw-away PostgreSQL server. Tests turn durability off for speed; benchmarks keep it on. */
-export async function startEmbeddedPostgres(
-  options: { durable?: boolean } = {},
-): Promise<{ url: string; stop: () => Promise<void>; postmasterPid: () => number | undefined }> {
+export async function startEmbeddedPostgres(options: { durable?: boolean } = {}): Promise<{ url: string; stop: () => Promise<void>; postmasterPid: () => number | undefined }> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "tokengate-pg-"));
   const port = await freePort();
   const isRoot = process.getuid?.() === 0;

@@ -555,7 +555,11 @@ class Simulation {
   }
 
   /** Admits on one channel of the plan as the gateway's admit stage does; null when refused. */
-  private async admitOn(instance: Instance, request: Omit<SimRequest, "channel" | "channelId" | "bucket" | "bucketId" | "price" | "worst" | "held" | "state">, channel: number): Promise<SimRequest | null> {
+  private async admitOn(
+    instance: Instance,
+    request: Omit<SimRequest, "channel" | "channelId" | "bucket" | "bucketId" | "price" | "worst" | "held" | "state">,
+    channel: number,
+  ): Promise<SimRequest | null> {
     const planned = this.plan[channel];
     if (!planned?.price) {
       this.say(`${instance.name} ${request.id.slice(0, 6)}: channel ${channel} unpriced`);
@@ -867,7 +871,8 @@ class Simulation {
       if (row.held !== row.leases) out.push(`counter ${row.k}: held ${row.held} != Σ leases ${row.leases}`);
       if (row.cap !== null && used > BigInt(row.cap)) {
         const ceiling = this.ceilings.get(row.k);
-        if (ceiling === undefined || used > ceiling) out.push(`counter ${row.k}: spent ${row.spent} + held ${row.held} > cap ${row.cap}${ceiling !== undefined ? ` (and above ${ceiling}, what was in flight when it was lowered)` : ""}`);
+        if (ceiling === undefined || used > ceiling)
+          out.push(`counter ${row.k}: spent ${row.spent} + held ${row.held} > cap ${row.cap}${ceiling !== undefined ? ` (and above ${ceiling}, what was in flight when it was lowered)` : ""}`);
         else this.ceilings.set(row.k, used); // it may drain, never rise again
       }
     }
@@ -903,9 +908,7 @@ class Simulation {
     const holds = [...this.requests.values()].filter((r) => !r.mayLapse);
     if (holds.length) {
       const ids = [...new Set(holds.flatMap((r) => r.held.hold.leases.map((l) => l.id)))];
-      const stored = new Map(
-        (await this.query<{ id: string; amount: string }>(`SELECT id, amount::text FROM "BudgetLease" WHERE id = ANY($1)`, [ids])).map((r) => [r.id, BigInt(r.amount)]),
-      );
+      const stored = new Map((await this.query<{ id: string; amount: string }>(`SELECT id, amount::text FROM "BudgetLease" WHERE id = ANY($1)`, [ids])).map((r) => [r.id, BigInt(r.amount)]));
       const inLease = new Map<string, bigint>();
       for (const r of holds) for (const l of r.held.hold.leases) inLease.set(l.id, (inLease.get(l.id) ?? 0n) + r.held.hold.amount);
       for (const [id, amount] of inLease) {
@@ -954,12 +957,13 @@ class Simulation {
       [this.organizationId],
     );
     for (const lease of left) {
-      this.violations.push(`at the end (${new Date(this.g).toISOString()}): lease ${lease.scope} of ${lease.instance} still holds ${lease.amount} (expires ${lease.expires}${lease.revoked ? ", revoked" : ""})`);
+      this.violations.push(
+        `at the end (${new Date(this.g).toISOString()}): lease ${lease.scope} of ${lease.instance} still holds ${lease.amount} (expires ${lease.expires}${lease.revoked ? ", revoked" : ""})`,
+      );
     }
-    const held = await this.query<{ k: string; held: string }>(
-      `SELECT c.scope::text || '|' || c."scopeId" AS k, c.held::text FROM "SpendCounter" c WHERE c."scopeId" = ANY($1) AND c.held <> 0`,
-      [[...this.keyIds, this.projectId, this.routeId, ...this.channels.map((c) => c.id), ...(this.runId ? [this.runId] : [])]],
-    );
+    const held = await this.query<{ k: string; held: string }>(`SELECT c.scope::text || '|' || c."scopeId" AS k, c.held::text FROM "SpendCounter" c WHERE c."scopeId" = ANY($1) AND c.held <> 0`, [
+      [...this.keyIds, this.projectId, this.routeId, ...this.channels.map((c) => c.id), ...(this.runId ? [this.runId] : [])],
+    ]);
     for (const row of held) this.violations.push(`at the end: counter ${row.k} still holds ${row.held}`);
     // Every answer delivered has its one record, charged what the simulation wrote, with its ledger entry; nothing else was recorded.
     const receipts = await this.query<{ id: string; charge: string; ledger: string | null }>(

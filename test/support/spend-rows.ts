@@ -122,8 +122,26 @@ export async function write(database: TestDatabase, s: Scene, base: number, rows
       const params: unknown[] = [];
       const values = receipts.map((r) => {
         const v = stored(s, r);
-        params.push(randomUUID(), s.orgId, v.keyId, v.projectId, v.runId, v.routeId, v.channelId, v.model, v.upstreamModel, v.bucket, v.bucket === "CREDIT" ? "USD" : "CNY",
-          r.prompt, r.completion, v.cached, v.snapshotId, String(r.charge), r.latencyMs, new Date(base + r.at).toISOString());
+        params.push(
+          randomUUID(),
+          s.orgId,
+          v.keyId,
+          v.projectId,
+          v.runId,
+          v.routeId,
+          v.channelId,
+          v.model,
+          v.upstreamModel,
+          v.bucket,
+          v.bucket === "CREDIT" ? "USD" : "CNY",
+          r.prompt,
+          r.completion,
+          v.cached,
+          v.snapshotId,
+          String(r.charge),
+          r.latencyMs,
+          new Date(base + r.at).toISOString(),
+        );
         const n = params.length - 18;
         const p = (i: number) => `$${n + i}`;
         return `(${p(1)}, ${p(2)}, ${p(3)}, ${p(4)}, ${p(5)}, ${p(6)}, ${p(7)}, ${p(8)}, ${p(9)}, '/v1/chat/completions', 'PRIMARY', false, 1,
@@ -141,8 +159,22 @@ export async function write(database: TestDatabase, s: Scene, base: number, rows
       const params: unknown[] = [];
       const values = failed.map((r) => {
         const v = stored(s, r);
-        params.push(randomUUID(), s.orgId, v.keyId, v.projectId, v.runId, v.routeId, v.channelId, v.model, v.bucket, v.bucket ? (v.bucket === "CREDIT" ? "USD" : "CNY") : null,
-          r.prompt, r.completion, String(r.charge), new Date(base + r.at).toISOString());
+        params.push(
+          randomUUID(),
+          s.orgId,
+          v.keyId,
+          v.projectId,
+          v.runId,
+          v.routeId,
+          v.channelId,
+          v.model,
+          v.bucket,
+          v.bucket ? (v.bucket === "CREDIT" ? "USD" : "CNY") : null,
+          r.prompt,
+          r.completion,
+          String(r.charge),
+          new Date(base + r.at).toISOString(),
+        );
         const n = params.length - 14;
         const p = (i: number) => `$${n + i}`;
         return `(${p(1)}, ${p(2)}, ${p(3)}, ${p(4)}, ${p(5)}, ${p(6)}, ${p(7)}, ${p(8)}, '/v1/chat/completions', 'UPSTREAM_ERROR', 'boom', 502,

@@ -51,7 +51,14 @@ const CHART_EVERY_MS = 30_000;
 function renderWallet(wallet) {
   $("#wallet tbody").replaceChildren(
     ...wallet.balances.map((b) =>
-      h("tr", { dataset: { bucket: b.bucket } }, h("td", {}, b.bucket), h("td", { className: "num" }, money(b.balance)), h("td", { className: "num" }, money(b.held)), h("td", { className: "num" }, money(b.available))),
+      h(
+        "tr",
+        { dataset: { bucket: b.bucket } },
+        h("td", {}, b.bucket),
+        h("td", { className: "num" }, money(b.balance)),
+        h("td", { className: "num" }, money(b.held)),
+        h("td", { className: "num" }, money(b.available)),
+      ),
     ),
   );
 }
@@ -380,10 +387,9 @@ async function start() {
   setUpKeyControls();
   await loadKeys();
   renderHealth(data.routes);
-  const history = [
-    ...data.receipts.edges.map(({ node }) => ({ node, kind: "receipt" })),
-    ...data.failedRequests.edges.map(({ node }) => ({ node, kind: "failed" })),
-  ].sort((a, b) => b.node.createdAt.localeCompare(a.node.createdAt));
+  const history = [...data.receipts.edges.map(({ node }) => ({ node, kind: "receipt" })), ...data.failedRequests.edges.map(({ node }) => ({ node, kind: "failed" }))].sort((a, b) =>
+    b.node.createdAt.localeCompare(a.node.createdAt),
+  );
   for (const { node, kind } of history) addToFeed(node, kind, { append: true });
 
   // The page's five live operations, on one socket, whatever the number of keys or the request rate.

@@ -123,7 +123,10 @@ export async function loadProjects() {
 export async function openKeyPanel(keyId) {
   const { apiKey: k, ledgerEntries } = await gql(VIEWS.keyPanel, { id: keyId });
   const limit = (label, value) => h("tr", {}, h("th", {}, label), h("td", { dataset: { field: label } }, value));
-  const perBucket = (field) => BUCKETS.filter((b) => k.allowedBuckets.includes(b)).map((b) => `${b}: ${money(k[`${field}${b}`], field === "spend" ? "—" : "no cap")}`).join(" · ");
+  const perBucket = (field) =>
+    BUCKETS.filter((b) => k.allowedBuckets.includes(b))
+      .map((b) => `${b}: ${money(k[`${field}${b}`], field === "spend" ? "—" : "no cap")}`)
+      .join(" · ");
   const panel = $("#key-panel");
   panel.hidden = false;
   panel.dataset.keyId = k.id;
@@ -264,9 +267,7 @@ function runRow(run) {
 
 export async function loadRuns() {
   const { runs } = await gql(VIEWS.runs);
-  $("#runs tbody").replaceChildren(
-    ...(runs.edges.length ? runs.edges.map(({ node }) => runRow(node)) : [h("tr", {}, h("td", { colSpan: 10, className: "muted" }, "No run yet."))]),
-  );
+  $("#runs tbody").replaceChildren(...(runs.edges.length ? runs.edges.map(({ node }) => runRow(node)) : [h("tr", {}, h("td", { colSpan: 10, className: "muted" }, "No run yet."))]));
   if (runState.openRunId) await openRun(runState.openRunId);
 }
 
@@ -387,7 +388,15 @@ export async function loadLedger() {
 export async function loadAudit() {
   const { auditEntries } = await gql(VIEWS.audit);
   const rows = auditEntries.edges.map(({ node: a }) =>
-    h("tr", { dataset: { auditId: a.id, action: a.action } }, h("td", {}, time(a.createdAt)), h("td", {}, a.actor), h("td", {}, a.action), h("td", {}, a.targetType), h("td", {}, h("code", {}, a.targetId))),
+    h(
+      "tr",
+      { dataset: { auditId: a.id, action: a.action } },
+      h("td", {}, time(a.createdAt)),
+      h("td", {}, a.actor),
+      h("td", {}, a.action),
+      h("td", {}, a.targetType),
+      h("td", {}, h("code", {}, a.targetId)),
+    ),
   );
   $("#audit-view").replaceChildren(table(["Time", "Actor", "Action", "Target", "Target id"], rows, "No change yet."));
 }

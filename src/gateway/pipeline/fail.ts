@@ -63,7 +63,9 @@ export async function recordAndAnswerFailure(deps: GatewayDeps, state: RequestSt
       state.hold = null;
       // Refused on the run's cap: the run is EXHAUSTED (off the request path).
       if (error.failureCause === "BUDGET_EXCEEDED" && error.capScope === "RUN_TOTAL" && state.runId && state.key) {
-        markRunExhausted(state.runId, state.key.organizationId, channel?.bucket ?? null, error.refusedAmount).catch((e: unknown) => deps.log("warn", "could not mark the run exhausted", { runId: state.runId, error: String(e) }));
+        markRunExhausted(state.runId, state.key.organizationId, channel?.bucket ?? null, error.refusedAmount).catch((e: unknown) =>
+          deps.log("warn", "could not mark the run exhausted", { runId: state.runId, error: String(e) }),
+        );
       }
       const key = state.key;
       if (key) {

@@ -14,7 +14,17 @@ import { modelNotAllowed, modelNotFound, priceUnknown, quoteRefused, routeUnavai
 import { claimQuote, QUOTE_HEADER } from "../../quotes/index.ts";
 import { header, parseJsonObject, readBody } from "../http.ts";
 import { modelAllowed, usableChannels } from "../lookups.ts";
-import { completionsOutputBound, countChatPrompt, countCompletionPrompt, countEmbeddingInput, countResponsesPrompt, outputBound, reservedPromptTokens, responsesOutputBound, type PromptCount } from "../tokens.ts";
+import {
+  completionsOutputBound,
+  countChatPrompt,
+  countCompletionPrompt,
+  countEmbeddingInput,
+  countResponsesPrompt,
+  outputBound,
+  reservedPromptTokens,
+  responsesOutputBound,
+  type PromptCount,
+} from "../tokens.ts";
 import { validateRequest } from "../validate.ts";
 import type { Endpoint, GatewayDeps, RequestState } from "./state.ts";
 
@@ -88,7 +98,12 @@ export async function plan(
     if (run.status !== "ACTIVE") throw runCancelled(run.status);
   }
 
-  const bounds = await requestBounds(trail.endpoint, body, route, channels.map((c) => c.channel.upstreamModel));
+  const bounds = await requestBounds(
+    trail.endpoint,
+    body,
+    route,
+    channels.map((c) => c.channel.upstreamModel),
+  );
   return {
     body,
     model,

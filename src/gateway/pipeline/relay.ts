@@ -152,9 +152,7 @@ export async function relayStream(deps: GatewayDeps, state: RequestState, res: S
     });
   };
   const failureUsage = (): FailureUsage =>
-    relay.usage
-      ? { ...relay.usage, estimated: false }
-      : { promptTokens: plan.promptCounted, completionTokens: countText(relay.generatedText()), estimated: true };
+    relay.usage ? { ...relay.usage, estimated: false } : { promptTokens: plan.promptCounted, completionTokens: countText(relay.generatedText()), estimated: true };
 
   // A client that hangs up mid-generation stops the upstream at once (what was streamed is charged);
   // one that hangs up once the generation finished waits a short grace for the upstream's usage.
@@ -215,7 +213,10 @@ export async function relayStream(deps: GatewayDeps, state: RequestState, res: S
   if (!relay.done && (!relay.usage || plan.protocol === "responses")) {
     if (!committed) return { done: false, failure: { kind: "status", status: 200, message: "the upstream closed the stream without any event" } };
     state.failureUsage = failureUsage();
-    throw upstreamError(plan.protocol === "responses" ? "the stream ended before response.completed" : "the stream ended before [DONE]", state.attempts, 200, { requestId: state.requestId, upstreamMessage: null });
+    throw upstreamError(plan.protocol === "responses" ? "the stream ended before response.completed" : "the stream ended before [DONE]", state.attempts, 200, {
+      requestId: state.requestId,
+      upstreamMessage: null,
+    });
   }
   commit();
   let usage = relay.usage;

@@ -111,7 +111,11 @@ export async function settle(deps: GatewayDeps, state: RequestState, plan: Plan,
   };
   const event = { ...record, routeId: record.routeId, receiptId: receipt.id, status: "SETTLED" as const, view };
   // Sent before its commit (SEND_BEFORE_COMMIT_MS): announced once it committed, as every spend is.
-  if (receipt.committed) receipt.committed.then(() => announce(deps, event), () => undefined);
+  if (receipt.committed)
+    receipt.committed.then(
+      () => announce(deps, event),
+      () => undefined,
+    );
   else announce(deps, event);
   return charge;
 }

@@ -24,5 +24,8 @@ export const AdminTokenRef = builder.prismaObject("AdminToken", {
   }),
 });
 
-export const AdminTokenOrder = listOrder<Prisma.AdminTokenOrderByWithRelationInput>()("AdminToken", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const AdminTokenOrder = listOrder<Prisma.AdminTokenOrderByWithRelationInput>()("AdminToken", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], {
+  field: "CREATED_AT",
+  direction: "DESC",
+});
 export const AdminTokenConnection = builder.connectionObject({ type: AdminTokenRef, name: "AdminTokenConnection" }, { name: "AdminTokenEdge" });

@@ -57,5 +57,8 @@ export const AlertWebhookDeliveryRef = builder.prismaObject("AlertWebhookDeliver
   }),
 });
 
-export const AlertWebhookDeliveryOrder = listOrder<Prisma.AlertWebhookDeliveryOrderByWithRelationInput>()("AlertWebhookDelivery", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const AlertWebhookDeliveryOrder = listOrder<Prisma.AlertWebhookDeliveryOrderByWithRelationInput>()("AlertWebhookDelivery", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], {
+  field: "CREATED_AT",
+  direction: "DESC",
+});
 export const AlertWebhookDeliveryConnection = builder.connectionObject({ type: AlertWebhookDeliveryRef, name: "AlertWebhookDeliveryConnection" }, { name: "AlertWebhookDeliveryEdge" });

@@ -55,9 +55,18 @@ export const ChannelHealthEventRef = builder.prismaObject("ChannelHealthEvent", 
   }),
 });
 
-export const BudgetAlertOrder = listOrder<Prisma.BudgetAlertOrderByWithRelationInput>()("BudgetAlert", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const BudgetAlertOrder = listOrder<Prisma.BudgetAlertOrderByWithRelationInput>()("BudgetAlert", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], {
+  field: "CREATED_AT",
+  direction: "DESC",
+});
 export const BudgetAlertConnection = builder.connectionObject({ type: BudgetAlertRef, name: "BudgetAlertConnection" }, { name: "BudgetAlertEdge" });
-export const LowBalanceAlertOrder = listOrder<Prisma.BalanceAlertOrderByWithRelationInput>()("LowBalanceAlert", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const LowBalanceAlertOrder = listOrder<Prisma.BalanceAlertOrderByWithRelationInput>()("LowBalanceAlert", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], {
+  field: "CREATED_AT",
+  direction: "DESC",
+});
 export const LowBalanceAlertConnection = builder.connectionObject({ type: LowBalanceAlertRef, name: "LowBalanceAlertConnection" }, { name: "LowBalanceAlertEdge" });
-export const ChannelHealthEventOrder = listOrder<Prisma.ChannelHealthEventOrderByWithRelationInput>()("ChannelHealthEvent", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const ChannelHealthEventOrder = listOrder<Prisma.ChannelHealthEventOrderByWithRelationInput>()("ChannelHealthEvent", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], {
+  field: "CREATED_AT",
+  direction: "DESC",
+});
 export const ChannelHealthEventConnection = builder.connectionObject({ type: ChannelHealthEventRef, name: "ChannelHealthEventConnection" }, { name: "ChannelHealthEventEdge" });

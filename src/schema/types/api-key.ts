@@ -40,14 +40,21 @@ export const ApiKeyRef = builder.prismaObject("ApiKey", {
       rpmLimit: t.exposeInt("rpmLimit", { nullable: true, description: "Requests per minute; null = no limit." }),
       tpmLimit: t.exposeInt("tpmLimit", { nullable: true, description: "Tokens (prompt + output) per minute; null = no limit." }),
       maxConcurrent: t.exposeInt("maxConcurrent", { nullable: true, description: "Requests in flight at once; null = no limit." }),
-      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
-        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "cap") }),
-      perRequestMaxCharge: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
-        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_PER_REQUEST", k.id, bucket ?? primaryBucket(k), "cap") }),
-      spendToday: t.field({ type: MoneyRef, args: bucketArg, description: "Settled spend in the current UTC day.",
-        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "spent") }),
-      remainingToday: t.field({ type: MoneyRef, nullable: true, args: bucketArg, description: "Daily cap − spent − held; null when uncapped.",
-        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "remaining") }),
+      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "cap") }),
+      perRequestMaxCharge: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_PER_REQUEST", k.id, bucket ?? primaryBucket(k), "cap") }),
+      spendToday: t.field({
+        type: MoneyRef,
+        args: bucketArg,
+        description: "Settled spend in the current UTC day.",
+        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "spent"),
+      }),
+      remainingToday: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        description: "Daily cap − spent − held; null when uncapped.",
+        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "remaining"),
+      }),
       budgets: t.field({
         type: [BudgetStatusRef],
         description: "Daily window of this key in each allowed bucket.",
@@ -123,7 +130,11 @@ export const ApiKeyRef = builder.prismaObject("ApiKey", {
             orderBy: t.arg({ type: LedgerEntryOrder.Input, required: false, description: LedgerEntryOrder.description }),
           },
           resolve: (query, k, args, ctx) =>
-            db.ledgerEntry.findMany({ ...query, where: { ...ledgerWhere(viewerOf(ctx), { ...args, keyId: k.id }), organizationId: k.organizationId }, orderBy: LedgerEntryOrder.orderBy(args.orderBy) }),
+            db.ledgerEntry.findMany({
+              ...query,
+              where: { ...ledgerWhere(viewerOf(ctx), { ...args, keyId: k.id }), organizationId: k.organizationId },
+              orderBy: LedgerEntryOrder.orderBy(args.orderBy),
+            }),
           totalCount: (k, args, ctx) => db.ledgerEntry.count({ where: { ...ledgerWhere(viewerOf(ctx), { ...args, keyId: k.id }), organizationId: k.organizationId } }),
         },
         LedgerEntryConnection,
@@ -134,5 +145,8 @@ export const ApiKeyRef = builder.prismaObject("ApiKey", {
   },
 });
 
-export const ApiKeyOrder = listOrder<Prisma.ApiKeyOrderByWithRelationInput>()("ApiKey", { CREATED_AT: (d) => ({ createdAt: d }), NAME: (d) => ({ name: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "ASC" });
+export const ApiKeyOrder = listOrder<Prisma.ApiKeyOrderByWithRelationInput>()("ApiKey", { CREATED_AT: (d) => ({ createdAt: d }), NAME: (d) => ({ name: d }) }, (d) => [{ id: d }], {
+  field: "CREATED_AT",
+  direction: "ASC",
+});
 export const ApiKeyConnection = builder.connectionObject({ type: ApiKeyRef, name: "ApiKeyConnection" }, { name: "ApiKeyEdge" });

@@ -30,5 +30,8 @@ export const AuditEntryRef = builder.prismaObject("AuditEntry", {
   }),
 });
 
-export const AuditEntryOrder = listOrder<Prisma.AuditEntryOrderByWithRelationInput>()("AuditEntry", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "DESC" });
+export const AuditEntryOrder = listOrder<Prisma.AuditEntryOrderByWithRelationInput>()("AuditEntry", { CREATED_AT: (d) => ({ createdAt: d }) }, (d) => [{ id: d }], {
+  field: "CREATED_AT",
+  direction: "DESC",
+});
 export const AuditEntryConnection = builder.connectionObject({ type: AuditEntryRef, name: "AuditEntryConnection" }, { name: "AuditEntryEdge" });

@@ -28,7 +28,8 @@ export const ChannelRef = builder.prismaObject("Channel", {
     currentPrice: t.prismaField({
       type: "PriceSnapshot",
       nullable: true,
-      description: "The snapshot requests are priced with now, in the channel's current bucket (null = unpriced: requests are refused; a settlement change leaves the channel unpriced until setPrice).",
+      description:
+        "The snapshot requests are priced with now, in the channel's current bucket (null = unpriced: requests are refused; a settlement change leaves the channel unpriced until setPrice).",
       resolve: (query, channel) => {
         // The same rule as the gateway's route plan (routing pricedNowWhere), for the channel at hand.
         const bucket = bucketOf(channel.settlement);
@@ -40,15 +41,15 @@ export const ChannelRef = builder.prismaObject("Channel", {
       },
     }),
     priceHistory: t.relatedConnection(
-        "priceSnapshots",
-        {
-          cursor: "id",
-          totalCount: true,
-          args: { orderBy: t.arg({ type: PriceSnapshotOrder.Input, required: false, description: PriceSnapshotOrder.description }) },
-          query: (args) => ({ orderBy: PriceSnapshotOrder.orderBy(args.orderBy) }),
-        },
-        PriceSnapshotConnection,
-      ),
+      "priceSnapshots",
+      {
+        cursor: "id",
+        totalCount: true,
+        args: { orderBy: t.arg({ type: PriceSnapshotOrder.Input, required: false, description: PriceSnapshotOrder.description }) },
+        query: (args) => ({ orderBy: PriceSnapshotOrder.orderBy(args.orderBy) }),
+      },
+      PriceSnapshotConnection,
+    ),
     healthHistory: t.relatedConnection(
       "healthEvents",
       {

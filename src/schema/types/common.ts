@@ -8,16 +8,16 @@ import type { BudgetStatus } from "../../budgets/index.ts";
 import type { Context } from "../builder.ts";
 
 builder.scalarType("Decimal", {
-  description: "An exact decimal number as a string, e.g. \"12.500000\" (money: up to 6 decimals, in the bucket's currency).",
+  description: 'An exact decimal number as a string, e.g. "12.500000" (money: up to 6 decimals, in the bucket\'s currency).',
   serialize: (value) => String(value),
   parseValue: (value) => {
     if (typeof value === "string") return value;
     if (typeof value === "number" && Number.isSafeInteger(value)) return String(value);
-    throw new GraphQLError("Decimal must be a string such as \"12.50\"", { extensions: { code: "BAD_USER_INPUT" } });
+    throw new GraphQLError('Decimal must be a string such as "12.50"', { extensions: { code: "BAD_USER_INPUT" } });
   },
   parseLiteral: (ast) => {
     if (ast.kind === Kind.STRING || ast.kind === Kind.INT) return ast.value;
-    throw new GraphQLError("Decimal must be a string such as \"12.50\"", { extensions: { code: "BAD_USER_INPUT" } });
+    throw new GraphQLError('Decimal must be a string such as "12.50"', { extensions: { code: "BAD_USER_INPUT" } });
   },
 });
 
@@ -49,7 +49,7 @@ export function parseDateTime(value: unknown): Date {
 
 builder.scalarType("DateTime", {
   description:
-    "An ISO 8601 (RFC 3339) date-time. Output: UTC with milliseconds, e.g. \"2026-11-01T00:00:00.000Z\". Input: a full date-time with an offset (Z or ±hh:mm), e.g. \"2026-11-01T00:00:00Z\" or \"2026-11-01T09:00:00+08:00\"; a date alone or a time without an offset is refused (BAD_USER_INPUT).",
+    'An ISO 8601 (RFC 3339) date-time. Output: UTC with milliseconds, e.g. "2026-11-01T00:00:00.000Z". Input: a full date-time with an offset (Z or ±hh:mm), e.g. "2026-11-01T00:00:00Z" or "2026-11-01T09:00:00+08:00"; a date alone or a time without an offset is refused (BAD_USER_INPUT).',
   serialize: (value) => (value instanceof Date ? value.toISOString() : String(value)),
   parseValue: parseDateTime,
   parseLiteral: (ast) => parseDateTime(ast.kind === Kind.STRING ? ast.value : undefined),
@@ -104,19 +104,12 @@ export const MoneyRef = builder.objectRef<Money>("Money").implement({
 });
 
 export const moneyOf = (amount: bigint, bucket: BalanceBucket): Money => ({ amount, currency: BUCKET_CURRENCY[bucket] });
-export const moneyOrNull = (amount: bigint | null | undefined, bucket: BalanceBucket): Money | null =>
-  amount === null || amount === undefined ? null : moneyOf(amount, bucket);
+export const moneyOrNull = (amount: bigint | null | undefined, bucket: BalanceBucket): Money | null => (amount === null || amount === undefined ? null : moneyOf(amount, bucket));
 
 /** One number of a scope's current window (cap, settled spend, or what remains) as Money, batched. */
 export function budgetMoney(ctx: Context, scope: CapScope, scopeId: string, bucket: BalanceBucket, pick: "spent"): Promise<Money>;
 export function budgetMoney(ctx: Context, scope: CapScope, scopeId: string, bucket: BalanceBucket, pick: "cap" | "remaining"): Promise<Money | null>;
-export async function budgetMoney(
-  ctx: Context,
-  scope: CapScope,
-  scopeId: string,
-  bucket: BalanceBucket,
-  pick: "cap" | "spent" | "remaining",
-): Promise<Money | null> {
+export async function budgetMoney(ctx: Context, scope: CapScope, scopeId: string, bucket: BalanceBucket, pick: "cap" | "spent" | "remaining"): Promise<Money | null> {
   const status = await ctx.loaders.budget(scope, scopeId, bucket);
   return moneyOrNull(status[pick], bucket);
 }
@@ -148,24 +141,25 @@ type Direction = "asc" | "desc";
  * Rows of equal value are ordered by `tiebreak` (ending with the id), so pages never overlap. The
  * defaults are the list's order before orderBy existed.
  */
-export const listOrder = <O>() => function order<const F extends string>(
-  typeName: string,
-  columns: Record<F, (direction: Direction) => O>,
-  tiebreak: (direction: Direction) => O[],
-  defaults: { field: NoInfer<F>; direction: "ASC" | "DESC" },
-) {
-  const fields = Object.keys(columns) as F[];
-  const FieldEnum = builder.enumType(`${typeName}OrderField`, { values: fields }) as unknown as EnumRef<typeof builder.$inferSchemaTypes, F, F>;
-  const Input = builder.inputType(`${typeName}Order`, {
-    description: `How ${typeName} rows are sorted. Default: ${defaults.field} ${defaults.direction}.`,
-    fields: (t) => ({
-      field: t.field({ type: FieldEnum, required: true, defaultValue: defaults.field }),
-      direction: t.field({ type: OrderDirection, required: true, defaultValue: defaults.direction }),
-    }),
-  });
-  const orderBy = (arg: { field?: F | null; direction?: "ASC" | "DESC" | null } | null | undefined): O[] => {
-    const direction = (arg?.direction ?? defaults.direction) === "ASC" ? "asc" : "desc";
-    return [columns[arg?.field ?? defaults.field](direction), ...tiebreak(direction)];
+export const listOrder = <O>() =>
+  function order<const F extends string>(
+    typeName: string,
+    columns: Record<F, (direction: Direction) => O>,
+    tiebreak: (direction: Direction) => O[],
+    defaults: { field: NoInfer<F>; direction: "ASC" | "DESC" },
+  ) {
+    const fields = Object.keys(columns) as F[];
+    const FieldEnum = builder.enumType(`${typeName}OrderField`, { values: fields }) as unknown as EnumRef<typeof builder.$inferSchemaTypes, F, F>;
+    const Input = builder.inputType(`${typeName}Order`, {
+      description: `How ${typeName} rows are sorted. Default: ${defaults.field} ${defaults.direction}.`,
+      fields: (t) => ({
+        field: t.field({ type: FieldEnum, required: true, defaultValue: defaults.field }),
+        direction: t.field({ type: OrderDirection, required: true, defaultValue: defaults.direction }),
+      }),
+    });
+    const orderBy = (arg: { field?: F | null; direction?: "ASC" | "DESC" | null } | null | undefined): O[] => {
+      const direction = (arg?.direction ?? defaults.direction) === "ASC" ? "asc" : "desc";
+      return [columns[arg?.field ?? defaults.field](direction), ...tiebreak(direction)];
+    };
+    return { Input, orderBy, description: `Default: ${defaults.field} ${defaults.direction}.` };
   };
-  return { Input, orderBy, description: `Default: ${defaults.field} ${defaults.direction}.` };
-};

@@ -37,7 +37,8 @@ export const FailedRequestRef = builder.prismaObject("FailedRequest", {
     attempts: t.exposeInt("attempts"),
     attemptPath: t.field({
       type: [RequestAttemptRef],
-      description: "Every upstream attempt, in order: channel, role, upstream status, cause, latency, and which one (the last, if any) was charged under the key's failed-request policy. Empty when the request was refused before any attempt, and for failed requests recorded before attempt paths were.",
+      description:
+        "Every upstream attempt, in order: channel, role, upstream status, cause, latency, and which one (the last, if any) was charged under the key's failed-request policy. Empty when the request was refused before any attempt, and for failed requests recorded before attempt paths were.",
       resolve: (f) => attemptsOf(f),
     }),
     bucket: t.field({ type: BalanceBucket, nullable: true, resolve: (f) => f.bucket }),

@@ -30,8 +30,18 @@ export const PlanLimitRef = builder.objectRef<ShownLimit>("PlanLimit").implement
       resolve: (s) => (s.limit.kind === "CHANNEL_DAILY" && !s.organizationReader ? null : s.limit.scopeId),
     }),
     bucket: t.field({ type: BalanceBucket, resolve: (s) => s.limit.bucket }),
-    windowStart: t.field({ type: "DateTime", nullable: true, description: "The UTC day or month counted; the epoch for a run's total; null for KEY_PER_REQUEST and BALANCE.", resolve: (s) => s.limit.windowStart }),
-    limit: t.field({ type: MoneyRef, nullable: true, description: "null = no cap. A cap set in the other bucket only caps this bucket at 0.", resolve: (s) => moneyOrNull(s.limit.limit, s.limit.bucket) }),
+    windowStart: t.field({
+      type: "DateTime",
+      nullable: true,
+      description: "The UTC day or month counted; the epoch for a run's total; null for KEY_PER_REQUEST and BALANCE.",
+      resolve: (s) => s.limit.windowStart,
+    }),
+    limit: t.field({
+      type: MoneyRef,
+      nullable: true,
+      description: "null = no cap. A cap set in the other bucket only caps this bucket at 0.",
+      resolve: (s) => moneyOrNull(s.limit.limit, s.limit.bucket),
+    }),
     spent: t.field({ type: MoneyRef, resolve: (s) => moneyOf(s.limit.spent, s.limit.bucket) }),
     held: t.field({ type: MoneyRef, resolve: (s) => moneyOf(s.limit.held, s.limit.bucket) }),
     remaining: t.field({ type: MoneyRef, nullable: true, description: "null = no cap.", resolve: (s) => moneyOrNull(s.limit.remaining, s.limit.bucket) }),
@@ -104,7 +114,8 @@ export const KeyModelPlanRef = builder.objectRef<KeyModelPlan>("KeyModelPlan").i
     fallbackSwitchesBucket: t.exposeBoolean("fallbackSwitchesBucket", { description: "Tried channels pay from different buckets: a fallback can move the charge to the other bucket." }),
     limits: t.field({
       type: [PlanLimitRef],
-      description: "Per bucket a tried channel pays from: KEY_PER_REQUEST, KEY_DAILY, PROJECT_DAILY, PROJECT_MONTHLY, ROUTE_DAILY, RUN_TOTAL (with run), and BALANCE (not for project viewers); CHANNEL_DAILY per tried channel in its bucket. Uncapped ones too (limit null).",
+      description:
+        "Per bucket a tried channel pays from: KEY_PER_REQUEST, KEY_DAILY, PROJECT_DAILY, PROJECT_MONTHLY, ROUTE_DAILY, RUN_TOTAL (with run), and BALANCE (not for project viewers); CHANNEL_DAILY per tried channel in its bucket. Uncapped ones too (limit null).",
       resolve: (p) => shownLimits(p.limits, p.organizationReader),
     }),
     rateLimits: t.field({ type: KeyRateLimitsRef, resolve: (p) => p.rateLimits }),

@@ -10,14 +10,14 @@ builder.prismaObject("Organization", {
     name: t.exposeString("name"),
     createdAt: t.expose("createdAt", { type: "DateTime" }),
     projects: t.relatedConnection(
-        "projects",
-        {
-          cursor: "id",
-          totalCount: true,
-          args: { orderBy: t.arg({ type: ProjectOrder.Input, required: false, description: ProjectOrder.description }) },
-          query: (args) => ({ orderBy: ProjectOrder.orderBy(args.orderBy) }),
-        },
-        ProjectConnection,
-      ),
+      "projects",
+      {
+        cursor: "id",
+        totalCount: true,
+        args: { orderBy: t.arg({ type: ProjectOrder.Input, required: false, description: ProjectOrder.description }) },
+        query: (args) => ({ orderBy: ProjectOrder.orderBy(args.orderBy) }),
+      },
+      ProjectConnection,
+    ),
   }),
 });

@@ -20,27 +20,27 @@ export const ProjectRef = builder.prismaObject("Project", {
       name: t.exposeString("name"),
       organization: t.relation("organization"),
       createdAt: t.expose("createdAt", { type: "DateTime" }),
-      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
-        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_DAILY", p.id, bucket ?? "CREDIT", "cap") }),
-      monthlyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
-        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_MONTHLY", p.id, bucket ?? "CREDIT", "cap") }),
-      spendToday: t.field({ type: MoneyRef, args: bucketArg, description: "Settled spend in the current UTC day (requests in flight are in `budgets.held`).",
-        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_DAILY", p.id, bucket ?? "CREDIT", "spent") }),
-      remainingToday: t.field({ type: MoneyRef, nullable: true, args: bucketArg, description: "Daily cap − spent − held; null when uncapped.",
-        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_DAILY", p.id, bucket ?? "CREDIT", "remaining") }),
-      spendThisMonth: t.field({ type: MoneyRef, args: bucketArg,
-        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_MONTHLY", p.id, bucket ?? "CREDIT", "spent") }),
-      remainingThisMonth: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
-        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_MONTHLY", p.id, bucket ?? "CREDIT", "remaining") }),
+      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_DAILY", p.id, bucket ?? "CREDIT", "cap") }),
+      monthlyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_MONTHLY", p.id, bucket ?? "CREDIT", "cap") }),
+      spendToday: t.field({
+        type: MoneyRef,
+        args: bucketArg,
+        description: "Settled spend in the current UTC day (requests in flight are in `budgets.held`).",
+        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_DAILY", p.id, bucket ?? "CREDIT", "spent"),
+      }),
+      remainingToday: t.field({
+        type: MoneyRef,
+        nullable: true,
+        args: bucketArg,
+        description: "Daily cap − spent − held; null when uncapped.",
+        resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_DAILY", p.id, bucket ?? "CREDIT", "remaining"),
+      }),
+      spendThisMonth: t.field({ type: MoneyRef, args: bucketArg, resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_MONTHLY", p.id, bucket ?? "CREDIT", "spent") }),
+      remainingThisMonth: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (p, { bucket }, ctx) => budgetMoney(ctx, "PROJECT_MONTHLY", p.id, bucket ?? "CREDIT", "remaining") }),
       budgets: t.field({
         type: [BudgetStatusRef],
         description: "Every window of this project in both buckets.",
-        resolve: (p, _args, ctx) =>
-          Promise.all(
-            (["PROJECT_DAILY", "PROJECT_MONTHLY"] as const).flatMap((scope) =>
-              (["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget(scope, p.id, b)),
-            ),
-          ),
+        resolve: (p, _args, ctx) => Promise.all((["PROJECT_DAILY", "PROJECT_MONTHLY"] as const).flatMap((scope) => (["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget(scope, p.id, b)))),
       }),
       apiKeys: t.relatedConnection(
         "apiKeys",
@@ -88,5 +88,8 @@ export const ProjectRef = builder.prismaObject("Project", {
   },
 });
 
-export const ProjectOrder = listOrder<Prisma.ProjectOrderByWithRelationInput>()("Project", { CREATED_AT: (d) => ({ createdAt: d }), NAME: (d) => ({ name: d }) }, (d) => [{ id: d }], { field: "CREATED_AT", direction: "ASC" });
+export const ProjectOrder = listOrder<Prisma.ProjectOrderByWithRelationInput>()("Project", { CREATED_AT: (d) => ({ createdAt: d }), NAME: (d) => ({ name: d }) }, (d) => [{ id: d }], {
+  field: "CREATED_AT",
+  direction: "ASC",
+});
 export const ProjectConnection = builder.connectionObject({ type: ProjectRef, name: "ProjectConnection" }, { name: "ProjectEdge" });

@@ -46,7 +46,12 @@ export const RequestQuoteRef = builder.objectRef<RequestQuote>("RequestQuote").i
       completionTokensReserved: t.int({ description: "Output tokens the worst case reserves (max_tokens, or the route's default).", resolve: (q) => q.bounds.outputBound }),
       expectedCompletionTokens: t.int({ description: "Completion tokens the expected charge assumes (given, else the reserved bound).", resolve: (q) => q.expectedCompletionTokens }),
       worstCase: t.field({ type: MoneyRef, nullable: true, description: "What admission holds for it: the most it can be charged.", resolve: money((q) => q.verdict.worstCase) }),
-      expectedCharge: t.field({ type: MoneyRef, nullable: true, description: "Its charge if the upstream reports promptTokens and expectedCompletionTokens.", resolve: money((q) => q.expectedCharge) }),
+      expectedCharge: t.field({
+        type: MoneyRef,
+        nullable: true,
+        description: "Its charge if the upstream reports promptTokens and expectedCompletionTokens.",
+        resolve: money((q) => q.expectedCharge),
+      }),
       bindingLimit: t.field({
         type: PlanLimitRef,
         nullable: true,

@@ -26,7 +26,8 @@ export const ReceiptRef = builder.prismaObject("Receipt", {
     attempts: t.exposeInt("attempts"),
     attemptPath: t.field({
       type: [RequestAttemptRef],
-      description: "Every upstream attempt, in order (the answered one last): channel, role, upstream status, cause, latency, and which one was charged. Empty for receipts recorded before attempt paths were (then only `attempts` counts them).",
+      description:
+        "Every upstream attempt, in order (the answered one last): channel, role, upstream status, cause, latency, and which one was charged. Empty for receipts recorded before attempt paths were (then only `attempts` counts them).",
       resolve: (r) => attemptsOf(r),
     }),
     bucket: t.field({ type: BalanceBucket, resolve: (r) => r.bucket }),

@@ -15,7 +15,10 @@ export const RouteRef = builder.prismaObject("Route", {
       id: t.exposeID("id"),
       model: t.exposeString("model"),
       defaultMaxTokens: t.exposeInt("defaultMaxTokens", { description: "Output bound reserved for requests without max_tokens." }),
-      maxUnboundedPartTokens: t.exposeInt("maxUnboundedPartTokens", { nullable: true, description: "Prompt tokens reserved per audio / file part; null: such parts are refused (400 unsupported_content)." }),
+      maxUnboundedPartTokens: t.exposeInt("maxUnboundedPartTokens", {
+        nullable: true,
+        description: "Prompt tokens reserved per audio / file part; null: such parts are refused (400 unsupported_content).",
+      }),
       channels: t.relation("channels", {
         args: { includeDisabled: t.arg.boolean({ required: false }) },
         query: (args) => ({
@@ -23,12 +26,9 @@ export const RouteRef = builder.prismaObject("Route", {
           orderBy: [{ priority: "asc" }, { createdAt: "asc" }],
         }),
       }),
-      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
-        resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "cap") }),
-      spendToday: t.field({ type: MoneyRef, args: bucketArg,
-        resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "spent") }),
-      remainingToday: t.field({ type: MoneyRef, nullable: true, args: bucketArg,
-        resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "remaining") }),
+      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "cap") }),
+      spendToday: t.field({ type: MoneyRef, args: bucketArg, resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "spent") }),
+      remainingToday: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "remaining") }),
       budgets: t.field({
         type: [BudgetStatusRef],
         resolve: (r, _args, ctx) => Promise.all((["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget("ROUTE_DAILY", r.id, b))),

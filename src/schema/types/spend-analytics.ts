@@ -4,7 +4,18 @@ import type { ObjectFieldBuilder } from "@pothos/core";
 import { builder } from "../builder.ts";
 import { BucketAmountRef } from "./live.ts";
 import { BalanceBucket, RunMode, Settlement } from "../../generated/prisma/enums.ts";
-import { BUCKETS, MAX_CELLS, MAX_TOP, SPEND_DIMENSIONS, type GroupValues, type Latency, type SpendReport, type SpendReportPoint, type SpendReportSeries, type SpendSums } from "../../analytics/report.ts";
+import {
+  BUCKETS,
+  MAX_CELLS,
+  MAX_TOP,
+  SPEND_DIMENSIONS,
+  type GroupValues,
+  type Latency,
+  type SpendReport,
+  type SpendReportPoint,
+  type SpendReportSeries,
+  type SpendSums,
+} from "../../analytics/report.ts";
 import { viewerOf } from "../../resolvers/viewer.ts";
 import { ApiKeyRef } from "./api-key.ts";
 import { ProjectRef } from "./project.ts";
@@ -13,17 +24,19 @@ import { ChannelRef } from "./channel.ts";
 import { RunRef } from "./run.ts";
 
 export const SpendInterval = builder.enumType("SpendInterval", {
-  description: "Bucket length, in the series' time zone: local minutes and hours (a 23-hour day has 23 hourly buckets, a 25-hour day 25), days from local midnight, ISO weeks (Monday first), calendar months.",
+  description:
+    "Bucket length, in the series' time zone: local minutes and hours (a 23-hour day has 23 hourly buckets, a 25-hour day 25), days from local midnight, ISO weeks (Monday first), calendar months.",
   values: ["MINUTE", "HOUR", "DAY", "WEEK", "MONTH"] as const,
 });
 
 export const SpendDimensionEnum = builder.enumType("SpendDimension", {
-  description: "What spend is grouped by. MODEL: the requested (catalog) model; UPSTREAM_MODEL: what the channel called (failed requests have none); SETTLEMENT: the bucket's (OFFICIAL ↔ CREDIT, ROUTED ↔ ROUTED); RUN_MODE: the run's mode (requests outside a run: null).",
+  description:
+    "What spend is grouped by. MODEL: the requested (catalog) model; UPSTREAM_MODEL: what the channel called (failed requests have none); SETTLEMENT: the bucket's (OFFICIAL ↔ CREDIT, ROUTED ↔ ROUTED); RUN_MODE: the run's mode (requests outside a run: null).",
   values: SPEND_DIMENSIONS,
 });
 
 export const SpendFilterInput = builder.inputType("SpendFilter", {
-  description: "Narrows spend: each list given is \"any of\" (at most 1000 values; an empty list is no condition); all given lists must hold. Ids of another organization match nothing.",
+  description: 'Narrows spend: each list given is "any of" (at most 1000 values; an empty list is no condition); all given lists must hold. Ids of another organization match nothing.',
   fields: (t) => ({
     keyIds: t.idList({ required: false }),
     projectIds: t.idList({ required: false }),
@@ -38,13 +51,24 @@ export const SpendFilterInput = builder.inputType("SpendFilter", {
 export const SpendAnalyticsInput = builder.inputType("SpendAnalyticsInput", {
   fields: (t) => ({
     from: t.field({ type: "DateTime", required: true, description: "Inclusive." }),
-    to: t.field({ type: "DateTime", required: true, description: "Exclusive. Ranges: MINUTE ≤ 2 days, HOUR ≤ 92, DAY ≤ 3 years, WEEK ≤ 10, MONTH ≤ 20; ≤ 31 days when the zone's boundaries are not on UTC hours (read from raw rows)." }),
+    to: t.field({
+      type: "DateTime",
+      required: true,
+      description: "Exclusive. Ranges: MINUTE ≤ 2 days, HOUR ≤ 92, DAY ≤ 3 years, WEEK ≤ 10, MONTH ≤ 20; ≤ 31 days when the zone's boundaries are not on UTC hours (read from raw rows).",
+    }),
     interval: t.field({ type: SpendInterval, required: true }),
-    timeZone: t.string({ required: false, description: "IANA time zone the buckets follow (e.g. \"Asia/Shanghai\"). Default: the organization's (UTC)." }),
+    timeZone: t.string({ required: false, description: 'IANA time zone the buckets follow (e.g. "Asia/Shanghai"). Default: the organization\'s (UTC).' }),
     groupBy: t.field({ type: [SpendDimensionEnum], required: false, description: "Zero or more dimensions; none: one series of everything." }),
     filter: t.field({ type: SpendFilterInput, required: false }),
-    top: t.int({ required: false, description: `Keep the ${"`top`"} groups by spend (1–${MAX_TOP}) and sum the rest into one series with other = true. Default: every group (at most ${MAX_CELLS} points × series).` }),
-    rankBy: t.field({ type: BalanceBucket, required: false, description: "Whose spend ranks groups for top (buckets are never summed). Default CREDIT; ties: the other bucket's spend, then requests, then failed requests, then the group's values." }),
+    top: t.int({
+      required: false,
+      description: `Keep the ${"`top`"} groups by spend (1–${MAX_TOP}) and sum the rest into one series with other = true. Default: every group (at most ${MAX_CELLS} points × series).`,
+    }),
+    rankBy: t.field({
+      type: BalanceBucket,
+      required: false,
+      description: "Whose spend ranks groups for top (buckets are never summed). Default CREDIT; ties: the other bucket's spend, then requests, then failed requests, then the group's values.",
+    }),
     compareWithPrevious: t.boolean({ required: false, description: "Also sum the period of the same length immediately before from (previous, and each series' previous)." }),
     organizationId: t.id({ required: false, description: "Platform tokens only; others always see their own organization." }),
   }),
@@ -52,10 +76,13 @@ export const SpendAnalyticsInput = builder.inputType("SpendAnalyticsInput", {
 
 /** The fields of a sum, shared by totals and points. */
 function sumFields<T>(t: ObjectFieldBuilder<typeof builder.$inferSchemaTypes, T>, sums: (v: T) => SpendSums, buckets: (v: T) => readonly string[]) {
-  const inBuckets = (v: T, amounts: Record<string, bigint>) =>
-    BUCKETS.filter((b) => buckets(v).includes(b)).map((bucket) => ({ bucket, amount: amounts[bucket]! }));
+  const inBuckets = (v: T, amounts: Record<string, bigint>) => BUCKETS.filter((b) => buckets(v).includes(b)).map((bucket) => ({ bucket, amount: amounts[bucket]! }));
   return {
-    spend: t.field({ type: [BucketAmountRef], description: "Receipts' charges plus failed requests' charges, one amount per balance bucket (zeros included).", resolve: (v) => inBuckets(v, sums(v).spend) }),
+    spend: t.field({
+      type: [BucketAmountRef],
+      description: "Receipts' charges plus failed requests' charges, one amount per balance bucket (zeros included).",
+      resolve: (v) => inBuckets(v, sums(v).spend),
+    }),
     failedCharge: t.field({ type: [BucketAmountRef], description: "Of spend: charged to failed requests (the keys' failed-request policies).", resolve: (v) => inBuckets(v, sums(v).failedCharge) }),
     requests: t.field({ type: "Count", description: "Receipts plus charged failed requests (what spend counts).", resolve: (v) => sums(v).requests }),
     failedRequests: t.field({ type: "Count", description: "Every failed request, charged or not.", resolve: (v) => sums(v).failedRequests }),
@@ -76,7 +103,12 @@ interface InReport<T> {
 
 const SpendSumsRef = builder.objectRef<InReport<SpendSums>>("SpendSums").implement({
   description: "Sums over a period, money per balance bucket.",
-  fields: (t) => sumFields(t, (v) => v.value, (v) => v.buckets),
+  fields: (t) =>
+    sumFields(
+      t,
+      (v) => v.value,
+      (v) => v.buckets,
+    ),
 });
 
 const SpendLatencyRef = builder.objectRef<Latency>("SpendLatency").implement({
@@ -109,7 +141,11 @@ const SpendAnalyticsPointRef = builder.objectRef<InReport<SpendReportPoint>>("Sp
   fields: (t) => ({
     bucketStart: t.field({ type: "DateTime", resolve: (p) => p.value.start }),
     bucketEnd: t.field({ type: "DateTime", resolve: (p) => p.value.end }),
-    ...sumFields(t, (p) => p.value.sums, (p) => p.buckets),
+    ...sumFields(
+      t,
+      (p) => p.value.sums,
+      (p) => p.buckets,
+    ),
     latency: t.field({ type: SpendLatencyRef, nullable: true, description: "Null: no receipts, or latency unavailable for the range.", resolve: (p) => p.value.latency }),
   }),
 });
@@ -122,7 +158,12 @@ const SpendAnalyticsSeriesRef = builder.objectRef<InReport<SpendReportSeries>>("
     groupCount: t.int({ description: "Groups this series sums (1, or for other how many).", resolve: (s) => s.value.groupCount }),
     total: t.field({ type: SpendSumsRef, resolve: (s) => ({ value: s.value.total, buckets: s.buckets }) }),
     latency: t.field({ type: SpendLatencyRef, nullable: true, resolve: (s) => s.value.latency }),
-    previous: t.field({ type: SpendSumsRef, nullable: true, description: "The same group in the previous period (compareWithPrevious).", resolve: (s) => (s.value.previous ? { value: s.value.previous, buckets: s.buckets } : null) }),
+    previous: t.field({
+      type: SpendSumsRef,
+      nullable: true,
+      description: "The same group in the previous period (compareWithPrevious).",
+      resolve: (s) => (s.value.previous ? { value: s.value.previous, buckets: s.buckets } : null),
+    }),
     points: t.field({ type: [SpendAnalyticsPointRef], resolve: (s) => s.value.points.map((value) => ({ value, buckets: s.buckets })) }),
   }),
 });
@@ -155,7 +196,12 @@ export const SpendAnalyticsRef = builder.objectRef<SpendReport>("SpendAnalytics"
     totals: t.field({ type: SpendSumsRef, resolve: (r) => ({ value: r.totals, buckets: r.buckets }) }),
     latency: t.field({ type: SpendLatencyRef, nullable: true, resolve: (r) => r.latency }),
     latencyUnavailable: t.string({ nullable: true, description: "Why latency is null everywhere, when it is.", resolve: (r) => r.latencyUnavailable }),
-    previous: t.field({ type: SpendPeriodRef, nullable: true, description: "compareWithPrevious: the period of the same length immediately before from.", resolve: (r) => (r.previous ? { value: r.previous, buckets: r.buckets } : null) }),
+    previous: t.field({
+      type: SpendPeriodRef,
+      nullable: true,
+      description: "compareWithPrevious: the period of the same length immediately before from.",
+      resolve: (r) => (r.previous ? { value: r.previous, buckets: r.buckets } : null),
+    }),
     source: t.field({ type: SpendSourceEnum, resolve: (r) => r.source }),
   }),
 });
