@@ -32,7 +32,6 @@ export type Mode = "json" | "stream" | "responses" | "responses-stream";
 const ALL_MODES: Mode[] = ["json", "stream", "responses", "responses-stream"];
 const pathOf = (mode: Mode) => (mode.startsWith("responses") ? "/v1/responses" : "/v1/chat/completions");
 const streams = (mode: Mode) => mode === "stream" || mode === "responses-stream";
-type Target = "direct" | "portkey" | "tokengate";
 
 export interface Measure {
   requests: number;

@@ -18,6 +18,7 @@ export const forbidden = (message = "not allowed for this token") => new DomainE
 export const conflict = (message: string) => new DomainError("CONFLICT", message);
 
 // eslint-disable-next-line no-control-regex
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what this pattern refuses
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f]/;
 
 /** A trimmed, non-empty text input of at most `max` characters (names, model names), without control characters (PostgreSQL text cannot hold NUL). */

@@ -143,7 +143,7 @@ describe.skipIf(!haveChromium)("GraphiQL and the dashboard in Chromium", { timeo
     // running subscription would stop it).
     let subscriptionRequests = 0;
     page.on("request", (r) => {
-      if (r.url().includes("/graphql") && (r.headers()["accept"] ?? "").includes("text/event-stream")) subscriptionRequests++;
+      if (r.url().includes("/graphql") && (r.headers().accept ?? "").includes("text/event-stream")) subscriptionRequests++;
     });
     await expect
       .poll(

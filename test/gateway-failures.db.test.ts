@@ -89,10 +89,10 @@ describe("fallback", () => {
     const good = uid("good");
     await route(w.viewer, w.org.id, model, [
       { name: "dead", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: uid("dead"), price: ["1", "1"] },
-      { name: "limited", baseUrl: h.fake.url, upstreamModel: "limited-" + good, price: ["1", "1"] },
+      { name: "limited", baseUrl: h.fake.url, upstreamModel: `limited-${good}`, price: ["1", "1"] },
       { name: "good", baseUrl: h.fake.url, upstreamModel: good, price: ["1", "1"] },
     ]);
-    h.fake.set("limited-" + good, { type: "status", status: 429 });
+    h.fake.set(`limited-${good}`, { type: "status", status: 429 });
     const { response } = await h.gw
       .client(w.secret)
       .chat.completions.create({ model, messages: [{ role: "user", content: "x" }], max_tokens: 5 })

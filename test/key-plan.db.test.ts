@@ -157,7 +157,7 @@ describe("ApiKey.plan", () => {
       ["BALANCE", null, "CREDIT", "99.999890", "0.000000", "0.001000", "99.998890"],
       ["BALANCE", null, "ROUTED", "499.999780", "0.000000", "0.000000", "499.999780"],
     ]);
-    const today = new Date(new Date().toISOString().slice(0, 10) + "T00:00:00.000Z").toISOString();
+    const today = new Date(`${new Date().toISOString().slice(0, 10)}T00:00:00.000Z`).toISOString();
     expect(plan.limits.find((l: Limit) => l.kind === "KEY_DAILY").windowStart).toBe(today);
 
     // Spend per bucket (never one total), the ledger entries of its charges, and when it was last used.

@@ -8,7 +8,6 @@
 //   its leases lapse after their TTL.
 // PostgreSQL-only (processes cannot share an in-process PGlite): run by the "postgres" project.
 import { spawn, type ChildProcess } from "node:child_process";
-import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";

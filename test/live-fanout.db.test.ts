@@ -148,7 +148,13 @@ async function subscribeAll(clients: Client[], ids: { keyId: string; projectId: 
         .map((s) => [s.name, s.errors])
         .slice(0, 3),
   );
-  return { subscribers, dispose: () => disposers.forEach((d) => d()), listeners: listenerCount() - before };
+  return {
+    subscribers,
+    dispose: () => {
+      for (const d of disposers) d();
+    },
+    listeners: listenerCount() - before,
+  };
 }
 
 describe("live fan-out costs the database nothing per subscriber", { timeout: 240_000 }, () => {

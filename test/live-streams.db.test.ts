@@ -187,7 +187,12 @@ describe("liveSpend", () => {
     const window = new SpendWindow(() => true);
     const stream = coalescedStream<SpendTick>({
       intervalMs: 250,
-      start: (touch) => listen("spend", (e) => (e.organizationId === w.org.id ? (window.add(e), touch()) : undefined)),
+      start: (touch) =>
+        listen("spend", (e) => {
+          if (e.organizationId !== w.org.id) return;
+          window.add(e);
+          touch();
+        }),
       take: () => window.take(),
     });
     const first = stream.next();

@@ -5,7 +5,6 @@
 // plain text (not a log line).
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import OpenAI from "openai";

@@ -3,7 +3,6 @@
 // 100 concurrent requests split over both never overspend one key cap.
 // PostgreSQL-only (two processes cannot share an in-process PGlite): run by the "postgres" project.
 import { spawn, type ChildProcess } from "node:child_process";
-import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import OpenAI, { APIError } from "openai";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";

@@ -78,7 +78,15 @@ describe("SharedExecutions", () => {
     const hub = new SharedExecutions();
     const error: ExecutionResult = { errors: [] };
     let runs = 0;
-    const sub = { key: "bad", kind: "event" as const, run: () => (runs++, error), onOverflow: () => undefined };
+    const sub = {
+      key: "bad",
+      kind: "event" as const,
+      run: () => {
+        runs++;
+        return error;
+      },
+      onOverflow: () => undefined,
+    };
     const [x, y] = await Promise.all([hub.subscribe(sub), hub.subscribe(sub)]);
     expect(x).toBe(error);
     expect(y).toBe(error);

@@ -24,7 +24,7 @@ describe("countText is an upper bound of o200k's count", () => {
     ["a CJK run just over the BPE piece limit", cjkRun(MAX_BPE_PIECE_CHARS + 1)],
     ["a CJK run over the scanned-run limit", cjkRun(MAX_SCANNED_RUN_CHARS + 5)],
     ["a long run of one letter", "a".repeat(3000)],
-    ["long whitespace", " ".repeat(5000) + "x" + "\n".repeat(2000)],
+    ["long whitespace", `${" ".repeat(5000)}x${"\n".repeat(2000)}`],
     ["long punctuation", "!?".repeat(2000)],
     ["uppercase fullwidth letters", "ＡＢＣ".repeat(700)],
     ["digits", "1234567890".repeat(500)],

@@ -302,7 +302,9 @@ async function groupTotals(q: Query): Promise<Map<string, { values: GroupValues;
     let entry = groups.get(row.g);
     if (!entry) {
       const values: GroupValues = {};
-      q.groupBy.forEach((d, i) => (values[d] = row[`d${i}`] ?? null));
+      q.groupBy.forEach((d, i) => {
+        values[d] = row[`d${i}`] ?? null;
+      });
       entry = { values, sums: zeroSums() };
       groups.set(row.g, entry);
     }

@@ -1,7 +1,7 @@
 // Admin tokens and the viewer they authenticate. Tenancy rules live here so resolvers stay thin.
 import { db } from "../db/index.ts";
 import { DomainError, forbidden, notFound } from "../errors.ts";
-import { assertCanWrite, canRead, canReadOrganization, isPlatform, type Viewer } from "./viewer.ts";
+import { assertCanWrite, canReadOrganization, isPlatform, type Viewer } from "./viewer.ts";
 import { badInput, requiredText } from "../errors.ts";
 import { displayParts, generateSecret, sha256 } from "../secrets.ts";
 import type { AdminToken, Prisma } from "../generated/prisma/client.ts";

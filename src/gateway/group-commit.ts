@@ -62,7 +62,9 @@ export class GroupCommit<I, O> {
       this.stats.lastError = error instanceof Error ? error.message : String(error);
     }
     if (results) {
-      batch.forEach((b, i) => b.resolve(results![i]!));
+      batch.forEach((b, i) => {
+        b.resolve(results![i]!);
+      });
       return;
     }
     await Promise.all(batch.map((b) => this.runOne(b.item).then(b.resolve, b.reject)));

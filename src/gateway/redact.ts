@@ -8,7 +8,7 @@ export interface RedactionSource {
   credential: string | null;
 }
 
-const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
 // An echoed bearer value, and the usual API key shapes, whatever channel they came from.
 const BEARER = /\b(Bearer|Basic)\s+(?!\[)[^\s"',;]+/gi;
@@ -36,7 +36,7 @@ export function upstreamRedactor(sources: RedactionSource[]): (text: string) => 
     ...sources.flatMap((s) => (s.credential && s.credential.length >= 4 ? [{ text: s.credential, as: "[redacted credential]" }] : [])),
     ...sources.flatMap((s) => hostsOf(s.baseUrl).map((h) => ({ text: h, as: "[upstream host]" }))),
   ].sort((a, b) => b.text.length - a.text.length);
-  const literal = literals.length ? new RegExp(literals.map((l) => escape(l.text)).join("|"), "gi") : null;
+  const literal = literals.length ? new RegExp(literals.map((l) => escapeRegExp(l.text)).join("|"), "gi") : null;
   const replacement = new Map(literals.map((l) => [l.text.toLowerCase(), l.as]));
   return (text) => {
     let out = literal ? text.replace(literal, (m) => replacement.get(m.toLowerCase()) ?? "[redacted]") : text;

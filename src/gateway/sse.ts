@@ -191,8 +191,7 @@ export class SseRelay {
     let start = 0;
     // Only new text is scanned (a gigantic event would otherwise be rescanned on every chunk).
     SEPARATOR.lastIndex = this.scanFrom;
-    let match: RegExpExecArray | null;
-    while ((match = SEPARATOR.exec(this.buffer)) !== null) {
+    for (let match = SEPARATOR.exec(this.buffer); match !== null; match = SEPARATOR.exec(this.buffer)) {
       const event = this.buffer.slice(start, match.index);
       start = match.index + match[0].length;
       out += this.relayEvent(event);

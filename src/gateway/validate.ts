@@ -21,6 +21,7 @@ const present = (v: unknown) => v !== undefined && v !== null;
 
 // C0 / C1 controls, DEL, and lone surrogates (not representable in the database's UTF-8 text).
 // eslint-disable-next-line no-control-regex
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what this pattern refuses
 const UNSAFE_TEXT = /[\u0000-\u001f\u007f-\u009f]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 /** Longest model name accepted (catalog names are at most 200 characters). */
 const MAX_MODEL_CHARS = 256;
@@ -152,7 +153,9 @@ function message(m: unknown, param: string): void {
   if (!present(content)) {
     if (r !== "assistant" && r !== "function") throw badRequest(`Missing required parameter: '${contentParam}'.`, contentParam, "missing_required_parameter");
   } else if (Array.isArray(content)) {
-    content.forEach((part, i) => contentPart(part, at(contentParam, i), r));
+    content.forEach((part, i) => {
+      contentPart(part, at(contentParam, i), r);
+    });
   } else if (typeof content !== "string") {
     throw invalidType(contentParam, "one of a string or array of objects", content);
   }
@@ -169,7 +172,9 @@ function message(m: unknown, param: string): void {
 }
 
 function chat(body: Json): void {
-  array(body.messages, "messages", { min: 1 }).forEach((m, i) => message(m, at("messages", i)));
+  array(body.messages, "messages", { min: 1 }).forEach((m, i) => {
+    message(m, at("messages", i));
+  });
   boolean(body, "stream");
   if (present(body.stream_options)) {
     const options = object(body.stream_options, "stream_options");
@@ -190,7 +195,9 @@ function chat(body: Json): void {
   string(body, "reasoning_effort");
   string(body, "service_tier");
   if (present(body.stop) && typeof body.stop !== "string") {
-    array(body.stop, "stop", { max: 4 }).forEach((s, i) => checkString(s, at("stop", i)));
+    array(body.stop, "stop", { max: 4 }).forEach((s, i) => {
+      checkString(s, at("stop", i));
+    });
   }
   if (present(body.tools)) {
     array(body.tools, "tools").forEach((t, i) => {
@@ -200,7 +207,9 @@ function chat(body: Json): void {
     });
   }
   if (present(body.functions)) {
-    array(body.functions, "functions").forEach((f, i) => checkString(object(f, at("functions", i)).name, at(at("functions", i), "name")));
+    array(body.functions, "functions").forEach((f, i) => {
+      checkString(object(f, at("functions", i)).name, at(at("functions", i), "name"));
+    });
   }
   if (present(body.tool_choice) && typeof body.tool_choice !== "string") object(body.tool_choice, "tool_choice");
   if (present(body.function_call) && typeof body.function_call !== "string") object(body.function_call, "function_call");
@@ -210,7 +219,10 @@ function chat(body: Json): void {
       if (typeof bias !== "number" || !Number.isFinite(bias)) throw invalidType(`logit_bias.${clip(token, 20)}`, "a number", bias);
     }
   }
-  if (present(body.modalities)) array(body.modalities, "modalities").forEach((m, i) => checkString(m, at("modalities", i)));
+  if (present(body.modalities))
+    array(body.modalities, "modalities").forEach((m, i) => {
+      checkString(m, at("modalities", i));
+    });
   for (const field of ["metadata", "audio", "prediction", "web_search_options"]) if (present(body[field])) object(body[field], field);
 }
 
@@ -264,7 +276,10 @@ function inputItem(item: unknown, param: string): void {
   const content = it.content;
   const contentParam = at(param, "content");
   if (!present(content)) throw badRequest(`Missing required parameter: '${contentParam}'.`, contentParam, "missing_required_parameter");
-  if (Array.isArray(content)) content.forEach((part, i) => responseContentPart(part, at(contentParam, i)));
+  if (Array.isArray(content))
+    content.forEach((part, i) => {
+      responseContentPart(part, at(contentParam, i));
+    });
   else if (typeof content !== "string") throw invalidType(contentParam, "one of a string or array of objects", content);
 }
 
@@ -276,7 +291,9 @@ function responses(body: Json): void {
       throw badRequest("Missing required parameter: 'input'.", "input", "missing_required_parameter");
     }
   } else if (typeof input !== "string") {
-    array(input, "input").forEach((item, i) => inputItem(item, at("input", i)));
+    array(input, "input").forEach((item, i) => {
+      inputItem(item, at("input", i));
+    });
   }
   checkString(body.instructions, "instructions", false);
   boolean(body, "stream");
@@ -301,7 +318,9 @@ function responses(body: Json): void {
   string(body, "safety_identifier");
   string(body, "truncation", { values: ["auto", "disabled"] });
   if (present(body.tools)) {
-    array(body.tools, "tools").forEach((t, i) => checkString(object(t, at("tools", i)).type, at(at("tools", i), "type")));
+    array(body.tools, "tools").forEach((t, i) => {
+      checkString(object(t, at("tools", i)).type, at(at("tools", i), "type"));
+    });
   }
   if (present(body.tool_choice) && typeof body.tool_choice !== "string") object(body.tool_choice, "tool_choice");
   if (present(body.conversation) && typeof body.conversation !== "string") object(body.conversation, "conversation");
@@ -309,7 +328,10 @@ function responses(body: Json): void {
     const text = object(body.text, "text");
     if (present(text.format)) checkString(object(text.format, "text.format").type, "text.format.type");
   }
-  if (present(body.include)) array(body.include, "include").forEach((x, i) => checkString(x, at("include", i)));
+  if (present(body.include))
+    array(body.include, "include").forEach((x, i) => {
+      checkString(x, at("include", i));
+    });
   for (const field of ["metadata", "reasoning", "prompt", "stream_options"]) if (present(body[field])) object(body[field], field);
 }
 
@@ -321,7 +343,10 @@ function completionPrompt(v: unknown): void {
   if (!present(v)) throw badRequest("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter");
   if (typeof v === "string") return;
   const items = array(v, "prompt", { min: 1, max: MAX_EMBEDDING_INPUTS });
-  if (typeof items[0] === "number") return tokenArray(items, "prompt");
+  if (typeof items[0] === "number") {
+    tokenArray(items, "prompt");
+    return;
+  }
   items.forEach((item, i) => {
     if (Array.isArray(item)) tokenArray(item, at("prompt", i));
     else if (typeof item !== "string") throw invalidType(at("prompt", i), "a string or an array of tokens", item);
@@ -351,7 +376,9 @@ function completions(body: Json): void {
   string(body, "suffix");
   string(body, "user");
   if (present(body.stop) && typeof body.stop !== "string") {
-    array(body.stop, "stop", { max: 4 }).forEach((x, i) => checkString(x, at("stop", i)));
+    array(body.stop, "stop", { max: 4 }).forEach((x, i) => {
+      checkString(x, at("stop", i));
+    });
   }
   if (present(body.logit_bias)) {
     for (const [token, bias] of Object.entries(object(body.logit_bias, "logit_bias"))) {

@@ -3,9 +3,9 @@
 // of its hold (charged per the key's failed-request policy). Listeners hear about each record
 // after it committed (the server bridges them to GraphQL subscriptions).
 import { randomUUID } from "node:crypto";
-import { db, directSql } from "../db/index.ts";
+import { directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope, ChannelRole, FailureCause } from "../generated/prisma/enums.ts";
-import { translateDbError, type SqlClient } from "../accounting/index.ts";
+import { translateDbError } from "../accounting/index.ts";
 import { chargeBatchParams, RECORD_BATCH_SQL, type ChargeLease, type ChargeRow } from "../accounting/leases.ts";
 import { storable } from "../text.ts";
 import { storedPath, type AttemptStep } from "./attempts.ts";
@@ -286,7 +286,9 @@ export async function recordReceiptMany(items: Array<{ record: ReceiptInput; hol
     if (!row) throw new Error(`recordReceiptMany: no receipt for ${record.requestId}`);
     return { id: row.id, ledgerEntryId: row.ledger_entry_id, charged: settledCharge(row.charged, record.charge) };
   });
-  items.forEach(({ record }, i) => announce({ kind: "receipt", id: results[i]!.id, record: { ...record, charge: results[i]!.charged }, at: now }));
+  items.forEach(({ record }, i) => {
+    announce({ kind: "receipt", id: results[i]!.id, record: { ...record, charge: results[i]!.charged }, at: now });
+  });
   return results;
 }
 

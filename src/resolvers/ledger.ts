@@ -2,7 +2,7 @@ import { builder } from "../schema/builder.ts";
 import { announceThresholdChanged, rearmLowBalance } from "../budgets/low-balance.ts";
 import { events } from "../events/index.ts";
 import { db } from "../db/index.ts";
-import { isPlatform, resolveOrganizationId, tenancyWhere } from "../auth/index.ts";
+import { isPlatform, resolveOrganizationId } from "../auth/index.ts";
 import { postEntry, walletBucket } from "../accounting/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { badInput, forbidden } from "../errors.ts";

@@ -7,7 +7,7 @@ import type { BalanceBucket, FailedChargePolicy, RunMode, Settlement } from "../
 import { assertCanWrite, canRead, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { budgetStatus, capAmount, capsOf, parseCapInput, setCap, type BudgetStatus } from "../budgets/index.ts";
-import { badInput, conflict, forbidden, notFound } from "../errors.ts";
+import { badInput, conflict, notFound } from "../errors.ts";
 import { primaryBucket } from "../keys/index.ts";
 import { planRoute, type PlannedChannel } from "../routing/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../money.ts";
@@ -23,6 +23,7 @@ function optionalText(value: string | null | undefined, field: string, max: numb
   if (value === null || value === undefined) return null;
   const text = value.trim();
   if (!text) return null;
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what this refuses
   if (text.length > max || /[\u0000-\u001f\u007f]/.test(text)) throw badInput(field, `must be at most ${max} printable characters`);
   return text;
 }

@@ -64,7 +64,10 @@ export class Rng {
   weighted<T extends string>(weights: Record<T, number>): T {
     const entries = Object.entries(weights) as Array<[T, number]>;
     let r = this.next() * entries.reduce((s, [, w]) => s + w, 0);
-    for (const [k, w] of entries) if ((r -= w) < 0) return k;
+    for (const [k, w] of entries) {
+      r -= w;
+      if (r < 0) return k;
+    }
     return entries[entries.length - 1]![0];
   }
 }

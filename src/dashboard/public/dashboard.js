@@ -205,7 +205,10 @@ function applySpendTick(tick) {
   for (const s of tick.scopes) {
     if (s.scope !== "KEY_DAILY") continue;
     let heard = standings.get(s.scopeId);
-    if (!heard) standings.set(s.scopeId, (heard = new Map()));
+    if (!heard) {
+      heard = new Map();
+      standings.set(s.scopeId, heard);
+    }
     heard.set(`${s.scope}|${s.bucket}`, s);
   }
   // Only keys this tick touched, and only those shown: a thousand keys cost nothing off-page.

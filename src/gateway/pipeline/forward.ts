@@ -41,7 +41,8 @@ export async function forward(deps: GatewayDeps, state: RequestState, res: Serve
     const ref = refOf(channel, key);
     const admission = health.admit(ref);
     if (admission === "no") {
-      (coolingDown ??= []).push(channel);
+      coolingDown ??= [];
+      coolingDown.push(channel);
       continue;
     }
     const failed = await tryChannel(deps, state, res, key, plan, channel, ref, admission);

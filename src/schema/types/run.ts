@@ -35,7 +35,10 @@ const RunTotalsRef = builder.objectRef<RunTotals>("RunTotals").implement({
 const totalsByRow = new WeakMap<object, Promise<RunTotals>>();
 const totalsOf = (row: { id: string }): Promise<RunTotals> => {
   let hit = totalsByRow.get(row);
-  if (!hit) totalsByRow.set(row, (hit = runTotals(row.id)));
+  if (!hit) {
+    hit = runTotals(row.id);
+    totalsByRow.set(row, hit);
+  }
   return hit;
 };
 
