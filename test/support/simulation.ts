@@ -5,13 +5,16 @@
 // channel with its own cap, batch writes that fail (before their commit, or after it with the
 // answer lost), renewals, idle returns, recalls, revocations delivered late or missed, lapses and
 // reclaims, clock skew, stalls, deaths and restarts, cap changes (the same value included), price
-// and settlement changes, run pauses, top-ups, and pairs of these at once. After every step it
+// and settlement changes, run pauses, top-ups, quotes (a request priced at a quote's pinned
+// snapshots, through the gateway's claimQuote, while prices, settlements and caps change and when it
+// falls back to a capped backup), and pairs of these at once. After every step it
 // checks, in SQL, for this schedule's organization: every counter's spent + held ≤ its cap (a
 // lowered cap may stay exceeded by what was in flight when it changed, never by more); every
 // bucket's available ≥ 0, held = Σ its leases, balance = Σ its ledger; every counter's held = Σ its
 // leases; and no instance counts a lease as larger than the database does. At the end: every
 // answer delivered has exactly one record with its charge and ledger entry, nothing else was
-// recorded, and no headroom is left leased once every instance stopped and the sweep ran.
+// recorded (with the attempt path it was written with, through lost commits and retries), and no
+// headroom is left leased once every instance stopped and the sweep ran.
 //
 // One schedule is a seed: `runSchedule(seed)` replays it exactly (same steps, same amounts); its
 // log is printed when it fails.
@@ -30,6 +33,9 @@ import { formatMoney, parseMoney } from "../../src/money.ts";
 import { recordBatch, recordWritten, type BatchItem } from "../../src/requests/index.ts";
 import { planRoute, setChannelLimits, setPrice, setRouteLimits, upsertRoute } from "../../src/routing/index.ts";
 import { cancelRun, changeRunPause, startRun } from "../../src/runs/index.ts";
+import { claimQuote, QUOTE_TTL_MS } from "../../src/quotes/index.ts";
+import { storedPath, type AttemptStep } from "../../src/requests/attempts.ts";
+import { db } from "../../src/db/index.ts";
 import * as f from "./fixtures.ts";
 
 type Query = <T>(text: string, params?: unknown[]) => Promise<T[]>;
@@ -111,6 +117,10 @@ interface SimRequest {
   bucket: BalanceBucket;
   bucketId: string;
   price: { id: string; inputPerMillion: bigint; outputPerMillion: bigint };
+  /** A quoted request: its price on each channel of the plan (the quote's pinned snapshot, else the current one), as plan.ts sets it. */
+  quotedPrices: Array<SimRequest["price"] | null> | null;
+  /** The attempts that ended before the current one (a fallback adds the failed one). */
+  path: AttemptStep[];
   promptBound: number;
   outputBound: number;
   worst: bigint;
@@ -127,6 +137,8 @@ interface Delivered {
   id: string;
   charge: bigint;
   worst: bigint;
+  path: AttemptStep[];
+  priceSnapshotId: string;
 }
 
 export interface ScheduleResult {
@@ -183,6 +195,8 @@ class Simulation {
   private bucketIds = new Map<BalanceBucket, string>();
   /** The route as the gateway's lookup cache holds it: refreshed after every admin change. */
   private plan: Array<{ channel: SimChannel; bucket: BalanceBucket; price: SimRequest["price"] | null }> = [];
+  /** Quotes made (rows in the database), per key index. */
+  private readonly quotes: Array<{ id: string; key: number }> = [];
 
   constructor(
     readonly seed: number,
@@ -439,6 +453,8 @@ class Simulation {
       stop: 1,
       stall: 1,
       together: 4,
+      quote: 2,
+      admitQuoted: 6,
     });
     this.count(op);
     await this.do(op);
@@ -450,6 +466,10 @@ class Simulation {
         return this.admit();
       case "fallback":
         return this.fallback();
+      case "quote":
+        return this.quote();
+      case "admitQuoted":
+        return this.admitQuoted();
       case "answer":
         return this.answer();
       case "fail":
@@ -530,7 +550,7 @@ class Simulation {
       }
       case "together": {
         // Two things at once: their statements interleave on the database as the event loop orders them.
-        const ops = ["admit", "admit", "capChange", "maintain", "flush", "faultyFlush", "sweep", "recall", "deliverRevocations", "answer", "fallback"];
+        const ops = ["admit", "admit", "admitQuoted", "capChange", "maintain", "flush", "faultyFlush", "sweep", "recall", "deliverRevocations", "answer", "fallback", "price", "quote"];
         const a = this.rng.pick(ops);
         const b = this.rng.pick(ops);
         this.say(`together: ${a} + ${b}`);
@@ -563,7 +583,8 @@ class Simulation {
     request: Omit<SimRequest, "channel" | "channelId" | "bucket" | "bucketId" | "price" | "worst" | "held" | "state">,
     channel: number,
   ): Promise<SimRequest | null> {
-    const planned = this.plan[channel];
+    const current = this.plan[channel];
+    const planned = current && request.quotedPrices ? { ...current, price: request.quotedPrices[channel] ?? null } : current;
     if (!planned?.price) {
       this.say(`${instance.name} ${request.id.slice(0, 6)}: channel ${channel} unpriced`);
       return null;
@@ -600,26 +621,89 @@ class Simulation {
       promptBound: this.rng.int(100, 4_000),
       outputBound: this.rng.int(16, 1_000),
       attempts: 1,
+      quotedPrices: null,
+      path: [],
     };
     const admitted = await this.admitOn(instance, { ...base, mayLapse: false }, 0);
     if (admitted) this.requests.set(admitted.id, admitted);
+  }
+
+  /** quoteRequest's row: the snapshots of every channel the plan tries now, pinned for QUOTE_TTL_MS (of the database's clock). */
+  private async quote(): Promise<void> {
+    const key = this.rng.int(0, 1);
+    const priced = this.plan.filter((c) => c.price);
+    if (!priced.length) return;
+    const row = await db.quote.create({
+      data: {
+        organizationId: this.organizationId,
+        keyId: this.keyIds[key]!,
+        model: this.model,
+        channelId: priced[0]!.channel.id,
+        priceSnapshotId: priced[0]!.price!.id,
+        pinnedSnapshotIds: priced.map((c) => c.price!.id),
+        worstCase: 0n,
+        expectedCharge: 0n,
+        // Now and then a quote made almost QUOTE_TTL_MS ago: it expires within the schedule.
+        expiresAt: new Date(this.g + (this.rng.chance(0.3) ? this.rng.int(0, 3_000) : QUOTE_TTL_MS)),
+      },
+    });
+    this.quotes.push({ id: row.id, key });
+    this.say(`quote ${row.id.slice(0, 6)} for key ${key}: ${priced.map((c) => `${c.channel.name} ${c.price!.inputPerMillion}/${c.price!.outputPerMillion}`).join(", ")}`);
+  }
+
+  /** A request carrying a quote's id: claimed as the gateway's plan stage claims it, priced at its pinned snapshots on every channel. */
+  private async admitQuoted(): Promise<void> {
+    const instance = this.pickAlive();
+    if (!instance || !this.quotes.length) return;
+    const quote = this.rng.pick(this.quotes);
+    const claimed = await claimQuote(quote.id, { id: this.keyIds[quote.key]!, organizationId: this.organizationId }, this.model, new Date(this.g));
+    if (!claimed.ok) {
+      this.say(`${instance.name} quote ${quote.id.slice(0, 6)} refused: ${claimed.problem.code}`);
+      this.count(`quote refused ${claimed.problem.code}`);
+      return;
+    }
+    const quotedPrices = this.plan.map((c) => {
+      const pinned = claimed.snapshots.find((p) => p.channelId === c.channel.id);
+      return pinned ? { id: pinned.id, inputPerMillion: pinned.inputPerMillion, outputPerMillion: pinned.outputPerMillion } : c.price;
+    });
+    const request = {
+      id: this.rng.uuid(),
+      instance,
+      key: quote.key,
+      runId: quote.key === 0 && this.runId && this.rng.chance(0.6) ? this.runId : null,
+      promptBound: this.rng.int(100, 4_000),
+      outputBound: this.rng.int(16, 1_000),
+      attempts: 1,
+      quotedPrices,
+      path: [],
+      mayLapse: false,
+    };
+    this.count("quoted admit");
+    const admitted = await this.admitOn(instance, request, 0);
+    if (admitted) this.requests.set(admitted.id, admitted);
+  }
+
+  private failedStep(request: SimRequest): AttemptStep {
+    return { channelId: request.channelId, role: request.channel === 0 ? "PRIMARY" : "BACKUP", status: 503, cause: "UPSTREAM_5XX", latencyMs: this.rng.int(1, 900) };
   }
 
   /** The channel failed (503): the next one is tried, admitted anew against its own caps unless the hold covers it there. */
   private async fallback(): Promise<void> {
     const request = this.pickRequest("admitted");
     if (!request || request.channel + 1 >= this.plan.length) return;
-    const next = this.plan[request.channel + 1]!;
+    const current = this.plan[request.channel + 1]!;
+    const next = request.quotedPrices ? { ...current, price: request.quotedPrices[request.channel + 1] ?? null } : current;
     const worst = next.price ? worstCase(next.price, request.promptBound, request.outputBound) : 0n;
+    const path = [...request.path, this.failedStep(request)];
     if (next.price && holdCovers({ channelId: request.channelId, amount: request.held.hold.amount }, next.channel.id, worst)) {
       // The hold covers the next attempt (forward.ts keeps it): the request moves to that channel as it is.
-      Object.assign(request, { channel: request.channel + 1, channelId: next.channel.id, price: next.price, attempts: request.attempts + 1 });
+      Object.assign(request, { channel: request.channel + 1, channelId: next.channel.id, price: next.price, attempts: request.attempts + 1, path });
       this.say(`${request.instance.name} ${request.id.slice(0, 6)} falls back to ${next.channel.name} on its hold`);
       return;
     }
     request.instance.pool.release(request.held.hold);
     this.requests.delete(request.id);
-    const again = await this.admitOn(request.instance, { ...request, attempts: request.attempts + 1 }, request.channel + 1);
+    const again = await this.admitOn(request.instance, { ...request, attempts: request.attempts + 1, path }, request.channel + 1);
     if (again) this.requests.set(again.id, again);
   }
 
@@ -669,6 +753,7 @@ class Simulation {
         stream: this.rng.chance(0.5),
         latencyMs: 1,
         status: 200,
+        attemptPath: [...request.path, { channelId: request.channelId, role: request.channel === 0 ? "PRIMARY" : "BACKUP", status: 200, cause: "ANSWERED", latencyMs: 1 }],
       },
     };
     request.state = "writing";
@@ -705,6 +790,7 @@ class Simulation {
         priceSnapshotId: request.price.id,
         charge,
         estimated: false,
+        attemptPath: [...request.path, { ...this.failedStep(request), status: cause === "CLIENT_CLOSED" ? null : 503, cause: cause === "CLIENT_CLOSED" ? "CLIENT_CLOSED" : "UPSTREAM_5XX" }],
       },
     };
     request.state = "writing";
@@ -753,7 +839,14 @@ class Simulation {
         request.held,
       );
       instance.pool.settled(request.held.hold, entry.record.charge);
-      this.delivered.push({ kind: entry.kind, id: entry.id!, charge: entry.record.charge, worst: request.worst });
+      this.delivered.push({
+        kind: entry.kind,
+        id: entry.id!,
+        charge: entry.record.charge,
+        worst: request.worst,
+        path: [...(item.record.attemptPath ?? [])],
+        priceSnapshotId: item.record.priceSnapshotId!,
+      });
       this.say(`${instance.name} ${request.id.slice(0, 6)} written, charge ${entry.record.charge}`);
       this.count("written");
     } catch (e) {
@@ -969,12 +1062,15 @@ class Simulation {
     ]);
     for (const row of held) this.violations.push(`at the end: counter ${row.k} still holds ${row.held}`);
     // Every answer delivered has its one record, charged what the simulation wrote, with its ledger entry; nothing else was recorded.
-    const receipts = await this.query<{ id: string; charge: string; ledger: string | null }>(
-      `SELECT r.id, r.charge::text, (SELECT -e.amount FROM "LedgerEntry" e WHERE e."receiptId" = r.id)::text AS ledger FROM "Receipt" r WHERE r."organizationId" = $1`,
+    type Row = { id: string; charge: string; ledger: string | null; path: string; snapshot: string | null };
+    const receipts = await this.query<Row>(
+      `SELECT r.id, r.charge::text, (SELECT -e.amount FROM "LedgerEntry" e WHERE e."receiptId" = r.id)::text AS ledger, r."attemptPath"::text AS path, r."priceSnapshotId" AS snapshot
+         FROM "Receipt" r WHERE r."organizationId" = $1`,
       [this.organizationId],
     );
-    const failures = await this.query<{ id: string; charge: string; ledger: string | null }>(
-      `SELECT r.id, r.charge::text, (SELECT -e.amount FROM "LedgerEntry" e WHERE e."failedRequestId" = r.id)::text AS ledger FROM "FailedRequest" r WHERE r."organizationId" = $1`,
+    const failures = await this.query<Row>(
+      `SELECT r.id, r.charge::text, (SELECT -e.amount FROM "LedgerEntry" e WHERE e."failedRequestId" = r.id)::text AS ledger, r."attemptPath"::text AS path, r."priceSnapshotId" AS snapshot
+         FROM "FailedRequest" r WHERE r."organizationId" = $1`,
       [this.organizationId],
     );
     const stored = new Map([...receipts, ...failures].map((r) => [r.id, r]));
@@ -988,6 +1084,11 @@ class Simulation {
       if (BigInt(row.charge) !== d.charge) this.violations.push(`${d.kind} ${d.id}: recorded charge ${row.charge}, written ${d.charge}`);
       if (d.charge > d.worst) this.violations.push(`${d.kind} ${d.id}: charge ${d.charge} above its worst case ${d.worst}`);
       if (d.charge > 0n ? row.ledger !== row.charge : row.ledger !== null) this.violations.push(`${d.kind} ${d.id}: ledger ${row.ledger} for charge ${row.charge}`);
+      // The path and the price it was charged at, as written (once, whatever commits were lost and retried).
+      // (JSONB keeps its own key order: both sides go through storedPath's fixed one.)
+      if (JSON.stringify(storedPath(JSON.parse(row.path) as AttemptStep[])) !== JSON.stringify(storedPath(d.path)))
+        this.violations.push(`${d.kind} ${d.id}: attempt path ${row.path}, written ${JSON.stringify(d.path)}`);
+      if (row.snapshot !== d.priceSnapshotId) this.violations.push(`${d.kind} ${d.id}: priced at snapshot ${row.snapshot}, written ${d.priceSnapshotId}`);
     }
     for (const id of stored.keys()) this.violations.push(`record ${id} is in the database but no answer was delivered for it`);
   }
