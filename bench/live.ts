@@ -169,7 +169,9 @@ export async function benchLive(options: { durationSeconds?: number } = {}): Pro
       { name: "no dashboard (control, last)", open: async () => [] },
     ];
     if (!browser) notes.push(`${CHROMIUM} is missing: the Chromium cells were skipped.`);
-    for (const step of plan) {
+    // BENCH_LIVE_ONLY="no dashboard,100 graphql-ws" runs only the cells whose names start so (e.g. to profile one with BENCH_CPU_PROF).
+    const only = process.env.BENCH_LIVE_ONLY?.split(",").map((s) => s.trim());
+    for (const step of plan.filter((p) => !only || only.some((o) => p.name.startsWith(o)))) {
       const lags: Lags = { receipt: [], spend: [] };
       const viewers = await step.open(lags);
       // Let the page load and its subscriptions start before measuring.
