@@ -45,6 +45,8 @@ const FEED_LIMIT = 50;
 /** Keys a page at a time: any number of keys is reachable, by page or by search. */
 const KEY_PAGE_SIZE = 50;
 const RECONCILE_MS = 30_000;
+/** Live ticks are drawn together, at most once per PAINT_EVERY_MS: the four streams tick at different moments of each second, and every separate DOM change costs the browser a layout and a paint. */
+const PAINT_EVERY_MS = 1_000;
 const CHART_EVERY_MS = 30_000;
 
 /** @param {Wallet} wallet */
@@ -113,7 +115,7 @@ function keyRow(key) {
     h("td", { className: "num" }, money(key.perRequestMaxCharge, "no cap")),
     h("td", { className: "num", dataset: { field: "spendToday" } }, money(key.spendToday)),
     h("td", { className: "num", dataset: { field: "remainingToday" } }, money(key.remainingToday, "no cap")),
-    h("td", { className: "caps" }, capBars(key)),
+    h("td", { className: "caps", dataset: { field: "caps" } }, capBars(key)),
     h(
       "td",
       { className: "actions" },
@@ -134,6 +136,23 @@ function upsertKey(key) {
   if (existing) existing.row.replaceWith(row);
   else $("#keys tbody").append(row);
   keyRows.set(key.id, { row, key: known });
+}
+
+/**
+ * A live tick redraws a shown key's spend cells in place: the row and its buttons stay the same
+ * elements, so a click that lands between ticks lands on what the user aimed at.
+ * @param {string} keyId
+ */
+function refreshKeyStanding(keyId) {
+  const shown = keyRows.get(keyId);
+  if (!shown) return;
+  const known = applyStandings(shown.key);
+  shown.key = known;
+  /** @param {string} field @param {Array<Node | string>} content */
+  const fill = (field, ...content) => shown.row.querySelector(`[data-field="${field}"]`)?.replaceChildren(...content);
+  fill("spendToday", money(known.spendToday));
+  fill("remainingToday", money(known.remainingToday, "no cap"));
+  fill("caps", ...[capBars(known)].flat());
 }
 
 /**
@@ -212,10 +231,7 @@ function applySpendTick(tick) {
     heard.set(`${s.scope}|${s.bucket}`, s);
   }
   // Only keys this tick touched, and only those shown: a thousand keys cost nothing off-page.
-  for (const { keyId } of tick.keys) {
-    const shown = keyRows.get(keyId);
-    if (shown) upsertKey(shown.key);
-  }
+  for (const { keyId } of tick.keys) refreshKeyStanding(keyId);
   scheduleChart();
 }
 
@@ -366,6 +382,33 @@ async function drawChart() {
   $("#spend-total").textContent = drawn.currency ? `total ${drawn.total} ${drawn.currency}` : "";
 }
 
+// ---- painting live ticks -------------------------------------------------------------------
+/** @type {Array<() => void>} */
+let unpainted = [];
+let lastPaint = 0;
+let paintTimer = null;
+/** Queues a tick's DOM changes; queued changes run in their order, in one task. */
+function paint(change) {
+  unpainted.push(change);
+  if (paintTimer) return;
+  paintTimer = setTimeout(
+    () => {
+      paintTimer = null;
+      lastPaint = performance.now();
+      const changes = unpainted;
+      unpainted = [];
+      for (const c of changes) {
+        try {
+          c();
+        } catch (error) {
+          reportError(error);
+        }
+      }
+    },
+    Math.max(0, lastPaint + PAINT_EVERY_MS - performance.now()),
+  );
+}
+
 // ---- start-up -----------------------------------------------------------------------------
 function reportError(error) {
   showError(String(error?.message ?? error));
@@ -399,15 +442,16 @@ async function start() {
   subscribe(
     LIVE.spend,
     {},
-    ({ liveSpend }) => {
-      applySpendTick(liveSpend);
-      noteSpendTick(liveSpend);
-    },
+    ({ liveSpend }) =>
+      paint(() => {
+        applySpendTick(liveSpend);
+        noteSpendTick(liveSpend);
+      }),
     reportError,
   );
-  subscribe(LIVE.wallet, {}, ({ walletBalances }) => renderWallet(walletBalances), reportError);
-  subscribe(LIVE.feed, {}, ({ liveFeed }) => applyFeedTick(liveFeed), reportError);
-  subscribe(LIVE.channels, {}, ({ channelStats }) => applyChannelStats(channelStats), reportError);
+  subscribe(LIVE.wallet, {}, ({ walletBalances }) => paint(() => renderWallet(walletBalances)), reportError);
+  subscribe(LIVE.feed, {}, ({ liveFeed }) => paint(() => applyFeedTick(liveFeed)), reportError);
+  subscribe(LIVE.channels, {}, ({ channelStats }) => paint(() => applyChannelStats(channelStats)), reportError);
   subscribe(LIVE.alerts, {}, ({ budgetAlert }) => addAlert(budgetAlert), reportError);
   // A periodic reconcile of what is shown (one query): the API is the truth, streams keep it fresh between.
   setInterval(() => loadKeys().catch(reportError), RECONCILE_MS);
