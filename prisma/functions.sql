@@ -524,15 +524,19 @@ BEGIN
   ORDER BY s.o;
 END $$;
 
+-- p_day / p_month: the starts of the day and month windows of the organization's zone that hold
+-- p_now (src/accounting/windows.ts decides them; UTC when omitted).
+DROP FUNCTION IF EXISTS tg_reserve(text, text, bigint, text, text, text, text, timestamp(3), integer, text);
 CREATE OR REPLACE FUNCTION tg_reserve(p_request_id text, p_bucket_id text, p_amount bigint,
                            p_key_id text, p_project_id text, p_route_id text, p_run_id text,
-                           p_now timestamp(3), p_ttl_ms integer, p_channel_id text DEFAULT NULL)
+                           p_now timestamp(3), p_ttl_ms integer, p_channel_id text DEFAULT NULL,
+                           p_day timestamp(3) DEFAULT NULL, p_month timestamp(3) DEFAULT NULL)
 RETURNS TABLE (hold_id text, refusal text) LANGUAGE plpgsql AS $$
 DECLARE
   v_bucket "BalanceBucket";
   v_available bigint;
-  v_day timestamp(3) := date_trunc('day', p_now);
-  v_month timestamp(3) := date_trunc('month', p_now);
+  v_day timestamp(3) := COALESCE(p_day, date_trunc('day', p_now));
+  v_month timestamp(3) := COALESCE(p_month, date_trunc('month', p_now));
   v_cap bigint;
   v_used bigint;
   v_run_status "RunStatus";

@@ -14,25 +14,8 @@ export type SqlClient = RawSqlClient;
 
 const utc = (d: Date) => d.toISOString();
 
-export function dayStart(now: Date): Date {
-  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate()));
-}
-export function monthStart(now: Date): Date {
-  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
-}
-export const RUN_WINDOW = new Date(0);
-
-/** The window a scope's counter is kept in. */
-export function windowFor(scope: CapScope, now: Date): Date {
-  switch (scope) {
-    case "PROJECT_MONTHLY":
-      return monthStart(now);
-    case "RUN_TOTAL":
-      return RUN_WINDOW;
-    default:
-      return dayStart(now);
-  }
-}
+import { capWindow, windowFor, type ZoneState } from "./windows.ts";
+export { RUN_WINDOW, UTC_ZONE, windowFor, capWindow, type ZoneState } from "./windows.ts";
 
 /**
  * tg_record_batch refused a batch: these leases were reclaimed (their instance stalled past the
@@ -85,17 +68,23 @@ export interface ReserveInput {
   /** The channel the request will be sent to: counts against its CHANNEL_DAILY cap. */
   channelId?: string | null;
   now?: Date;
+  /** The organization's zone: the day and month windows the hold counts in (default UTC). */
+  zone?: ZoneState;
   ttlMs: number;
 }
 
 export type ReserveResult = { ok: true; holdId: string } | { ok: false; refusal: Refusal };
+
+/** The day and month window starts a hold placed at `now` counts in. */
+const holdWindows = (input: ReserveInput, now: Date): [string, string] => [utc(capWindow("DAY", now, input.zone).start), utc(capWindow("MONTH", now, input.zone).start)];
 
 /** Places a hold if the bucket and every cap (key, project, route, channel, run) admit it; otherwise writes nothing. */
 export async function reserve(input: ReserveInput, client: SqlClient = db): Promise<ReserveResult> {
   if (input.amount < 0n || input.amount > MAX_AMOUNT_MICROS) throw new RangeError("reservation amount out of range");
   const rows = await client
     .$queryRawUnsafe<{ hold_id: string | null; refusal: string | null }[]>(
-      `SELECT hold_id, refusal FROM tg_reserve($1, $2, $3::bigint, $4, $5, $6, $7, $8::timestamptz AT TIME ZONE 'UTC', $9::int, $10)`,
+      `SELECT hold_id, refusal FROM tg_reserve($1, $2, $3::bigint, $4, $5, $6, $7, $8::timestamptz AT TIME ZONE 'UTC', $9::int, $10,
+                                               $11::timestamptz AT TIME ZONE 'UTC', $12::timestamptz AT TIME ZONE 'UTC')`,
       input.requestId,
       input.bucketId,
       input.amount.toString(),
@@ -106,6 +95,7 @@ export async function reserve(input: ReserveInput, client: SqlClient = db): Prom
       utc(input.now ?? new Date()),
       input.ttlMs,
       input.channelId ?? null,
+      ...holdWindows(input, input.now ?? new Date()),
     )
     .catch(translateDbError);
   const row = rows[0]!;
@@ -130,14 +120,17 @@ export async function reserveMany(inputs: ReserveInput[], client: SqlClient = db
     .$queryRawUnsafe<{ n: number; hold_id: string | null; refusal: string | null }[]>(
       `SELECT x.n, r.hold_id, r.refusal
          FROM jsonb_to_recordset($1::jsonb) AS x(pos int, n int, request_id text, bucket_id text, amount text, key_id text,
-                                                 project_id text, route_id text, run_id text, ttl_ms int, at text, channel_id text)
+                                                 project_id text, route_id text, run_id text, ttl_ms int, at text, channel_id text,
+                                                 day text, month text)
          CROSS JOIN LATERAL tg_reserve(x.request_id, x.bucket_id, x.amount::bigint, x.key_id, x.project_id, x.route_id, x.run_id,
-                                       x.at::timestamptz AT TIME ZONE 'UTC', x.ttl_ms, x.channel_id) r
+                                       x.at::timestamptz AT TIME ZONE 'UTC', x.ttl_ms, x.channel_id,
+                                       x.day::timestamptz AT TIME ZONE 'UTC', x.month::timestamptz AT TIME ZONE 'UTC') r
         ORDER BY x.pos`,
       // JSON rather than array parameters (the driver adapters send arrays differently); amounts as strings (beyond 2^53).
       JSON.stringify(
         order.map((i, pos) => {
           const input = inputs[i]!;
+          const [day, month] = holdWindows(input, input.now ?? now);
           return {
             pos,
             n: i,
@@ -151,6 +144,8 @@ export async function reserveMany(inputs: ReserveInput[], client: SqlClient = db
             channel_id: input.channelId ?? null,
             ttl_ms: input.ttlMs,
             at: utc(input.now ?? now),
+            day,
+            month,
           };
         }),
       ),
@@ -277,9 +272,9 @@ export interface ScopeSpend {
 }
 
 /** Spent and held for one scope, bucket and window (zero when nothing was reserved yet). */
-export async function scopeSpend(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date()): Promise<ScopeSpend> {
+export async function scopeSpend(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date(), zone?: ZoneState): Promise<ScopeSpend> {
   const counter = await db.spendCounter.findUnique({
-    where: { scope_scopeId_bucket_windowStart: { scope, scopeId, bucket, windowStart: windowFor(scope, now) } },
+    where: { scope_scopeId_bucket_windowStart: { scope, scopeId, bucket, windowStart: windowFor(scope, now, zone) } },
   });
   return { spent: counter?.spent ?? 0n, held: counter?.held ?? 0n };
 }

@@ -15,7 +15,8 @@
 // request admitted against them can run (tg_reclaim_leases); expiry runs on the database's clock.
 import { randomUUID } from "node:crypto";
 import type { SqlClient } from "./index.ts";
-import { dayStart, LeaseGoneError, monthStart, RUN_WINDOW, translateDbError } from "./index.ts";
+import { LeaseGoneError, translateDbError } from "./index.ts";
+import { capWindow, RUN_WINDOW, type ZoneState } from "./windows.ts";
 import type { CapScope } from "../generated/prisma/enums.ts";
 import { MAX_AMOUNT_MICROS } from "../money.ts";
 import { events } from "../events/index.ts";
@@ -70,6 +71,8 @@ export interface AdmitInput {
   /** The key's per-request maximum in this bucket, if any (not a counter: checked here). */
   perRequestCap?: bigint | null;
   now?: Date;
+  /** The organization's zone: the day and month windows the leases are of (default UTC). */
+  zone?: ZoneState;
 }
 
 export interface LeasePoolOptions {
@@ -104,13 +107,13 @@ const keyOf = (k: LeaseKey) => `${k.bucketId}|${k.scope}|${k.scopeId}|${k.window
 const scopeOfRefusal = (refusal: LeaseRefusal): LeaseScopeName => (refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal === "RUN_PAUSED" || refusal === "RUN_CANCELLED" ? "RUN_TOTAL" : refusal);
 
 /** The leases a request needs: the bucket's balance and every counter scope that applies to it. */
-export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "projectId" | "routeId" | "runId" | "channelId">, now: Date): LeaseKey[] {
-  const day = dayStart(now);
+export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "projectId" | "routeId" | "runId" | "channelId" | "zone">, now: Date): LeaseKey[] {
+  const day = capWindow("DAY", now, input.zone).start;
   const scopes: LeaseKey[] = [
     { bucketId: input.bucketId, scope: "BALANCE", scopeId: "", windowStart: RUN_WINDOW },
     { bucketId: input.bucketId, scope: "KEY_DAILY", scopeId: input.keyId, windowStart: day },
     { bucketId: input.bucketId, scope: "PROJECT_DAILY", scopeId: input.projectId, windowStart: day },
-    { bucketId: input.bucketId, scope: "PROJECT_MONTHLY", scopeId: input.projectId, windowStart: monthStart(now) },
+    { bucketId: input.bucketId, scope: "PROJECT_MONTHLY", scopeId: input.projectId, windowStart: capWindow("MONTH", now, input.zone).start },
   ];
   if (input.routeId) scopes.push({ bucketId: input.bucketId, scope: "ROUTE_DAILY", scopeId: input.routeId, windowStart: day });
   if (input.channelId) scopes.push({ bucketId: input.bucketId, scope: "CHANNEL_DAILY", scopeId: input.channelId, windowStart: day });

@@ -91,6 +91,21 @@ const calendarNext = (wall: number, interval: "DAY" | "WEEK" | "MONTH"): number 
   return Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + (interval === "DAY" ? 1 : 7));
 };
 
+/**
+ * The local calendar day, ISO week or month that holds instant t in `zone`, as [start, end) instants:
+ * local midnight to the next (23 or 25 hours across a DST change; the first instant after midnight
+ * when DST skips it).
+ */
+export function periodAt(t: number, interval: "DAY" | "WEEK" | "MONTH", zone: string): { start: number; end: number } {
+  const wall = calendarStart(wallAt(t, zone), interval);
+  return { start: instantOfWall(wall, zone), end: instantOfWall(calendarNext(wall, interval), zone) };
+}
+
+/** Local midnight of calendar date y-m-d (month 1-12) in `zone`: the day's first instant. */
+export function localMidnight(year: number, month: number, day: number, zone: string): number {
+  return instantOfWall(Date.UTC(year, month - 1, day), zone);
+}
+
 const UNIT_MS = { MINUTE: MINUTE_MS, HOUR: HOUR_MS } as const;
 const mod = (a: number, n: number) => ((a % n) + n) % n;
 

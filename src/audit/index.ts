@@ -7,6 +7,7 @@ type AuditClient = Pick<Prisma.TransactionClient, "auditEntry">;
 /** Every action an audit entry records: the name of the mutation that wrote it. */
 export const AUDIT_ACTIONS = [
   "createOrganization",
+  "setOrganizationTimeZone",
   "createAdminToken",
   "revokeAdminToken",
   "createProject",

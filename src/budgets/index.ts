@@ -7,7 +7,7 @@ import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/inde
 import { writeAudit } from "../audit/index.ts";
 import { conflict, notFound, requiredText } from "../errors.ts";
 import { parseMoney } from "../money.ts";
-import { scopeSpend, type ScopeSpend } from "../accounting/index.ts";
+import { scopeSpend, type ScopeSpend, type ZoneState } from "../accounting/index.ts";
 import { revokeLeases } from "../accounting/leases.ts";
 
 type Tx = Prisma.TransactionClient;
@@ -77,8 +77,9 @@ export interface BudgetStatus extends ScopeSpend {
   remaining: bigint | null;
 }
 
-export async function budgetStatus(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date()): Promise<BudgetStatus> {
-  const [spend, cap] = await Promise.all([scopeSpend(scope, scopeId, bucket, now), capAmount(scope, scopeId, bucket)]);
+/** A cap's current window: `zone` is its organization's (RUN_TOTAL and per-request caps have no window). */
+export async function budgetStatus(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date(), zone?: ZoneState): Promise<BudgetStatus> {
+  const [spend, cap] = await Promise.all([scopeSpend(scope, scopeId, bucket, now, zone), capAmount(scope, scopeId, bucket)]);
   const remaining = cap === null ? null : cap - spend.spent - spend.held > 0n ? cap - spend.spent - spend.held : 0n;
   return { scope, bucket, cap, remaining, ...spend };
 }

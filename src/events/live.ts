@@ -232,7 +232,8 @@ class ChannelStatsBook {
   }
 
   /** The channel's stats now; computed once per change (and every 5 s as samples age), shared by every subscriber. */
-  stats(info: ChannelInfo, spendAtStart: Map<Bucket, { windowStart: string; spent: bigint }>, now = Date.now()): ChannelStats {
+  /** `today`: the start of the CHANNEL_DAILY window now (of the organization's zone), ISO. */
+  stats(info: ChannelInfo, spendAtStart: Map<Bucket, { windowStart: string; spent: bigint }>, today: string, now = Date.now()): ChannelStats {
     const b = this.book(info.channelId);
     const slot = Math.floor(now / 5_000);
     if (!b.memo || b.memo.version !== b.version || b.memo.slot !== slot) {
@@ -253,7 +254,6 @@ class ChannelStatsBook {
         },
       };
     }
-    const today = new Date(Date.UTC(new Date(now).getUTCFullYear(), new Date(now).getUTCMonth(), new Date(now).getUTCDate())).toISOString();
     const spendToday = new Map<Bucket, bigint>();
     for (const bucket of ["CREDIT", "ROUTED"] as const) {
       const live = b.spend.get(bucket);

@@ -6,7 +6,8 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { authenticateAdmin } from "../auth/index.ts";
 import { DomainError } from "../errors.ts";
-import { EXPORT_KINDS, exportCsv, parseExportFilter, type ExportKind } from "./index.ts";
+import { EXPORT_KINDS, exportCsv, exportDaysIn, parseExportFilter, type ExportKind } from "./index.ts";
+import { organizationTimeZone } from "../orgs/time-zone.ts";
 
 export const EXPORT_PATHS = EXPORT_KINDS.map((k) => `/exports/${k}.csv`);
 
@@ -41,7 +42,10 @@ export async function handleExport(req: http.IncomingMessage, res: http.ServerRe
         "www-authenticate": "Bearer",
       });
     }
-    const filter = parseExportFilter(url.searchParams);
+    const parsed = parseExportFilter(url.searchParams);
+    // Bare dates are days of the exported organization's zone (UTC for a platform export of every organization).
+    const organizationId = viewer.organizationId ?? parsed.organizationId ?? null;
+    const filter = exportDaysIn(parsed, organizationId ? await organizationTimeZone(organizationId) : "UTC");
     chunks = exportCsv(viewer, kind, filter);
     // The header and first batch are read before the status line, so a failing query still gets a proper error.
     first = await chunks.next();

@@ -8,6 +8,7 @@ import { currentDatabase, type Database } from "../db/index.ts";
 import { isPlatform, type Viewer } from "../auth/index.ts";
 import { badInput, forbidden, notFound } from "../errors.ts";
 import { formatMoney } from "../money.ts";
+import { localMidnight } from "../analytics/zones.ts";
 
 export const EXPORT_KINDS = ["receipts", "ledger", "failed-requests", "audit"] as const;
 export type ExportKind = (typeof EXPORT_KINDS)[number];
@@ -15,6 +16,9 @@ export type ExportKind = (typeof EXPORT_KINDS)[number];
 export interface ExportFilter {
   from?: Date;
   to?: Date;
+  /** A bare date (YYYY-MM-DD) for from / to: local midnight of the organization's zone, resolved by exportDaysIn. */
+  fromDay?: string;
+  toDay?: string;
   keyId?: string;
   projectId?: string;
   routeId?: string;
@@ -26,17 +30,36 @@ export interface ExportFilter {
 }
 
 const FILTER_PARAMS = ["from", "to", "keyId", "projectId", "routeId", "runId", "model", "organizationId"] as const;
-// ISO 8601 date or date-time; a date-time without an offset is taken as UTC.
+// ISO 8601 date or date-time; a date-time without an offset is taken as UTC, a bare date as local midnight of the organization's zone.
 const ISO_8601 = /^\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(Z|[+-]\d{2}(?::?\d{2})?)?)?$/i;
 
 function parseInstant(name: string, value: string): Date {
   const match = ISO_8601.exec(value);
   const hasTime = match && value.length > 10;
   const date = match ? new Date(hasTime && !match[1] ? `${value}Z` : value) : null;
-  if (!date || Number.isNaN(date.getTime())) {
+  // new Date("2026-02-31") is NaN but a date-time's day is not checked: compare the fields back.
+  const sameDay = date && !Number.isNaN(date.getTime()) && (hasTime ? true : date.toISOString().slice(0, 10) === value);
+  if (!date || Number.isNaN(date.getTime()) || !sameDay) {
     throw badInput(name, `must be an ISO 8601 date or date-time (e.g. 2026-11-01 or 2026-11-01T00:00:00Z), got ${JSON.stringify(value.slice(0, 40))}`);
   }
   return date;
+}
+
+/** The filter with bare-date bounds as instants: local midnight of those days in `zone` (the organization's). */
+export function exportDaysIn(filter: ExportFilter, zone: string): ExportFilter {
+  const resolved: ExportFilter = { ...filter };
+  for (const [day, bound] of [
+    ["fromDay", "from"],
+    ["toDay", "to"],
+  ] as const) {
+    const value = filter[day];
+    if (!value) continue;
+    const [y, m, d] = value.split("-").map(Number) as [number, number, number];
+    resolved[bound] = new Date(localMidnight(y, m, d, zone));
+    delete resolved[day];
+  }
+  if (resolved.from && resolved.to && resolved.from >= resolved.to) throw badInput("to", "must be after from");
+  return resolved;
 }
 
 /** The filter from a URL's query parameters; unknown, repeated or empty parameters are refused. */
@@ -51,8 +74,11 @@ export function parseExportFilter(params: URLSearchParams): ExportFilter {
     const value = values[0]!.trim();
     if (!value) throw badInput(name, "must not be empty");
     if (value.length > 200) throw badInput(name, "too long");
-    if (name === "from" || name === "to") filter[name] = parseInstant(name, value);
-    else filter[name as Exclude<(typeof FILTER_PARAMS)[number], "from" | "to">] = value;
+    if (name === "from" || name === "to") {
+      const instant = parseInstant(name, value);
+      if (value.length === 10) filter[name === "from" ? "fromDay" : "toDay"] = value;
+      else filter[name] = instant;
+    } else filter[name as Exclude<(typeof FILTER_PARAMS)[number], "from" | "to">] = value;
   }
   if (filter.from && filter.to && filter.from >= filter.to) throw badInput("to", "must be after from");
   return filter;

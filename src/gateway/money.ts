@@ -289,6 +289,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
         routeId: input.routeId,
         runId: input.runId,
         channelId: input.channelId,
+        zone: input.zone,
         perRequestCap: await perRequestCap(input.keyId, input.bucketId),
       });
       if (!result.ok) return { ok: false, refusal: result.refusal };

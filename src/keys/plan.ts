@@ -18,6 +18,7 @@ import type { BalanceBucket, CapScope, FailedChargePolicy } from "../generated/p
 import { canRead, type Viewer } from "../auth/index.ts";
 import { notFound } from "../errors.ts";
 import { RUN_WINDOW, windowFor } from "../accounting/index.ts";
+import { organizationZone } from "../orgs/time-zone.ts";
 import { effectiveCap } from "../budgets/index.ts";
 import { holdable } from "../accounting/charges.ts";
 import { bucketOf, pricedNowWhere, PRICE_ORDER } from "../routing/index.ts";
@@ -30,7 +31,7 @@ export interface PlanLimit {
   /** The key, project, route, channel or run the cap belongs to; null for the balance. */
   scopeId: string | null;
   bucket: BalanceBucket;
-  /** Start of the window counted (UTC day or month; the epoch for a run's total); null for the per-request maximum and the balance. */
+  /** Start of the window counted (day or month of the organization's zone; the epoch for a run's total); null for the per-request maximum and the balance. */
   windowStart: Date | null;
   /** The enforced cap (a cap set in the other bucket only caps this one at zero); for BALANCE the bucket's balance. null = uncapped. */
   limit: bigint | null;
@@ -193,7 +194,8 @@ type LimitTarget = { kind: CapScope; scopeId: string; bucket: BalanceBucket };
 /** Caps and counters of every target in two statements, and the wallet's buckets in a third. */
 async function readLimits(organizationId: string, targets: LimitTarget[], balances: BalanceBucket[], now: Date): Promise<PlanLimit[]> {
   const ids = [...new Set(targets.map((t) => t.scopeId))];
-  const windows = [windowFor("KEY_DAILY", now), windowFor("PROJECT_MONTHLY", now), RUN_WINDOW];
+  const zone = await organizationZone(organizationId);
+  const windows = [windowFor("KEY_DAILY", now, zone), windowFor("PROJECT_MONTHLY", now, zone), RUN_WINDOW];
   const [caps, counters, buckets] = await Promise.all([
     ids.length ? db.budgetCap.findMany({ where: { scopeId: { in: ids } } }) : Promise.resolve([]),
     ids.length ? db.spendCounter.findMany({ where: { scopeId: { in: ids }, windowStart: { in: windows } } }) : Promise.resolve([]),
@@ -206,7 +208,7 @@ async function readLimits(organizationId: string, targets: LimitTarget[], balanc
       t.bucket,
     );
     if (t.kind === "KEY_PER_REQUEST") return { kind: t.kind, scopeId: t.scopeId, bucket: t.bucket, windowStart: null, limit: cap, spent: 0n, held: 0n, remaining: cap };
-    const windowStart = windowFor(t.kind, now);
+    const windowStart = windowFor(t.kind, now, zone);
     const row = counters.find((c) => c.scope === t.kind && c.scopeId === t.scopeId && c.bucket === t.bucket && c.windowStart.getTime() === windowStart.getTime());
     const spent = row?.spent ?? 0n;
     const held = row?.held ?? 0n;

@@ -3,7 +3,7 @@
 // Both take many keys at once (two grouped statements), for lists of keys.
 import { db } from "../db/index.ts";
 import type { BalanceBucket } from "../generated/prisma/enums.ts";
-import { dayStart } from "../accounting/index.ts";
+import { capWindow, type ZoneState } from "../accounting/windows.ts";
 
 export interface BucketSpend {
   bucket: BalanceBucket;
@@ -14,9 +14,9 @@ export interface BucketSpend {
 
 const BUCKETS: BalanceBucket[] = ["CREDIT", "ROUTED"];
 
-/** Per key, both buckets always (a bucket it never spent from shows 0): [from, to), default the current UTC day. */
-export async function keysSpend(keyIds: readonly string[], range: { from?: Date | null; to?: Date | null } = {}, now = new Date()): Promise<Map<string, BucketSpend[]>> {
-  const createdAt = { gte: range.from ?? dayStart(now), ...(range.to ? { lt: range.to } : {}) };
+/** Per key, both buckets always (a bucket it never spent from shows 0): [from, to), default the current day of `zone` (the organization's). */
+export async function keysSpend(keyIds: readonly string[], range: { from?: Date | null; to?: Date | null } = {}, now = new Date(), zone?: ZoneState): Promise<Map<string, BucketSpend[]>> {
+  const createdAt = { gte: range.from ?? capWindow("DAY", now, zone).start, ...(range.to ? { lt: range.to } : {}) };
   const ids = [...new Set(keyIds)];
   const [receipts, failures] = await Promise.all([
     db.receipt.groupBy({ by: ["keyId", "bucket"], where: { keyId: { in: ids }, createdAt }, _count: { _all: true }, _sum: { charge: true } }),

@@ -31,12 +31,3 @@ export async function ensureOrganization(name: string): Promise<Organization> {
 }
 
 export const ensureDefaultOrganization = () => ensureOrganization(DEFAULT_ORGANIZATION_NAME);
-
-/**
- * The organization's time zone: what spend series (and, with issue 18 point 4, day and month windows)
- * follow when a request names none. Every organization is on UTC until organizations get a zone of
- * their own; this is the one place that will read it.
- */
-export async function organizationTimeZone(_organizationId: string): Promise<string> {
-  return "UTC";
-}

@@ -3,6 +3,7 @@ import { builder } from "../schema/builder.ts";
 import { db } from "../db/index.ts";
 import { adminTokenWhere, isPlatform, issueAdminToken, revokeAdminToken, type CreatedAdminToken as CreatedAdminTokenResult } from "../auth/index.ts";
 import { ensureOrganization } from "../orgs/index.ts";
+import { setOrganizationTimeZone } from "../orgs/time-zone.ts";
 import { writeAudit } from "../audit/index.ts";
 import { conflict, forbidden, requiredText } from "../errors.ts";
 import { AdminRole } from "../generated/prisma/enums.ts";
@@ -78,6 +79,19 @@ builder.mutationFields((t) => ({
       if (await db.organization.findUnique({ where: { name: trimmed } })) throw conflict(`organization ${JSON.stringify(trimmed)} exists`);
       const org = await ensureOrganization(trimmed);
       await writeAudit(db, viewer, { organizationId: org.id, action: "createOrganization", targetType: "Organization", targetId: org.id, after: org });
+      return db.organization.findUniqueOrThrow({ ...query, where: { id: org.id } });
+    },
+  }),
+  setOrganizationTimeZone: t.prismaField({
+    type: "Organization",
+    description:
+      "Sets the organization's IANA time zone (audited; e.g. \"Asia/Shanghai\"). Takes effect at a window boundary: the current day and month run on to the new zone's next midnight, so no spend is counted twice or escapes a cap. CONFLICT while the previous change is still taking effect (Organization.timeZoneChange); the same zone changes nothing.",
+    args: {
+      organizationId: t.arg.id({ required: false, description: "Default: the viewer's organization (platform tokens: the default organization)." }),
+      timeZone: t.arg.string({ required: true }),
+    },
+    resolve: async (query, _root, args, ctx) => {
+      const org = await setOrganizationTimeZone(viewerOf(ctx), { organizationId: args.organizationId ? String(args.organizationId) : null, timeZone: args.timeZone });
       return db.organization.findUniqueOrThrow({ ...query, where: { id: org.id } });
     },
   }),

@@ -15,7 +15,7 @@ import { FailedRequestConnection, FailedRequestOrder } from "../schema/types/fai
 import { SpendAnalyticsInput, SpendAnalyticsRef, SpendInterval } from "../schema/types/spend-analytics.ts";
 import { spendReport, type SpendFilter } from "../analytics/report.ts";
 import { checkTimeZone } from "../analytics/zones.ts";
-import { organizationTimeZone } from "../orgs/index.ts";
+import { organizationTimeZone } from "../orgs/time-zone.ts";
 
 builder.queryFields((t) => ({
   receipts: t.prismaConnection(

@@ -21,6 +21,7 @@ import { MoneyRef, moneyOf, moneyOrNull } from "../schema/types/common.ts";
 import { BudgetAlertRef, LowBalanceAlertRef } from "../schema/types/alerts.ts";
 import { ChannelStatsTickRef, LiveSpendTickRef, ScopeStandingRef, WalletTickRef, type ChannelStatsTick, type WalletTick } from "../schema/types/live.ts";
 import { windowFor } from "../accounting/index.ts";
+import { organizationZone } from "../orgs/time-zone.ts";
 import { viewerOf } from "./viewer.ts";
 
 builder.subscriptionType({ authScopes: { authenticated: true } });
@@ -638,7 +639,10 @@ builder.subscriptionFields((t) => ({
       }));
       const ids = new Set(infos.map((c) => c.channelId));
       const now = new Date();
-      const counters = infos.length ? await db.spendCounter.findMany({ where: { scope: "CHANNEL_DAILY", scopeId: { in: [...ids] }, windowStart: windowFor("CHANNEL_DAILY", now) } }) : [];
+      // Ticks are synchronous: they use the zone as last read, refreshed in the background (a zone change shows within a tick or two).
+      let zone = await organizationZone(organizationId);
+      const windowStart = windowFor("CHANNEL_DAILY", now, zone);
+      const counters = infos.length ? await db.spendCounter.findMany({ where: { scope: "CHANNEL_DAILY", scopeId: { in: [...ids] }, windowStart } }) : [];
       const atStart = new Map<string, Map<"CREDIT" | "ROUTED", { windowStart: string; spent: bigint }>>();
       for (const c of counters) {
         const m = atStart.get(c.scopeId) ?? new Map();
@@ -647,7 +651,14 @@ builder.subscriptionFields((t) => ({
       }
       const tick = (): ChannelStatsTick => {
         const at = Date.now();
-        return { at: new Date(at), channels: infos.map((info) => channelStatsBook.stats(info, atStart.get(info.channelId) ?? new Map(), at)) };
+        organizationZone(organizationId).then(
+          (z) => {
+            zone = z;
+          },
+          () => undefined,
+        );
+        const today = windowFor("CHANNEL_DAILY", new Date(at), zone).toISOString();
+        return { at: new Date(at), channels: infos.map((info) => channelStatsBook.stats(info, atStart.get(info.channelId) ?? new Map(), today, at)) };
       };
       let unwatch: () => void = () => undefined;
       return coalescedStream<ChannelStatsTick>({

@@ -13,6 +13,7 @@ import { planRoute, type PlannedChannel } from "../routing/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../money.ts";
 import { predictRun, type RunPrediction } from "./prediction.ts";
 import { walletBucket } from "../accounting/index.ts";
+import { organizationZone } from "../orgs/time-zone.ts";
 import { keyPlans, limitsFor, type PlanLimit } from "../keys/plan.ts";
 
 /** Bounds of startRun's free text. */
@@ -309,7 +310,7 @@ export async function estimateRun(viewer: Viewer, input: { keyId: string; model:
     const bucket = await walletBucket(key.organizationId, first.bucket);
     available = bucket.balance - bucket.held;
     if (available < costMin) reasons.push("the balance does not cover even the smallest estimate");
-    keyDaily = await budgetStatus("KEY_DAILY", key.id, first.bucket);
+    keyDaily = await budgetStatus("KEY_DAILY", key.id, first.bucket, new Date(), await organizationZone(key.organizationId));
     // Every cap a call is held against (the balance is judged above): one that leaves less than the
     // smallest estimate refuses the run (per request: less than one call); below the largest it may cut it short.
     const [plan] = await keyPlans(viewer, key, { model: input.model });

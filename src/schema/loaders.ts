@@ -5,6 +5,7 @@ import { db } from "../db/index.ts";
 import type { ApiKey, BudgetCap, Channel, Project, Route, Run } from "../generated/prisma/client.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { windowFor, type ScopeSpend } from "../accounting/index.ts";
+import { organizationZone } from "../orgs/time-zone.ts";
 import { effectiveCap, type BudgetStatus } from "../budgets/index.ts";
 import { keysLastUsedAt, keysSpend, type BucketSpend } from "../keys/spend.ts";
 import { nodeTenancy } from "../nodes/index.ts";
@@ -59,17 +60,18 @@ export function createLoaders() {
     const last = await keysLastUsedAt(keyIds);
     return keyIds.map((id) => last.get(id) ?? null);
   });
-  const rangeOf = (k: { from: Date | null; to: Date | null }) => `${k.from?.toISOString() ?? ""}|${k.to?.toISOString() ?? ""}`;
-  const keySpend = new DataLoader<{ keyId: string; from: Date | null; to: Date | null }, BucketSpend[], string>(
+  // The default range is the key's organization's current day, so the organization is part of the range.
+  const rangeOf = (k: { organizationId: string; from: Date | null; to: Date | null }) => `${k.organizationId}|${k.from?.toISOString() ?? ""}|${k.to?.toISOString() ?? ""}`;
+  const keySpend = new DataLoader<{ keyId: string; organizationId: string; from: Date | null; to: Date | null }, BucketSpend[], string>(
     async (keys) => {
       // One statement pair per distinct range (a query normally asks one).
-      const ranges = new Map<string, { from: Date | null; to: Date | null; keyIds: string[] }>();
+      const ranges = new Map<string, { organizationId: string; from: Date | null; to: Date | null; keyIds: string[] }>();
       for (const k of keys) {
-        const range = ranges.get(rangeOf(k)) ?? { from: k.from, to: k.to, keyIds: [] };
+        const range = ranges.get(rangeOf(k)) ?? { organizationId: k.organizationId, from: k.from, to: k.to, keyIds: [] };
         range.keyIds.push(k.keyId);
         ranges.set(rangeOf(k), range);
       }
-      const spent = new Map(await Promise.all([...ranges].map(async ([name, r]) => [name, await keysSpend(r.keyIds, r)] as const)));
+      const spent = new Map(await Promise.all([...ranges].map(async ([name, r]) => [name, await keysSpend(r.keyIds, r, new Date(), await organizationZone(r.organizationId))] as const)));
       return keys.map((k) => spent.get(rangeOf(k))!.get(k.keyId)!);
     },
     { cacheKeyFn: (k) => `${k.keyId}|${rangeOf(k)}` },
@@ -96,8 +98,11 @@ export function createLoaders() {
     channels,
     keyLastUsed,
     keySpend,
-    async budget(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date()): Promise<BudgetStatus> {
-      const [spend, scopeCaps] = await Promise.all([counters.load({ scope, scopeId, bucket, windowStart: windowFor(scope, now) }), caps.load(scopeId)]);
+    /** A cap's current window (of its organization's zone): spent, held, cap and what remains. */
+    async budget(scope: CapScope, owner: { id: string; organizationId: string }, bucket: BalanceBucket, now = new Date()): Promise<BudgetStatus> {
+      const scopeId = owner.id;
+      const windowStart = windowFor(scope, now, await organizationZone(owner.organizationId));
+      const [spend, scopeCaps] = await Promise.all([counters.load({ scope, scopeId, bucket, windowStart }), caps.load(scopeId)]);
       const cap = effectiveCap(scopeCaps, scope, bucket);
       const left = cap === null ? null : cap - spend.spent - spend.held;
       return { scope, bucket, cap, remaining: left === null ? null : left > 0n ? left : 0n, ...spend };

@@ -3,7 +3,8 @@
 // Call only after the transaction that charged it has committed.
 import { directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
-import { windowFor } from "../accounting/index.ts";
+import { windowFor, type ZoneState } from "../accounting/windows.ts";
+import { organizationZone } from "../orgs/time-zone.ts";
 import { events, type RequestView, type ScopeStanding, type SpendEvent } from "../events/index.ts";
 import { onRequestRecorded, type CounterState } from "../requests/index.ts";
 
@@ -39,7 +40,7 @@ interface ScopeRow {
 }
 
 /** The cap windows a request touched: key, project (day, month), route, run, channel. */
-function windowsOf(o: SpendOutcome, now: Date): Array<{ scope: CapScope; scopeId: string; window: Date; required: boolean }> {
+function windowsOf(o: SpendOutcome, now: Date, zone: ZoneState): Array<{ scope: CapScope; scopeId: string; window: Date; required: boolean }> {
   const wanted: Array<[CapScope, string | null | undefined, boolean]> = [
     ["KEY_DAILY", o.keyId, true],
     ["PROJECT_DAILY", o.projectId, true],
@@ -48,12 +49,12 @@ function windowsOf(o: SpendOutcome, now: Date): Array<{ scope: CapScope; scopeId
     ["RUN_TOTAL", o.runId, false],
     ["CHANNEL_DAILY", o.channelId, false],
   ];
-  return wanted.flatMap(([scope, scopeId, required]) => (scopeId ? [{ scope, scopeId, window: windowFor(scope, now), required }] : []));
+  return wanted.flatMap(([scope, scopeId, required]) => (scopeId ? [{ scope, scopeId, window: windowFor(scope, now, zone), required }] : []));
 }
 
 /** The windows a request touched, with spent / held / cap, in one query. */
-async function scopeStates(o: SpendOutcome, now: Date): Promise<ScopeRow[]> {
-  const present = windowsOf(o, now);
+async function scopeStates(o: SpendOutcome, now: Date, zone: ZoneState): Promise<ScopeRow[]> {
+  const present = windowsOf(o, now, zone);
   const rows = await directSql().$queryRawUnsafe<Array<{ scope: CapScope; scope_id: string; spent: string | null; held: string | null; cap: string | null }>>(
     `SELECT w.scope, w.scope_id, c.spent::text, c.held::text, tg_effective_cap(w.scope, w.scope_id, $2::"BalanceBucket")::text AS cap
        FROM jsonb_to_recordset($1::jsonb) AS w(scope "CapScope", scope_id text, window_start timestamptz)
@@ -88,9 +89,9 @@ const remaining = (s: ScopeRow | undefined): string | null => {
  * The request's windows as the batch that committed it left them (the lease path's writer returns
  * every counter it changed), or null when a required one is missing (then they are read).
  */
-function knownStates(o: SpendOutcome, now: Date, known: readonly CounterState[]): ScopeRow[] | null {
+function knownStates(o: SpendOutcome, now: Date, zone: ZoneState, known: readonly CounterState[]): ScopeRow[] | null {
   const rows: ScopeRow[] = [];
-  for (const w of windowsOf(o, now)) {
+  for (const w of windowsOf(o, now, zone)) {
     const c = known.find((k) => k.scope === w.scope && k.scopeId === w.scopeId && k.bucket === o.bucket && k.windowStart.getTime() === w.window.getTime());
     if (!c) {
       if (w.required) return null;
@@ -151,7 +152,8 @@ export function forgetProjectName(projectId: string): void {
 /** Announces a settled / failed request; `known` (counters as its batch committed them) spares the read. */
 export async function announceSpend(o: SpendOutcome, known?: readonly CounterState[] | null): Promise<void> {
   const now = o.now ?? new Date();
-  const states = (known && knownStates(o, now, known)) || (await scopeStates(o, now));
+  const zone = await organizationZone(o.organizationId);
+  const states = (known && knownStates(o, now, zone, known)) || (await scopeStates(o, now, zone));
   const key = states.find((s) => s.scope === "KEY_DAILY");
   const project = states.find((s) => s.scope === "PROJECT_DAILY");
   const view = o.view ? { ...asCommitted(o.view), projectName: o.view.projectName ?? (await projectName(o.projectId).catch(() => null)) } : null;

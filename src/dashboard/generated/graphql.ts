@@ -24,6 +24,7 @@ export type AuditAction =
   | 'setChannelLimits'
   | 'setKeyCaps'
   | 'setLowBalanceThreshold'
+  | 'setOrganizationTimeZone'
   | 'setPrice'
   | 'setProjectBudget'
   | 'setRouteLimits'

@@ -9,6 +9,7 @@ import type { PlannedChannel } from "../../routing/index.ts";
 import { budgetExceeded, insufficientBalance, rateLimited, runCancelled, runPaused } from "../errors.ts";
 import type { RateAdmission, RateTicket } from "../rate-limit.ts";
 import type { GatewayDeps, Hold } from "./state.ts";
+import { organizationZone } from "../../orgs/time-zone.ts";
 
 /** The rate limiter's answer as a ticket, or 429. (The caller awaits the limiter: no promise of its own.) */
 export function rateTicket(admitted: RateAdmission): RateTicket | null {
@@ -27,8 +28,9 @@ export async function admit(
   worst: bigint,
 ): Promise<Hold> {
   if (!holdable(worst)) throw insufficientBalance(channel.bucket);
-  const bucketId = await deps.lookups.bucketId(key.organizationId, channel.bucket);
+  const [bucketId, zone] = await Promise.all([deps.lookups.bucketId(key.organizationId, channel.bucket), organizationZone(key.organizationId)]);
   const result = await deps.reserve({
+    zone,
     requestId,
     bucketId,
     amount: worst,

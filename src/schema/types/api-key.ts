@@ -40,25 +40,25 @@ export const ApiKeyRef = builder.prismaObject("ApiKey", {
       rpmLimit: t.exposeInt("rpmLimit", { nullable: true, description: "Requests per minute; null = no limit." }),
       tpmLimit: t.exposeInt("tpmLimit", { nullable: true, description: "Tokens (prompt + output) per minute; null = no limit." }),
       maxConcurrent: t.exposeInt("maxConcurrent", { nullable: true, description: "Requests in flight at once; null = no limit." }),
-      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "cap") }),
-      perRequestMaxCharge: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_PER_REQUEST", k.id, bucket ?? primaryBucket(k), "cap") }),
+      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k, bucket ?? primaryBucket(k), "cap") }),
+      perRequestMaxCharge: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_PER_REQUEST", k, bucket ?? primaryBucket(k), "cap") }),
       spendToday: t.field({
         type: MoneyRef,
         args: bucketArg,
-        description: "Settled spend in the current UTC day.",
-        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "spent"),
+        description: "Settled spend in the current day of the organization's time zone (Organization.timeZone).",
+        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k, bucket ?? primaryBucket(k), "spent"),
       }),
       remainingToday: t.field({
         type: MoneyRef,
         nullable: true,
         args: bucketArg,
         description: "Daily cap − spent − held; null when uncapped.",
-        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k.id, bucket ?? primaryBucket(k), "remaining"),
+        resolve: (k, { bucket }, ctx) => budgetMoney(ctx, "KEY_DAILY", k, bucket ?? primaryBucket(k), "remaining"),
       }),
       budgets: t.field({
         type: [BudgetStatusRef],
         description: "Daily window of this key in each allowed bucket.",
-        resolve: (k, _args, ctx) => Promise.all(k.allowedBuckets.map((b) => ctx.loaders.budget("KEY_DAILY", k.id, b))),
+        resolve: (k, _args, ctx) => Promise.all(k.allowedBuckets.map((b) => ctx.loaders.budget("KEY_DAILY", k, b))),
       }),
       receipts: t.relatedConnection(
         "receipts",
@@ -104,9 +104,9 @@ export const ApiKeyRef = builder.prismaObject("ApiKey", {
       }),
       spend: t.field({
         type: [BucketSpendRef],
-        description: "Charged per bucket (both, always; never one total) over [from, to): default the current UTC day.",
+        description: "Charged per bucket (both, always; never one total) over [from, to): default the current day of the organization's time zone.",
         args: { from: t.arg({ type: "DateTime", required: false }), to: t.arg({ type: "DateTime", required: false }) },
-        resolve: (k, args, ctx) => ctx.loaders.keySpend.load({ keyId: k.id, from: args.from ?? null, to: args.to ?? null }),
+        resolve: (k, args, ctx) => ctx.loaders.keySpend.load({ keyId: k.id, organizationId: k.organizationId, from: args.from ?? null, to: args.to ?? null }),
       }),
       lastUsedAt: t.field({
         type: "DateTime",

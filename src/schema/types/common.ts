@@ -106,11 +106,14 @@ export const MoneyRef = builder.objectRef<Money>("Money").implement({
 export const moneyOf = (amount: bigint, bucket: BalanceBucket): Money => ({ amount, currency: BUCKET_CURRENCY[bucket] });
 export const moneyOrNull = (amount: bigint | null | undefined, bucket: BalanceBucket): Money | null => (amount === null || amount === undefined ? null : moneyOf(amount, bucket));
 
+/** The key, project, route, channel or run a cap belongs to: its window follows its organization's zone. */
+export type ScopeOwner = { id: string; organizationId: string };
+
 /** One number of a scope's current window (cap, settled spend, or what remains) as Money, batched. */
-export function budgetMoney(ctx: Context, scope: CapScope, scopeId: string, bucket: BalanceBucket, pick: "spent"): Promise<Money>;
-export function budgetMoney(ctx: Context, scope: CapScope, scopeId: string, bucket: BalanceBucket, pick: "cap" | "remaining"): Promise<Money | null>;
-export async function budgetMoney(ctx: Context, scope: CapScope, scopeId: string, bucket: BalanceBucket, pick: "cap" | "spent" | "remaining"): Promise<Money | null> {
-  const status = await ctx.loaders.budget(scope, scopeId, bucket);
+export function budgetMoney(ctx: Context, scope: CapScope, owner: ScopeOwner, bucket: BalanceBucket, pick: "spent"): Promise<Money>;
+export function budgetMoney(ctx: Context, scope: CapScope, owner: ScopeOwner, bucket: BalanceBucket, pick: "cap" | "remaining"): Promise<Money | null>;
+export async function budgetMoney(ctx: Context, scope: CapScope, owner: ScopeOwner, bucket: BalanceBucket, pick: "cap" | "spent" | "remaining"): Promise<Money | null> {
+  const status = await ctx.loaders.budget(scope, owner, bucket);
   return moneyOrNull(status[pick], bucket);
 }
 

@@ -33,7 +33,7 @@ export const PlanLimitRef = builder.objectRef<ShownLimit>("PlanLimit").implement
     windowStart: t.field({
       type: "DateTime",
       nullable: true,
-      description: "The UTC day or month counted; the epoch for a run's total; null for KEY_PER_REQUEST and BALANCE.",
+      description: "The day or month counted (of the organization's time zone); the epoch for a run's total; null for KEY_PER_REQUEST and BALANCE.",
       resolve: (s) => s.limit.windowStart,
     }),
     limit: t.field({

@@ -26,12 +26,12 @@ export const RouteRef = builder.prismaObject("Route", {
           orderBy: [{ priority: "asc" }, { createdAt: "asc" }],
         }),
       }),
-      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "cap") }),
-      spendToday: t.field({ type: MoneyRef, args: bucketArg, resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "spent") }),
-      remainingToday: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r.id, bucket ?? "CREDIT", "remaining") }),
+      dailyCap: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r, bucket ?? "CREDIT", "cap") }),
+      spendToday: t.field({ type: MoneyRef, args: bucketArg, resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r, bucket ?? "CREDIT", "spent") }),
+      remainingToday: t.field({ type: MoneyRef, nullable: true, args: bucketArg, resolve: (r, { bucket }, ctx) => budgetMoney(ctx, "ROUTE_DAILY", r, bucket ?? "CREDIT", "remaining") }),
       budgets: t.field({
         type: [BudgetStatusRef],
-        resolve: (r, _args, ctx) => Promise.all((["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget("ROUTE_DAILY", r.id, b))),
+        resolve: (r, _args, ctx) => Promise.all((["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget("ROUTE_DAILY", r, b))),
       }),
       receipts: t.relatedConnection(
         "receipts",

@@ -87,7 +87,7 @@ export const RunRef = builder.prismaObject("Run", {
     budgets: t.field({
       type: [BudgetStatusRef],
       description: "The run's total cap and spend in each bucket.",
-      resolve: (r, _args, ctx) => Promise.all((["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget("RUN_TOTAL", r.id, b))),
+      resolve: (r, _args, ctx) => Promise.all((["CREDIT", "ROUTED"] as const).map((b) => ctx.loaders.budget("RUN_TOTAL", r, b))),
     }),
     receipts: t.relatedConnection(
       "receipts",

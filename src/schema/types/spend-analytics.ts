@@ -57,7 +57,7 @@ export const SpendAnalyticsInput = builder.inputType("SpendAnalyticsInput", {
       description: "Exclusive. Ranges: MINUTE ≤ 2 days, HOUR ≤ 92, DAY ≤ 3 years, WEEK ≤ 10, MONTH ≤ 20; ≤ 31 days when the zone's boundaries are not on UTC hours (read from raw rows).",
     }),
     interval: t.field({ type: SpendInterval, required: true }),
-    timeZone: t.string({ required: false, description: 'IANA time zone the buckets follow (e.g. "Asia/Shanghai"). Default: the organization\'s (UTC).' }),
+    timeZone: t.string({ required: false, description: 'IANA time zone the buckets follow (e.g. "Asia/Shanghai"). Default: the organization\'s (Organization.timeZone).' }),
     groupBy: t.field({ type: [SpendDimensionEnum], required: false, description: "Zero or more dimensions; none: one series of everything." }),
     filter: t.field({ type: SpendFilterInput, required: false }),
     top: t.int({
