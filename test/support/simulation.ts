@@ -7,7 +7,8 @@
 // reclaims, clock skew, stalls, deaths and restarts, cap changes (the same value included), price
 // and settlement changes, run pauses, top-ups, quotes (a request priced at a quote's pinned
 // snapshots, through the gateway's claimQuote, while prices, settlements and caps change and when it
-// falls back to a capped backup), and pairs of these at once. After every step it
+// falls back to a capped backup), changes of the organization's time zone (heard by each instance
+// at its own moment, within the change's margin), and pairs of these at once. After every step it
 // checks, in SQL, for this schedule's organization: every counter's spent + held ≤ its cap (a
 // lowered cap may stay exceeded by what was in flight when it changed, never by more); every
 // bucket's available ≥ 0, held = Σ its leases, balance = Σ its ledger; every counter's held = Σ its
@@ -23,6 +24,7 @@ import type { Viewer } from "../../src/auth/index.ts";
 import { postEntry, walletBucket, type SqlClient } from "../../src/accounting/index.ts";
 import { failedRequestCharge, holdCovers, usageCharge, worstCase } from "../../src/accounting/charges.ts";
 import { LeasePool, reclaimLeases } from "../../src/accounting/leases.ts";
+import { capWindow, windowFor, zoneChangePendingUntil, type ZoneState } from "../../src/accounting/windows.ts";
 import { setProjectBudget } from "../../src/budgets/index.ts";
 import { directSql } from "../../src/db/index.ts";
 import type { BalanceBucket, CapScope, FailedChargePolicy, FailureCause } from "../../src/generated/prisma/enums.ts";
@@ -79,6 +81,8 @@ export class Rng {
 }
 
 const TTL_MS = 1_000;
+/** The zones an organization moves between: whole-hour ahead, DST behind, a half-hour zone. */
+const ZONES = ["UTC", "Asia/Shanghai", "America/New_York", "Asia/Kolkata"];
 const BUCKETS: BalanceBucket[] = ["CREDIT", "ROUTED"];
 const bucketOfSettlement = (s: "OFFICIAL" | "ROUTED"): BalanceBucket => (s === "OFFICIAL" ? "CREDIT" : "ROUTED");
 
@@ -95,6 +99,9 @@ interface Instance {
   queue: Array<{ request: SimRequest; item: BatchItem }>;
   /** Revocations published (leasesRevoked) and not yet received. */
   inbox: Array<{ scope: string; scopeId: string }>;
+  /** The organization's zone as this instance last read it, and changes it has not read yet (database time it reads them). */
+  zone: ZoneState;
+  zoneNews: Array<{ at: number; zone: ZoneState }>;
   /** The writer's next statements fail: before their commit, or after it with the answer lost. */
   faults: Array<"before" | "after">;
   writer: GroupCommit<BatchItem, Written>;
@@ -193,6 +200,8 @@ class Simulation {
   private runId: string | null = null;
   private runStatus: "ACTIVE" | "PAUSED" | "CANCELLED" = "ACTIVE";
   private bucketIds = new Map<BalanceBucket, string>();
+  /** The organization's zone as the database holds it (setOrganizationTimeZone's row). */
+  private zone: ZoneState;
   /** The route as the gateway's lookup cache holds it: refreshed after every admin change. */
   private plan: Array<{ channel: SimChannel; bucket: BalanceBucket; price: SimRequest["price"] | null }> = [];
   /** Quotes made (rows in the database), per key index. */
@@ -203,9 +212,14 @@ class Simulation {
     private readonly steps: number,
   ) {
     this.rng = new Rng(seed);
-    // Each schedule starts on a day of its own, sometimes just before midnight (windows roll over).
+    // Each schedule starts on a day of its own, in a zone of its own, sometimes just before midnight in
+    // one of the zones (its own: windows roll over; another: a change to it meets that zone's midnight).
     const day = Date.UTC(2031, 0, 1) + (seed % 20_000) * 86_400_000;
-    this.g = day + (this.rng.chance(0.3) ? 86_400_000 - this.rng.int(200, 5_000) : this.rng.int(0, 80_000_000));
+    const pickZone = () => ZONES[this.rng.int(0, ZONES.length - 1)]!;
+    this.zone = { timeZone: pickZone(), previousTimeZone: null, timeZoneChangedAt: null };
+    const start = day + this.rng.int(0, 80_000_000);
+    const near: ZoneState = { timeZone: pickZone(), previousTimeZone: null, timeZoneChangedAt: null };
+    this.g = this.rng.chance(0.3) ? capWindow("DAY", new Date(start), near).end.getTime() - this.rng.int(200, 5_000) : start;
     this.query = (text, params) => (this.sql as unknown as { $queryRawUnsafe: <T>(q: string, ...p: unknown[]) => Promise<T[]> }).$queryRawUnsafe(text, ...(params ?? []));
   }
 
@@ -281,6 +295,8 @@ class Simulation {
       nextBeat: this.g + Math.floor(TTL_MS / 3),
       queue: [],
       inbox: [],
+      zone: this.zone,
+      zoneNews: [],
       faults: [],
       writer: undefined as unknown as GroupCommit<BatchItem, Written>,
       pool: new LeasePool(this.sql, {
@@ -441,6 +457,7 @@ class Simulation {
       maintain: 5,
       sweep: 3,
       tick: 9,
+      zoneChange: 2,
       lapse: 2,
       capChange: 5,
       deliverRevocations: 4,
@@ -457,7 +474,31 @@ class Simulation {
       admitQuoted: 6,
     });
     this.count(op);
+    this.hearZoneNews();
     await this.do(op);
+  }
+
+  /**
+   * setOrganizationTimeZone: refused while the last change still takes effect (as the mutation
+   * does); each instance reads the new zone at its own moment, a few seconds at most (the gateway
+   * caches it for 5 s), some at once: well within the change's margin.
+   */
+  private zoneChange(): void {
+    if (zoneChangePendingUntil(this.zone, new Date(this.g))) {
+      this.count("zone change refused (one pending)");
+      return;
+    }
+    const others = ZONES.filter((z) => z !== this.zone.timeZone);
+    const next: ZoneState = { timeZone: others[this.rng.int(0, others.length - 1)]!, previousTimeZone: this.zone.timeZone, timeZoneChangedAt: new Date(this.g) };
+    this.say(`zone ${this.zone.timeZone} → ${next.timeZone}`);
+    this.zone = next;
+    for (const instance of this.instances) instance.zoneNews.push({ at: this.g + (this.rng.chance(0.3) ? 0 : this.rng.int(0, 5_000)), zone: next });
+  }
+
+  private hearZoneNews(): void {
+    for (const instance of this.instances) {
+      while (instance.zoneNews.length && instance.zoneNews[0]!.at <= this.g) instance.zone = instance.zoneNews.shift()!.zone;
+    }
   }
 
   private async do(op: string): Promise<void> {
@@ -466,6 +507,8 @@ class Simulation {
         return this.admit();
       case "fallback":
         return this.fallback();
+      case "zoneChange":
+        return this.zoneChange();
       case "quote":
         return this.quote();
       case "admitQuoted":
@@ -599,8 +642,23 @@ class Simulation {
       routeId: this.routeId,
       runId: request.runId,
       channelId: planned.channel.id,
+      zone: instance.zone,
       perRequestCap: await this.perRequestCap(this.keyIds[request.key]!, bucketId),
     });
+    // Every lease it is held in is of the window the database's zone puts this instant in, whether
+    // or not this instance has heard of a change yet: one counter per window across the fleet.
+    if (result.ok) {
+      const now = new Date(this.g + instance.offsetMs);
+      for (const lease of result.hold.leases) {
+        if (lease.scope === "BALANCE") continue;
+        const expected = windowFor(lease.scope, now, this.zone);
+        if (lease.windowStart.getTime() !== expected.getTime()) {
+          this.violations.push(
+            `${request.id}: ${instance.name} leased ${lease.scope} of window ${lease.windowStart.toISOString()}, the organization's zone (${this.zone.timeZone}) puts ${now.toISOString()} in ${expected.toISOString()}`,
+          );
+        }
+      }
+    }
     this.say(`${instance.name} ${request.id.slice(0, 6)} admit ${worst} on ${planned.channel.name}/${planned.bucket}: ${result.ok ? "ok" : result.refusal}`);
     if (!result.ok) {
       this.count(`refused ${result.refusal}`);
