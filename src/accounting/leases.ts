@@ -16,6 +16,7 @@
 import { randomUUID } from "node:crypto";
 import type { SqlClient } from "./index.ts";
 import { LeaseGoneError, translateDbError } from "./index.ts";
+import { sqlGrantStore, type GrantAsk, type GrantStore } from "./grant-store.ts";
 import { capWindow, RUN_WINDOW, type ZoneState } from "./windows.ts";
 import type { CapScope } from "../generated/prisma/enums.ts";
 import { MAX_AMOUNT_MICROS } from "../money.ts";
@@ -145,10 +146,14 @@ export class LeasePool {
   /** Grants, renewals and returns the pool made (for tests and metrics). */
   readonly stats = { grants: 0, grantStatements: 0, refusals: 0, returns: 0, renewals: 0, lapsed: 0, recalls: 0, revoked: 0, rebacked: 0 };
 
+  private readonly store: GrantStore;
+
   constructor(
-    private readonly client: SqlClient,
+    /** The database (its SQL functions), or any GrantStore (an in-memory one in unit tests). */
+    client: SqlClient | GrantStore,
     private readonly options: LeasePoolOptions,
   ) {
+    this.store = typeof (client as SqlClient).$queryRawUnsafe === "function" ? sqlGrantStore(client as SqlClient) : (client as GrantStore);
     this.clock = options.clock ?? Date.now;
     this.idleMs = options.idleMs ?? Math.floor(options.ttlMs / 2);
     this.safetyMs = options.safetyMs ?? Math.floor(options.ttlMs / 4);
@@ -274,7 +279,7 @@ export class LeasePool {
     const bucketId = short[0]!.key.bucketId;
     const sentAt = this.clock();
     const named = new Map<string, Lease>();
-    const payload = short.map(({ key, need }) => {
+    const payload = short.map(({ key, need }): GrantAsk => {
       const want = this.options.chunk(amount);
       const lease = this.leases.get(keyOf(key));
       if (lease) named.set(keyOf(key), lease);
@@ -288,17 +293,7 @@ export class LeasePool {
       };
     });
     this.stats.grantStatements++;
-    const rows = await this.client
-      .$queryRawUnsafe<Array<{ scope: string | null; scope_id: string | null; lease_id: string | null; granted: string | bigint | null; refusal: string | null; replaced: string | null }>>(
-        `SELECT scope, scope_id, lease_id, granted::text AS granted, refusal, replaced
-           FROM tg_lease_grant($1, $2, $3::jsonb, $4::timestamptz AT TIME ZONE 'UTC', $5::int)`,
-        this.options.instanceId,
-        bucketId,
-        JSON.stringify(payload),
-        this.dbNow(),
-        this.options.ttlMs,
-      )
-      .catch(translateDbError);
+    const rows = await this.store.grant(this.options.instanceId, bucketId, payload, this.dbNow(), this.options.ttlMs);
     if (rows.length === 1 && rows[0]!.refusal) {
       const refusal = rows[0]!.refusal;
       return refusal === "BALANCE" ? "INSUFFICIENT_BALANCE" : (refusal as LeaseRefusal);
@@ -310,7 +305,7 @@ export class LeasePool {
       // The function answers in its lock order, not ours.
       const key = byScope.get(`${row.scope}|${row.scope_id ?? ""}`);
       if (!key) throw new Error(`tg_lease_grant answered an unasked scope ${row.scope}`);
-      const granted = BigInt(row.granted ?? 0);
+      const granted = row.granted;
       const k = keyOf(key);
       const named_ = named.get(k);
       const current = this.leases.get(k);
@@ -436,9 +431,7 @@ export class LeasePool {
     this.stats.returns += returns.length;
     // A failed partial return leaves the database holding more than we count: safe, and the whole
     // return that ends the lease gives it all back.
-    await this.client
-      .$queryRawUnsafe(`SELECT tg_lease_return($1::jsonb, $2::timestamptz AT TIME ZONE 'UTC')`, JSON.stringify(returns), this.dbNow())
-      .catch((e: unknown) => this.options.onError?.("could not give back leased headroom", e));
+    await this.store.giveBack(returns, this.dbNow()).catch((e: unknown) => this.options.onError?.("could not give back leased headroom", e));
   }
 
   /** Gives back the drained leases queued (also done by every heartbeat). */
@@ -453,7 +446,10 @@ export class LeasePool {
     this.closing = [];
     this.stats.returns += ids.length;
     try {
-      await this.client.$queryRawUnsafe(`SELECT tg_lease_return($1::jsonb, $2::timestamptz AT TIME ZONE 'UTC')`, JSON.stringify(ids.map((id) => ({ lease_id: id, amount: null }))), this.dbNow());
+      await this.store.giveBack(
+        ids.map((id) => ({ lease_id: id, amount: null })),
+        this.dbNow(),
+      );
     } catch (e) {
       this.closing.push(...ids);
       this.options.onError?.("could not give back leases (retried at the next heartbeat)", e);
@@ -484,12 +480,7 @@ export class LeasePool {
     const known = [...this.leases.values()];
     const knownDraining = [...this.draining];
     const sentAt = this.clock();
-    const rows = await this.client.$queryRawUnsafe<Array<{ id: string; revoked: boolean }>>(
-      `SELECT id, revoked FROM tg_lease_renew($1, $2::timestamptz AT TIME ZONE 'UTC', $3::int)`,
-      this.options.instanceId,
-      this.dbNow(),
-      this.options.ttlMs,
-    );
+    const rows = await this.store.renew(this.options.instanceId, this.dbNow(), this.options.ttlMs);
     this.stats.renewals++;
     const present = new Map(rows.map((r) => [r.id, r.revoked]));
     for (const lease of known) {
