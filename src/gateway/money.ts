@@ -4,6 +4,22 @@
 // - "leases" (issue 9, the default): admission in memory against this instance's budget leases,
 //   and one batched write per request (record + charge, aggregated deltas) through recordBatch;
 // - "holds": a Hold row per request, reserved and resolved by SQL functions, group-committed.
+//
+// Where each limit is enforced (one answer per limit; the SQL functions are in prisma/functions.sql):
+// - KEY_PER_REQUEST: LeasePool.admit (perRequestCap, read here and cached capCacheTtlMs); holds: tg_reserve.
+// - KEY_DAILY, PROJECT_DAILY, PROJECT_MONTHLY, ROUTE_DAILY, CHANNEL_DAILY, RUN_TOTAL: which scopes a
+//   request counts in is leaseScopes (src/accounting/leases.ts); the window each counts in is
+//   capWindow (src/accounting/windows.ts, the organization's zone); the cap is tg_effective_cap; the
+//   check is tg_lease_grant when a lease falls short (else the lease's headroom, in memory) and
+//   tg_reserve on holds. A CHANNEL_DAILY refusal skips to the next channel (pipeline/forward.ts); a
+//   RUN_TOTAL refusal ends the run EXHAUSTED (markRunExhausted, src/runs).
+// - Run paused / cancelled: tg_lease_grant and tg_reserve refuse RUN_TOTAL leases / holds of a run not ACTIVE.
+// - The balance (BALANCE): a lease of the bucket (tg_lease_grant), or the bucket row (tg_reserve).
+// - A cap changed with requests in flight: revokeLeases in the change's transaction (budgets, runs),
+//   the instances drain those leases (leasesRevoked, or the next renewal).
+// - The charge: src/accounting/charges.ts (never above the hold: usageCharge); written with its
+//   receipt and ledger entry by tg_record_batch (leases) or tg_resolve_hold (holds).
+// - Rate limits (rpm, tpm, concurrency): src/gateway/rate-limit.ts, before admission.
 import { randomUUID } from "node:crypto";
 import { currentDatabase, directSql } from "../db/index.ts";
 import { LeaseGoneError, release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
