@@ -273,28 +273,28 @@ interface Query {
   filter: SpendFilter | null | undefined;
 }
 
-/** FROM ... WHERE ... of a query, with the group's key `g` (a JSON array of its dimension values). */
-function body(q: Query, params: unknown[]): { from: string; group: string; dims: string[] } {
+/** FROM ... WHERE ... of a query, and its dimensions' SQL. */
+function body(q: Query, params: unknown[]): { from: string; dims: string[] } {
   const src = source(q.plan, params);
   const where = filterSql(q.filter, params);
   const join = q.groupBy.includes("RUN_MODE") ? ` LEFT JOIN "Run" r ON r.id = s."runId"` : "";
-  const dims = q.groupBy.map((d) => DIMENSION_SQL[d]);
-  return { from: `FROM (${src}) s${join} ${where}`, group: `json_build_array(${dims.join(", ")})::text`, dims };
+  return { from: `FROM (${src}) s${join} ${where}`, dims: q.groupBy.map((d) => DIMENSION_SQL[d]) };
 }
+
+/** The group's key: a JSON array of its dimension values (columns d0, d1, ... of `t`). */
+const groupKey = (dims: string[]) => `json_build_array(${dims.map((_, i) => `t.d${i}`).join(", ")})::text`;
+/** The rows summed by the dimensions (d0, d1, ...) and bucket, plus `extra` leading columns: the key is built once per group, not once per row. */
+const grouped = (dims: string[], from: string, extra: string[] = []) =>
+  `SELECT ${[...extra, ...dims.map((d, i) => `${d} AS d${i}`), "s.bucket", ...SUM_COLUMNS.map((c) => `SUM(s."${c}") AS "${c}"`)].join(", ")}
+     ${from} GROUP BY ${Array.from({ length: extra.length + dims.length + 1 }, (_, i) => i + 1).join(", ")}`;
 
 /** Each group's sums over the plan (one row per group and bucket). */
 async function groupTotals(q: Query): Promise<Map<string, { values: GroupValues; sums: SpendSums }>> {
   const params: unknown[] = [q.organizationId];
-  const { from, group, dims } = body(q, params);
+  const { from, dims } = body(q, params);
   const rows = await db.$queryRawUnsafe<Array<SumRow & { g: string } & Record<string, string | null>>>(
-    `SELECT ${group} AS g, ${dims
-      .map((d, i) => `${d} AS d${i}`)
-      .concat("s.bucket")
-      .join(", ")}, ${sumsSql("s")}
-       ${from} GROUP BY ${dims
-         .map((_, i) => i + 2)
-         .concat(dims.length + 2, 1)
-         .join(", ")}`,
+    `SELECT ${groupKey(dims)} AS g, ${dims.map((_, i) => `t.d${i}`).join(", ")}${dims.length ? ", " : ""}t.bucket, ${SUM_COLUMNS.map((c) => `t."${c}"::text AS "${c}"`).join(", ")}
+       FROM (${grouped(dims, from)}) t`,
     ...params,
   );
   const groups = new Map<string, { values: GroupValues; sums: SpendSums }>();
@@ -330,12 +330,22 @@ function thresholds(starts: number[], from: number, params: unknown[]): string {
 
 async function pointSums(q: Query, starts: number[], from: number, shown: string[] | null) {
   const params: unknown[] = [q.organizationId];
-  const { from: fromSql, group } = body(q, params);
-  const key = seriesKey(group, shown, params);
+  const { from: fromSql, dims } = body(q, params);
   const t = thresholds(starts, from, params);
+  const at = `width_bucket(s.at, ${t})`;
+  if (shown === null) {
+    // Every group is a series: sum by the dimensions and build each key once per (point, group, bucket).
+    return db.$queryRawUnsafe<Array<SumRow & { i: number; g: string | null }>>(
+      `SELECT t.i, ${groupKey(dims)} AS g, t.bucket, ${SUM_COLUMNS.map((c) => `t."${c}"::text AS "${c}"`).join(", ")}
+         FROM (${grouped(dims, fromSql, [`${at} AS i`])}) t`,
+      ...params,
+    );
+  }
+  // Top N and "other": few (point, series, bucket) cells, so one hash aggregation over the rows' series keys.
+  const key = seriesKey(`json_build_array(${dims.join(", ")})::text`, shown, params);
   return db.$queryRawUnsafe<Array<SumRow & { i: number; g: string | null }>>(
     `SELECT i, g, bucket, ${sumsSql("x")}
-       FROM (SELECT width_bucket(s.at, ${t}) AS i, ${key} AS g, s.* ${fromSql}) x GROUP BY 1, 2, 3`,
+       FROM (SELECT ${at} AS i, ${key} AS g, s.* ${fromSql}) x GROUP BY 1, 2, 3`,
     ...params,
   );
 }
@@ -415,7 +425,9 @@ export async function spendReport(input: SpendReportInput, options: { forceRaw?:
   const { plan, source: readFrom } = planFor(input, starts, options.forceRaw ?? false);
   const q: Query = { organizationId: input.organizationId, plan, groupBy, filter: input.filter };
 
-  const groups = await groupTotals(q);
+  // A group's total covers the whole range: only its two ends need to be on a rollup's grain, so whole
+  // UTC days inside it are read from the daily rollup even when the buckets (hours, a zone's days) are not.
+  const groups = await groupTotals(readFrom === "ROLLUPS" ? { ...q, plan: planRanges(from, to, true) } : q);
   const ranked = rank(groups, input.rankBucket ?? "CREDIT");
   const top = input.top ?? null;
   const shownKeys = top !== null && ranked.length > top ? ranked.slice(0, top) : ranked;
