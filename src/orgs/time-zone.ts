@@ -14,11 +14,18 @@ const ZONE_CACHE_MS = 5_000;
 const zones = new Map<string, { zone: ZoneState; until: number }>();
 const zoneReads = new SingleFlight<string, ZoneState>();
 
-const zoneOf = (org: Pick<Organization, "timeZone" | "previousTimeZone" | "timeZoneChangedAt">): ZoneState => ({
+export const zoneOf = (org: Pick<Organization, "timeZone" | "previousTimeZone" | "timeZoneChangedAt">): ZoneState => ({
   timeZone: org.timeZone,
   previousTimeZone: org.previousTimeZone,
   timeZoneChangedAt: org.timeZoneChangedAt,
 });
+
+/** Zone states of many organizations in one statement (GraphQL reads them once per operation; unknown ids: UTC). */
+export async function organizationZones(organizationIds: readonly string[]): Promise<ZoneState[]> {
+  const rows = await db.organization.findMany({ where: { id: { in: [...new Set(organizationIds)] } }, select: { id: true, timeZone: true, previousTimeZone: true, timeZoneChangedAt: true } });
+  const byId = new Map(rows.map((r) => [r.id, zoneOf(r)]));
+  return organizationIds.map((id) => byId.get(id) ?? UTC_ZONE);
+}
 
 /** The organization's zone state, what every day and month window is computed from (src/accounting/windows.ts). */
 export async function organizationZone(organizationId: string): Promise<ZoneState> {

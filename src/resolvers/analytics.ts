@@ -15,7 +15,6 @@ import { FailedRequestConnection, FailedRequestOrder } from "../schema/types/fai
 import { SpendAnalyticsInput, SpendAnalyticsRef, SpendInterval } from "../schema/types/spend-analytics.ts";
 import { spendReport, type SpendFilter } from "../analytics/report.ts";
 import { checkTimeZone } from "../analytics/zones.ts";
-import { organizationTimeZone } from "../orgs/time-zone.ts";
 
 builder.queryFields((t) => ({
   receipts: t.prismaConnection(
@@ -146,7 +145,7 @@ builder.queryFields((t) => ({
     resolve: async (_root, { input }, ctx, info) => {
       const viewer = viewerOf(ctx);
       const organizationId = await resolveOrganizationId(viewer, input.organizationId ? String(input.organizationId) : null);
-      const timeZone = input.timeZone ? checkTimeZone(input.timeZone) : await organizationTimeZone(organizationId);
+      const timeZone = input.timeZone ? checkTimeZone(input.timeZone) : (await ctx.loaders.zones.load(organizationId)).timeZone;
       return spendReport({
         organizationId,
         from: input.from,

@@ -5,7 +5,8 @@ import { db } from "../db/index.ts";
 import type { ApiKey, BudgetCap, Channel, Project, Route, Run } from "../generated/prisma/client.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { windowFor, type ScopeSpend } from "../accounting/index.ts";
-import { organizationZone } from "../orgs/time-zone.ts";
+import { organizationZones } from "../orgs/time-zone.ts";
+import type { ZoneState } from "../accounting/windows.ts";
 import { effectiveCap, type BudgetStatus } from "../budgets/index.ts";
 import { keysLastUsedAt, keysSpend, type BucketSpend } from "../keys/spend.ts";
 import { nodeTenancy } from "../nodes/index.ts";
@@ -55,6 +56,8 @@ export function createLoaders() {
     const byId = new Map(rows.map((r) => [r.id, r]));
     return ids.map((id) => byId.get(id) ?? null);
   });
+  // Organizations' zones (every day and month window follows its organization's): read once per operation, in one statement.
+  const zones = new DataLoader<string, ZoneState>((organizationIds) => organizationZones(organizationIds));
   // ApiKey.lastUsedAt and ApiKey.spend of a list of keys: two grouped statements each.
   const keyLastUsed = new DataLoader<string, Date | null>(async (keyIds) => {
     const last = await keysLastUsedAt(keyIds);
@@ -71,7 +74,7 @@ export function createLoaders() {
         range.keyIds.push(k.keyId);
         ranges.set(rangeOf(k), range);
       }
-      const spent = new Map(await Promise.all([...ranges].map(async ([name, r]) => [name, await keysSpend(r.keyIds, r, new Date(), await organizationZone(r.organizationId))] as const)));
+      const spent = new Map(await Promise.all([...ranges].map(async ([name, r]) => [name, await keysSpend(r.keyIds, r, new Date(), await zones.load(r.organizationId))] as const)));
       return keys.map((k) => spent.get(rangeOf(k))!.get(k.keyId)!);
     },
     { cacheKeyFn: (k) => `${k.keyId}|${rangeOf(k)}` },
@@ -94,6 +97,7 @@ export function createLoaders() {
       return visible;
     },
     counters,
+    zones,
     upstreamMessages,
     channels,
     keyLastUsed,
@@ -101,7 +105,7 @@ export function createLoaders() {
     /** A cap's current window (of its organization's zone): spent, held, cap and what remains. */
     async budget(scope: CapScope, owner: { id: string; organizationId: string }, bucket: BalanceBucket, now = new Date()): Promise<BudgetStatus> {
       const scopeId = owner.id;
-      const windowStart = windowFor(scope, now, await organizationZone(owner.organizationId));
+      const windowStart = windowFor(scope, now, await zones.load(owner.organizationId));
       const [spend, scopeCaps] = await Promise.all([counters.load({ scope, scopeId, bucket, windowStart }), caps.load(scopeId)]);
       const cap = effectiveCap(scopeCaps, scope, bucket);
       const left = cap === null ? null : cap - spend.spent - spend.held;
