@@ -229,7 +229,16 @@ describe("lease invariants under random sequences (two instances)", () => {
                 // Requests in flight were admitted under the old cap: what they may still charge is the grace.
                 const scopeKey = `KEY_DAILY|${keys[0]!.id}`;
                 const inFlight = open.filter((o) => o.hold.leases.some((l) => l.scope === "KEY_DAILY" && l.scopeId === keys[0]!.id)).reduce((sum, o) => sum + o.hold.amount, 0n);
-                grace.set(scopeKey, (grace.get(scopeKey) ?? 0n) + inFlight);
+                // A dead instance's leases cannot be given back: they stay counted until the sweep
+                // reclaims them (live instances give their free headroom back below, so only what is
+                // in flight in theirs counts). Found at PROPERTY_RUNS=1000: a lease of a killed
+                // instance, still held when the cap was lowered under it.
+                const live = pools.map((p) => p.instanceId);
+                const [dead] = await database.sql.query<{ held: string }>(
+                  `SELECT COALESCE(SUM(amount), 0)::text AS held FROM "BudgetLease" WHERE scope = 'KEY_DAILY' AND "scopeId" = $1 AND NOT ("instanceId" = ANY($2))`,
+                  [keys[0]!.id, live],
+                );
+                grace.set(scopeKey, (grace.get(scopeKey) ?? 0n) + inFlight + BigInt(dead!.held));
                 await setKeyCaps(w.viewer, { keyId: keys[0]!.id, dailyCap: m(s.keyDaily), capBucket: "CREDIT" });
                 // What the leasesRevoked event does in the gateway (src/gateway/money.ts).
                 for (const p of pools) await p.forgetScope("KEY_DAILY", keys[0]!.id);
@@ -265,7 +274,8 @@ describe("lease invariants under random sequences (two instances)", () => {
           expect(await leaseViolations(start, run.id, grace)).toEqual([]);
         },
       ),
-      { seed: 20261123, numRuns: Number(process.env.PROPERTY_RUNS ?? 60), endOnFailure: true },
+      // PROPERTY_PATH=<path> replays one failing run (fast-check prints its seed and path).
+      { seed: 20261123, numRuns: Number(process.env.PROPERTY_RUNS ?? 60), endOnFailure: true, ...(process.env.PROPERTY_PATH ? { path: process.env.PROPERTY_PATH } : {}) },
     );
     // Every charge is in the ledger (CHARGE entries only come from the lease path here).
     const ledger = await database.sql.query<{ total: string }>(`SELECT COALESCE(-SUM(amount), 0)::text AS total FROM "LedgerEntry" WHERE kind = 'CHARGE'`);
