@@ -37,9 +37,9 @@ function parseInstant(name: string, value: string): Date {
   const match = ISO_8601.exec(value);
   const hasTime = match && value.length > 10;
   const date = match ? new Date(hasTime && !match[1] ? `${value}Z` : value) : null;
-  // new Date("2026-02-31") is NaN but a date-time's day is not checked: compare the fields back.
-  const sameDay = date && !Number.isNaN(date.getTime()) && (hasTime ? true : date.toISOString().slice(0, 10) === value);
-  if (!date || Number.isNaN(date.getTime()) || !sameDay) {
+  // A bare date that does not exist (2026-02-31) must not roll over to another day: compare it back.
+  const valid = date !== null && !Number.isNaN(date.getTime()) && (hasTime || date.toISOString().slice(0, 10) === value);
+  if (!valid) {
     throw badInput(name, `must be an ISO 8601 date or date-time (e.g. 2026-11-01 or 2026-11-01T00:00:00Z), got ${JSON.stringify(value.slice(0, 40))}`);
   }
   return date;
