@@ -174,7 +174,9 @@ const SPEND_ROWS = `
       FROM "FailedRequest" WHERE "organizationId" IS NOT NULL`;
 
 async function buildRollups(database: Database): Promise<void> {
-  const existing = await database.sql.query<{ n: string }>(`SELECT ((SELECT COUNT(*) FROM "SpendRollupHourly") + (SELECT COUNT(*) FROM "SpendRollupDaily"))::text AS n`);
+  const existing = await database.sql.query<{ n: string }>(
+    `SELECT (${["SpendRollupHourly", "SpendRollupDaily", ...NARROW_ROLLUPS.map((r) => r.table)].map((t) => `(SELECT COUNT(*) FROM "${t}")`).join(" + ")})::text AS n`,
+  );
   if (existing[0]!.n !== "0") throw new Error("rollups are not empty before the build: the set-based build would not add to them");
   for (const [table, column, grain] of [
     ["SpendRollupHourly", "hour", "hour"],
@@ -190,7 +192,20 @@ async function buildRollups(database: Database): Promise<void> {
        GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 2, 1, 3, 4, 5, 6, 7, 8, 9, 10, 11;
       COMMIT;`);
   }
+  // The narrow rollups from the wide ones, as migration 20261205090000_spend_rollups_narrow fills them.
+  for (const { table, column, dimensions, from } of NARROW_ROLLUPS) {
+    const columns = `"organizationId", "${column}", ${dimensions}, "bucket", "currency"`;
+    await database.sql.exec(`INSERT INTO "${table}" (${columns}, ${SUMS})
+      SELECT ${columns}, ${SUMS.split(", ")
+        .map((c) => `SUM(${c})`)
+        .join(", ")}
+        FROM "${from}" GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 2, 1, 3, 4, 5, 6`);
+  }
 }
+const NARROW_ROLLUPS = [
+  { table: "SpendRollupDailyByKey", column: "day", dimensions: `"keyId", "projectId"`, from: "SpendRollupDaily" },
+  { table: "SpendRollupHourlyByModel", column: "hour", dimensions: `"requestedModel", "upstreamModel"`, from: "SpendRollupHourly" },
+] as const;
 
 /** Whole-table checks, cheap next to the data: every sum of both rollups equals the raw rows', and every id in them exists. */
 async function checkTotals(database: Database): Promise<void> {
@@ -198,7 +213,7 @@ async function checkTotals(database: Database): Promise<void> {
     .map((c) => `SUM(${c})::text AS ${c}`)
     .join(", ");
   const [raw] = await database.sql.query(`SELECT ${sums} FROM (${SPEND_ROWS}) s`);
-  for (const table of ["SpendRollupHourly", "SpendRollupDaily"]) {
+  for (const table of ["SpendRollupHourly", "SpendRollupDaily", ...NARROW_ROLLUPS.map((r) => r.table)]) {
     const [rolled] = await database.sql.query(`SELECT ${sums} FROM "${table}"`);
     if (JSON.stringify(rolled) !== JSON.stringify(raw)) throw new Error(`${table} sums ${JSON.stringify(rolled)} differ from the rows' ${JSON.stringify(raw)}`);
   }
@@ -248,6 +263,8 @@ interface DatabaseResult {
   failed: number;
   hourly: number;
   daily: number;
+  /** Row counts of the narrow rollups. */
+  narrow: string[];
   insertSeconds: number;
   rollupSeconds: number;
   rows: Array<{ name: string; source: string; series: number; points: number; p50: number; p95: number }>;
@@ -271,6 +288,8 @@ async function benchDatabase(label: string, database: Database, receipts: number
   await checkTotals(database);
   const count = async (table: string) => Number((await database.sql.query<{ n: string }>(`SELECT COUNT(*)::text AS n FROM "${table}"`))[0]!.n);
   const [hourly, daily] = [await count("SpendRollupHourly"), await count("SpendRollupDaily")];
+  const narrow: string[] = [];
+  for (const r of NARROW_ROLLUPS) narrow.push(`${n(await count(r.table))} in ${r.table}`);
 
   const rows: DatabaseResult["rows"] = [];
   for (const q of queries(w)) {
@@ -290,7 +309,7 @@ async function benchDatabase(label: string, database: Database, receipts: number
     rows.push({ name: q.name, source: report.source, series: report.series.length, points: report.bucketStarts.length, p50: percentile(times, 50), p95: percentile(times, 95) });
     log(`${label} ${q.name}: p50 ${percentile(times, 50).toFixed(1)} ms`);
   }
-  return { label, receipts, failed, hourly, daily, insertSeconds, rollupSeconds, rows };
+  return { label, receipts, failed, hourly, daily, narrow, insertSeconds, rollupSeconds, rows };
 }
 
 const TARGET_MS: Record<string, number> = { postgres: 50, pglite: 100 };
@@ -334,7 +353,7 @@ export async function benchSeries(): Promise<string> {
     "",
     ...results.map(
       (r) =>
-        `- ${r.label}: ${n(r.receipts)} receipts + ${n(r.failed)} failed requests, ${n(r.hourly)} hourly and ${n(r.daily)} daily rollup rows; ` +
+        `- ${r.label}: ${n(r.receipts)} receipts + ${n(r.failed)} failed requests, ${n(r.hourly)} hourly and ${n(r.daily)} daily rollup rows (narrow: ${r.narrow.join(", ")}); ` +
         `inserted in ${r.insertSeconds.toFixed(1)} s (chunks of ${n(CHUNK)}, triggers off), rollups built in ${r.rollupSeconds.toFixed(1)} s`,
     ),
     "",

@@ -10,7 +10,8 @@ let statements: string[] = [];
 let adminToken: string;
 
 beforeAll(async () => {
-  database = await createTestDatabase({ onQuery: (sql) => statements.push(sql) });
+  const count = (sql: string) => void statements.push(sql);
+  database = await createTestDatabase({ onQuery: count, onDirectQuery: count });
   const w = await f.world();
   const { route, channels } = await f.route(w.viewer, w.org.id, "gpt-test", [{ name: "primary", baseUrl: "http://127.0.0.1:9/v1", upstreamModel: "gpt-test-upstream", price: ["1", "2"] }]);
   const price = await database.prisma.priceSnapshot.findFirstOrThrow({ where: { channelId: channels[0]!.id } });

@@ -1,9 +1,12 @@
 // Hourly spend rollups always equal the receipts and charged failed requests they summarize, after
 // random traffic written the ways the gateway writes (one row per statement, multi-row batches),
 // plus rare updates and deletes; and spendSeries answers from them exactly as a raw scan does.
+import { readFile } from "node:fs/promises";
+import path from "node:path";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
+import { MIGRATIONS_DIR } from "../src/db/migrate.ts";
 import { rowArb as spendRowArb, scene as spendScene, write as writeRows, type Row, type Scene } from "./support/spend-rows.ts";
 import { spendSeries, spendSeriesFromRawRows, type SpendSeriesInput } from "../src/analytics/index.ts";
 import { SPEND_DIMENSIONS, spendReport, type SpendDimension, type SpendReportInput } from "../src/analytics/report.ts";
@@ -25,21 +28,25 @@ const scene = () => spendScene(database);
 /** A filter list in about one query of four (absent otherwise). */
 const sometimes = <T>(arb: fc.Arbitrary<T>) => fc.oneof({ arbitrary: fc.constant(undefined), weight: 3 }, { arbitrary: arb, weight: 1 });
 
+const WIDE = `"keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", bucket, currency`;
+/** Every rollup, with the dimensions it keeps: the wide ones and the narrow ones reports prefer. */
 const GRAINS = [
-  { table: "SpendRollupHourly", unit: "hour" },
-  { table: "SpendRollupDaily", unit: "day" },
+  { table: "SpendRollupHourly", unit: "hour", dimensions: WIDE },
+  { table: "SpendRollupDaily", unit: "day", dimensions: WIDE },
+  { table: "SpendRollupDailyByKey", unit: "day", dimensions: `"keyId", "projectId", bucket, currency` },
+  { table: "SpendRollupHourlyByModel", unit: "hour", dimensions: `"requestedModel", "upstreamModel", bucket, currency` },
 ] as const;
 
 /** Rollups of one grain as stored vs the same sums computed from the raw rows: must be identical. */
 async function compareWithRawRows(orgId: string, grain: (typeof GRAINS)[number] = GRAINS[0]) {
-  const DIMENSIONS = `"keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", bucket, currency`;
-  const GROUP_COLUMNS = `"organizationId", ${grain.unit} AS at, ${DIMENSIONS}`;
+  const GROUP_COLUMNS = `"organizationId", ${grain.unit} AS at, ${grain.dimensions}`;
+  const groups = Array.from({ length: grain.dimensions.split(", ").length + 2 }, (_, i) => i + 1).join(", ");
   const SUMS = `spend, requests, "promptTokens", "completionTokens", "cachedPromptTokens", "failedRequests", "failedCharge"`;
   const rollups = await database.sql.query<Record<string, unknown>>(
     `SELECT ${GROUP_COLUMNS}, ${SUMS.split(", ")
       .map((c) => `${c}::text`)
       .join(", ")}
-       FROM "${grain.table}" WHERE "organizationId" = $1 AND (requests <> 0 OR "failedRequests" <> 0) ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11`,
+       FROM "${grain.table}" WHERE "organizationId" = $1 AND (requests <> 0 OR "failedRequests" <> 0) ORDER BY ${groups}`,
     [orgId],
   );
   // Every failed request is a failure; only a charged one (with a bucket) is spend, with its tokens.
@@ -48,7 +55,7 @@ async function compareWithRawRows(orgId: string, grain: (typeof GRAINS)[number] 
     `SELECT ${GROUP_COLUMNS}, SUM(charge)::text AS spend, SUM(requests)::text AS requests,
             SUM("promptTokens")::text AS "promptTokens", SUM("completionTokens")::text AS "completionTokens", SUM(cached)::text AS "cachedPromptTokens",
             SUM(failed)::text AS "failedRequests", SUM(failed_charge)::text AS "failedCharge"
-       FROM (SELECT "organizationId", date_trunc('${grain.unit}', "createdAt") AS ${grain.unit}, ${DIMENSIONS},
+       FROM (SELECT "organizationId", date_trunc('${grain.unit}', "createdAt") AS ${grain.unit}, ${WIDE},
                     charge, 1 AS requests, "promptTokens", "completionTokens", "cachedPromptTokens" AS cached, 0 AS failed, 0 AS failed_charge
                FROM "Receipt" WHERE "organizationId" = $1
              UNION ALL
@@ -57,7 +64,7 @@ async function compareWithRawRows(orgId: string, grain: (typeof GRAINS)[number] 
                     CASE WHEN ${charged} THEN "promptTokens" ELSE 0 END, CASE WHEN ${charged} THEN "completionTokens" ELSE 0 END, 0,
                     1, CASE WHEN ${charged} THEN charge ELSE 0 END
                FROM "FailedRequest" WHERE "organizationId" = $1) spend
-      GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11 ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11`,
+      GROUP BY ${groups} ORDER BY ${groups}`,
     [orgId],
   );
   return { rollups, raw };
@@ -177,6 +184,20 @@ describe("spend rollups", () => {
     expect(checkedReports).toBeGreaterThan(50);
   });
 
+  it("narrow ones filled by their migration from the wide ones equal the rows (a data directory of the previous release)", async () => {
+    const s = await scene();
+    const rows = fc.sample(rowArb, { numRuns: 40, seed: 20261205 });
+    await write(s, rows, true);
+    const migration = await readFile(path.join(MIGRATIONS_DIR, "20261205090000_spend_rollups_narrow", "migration.sql"), "utf8");
+    // As before the migration: the narrow rollups empty, then the migration's fill.
+    await database.sql.exec(`TRUNCATE "SpendRollupDailyByKey", "SpendRollupHourlyByModel"; ${migration.slice(migration.indexOf("-- The fill:"))}`);
+    for (const grain of GRAINS) {
+      const { rollups, raw } = await compareWithRawRows(s.orgId, grain);
+      expect(raw.length).toBeGreaterThan(3);
+      expect(rollups).toEqual(raw);
+    }
+  });
+
   it("follow updates and deletes of the summarized rows", async () => {
     const s = await scene();
     await write(
@@ -227,5 +248,36 @@ describe("spend rollups", () => {
     expect((await spendSeries(byDay)).map((p) => p.spend)).toEqual([5_001n]);
     expect((await spendSeries(byHour)).map((p) => p.spend)).toEqual([5_002n]);
     expect((await spendSeriesFromRawRows(byDay)).map((p) => p.spend)).toEqual([5_000n]);
+  });
+
+  it("are read from the narrowest rollup that holds a report's groups and filters", async () => {
+    const s = await scene();
+    await write(
+      s,
+      [{ failed: false, key: 0, route: 0, channel: 0, run: null, anonymous: false, bucket: "CREDIT", uncharged: "none", charge: 5_000, prompt: 1, completion: 1, cached: 0, latencyMs: 5, at: 90_000 }],
+      false,
+    );
+    // A marker per rollup, written only there: the report's spend says which one it read.
+    const markers = { SpendRollupDaily: 1, SpendRollupHourly: 2, SpendRollupDailyByKey: 10, SpendRollupHourlyByModel: 100 };
+    for (const [table, marker] of Object.entries(markers)) {
+      await database.sql.query(`UPDATE "${table}" SET spend = spend + ${marker} WHERE "organizationId" = $1`, [s.orgId]);
+    }
+    const spend = async (groupBy: SpendDimension[], interval: "DAY" | "HOUR", filter: SpendReportInput["filter"] = null) => {
+      const report = await spendReport({ organizationId: s.orgId, from: new Date(BASE), to: new Date(BASE + 86_400_000), interval, timeZone: "UTC", groupBy, filter, latency: false });
+      return { source: report.source, credit: report.totals.spend.CREDIT, points: report.series[0]!.points.reduce((sum, p) => sum + p.sums.spend.CREDIT, 0n) };
+    };
+    // Keys and projects: totals read whole days by key; HOUR points the wide hourly rollup (no hourly one by key).
+    expect(await spend(["KEY"], "DAY")).toEqual({ source: "ROLLUPS", credit: 5_010n, points: 5_010n });
+    expect(await spend(["PROJECT"], "DAY", { keyIds: [s.keys[0]!.id] })).toEqual({ source: "ROLLUPS", credit: 5_010n, points: 5_010n });
+    expect(await spend(["KEY"], "HOUR")).toEqual({ source: "ROLLUPS", credit: 5_010n, points: 5_002n });
+    // Models: the hourly rollup by model, even for whole days (fewer rows than the wide daily one).
+    expect(await spend(["MODEL"], "DAY")).toEqual({ source: "ROLLUPS", credit: 5_100n, points: 5_100n });
+    expect(await spend(["MODEL", "UPSTREAM_MODEL"], "HOUR", { buckets: ["CREDIT"] })).toEqual({ source: "ROLLUPS", credit: 5_100n, points: 5_100n });
+    // Bucket and settlement alone: the first narrow rollup that has them (by model, hourly; by key, daily).
+    expect(await spend(["BUCKET", "SETTLEMENT"], "HOUR")).toEqual({ source: "ROLLUPS", credit: 5_010n, points: 5_100n });
+    // A key and a model together, a route or a run need the wide ones.
+    expect(await spend(["KEY", "MODEL"], "DAY")).toEqual({ source: "ROLLUPS", credit: 5_001n, points: 5_001n });
+    expect(await spend(["MODEL"], "DAY", { routeIds: [s.routes[0]!.id] })).toEqual({ source: "ROLLUPS", credit: 5_001n, points: 5_001n });
+    expect(await spend(["RUN_MODE"], "HOUR")).toEqual({ source: "ROLLUPS", credit: 5_001n, points: 5_002n });
   });
 });

@@ -4,7 +4,8 @@
 // "other" series; totals; failures beside spend; latency percentiles; the previous period.
 //
 // Where the numbers come from: the spend rollups (by UTC hour and UTC day, kept by triggers in the
-// same transaction as the rows) wherever they are exact for the request — every bucket boundary
+// same transaction as the rows; the narrowest one that holds the report's groups and filters: by
+// model, by key and project, or every dimension) wherever they are exact for the request — every bucket boundary
 // inside the range on a UTC hour (whole-hour zones, HOUR and longer intervals) or, for the daily
 // rollup, on a UTC midnight — and the raw rows for the rest (MINUTE, half-hour zones, partial hours
 // at the ends of the range). Latency percentiles cannot be summed, so they are always computed from
@@ -12,7 +13,7 @@
 //
 // Cost is bounded before any row is read: the range per interval, the bucket count, and (after one
 // query for the groups' totals, before the points are read) points × series ≤ MAX_CELLS.
-import { db } from "../db/index.ts";
+import { directSql } from "../db/index.ts";
 import type { BalanceBucket } from "../generated/prisma/enums.ts";
 import { badInput } from "../errors.ts";
 import { planRanges } from "./index.ts";
@@ -179,8 +180,80 @@ const SUM_COLUMNS = [
 const CHARGED = `(bucket IS NOT NULL AND charge > 0)`;
 const ROW_COLUMNS = `"keyId", "projectId", "routeId", "channelId", "runId", "requestedModel"`;
 
+/** The dimension columns of a spend row (every one of them a text id or name; bucket and currency are in every rollup). */
+const DIMENSION_COLUMNS = ["keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel"] as const;
+type DimensionColumn = (typeof DIMENSION_COLUMNS)[number];
+const COLUMNS_OF_DIMENSION: Record<SpendDimension, readonly DimensionColumn[]> = {
+  KEY: ["keyId"],
+  PROJECT: ["projectId"],
+  MODEL: ["requestedModel"],
+  UPSTREAM_MODEL: ["upstreamModel"],
+  ROUTE: ["routeId"],
+  CHANNEL: ["channelId"],
+  BUCKET: [],
+  RUN: ["runId"],
+  RUN_MODE: ["runId"],
+  SETTLEMENT: [],
+};
+const COLUMNS_OF_FILTER: Record<keyof SpendFilter, readonly DimensionColumn[]> = {
+  keyIds: ["keyId"],
+  projectIds: ["projectId"],
+  routeIds: ["routeId"],
+  channelIds: ["channelId"],
+  runIds: ["runId"],
+  models: ["requestedModel"],
+  buckets: [],
+};
+
+/** A spend rollup: its table, the column of its grain, and the dimension columns it keeps. */
+interface Rollup {
+  table: string;
+  at: "hour" | "day";
+  columns: readonly DimensionColumn[];
+}
+/**
+ * Per grain, narrowest first (the last keeps every column): a report reads the first rollup that keeps
+ * every column its groups and filters use. A narrow rollup has one row per (time, its columns, bucket,
+ * currency): a day of 200 keys x 3 models is ~400 rows by key and an hour ~20 by model, against ~1,400
+ * a day and ~650 an hour in the wide ones.
+ */
+const ROLLUPS: Record<"hour" | "day", readonly Rollup[]> = {
+  hour: [
+    { table: "SpendRollupHourlyByModel", at: "hour", columns: ["requestedModel", "upstreamModel"] },
+    { table: "SpendRollupHourly", at: "hour", columns: DIMENSION_COLUMNS },
+  ],
+  day: [
+    { table: "SpendRollupDailyByKey", at: "day", columns: ["keyId", "projectId"] },
+    { table: "SpendRollupDaily", at: "day", columns: DIMENSION_COLUMNS },
+  ],
+};
+const isWide = (rollup: Rollup) => rollup.columns === DIMENSION_COLUMNS;
+
+export interface RollupChoice {
+  hour: string;
+  day: string;
+  /**
+   * Whether whole days are read by day. Not when the hourly rollup is narrow and the daily one wide:
+   * the narrow rollup's 24 hours hold fewer rows than the wide day (a model has no daily rollup of its
+   * own; a day of 20 models by hour is ~480 rows against ~1,400).
+   */
+  days: boolean;
+}
+
+/** The rollups that hold what a report groups and filters by. */
+export function rollupsFor(groupBy: readonly SpendDimension[], filter: SpendFilter | null | undefined): RollupChoice {
+  const needed = new Set<DimensionColumn>(groupBy.flatMap((d) => COLUMNS_OF_DIMENSION[d]));
+  for (const name of Object.keys(COLUMNS_OF_FILTER) as Array<keyof SpendFilter>) {
+    if (filter?.[name] !== null && filter?.[name] !== undefined) for (const c of COLUMNS_OF_FILTER[name]) needed.add(c);
+  }
+  const pick = (list: readonly Rollup[]) => list.find((r) => [...needed].every((c) => r.columns.includes(c)))!;
+  const [hour, day] = [pick(ROLLUPS.hour), pick(ROLLUPS.day)];
+  return { hour: hour.table, day: day.table, days: !(isWide(day) && !isWide(hour)) };
+}
+const ROLLUP_BY_TABLE = new Map([...ROLLUPS.hour, ...ROLLUPS.day].map((r) => [r.table, r]));
+
 /** Receipts and failed requests of one organization ($1) in the planned ranges, one row per (time, dimensions) with the sums. */
-function source(plan: Plan, params: unknown[]): string {
+function source(plan: Plan, rollups: RollupChoice, params: unknown[]): string {
   const ranges = (column: string, list: Range[]) =>
     list
       .map(([a, b]) => {
@@ -199,13 +272,16 @@ function source(plan: Plan, params: unknown[]): string {
                        1, CASE WHEN ${CHARGED} THEN charge ELSE 0 END
                   FROM "FailedRequest" WHERE "organizationId" = $1 AND (${ranges(`"createdAt"`, plan.raw)})`);
   }
-  for (const [table, column, list] of [
-    ["SpendRollupHourly", "hour", plan.hours],
-    ["SpendRollupDaily", "day", plan.days],
+  for (const [table, list] of [
+    [rollups.hour, plan.hours],
+    [rollups.day, plan.days],
   ] as const) {
     if (!list.length) continue;
-    parts.push(`SELECT "${column}" AS at, ${ROW_COLUMNS}, "upstreamModel", bucket, ${SUM_COLUMNS.map((c) => `"${c}"`).join(", ")}
-                  FROM "${table}" WHERE "organizationId" = $1 AND (${ranges(`"${column}"`, list)})`);
+    const rollup = ROLLUP_BY_TABLE.get(table)!;
+    // Columns a narrow rollup does not keep are read as NULL: nothing groups or filters by them.
+    const columns = DIMENSION_COLUMNS.map((c) => (rollup.columns.includes(c) ? `"${c}"` : `NULL::text AS "${c}"`)).join(", ");
+    parts.push(`SELECT "${rollup.at}" AS at, ${columns}, bucket, ${SUM_COLUMNS.map((c) => `"${c}"`).join(", ")}
+                  FROM "${table}" WHERE "organizationId" = $1 AND (${ranges(`"${rollup.at}"`, list)})`);
   }
   return parts.join(" UNION ALL ");
 }
@@ -271,11 +347,12 @@ interface Query {
   plan: Plan;
   groupBy: readonly SpendDimension[];
   filter: SpendFilter | null | undefined;
+  rollups: RollupChoice;
 }
 
 /** FROM ... WHERE ... of a query, and its dimensions' SQL. */
 function body(q: Query, params: unknown[]): { from: string; dims: string[] } {
-  const src = source(q.plan, params);
+  const src = source(q.plan, q.rollups, params);
   const where = filterSql(q.filter, params);
   const join = q.groupBy.includes("RUN_MODE") ? ` LEFT JOIN "Run" r ON r.id = s."runId"` : "";
   return { from: `FROM (${src}) s${join} ${where}`, dims: q.groupBy.map((d) => DIMENSION_SQL[d]) };
@@ -292,7 +369,7 @@ const grouped = (dims: string[], from: string, extra: string[] = []) =>
 async function groupTotals(q: Query): Promise<Map<string, { values: GroupValues; sums: SpendSums }>> {
   const params: unknown[] = [q.organizationId];
   const { from, dims } = body(q, params);
-  const rows = await db.$queryRawUnsafe<Array<SumRow & { g: string } & Record<string, string | null>>>(
+  const rows = await directSql().$queryRawUnsafe<Array<SumRow & { g: string } & Record<string, string | null>>>(
     `SELECT ${groupKey(dims)} AS g, ${dims.map((_, i) => `t.d${i}`).join(", ")}${dims.length ? ", " : ""}t.bucket, ${SUM_COLUMNS.map((c) => `t."${c}"::text AS "${c}"`).join(", ")}
        FROM (${grouped(dims, from)}) t`,
     ...params,
@@ -328,24 +405,45 @@ function thresholds(starts: number[], from: number, params: unknown[]): string {
   return `ARRAY(SELECT jsonb_array_elements_text($${params.length}::jsonb)::timestamp(3))`;
 }
 
-async function pointSums(q: Query, starts: number[], from: number, shown: string[] | null) {
+/**
+ * The shown groups as a table to join rows to: each group's key and, per dimension, its value ('' for
+ * NULL) and whether it is NULL, so the join is on plain equalities (a hash join) and NULL matches NULL.
+ */
+function shownGroupsSql(q: Query, shown: Array<{ key: string; values: GroupValues }>, params: unknown[]): string {
+  const rows = shown.map(({ key, values }) => {
+    const row: Record<string, string | boolean> = { g: key };
+    q.groupBy.forEach((d, i) => {
+      row[`v${i}`] = values[d] ?? "";
+      row[`n${i}`] = values[d] === null || values[d] === undefined;
+    });
+    return row;
+  });
+  params.push(JSON.stringify(rows));
+  const columns = ["g text", ...q.groupBy.flatMap((_, i) => [`v${i} text`, `n${i} boolean`])].join(", ");
+  return `jsonb_to_recordset($${params.length}::jsonb) AS x(${columns})`;
+}
+
+async function pointSums(q: Query, starts: number[], from: number, shown: Array<{ key: string; values: GroupValues }> | null) {
   const params: unknown[] = [q.organizationId];
   const { from: fromSql, dims } = body(q, params);
   const t = thresholds(starts, from, params);
   const at = `width_bucket(s.at, ${t})`;
   if (shown === null) {
     // Every group is a series: sum by the dimensions and build each key once per (point, group, bucket).
-    return db.$queryRawUnsafe<Array<SumRow & { i: number; g: string | null }>>(
+    return directSql().$queryRawUnsafe<Array<SumRow & { i: number; g: string | null }>>(
       `SELECT t.i, ${groupKey(dims)} AS g, t.bucket, ${SUM_COLUMNS.map((c) => `t."${c}"::text AS "${c}"`).join(", ")}
          FROM (${grouped(dims, fromSql, [`${at} AS i`])}) t`,
       ...params,
     );
   }
-  // Top N and "other": few (point, series, bucket) cells, so one hash aggregation over the rows' series keys.
-  const key = seriesKey(`json_build_array(${dims.join(", ")})::text`, shown, params);
-  return db.$queryRawUnsafe<Array<SumRow & { i: number; g: string | null }>>(
-    `SELECT i, g, bucket, ${sumsSql("x")}
-       FROM (SELECT ${at} AS i, ${key} AS g, s.* ${fromSql}) x GROUP BY 1, 2, 3`,
+  // Top N and "other": few (point, series, bucket) cells. A row finds its series by a hash join to the
+  // shown groups (no key built per row); a row of no shown group goes to "other" (g NULL).
+  const on = dims.map((_, i) => `COALESCE(t.d${i}, '') = x.v${i} AND (t.d${i} IS NULL) = x.n${i}`).join(" AND ");
+  const rows = `SELECT ${at} AS i, ${[...dims.map((d, i) => `${d} AS d${i}`), "s.bucket", ...SUM_COLUMNS.map((c) => `s."${c}"`)].join(", ")} ${fromSql}`;
+  const groupsTable = shownGroupsSql(q, shown, params);
+  return directSql().$queryRawUnsafe<Array<SumRow & { i: number; g: string | null }>>(
+    `SELECT t.i, x.g, t.bucket, ${sumsSql("t")}
+       FROM (${rows}) t LEFT JOIN ${groupsTable} ON ${on || "true"} GROUP BY 1, 2, 3`,
     ...params,
   );
 }
@@ -363,7 +461,7 @@ async function latencies(q: Query, starts: number[], from: number, to: number, s
   const group = `json_build_array(${q.groupBy.map((d) => DIMENSION_SQL[d]).join(", ")})::text`;
   const key = seriesKey(group, shown, params);
   const t = thresholds(starts, from, params);
-  return db.$queryRawUnsafe<LatencyRow[]>(
+  return directSql().$queryRawUnsafe<LatencyRow[]>(
     `SELECT i, g, GROUPING(i) AS by_series, GROUPING(g) AS by_point,
             percentile_disc(0.5) WITHIN GROUP (ORDER BY ms) AS p50, percentile_disc(0.95) WITHIN GROUP (ORDER BY ms) AS p95, COUNT(*)::text AS n
        FROM (SELECT width_bucket(s.at, ${t}) AS i, ${key} AS g, s."latencyMs" AS ms FROM (${src}) s${join} ${where}) x
@@ -387,12 +485,12 @@ function validate(input: SpendReportInput): void {
 }
 
 /** How the range's sums are read: the rollups where every bucket boundary inside it falls on their grain, raw rows otherwise. */
-function planFor(input: SpendReportInput, starts: number[], forceRaw: boolean): { plan: Plan; source: SpendReport["source"] } {
+function planFor(input: SpendReportInput, starts: number[], rollups: RollupChoice, forceRaw: boolean): { plan: Plan; source: SpendReport["source"] } {
   const [from, to] = [input.from.getTime(), input.to.getTime()];
   const inside = starts.slice(1);
   const onHours = input.interval !== "MINUTE" && inside.every((t) => t % HOUR_MS === 0);
   const onDays = input.interval !== "MINUTE" && input.interval !== "HOUR" && inside.every((t) => t % DAY_MS === 0);
-  if (onHours && !forceRaw) return { plan: planRanges(from, to, onDays), source: "ROLLUPS" };
+  if (onHours && !forceRaw) return { plan: planRanges(from, to, onDays && rollups.days), source: "ROLLUPS" };
   if (to - from > RAW_MAX_SPAN_MS && !forceRaw) {
     throw badInput("timeZone", `${input.interval} buckets in ${input.timeZone} are read from raw rows: at most ${RAW_MAX_SPAN_MS / DAY_MS} days`);
   }
@@ -422,12 +520,13 @@ export async function spendReport(input: SpendReportInput, options: { forceRaw?:
   const groupBy = [...new Set(input.groupBy)];
   const [from, to] = [input.from.getTime(), input.to.getTime()];
   const starts = bucketStarts(from, to, input.interval, input.timeZone, MAX_POINTS);
-  const { plan, source: readFrom } = planFor(input, starts, options.forceRaw ?? false);
-  const q: Query = { organizationId: input.organizationId, plan, groupBy, filter: input.filter };
+  const rollups = rollupsFor(groupBy, input.filter);
+  const { plan, source: readFrom } = planFor(input, starts, rollups, options.forceRaw ?? false);
+  const q: Query = { organizationId: input.organizationId, plan, groupBy, filter: input.filter, rollups };
 
   // A group's total covers the whole range: only its two ends need to be on a rollup's grain, so whole
   // UTC days inside it are read from the daily rollup even when the buckets (hours, a zone's days) are not.
-  const groups = await groupTotals(readFrom === "ROLLUPS" ? { ...q, plan: planRanges(from, to, true) } : q);
+  const groups = await groupTotals(readFrom === "ROLLUPS" ? { ...q, plan: planRanges(from, to, rollups.days) } : q);
   const ranked = rank(groups, input.rankBucket ?? "CREDIT");
   const top = input.top ?? null;
   const shownKeys = top !== null && ranked.length > top ? ranked.slice(0, top) : ranked;
@@ -452,7 +551,8 @@ export async function spendReport(input: SpendReportInput, options: { forceRaw?:
 
   const shownForSql = hasOther ? shownKeys : null;
   if (seriesCount > 0) {
-    for (const row of await pointSums(q, starts, from, shownForSql)) {
+    const shownGroups = hasOther ? shownKeys.map((key) => ({ key, values: groups.get(key)!.values })) : null;
+    for (const row of await pointSums(q, starts, from, shownGroups)) {
       const s = series.get(row.g);
       // Groups that sum to nothing were dropped above; their rows are zeros.
       if (s) addRow(s.points[row.i - 1]!.sums, row);
@@ -485,7 +585,7 @@ export async function spendReport(input: SpendReportInput, options: { forceRaw?:
     const span = to - from;
     const before: SpendReportInput = { ...input, from: new Date(from - span), to: new Date(from) };
     // One bucket, so only its two ends need to be on the rollups' grain.
-    const prevPlan = options.forceRaw ? { days: [], hours: [], raw: [[from - span, from] as Range] } : planRanges(from - span, from, true);
+    const prevPlan = options.forceRaw ? { days: [], hours: [], raw: [[from - span, from] as Range] } : planRanges(from - span, from, rollups.days);
     const prevGroups = await groupTotals({ ...q, plan: prevPlan });
     const prevTotals = zeroSums();
     for (const s of series.values()) s.previous = zeroSums();

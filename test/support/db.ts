@@ -21,8 +21,21 @@ export interface TestDatabase extends Database {
 }
 
 export interface TestDatabaseOptions {
+  /** Every statement sent through Prisma. */
   onQuery?: (sql: string) => void;
+  /** Every statement sent straight to the driver (directSql(), database.sql.query): the hot path and the spend reports. */
+  onDirectQuery?: (sql: string) => void;
   poolSize?: number;
+}
+
+/** Reports the statements sent straight to the driver; the object is the one useDatabase installed, so directSql() goes through it. */
+function observeDirectQueries(database: Database, onDirectQuery: ((sql: string) => void) | undefined): void {
+  if (!onDirectQuery) return;
+  const query = database.sql.query.bind(database.sql);
+  database.sql.query = (text, params) => {
+    onDirectQuery(text);
+    return query(text, params);
+  };
 }
 
 export async function createTestDatabase(options: TestDatabaseOptions = {}): Promise<TestDatabase> {
@@ -38,6 +51,7 @@ export async function createTestDatabase(options: TestDatabaseOptions = {}): Pro
     url.pathname = `/${name}`;
     const databaseUrl = url.toString();
     const database = await openDatabase({ databaseUrl, migrate: false, onQuery: options.onQuery, poolSize: options.poolSize ?? 20 });
+    observeDirectQueries(database, options.onDirectQuery);
     const seconds: Database[] = [];
     useDatabase(database);
     return {
@@ -64,6 +78,7 @@ export async function createTestDatabase(options: TestDatabaseOptions = {}): Pro
   // The server's PGlite settings (a small buffer pool), so tests run what `npm start` runs.
   const pglite = await PGlite.create({ loadDataDir: new Blob([dump]), ...PGLITE_OPTIONS });
   const database = await openDatabase({ pglite, migrate: false, onQuery: options.onQuery });
+  observeDirectQueries(database, options.onDirectQuery);
   useDatabase(database);
   return {
     ...database,
