@@ -1,4 +1,19 @@
-// Every setting tokengate reads from the environment, in one place (README lists them).
+// Every setting tokengate reads from the environment, in one place (README lists them). Nothing
+// else in src/ reads process.env: loadConfig is pure over the env object it is given.
+
+export interface HealthConfig {
+  /** Outcomes kept per channel. */
+  window: number;
+  /** Consecutive failures that take a channel DOWN. */
+  downAfter: number;
+  /** Consecutive successes needed to climb one step (DOWN → DEGRADED → HEALTHY). */
+  recoverAfter: number;
+  /** Success rate under which a channel is DEGRADED (needs minSamples outcomes). */
+  degradedBelow: number;
+  minSamples: number;
+  /** How long a DOWN channel rests before a probe. */
+  cooldownMs: number;
+}
 
 export interface Config {
   port: number;
@@ -28,6 +43,10 @@ export interface Config {
   /** How long a key lookup may be served from the in-process cache. */
   keyCacheTtlMs: number;
   logLevel: "debug" | "info" | "warn" | "error" | "silent";
+  /** Currency code of each balance bucket (TOKENGATE_CREDIT_CURRENCY / TOKENGATE_ROUTED_CURRENCY). */
+  currencies: { CREDIT: string; ROUTED: string };
+  /** Channel health (src/health): window, thresholds and the cool-down of a DOWN channel. */
+  health: HealthConfig;
   /** How the gateway admits requests against caps: in memory against budget leases (issue 9, the default), or a Hold row per request. */
   admission: "holds" | "leases";
   leases: {
@@ -82,7 +101,26 @@ function intFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number
   return value;
 }
 
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+/** A non-negative number (fractions allowed: HEALTH_DEGRADED_BELOW is a rate). */
+function numberFrom(env: NodeJS.ProcessEnv, name: string, fallback: number): number {
+  const raw = env[name];
+  const value = raw === undefined || raw === "" ? fallback : Number(raw);
+  if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number`);
+  return value;
+}
+
+function healthFrom(env: NodeJS.ProcessEnv): HealthConfig {
+  return {
+    window: numberFrom(env, "HEALTH_WINDOW", 20),
+    downAfter: numberFrom(env, "HEALTH_DOWN_AFTER", 3),
+    recoverAfter: numberFrom(env, "HEALTH_RECOVER_AFTER", 3),
+    degradedBelow: numberFrom(env, "HEALTH_DEGRADED_BELOW", 0.8),
+    minSamples: numberFrom(env, "HEALTH_MIN_SAMPLES", 5),
+    cooldownMs: numberFrom(env, "HEALTH_COOLDOWN_MS", 10_000),
+  };
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv): Config {
   const databaseUrl = env.DATABASE_URL || undefined;
   if (databaseUrl && !/^postgres(ql)?:\/\//.test(databaseUrl)) {
     throw new Error("DATABASE_URL must start with postgres:// or postgresql://");
@@ -117,6 +155,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     maxBodyBytes: intFrom(env, "MAX_BODY_BYTES", 4 * 1024 * 1024),
     keyCacheTtlMs: intFrom(env, "KEY_CACHE_TTL_MS", 1_000),
     logLevel,
+    currencies: { CREDIT: env.TOKENGATE_CREDIT_CURRENCY || "USD", ROUTED: env.TOKENGATE_ROUTED_CURRENCY || "CNY" },
+    health: healthFrom(env),
     admission: admissionFrom(env.GATEWAY_ADMISSION),
     leases: {
       ttlMs: Math.max(100, intFrom(env, "LEASE_TTL_MS", 1_000)),

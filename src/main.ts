@@ -78,7 +78,7 @@ async function serve(config: Config): Promise<void> {
 
 async function main(): Promise<void> {
   const [command = "serve", ...rest] = process.argv.slice(2);
-  const config = loadConfig();
+  const config = loadConfig(process.env);
   configureLogging(config.logLevel);
   switch (command) {
     case "serve":
