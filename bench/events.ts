@@ -10,6 +10,7 @@ import { openDatabase, useDatabase } from "../src/db/index.ts";
 import { reserve, settle, walletBucket } from "../src/accounting/index.ts";
 import { announceSpend } from "../src/spend/index.ts";
 import { startServer } from "../src/server.ts";
+import { servicesWith } from "../src/installed.ts";
 import { loadConfig } from "../src/config.ts";
 import { createAdminToken } from "../src/auth/index.ts";
 import * as f from "../test/support/fixtures.ts";
@@ -29,7 +30,7 @@ const percentile = (sorted: number[], p: number) => sorted[Math.min(sorted.lengt
 async function tokengateLatencies(): Promise<number[]> {
   const database = await openDatabase({ pglite: await PGlite.create() });
   useDatabase(database);
-  const server = await startServer({ ...loadConfig({}), port: 0 }, { quiet: true });
+  const server = await startServer(servicesWith({ ...loadConfig({}), port: 0 }), { quiet: true });
   const w = await f.world({ credit: "1000" });
   const token = (await createAdminToken({ name: "bench", role: "ORG_ADMIN", organizationId: w.org.id })).secret;
   const bucketId = (await walletBucket(w.org.id, "CREDIT")).id;

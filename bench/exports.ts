@@ -6,6 +6,7 @@ import http from "node:http";
 import { PGlite } from "@electric-sql/pglite";
 import { openDatabase, useDatabase, type Database } from "../src/db/index.ts";
 import { startServer } from "../src/server.ts";
+import { servicesWith } from "../src/installed.ts";
 import { loadConfig } from "../src/config.ts";
 import { createAdminToken } from "../src/auth/index.ts";
 import { startEmbeddedPostgres } from "../test/support/global-setup.ts";
@@ -48,7 +49,7 @@ async function seed(database: Database, rows: number): Promise<string> {
 async function run(label: string, database: Database, rows: number): Promise<ExportRun> {
   const organizationId = await seed(database, rows);
   const { secret } = await createAdminToken({ name: "export bench", role: "ORG_ADMIN", organizationId });
-  const server = await startServer({ ...loadConfig({ LOG_LEVEL: "silent" }), port: 0, host: "127.0.0.1" }, { quiet: true });
+  const server = await startServer(servicesWith({ ...loadConfig({ LOG_LEVEL: "silent" }), port: 0, host: "127.0.0.1" }), { quiet: true });
   try {
     global.gc?.();
     const rss0 = process.memoryUsage().rss;

@@ -9,6 +9,7 @@ import path from "node:path";
 import { openDatabase, useDatabase } from "../src/db/index.ts";
 import { loadConfig } from "../src/config.ts";
 import { startServer } from "../src/server.ts";
+import { installServices, servicesWith } from "../src/installed.ts";
 import { createAdminToken } from "../src/auth/index.ts";
 import { createApiKey } from "../src/keys/index.ts";
 import { route, world } from "../test/support/fixtures.ts";
@@ -25,7 +26,8 @@ await route(w.viewer, w.org.id, model, [{ name: "primary", baseUrl: upstreamUrl,
 for (let i = 1; i < keys; i++) await createApiKey(w.viewer, { projectId: w.project.id, name: `bench-key-${String(i).padStart(4, "0")}`, dailyCap: "1000" });
 const adminToken = (await createAdminToken({ name: "bench live", role: "ORG_ADMIN", organizationId: w.org.id })).secret;
 
-const server = await startServer({ ...loadConfig({ ...process.env, LOG_LEVEL: "warn" }), port: 0, host: "127.0.0.1" }, { quiet: true });
+// Installed: the settings of the environment (LIVE_QUEUE_LIMIT, …) apply to the whole process, as in `npm start`.
+const server = await startServer(installServices(servicesWith({ ...loadConfig({ ...process.env, LOG_LEVEL: "warn" }), port: 0, host: "127.0.0.1" })), { quiet: true });
 process.stdout.write(`${JSON.stringify({ url: server.url, secret: w.secret, model, adminToken, keyId: w.key.id })}\n`);
 process.on("SIGTERM", () => {
   void server

@@ -19,14 +19,11 @@ function create(level: LogLevel): Logger {
   });
 }
 
-/** The process logger; main.ts sets its level from LOG_LEVEL (tests leave it at LOG_LEVEL or warn). */
-const LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error", "silent"];
-const envLevel = process.env.LOG_LEVEL as LogLevel | undefined;
-export const logger: Logger = create(envLevel && LEVELS.includes(envLevel) ? envLevel : "info");
-
-export function configureLogging(level: LogLevel): void {
-  logger.level = level;
-}
+/**
+ * The process logger, process-wide like the database module: it exists before the Config is read
+ * (a bad setting is reported through it), at info; main.ts then sets its level from LOG_LEVEL.
+ */
+export const logger: Logger = create("info");
 
 /** A child logger for one component, optionally at its own level (the gateway uses its config's). */
 export function componentLogger(component: string, level?: LogLevel): Logger {

@@ -4,7 +4,7 @@
 // field (schema-bounded; client-chosen operation names are not used). No request ids, no key ids.
 // README "Metrics" lists every series.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { listenerCount } from "./events/index.ts";
+import { services } from "./installed.ts";
 import { currentDatabase } from "./db/index.ts";
 
 export const registry = new Registry();
@@ -113,7 +113,7 @@ new Gauge({
   help: "Live GraphQL subscriptions in this process (one event listener each, graphql-ws and SSE).",
   registers: [registry],
   collect() {
-    this.set(listenerCount());
+    this.set(services().events.listenerCount());
   },
 });
 

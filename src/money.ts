@@ -1,14 +1,20 @@
 // Money is integer micro-units (1e-6) in BigInt. Decimal strings cross the API boundary; floats never touch money.
 import type { BalanceBucket } from "./generated/prisma/enums.ts";
 import { badInput } from "./errors.ts";
+import { services } from "./installed.ts";
 
 export const MICROS_PER_UNIT = 1_000_000n;
 /** 10^12 units: far beyond any real balance, and still exact in BigInt and Postgres bigint. */
 export const MAX_AMOUNT_MICROS = 1_000_000_000_000n * MICROS_PER_UNIT;
 
-export const BUCKET_CURRENCY: Record<BalanceBucket, string> = {
-  CREDIT: process.env.TOKENGATE_CREDIT_CURRENCY || "USD",
-  ROUTED: process.env.TOKENGATE_ROUTED_CURRENCY || "CNY",
+/** Currency code of each bucket, as the installed Config says (TOKENGATE_CREDIT_CURRENCY / TOKENGATE_ROUTED_CURRENCY). */
+export const BUCKET_CURRENCY: Readonly<Record<BalanceBucket, string>> = {
+  get CREDIT() {
+    return services().config.currencies.CREDIT;
+  },
+  get ROUTED() {
+    return services().config.currencies.ROUTED;
+  },
 };
 
 const DECIMAL = /^(\d+)(?:\.(\d{1,6}))?$/;

@@ -7,7 +7,8 @@ import { createYoga, type Plugin, type YogaServerInstance } from "graphql-yoga";
 import { GraphQLError, type ExecutionArgs, type execute, type subscribe } from "graphql";
 import { WebSocketServer, type WebSocket } from "ws";
 import { useServer } from "graphql-ws/use/ws";
-import { loadConfig, type Config } from "./config.ts";
+import type { Config } from "./config.ts";
+import { services as installedServices, type Services } from "./installed.ts";
 import { db } from "./db/index.ts";
 import { schema } from "./schema/index.ts";
 import { createLoaders } from "./schema/loaders.ts";
@@ -16,8 +17,6 @@ import { authenticateAdmin, noteRevokedToken, viewerStillValid, type Viewer } fr
 import { graphqlLimitsPlugin } from "./schema/limits.ts";
 import { costLimitPlugin } from "./schema/cost.ts";
 import { textGuardPlugin } from "./schema/text-guard.ts";
-import { events } from "./events/index.ts";
-import { configureLiveLimits } from "./events/streams.ts";
 
 /** WebSocket close code of a subscriber that fell too far behind (README, "Live views"). */
 export const SLOW_CONSUMER_CLOSE = 4500;
@@ -135,7 +134,10 @@ const endSubscriptionsOfInvalidTokens: Plugin<Context> = {
   },
 };
 
-export function createYogaApp(limits: { graphqlMaxBodyBytes: number } = loadConfig({}).admin): YogaServerInstance<ServerContext, Context> {
+/** Yoga over the given services (default: the installed ones): their bus reaches resolvers through the context. */
+export function createYogaApp(services: Pick<Services, "config" | "events"> = installedServices()): YogaServerInstance<ServerContext, Context> {
+  const limits = services.config.admin;
+  const { events } = services;
   const viewers = new WeakMap<Request, Viewer>();
   return createYoga<ServerContext, Context>({
     schema,
@@ -156,10 +158,10 @@ export function createYogaApp(limits: { graphqlMaxBodyBytes: number } = loadConf
       const connectionParams = (initial as { connectionParams?: { authorization?: unknown } }).connectionParams;
       if (connectionParams) {
         const header = typeof connectionParams.authorization === "string" ? connectionParams.authorization : null;
-        return { viewer: await authenticateAdmin(header), loaders: createLoaders() };
+        return { viewer: await authenticateAdmin(header), loaders: createLoaders(), events };
       }
       const viewer = viewers.get(initial.request) ?? (await authenticateAdmin(initial.request.headers.get("authorization")));
-      return { viewer, loaders: createLoaders() };
+      return { viewer, loaders: createLoaders(), events };
     },
     maskedErrors: {
       maskError: (error, message) => {
@@ -215,11 +217,17 @@ function metricsAllowed(req: http.IncomingMessage, metricsToken: string): boolea
   return timingSafeEqual(digest(match[1]!), digest(metricsToken));
 }
 
-export async function startServer(config: Config, options: { quiet?: boolean } = {}): Promise<RunningServer> {
-  const yoga = createYogaApp(config.admin);
-  const gateway = createGateway(config);
+/**
+ * Serves the gateway and the admin API with `services` (src/services.ts startServices builds them;
+ * tests pass the installed ones with their own settings: servicesWith). Closing the server leaves
+ * the services open: their owner closes them.
+ */
+export async function startServer(services: Services, options: { quiet?: boolean } = {}): Promise<RunningServer> {
+  const { config, events } = services;
+  const yoga = createYogaApp(services);
+  const gateway = createGateway(config, { services });
   // Low-balance alerts follow this instance's committed charges (src/budgets/low-balance.ts).
-  const stopLowBalance = watchLowBalance((error) => componentLogger("alerts").error(errorFields(error), "low-balance check failed"));
+  const stopLowBalance = watchLowBalance(events, (error) => componentLogger("alerts").error(errorFields(error), "low-balance check failed"));
 
   const server = http.createServer((req, res) => {
     const url = req.url ?? "/";
@@ -309,7 +317,6 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
   // maxPayload: ws closes the socket with 1009 (message too big) before parsing anything larger.
   const wsServer = new WebSocketServer({ server, path: "/graphql", maxPayload: config.admin.wsMaxPayloadBytes });
   const { wsMaxSubscriptions, wsMaxBufferedBytes } = config.admin;
-  configureLiveLimits({ queueLimit: config.admin.liveQueueLimit });
   // Sockets by the admin token that opened them: a revoked token's sockets close at once, on every instance.
   const socketsByToken = new Map<string, Set<WebSocket>>();
   const forbid = (socket: WebSocket) => socket.close(4403, "Forbidden");
@@ -342,7 +349,7 @@ export async function startServer(config: Config, options: { quiet?: boolean } =
         });
         return true;
       },
-      context: (ctx): Context => ({ viewer: ctx.extra.viewer ?? null, loaders: createLoaders() }),
+      context: (ctx): Context => ({ viewer: ctx.extra.viewer ?? null, loaders: createLoaders(), events }),
       // A socket whose unsent data passes WS_MAX_BUFFERED_BYTES is a consumer that stopped reading: closed, never buffered further.
       onNext: (ctx) => {
         const socket = ctx.extra.socket;

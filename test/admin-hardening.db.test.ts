@@ -10,7 +10,9 @@ import * as f from "./support/fixtures.ts";
 import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 import { useGatewayHarness } from "./support/gateway.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
-import { channelCredential, configureUpstreamPolicy, upgradeStoredCredentials } from "../src/routing/index.ts";
+import { channelCredential, upgradeStoredCredentials } from "../src/routing/index.ts";
+import { servicesWith } from "../src/installed.ts";
+import { allowPrivateUpstreams } from "./support/services.ts";
 import { checkUpstreamHost, isInternalAddress } from "../src/routing/addresses.ts";
 import { CredentialCipher } from "../src/secrets.ts";
 import { loadConfig } from "../src/config.ts";
@@ -24,7 +26,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await echo?.close();
 });
-afterEach(() => configureUpstreamPolicy({ allowPrivateUpstreams: false }));
+afterEach(() => allowPrivateUpstreams(false));
 
 const UPSERT = `mutation($input: UpsertRouteInput!) { upsertRoute(input: $input) { id channels { name } } }`;
 const PLATFORM_SECRET = "sk-platform-upstream-secret-do-not-leak";
@@ -35,7 +37,7 @@ describe("point 6: moving a channel never carries its credential to the new host
     const orgAdmin = await token("ORG_ADMIN", w.org.id);
     const model = "stolen-credential-model";
     await f.route(w.viewer, w.org.id, model, [{ name: "primary", baseUrl: h.fake.url, apiKey: PLATFORM_SECRET, upstreamModel: "up-a", price: ["1", "1"] }]);
-    configureUpstreamPolicy({ allowPrivateUpstreams: true }); // the echo server listens on 127.0.0.1
+    allowPrivateUpstreams(true); // the echo server listens on 127.0.0.1
 
     const moved = { organizationId: w.org.id, model, channels: [{ name: "primary", baseUrl: echo.url, upstreamModel: "up-a" }] };
     for (const who of [orgAdmin, await token("PLATFORM_ADMIN")]) {
@@ -97,7 +99,7 @@ describe("point 6: moving a channel never carries its credential to the new host
     expect(
       (await gql(await token("PLATFORM_ADMIN"), UPSERT, { input: { organizationId: w.org.id, model: "internal", channels: [{ name: "c", baseUrl: internal[0], upstreamModel: "m" }] } })).errors,
     ).toBeUndefined();
-    configureUpstreamPolicy({ allowPrivateUpstreams: true });
+    allowPrivateUpstreams(true);
     expect((await gql(orgAdmin, UPSERT, { input: { model: "internal", channels: [{ name: "c", baseUrl: internal[2], upstreamModel: "m" }] } })).errors).toBeUndefined();
     expect(loadConfig({ TOKENGATE_ALLOW_PRIVATE_UPSTREAMS: "1" }).admin.allowPrivateUpstreams).toBe(true);
     expect(loadConfig({}).admin.allowPrivateUpstreams).toBe(false);
@@ -184,8 +186,8 @@ describe("point 13c: /metrics", () => {
   let open: RunningServer;
   beforeAll(async () => {
     const base = { ...loadConfig({}), port: 0, host: "127.0.0.1" };
-    guarded = await startServer({ ...base, admin: { ...base.admin, metricsToken: "metrics-secret-token" } }, { quiet: true });
-    open = await startServer(base, { quiet: true });
+    guarded = await startServer(servicesWith({ ...base, admin: { ...base.admin, metricsToken: "metrics-secret-token" } }), { quiet: true });
+    open = await startServer(servicesWith(base), { quiet: true });
   });
   afterAll(async () => {
     await guarded?.close();
@@ -212,8 +214,8 @@ describe("issue 14, point 12: /metrics without METRICS_TOKEN is for loopback cli
   beforeAll(async () => {
     const base = { ...loadConfig({}), port: 0 };
     // Loopback only: tests send traffic to no other address; a non-loopback client is the forwarded case below.
-    anyHost = await startServer({ ...base, host: "127.0.0.1" }, { quiet: true });
-    proxied = await startServer({ ...loadConfig({ TRUST_PROXY: "1" }), port: 0, host: "127.0.0.1" }, { quiet: true });
+    anyHost = await startServer(servicesWith({ ...base, host: "127.0.0.1" }), { quiet: true });
+    proxied = await startServer(servicesWith({ ...loadConfig({ TRUST_PROXY: "1" }), port: 0, host: "127.0.0.1" }), { quiet: true });
   });
   afterAll(async () => {
     await anyHost?.close();

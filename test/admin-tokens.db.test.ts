@@ -6,7 +6,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import * as f from "./support/fixtures.ts";
 import { codes, gql, gqlOk, startTestServer, token, wsClient, wsExecute } from "./support/graphql.ts";
 import { bootstrapAdmin } from "../src/auth/index.ts";
-import { events } from "../src/events/index.ts";
+import { events } from "./support/services.ts";
 import { sha256 } from "../src/secrets.ts";
 import type { RunningServer } from "../src/server.ts";
 

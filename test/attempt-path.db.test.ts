@@ -13,6 +13,7 @@ import { gqlOk, token, wsClient } from "./support/graphql.ts";
 import { freePort } from "./support/net.ts";
 import { loadConfig } from "../src/config.ts";
 import { startServer, type RunningServer } from "../src/server.ts";
+import { servicesWith } from "../src/installed.ts";
 import type { FailedChargePolicy } from "../src/generated/prisma/enums.ts";
 import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money.ts";
 
@@ -30,7 +31,7 @@ beforeAll(async () => {
   database = await createTestDatabase({ onQuery: (sql) => statements.push(sql) });
   fake = await startFakeUpstream();
   server = await startServer(
-    {
+    servicesWith({
       ...loadConfig({
         LOG_LEVEL: "silent",
         UPSTREAM_CONNECT_TIMEOUT_MS: "2000",
@@ -42,7 +43,7 @@ beforeAll(async () => {
       }),
       port: 0,
       host: "127.0.0.1",
-    },
+    }),
     { quiet: true },
   );
 });

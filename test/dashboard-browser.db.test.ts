@@ -13,7 +13,8 @@ import * as f from "./support/fixtures.ts";
 import { startTestServer, token } from "./support/graphql.ts";
 import { formatMoney } from "../src/money.ts";
 import { createApiKey } from "../src/keys/index.ts";
-import { events, listenerCount, type SpendEvent } from "../src/events/index.ts";
+import type { SpendEvent } from "../src/events/index.ts";
+import { events, listenerCount } from "./support/services.ts";
 import type { RunningServer } from "../src/server.ts";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";

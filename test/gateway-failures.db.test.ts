@@ -334,7 +334,7 @@ describe("channel health and live spend", () => {
   });
 
   it("every settled or failed request is announced on the spend topic", async () => {
-    const { events } = await import("../src/events/index.ts");
+    const { events } = await import("./support/services.ts");
     const s = await setup("NEVER");
     const seen: Array<{ requestId: string; status: string; charge: string }> = [];
     const iterator = events.subscribe("spend")[Symbol.asyncIterator]();

@@ -7,7 +7,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { gql, startTestServer, token, wsClient, wsExecute, type GraphQLResponse } from "./support/graphql.ts";
 import { OVERVIEW } from "../src/dashboard/operations.ts";
 import { GRAPHQL_LIMITS } from "../src/schema/limits.ts";
-import { listenerCount } from "../src/events/index.ts";
+import { listenerCount } from "./support/services.ts";
 import type { RunningServer } from "../src/server.ts";
 
 let database: TestDatabase;

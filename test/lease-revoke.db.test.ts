@@ -11,6 +11,7 @@ import { setKeyCaps } from "../src/keys/index.ts";
 import { leaseMoneyPath, type MoneyPath } from "../src/gateway/money.ts";
 import { LeasePool } from "../src/accounting/leases.ts";
 import { directSql } from "../src/db/index.ts";
+import { events } from "./support/services.ts";
 
 let database: TestDatabase;
 beforeAll(async () => {
@@ -27,6 +28,7 @@ function instance(): MoneyPath {
     reclaimGraceMs: 0,
     chunkRequests: 32,
     capCacheTtlMs: 60_000,
+    events,
     onError: (message, error) => {
       throw new Error(`${message}: ${String(error)}`);
     },

@@ -6,7 +6,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
 import { startTestServer, token, wsClient } from "./support/graphql.ts";
-import { listenerCount } from "../src/events/index.ts";
+import { listenerCount } from "./support/services.ts";
 import { startRun } from "../src/runs/index.ts";
 import { setChannelLimits } from "../src/routing/index.ts";
 import type { RunningServer } from "../src/server.ts";

@@ -8,7 +8,9 @@ import { startGateway, type TestGateway } from "./support/gateway.ts";
 import * as f from "./support/fixtures.ts";
 import { startTestServer, token, wsClient } from "./support/graphql.ts";
 import { formatMoney } from "../src/money.ts";
-import { configureHealth, healthConfigFromEnv } from "../src/health/index.ts";
+import { HealthTracker } from "../src/health/index.ts";
+import { loadConfig } from "../src/config.ts";
+import { events } from "./support/services.ts";
 import type { RunningServer } from "../src/server.ts";
 
 let database: TestDatabase;
@@ -95,7 +97,8 @@ describe("keySpend from the gateway", () => {
 
 describe("route health in the gateway", () => {
   it("a channel that keeps failing goes DOWN and is skipped for its backup; when every channel is DOWN the best one is still tried", async () => {
-    configureHealth({ ...healthConfigFromEnv({}), cooldownMs: 60_000 });
+    // Its own gateway, with a channel health whose DOWN channels rest 60 s (longer than the test).
+    const gw = await startGateway({}, { routeCacheTtlMs: 0, services: { events, health: new HealthTracker({ ...loadConfig({}).health, cooldownMs: 60_000 }, events) } });
     const w = await f.world({ credit: "5", key: { retryCeiling: 1 } });
     const { channels } = await f.route(w.viewer, w.org.id, "flaky-model", [
       { name: "primary", baseUrl: fake.url, upstreamModel: "flaky-primary", price: ["1", "1"] },
@@ -121,6 +124,6 @@ describe("route health in the gateway", () => {
     const { response } = await ask();
     expect(response.status).toBe(200);
     expect(response.headers.get("x-tokengate-channel")).toBe("primary");
-    configureHealth(healthConfigFromEnv({}));
+    await gw.close();
   });
 });

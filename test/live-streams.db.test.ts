@@ -9,10 +9,10 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
 import { gqlOk, settledListeners, startTestServer, token, wsClient } from "./support/graphql.ts";
-import { events, listenerCount, type SpendEvent } from "../src/events/index.ts";
-import { coalescedStream, configureLiveLimits, liveQueueLimit } from "../src/events/streams.ts";
+import type { SpendEvent } from "../src/events/index.ts";
+import { events, listen, listenerCount, setLiveQueueLimit } from "./support/services.ts";
+import { coalescedStream, liveQueueLimit } from "../src/events/streams.ts";
 import { SpendWindow, type SpendTick } from "../src/events/live.ts";
-import { listen } from "../src/events/index.ts";
 import { formatMoney } from "../src/money.ts";
 import type { RunningServer } from "../src/server.ts";
 
@@ -217,7 +217,7 @@ describe("slow consumers of per-event streams", () => {
   it("graphql-ws: a subscriber more than LIVE_QUEUE_LIMIT events behind is closed with 4500; an SSE stream is cut", async () => {
     const w = await f.world();
     const limit = liveQueueLimit();
-    configureLiveLimits({ queueLimit: 5 });
+    setLiveQueueLimit(5);
     try {
       let closed: number | null = null;
       const client = await ws(w.org.id, "ORG_ADMIN", (code) => (closed = code));
@@ -244,7 +244,7 @@ describe("slow consumers of per-event streams", () => {
       expect(body.split("event: next").length - 1).toBeLessThanOrEqual(6);
       await until(() => listenerCount() === before);
     } finally {
-      configureLiveLimits({ queueLimit: limit });
+      setLiveQueueLimit(limit);
     }
   });
 });

@@ -8,7 +8,7 @@ import { startTestServer, token, wsClient } from "./support/graphql.ts";
 import { reserve, settle, walletBucket } from "../src/accounting/index.ts";
 import { announceSpend } from "../src/spend/index.ts";
 import { HealthTracker } from "../src/health/index.ts";
-import { listenerCount } from "../src/events/index.ts";
+import { events, listenerCount } from "./support/services.ts";
 import type { RunningServer } from "../src/server.ts";
 import type { Client } from "graphql-ws";
 
@@ -66,7 +66,7 @@ describe("routeHealth", () => {
     const sub = collect(client, `subscription($r: ID) { routeHealth(routeId: $r) { routeId channelId state previousState successRate } }`, { r: route.id });
     await until(() => listenerCount() > before);
 
-    const tracker = new HealthTracker({ window: 10, downAfter: 3, recoverAfter: 2, degradedBelow: 0.8, minSamples: 5, cooldownMs: 100 });
+    const tracker = new HealthTracker({ window: 10, downAfter: 3, recoverAfter: 2, degradedBelow: 0.8, minSamples: 5, cooldownMs: 100 }, events);
     const t0 = Date.now();
     for (let i = 0; i < 3; i++) await tracker.record(channel, { ok: false, latencyMs: 5 }, t0 + i);
     expect(tracker.admit(channel, t0 + 50)).toBe("no"); // cooling down

@@ -8,7 +8,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
 import { codes, gql, gqlOk, settledListeners, startTestServer, token, wsClient } from "./support/graphql.ts";
-import { listenerCount } from "../src/events/index.ts";
+import { listenerCount } from "./support/services.ts";
 import { formatMoney } from "../src/money.ts";
 import type { RunningServer } from "../src/server.ts";
 

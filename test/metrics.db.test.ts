@@ -8,7 +8,7 @@ import * as f from "./support/fixtures.ts";
 import { startTestServer, token, wsClient } from "./support/graphql.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import { uid } from "./support/gateway.ts";
-import { listenerCount } from "../src/events/index.ts";
+import { listenerCount } from "./support/services.ts";
 import type { RunningServer } from "../src/server.ts";
 
 let database: TestDatabase;

@@ -1,16 +1,16 @@
 // A DOWN channel's half-open probe slot is given back when the probing request never reaches the
 // upstream (here: its reservation is refused), so the channel recovers on this instance.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { APIError } from "openai";
 import { useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
-import { configureHealth, health, healthConfigFromEnv } from "../src/health/index.ts";
+import { HealthTracker } from "../src/health/index.ts";
+import { loadConfig } from "../src/config.ts";
+import { events } from "./support/services.ts";
 
 const COOLDOWN_MS = 300;
-const h = useGatewayHarness();
-
-beforeAll(() => configureHealth({ ...healthConfigFromEnv({}), cooldownMs: COOLDOWN_MS }));
-afterAll(() => configureHealth(healthConfigFromEnv({})));
+const health = new HealthTracker({ ...loadConfig({}).health, cooldownMs: COOLDOWN_MS }, events);
+const h = useGatewayHarness({}, { routeCacheTtlMs: 0, services: { events, health } });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

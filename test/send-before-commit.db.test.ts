@@ -3,7 +3,8 @@
 // header, the receipt and the ledger; the spend event follows the commit; caps hold through the
 // leases while receipts are pending; closing the gateway writes every pending receipt first.
 import { describe, expect, it } from "vitest";
-import { events, type SpendEvent } from "../src/events/index.ts";
+import type { SpendEvent } from "../src/events/index.ts";
+import { events } from "./support/services.ts";
 import { walletBucket } from "../src/accounting/index.ts";
 import { formatMoney, parseMoney, requestCharge } from "../src/money.ts";
 import { createTestDatabase } from "./support/db.ts";

@@ -5,7 +5,8 @@ import { describe, expect, it } from "vitest";
 import type { ExecutionResult } from "graphql";
 import { parse } from "graphql";
 import { SharedExecutions, rootFieldOf, streamKind, type StreamKind } from "../src/events/shared-executions.ts";
-import { configureLiveLimits, liveQueueLimit } from "../src/events/streams.ts";
+import { liveQueueLimit } from "../src/events/streams.ts";
+import { setLiveQueueLimit } from "./support/services.ts";
 
 /** An execution the test feeds by hand: push(n) emits { data: { n } }. */
 function execution() {
@@ -142,7 +143,7 @@ describe("SharedExecutions", () => {
 
   it("per-event streams: a subscriber more than the queue limit behind is cut off; the others go on", async () => {
     const limit = liveQueueLimit();
-    configureLiveLimits({ queueLimit: 10 });
+    setLiveQueueLimit(10);
     try {
       const { runs, subscribe, overflows } = await setup("event");
       const stalled = await subscribe();
@@ -156,7 +157,7 @@ describe("SharedExecutions", () => {
       expect((await stalled.next()).done).toBe(true);
       expect(runs[0]!.returned()).toBe(false);
     } finally {
-      configureLiveLimits({ queueLimit: limit });
+      setLiveQueueLimit(limit);
     }
   });
 

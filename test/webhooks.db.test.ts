@@ -12,7 +12,7 @@ import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 import { reserve, settle, walletBucket } from "../src/accounting/index.ts";
 import { announceSpend } from "../src/spend/index.ts";
 import { startAlertWebhooks, type WebhookDeliveryOptions } from "../src/webhooks/index.ts";
-import { configureUpstreamPolicy } from "../src/routing/index.ts";
+import { allowPrivateUpstreams, events } from "./support/services.ts";
 
 interface Received {
   headers: http.IncomingHttpHeaders;
@@ -65,7 +65,7 @@ beforeAll(async () => {
   database = await createTestDatabase();
   receiver = await startReceiver();
   // The receiver listens on loopback: as an operator who set TOKENGATE_ALLOW_PRIVATE_UPSTREAMS would.
-  configureUpstreamPolicy({ allowPrivateUpstreams: true });
+  allowPrivateUpstreams(true);
 });
 afterEach(async () => {
   await stop?.();
@@ -74,13 +74,13 @@ afterEach(async () => {
   receiver.plan.length = 0;
 });
 afterAll(async () => {
-  configureUpstreamPolicy({ allowPrivateUpstreams: false });
+  allowPrivateUpstreams(false);
   await receiver.close();
   await database.dispose();
 });
 
 const start = (options: Partial<WebhookDeliveryOptions> = {}) => {
-  stop = startAlertWebhooks({ maxAttempts: 3, timeoutMs: 2_000, backoffMs: 50, ...options });
+  stop = startAlertWebhooks({ maxAttempts: 3, timeoutMs: 2_000, backoffMs: 50, events, ...options });
 };
 
 async function until(check: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
@@ -112,7 +112,7 @@ async function deliveries(admin: string, orgId: string): Promise<DeliveryNode[]>
 
 describe("setAlertWebhook", () => {
   it("an internal address (loopback, private, metadata) is for platform admins only, as for channels", async () => {
-    configureUpstreamPolicy({ allowPrivateUpstreams: false });
+    allowPrivateUpstreams(false);
     try {
       const w = await f.world();
       const admin = await token("ORG_ADMIN", w.org.id);
@@ -124,7 +124,7 @@ describe("setAlertWebhook", () => {
       const r = await gqlOk(platform, SET, { input: { url: receiver.url, organizationId: w.org.id } });
       expect(r.setAlertWebhook.alertWebhook.url).toBe(receiver.url);
     } finally {
-      configureUpstreamPolicy({ allowPrivateUpstreams: true });
+      allowPrivateUpstreams(true);
     }
   });
 

@@ -20,7 +20,7 @@ import { sqlGrantStore, type GrantAsk, type GrantStore } from "./grant-store.ts"
 import { capWindow, RUN_WINDOW, type ZoneState } from "./windows.ts";
 import type { CapScope } from "../generated/prisma/enums.ts";
 import { MAX_AMOUNT_MICROS } from "../money.ts";
-import { events } from "../events/index.ts";
+import { services } from "../installed.ts";
 
 /** A counter scope, or the bucket's available balance. */
 export type LeaseScopeName = CapScope | "BALANCE";
@@ -549,7 +549,7 @@ export class LeasePool {
  */
 export async function revokeLeases(client: SqlClient, scope: CapScope, scopeId: string, organizationId: string): Promise<void> {
   await client.$queryRawUnsafe(`SELECT tg_lease_revoke($1, $2, $3)`, scope, scopeId, organizationId).catch(translateDbError);
-  events.publish("leasesRevoked", { scope, scopeId });
+  services().events.publish("leasesRevoked", { scope, scopeId });
 }
 
 /**

@@ -8,7 +8,7 @@ import type { AdminToken, Prisma } from "../generated/prisma/client.ts";
 import type { AdminRole } from "../generated/prisma/enums.ts";
 import { ensureDefaultOrganization } from "../orgs/index.ts";
 import { writeAudit } from "../audit/index.ts";
-import { events } from "../events/index.ts";
+import { services } from "../installed.ts";
 
 export const ADMIN_TOKEN_PREFIX = "tgadm_";
 
@@ -223,7 +223,7 @@ export async function revokeAdminToken(viewer: Viewer, id: string): Promise<Admi
     return next;
   });
   noteRevokedToken(id);
-  events.publish("adminTokenRevoked", { tokenId: id });
+  services().events.publish("adminTokenRevoked", { tokenId: id });
   return revoked;
 }
 

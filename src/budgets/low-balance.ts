@@ -15,7 +15,8 @@ import { writeAudit } from "../audit/index.ts";
 import { badInput } from "../errors.ts";
 import { parseMoney } from "../money.ts";
 import { walletBucket } from "../accounting/index.ts";
-import { events, listen } from "../events/index.ts";
+import type { EventBus } from "../events/index.ts";
+import { services } from "../installed.ts";
 import { onRequestRecorded, type ChargedBalance } from "../requests/index.ts";
 
 type Tx = Prisma.TransactionClient;
@@ -51,7 +52,7 @@ async function thresholdOf(bucketId: string): Promise<KnownThreshold> {
  * lets one caller win across instances, and re-reads the bucket's balance (a credit that came after
  * the charge being checked leaves nothing to alert).
  */
-async function raise(bucketId: string, bucket: BalanceBucket, balance: bigint, requestId: string | null, at: Date): Promise<void> {
+async function raise(bus: EventBus, bucketId: string, bucket: BalanceBucket, balance: bigint, requestId: string | null, at: Date): Promise<void> {
   const rows = await directSql().$queryRawUnsafe<Array<{ id: string; organizationId: string; threshold: string }>>(
     `WITH armed AS (
        UPDATE "BalanceThreshold" t SET "alertedAt" = $2::timestamptz AT TIME ZONE 'UTC'
@@ -70,7 +71,7 @@ async function raise(bucketId: string, bucket: BalanceBucket, balance: bigint, r
   );
   const row = rows[0];
   if (!row) return;
-  events.publish("lowBalanceAlert", {
+  bus.publish("lowBalanceAlert", {
     id: row.id,
     organizationId: row.organizationId,
     bucket,
@@ -81,22 +82,22 @@ async function raise(bucketId: string, bucket: BalanceBucket, balance: bigint, r
   });
 }
 
-async function check(charged: ChargedBalance, bucket: BalanceBucket, requestId: string, at: Date): Promise<void> {
+async function check(bus: EventBus, charged: ChargedBalance, bucket: BalanceBucket, requestId: string, at: Date): Promise<void> {
   const threshold = await thresholdOf(charged.bucketId);
   if (threshold.threshold === null || threshold.alerted || charged.balanceAfter >= threshold.threshold) return;
   // One attempt per instance until the cache refreshes or a re-arm is announced.
   threshold.alerted = true;
-  await raise(charged.bucketId, bucket, charged.balanceAfter, requestId, at);
+  await raise(bus, charged.bucketId, bucket, charged.balanceAfter, requestId, at);
 }
 
 /** Starts checking this instance's committed charges against their bucket's threshold. Returns stop(). */
-export function watchLowBalance(onError: (error: unknown) => void): () => void {
+export function watchLowBalance(bus: EventBus, onError: (error: unknown) => void): () => void {
   const stopRecorded = onRequestRecorded((event) => {
     const bucket = event.record.bucket;
     if (!event.balance || !bucket || event.record.charge <= 0n) return;
-    check(event.balance, bucket, event.record.requestId, event.at).catch(onError);
+    check(bus, event.balance, bucket, event.record.requestId, event.at).catch(onError);
   });
-  const stopChanged = listen("balanceThresholdChanged", (e) => known.delete(e.bucketId));
+  const stopChanged = bus.listen("balanceThresholdChanged", (e) => known.delete(e.bucketId));
   return () => {
     stopRecorded();
     stopChanged();
@@ -119,7 +120,7 @@ export async function rearmLowBalance(tx: Tx, bucketId: string): Promise<boolean
 }
 
 export function announceThresholdChanged(bucketId: string): void {
-  events.publish("balanceThresholdChanged", { bucketId });
+  services().events.publish("balanceThresholdChanged", { bucketId });
 }
 
 export interface SetLowBalanceThresholdInput {
@@ -157,6 +158,6 @@ export async function setLowBalanceThreshold(viewer: Viewer, input: SetLowBalanc
   announceThresholdChanged(bucket.id);
   const now = await db.walletBucket.findUniqueOrThrow({ where: { id: bucket.id } });
   // Already below: say so now rather than at the next charge.
-  if (threshold !== null && now.balance < threshold) await raise(bucket.id, input.bucket, now.balance, null, new Date());
+  if (threshold !== null && now.balance < threshold) await raise(services().events, bucket.id, input.bucket, now.balance, null, new Date());
   return now;
 }

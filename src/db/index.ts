@@ -10,6 +10,8 @@ import QueryStream from "pg-query-stream";
 import { PrismaClient, type Prisma } from "../generated/prisma/client.ts";
 import { applyMigrations, type SqlExecutor } from "./migrate.ts";
 import { openPglite, pgliteSql } from "./pglite.ts";
+import type { Config } from "../config.ts";
+import { logger } from "../log.ts";
 
 export type { PrismaClient };
 export type DatabaseKind = "pglite" | "postgres";
@@ -148,6 +150,17 @@ let installed: Database | null = null;
 export function useDatabase(database: Database): void {
   db = database.prisma;
   installed = database;
+}
+
+/** The configured database (PGlite in DATA_DIR, or DATABASE_URL), migrated if asked, installed as `db`. */
+export async function openConfiguredDatabase(config: Pick<Config, "databaseUrl" | "dataDir">, options: { migrate: boolean }): Promise<Database> {
+  const database = await openDatabase({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, migrate: false });
+  if (options.migrate) {
+    const applied = await applyMigrations(database.sql);
+    if (applied.length) logger.info({ migrations: applied }, "applied migrations");
+  }
+  useDatabase(database);
+  return database;
 }
 
 /**

@@ -1,5 +1,5 @@
 // Typed events, published only after the transaction that caused them committed.
-// In-process by default; with REDIS_URL (configureEvents) every instance receives every event.
+// In-process by default; with REDIS_URL (createEventBus) every instance receives every event.
 // Payloads are JSON-safe (money as micro-unit strings) so they cross Redis unchanged.
 import { setMaxListeners } from "node:events";
 import { createPubSub, type PubSub, type PubSubEventTarget } from "graphql-yoga";
@@ -235,67 +235,77 @@ function localTarget(): Target {
 export type AlertTopic = "budgetAlert" | "lowBalanceAlert";
 export type PublishedAlert = { topic: "budgetAlert"; event: BudgetAlertEvent } | { topic: "lowBalanceAlert"; event: LowBalanceAlertEvent };
 type AlertHook = (alert: PublishedAlert) => void;
-const alertHooks = new Set<AlertHook>();
 
 /**
- * Runs `hook` for every budget or low-balance alert this process publishes (not for ones received
- * from other instances over Redis): each alert is published once, by the instance whose write
- * created it, so a hook (the alert webhooks) acts once per alert across instances. Returns an unsubscribe.
+ * The event bus of one process (a service of src/services.ts): yoga's typed pub/sub over an
+ * in-process EventTarget, or over Redis when REDIS_URL is set, so every instance receives every event.
  */
-export function onAlertPublished(hook: AlertHook): () => void {
-  alertHooks.add(hook);
-  return () => void alertHooks.delete(hook);
+export interface EventBus extends PubSub<Topics> {
+  /**
+   * Calls `listener` synchronously for every event of `topic` (this instance's and, with Redis, every
+   * other's), with the payload object every listener shares. Cheaper than `subscribe` for
+   * fan-out: a filter runs at dispatch, so a subscriber whose filter refuses an event is not woken.
+   * Returns the unsubscribe function.
+   */
+  listen<K extends keyof Topics>(topic: K, listener: (payload: Topics[K][0]) => void): () => void;
+  /** Live listeners: subscriptions that end must remove theirs (a leak test and /metrics read this). */
+  listenerCount(): number;
+  /**
+   * Runs `hook` for every budget or low-balance alert this process publishes (not for ones received
+   * from other instances over Redis): each alert is published once, by the instance whose write
+   * created it, so a hook (the alert webhooks) acts once per alert across instances. Returns an unsubscribe.
+   */
+  onAlertPublished(hook: AlertHook): () => void;
+  /** Closes the transport (the Redis connections); in-process: nothing to close. */
+  close(): Promise<void>;
 }
 
-function withLocalHooks(pubsub: PubSub<Topics>): PubSub<Topics> {
+function busOver(target: Target, closeTransport: () => Promise<void>): EventBus {
+  const counter = counting(target);
+  const pubsub = createPubSub<Topics>({ eventTarget: counter.target });
+  const alertHooks = new Set<AlertHook>();
   const publish: PubSub<Topics>["publish"] = (routingKey, ...args) => {
     pubsub.publish(routingKey, ...args);
     if (routingKey !== "budgetAlert" && routingKey !== "lowBalanceAlert") return;
     const alert = { topic: routingKey, event: args[0] } as PublishedAlert;
     for (const hook of alertHooks) hook(alert);
   };
-  return { ...pubsub, publish };
-}
-
-let counter = counting(localTarget());
-export let events: PubSub<Topics> = withLocalHooks(createPubSub<Topics>({ eventTarget: counter.target }));
-let closeTransport: () => Promise<void> = async () => {};
-
-export const listenerCount = (): number => counter.count();
-
-/**
- * Calls `listener` synchronously for every event of `topic` (this instance's and, with Redis, every
- * other's), with the payload object every listener shares. Cheaper than `events.subscribe` for
- * fan-out: a filter runs at dispatch, so a subscriber whose filter refuses an event is not woken.
- * Returns the unsubscribe function.
- */
-export function listen<K extends keyof Topics>(topic: K, listener: (payload: Topics[K][0]) => void): () => void {
-  const target = counter.target;
-  const handler = (event: Event) => listener((event as CustomEvent<Topics[K][0]>).detail);
-  target.addEventListener(topic, handler as Parameters<Target["addEventListener"]>[1]);
-  let removed = false;
-  return () => {
-    if (removed) return;
-    removed = true;
-    target.removeEventListener(topic, handler as Parameters<Target["removeEventListener"]>[1]);
+  return {
+    publish,
+    subscribe: pubsub.subscribe,
+    listen(topic, listener) {
+      const handler = (event: Event) => listener((event as CustomEvent<Topics[typeof topic][0]>).detail);
+      counter.target.addEventListener(topic, handler as Parameters<Target["addEventListener"]>[1]);
+      let removed = false;
+      return () => {
+        if (removed) return;
+        removed = true;
+        counter.target.removeEventListener(topic, handler as Parameters<Target["removeEventListener"]>[1]);
+      };
+    },
+    listenerCount: () => counter.count(),
+    onAlertPublished(hook) {
+      alertHooks.add(hook);
+      return () => void alertHooks.delete(hook);
+    },
+    close: closeTransport,
   };
 }
 
-/** Switches to Redis pub/sub; call before anything subscribes. */
-export async function configureEvents(redisUrl: string | undefined): Promise<void> {
-  if (!redisUrl) return;
+/** An in-process bus: events reach this process only. */
+export function localEventBus(): EventBus {
+  return busOver(localTarget(), async () => {});
+}
+
+/** With a Redis URL, Redis pub/sub (every instance receives every event); else in-process. Build it before anything subscribes. */
+export async function createEventBus(redisUrl: string | undefined): Promise<EventBus> {
+  if (!redisUrl) return localEventBus();
   const [{ Redis }, { createRedisEventTarget }] = await Promise.all([import("ioredis"), import("@graphql-yoga/redis-event-target")]);
   const publishClient = new Redis(redisUrl, { maxRetriesPerRequest: 3 });
   const subscribeClient = new Redis(redisUrl, { maxRetriesPerRequest: 3 });
   await Promise.all([publishClient.ping(), subscribeClient.ping()]);
-  counter = counting(createRedisEventTarget<Parameters<Target["dispatchEvent"]>[0]>({ publishClient, subscribeClient }) as Target);
-  events = withLocalHooks(createPubSub<Topics>({ eventTarget: counter.target }));
-  closeTransport = async () => {
+  return busOver(createRedisEventTarget<Parameters<Target["dispatchEvent"]>[0]>({ publishClient, subscribeClient }) as Target, async () => {
     publishClient.disconnect();
     subscribeClient.disconnect();
-  };
-}
-
-export async function closeEvents(): Promise<void> {
-  await closeTransport();
+  });
 }

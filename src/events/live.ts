@@ -9,7 +9,8 @@
 // Nothing here reads the database per event or per subscriber.
 import { db } from "../db/index.ts";
 import type { WalletBucket } from "../generated/prisma/client.ts";
-import { listen, type RouteHealthEvent, type ScopeStanding, type SpendEvent } from "./index.ts";
+import type { RouteHealthEvent, ScopeStanding, SpendEvent } from "./index.ts";
+import { services } from "../installed.ts";
 
 type Bucket = "CREDIT" | "ROUTED";
 
@@ -187,8 +188,8 @@ class ChannelStatsBook {
   watch(onChange: (channelId: string) => void): () => void {
     this.watchers.add(onChange);
     if (!this.stop) {
-      const stopSpend = listen("spend", (e) => this.onSpend(e));
-      const stopHealth = listen("routeHealth", (e) => this.onHealth(e));
+      const stopSpend = services().events.listen("spend", (e) => this.onSpend(e));
+      const stopHealth = services().events.listen("routeHealth", (e) => this.onHealth(e));
       this.stop = () => {
         stopSpend();
         stopHealth();
@@ -325,10 +326,10 @@ export function watchWallet(organizationId: string, onChange: () => void): { sna
         if (watch.dirty || Date.now() - watch.lastRead >= WALLET_REFRESH_MS) void readWallet(watch).catch(() => undefined);
       }, WALLET_READ_MS),
       stopListening: both(
-        listen("spend", (e) => {
+        services().events.listen("spend", (e) => {
           if (e.organizationId === organizationId) watch.dirty = true;
         }),
-        listen("walletChanged", (e) => {
+        services().events.listen("walletChanged", (e) => {
           if (e.organizationId === organizationId) watch.dirty = true;
         }),
       ),

@@ -4,6 +4,8 @@
 // limit for a consumer that falls behind: a queue that overflows ends its stream with
 // SlowConsumerError, which the transports turn into a documented close (README, "Live views").
 
+import { services } from "../installed.ts";
+
 /** A subscriber fell more than its queue's limit behind. */
 export class SlowConsumerError extends Error {
   readonly code = "SLOW_CONSUMER";
@@ -12,12 +14,8 @@ export class SlowConsumerError extends Error {
   }
 }
 
-/** Events queued per subscription before its consumer is cut off (LIVE_QUEUE_LIMIT). */
-let queueLimit = 2_048;
-export function configureLiveLimits(limits: { queueLimit?: number }): void {
-  if (limits.queueLimit !== undefined) queueLimit = Math.max(1, Math.floor(limits.queueLimit));
-}
-export const liveQueueLimit = (): number => queueLimit;
+/** Events queued per subscription before its consumer is cut off (LIVE_QUEUE_LIMIT of the installed Config). */
+export const liveQueueLimit = (): number => services().config.admin.liveQueueLimit;
 
 /** Called when a stream is cut off for falling behind (the transport closes the connection). */
 export type OverflowHandler = (error: SlowConsumerError) => void;
@@ -27,7 +25,7 @@ export type OverflowHandler = (error: SlowConsumerError) => void;
  * iterator, not a generator: return() unsubscribes at once, even while a next() waits.
  */
 export function boundedStream<T>(start: (push: (value: T) => void) => () => void, options: { limit?: number; onOverflow?: OverflowHandler } = {}): AsyncIterableIterator<T> {
-  const limit = options.limit ?? queueLimit;
+  const limit = options.limit ?? liveQueueLimit();
   const queue: T[] = [];
   let waiter: { resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void } | null = null;
   let done = false;

@@ -49,7 +49,8 @@ import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
 import { extendHolds } from "../accounting/index.ts";
 import { directSql } from "../db/index.ts";
-import { recentlyValidKey, configureKeyCache } from "../keys/index.ts";
+import { recentlyValidKey } from "../keys/index.ts";
+import { services, type Services } from "../installed.ts";
 import { parseBearer } from "../auth/index.ts";
 import { header } from "./http.ts";
 import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendError, statefulUnsupported, unknownUrl } from "./errors.ts";
@@ -84,10 +85,12 @@ export interface GatewayOptions {
   groupCommit?: boolean;
   /** Overrides config.admission (tests). */
   admission?: "holds" | "leases";
+  /** The bus and channel health it runs with; default: the installed services (src/installed.ts). */
+  services?: Pick<Services, "events" | "health">;
 }
 
 export function createGateway(config: Config, options: GatewayOptions = {}): Gateway {
-  configureKeyCache(config.keyCacheTtlMs);
+  const { events, health } = options.services ?? services();
   const logger = componentLogger("gateway", config.logLevel);
   const grouped = options.groupCommit ?? true;
   const log: GatewayDeps["log"] = (level, message, extra) => logger[level](extra ?? {}, message);
@@ -103,11 +106,13 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
         sendBeforeCommitMs: config.leases.sendBeforeCommitMs,
         capCacheTtlMs: config.keyCacheTtlMs,
         onError: (message, error) => log("warn", message, { error: String(error) }),
+        events,
       })
     : null;
   const money: MoneyPath = leasePath ?? holdMoneyPath({ grouped });
   const deps: GatewayDeps = {
     config,
+    health,
     limiter,
     lookups: new Lookups(options.routeCacheTtlMs ?? 1_000),
     upstream: new UpstreamClient(config.upstream),
@@ -232,7 +237,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
 
   async function models(state: RequestState, req: IncomingMessage, res: ServerResponse, modelId: string | null): Promise<void> {
     req.resume();
-    const key = await authenticate(req, state);
+    const key = await authenticate(req, state, config.keyCacheTtlMs);
     let payload: unknown;
     if (modelId === null) payload = await listModels(deps.lookups, key);
     else {

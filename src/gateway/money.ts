@@ -25,7 +25,7 @@ import { currentDatabase, directSql } from "../db/index.ts";
 import { LeaseGoneError, release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
 import { LeasePool, reclaimLeases, type LeaseHold } from "../accounting/leases.ts";
 import { GroupCommit } from "./group-commit.ts";
-import { events } from "../events/index.ts";
+import type { EventBus } from "../events/index.ts";
 
 import {
   capToHold,
@@ -181,6 +181,8 @@ export interface LeaseMoneyOptions {
   /** 0: a receipt is durable before settle() resolves. N > 0: settle() resolves once it is queued; the batch commits within N ms. */
   sendBeforeCommitMs?: number;
   onError: (message: string, error: unknown) => void;
+  /** Lease recalls and revocations travel on it between instances. */
+  events: EventBus;
 }
 
 /** Admission in memory against budget leases; one batched write per request. */
@@ -214,11 +216,11 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
       if ((recalled.get(k) ?? 0) > now - RECALL_EVERY_MS) return;
       if (recalled.size > 10_000) recalled.clear();
       recalled.set(k, now);
-      events.publish("leaseRecall", { instanceId, bucketId: key.bucketId, scope: key.scope, scopeId: key.scopeId });
+      options.events.publish("leaseRecall", { instanceId, bucketId: key.bucketId, scope: key.scope, scopeId: key.scopeId });
     },
   });
-  const revoked = events.subscribe("leasesRevoked");
-  const recalls = events.subscribe("leaseRecall");
+  const revoked = options.events.subscribe("leasesRevoked");
+  const recalls = options.events.subscribe("leaseRecall");
   void (async () => {
     for await (const event of revoked) {
       await pool.forgetScope(event.scope, event.scopeId).catch((e: unknown) => options.onError("could not give back revoked leases", e));

@@ -4,38 +4,10 @@
 // Every state change is stored (Channel.health, ChannelHealthEvent) and published.
 import { directSql } from "../db/index.ts";
 import type { HealthState } from "../generated/prisma/enums.ts";
-import { events } from "../events/index.ts";
+import type { HealthConfig } from "../config.ts";
+import type { EventBus } from "../events/index.ts";
 
-export interface HealthConfig {
-  /** Outcomes kept per channel. */
-  window: number;
-  /** Consecutive failures that take a channel DOWN. */
-  downAfter: number;
-  /** Consecutive successes needed to climb one step (DOWN → DEGRADED → HEALTHY). */
-  recoverAfter: number;
-  /** Success rate under which a channel is DEGRADED (needs minSamples outcomes). */
-  degradedBelow: number;
-  minSamples: number;
-  /** How long a DOWN channel rests before a probe. */
-  cooldownMs: number;
-}
-
-export function healthConfigFromEnv(env: NodeJS.ProcessEnv = process.env): HealthConfig {
-  const num = (name: string, fallback: number) => {
-    const raw = env[name];
-    const value = raw === undefined || raw === "" ? fallback : Number(raw);
-    if (!Number.isFinite(value) || value < 0) throw new Error(`${name} must be a non-negative number`);
-    return value;
-  };
-  return {
-    window: num("HEALTH_WINDOW", 20),
-    downAfter: num("HEALTH_DOWN_AFTER", 3),
-    recoverAfter: num("HEALTH_RECOVER_AFTER", 3),
-    degradedBelow: num("HEALTH_DEGRADED_BELOW", 0.8),
-    minSamples: num("HEALTH_MIN_SAMPLES", 5),
-    cooldownMs: num("HEALTH_COOLDOWN_MS", 10_000),
-  };
-}
+export type { HealthConfig };
 
 interface Outcome {
   ok: boolean;
@@ -62,7 +34,11 @@ export type Admission = "yes" | "probe" | "no";
 
 export class HealthTracker {
   private readonly channels = new Map<string, ChannelState>();
-  constructor(readonly config: HealthConfig) {}
+  constructor(
+    readonly config: HealthConfig,
+    /** Where state changes are published (routeHealth). */
+    private readonly events: Pick<EventBus, "publish">,
+  ) {}
 
   private stateOf(channel: ChannelRef): ChannelState {
     let s = this.channels.get(channel.id);
@@ -151,7 +127,7 @@ export class HealthTracker {
       p50LatencyMs,
       at.toISOString(),
     );
-    events.publish("routeHealth", {
+    this.events.publish("routeHealth", {
       organizationId: channel.organizationId,
       routeId: channel.routeId,
       channelId: channel.id,
@@ -169,10 +145,4 @@ function stats(outcomes: Outcome[]): { successRate: number; p50LatencyMs: number
   const ok = outcomes.filter((o) => o.ok).length;
   const latencies = outcomes.map((o) => o.latencyMs).sort((a, b) => a - b);
   return { successRate: ok / outcomes.length, p50LatencyMs: Math.round(latencies[Math.floor((latencies.length - 1) / 2)]!) };
-}
-
-export let health = new HealthTracker(healthConfigFromEnv());
-
-export function configureHealth(config: HealthConfig): void {
-  health = new HealthTracker(config);
 }

@@ -9,7 +9,7 @@ import { writeAudit } from "../audit/index.ts";
 import { capsOf, parseCapInput, setCap, type CapInput } from "../budgets/index.ts";
 import { badInput, conflict, notFound, requiredText } from "../errors.ts";
 import { displayParts, generateSecret, sha256 } from "../secrets.ts";
-import { events } from "../events/index.ts";
+import { services } from "../installed.ts";
 
 export const API_KEY_PREFIX = "tg_";
 const DISPLAY_PREFIX_LENGTH = API_KEY_PREFIX.length + 6;
@@ -245,16 +245,11 @@ interface CacheEntry {
 const cache = new Map<string, CacheEntry>();
 /** One database read per secret at a time; a key change keeps reads in flight out of the cache. */
 const reads = new SingleFlight<string, CacheEntry>();
-let cacheTtlMs = 1_000;
 let subscribed = false;
-
-export function configureKeyCache(ttlMs: number): void {
-  cacheTtlMs = Math.min(ttlMs, 1_000); // pause / revoke must bite within 1 s even without events
-}
 
 function announceKeyChange(key: ApiKey): void {
   forgetKey(key.id);
-  events.publish("keyChanged", { keyId: key.id, status: key.status });
+  services().events.publish("keyChanged", { keyId: key.id, status: key.status });
 }
 
 export function forgetKey(keyId: string): void {
@@ -262,7 +257,7 @@ export function forgetKey(keyId: string): void {
   for (const [hash, entry] of cache) if (entry.key?.id === keyId) cache.delete(hash);
 }
 
-function readEntry(hash: string, now: Date): Promise<CacheEntry> {
+function readEntry(hash: string, now: Date, cacheTtlMs: number): Promise<CacheEntry> {
   return reads.run(
     hash,
     async () => {
@@ -281,7 +276,7 @@ function ensureSubscribed(): void {
   subscribed = true;
   // Another instance changed a key: drop it here too.
   void (async () => {
-    for await (const event of events.subscribe("keyChanged")) forgetKey(event.keyId);
+    for await (const event of services().events.subscribe("keyChanged")) forgetKey(event.keyId);
   })();
 }
 
@@ -307,11 +302,12 @@ function rememberValid(hash: string, now: number): void {
   if (recentlyValid.size > 100_000) recentlyValid.delete(recentlyValid.keys().next().value!);
 }
 
-export async function lookupKey(secret: string, now = new Date()): Promise<KeyLookup> {
+/** `cacheTtlMs`: KEY_CACHE_TTL_MS of the gateway asking, capped at 1 s (pause / revoke must bite within 1 s even without events). */
+export async function lookupKey(secret: string, now = new Date(), cacheTtlMs = 1_000): Promise<KeyLookup> {
   ensureSubscribed();
   const hash = sha256(secret);
   let entry = cache.get(hash);
-  if (!entry || entry.cachedUntil < now.getTime()) entry = await readEntry(hash, now);
+  if (!entry || entry.cachedUntil < now.getTime()) entry = await readEntry(hash, now, Math.min(cacheTtlMs, 1_000));
   const key = entry.key;
   if (!key) return { ok: false, reason: "KEY_INVALID", key: null };
   if (entry.secretExpiresAt && entry.secretExpiresAt <= now) return { ok: false, reason: "KEY_INVALID", key };

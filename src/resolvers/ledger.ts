@@ -1,6 +1,6 @@
 import { builder } from "../schema/builder.ts";
 import { announceThresholdChanged, rearmLowBalance } from "../budgets/low-balance.ts";
-import { events } from "../events/index.ts";
+import { services } from "../installed.ts";
 import { db } from "../db/index.ts";
 import { isPlatform, resolveOrganizationId } from "../auth/index.ts";
 import { postEntry, walletBucket } from "../accounting/index.ts";
@@ -98,7 +98,7 @@ async function post(
   });
   if (rearmed) announceThresholdChanged(bucket.id);
   // Wallet streams of every instance read the new balance at their next turn.
-  events.publish("walletChanged", { organizationId });
+  services().events.publish("walletChanged", { organizationId });
   return entry;
 }
 

@@ -12,7 +12,7 @@ import { builder, type Context } from "../schema/builder.ts";
 import { createLoaders } from "../schema/loaders.ts";
 import { db } from "../db/index.ts";
 import { canRead, canReadOrganization, isPlatform, resolveOrganizationId, type Viewer } from "../auth/index.ts";
-import { listen, type BudgetAlertEvent, type LowBalanceAlertEvent, type RequestView, type RouteHealthEvent, type ScopeStanding, type SpendEvent, type Topics } from "../events/index.ts";
+import type { BudgetAlertEvent, LowBalanceAlertEvent, RequestView, RouteHealthEvent, ScopeStanding, SpendEvent, Topics } from "../events/index.ts";
 import { boundedStream, coalescedStream } from "../events/streams.ts";
 import { channelStatsBook, SpendWindow, watchWallet, type ChannelInfo, type SpendTick } from "../events/live.ts";
 import { badInput, forbidden, notFound } from "../errors.ts";
@@ -51,7 +51,7 @@ function intervalOf(value: number | null | undefined): number {
  * (over graphql-ws its socket closes with 4500, over SSE the stream ends with SLOW_CONSUMER).
  */
 function eventStream<K extends keyof Topics>(ctx: Context, topic: K, keep: (payload: Topics[K][0]) => boolean): AsyncIterableIterator<Topics[K][0]> {
-  const source = boundedStream<Topics[K][0]>((push) => listen(topic, (payload) => keep(payload) && push(payload)), { onOverflow: () => ctx.closeSlow?.() });
+  const source = boundedStream<Topics[K][0]>((push) => ctx.events.listen(topic, (payload) => keep(payload) && push(payload)), { onOverflow: () => ctx.closeSlow?.() });
   return freshLoadersPerEvent(ctx, source);
 }
 
@@ -564,8 +564,8 @@ builder.subscriptionFields((t) => ({
       return coalescedStream<FeedTick>({
         intervalMs,
         start: (touch) => {
-          const a = listen("receiptCreated", (e) => keep(e) && add(e.view, touch));
-          const b = listen("failedRequestCreated", (e) => keep(e) && add(e.view, touch));
+          const a = ctx.events.listen("receiptCreated", (e) => keep(e) && add(e.view, touch));
+          const b = ctx.events.listen("failedRequestCreated", (e) => keep(e) && add(e.view, touch));
           return () => {
             a();
             b();
@@ -596,7 +596,7 @@ builder.subscriptionFields((t) => ({
       return coalescedStream<SpendTick>({
         intervalMs,
         start: (touch) =>
-          listen("spend", (e) => {
+          ctx.events.listen("spend", (e) => {
             if (!keep(e)) return;
             window.add(e);
             touch();

@@ -8,17 +8,15 @@ import { writeAudit } from "../audit/index.ts";
 import { capsOf, parseCapInput, setCap, type CapInput } from "../budgets/index.ts";
 import { badInput, DomainError, notFound, requiredText } from "../errors.ts";
 import { BUCKET_CURRENCY, parseMoney } from "../money.ts";
-import { CredentialCipher } from "../secrets.ts";
+import type { CredentialCipher } from "../secrets.ts";
+import { services } from "../installed.ts";
 import { checkUpstreamHost } from "./addresses.ts";
 
 export const bucketOf = (settlement: Settlement): BalanceBucket => (settlement === "OFFICIAL" ? "CREDIT" : "ROUTED");
 
-let cipher: CredentialCipher | null = null;
-export function configureCredentialSecret(secret: string): void {
-  cipher = new CredentialCipher(secret);
-}
-/** The cipher for secrets stored encrypted (channel credentials, alert webhook secrets). */
+/** The cipher for secrets stored encrypted (channel credentials, alert webhook secrets): the installed services' one. */
 export function credentialCipher(): CredentialCipher {
+  const cipher = services().cipher;
   if (!cipher) throw new Error("TOKENGATE_SECRET is not configured");
   return cipher;
 }
@@ -42,16 +40,11 @@ export async function upgradeStoredCredentials(): Promise<number> {
   return upgraded;
 }
 
-let allowPrivateUpstreams = false;
-/** TOKENGATE_ALLOW_PRIVATE_UPSTREAMS: let every admin (not only platform admins) set internal upstream addresses. */
-export function configureUpstreamPolicy(policy: { allowPrivateUpstreams: boolean }): void {
-  allowPrivateUpstreams = policy.allowPrivateUpstreams;
-}
-
 /** Loopback, private, link-local and metadata addresses are for platform admins (or everyone, when allowed). */
 /** Outbound URLs an admin sets (channel base URLs, alert webhooks) may reach internal hosts only when a platform admin sets them. */
 export async function assertUpstreamAllowed(viewer: Viewer, baseUrl: string, field: string): Promise<void> {
-  if (isPlatform(viewer) || allowPrivateUpstreams) return;
+  // TOKENGATE_ALLOW_PRIVATE_UPSTREAMS: every admin (not only platform admins) may set internal addresses.
+  if (isPlatform(viewer) || services().config.admin.allowPrivateUpstreams) return;
   const url = new URL(baseUrl);
   const check = await checkUpstreamHost(url).catch(() => {
     throw badInput(field, `${url.hostname} could not be resolved in time: try again`);

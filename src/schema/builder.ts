@@ -9,12 +9,15 @@ import { getDatamodel } from "../generated/pothos-types.ts";
 import { db } from "../db/index.ts";
 import { canRead, type Viewer } from "../auth/index.ts";
 import type { Loaders } from "./loaders.ts";
+import type { EventBus } from "../events/index.ts";
 import { PAGE_SIZE } from "./limits.ts";
 
 export interface Context {
   viewer: Viewer | null;
   /** Per operation; a subscription gets fresh ones for each event (src/resolvers/live.ts). */
   loaders: Loaders;
+  /** The event bus subscriptions listen on (the server's services). */
+  events: EventBus;
   /** Set by transports that can be closed: a subscriber that fell too far behind is disconnected (graphql-ws: close code 4500). */
   closeSlow?: () => void;
 }

@@ -5,7 +5,8 @@ import { directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { windowFor, type ZoneState } from "../accounting/windows.ts";
 import { organizationZone } from "../orgs/time-zone.ts";
-import { events, type RequestView, type ScopeStanding, type SpendEvent } from "../events/index.ts";
+import type { RequestView, ScopeStanding, SpendEvent } from "../events/index.ts";
+import { services } from "../installed.ts";
 import { onRequestRecorded, type CounterState } from "../requests/index.ts";
 
 export const ALERT_THRESHOLDS = [50, 80, 100] as const;
@@ -157,7 +158,7 @@ export async function announceSpend(o: SpendOutcome, known?: readonly CounterSta
   const key = states.find((s) => s.scope === "KEY_DAILY");
   const project = states.find((s) => s.scope === "PROJECT_DAILY");
   const view = o.view ? { ...asCommitted(o.view), projectName: o.view.projectName ?? (await projectName(o.projectId).catch(() => null)) } : null;
-  events.publish("spend", {
+  services().events.publish("spend", {
     organizationId: o.organizationId,
     projectId: o.projectId,
     keyId: o.keyId,
@@ -179,9 +180,9 @@ export async function announceSpend(o: SpendOutcome, known?: readonly CounterSta
     scopes: states.map((s) => standing(s, o.bucket)),
   });
   if (o.receiptId) {
-    events.publish("receiptCreated", { organizationId: o.organizationId, projectId: o.projectId, keyId: o.keyId, receiptId: o.receiptId, view: view?.kind === "receipt" ? view : null });
+    services().events.publish("receiptCreated", { organizationId: o.organizationId, projectId: o.projectId, keyId: o.keyId, receiptId: o.receiptId, view: view?.kind === "receipt" ? view : null });
   } else if (view?.kind === "failure") {
-    events.publish("failedRequestCreated", { organizationId: o.organizationId, projectId: o.projectId, keyId: o.keyId, failedRequestId: view.id, view });
+    services().events.publish("failedRequestCreated", { organizationId: o.organizationId, projectId: o.projectId, keyId: o.keyId, failedRequestId: view.id, view });
   }
   if (o.charge > 0n) await announceThresholds(o, states, now);
 }
@@ -214,7 +215,7 @@ async function announceThresholds(o: SpendOutcome, states: ScopeRow[], now: Date
       if (alerted.size >= 10_000) alerted.clear();
       alerted.add(memo);
       if (inserted.length === 0) continue;
-      events.publish("budgetAlert", {
+      services().events.publish("budgetAlert", {
         id: inserted[0]!.id,
         createdAt: now.toISOString(),
         organizationId: o.organizationId,

@@ -10,7 +10,7 @@ import type { WebhookDeliveryStatus } from "../generated/prisma/enums.ts";
 import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { badInput } from "../errors.ts";
-import { onAlertPublished, type PublishedAlert } from "../events/index.ts";
+import type { EventBus, PublishedAlert } from "../events/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../money.ts";
 import { assertUpstreamAllowed, credentialCipher } from "../routing/index.ts";
 import { generateSecret } from "../secrets.ts";
@@ -124,6 +124,8 @@ export interface WebhookDeliveryOptions {
   timeoutMs: number;
   /** Delay before the second attempt; doubled before each further one. */
   backoffMs: number;
+  /** The bus whose alerts (published by this instance) are delivered. */
+  events: Pick<EventBus, "onAlertPublished">;
   onError?: (message: string, error: unknown) => void;
 }
 
@@ -252,7 +254,7 @@ export function startAlertWebhooks(options: WebhookDeliveryOptions): () => Promi
     });
   }
 
-  const unsubscribe = onAlertPublished((alert) => {
+  const unsubscribe = options.events.onAlertPublished((alert) => {
     if (stopped) return;
     track(begin(alert).catch((e: unknown) => report("webhook delivery failed", e)));
   });

@@ -4,12 +4,13 @@ import { postEntry, walletBucket } from "../../src/accounting/index.ts";
 import { createProject } from "../../src/budgets/index.ts";
 import { createApiKey, type KeyCapsInput } from "../../src/keys/index.ts";
 import { ensureDefaultOrganization, ensureOrganization } from "../../src/orgs/index.ts";
-import { configureCredentialSecret, setPrice, upsertRoute, type ChannelInput } from "../../src/routing/index.ts";
+import { setPrice, upsertRoute, type ChannelInput } from "../../src/routing/index.ts";
 import { parseMoney } from "../../src/money.ts";
 import { db } from "../../src/db/index.ts";
 import type { BalanceBucket } from "../../src/generated/prisma/enums.ts";
 
-configureCredentialSecret("test-secret-not-for-production-0123456789");
+// Installs the test services with the credential key the channels below are encrypted with.
+import "./services.ts";
 
 let counter = 0;
 const unique = (name: string) => `${name}-${++counter}-${Math.random().toString(36).slice(2, 6)}`;

@@ -62,12 +62,12 @@ export interface GatewayHarness {
 }
 
 /** For a test file: a fresh database, a fake upstream and a gateway before its tests, all closed after. */
-export function useGatewayHarness(env: Record<string, string> = {}): GatewayHarness {
+export function useGatewayHarness(env: Record<string, string> = {}, options?: GatewayOptions): GatewayHarness {
   const harness = {} as GatewayHarness;
   beforeAll(async () => {
     harness.database = await createTestDatabase();
     harness.fake = await startFakeUpstream();
-    harness.gw = await startGateway(env);
+    harness.gw = await startGateway(env, options);
   });
   afterAll(async () => {
     await harness.gw?.close();

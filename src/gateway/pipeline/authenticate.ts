@@ -9,10 +9,10 @@ import { header } from "../http.ts";
 import type { RequestState } from "./state.ts";
 
 /** Looks up the key of the request's bearer secret (401 missing_api_key without one). Not async: no promise of its own. */
-export function lookupBearer(req: IncomingMessage): Promise<KeyLookup> {
+export function lookupBearer(req: IncomingMessage, cacheTtlMs: number): Promise<KeyLookup> {
   const secret = parseBearer(header(req, "authorization"));
   if (!secret) throw missingKey();
-  return lookupKey(secret);
+  return lookupKey(secret, new Date(), cacheTtlMs);
 }
 
 /**
@@ -35,6 +35,6 @@ export function usableKey(found: KeyLookup, trail: Pick<RequestState, "key">): A
 }
 
 /** Both steps, for callers off the hot path (GET /v1/models). */
-export async function authenticate(req: IncomingMessage, trail: Pick<RequestState, "key">): Promise<ApiKey> {
-  return usableKey(await lookupBearer(req), trail);
+export async function authenticate(req: IncomingMessage, trail: Pick<RequestState, "key">, cacheTtlMs: number): Promise<ApiKey> {
+  return usableKey(await lookupBearer(req, cacheTtlMs), trail);
 }

@@ -14,7 +14,7 @@
 import type { ServerResponse } from "node:http";
 import type { ApiKey } from "../../generated/prisma/client.ts";
 import { holdCovers, worstCase } from "../../accounting/charges.ts";
-import { health, type Admission, type ChannelRef } from "../../health/index.ts";
+import type { Admission, ChannelRef } from "../../health/index.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
 import { GatewayError, channelsDown, clientClosed, upstreamRejected, upstreamError, upstreamTimeout } from "../errors.ts";
 import { observeAttempt, observeFallback } from "../observe.ts";
@@ -39,7 +39,7 @@ export async function forward(deps: GatewayDeps, state: RequestState, res: Serve
     if (state.attempts >= maxAttempts) break;
     // A DOWN channel is skipped while it cools down (then one request probes it): see src/health.
     const ref = refOf(channel, key);
-    const admission = health.admit(ref);
+    const admission = deps.health.admit(ref);
     if (admission === "no") {
       coolingDown ??= [];
       coolingDown.push(channel);
@@ -133,10 +133,10 @@ async function tryChannel(
       observeAttempt(state, channel, ok === true, upstreamMs);
     }
     if (ok !== null) {
-      health.record(ref, { ok, latencyMs: Math.round(performance.now() - started) }).catch((e: unknown) => deps.log("warn", "could not record channel health", { error: String(e) }));
+      deps.health.record(ref, { ok, latencyMs: Math.round(performance.now() - started) }).catch((e: unknown) => deps.log("warn", "could not record channel health", { error: String(e) }));
     } else if (admission === "probe") {
       // The probe learnt nothing (refused, client gone, our own error): free the slot, or the channel stays DOWN here for good.
-      health.releaseProbe(ref);
+      deps.health.releaseProbe(ref);
     }
   }
   deps.log("debug", "upstream attempt failed", { requestId: state.requestId, channel: channel.channel.name, failure: upstreamText(failure) });

@@ -27,7 +27,7 @@ export { recordAndAnswerFailure } from "./fail.ts";
 export { RequestState, type Endpoint, type GatewayDeps } from "./state.ts";
 
 export async function proxy(deps: GatewayDeps, state: RequestState, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const key = usableKey(await lookupBearer(req), state);
+  const key = usableKey(await lookupBearer(req, deps.config.keyCacheTtlMs), state);
   const planned = await plan(deps, key, req, state);
   // Per-key rate limits: counted with the request's token bound, before anything is held.
   state.rateTicket = rateTicket(await deps.limiter.admit(key.id, state.requestId, key, planned.promptBound + planned.outputBound));

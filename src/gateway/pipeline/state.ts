@@ -6,6 +6,7 @@
 // release whatever happens, the rate-limit ticket, and what the metrics read. Stages write to it only
 // those facts, as soon as they learn them, through the narrow Pick<> their signature names.
 import type { Config } from "../../config.ts";
+import type { HealthTracker } from "../../health/index.ts";
 import type { ApiKey, Route } from "../../generated/prisma/client.ts";
 import type { BalanceBucket } from "../../generated/prisma/enums.ts";
 import type { ReserveInput, ReserveResult } from "../../accounting/index.ts";
@@ -23,6 +24,8 @@ export type GenerationEndpoint = Exclude<Endpoint, "/v1/embeddings" | "/v1/model
 
 export interface GatewayDeps {
   config: Config;
+  /** Channel health of this instance: DOWN channels are skipped, every attempt is recorded. */
+  health: HealthTracker;
   lookups: Lookups;
   upstream: UpstreamClient;
   log: (level: "debug" | "info" | "warn" | "error", message: string, extra?: Record<string, unknown>) => void;
