@@ -10,7 +10,7 @@ import { openDatabase, useDatabase } from "../src/db/index.ts";
 import { reserve, settle, walletBucket } from "../src/accounting/index.ts";
 import { announceSpend } from "../src/spend/index.ts";
 import { startServer } from "../src/server.ts";
-import { servicesWith } from "../src/installed.ts";
+import { services, servicesWith } from "../src/installed.ts";
 import { loadConfig } from "../src/config.ts";
 import { createAdminToken } from "../src/auth/index.ts";
 import * as f from "../test/support/fixtures.ts";
@@ -60,7 +60,7 @@ async function tokengateLatencies(): Promise<number[]> {
     if (!r.ok) throw new Error(r.refusal);
     await settle(r.holdId, 900n);
     sentAt.set(requestId, performance.now()); // committed
-    await announceSpend({ organizationId: w.org.id, projectId: w.project.id, keyId: w.key.id, routeId: null, requestId, bucket: "CREDIT", charge: 900n, status: "SETTLED" });
+    await announceSpend(services().events, { organizationId: w.org.id, projectId: w.project.id, keyId: w.key.id, routeId: null, requestId, bucket: "CREDIT", charge: 900n, status: "SETTLED" });
     const target = (i + 1) * SUBSCRIBERS;
     const deadline = Date.now() + 10_000;
     while (latencies.length < target && Date.now() < deadline) await new Promise((r) => setTimeout(r, 1));

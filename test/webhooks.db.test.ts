@@ -98,7 +98,7 @@ async function spend(w: Awaited<ReturnType<typeof f.world>>, amount: bigint): Pr
   const r = await reserve({ requestId, bucketId, amount, keyId: w.key.id, projectId: w.project.id, ttlMs: 60_000 });
   if (!r.ok) throw new Error(r.refusal);
   await settle(r.holdId, amount);
-  await announceSpend({ organizationId: w.org.id, projectId: w.project.id, keyId: w.key.id, routeId: null, requestId, bucket: "CREDIT", charge: amount, status: "SETTLED" });
+  await announceSpend(events, { organizationId: w.org.id, projectId: w.project.id, keyId: w.key.id, routeId: null, requestId, bucket: "CREDIT", charge: amount, status: "SETTLED" });
 }
 
 const SET = `mutation($input: SetAlertWebhookInput!) { setAlertWebhook(input: $input) { alertWebhook { id url } generatedSecret } }`;

@@ -113,6 +113,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
   const deps: GatewayDeps = {
     config,
     health,
+    events,
     limiter,
     lookups: new Lookups(options.routeCacheTtlMs ?? 1_000),
     upstream: new UpstreamClient(config.upstream),

@@ -5,8 +5,7 @@ import { directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { windowFor, type ZoneState } from "../accounting/windows.ts";
 import { organizationZone } from "../orgs/time-zone.ts";
-import type { RequestView, ScopeStanding, SpendEvent } from "../events/index.ts";
-import { services } from "../installed.ts";
+import type { EventBus, RequestView, ScopeStanding, SpendEvent } from "../events/index.ts";
 import { onRequestRecorded, type CounterState } from "../requests/index.ts";
 
 export const ALERT_THRESHOLDS = [50, 80, 100] as const;
@@ -150,15 +149,15 @@ export function forgetProjectName(projectId: string): void {
   projectNames.delete(projectId);
 }
 
-/** Announces a settled / failed request; `known` (counters as its batch committed them) spares the read. */
-export async function announceSpend(o: SpendOutcome, known?: readonly CounterState[] | null): Promise<void> {
+/** Announces a settled / failed request on `events`; `known` (counters as its batch committed them) spares the read. */
+export async function announceSpend(events: Pick<EventBus, "publish">, o: SpendOutcome, known?: readonly CounterState[] | null): Promise<void> {
   const now = o.now ?? new Date();
   const zone = await organizationZone(o.organizationId);
   const states = (known && knownStates(o, now, zone, known)) || (await scopeStates(o, now, zone));
   const key = states.find((s) => s.scope === "KEY_DAILY");
   const project = states.find((s) => s.scope === "PROJECT_DAILY");
   const view = o.view ? { ...asCommitted(o.view), projectName: o.view.projectName ?? (await projectName(o.projectId).catch(() => null)) } : null;
-  services().events.publish("spend", {
+  events.publish("spend", {
     organizationId: o.organizationId,
     projectId: o.projectId,
     keyId: o.keyId,
@@ -180,15 +179,15 @@ export async function announceSpend(o: SpendOutcome, known?: readonly CounterSta
     scopes: states.map((s) => standing(s, o.bucket)),
   });
   if (o.receiptId) {
-    services().events.publish("receiptCreated", { organizationId: o.organizationId, projectId: o.projectId, keyId: o.keyId, receiptId: o.receiptId, view: view?.kind === "receipt" ? view : null });
+    events.publish("receiptCreated", { organizationId: o.organizationId, projectId: o.projectId, keyId: o.keyId, receiptId: o.receiptId, view: view?.kind === "receipt" ? view : null });
   } else if (view?.kind === "failure") {
-    services().events.publish("failedRequestCreated", { organizationId: o.organizationId, projectId: o.projectId, keyId: o.keyId, failedRequestId: view.id, view });
+    events.publish("failedRequestCreated", { organizationId: o.organizationId, projectId: o.projectId, keyId: o.keyId, failedRequestId: view.id, view });
   }
-  if (o.charge > 0n) await announceThresholds(o, states, now);
+  if (o.charge > 0n) await announceThresholds(events, o, states, now);
 }
 
 /** Each threshold of each capped window is announced once: the unique row decides, across instances. */
-async function announceThresholds(o: SpendOutcome, states: ScopeRow[], now: Date): Promise<void> {
+async function announceThresholds(events: Pick<EventBus, "publish">, o: SpendOutcome, states: ScopeRow[], now: Date): Promise<void> {
   for (const s of states) {
     if (s.cap === null || s.cap === 0n) continue;
     for (const threshold of ALERT_THRESHOLDS) {
@@ -215,7 +214,7 @@ async function announceThresholds(o: SpendOutcome, states: ScopeRow[], now: Date
       if (alerted.size >= 10_000) alerted.clear();
       alerted.add(memo);
       if (inserted.length === 0) continue;
-      services().events.publish("budgetAlert", {
+      events.publish("budgetAlert", {
         id: inserted[0]!.id,
         createdAt: now.toISOString(),
         organizationId: o.organizationId,

@@ -139,5 +139,5 @@ export function announce(
   },
 ): void {
   observeSpend(o.bucket, o.charge, o.status === "SETTLED" ? "receipt" : "failed_request");
-  announceSpend(o, deps.spendStates(o.requestId)).catch((e: unknown) => deps.log("warn", "could not announce spend", { requestId: o.requestId, error: String(e) }));
+  announceSpend(deps.events, o, deps.spendStates(o.requestId)).catch((e: unknown) => deps.log("warn", "could not announce spend", { requestId: o.requestId, error: String(e) }));
 }

@@ -7,6 +7,7 @@
 // those facts, as soon as they learn them, through the narrow Pick<> their signature names.
 import type { Config } from "../../config.ts";
 import type { HealthTracker } from "../../health/index.ts";
+import type { EventBus } from "../../events/index.ts";
 import type { ApiKey, Route } from "../../generated/prisma/client.ts";
 import type { BalanceBucket } from "../../generated/prisma/enums.ts";
 import type { ReserveInput, ReserveResult } from "../../accounting/index.ts";
@@ -26,6 +27,8 @@ export interface GatewayDeps {
   config: Config;
   /** Channel health of this instance: DOWN channels are skipped, every attempt is recorded. */
   health: HealthTracker;
+  /** Where settled and failed requests are announced (spend, receiptCreated, failedRequestCreated, budgetAlert). */
+  events: EventBus;
   lookups: Lookups;
   upstream: UpstreamClient;
   log: (level: "debug" | "info" | "warn" | "error", message: string, extra?: Record<string, unknown>) => void;
