@@ -1,6 +1,6 @@
 import { builder } from "../schema/builder.ts";
 import { announceThresholdChanged, rearmLowBalance } from "../budgets/low-balance.ts";
-import { services } from "../installed.ts";
+import type { EventBus } from "../events/index.ts";
 import { db } from "../db/index.ts";
 import { isPlatform, resolveOrganizationId } from "../auth/index.ts";
 import { postEntry, walletBucket } from "../accounting/index.ts";
@@ -70,6 +70,7 @@ const AdjustBalanceInput = builder.inputType("AdjustBalanceInput", {
 
 async function post(
   viewer: Viewer,
+  events: Pick<EventBus, "publish">,
   kind: "TOPUP" | "ADJUSTMENT",
   input: { organizationId?: string | number | null; bucket: "CREDIT" | "ROUTED"; amount: string; idempotencyKey: string; memo?: string | null },
 ) {
@@ -98,7 +99,7 @@ async function post(
   });
   if (rearmed) announceThresholdChanged(bucket.id);
   // Wallet streams of every instance read the new balance at their next turn.
-  services().events.publish("walletChanged", { organizationId });
+  events.publish("walletChanged", { organizationId });
   return entry;
 }
 
@@ -108,7 +109,7 @@ builder.mutationFields((t) => ({
     description: "Platform admins only.",
     args: { input: t.arg({ type: TopUpInput, required: true }) },
     resolve: async (query, _root, { input }, ctx) => {
-      const entry = await post(viewerOf(ctx), "TOPUP", input);
+      const entry = await post(viewerOf(ctx), ctx.events, "TOPUP", input);
       return db.ledgerEntry.findUniqueOrThrow({ ...query, where: { id: entry.id } });
     },
   }),
@@ -117,7 +118,7 @@ builder.mutationFields((t) => ({
     description: "Platform admins only.",
     args: { input: t.arg({ type: AdjustBalanceInput, required: true }) },
     resolve: async (query, _root, { input }, ctx) => {
-      const entry = await post(viewerOf(ctx), "ADJUSTMENT", input);
+      const entry = await post(viewerOf(ctx), ctx.events, "ADJUSTMENT", input);
       return db.ledgerEntry.findUniqueOrThrow({ ...query, where: { id: entry.id } });
     },
   }),
