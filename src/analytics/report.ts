@@ -340,6 +340,14 @@ export function addSums(into: SpendSums, other: SpendSums): SpendSums {
   for (const f of COUNT_FIELDS) into[f] += other[f];
   return into;
 }
+function subtractSums(from: SpendSums, other: SpendSums): SpendSums {
+  for (const b of BUCKETS) {
+    from.spend[b] -= other.spend[b];
+    from.failedCharge[b] -= other.failedCharge[b];
+  }
+  for (const f of COUNT_FIELDS) from[f] -= other[f];
+  return from;
+}
 const isEmpty = (s: SpendSums) => s.requests === 0n && s.failedRequests === 0n && BUCKETS.every((b) => s.spend[b] === 0n);
 
 interface Query {
@@ -365,17 +373,44 @@ const grouped = (dims: string[], from: string, extra: string[] = []) =>
   `SELECT ${[...extra, ...dims.map((d, i) => `${d} AS d${i}`), "s.bucket", ...SUM_COLUMNS.map((c) => `SUM(s."${c}") AS "${c}"`)].join(", ")}
      ${from} GROUP BY ${Array.from({ length: extra.length + dims.length + 1 }, (_, i) => i + 1).join(", ")}`;
 
-/** Each group's sums over the plan (one row per group and bucket). */
-async function groupTotals(q: Query): Promise<Map<string, { values: GroupValues; sums: SpendSums }>> {
+type Groups = Map<string, { values: GroupValues; sums: SpendSums }>;
+
+/**
+ * Each group's sums over the plan (one row per group and bucket). With `points`, the same scan also
+ * sums every point over all groups (GROUPING SETS), so a top-N report reads the shown groups' points
+ * alone and finds "other" as the point's total less theirs, instead of sending every row through a
+ * series lookup. Only valid when the points are read from the same plan.
+ */
+async function groupTotals(q: Query, points: { starts: number[]; from: number } | null = null): Promise<{ groups: Groups; pointTotals: SpendSums[] | null }> {
   const params: unknown[] = [q.organizationId];
   const { from, dims } = body(q, params);
-  const rows = await directSql().$queryRawUnsafe<Array<SumRow & { g: string } & Record<string, string | null>>>(
-    `SELECT ${groupKey(dims)} AS g, ${dims.map((_, i) => `t.d${i}`).join(", ")}${dims.length ? ", " : ""}t.bucket, ${SUM_COLUMNS.map((c) => `t."${c}"::text AS "${c}"`).join(", ")}
-       FROM (${grouped(dims, from)}) t`,
-    ...params,
-  );
-  const groups = new Map<string, { values: GroupValues; sums: SpendSums }>();
+  type Row = SumRow & { g: string | null; i: number | null } & Record<string, string | null>;
+  let rows: Row[];
+  let pointTotals: SpendSums[] | null = null;
+  if (points) {
+    const at = `width_bucket(s.at, ${thresholds(points.starts, points.from, params)})`;
+    const perRow = `SELECT ${[...dims.map((d, i) => `${d} AS d${i}`), "s.bucket", `${at} AS i`, ...SUM_COLUMNS.map((c) => `s."${c}"`)].join(", ")} ${from}`;
+    const sets = `GROUPING SETS ((${[...dims.map((_, i) => `r.d${i}`), "r.bucket"].join(", ")}), (r.i, r.bucket))`;
+    rows = await directSql().$queryRawUnsafe<Row[]>(
+      `SELECT CASE WHEN t.whole = 1 THEN ${groupKey(dims)} END AS g, CASE WHEN t.whole = 0 THEN t.i END AS i, ${dims.map((_, i) => `t.d${i}`).join(", ")}, t.bucket,
+              ${SUM_COLUMNS.map((c) => `t."${c}"::text AS "${c}"`).join(", ")}
+         FROM (SELECT GROUPING(r.i) AS whole, r.i, ${dims.map((_, i) => `r.d${i}`).join(", ")}, r.bucket, ${SUM_COLUMNS.map((c) => `SUM(r."${c}") AS "${c}"`).join(", ")}
+                 FROM (${perRow}) r GROUP BY ${sets}) t`,
+      ...params,
+    );
+    pointTotals = points.starts.map(() => zeroSums());
+    for (const row of rows) if (row.i !== null) addRow(pointTotals[row.i - 1]!, row);
+    rows = rows.filter((row) => row.g !== null);
+  } else {
+    rows = await directSql().$queryRawUnsafe<Row[]>(
+      `SELECT ${groupKey(dims)} AS g, ${dims.map((_, i) => `t.d${i}`).join(", ")}${dims.length ? ", " : ""}t.bucket, ${SUM_COLUMNS.map((c) => `t."${c}"::text AS "${c}"`).join(", ")}
+         FROM (${grouped(dims, from)}) t`,
+      ...params,
+    );
+  }
+  const groups: Groups = new Map();
   for (const row of rows) {
+    if (row.g === null) continue;
     let entry = groups.get(row.g);
     if (!entry) {
       const values: GroupValues = {};
@@ -387,9 +422,10 @@ async function groupTotals(q: Query): Promise<Map<string, { values: GroupValues;
     }
     addRow(entry.sums, row);
   }
-  // A rollup row whose rows were all deleted sums to zero: such a group does not exist.
+  // A rollup row whose rows were all deleted sums to zero: such a group does not exist (and, having
+  // no rows, adds nothing to any point).
   for (const [g, entry] of groups) if (isEmpty(entry.sums)) groups.delete(g);
-  return groups;
+  return { groups, pointTotals };
 }
 
 /** The SQL key of the series a row goes to: its group when shown, else NULL (the "other" series). */
@@ -423,7 +459,8 @@ function shownGroupsSql(q: Query, shown: Array<{ key: string; values: GroupValue
   return `jsonb_to_recordset($${params.length}::jsonb) AS x(${columns})`;
 }
 
-async function pointSums(q: Query, starts: number[], from: number, shown: Array<{ key: string; values: GroupValues }> | null) {
+/** Points per series; with `onlyShown`, only the shown groups' rows are read (no "other" rows). */
+async function pointSums(q: Query, starts: number[], from: number, shown: Array<{ key: string; values: GroupValues }> | null, onlyShown = false) {
   const params: unknown[] = [q.organizationId];
   const { from: fromSql, dims } = body(q, params);
   const t = thresholds(starts, from, params);
@@ -443,7 +480,7 @@ async function pointSums(q: Query, starts: number[], from: number, shown: Array<
   const groupsTable = shownGroupsSql(q, shown, params);
   return directSql().$queryRawUnsafe<Array<SumRow & { i: number; g: string | null }>>(
     `SELECT t.i, x.g, t.bucket, ${sumsSql("t")}
-       FROM (${rows}) t LEFT JOIN ${groupsTable} ON ${on || "true"} GROUP BY 1, 2, 3`,
+       FROM (${rows}) t ${onlyShown ? "JOIN" : "LEFT JOIN"} ${groupsTable} ON ${on || "true"} GROUP BY 1, 2, 3`,
     ...params,
   );
 }
@@ -526,7 +563,11 @@ export async function spendReport(input: SpendReportInput, options: { forceRaw?:
 
   // A group's total covers the whole range: only its two ends need to be on a rollup's grain, so whole
   // UTC days inside it are read from the daily rollup even when the buckets (hours, a zone's days) are not.
-  const groups = await groupTotals(readFrom === "ROLLUPS" ? { ...q, plan: planRanges(from, to, rollups.days) } : q);
+  const totalsPlan = readFrom === "ROLLUPS" ? planRanges(from, to, rollups.days) : q.plan;
+  // Top N reads every point's total with the groups' when both come from the same ranges (not on the
+  // raw reference path: it finds "other" row by row, the oracle the property test compares against).
+  const pointsWithTotals = !options.forceRaw && input.top !== null && input.top !== undefined && groupBy.length > 0 && JSON.stringify(totalsPlan) === JSON.stringify(q.plan);
+  const { groups, pointTotals } = await groupTotals({ ...q, plan: totalsPlan }, pointsWithTotals ? { starts, from } : null);
   const ranked = rank(groups, input.rankBucket ?? "CREDIT");
   const top = input.top ?? null;
   const shownKeys = top !== null && ranked.length > top ? ranked.slice(0, top) : ranked;
@@ -552,10 +593,19 @@ export async function spendReport(input: SpendReportInput, options: { forceRaw?:
   const shownForSql = hasOther ? shownKeys : null;
   if (seriesCount > 0) {
     const shownGroups = hasOther ? shownKeys.map((key) => ({ key, values: groups.get(key)!.values })) : null;
-    for (const row of await pointSums(q, starts, from, shownGroups)) {
+    const otherFromTotals = hasOther && pointTotals !== null;
+    for (const row of await pointSums(q, starts, from, shownGroups, otherFromTotals)) {
       const s = series.get(row.g);
       // Groups that sum to nothing were dropped above; their rows are zeros.
       if (s) addRow(s.points[row.i - 1]!.sums, row);
+    }
+    if (otherFromTotals) {
+      // "Other" at each point: everything at that point less the shown groups.
+      const other = series.get(null)!;
+      other.points.forEach((point, i) => {
+        point.sums = addSums(zeroSums(), pointTotals![i]!);
+        for (const key of shownKeys) subtractSums(point.sums, series.get(key)!.points[i]!.sums);
+      });
     }
   }
 
@@ -586,7 +636,7 @@ export async function spendReport(input: SpendReportInput, options: { forceRaw?:
     const before: SpendReportInput = { ...input, from: new Date(from - span), to: new Date(from) };
     // One bucket, so only its two ends need to be on the rollups' grain.
     const prevPlan = options.forceRaw ? { days: [], hours: [], raw: [[from - span, from] as Range] } : planRanges(from - span, from, rollups.days);
-    const prevGroups = await groupTotals({ ...q, plan: prevPlan });
+    const { groups: prevGroups } = await groupTotals({ ...q, plan: prevPlan });
     const prevTotals = zeroSums();
     for (const s of series.values()) s.previous = zeroSums();
     for (const [g, entry] of prevGroups) {
