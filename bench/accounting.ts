@@ -3,7 +3,8 @@
 import { randomUUID } from "node:crypto";
 import { PGlite } from "@electric-sql/pglite";
 import { openDatabase, useDatabase, type Database } from "../src/db/index.ts";
-import { reserve, settle, walletBucket } from "../src/accounting/index.ts";
+import { reserve, settle } from "../src/money/holds.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import { startEmbeddedPostgres } from "../test/support/global-setup.ts";
 import * as f from "../test/support/fixtures.ts";
 

@@ -5,7 +5,8 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createTestDatabase, testDatabaseKind, type TestDatabase } from "./support/db.ts";
 import * as f from "./support/fixtures.ts";
 import { ledgerViolations } from "./support/invariants.ts";
-import { expireHolds, postEntry, release, reserve, scopeSpend, settle, walletBucket } from "../src/accounting/index.ts";
+import { expireHolds, release, reserve, settle } from "../src/money/holds.ts";
+import { postEntry, scopeSpend, walletBucket } from "../src/money/ledger.ts";
 import { setKeyCaps } from "../src/keys/index.ts";
 import { setProjectBudget } from "../src/budgets/index.ts";
 import { DomainError } from "../src/errors.ts";
@@ -120,7 +121,7 @@ describe("expiry", () => {
       // A real second process reserves, then is killed with SIGKILL before it can settle.
       const script = `
         import { openDatabase } from "./src/db/index.ts";
-        import { reserve } from "./src/accounting/index.ts";
+        import { reserve } from "./src/money/holds.ts";
         const d = await openDatabase({ databaseUrl: process.env.URL, migrate: false });
         const r = await reserve({ requestId: process.env.REQ, bucketId: process.env.BUCKET, amount: 4000000n,
           keyId: process.env.KEY, projectId: process.env.PROJECT, ttlMs: 300 }, d.prisma);

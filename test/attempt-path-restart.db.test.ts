@@ -15,7 +15,7 @@ import { route, world } from "./support/fixtures.ts";
 import { gqlOk, token } from "./support/graphql.ts";
 import { openDatabase, useDatabase, type Database } from "../src/db/index.ts";
 import { PGLITE_OPTIONS } from "../src/db/pglite.ts";
-import { formatMoney, parseMoney, tokenCharge } from "../src/money.ts";
+import { formatMoney, parseMoney, tokenCharge } from "../src/money/amounts.ts";
 
 let tmp: string | null = null;
 let server: TestDatabase | null = null;

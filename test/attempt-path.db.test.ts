@@ -15,7 +15,7 @@ import { loadConfig } from "../src/config.ts";
 import { startServer, type RunningServer } from "../src/server.ts";
 import { servicesWith } from "../src/installed.ts";
 import type { FailedChargePolicy } from "../src/generated/prisma/enums.ts";
-import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money.ts";
+import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money/amounts.ts";
 
 const FIRST_BYTE_MS = 600;
 const IDLE_MS = 600;

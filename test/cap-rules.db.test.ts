@@ -7,7 +7,7 @@ import OpenAI, { APIError } from "openai";
 import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, topUp, world } from "./support/fixtures.ts";
 import { gqlOk, token } from "./support/graphql.ts";
-import { walletBucket } from "../src/accounting/index.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import { setKeyCaps } from "../src/keys/index.ts";
 import { setProjectBudget } from "../src/budgets/index.ts";
 import { setRouteLimits } from "../src/routing/index.ts";

@@ -1,7 +1,7 @@
 // The day and month windows caps count in, in an organization's zone, and how a change of zone
 // takes effect (src/accounting/windows.ts). Pure: instants in, window starts and ends out.
 import { describe, expect, it } from "vitest";
-import { capWindow, UTC_ZONE, windowFor, ZONE_CHANGE_MARGIN_MS, zoneChangePendingUntil, type ZoneState } from "../src/accounting/windows.ts";
+import { capWindow, UTC_ZONE, windowFor, ZONE_CHANGE_MARGIN_MS, zoneChangePendingUntil, type ZoneState } from "../src/money/windows.ts";
 
 const at = (iso: string) => new Date(iso);
 const zone = (timeZone: string): ZoneState => ({ timeZone, previousTimeZone: null, timeZoneChangedAt: null });

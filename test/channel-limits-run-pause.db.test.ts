@@ -9,7 +9,8 @@ import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
 import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 import { ledgerViolations } from "./support/invariants.ts";
-import { reserve, scopeSpend, walletBucket } from "../src/accounting/index.ts";
+import { reserve } from "../src/money/holds.ts";
+import { scopeSpend, walletBucket } from "../src/money/ledger.ts";
 import { startRun } from "../src/runs/index.ts";
 
 const h = useGatewayHarness();

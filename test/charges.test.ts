@@ -1,8 +1,8 @@
 // Every amount the gateway holds or charges is decided by src/accounting/charges.ts: worst case,
 // the fallback's hold, the usage charge capped at the hold, and the failed-request policy.
 import { describe, expect, it } from "vitest";
-import { capAtHold, failedRequestCharge, holdable, holdCovers, usageCharge, worstCase } from "../src/accounting/charges.ts";
-import { MAX_AMOUNT_MICROS } from "../src/money.ts";
+import { capAtHold, failedRequestCharge, holdable, holdCovers, usageCharge, worstCase } from "../src/money/charges.ts";
+import { MAX_AMOUNT_MICROS } from "../src/money/amounts.ts";
 
 // 2.5 per million input tokens, 10.333333 per million output tokens (micro-units).
 const PRICE = { inputPerMillion: 2_500_000n, outputPerMillion: 10_333_333n };

@@ -7,8 +7,8 @@ import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
-import { walletBucket } from "../src/accounting/index.ts";
-import { parseMoney, requestCharge, tokenCharge } from "../src/money.ts";
+import { walletBucket } from "../src/money/ledger.ts";
+import { parseMoney, requestCharge, tokenCharge } from "../src/money/amounts.ts";
 
 const h = useGatewayHarness();
 const PRICE = { inputPerMillion: parseMoney("3", "in"), outputPerMillion: parseMoney("12", "out") };

@@ -9,7 +9,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
 import { gqlOk, startTestServer, token } from "./support/graphql.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 import { browserModule } from "../src/dashboard/operations.ts";
 import type { RunningServer } from "../src/server.ts";
 

@@ -11,7 +11,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { DEFAULT_TEXT, startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
 import { startTestServer, token } from "./support/graphql.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 import { createApiKey } from "../src/keys/index.ts";
 import type { SpendEvent } from "../src/events/index.ts";
 import { events, listenerCount } from "./support/services.ts";

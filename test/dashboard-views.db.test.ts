@@ -14,7 +14,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
 import { gqlOk, startTestServer, token } from "./support/graphql.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 import type { RunningServer } from "../src/server.ts";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";

@@ -7,7 +7,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import * as f from "./support/fixtures.ts";
 import { parseCsv } from "./support/csv.ts";
 import { startTestServer, token } from "./support/graphql.ts";
-import { walletBucket } from "../src/accounting/index.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import type { RunningServer } from "../src/server.ts";
 
 let database: TestDatabase;

@@ -6,7 +6,7 @@ import { APIError } from "openai";
 
 import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
-import { scopeSpend, walletBucket } from "../src/accounting/index.ts";
+import { scopeSpend, walletBucket } from "../src/money/ledger.ts";
 import { startRun } from "../src/runs/index.ts";
 import type { CapScope } from "../src/generated/prisma/enums.ts";
 

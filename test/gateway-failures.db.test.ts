@@ -6,9 +6,9 @@ import { APIError } from "openai";
 import { DEFAULT_TEXT } from "./support/fake-upstream.ts";
 import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
-import { walletBucket } from "../src/accounting/index.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import type { FailedChargePolicy } from "../src/generated/prisma/enums.ts";
-import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money.ts";
+import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money/amounts.ts";
 
 const FIRST_BYTE_MS = 600;
 const IDLE_MS = 600;

@@ -5,8 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { randomUUID } from "node:crypto";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { route, world } from "./support/fixtures.ts";
-import { reserveMany, scopeSpend, walletBucket, type ReserveInput } from "../src/accounting/index.ts";
-import { recordReceiptMany, type ReceiptInput } from "../src/requests/index.ts";
+import { reserveMany, type ReserveInput } from "../src/money/holds.ts";
+import { scopeSpend, walletBucket } from "../src/money/ledger.ts";
+import { recordReceiptMany, type ReceiptInput } from "../src/money/writer.ts";
 import { directSql } from "../src/db/index.ts";
 
 let database: TestDatabase;

@@ -7,9 +7,9 @@ import { DEFAULT_TEXT } from "./support/fake-upstream.ts";
 import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { codes, gql, startTestServer, token } from "./support/graphql.ts";
 import { route, world } from "./support/fixtures.ts";
-import { walletBucket } from "../src/accounting/index.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import { setRouteLimits } from "../src/routing/index.ts";
-import { recordFailure } from "../src/requests/index.ts";
+import { recordFailure } from "../src/money/writer.ts";
 import { countChatPrompt, imageTokens, outputBound, reservedPromptTokens } from "../src/gateway/tokens.ts";
 import type { RunningServer } from "../src/server.ts";
 

@@ -7,10 +7,10 @@ import { APIError } from "openai";
 import { DEFAULT_TEXT, fakePromptTokens } from "./support/fake-upstream.ts";
 import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import { apiKey, route, world } from "./support/fixtures.ts";
-import { walletBucket } from "../src/accounting/index.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import { changeKeyStatus } from "../src/keys/index.ts";
 import { cancelRun, startRun } from "../src/runs/index.ts";
-import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money.ts";
+import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money/amounts.ts";
 import { countTokens } from "gpt-tokenizer";
 
 const h = useGatewayHarness();

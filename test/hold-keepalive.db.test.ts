@@ -9,8 +9,9 @@ import OpenAI, { APIError } from "openai";
 import { useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
 import { ledgerViolations } from "./support/invariants.ts";
-import { expireHolds, reserve, scopeSpend, settle, startHoldSweeper, walletBucket } from "../src/accounting/index.ts";
-import { recordReceipt, type ReceiptInput } from "../src/requests/index.ts";
+import { expireHolds, reserve, settle, startHoldSweeper } from "../src/money/holds.ts";
+import { scopeSpend, walletBucket } from "../src/money/ledger.ts";
+import { recordReceipt, type ReceiptInput } from "../src/money/writer.ts";
 
 const TTL_MS = 900;
 // The Hold-row path's keep-alive and late settlement, on that path whatever the default (leases

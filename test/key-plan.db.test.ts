@@ -8,11 +8,12 @@ import { describe, expect, it } from "vitest";
 import { useGatewayHarness, leasesReturned, uid } from "./support/gateway.ts";
 import { apiKey as newKey, route, world, topUp } from "./support/fixtures.ts";
 import { codes, gql, gqlOk, token } from "./support/graphql.ts";
-import { reserve, release, walletBucket } from "../src/accounting/index.ts";
+import { reserve, release } from "../src/money/holds.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import { setKeyCaps } from "../src/keys/index.ts";
 import { setProjectBudget } from "../src/budgets/index.ts";
 import { setChannelLimits, setRouteLimits } from "../src/routing/index.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 
 const h = useGatewayHarness();
 

@@ -5,8 +5,8 @@
 // pool on the real SQL functions: test/lease-*.db.test.ts, test/leases.pg.test.ts and the money
 // simulation.
 import { describe, expect, it } from "vitest";
-import { LeasePool, type AdmitInput, type LeaseHold } from "../src/accounting/leases.ts";
-import { capWindow } from "../src/accounting/windows.ts";
+import { LeasePool, type AdmitInput, type LeaseHold } from "../src/money/leases.ts";
+import { capWindow } from "../src/money/windows.ts";
 import { chargeOut, leaseSize, MemoryGrants } from "./support/memory-grants.ts";
 
 const BUCKET = "bucket-1";

@@ -3,8 +3,8 @@
 // cap. Needs two connections at once: PostgreSQL only (PGlite runs one statement at a time).
 import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { walletBucket } from "../src/accounting/index.ts";
-import { LeasePool } from "../src/accounting/leases.ts";
+import { walletBucket } from "../src/money/ledger.ts";
+import { LeasePool } from "../src/money/leases.ts";
 import { setCap } from "../src/budgets/index.ts";
 import { db, directSql } from "../src/db/index.ts";
 import { createTestDatabase } from "./support/db.ts";

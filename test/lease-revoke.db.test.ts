@@ -6,10 +6,10 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import * as f from "./support/fixtures.ts";
-import { walletBucket } from "../src/accounting/index.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import { setKeyCaps } from "../src/keys/index.ts";
-import { leaseMoneyPath, type MoneyPath } from "../src/gateway/money.ts";
-import { LeasePool } from "../src/accounting/leases.ts";
+import { leaseMoneyPath, type MoneyPath } from "../src/money/index.ts";
+import { LeasePool } from "../src/money/leases.ts";
 import { directSql } from "../src/db/index.ts";
 import { events } from "./support/services.ts";
 

@@ -12,8 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
-import { reclaimLeases } from "../src/accounting/leases.ts";
-import { scopeSpend } from "../src/accounting/index.ts";
+import { reclaimLeases } from "../src/money/leases.ts";
+import { scopeSpend } from "../src/money/ledger.ts";
 import { freePort } from "./support/net.ts";
 
 const LEASE_TTL_MS = 1_000;

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
-import { postEntry, walletBucket } from "../src/accounting/index.ts";
+import { postEntry, walletBucket } from "../src/money/ledger.ts";
 import { ensureDefaultOrganization } from "../src/orgs/index.ts";
 
 let database: TestDatabase;

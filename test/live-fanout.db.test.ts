@@ -12,7 +12,7 @@ import * as f from "./support/fixtures.ts";
 import { settledListeners, startTestServer, token, wsClient } from "./support/graphql.ts";
 import { currentDatabase } from "../src/db/index.ts";
 import { listenerCount } from "./support/services.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 import type { RunningServer } from "../src/server.ts";
 import { RECEIPT_FIELDS, FAILED_FIELDS } from "../src/dashboard/operations.ts";
 

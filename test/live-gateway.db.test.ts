@@ -7,7 +7,7 @@ import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts
 import { startGateway, type TestGateway } from "./support/gateway.ts";
 import * as f from "./support/fixtures.ts";
 import { startTestServer, token, wsClient } from "./support/graphql.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 import { HealthTracker } from "../src/health/index.ts";
 import { loadConfig } from "../src/config.ts";
 import { events } from "./support/services.ts";

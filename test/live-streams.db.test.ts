@@ -13,7 +13,7 @@ import type { SpendEvent } from "../src/events/index.ts";
 import { events, listen, listenerCount, setLiveQueueLimit } from "./support/services.ts";
 import { coalescedStream, liveQueueLimit } from "../src/events/streams.ts";
 import { SpendWindow, type SpendTick } from "../src/events/live.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 import type { RunningServer } from "../src/server.ts";
 
 let database: TestDatabase;

@@ -9,7 +9,7 @@ import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts
 import * as f from "./support/fixtures.ts";
 import { codes, gql, gqlOk, settledListeners, startTestServer, token, wsClient } from "./support/graphql.ts";
 import { listenerCount } from "./support/services.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 import type { RunningServer } from "../src/server.ts";
 
 let database: TestDatabase;

@@ -5,14 +5,14 @@
 // sent. Every test fails on the code before the fix.
 import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { postEntry, scopeSpend, walletBucket } from "../src/accounting/index.ts";
-import { chargeBatch, LeasePool, reclaimLeases } from "../src/accounting/leases.ts";
-import { writeCharged } from "../src/gateway/money.ts";
-import { recordBatch, recordWritten, type BatchItem } from "../src/requests/index.ts";
+import { postEntry, scopeSpend, walletBucket } from "../src/money/ledger.ts";
+import { chargeBatch, LeasePool, reclaimLeases } from "../src/money/leases.ts";
+import { writeCharged } from "../src/money/index.ts";
+import { recordBatch, recordWritten, type BatchItem } from "../src/money/writer.ts";
 import { directSql } from "../src/db/index.ts";
 import { changeRunPause, startRun } from "../src/runs/index.ts";
 import { setChannelLimits } from "../src/routing/index.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 import { createTestDatabase } from "./support/db.ts";
 import { startFakeUpstream } from "./support/fake-upstream.ts";
 import { startGateway, uid } from "./support/gateway.ts";

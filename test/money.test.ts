@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money.ts";
+import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money/amounts.ts";
 import { DomainError } from "../src/errors.ts";
 
 describe("money", () => {

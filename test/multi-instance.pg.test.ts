@@ -10,7 +10,7 @@ import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts
 import * as f from "./support/fixtures.ts";
 import { requireRedis, startRedis } from "./support/redis.ts";
 import { token, wsClient } from "./support/graphql.ts";
-import { formatMoney, parseMoney } from "../src/money.ts";
+import { formatMoney, parseMoney } from "../src/money/amounts.ts";
 import type { RunningServer } from "../src/server.ts";
 import { freePort } from "./support/net.ts";
 

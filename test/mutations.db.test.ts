@@ -6,7 +6,8 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import * as f from "./support/fixtures.ts";
 import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 import { lookupKey } from "../src/keys/index.ts";
-import { reserve, settle, walletBucket } from "../src/accounting/index.ts";
+import { reserve, settle } from "../src/money/holds.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import { sha256 } from "../src/secrets.ts";
 
 let database: TestDatabase;

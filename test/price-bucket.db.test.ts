@@ -9,9 +9,9 @@ import { APIError } from "openai";
 import { useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
 import { gqlOk, startTestServer, token } from "./support/graphql.ts";
-import { walletBucket } from "../src/accounting/index.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import { setPrice, upsertRoute } from "../src/routing/index.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 import type { RunningServer } from "../src/server.ts";
 
 const h = useGatewayHarness();

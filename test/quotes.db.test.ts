@@ -11,7 +11,7 @@ import { apiKey, route, world } from "./support/fixtures.ts";
 import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 import { setKeyCaps, changeKeyStatus, type KeyCapsInput } from "../src/keys/index.ts";
 import { setPrice } from "../src/routing/index.ts";
-import { formatMoney, parseMoney } from "../src/money.ts";
+import { formatMoney, parseMoney } from "../src/money/amounts.ts";
 import { QUOTE_TTL_MS } from "../src/quotes/index.ts";
 
 const h = useGatewayHarness();

@@ -6,7 +6,7 @@ import { APIError } from "openai";
 import { leasesReturned, startGateway, useGatewayHarness, uid, type TestGateway } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
 import { requireRedis, startRedis } from "./support/redis.ts";
-import { walletBucket } from "../src/accounting/index.ts";
+import { walletBucket } from "../src/money/ledger.ts";
 import type { KeyCapsInput } from "../src/keys/index.ts";
 import { RateLimiter } from "../src/gateway/rate-limit.ts";
 import { codes, gql, gqlOk, token } from "./support/graphql.ts";

@@ -8,7 +8,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
 import { codes, gql, gqlOk, startTestServer, token } from "./support/graphql.ts";
-import { formatMoney } from "../src/money.ts";
+import { formatMoney } from "../src/money/amounts.ts";
 import type { RunningServer } from "../src/server.ts";
 
 let database: TestDatabase;

@@ -11,7 +11,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
 import * as f from "./support/fixtures.ts";
 import { gqlOk, startTestServer, token } from "./support/graphql.ts";
-import { classCharge, formatMoney, type Price } from "../src/money.ts";
+import { classCharge, formatMoney, type Price } from "../src/money/amounts.ts";
 import type { Receipt } from "../src/generated/prisma/client.ts";
 import type { RunningServer } from "../src/server.ts";
 

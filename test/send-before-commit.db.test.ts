@@ -5,8 +5,8 @@
 import { describe, expect, it } from "vitest";
 import type { SpendEvent } from "../src/events/index.ts";
 import { events } from "./support/services.ts";
-import { walletBucket } from "../src/accounting/index.ts";
-import { formatMoney, parseMoney, requestCharge } from "../src/money.ts";
+import { walletBucket } from "../src/money/ledger.ts";
+import { formatMoney, parseMoney, requestCharge } from "../src/money/amounts.ts";
 import { createTestDatabase } from "./support/db.ts";
 import { startFakeUpstream } from "./support/fake-upstream.ts";
 import { startGateway, uid } from "./support/gateway.ts";

@@ -10,7 +10,7 @@ import { loadConfig } from "../src/config.ts";
 import { useDatabase } from "../src/db/index.ts";
 import { liveQueueLimit } from "../src/events/streams.ts";
 import { installServices, services } from "../src/installed.ts";
-import { BUCKET_CURRENCY } from "../src/money.ts";
+import { BUCKET_CURRENCY } from "../src/money/amounts.ts";
 import { CredentialCipher } from "../src/secrets.ts";
 import { startServices } from "../src/services.ts";
 

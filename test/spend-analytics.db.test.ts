@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { codes, gql, gqlOk, token } from "./support/graphql.ts";
 import { rowArb, scene, stored, write, type Row, type Scene } from "./support/spend-rows.ts";
-import { formatMoney, parseMoney } from "../src/money.ts";
+import { formatMoney, parseMoney } from "../src/money/amounts.ts";
 
 let database: TestDatabase;
 beforeAll(async () => {

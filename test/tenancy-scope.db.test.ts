@@ -10,7 +10,7 @@ import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import * as f from "./support/fixtures.ts";
 import { fakeReceipt } from "./support/records.ts";
 import { gql, startTestServer, token } from "./support/graphql.ts";
-import { recordFailure } from "../src/requests/index.ts";
+import { recordFailure } from "../src/money/writer.ts";
 import { startRun } from "../src/runs/index.ts";
 import { setAlertWebhook } from "../src/webhooks/index.ts";
 import { schema } from "../src/schema/index.ts";

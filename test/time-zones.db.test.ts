@@ -7,9 +7,10 @@ import { leasesReturned, useGatewayHarness, uid } from "./support/gateway.ts";
 import * as f from "./support/fixtures.ts";
 import { codes, gql, gqlOk, startTestServer, token } from "./support/graphql.ts";
 import { parseCsv } from "./support/csv.ts";
-import { reserve, walletBucket } from "../src/accounting/index.ts";
-import { LeasePool, type AdmitInput, type LeaseHold } from "../src/accounting/leases.ts";
-import { capWindow, ZONE_CHANGE_MARGIN_MS, zoneChangePendingUntil, type ZoneState } from "../src/accounting/windows.ts";
+import { reserve } from "../src/money/holds.ts";
+import { walletBucket } from "../src/money/ledger.ts";
+import { LeasePool, type AdmitInput, type LeaseHold } from "../src/money/leases.ts";
+import { capWindow, ZONE_CHANGE_MARGIN_MS, zoneChangePendingUntil, type ZoneState } from "../src/money/windows.ts";
 import { directSql } from "../src/db/index.ts";
 import { setKeyCaps } from "../src/keys/index.ts";
 

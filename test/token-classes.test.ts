@@ -4,8 +4,8 @@
 // reads a Responses API stream (text, usage, terminal event held back, failure).
 import { describe, expect, it } from "vitest";
 import fc from "fast-check";
-import { usageCharge, worstCase } from "../src/accounting/charges.ts";
-import { classCharge, classChargeBound, requestCharge, tokenCharge, type Price } from "../src/money.ts";
+import { usageCharge, worstCase } from "../src/money/charges.ts";
+import { classCharge, classChargeBound, requestCharge, tokenCharge, type Price } from "../src/money/amounts.ts";
 import { SseRelay, readUsage, upstreamCostText } from "../src/gateway/sse.ts";
 
 const BASE: Price = { inputPerMillion: 2_500_000n, outputPerMillion: 10_333_333n };

@@ -10,10 +10,10 @@ import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { leasesReturned, startGateway, useGatewayHarness, uid, type TestGateway } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
-import { scopeSpend, walletBucket } from "../src/accounting/index.ts";
-import { worstCase } from "../src/accounting/charges.ts";
+import { scopeSpend, walletBucket } from "../src/money/ledger.ts";
+import { worstCase } from "../src/money/charges.ts";
 import { countChatPrompt, countText, reservedPromptTokens } from "../src/gateway/tokens.ts";
-import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money.ts";
+import { formatMoney, parseMoney, requestCharge, tokenCharge } from "../src/money/amounts.ts";
 
 const LIMIT = 1024 * 1024;
 const h = useGatewayHarness({ UPSTREAM_MAX_RESPONSE_BYTES: String(LIMIT) });

@@ -6,7 +6,7 @@ import { randomUUID } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { useGatewayHarness, uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
-import { recordBatch, type FailedRequestInput } from "../src/requests/index.ts";
+import { recordBatch, type FailedRequestInput } from "../src/money/writer.ts";
 
 const h = useGatewayHarness();
 

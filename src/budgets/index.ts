@@ -6,9 +6,10 @@ import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { conflict, notFound, requiredText } from "../errors.ts";
-import { parseMoney } from "../money.ts";
-import { scopeSpend, type ScopeSpend, type ZoneState } from "../accounting/index.ts";
-import { revokeLeases } from "../accounting/leases.ts";
+import { parseMoney } from "../money/amounts.ts";
+import { scopeSpend, type ScopeSpend } from "../money/ledger.ts";
+import type { ZoneState } from "../money/windows.ts";
+import { revokeLeases } from "../money/leases.ts";
 
 type Tx = Prisma.TransactionClient;
 

@@ -13,11 +13,11 @@ import type { BalanceBucket } from "../generated/prisma/enums.ts";
 import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { badInput } from "../errors.ts";
-import { parseMoney } from "../money.ts";
-import { walletBucket } from "../accounting/index.ts";
+import { parseMoney } from "../money/amounts.ts";
+import { walletBucket } from "../money/ledger.ts";
 import type { EventBus } from "../events/index.ts";
 import { services } from "../installed.ts";
-import { onRequestRecorded, type ChargedBalance } from "../requests/index.ts";
+import { onRequestRecorded, type ChargedBalance } from "../money/writer.ts";
 
 type Tx = Prisma.TransactionClient;
 

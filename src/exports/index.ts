@@ -7,7 +7,7 @@ import { stringify } from "csv-stringify/sync";
 import { currentDatabase, type Database } from "../db/index.ts";
 import { isPlatform, type Viewer } from "../auth/index.ts";
 import { badInput, forbidden, notFound } from "../errors.ts";
-import { formatMoney } from "../money.ts";
+import { formatMoney } from "../money/amounts.ts";
 import { localMidnight } from "../analytics/zones.ts";
 
 export const EXPORT_KINDS = ["receipts", "ledger", "failed-requests", "audit"] as const;

@@ -1,7 +1,7 @@
 // GET /v1/models and /v1/models/{id}: only the models this key may call (allowed models, a
 // usable and priced channel), each with the price of the channel that would serve it first.
 import type { ApiKey } from "../generated/prisma/client.ts";
-import { formatMoney } from "../money.ts";
+import { formatMoney } from "../money/amounts.ts";
 import type { RoutePlan } from "../routing/index.ts";
 import { modelAllowed, usableChannels, type Lookups } from "./lookups.ts";
 

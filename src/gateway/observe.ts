@@ -1,7 +1,7 @@
 // The gateway's metric observations (src/metrics.ts defines the series). Labels: the route's
 // catalog model and the channel's name, both bounded by configuration.
 import type { BalanceBucket } from "../generated/prisma/enums.ts";
-import { BUCKET_CURRENCY } from "../money.ts";
+import { BUCKET_CURRENCY } from "../money/amounts.ts";
 import type { PlannedChannel } from "../routing/index.ts";
 import { NONE, fallbacks, gatewayDuration, gatewayOverhead, gatewayRequests, spendMicros, upstreamAttempts, upstreamDuration } from "../metrics.ts";
 import type { RequestState } from "./pipeline/state.ts";

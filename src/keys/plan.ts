@@ -17,10 +17,10 @@ import type { ApiKey, Channel, PriceSnapshot, Route } from "../generated/prisma/
 import type { BalanceBucket, CapScope, FailedChargePolicy } from "../generated/prisma/enums.ts";
 import { canRead, type Viewer } from "../auth/index.ts";
 import { notFound } from "../errors.ts";
-import { RUN_WINDOW, windowFor } from "../accounting/index.ts";
+import { RUN_WINDOW, windowFor } from "../money/windows.ts";
 import { organizationZone } from "../orgs/time-zone.ts";
 import { effectiveCap } from "../budgets/index.ts";
-import { holdable } from "../accounting/charges.ts";
+import { holdable } from "../money/charges.ts";
 import { bucketOf, pricedNowWhere, PRICE_ORDER } from "../routing/index.ts";
 
 /** A money limit: a cap scope, or the bucket's available balance. */

@@ -3,7 +3,7 @@
 // Both take many keys at once (two grouped statements), for lists of keys.
 import { db } from "../db/index.ts";
 import type { BalanceBucket } from "../generated/prisma/enums.ts";
-import { capWindow, type ZoneState } from "../accounting/windows.ts";
+import { capWindow, type ZoneState } from "../money/windows.ts";
 
 export interface BucketSpend {
   bucket: BalanceBucket;

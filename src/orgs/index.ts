@@ -1,6 +1,6 @@
 // Organizations and their wallets: every organization has one wallet with both balance buckets.
 import { db } from "../db/index.ts";
-import { BUCKET_CURRENCY } from "../money.ts";
+import { BUCKET_CURRENCY } from "../money/amounts.ts";
 import type { Organization } from "../generated/prisma/client.ts";
 
 export const DEFAULT_ORGANIZATION_NAME = "default";

@@ -2,7 +2,7 @@
 // export days, series) follows it. How a change takes effect: src/accounting/windows.ts.
 import { db } from "../db/index.ts";
 import type { Organization } from "../generated/prisma/client.ts";
-import { UTC_ZONE, zoneChangePendingUntil, type ZoneState } from "../accounting/windows.ts";
+import { UTC_ZONE, zoneChangePendingUntil, type ZoneState } from "../money/windows.ts";
 import { checkTimeZone } from "../analytics/zones.ts";
 import { writeAudit } from "../audit/index.ts";
 import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/index.ts";

@@ -3,10 +3,10 @@ import { announceThresholdChanged, rearmLowBalance } from "../budgets/low-balanc
 import type { EventBus } from "../events/index.ts";
 import { db } from "../db/index.ts";
 import { isPlatform, resolveOrganizationId } from "../auth/index.ts";
-import { postEntry, walletBucket } from "../accounting/index.ts";
+import { postEntry, walletBucket } from "../money/ledger.ts";
 import { writeAudit } from "../audit/index.ts";
 import { badInput, forbidden } from "../errors.ts";
-import { parseMoney } from "../money.ts";
+import { parseMoney } from "../money/amounts.ts";
 import { BalanceBucket, LedgerKind } from "../generated/prisma/enums.ts";
 import { ledgerWhere } from "./filters.ts";
 import { viewerOf } from "./viewer.ts";

@@ -20,7 +20,7 @@ import { BalanceBucket, type CapScope, FailureCause, HealthState } from "../gene
 import { MoneyRef, moneyOf, moneyOrNull } from "../schema/types/common.ts";
 import { BudgetAlertRef, LowBalanceAlertRef } from "../schema/types/alerts.ts";
 import { ChannelStatsTickRef, LiveSpendTickRef, ScopeStandingRef, WalletTickRef, type ChannelStatsTick, type WalletTick } from "../schema/types/live.ts";
-import { windowFor } from "../accounting/index.ts";
+import { windowFor } from "../money/windows.ts";
 import { organizationZone } from "../orgs/time-zone.ts";
 import { viewerOf } from "./viewer.ts";
 

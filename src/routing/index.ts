@@ -7,7 +7,7 @@ import { assertCanWrite, isPlatform, resolveOrganizationId, type Viewer } from "
 import { writeAudit } from "../audit/index.ts";
 import { capsOf, parseCapInput, setCap, type CapInput } from "../budgets/index.ts";
 import { badInput, DomainError, notFound, requiredText } from "../errors.ts";
-import { BUCKET_CURRENCY, parseMoney } from "../money.ts";
+import { BUCKET_CURRENCY, parseMoney } from "../money/amounts.ts";
 import type { CredentialCipher } from "../secrets.ts";
 import { services } from "../installed.ts";
 import { checkUpstreamHost } from "./addresses.ts";

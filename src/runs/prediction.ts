@@ -5,7 +5,7 @@
 // price change shows in the next estimate. The rules are documented in README "Runs and pre-flight".
 import { db } from "../db/index.ts";
 import type { RunMode } from "../generated/prisma/enums.ts";
-import { requestCharge, type Price } from "../money.ts";
+import { requestCharge, type Price } from "../money/amounts.ts";
 import type { PlannedChannel } from "../routing/index.ts";
 
 /** Finished runs a history estimate needs (of the mode and model, else of the mode across models). */

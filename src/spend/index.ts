@@ -3,10 +3,10 @@
 // Call only after the transaction that charged it has committed.
 import { directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
-import { windowFor, type ZoneState } from "../accounting/windows.ts";
+import { windowFor, type ZoneState } from "../money/windows.ts";
 import { organizationZone } from "../orgs/time-zone.ts";
 import type { EventBus, RequestView, ScopeStanding, SpendEvent } from "../events/index.ts";
-import { onRequestRecorded, type CounterState } from "../requests/index.ts";
+import { onRequestRecorded, type CounterState } from "../money/writer.ts";
 
 export const ALERT_THRESHOLDS = [50, 80, 100] as const;
 

@@ -11,7 +11,7 @@ import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/inde
 import { writeAudit } from "../audit/index.ts";
 import { badInput } from "../errors.ts";
 import type { EventBus, PublishedAlert } from "../events/index.ts";
-import { BUCKET_CURRENCY, formatMoney } from "../money.ts";
+import { BUCKET_CURRENCY, formatMoney } from "../money/amounts.ts";
 import { assertUpstreamAllowed, credentialCipher } from "../routing/index.ts";
 import { generateSecret } from "../secrets.ts";
 

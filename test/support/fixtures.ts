@@ -1,11 +1,11 @@
 // Builds the objects tests need through the same domain functions the API uses.
 import { createAdminToken, type Viewer } from "../../src/auth/index.ts";
-import { postEntry, walletBucket } from "../../src/accounting/index.ts";
+import { postEntry, walletBucket } from "../../src/money/ledger.ts";
 import { createProject } from "../../src/budgets/index.ts";
 import { createApiKey, type KeyCapsInput } from "../../src/keys/index.ts";
 import { ensureDefaultOrganization, ensureOrganization } from "../../src/orgs/index.ts";
 import { setPrice, upsertRoute, type ChannelInput } from "../../src/routing/index.ts";
-import { parseMoney } from "../../src/money.ts";
+import { parseMoney } from "../../src/money/amounts.ts";
 import { db } from "../../src/db/index.ts";
 import type { BalanceBucket } from "../../src/generated/prisma/enums.ts";
 

@@ -3,7 +3,7 @@
 // plain maps — one bucket balance, counters per (scope, scopeId, window), caps per (scope, scopeId),
 // leases with expiries. The database tests and the money simulation run the pool on the real SQL;
 // this store exists so the pool's bookkeeping can be tested in microseconds and without a database.
-import type { GrantAsk, GrantRow, GrantStore, LeaseReturn } from "../../src/accounting/grant-store.ts";
+import type { GrantAsk, GrantRow, GrantStore, LeaseReturn } from "../../src/money/grant-store.ts";
 
 interface MemoryLease {
   id: string;

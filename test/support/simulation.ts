@@ -21,18 +21,19 @@
 // log is printed when it fails.
 import { randomUUID } from "node:crypto";
 import type { Viewer } from "../../src/auth/index.ts";
-import { postEntry, walletBucket, type SqlClient } from "../../src/accounting/index.ts";
-import { failedRequestCharge, holdCovers, usageCharge, worstCase } from "../../src/accounting/charges.ts";
-import { LeasePool, reclaimLeases } from "../../src/accounting/leases.ts";
-import { capWindow, windowFor, zoneChangePendingUntil, type ZoneState } from "../../src/accounting/windows.ts";
+import type { SqlClient } from "../../src/money/sql.ts";
+import { postEntry, walletBucket } from "../../src/money/ledger.ts";
+import { failedRequestCharge, holdCovers, usageCharge, worstCase } from "../../src/money/charges.ts";
+import { LeasePool, reclaimLeases } from "../../src/money/leases.ts";
+import { capWindow, windowFor, zoneChangePendingUntil, type ZoneState } from "../../src/money/windows.ts";
 import { setProjectBudget } from "../../src/budgets/index.ts";
 import { directSql } from "../../src/db/index.ts";
 import type { BalanceBucket, CapScope, FailedChargePolicy, FailureCause } from "../../src/generated/prisma/enums.ts";
-import { GroupCommit } from "../../src/gateway/group-commit.ts";
-import { writeCharged, type HeldCharge, type Written } from "../../src/gateway/money.ts";
+import { GroupCommit } from "../../src/money/group-commit.ts";
+import { writeCharged, type HeldCharge, type Written } from "../../src/money/index.ts";
 import { setKeyCaps } from "../../src/keys/index.ts";
-import { formatMoney, parseMoney } from "../../src/money.ts";
-import { recordBatch, recordWritten, type BatchItem } from "../../src/requests/index.ts";
+import { formatMoney, parseMoney } from "../../src/money/amounts.ts";
+import { recordBatch, recordWritten, type BatchItem } from "../../src/money/writer.ts";
 import { planRoute, setChannelLimits, setPrice, setRouteLimits, upsertRoute } from "../../src/routing/index.ts";
 import { cancelRun, changeRunPause, startRun } from "../../src/runs/index.ts";
 import { claimQuote, QUOTE_TTL_MS } from "../../src/quotes/index.ts";

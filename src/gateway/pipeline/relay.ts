@@ -10,7 +10,7 @@
 // An answer over UPSTREAM_MAX_RESPONSE_BYTES (a non-stream body, or one stream event) is never
 // relayed nor retried elsewhere: 502 upstream_response_too_large, charged as the upstream bills it.
 import type { ServerResponse } from "node:http";
-import { BUCKET_CURRENCY, formatMoney } from "../../money.ts";
+import { BUCKET_CURRENCY, formatMoney } from "../../money/amounts.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
 import { clientClosed, upstreamError, upstreamResponseTooLarge, upstreamTimeout } from "../errors.ts";
 import { drained } from "../http.ts";

@@ -2,8 +2,8 @@
 // price snapshot, capped at its hold: src/accounting/charges.ts), durable before the response's last
 // byte is sent; then its spend is announced from memory (never delaying or failing the request).
 import type { BalanceBucket } from "../../generated/prisma/enums.ts";
-import { usageCharge } from "../../accounting/charges.ts";
-import type { ReceiptInput } from "../../requests/index.ts";
+import { usageCharge } from "../../money/charges.ts";
+import type { ReceiptInput } from "../../money/writer.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
 import { announceSpend } from "../../spend/index.ts";
 import type { RequestView } from "../../events/index.ts";

@@ -4,7 +4,7 @@ import { ChannelHealthEventConnection, ChannelHealthEventOrder } from "./alerts.
 import { PriceSnapshotConnection, PriceSnapshotOrder } from "./price-snapshot.ts";
 import { BalanceBucket, HealthState, Settlement } from "../../generated/prisma/enums.ts";
 import { bucketOf, PRICE_ORDER } from "../../routing/index.ts";
-import { BUCKET_CURRENCY } from "../../money.ts";
+import { BUCKET_CURRENCY } from "../../money/amounts.ts";
 import { db } from "../../db/index.ts";
 import { MoneyRef, budgetMoney } from "./common.ts";
 

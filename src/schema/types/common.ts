@@ -3,7 +3,7 @@ import { GraphQLError, Kind } from "graphql";
 import type { EnumRef } from "@pothos/core";
 import { builder } from "../builder.ts";
 import { BalanceBucket, CapScope, ChannelRole, FailedChargePolicy, FailureCause, HealthState, KeyStatus, LedgerKind, RunMode, RunStatus, Settlement, AdminRole } from "../../generated/prisma/enums.ts";
-import { BUCKET_CURRENCY, formatMoney, type Money } from "../../money.ts";
+import { BUCKET_CURRENCY, formatMoney, type Money } from "../../money/amounts.ts";
 import type { BudgetStatus } from "../../budgets/index.ts";
 import type { Context } from "../builder.ts";
 

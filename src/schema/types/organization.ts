@@ -1,7 +1,7 @@
 import { builder } from "../builder.ts";
 import { NodeRef } from "./node.ts";
 import { ProjectConnection, ProjectOrder } from "./project.ts";
-import { zoneChangePendingUntil } from "../../accounting/windows.ts";
+import { zoneChangePendingUntil } from "../../money/windows.ts";
 
 interface TimeZoneChange {
   from: string;

@@ -1,7 +1,7 @@
 // Money is integer micro-units (1e-6) in BigInt. Decimal strings cross the API boundary; floats never touch money.
-import type { BalanceBucket } from "./generated/prisma/enums.ts";
-import { badInput } from "./errors.ts";
-import { services } from "./installed.ts";
+import type { BalanceBucket } from "../generated/prisma/enums.ts";
+import { badInput } from "../errors.ts";
+import { services } from "../installed.ts";
 
 export const MICROS_PER_UNIT = 1_000_000n;
 /** 10^12 units: far beyond any real balance, and still exact in BigInt and Postgres bigint. */

@@ -3,7 +3,7 @@
 // prisma/functions.sql, which lock the bucket and every counter so caps hold across instances.
 // Tests of the pool's own logic can put an in-memory store behind the same interface
 // (test/support/memory-grants.ts); the database tests and the simulation run on the SQL one.
-import { translateDbError, type SqlClient } from "./index.ts";
+import { translateDbError, type SqlClient } from "./sql.ts";
 
 /** One scope a grant asks for: `need` now (refused below it), up to `want`; `lease_id` tops up that lease. */
 export interface GrantAsk {

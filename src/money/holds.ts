@@ -1,61 +1,13 @@
-// Accounting: holds, charges and ledger entries. Each operation is one call of a SQL function
-// (prisma/migrations/*_init) so caps hold across any number of gateway processes: the bucket
-// row and every cap counter are locked in one fixed order and checked in the same statement.
-import { db, type PrismaClient, type RawSqlClient } from "../db/index.ts";
-import { DomainError, badInput, conflict, notFound } from "../errors.ts";
-import type { BalanceBucket, CapScope, LedgerKind } from "../generated/prisma/enums.ts";
-import type { LedgerEntry, WalletBucket } from "../generated/prisma/client.ts";
-import { MAX_AMOUNT_MICROS } from "../money.ts";
-
-export type Refusal = CapScope | "INSUFFICIENT_BALANCE" | "RUN_CANCELLED" | "RUN_PAUSED";
-
-/** Anything that can run raw SQL: the process client, a second client in tests, a transaction. */
-export type SqlClient = RawSqlClient;
+// The holds admission path (GATEWAY_ADMISSION=holds): a Hold row per request, reserved, settled,
+// released, extended and expired by one call of a SQL function each (prisma/functions.sql), so caps
+// hold across any number of gateway processes: the bucket row and every cap counter are locked in
+// one fixed order and checked in the same statement. The lease path (leases.ts) is the default.
+import { db } from "../db/index.ts";
+import { MAX_AMOUNT_MICROS } from "./amounts.ts";
+import { translateDbError, type Refusal, type SqlClient } from "./sql.ts";
+import { capWindow, type ZoneState } from "./windows.ts";
 
 const utc = (d: Date) => d.toISOString();
-
-import { capWindow, windowFor, type ZoneState } from "./windows.ts";
-export { RUN_WINDOW, UTC_ZONE, windowFor, capWindow, type ZoneState } from "./windows.ts";
-
-/**
- * tg_record_batch refused a batch: these leases were reclaimed (their instance stalled past the
- * grace) before it learnt so. The charges out of them are admitted anew (LeasePool.backed) and written again.
- */
-export class LeaseGoneError extends Error {
-  constructor(readonly leaseIds: string[]) {
-    super(`leases reclaimed before their charges were written: ${leaseIds.join(", ")}`);
-    this.name = "LeaseGoneError";
-  }
-}
-
-/** The database's own message, wherever the driver adapter put it (adapters differ). */
-function databaseMessage(error: unknown): string {
-  const meta = (error as { meta?: { driverAdapterError?: { cause?: { message?: string; originalMessage?: string } } } }).meta;
-  const cause = meta?.driverAdapterError?.cause;
-  return [error instanceof Error ? error.message : String(error), cause?.message, cause?.originalMessage].filter(Boolean).join(" ");
-}
-
-/** Turns the SQL functions' TG_* exceptions into domain errors. */
-export function translateDbError(error: unknown): never {
-  const message = databaseMessage(error);
-  const match = /TG_([A-Z_]+): ([^\n"]*)/.exec(message);
-  if (match) {
-    const [, code, detail] = match;
-    switch (code) {
-      case "CONFLICT":
-        throw conflict(detail!.trim());
-      case "NOT_FOUND":
-        throw new DomainError("NOT_FOUND", detail!.trim());
-      case "INSUFFICIENT_BALANCE":
-        throw new DomainError("BAD_USER_INPUT", `amount: ${detail!.trim()}`, "amount");
-      case "LEASE_GONE":
-        throw new LeaseGoneError(detail!.trim().split(",").filter(Boolean));
-      default:
-        throw new Error(`TG_${code}: ${detail!.trim()}`, { cause: error });
-    }
-  }
-  throw error;
-}
 
 export interface ReserveInput {
   requestId: string;
@@ -226,55 +178,4 @@ export function startHoldSweeper(intervalMs: number, onError: (e: unknown) => vo
   }, intervalMs);
   timer.unref();
   return () => clearInterval(timer);
-}
-
-export interface PostEntryInput {
-  bucketId: string;
-  kind: Exclude<LedgerKind, "CHARGE">;
-  amount: bigint;
-  idempotencyKey: string;
-  actorTokenId?: string | null;
-  memo?: string | null;
-  now?: Date;
-}
-
-/** Writes a TOPUP / ADJUSTMENT / REFUND once per idempotency key; a replay returns the first entry. */
-export async function postEntry(input: PostEntryInput, client: SqlClient & Pick<PrismaClient, "ledgerEntry"> = db): Promise<{ entry: LedgerEntry; created: boolean }> {
-  if (!input.idempotencyKey.trim()) throw badInput("idempotencyKey", "must not be empty");
-  if (input.idempotencyKey.length > 200) throw badInput("idempotencyKey", "must be at most 200 characters");
-  const rows = await client
-    .$queryRawUnsafe<{ entry_id: string; created: boolean }[]>(
-      `SELECT entry_id, created FROM tg_post_entry($1, $2::"LedgerKind", $3::bigint, $4, $5, $6, $7::timestamptz AT TIME ZONE 'UTC')`,
-      input.bucketId,
-      input.kind,
-      input.amount.toString(),
-      // Namespaced so client keys can never collide with the internal `hold:` keys of charges.
-      `client:${input.idempotencyKey}`,
-      input.actorTokenId ?? null,
-      input.memo ?? null,
-      utc(input.now ?? new Date()),
-    )
-    .catch(translateDbError);
-  const row = rows[0]!;
-  const entry = await client.ledgerEntry.findUniqueOrThrow({ where: { id: row.entry_id } });
-  return { entry, created: row.created };
-}
-
-export async function walletBucket(organizationId: string, bucket: BalanceBucket): Promise<WalletBucket> {
-  const found = await db.walletBucket.findFirst({ where: { bucket, wallet: { organizationId } } });
-  if (!found) throw notFound("wallet bucket", `${organizationId}/${bucket}`);
-  return found;
-}
-
-export interface ScopeSpend {
-  spent: bigint;
-  held: bigint;
-}
-
-/** Spent and held for one scope, bucket and window (zero when nothing was reserved yet). */
-export async function scopeSpend(scope: CapScope, scopeId: string, bucket: BalanceBucket, now = new Date(), zone?: ZoneState): Promise<ScopeSpend> {
-  const counter = await db.spendCounter.findUnique({
-    where: { scope_scopeId_bucket_windowStart: { scope, scopeId, bucket, windowStart: windowFor(scope, now, zone) } },
-  });
-  return { spent: counter?.spent ?? 0n, held: counter?.held ?? 0n };
 }

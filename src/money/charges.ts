@@ -3,7 +3,7 @@
 // the charge for its usage (never more than was held), and a failed request's charge under the
 // key's failed-request policy. Integers only; rounding is tokenCharge's (src/money.ts).
 import type { FailedChargePolicy, FailureCause } from "../generated/prisma/enums.ts";
-import { MAX_AMOUNT_MICROS, classCharge, classChargeBound, requestCharge, tokenCharge, type ClassUsage, type Price } from "../money.ts";
+import { MAX_AMOUNT_MICROS, classCharge, classChargeBound, requestCharge, tokenCharge, type ClassUsage, type Price } from "./amounts.ts";
 
 /** Token counts a charge is computed from: the totals, and the classes inside them when the upstream reported them. */
 export type TokenUsage = ClassUsage;

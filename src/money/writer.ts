@@ -5,10 +5,10 @@
 import { randomUUID } from "node:crypto";
 import { directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope, ChannelRole, FailureCause } from "../generated/prisma/enums.ts";
-import { translateDbError } from "../accounting/index.ts";
-import { chargeBatchParams, RECORD_BATCH_SQL, type ChargeLease, type ChargeRow } from "../accounting/leases.ts";
+import { translateDbError } from "./sql.ts";
+import { chargeBatchParams, RECORD_BATCH_SQL, type ChargeLease, type ChargeRow } from "./leases.ts";
 import { storable } from "../text.ts";
-import { storedPath, type AttemptStep } from "./attempts.ts";
+import { storedPath, type AttemptStep } from "../requests/attempts.ts";
 
 export interface ReceiptInput {
   requestId: string;

@@ -22,8 +22,9 @@
 // - Rate limits (rpm, tpm, concurrency): src/gateway/rate-limit.ts, before admission.
 import { randomUUID } from "node:crypto";
 import { currentDatabase, directSql } from "../db/index.ts";
-import { LeaseGoneError, release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "../accounting/index.ts";
-import { LeasePool, reclaimLeases, type LeaseHold } from "../accounting/leases.ts";
+import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "./holds.ts";
+import { LeaseGoneError } from "./sql.ts";
+import { LeasePool, reclaimLeases, type LeaseHold } from "./leases.ts";
 import { GroupCommit } from "./group-commit.ts";
 import type { EventBus } from "../events/index.ts";
 
@@ -39,7 +40,7 @@ import {
   type FailedRequestInput,
   type HoldRef,
   type ReceiptInput,
-} from "../requests/index.ts";
+} from "./writer.ts";
 
 const RECALL_EVERY_MS = 250;
 /** Tries of a durable write before the request fails (about 1.5 s of retries). */

@@ -14,12 +14,12 @@
 // (issue 14). A dead instance's leases are reclaimed a grace period after their TTL, the longest a
 // request admitted against them can run (tg_reclaim_leases); expiry runs on the database's clock.
 import { randomUUID } from "node:crypto";
-import type { SqlClient } from "./index.ts";
-import { LeaseGoneError, translateDbError } from "./index.ts";
+import type { SqlClient } from "./sql.ts";
+import { LeaseGoneError, translateDbError } from "./sql.ts";
 import { sqlGrantStore, type GrantAsk, type GrantStore } from "./grant-store.ts";
 import { capWindow, RUN_WINDOW, type ZoneState } from "./windows.ts";
 import type { CapScope } from "../generated/prisma/enums.ts";
-import { MAX_AMOUNT_MICROS } from "../money.ts";
+import { MAX_AMOUNT_MICROS } from "./amounts.ts";
 import { services } from "../installed.ts";
 
 /** A counter scope, or the bucket's available balance. */
