@@ -1,5 +1,5 @@
 // The day and month windows caps count in, in an organization's zone, and how a change of zone
-// takes effect (src/accounting/windows.ts). Pure: instants in, window starts and ends out.
+// takes effect (src/money/windows.ts). Pure: instants in, window starts and ends out.
 import { describe, expect, it } from "vitest";
 import { capWindow, UTC_ZONE, windowFor, ZONE_CHANGE_MARGIN_MS, zoneChangePendingUntil, type ZoneState } from "../src/money/windows.ts";
 

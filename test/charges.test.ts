@@ -1,4 +1,4 @@
-// Every amount the gateway holds or charges is decided by src/accounting/charges.ts: worst case,
+// Every amount the gateway holds or charges is decided by src/money/charges.ts: worst case,
 // the fallback's hold, the usage charge capped at the hold, and the failed-request policy.
 import { describe, expect, it } from "vitest";
 import { capAtHold, failedRequestCharge, holdable, holdCovers, usageCharge, worstCase } from "../src/money/charges.ts";

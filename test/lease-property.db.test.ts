@@ -240,7 +240,7 @@ describe("lease invariants under random sequences (two instances)", () => {
                 );
                 grace.set(scopeKey, (grace.get(scopeKey) ?? 0n) + inFlight + BigInt(dead!.held));
                 await setKeyCaps(w.viewer, { keyId: keys[0]!.id, dailyCap: m(s.keyDaily), capBucket: "CREDIT" });
-                // What the leasesRevoked event does in the gateway (src/gateway/money.ts).
+                // What the leasesRevoked event does in the gateway (src/money/index.ts).
                 for (const p of pools) await p.forgetScope("KEY_DAILY", keys[0]!.id);
                 break;
               }

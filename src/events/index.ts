@@ -196,7 +196,7 @@ export type Topics = {
   balanceThresholdChanged: [{ bucketId: string }];
   /** An admin token was revoked: every instance closes the sockets it authenticated. */
   adminTokenRevoked: [{ tokenId: string }];
-  /** A cap changed: its scope's budget leases were revoked; every instance forgets its own (src/accounting/leases.ts). */
+  /** A cap changed: its scope's budget leases were revoked; every instance forgets its own (src/money/leases.ts). */
   leasesRevoked: [{ scope: string; scopeId: string }];
   /** An instance was refused near a cap: the others give back the free part of their leases of that scope. */
   leaseRecall: [{ instanceId: string; bucketId: string; scope: string; scopeId: string }];

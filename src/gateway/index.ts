@@ -43,7 +43,7 @@
 //   admission is in memory against this instance's budget leases and each request is written once
 //   (record + charge) by a batched writer; with GATEWAY_ADMISSION=holds, reservations (Hold rows)
 //   and receipts are group-committed (one statement and one WAL flush per batch). Both are sent
-//   straight to the driver (src/gateway/money.ts).
+//   straight to the driver (src/money/index.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";

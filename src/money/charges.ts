@@ -1,7 +1,7 @@
 // What a request may be charged, decided in one place (the gateway's pipeline only carries the
 // numbers): its worst case before the upstream call, whether a hold already covers a fallback,
 // the charge for its usage (never more than was held), and a failed request's charge under the
-// key's failed-request policy. Integers only; rounding is tokenCharge's (src/money.ts).
+// key's failed-request policy. Integers only; rounding is tokenCharge's (src/money/amounts.ts).
 import type { FailedChargePolicy, FailureCause } from "../generated/prisma/enums.ts";
 import { MAX_AMOUNT_MICROS, classCharge, classChargeBound, requestCharge, tokenCharge, type ClassUsage, type Price } from "./amounts.ts";
 

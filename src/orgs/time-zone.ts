@@ -1,5 +1,5 @@
 // The organization's time zone: every day and month window (caps, spend today, budget alerts,
-// export days, series) follows it. How a change takes effect: src/accounting/windows.ts.
+// export days, series) follows it. How a change takes effect: src/money/windows.ts.
 import { db } from "../db/index.ts";
 import type { Organization } from "../generated/prisma/client.ts";
 import { UTC_ZONE, zoneChangePendingUntil, type ZoneState } from "../money/windows.ts";
@@ -27,7 +27,7 @@ export async function organizationZones(organizationIds: readonly string[]): Pro
   return organizationIds.map((id) => byId.get(id) ?? UTC_ZONE);
 }
 
-/** The organization's zone state, what every day and month window is computed from (src/accounting/windows.ts). */
+/** The organization's zone state, what every day and month window is computed from (src/money/windows.ts). */
 export async function organizationZone(organizationId: string): Promise<ZoneState> {
   const hit = zones.get(organizationId);
   if (hit && hit.until > Date.now()) return hit.zone;
@@ -51,7 +51,7 @@ export async function organizationTimeZone(organizationId: string): Promise<stri
 
 /**
  * Sets the organization's IANA zone (audited). Windows already open run on to the new zone's next
- * boundary (see src/accounting/windows.ts), so the change is complete at `zoneChangePendingUntil`;
+ * boundary (see src/money/windows.ts), so the change is complete at `zoneChangePendingUntil`;
  * another change before then is refused (CONFLICT), the same zone is a no-op.
  */
 export async function setOrganizationTimeZone(viewer: Viewer, input: { organizationId: string | null; timeZone: string }, now = new Date()): Promise<Organization> {

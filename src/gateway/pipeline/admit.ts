@@ -1,6 +1,6 @@
 // Stage 3, admit: the request's place in its key's rate limits (counted with its token bound),
 // then, per channel tried, its worst case held against every cap and the balance (money path:
-// src/gateway/money.ts; the amounts: src/accounting/charges.ts). Refusals: 429 rate_limit_exceeded;
+// src/money/index.ts; the amounts: src/money/charges.ts). Refusals: 429 rate_limit_exceeded;
 // 402 budget_exceeded naming the cap scope (KEY_PER_REQUEST for the key's per-request maximum),
 // 402 insufficient_balance, 402 run_paused / run_cancelled (not 409: SDKs retry 409).
 import type { ApiKey } from "../../generated/prisma/client.ts";

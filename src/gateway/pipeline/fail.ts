@@ -1,6 +1,6 @@
 // Stage 5', fail: a request that ends in an error is recorded once (FailedRequest + its charge under
 // the key's failed-request policy, which applies once an attempt reached the upstream:
-// src/accounting/charges.ts; its hold is resolved with it), then answered: an error in OpenAI's
+// src/money/charges.ts; its hold is resolved with it), then answered: an error in OpenAI's
 // shape, or mid-stream an SSE error event (OpenAI SDKs raise it), the charge, and no [DONE].
 // Failed attempts followed by a successful fallback are not charged: the receipt is the charge.
 import type { ServerResponse } from "node:http";

@@ -12,8 +12,8 @@
 // settle.ts        receipt + charge, durable before the last byte; spend announced from memory
 // fail.ts          FailedRequest + its policy charge, then the error answer
 //
-// Every amount is decided in src/accounting/charges.ts; the money path (holds or leases) is
-// src/gateway/money.ts. Every exit leaves the request recorded exactly once and its hold resolved
+// Every amount is decided in src/money/charges.ts; the money path (holds or leases) is
+// src/money/index.ts. Every exit leaves the request recorded exactly once and its hold resolved
 // (the caller's `finally` releases a hold an unexpected error left behind).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { lookupBearer, usableKey } from "./authenticate.ts";

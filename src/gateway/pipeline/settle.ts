@@ -1,5 +1,5 @@
 // Stage 5, settle: a completed request's receipt and charge (its usage priced with the channel's
-// price snapshot, capped at its hold: src/accounting/charges.ts), durable before the response's last
+// price snapshot, capped at its hold: src/money/charges.ts), durable before the response's last
 // byte is sent; then its spend is announced from memory (never delaying or failing the request).
 import type { BalanceBucket } from "../../generated/prisma/enums.ts";
 import { usageCharge } from "../../money/charges.ts";

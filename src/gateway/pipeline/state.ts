@@ -32,7 +32,7 @@ export interface GatewayDeps {
   lookups: Lookups;
   upstream: UpstreamClient;
   log: (level: "debug" | "info" | "warn" | "error", message: string, extra?: Record<string, unknown>) => void;
-  /** Admission: holds the worst case against every cap (see src/gateway/money.ts). */
+  /** Admission: holds the worst case against every cap (see src/money/index.ts). */
   reserve: (input: ReserveInput) => Promise<ReserveResult>;
   /** Receipt + charge (batched). */
   settle: (item: { record: ReceiptInput; hold: HoldRef; bucketId: string }) => Promise<{ id: string; committed?: Promise<void> }>;
