@@ -1,25 +1,47 @@
-// The money path of one gateway instance: admit (hold a request's worst case), settle (receipt +
-// charge), release, record a failure (failed request + its policy charge). Two implementations
+// The money door: the one object the gateway holds per instance (MoneyPath), with its verbs admit
+// (`reserve`: hold a request's worst case), `settle` (receipt + charge), `release` (drop a hold
+// uncharged) and fail (`recordFailure`: failed request + its policy charge). Two implementations
 // behind one interface, chosen by GATEWAY_ADMISSION:
 // - "leases" (issue 9, the default): admission in memory against this instance's budget leases,
 //   and one batched write per request (record + charge, aggregated deltas) through recordBatch;
 // - "holds": a Hold row per request, reserved and resolved by SQL functions, group-committed.
 //
 // Where each limit is enforced (one answer per limit; the SQL functions are in prisma/functions.sql):
-// - KEY_PER_REQUEST: LeasePool.admit (perRequestCap, read here and cached capCacheTtlMs); holds: tg_reserve.
+// - KEY_PER_REQUEST: LeasePool.admit (src/money/leases.ts; perRequestCap is read here and cached
+//   capCacheTtlMs); holds: tg_reserve (src/money/holds.ts).
 // - KEY_DAILY, PROJECT_DAILY, PROJECT_MONTHLY, ROUTE_DAILY, CHANNEL_DAILY, RUN_TOTAL: which scopes a
-//   request counts in is leaseScopes (src/accounting/leases.ts); the window each counts in is
-//   capWindow (src/accounting/windows.ts, the organization's zone); the cap is tg_effective_cap; the
-//   check is tg_lease_grant when a lease falls short (else the lease's headroom, in memory) and
-//   tg_reserve on holds. A CHANNEL_DAILY refusal skips to the next channel (pipeline/forward.ts); a
-//   RUN_TOTAL refusal ends the run EXHAUSTED (markRunExhausted, src/runs).
+//   request counts in is leaseScopes (src/money/leases.ts); the window each counts in is
+//   capWindow (src/money/windows.ts, the organization's zone); the cap is tg_effective_cap; the
+//   check is tg_lease_grant (src/money/grant-store.ts) when a lease falls short (else the lease's
+//   headroom, in memory: LeasePool.admit) and tg_reserve on holds. A CHANNEL_DAILY refusal skips to
+//   the next channel (refusalSkipsChannel, below, asked by src/gateway/pipeline/forward.ts); a
+//   RUN_TOTAL refusal ends the run EXHAUSTED (markRunExhausted, src/runs, called by pipeline/fail.ts).
 // - Run paused / cancelled: tg_lease_grant and tg_reserve refuse RUN_TOTAL leases / holds of a run not ACTIVE.
 // - The balance (BALANCE): a lease of the bucket (tg_lease_grant), or the bucket row (tg_reserve).
-// - A cap changed with requests in flight: revokeLeases in the change's transaction (budgets, runs),
-//   the instances drain those leases (leasesRevoked, or the next renewal).
-// - The charge: src/accounting/charges.ts (never above the hold: usageCharge); written with its
-//   receipt and ledger entry by tg_record_batch (leases) or tg_resolve_hold (holds).
-// - Rate limits (rpm, tpm, concurrency): src/gateway/rate-limit.ts, before admission.
+// - A cap changed with requests in flight: revokeLeases (src/money/leases.ts) in the change's
+//   transaction (src/budgets, src/runs); the instances drain those leases (leasesRevoked, below, or
+//   the next renewal).
+// - The charge: src/money/charges.ts (never above the hold: usageCharge, capAtHold); written with
+//   its receipt and ledger entry by tg_record_batch (src/money/writer.ts: recordBatch, leases) or
+//   tg_resolve_hold (writer.ts: recordReceipt / recordFailure, holds).
+// - Rate limits (rpm, tpm, concurrency): src/gateway/rate-limit.ts, before admission (not money).
+//
+// The folder (src/money/), which file does what:
+// - index.ts        this door: MoneyPath, leaseMoneyPath / holdMoneyPath, writeCharged (the one place
+//                   a request's spend becomes durable), the heartbeat and recall timers;
+// - charges.ts      every amount: worst case, whether a hold covers a fallback, the usage charge, a
+//                   failed request's charge;
+// - leases.ts       LeasePool (admission in memory against budget leases, grants, renewal, give-back,
+//                   recall), leaseScopes, revokeLeases / reclaimLeases, the charge batch's SQL;
+// - grant-store.ts  the three statements behind a LeasePool (tg_lease_grant / _return / _renew);
+// - windows.ts      the day / month / run window a cap counts in, in the organization's zone;
+// - writer.ts       receipts and failed requests with their charges: the batched writer (recordBatch)
+//                   and the holds path's writes; onRequestRecorded, told after each commit;
+// - group-commit.ts batches calls that arrive while a statement is in flight;
+// - holds.ts        the holds admission path (reserve / settle / release / expire / extend, sweeper);
+// - ledger.ts       top-ups / adjustments / refunds (postEntry), walletBucket, scopeSpend;
+// - sql.ts          SqlClient, Refusal, LeaseGoneError and the TG_* error translation;
+// - amounts.ts      micro-unit amounts (parseMoney / formatMoney), bucket currencies, token prices.
 import { randomUUID } from "node:crypto";
 import { currentDatabase, directSql } from "../db/index.ts";
 import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "./holds.ts";
@@ -27,6 +49,7 @@ import { LeaseGoneError } from "./sql.ts";
 import { LeasePool, reclaimLeases, type LeaseHold } from "./leases.ts";
 import { GroupCommit } from "./group-commit.ts";
 import type { EventBus } from "../events/index.ts";
+import type { CapScope } from "../generated/prisma/enums.ts";
 
 import {
   capToHold,
@@ -42,11 +65,27 @@ import {
   type ReceiptInput,
 } from "./writer.ts";
 
+// Tuning constants (the settings, LEASE_* and SEND_BEFORE_COMMIT_MS, are read in config.ts).
+/** A refusal asks other instances to give back a scope's headroom at most once per this, per scope. */
 const RECALL_EVERY_MS = 250;
+/** Scopes whose last recall is remembered at most (forgotten all at once past it). */
+const RECALL_MEMORY_MAX = 10_000;
 /** Tries of a durable write before the request fails (about 1.5 s of retries). */
 const DURABLE_WRITE_TRIES = 6;
+/** Backoff between tries: RETRY_BASE_MS × 2^try, at most RETRY_MAX_MS. */
+const RETRY_BASE_MS = 25;
+const RETRY_MAX_MS = 1_000;
 /** Re-admissions of a charge whose lease the database reclaimed under it, per write (each finds new leases). */
 const REBACKS_PER_WRITE = 3;
+/** Records per statement of the batched writer. */
+const WRITER_MAX_BATCH = 256;
+/** The heartbeat runs every TTL / 3, never more often than this. */
+const HEARTBEAT_MIN_MS = 50;
+/** Recorded requests whose batch's counters are kept until their event is announced (oldest dropped). */
+const SPEND_STATES_KEPT = 10_000;
+
+/** A refusal by the channel's own daily cap: the gateway tries its next channel instead of answering it. */
+export const refusalSkipsChannel = (scope: CapScope | null): boolean => scope === "CHANNEL_DAILY";
 
 export interface Settlement {
   record: ReceiptInput;
@@ -164,7 +203,7 @@ export async function writeCharged(deps: ChargeWriteDeps, item: BatchItem, held:
         throw e;
       }
       if (attempt === 1) deps.onError(`${entry.kind} of request ${entry.record.requestId} could not be written; retrying`, e);
-      await (deps.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms))))(Math.min(1_000, 25 * 2 ** attempt));
+      await (deps.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms))))(Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** attempt));
       attempt++;
     }
   }
@@ -215,7 +254,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
       const k = `${key.bucketId}|${key.scope}|${key.scopeId}`;
       const now = Date.now();
       if ((recalled.get(k) ?? 0) > now - RECALL_EVERY_MS) return;
-      if (recalled.size > 10_000) recalled.clear();
+      if (recalled.size > RECALL_MEMORY_MAX) recalled.clear();
       recalled.set(k, now);
       options.events.publish("leaseRecall", { instanceId, bucketId: key.bucketId, scope: key.scope, scopeId: key.scopeId });
     },
@@ -244,7 +283,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
     async (item) => (await recordBatch([item]))[0]!,
     // PostgreSQL: a second batch is sent while the first waits on its WAL flush. PGlite runs one
     // statement at a time on this thread: a second in flight would only split batches in two.
-    { maxBatch: 256, maxInFlight: currentDatabase()?.kind === "pglite" ? 1 : 2, windowMs: options.sendBeforeCommitMs },
+    { maxBatch: WRITER_MAX_BATCH, maxInFlight: currentDatabase()?.kind === "pglite" ? 1 : 2, windowMs: options.sendBeforeCommitMs },
   );
 
   /** A write retried until it commits (see writeCharged); `tries` Infinity once its response went out. */
@@ -279,14 +318,14 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
           beating = null;
         });
     },
-    Math.max(50, Math.floor(options.ttlMs / 3)),
+    Math.max(HEARTBEAT_MIN_MS, Math.floor(options.ttlMs / 3)),
   );
   timer.unref();
 
   // Counters each recorded request's batch returned, until its event is announced (bounded: oldest dropped).
   const recent = new Map<string, CounterState[]>();
   const remember = (requestId: string, counters: CounterState[]) => {
-    if (recent.size >= 10_000) recent.delete(recent.keys().next().value!);
+    if (recent.size >= SPEND_STATES_KEPT) recent.delete(recent.keys().next().value!);
     recent.set(requestId, counters);
   };
 

@@ -22,6 +22,22 @@ import type { CapScope } from "../generated/prisma/enums.ts";
 import { MAX_AMOUNT_MICROS } from "./amounts.ts";
 import { services } from "../installed.ts";
 
+// Tuning constants (the settings LEASE_TTL_MS, LEASE_CHUNK_REQUESTS and LEASE_RECLAIM_GRACE_MS are read in config.ts).
+/** How long a refused grant is answered from memory (for requests asking as much or more). */
+const REFUSAL_MEMORY_MS = 25;
+/** Refusals remembered at most (forgotten all at once past it). */
+const REFUSAL_MEMORY_MAX = 10_000;
+/** Grant statements one admission may send before it is refused with the scope still short. */
+const GRANT_TRIES = 4;
+/** Waits on this instance's grant in flight for the same bucket, per admission. */
+const GRANT_WAITS = 64;
+/** Default idle time before an unused lease goes back: the TTL divided by this. */
+const IDLE_TTL_DIVISOR = 2;
+/** Default margin before expiry within which a lease is not used: the TTL divided by this. */
+const SAFETY_TTL_DIVISOR = 4;
+/** Re-admissions of a charge batch whose leases the database reclaimed under it (chargeBatch). */
+const CHARGE_BATCH_REBACKS = 3;
+
 /** A counter scope, or the bucket's available balance. */
 export type LeaseScopeName = CapScope | "BALANCE";
 
@@ -101,9 +117,6 @@ export interface LeasePoolOptions {
   onDrained?: () => void;
 }
 
-/** How long a refused grant is answered from memory (for requests asking as much or more). */
-const REFUSAL_MEMORY_MS = 25;
-
 const keyOf = (k: LeaseKey) => `${k.bucketId}|${k.scope}|${k.scopeId}|${k.windowStart.toISOString()}`;
 const scopeOfRefusal = (refusal: LeaseRefusal): LeaseScopeName => (refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal === "RUN_PAUSED" || refusal === "RUN_CANCELLED" ? "RUN_TOTAL" : refusal);
 
@@ -155,8 +168,8 @@ export class LeasePool {
   ) {
     this.store = typeof (client as SqlClient).$queryRawUnsafe === "function" ? sqlGrantStore(client as SqlClient) : (client as GrantStore);
     this.clock = options.clock ?? Date.now;
-    this.idleMs = options.idleMs ?? Math.floor(options.ttlMs / 2);
-    this.safetyMs = options.safetyMs ?? Math.floor(options.ttlMs / 4);
+    this.idleMs = options.idleMs ?? Math.floor(options.ttlMs / IDLE_TTL_DIVISOR);
+    this.safetyMs = options.safetyMs ?? Math.floor(options.ttlMs / SAFETY_TTL_DIVISOR);
   }
 
   get instanceId(): string {
@@ -184,7 +197,7 @@ export class LeasePool {
 
   private async admitScopes(scopes: LeaseKey[], amount: bigint, bucketId: string): Promise<AdmitResult> {
     // A grant may be taken by concurrent admissions of this instance before ours checks it again.
-    for (let attempt = 0, waits = 0; attempt < 4 && waits < 64; ) {
+    for (let attempt = 0, waits = 0; attempt < GRANT_TRIES && waits < GRANT_WAITS; ) {
       const short = this.tryHold(scopes, amount, bucketId);
       if (!Array.isArray(short)) return { ok: true, hold: short };
       // One grant per bucket at a time: requests that fall short together wait for it rather than
@@ -240,7 +253,7 @@ export class LeasePool {
     const scope = scopeOfRefusal(refusal);
     const key = short.find((s) => s.key.scope === scope)?.key;
     if (!key) return;
-    if (this.refused.size > 10_000) this.refused.clear();
+    if (this.refused.size > REFUSAL_MEMORY_MAX) this.refused.clear();
     this.refused.set(keyOf(key), { until: this.clock() + REFUSAL_MEMORY_MS, amount, refusal });
   }
 
@@ -681,7 +694,7 @@ export async function chargeBatch(pool: LeasePool, items: ChargeItem[], client: 
       return new Map(rows.filter((r) => r.request_id !== null).map((r) => [r.request_id!, { ledgerEntryId: r.ledger_entry_id, balanceAfter: BigInt(r.balance_after) }]));
     } catch (e) {
       // Reclaimed before a renewal told the pool: back those charges anew and write again.
-      if (!(e instanceof LeaseGoneError) || rebacks >= 3) throw e;
+      if (!(e instanceof LeaseGoneError) || rebacks >= CHARGE_BATCH_REBACKS) throw e;
       pool.markGone(e.leaseIds);
     }
   }

@@ -14,6 +14,7 @@
 import type { ServerResponse } from "node:http";
 import type { ApiKey } from "../../generated/prisma/client.ts";
 import { holdCovers, worstCase } from "../../money/charges.ts";
+import { refusalSkipsChannel } from "../../money/index.ts";
 import type { Admission, ChannelRef } from "../../health/index.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
 import { GatewayError, channelsDown, clientClosed, upstreamRejected, upstreamError, upstreamTimeout } from "../errors.ts";
@@ -123,7 +124,7 @@ async function tryChannel(
     ok = started ? healthVerdict(error) : null;
     ended = state.current?.cause ?? thrownCause(error);
     // A channel whose own daily cap refuses is skipped like an unusable channel; only when none is left is that refusal the answer.
-    if (error instanceof GatewayError && error.capScope === "CHANNEL_DAILY") return error;
+    if (error instanceof GatewayError && refusalSkipsChannel(error.capScope)) return error;
     throw error;
   } finally {
     if (started) {
