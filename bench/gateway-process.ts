@@ -11,6 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import type { AddressInfo } from "node:net";
 import { directSql, openDatabase, useDatabase } from "../src/db/index.ts";
+import { logger } from "../src/log.ts";
 import { loadConfig } from "../src/config.ts";
 import { createGateway } from "../src/gateway/index.ts";
 import { route, world } from "../test/support/fixtures.ts";
@@ -36,7 +37,10 @@ async function staleLeases(now: Date): Promise<number> {
 }
 
 // BENCH_ADMISSION=holds measures the per-request Hold path; the default is the lease path.
-const gateway = createGateway(loadConfig({ ...process.env, LOG_LEVEL: "warn", GATEWAY_ADMISSION: process.env.BENCH_ADMISSION || "leases" }));
+const config = loadConfig({ ...process.env, LOG_LEVEL: "warn", GATEWAY_ADMISSION: process.env.BENCH_ADMISSION || "leases" });
+// The logger's level is set by whoever starts the process (main.ts does it for `serve`): without this, every request logs at info.
+logger.level = config.logLevel;
+const gateway = createGateway(config);
 const server = http.createServer((req, res) => {
   if (req.url?.startsWith("/v1/")) return void gateway.handle(req, res);
   if (req.url === "/bench/stats") {

@@ -7,6 +7,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { openDatabase, useDatabase } from "../src/db/index.ts";
+import { logger } from "../src/log.ts";
 import { loadConfig } from "../src/config.ts";
 import { startServer } from "../src/server.ts";
 import { installServices, servicesWith } from "../src/installed.ts";
@@ -27,7 +28,9 @@ for (let i = 1; i < keys; i++) await createApiKey(w.viewer, { projectId: w.proje
 const adminToken = (await createAdminToken({ name: "bench live", role: "ORG_ADMIN", organizationId: w.org.id })).secret;
 
 // Installed: the settings of the environment (LIVE_QUEUE_LIMIT, …) apply to the whole process, as in `npm start`.
-const server = await startServer(installServices(servicesWith({ ...loadConfig({ ...process.env, LOG_LEVEL: "warn" }), port: 0, host: "127.0.0.1" })), { quiet: true });
+const config = loadConfig({ ...process.env, LOG_LEVEL: "warn" });
+logger.level = config.logLevel; // as main.ts does: the logger's level is the starter's to set
+const server = await startServer(installServices(servicesWith({ ...config, port: 0, host: "127.0.0.1" })), { quiet: true });
 process.stdout.write(`${JSON.stringify({ url: server.url, secret: w.secret, model, adminToken, keyId: w.key.id })}\n`);
 process.on("SIGTERM", () => {
   void server

@@ -30,11 +30,14 @@ useDatabase(database);
 stage(databaseUrl ? "pg pool opened, migrations checked" : "PGlite data dir created + migrated (child process), opened");
 await database.prisma.organization.count();
 stage("first Prisma query (query compiler WebAssembly instantiated)");
+const { logger } = await import("../src/log.ts");
 const { loadConfig } = await import("../src/config.ts");
 const { startServer } = await import("../src/server.ts");
 const { installServices, servicesWith } = await import("../src/installed.ts");
 stage("server modules loaded (GraphQL schema, Yoga, gateway)");
-const running = await startServer(installServices(servicesWith(loadConfig({ ...process.env, PORT: "0", LOG_LEVEL: "silent", DATA_DIR: dataDir ?? os.tmpdir() }))));
+const config = loadConfig({ ...process.env, PORT: "0", LOG_LEVEL: "silent", DATA_DIR: dataDir ?? os.tmpdir() });
+logger.level = config.logLevel; // as main.ts does: the logger's level is the starter's to set
+const running = await startServer(installServices(servicesWith(config)));
 stage("server listening");
 await running.close();
 await database.close();
