@@ -19,6 +19,7 @@ import path from "node:path";
 import { randomUUID } from "node:crypto";
 import { openDatabase, useDatabase, type Database } from "../src/db/index.ts";
 import { spendReport, type SpendReportInput, type SpendReport } from "../src/analytics/report.ts";
+import { foldSpendRollups } from "../src/analytics/rollups.ts";
 import { startEmbeddedPostgres } from "../test/support/global-setup.ts";
 import * as f from "../test/support/fixtures.ts";
 
@@ -209,6 +210,7 @@ const NARROW_ROLLUPS = [
 
 /** Whole-table checks, cheap next to the data: every sum of both rollups equals the raw rows', and every id in them exists. */
 async function checkTotals(database: Database): Promise<void> {
+  await foldSpendRollups(); // what the triggers queued (the generated rows skip them) joins the rollups first
   const sums = SUMS.split(", ")
     .map((c) => `SUM(${c})::text AS ${c}`)
     .join(", ");

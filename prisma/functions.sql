@@ -426,6 +426,12 @@ END $$;
 
 -- ==============================================================================================
 -- Spend rollups, kept by triggers on Receipt and FailedRequest.
+--
+-- A write does not touch the rollups: its trigger appends what it adds, summed, as ONE row of
+-- "SpendRollupPending" (an insert, where the four upserts cost a lone request ~0.8 ms of database
+-- time). Each gateway folds the pending rows into the rollups about once a second
+-- (tg_spend_rollup_fold). Reports read the "...Live" views: a rollup plus the pending rows, which
+-- a fold moves from one to the other in one transaction, so every read sees the rows' sums exactly.
 -- ==============================================================================================
 
 -- What one receipt or failed request adds to the rollups (sign 1) or takes off them (sign -1), at the
@@ -483,6 +489,41 @@ BEGIN
     "spend" = r."spend" + EXCLUDED."spend", "requests" = r."requests" + EXCLUDED."requests", "promptTokens" = r."promptTokens" + EXCLUDED."promptTokens", "completionTokens" = r."completionTokens" + EXCLUDED."completionTokens", "cachedPromptTokens" = r."cachedPromptTokens" + EXCLUDED."cachedPromptTokens", "cacheWriteTokens" = r."cacheWriteTokens" + EXCLUDED."cacheWriteTokens", "audioPromptTokens" = r."audioPromptTokens" + EXCLUDED."audioPromptTokens", "reasoningTokens" = r."reasoningTokens" + EXCLUDED."reasoningTokens", "audioCompletionTokens" = r."audioCompletionTokens" + EXCLUDED."audioCompletionTokens", "failedRequests" = r."failedRequests" + EXCLUDED."failedRequests", "failedCharge" = r."failedCharge" + EXCLUDED."failedCharge";
 END $$;
 
+-- Appends one statement's deltas to "SpendRollupPending" as one row, summed at the hourly grain
+-- (a batch of a key's requests on one model is one delta).
+CREATE OR REPLACE FUNCTION tg_spend_rollup_queue(p_rows tg_spend_delta[]) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  IF p_rows IS NULL OR cardinality(p_rows) = 0 THEN RETURN; END IF;
+  INSERT INTO "SpendRollupPending" (deltas)
+  SELECT array_agg(ROW("organizationId", "hour", "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+                       s."spend", s."requests", s."promptTokens", s."completionTokens", s."cachedPromptTokens", s."cacheWriteTokens", s."audioPromptTokens",
+                       s."reasoningTokens", s."audioCompletionTokens", s."failedRequests", s."failedCharge")::tg_spend_delta)
+    FROM (SELECT "organizationId", "hour", "keyId", "projectId", "routeId", "channelId", "runId", "requestedModel", "upstreamModel", "bucket", "currency",
+                 SUM("spend") AS "spend", SUM("requests") AS "requests", SUM("promptTokens") AS "promptTokens", SUM("completionTokens") AS "completionTokens",
+                 SUM("cachedPromptTokens") AS "cachedPromptTokens", SUM("cacheWriteTokens") AS "cacheWriteTokens", SUM("audioPromptTokens") AS "audioPromptTokens",
+                 SUM("reasoningTokens") AS "reasoningTokens", SUM("audioCompletionTokens") AS "audioCompletionTokens", SUM("failedRequests") AS "failedRequests",
+                 SUM("failedCharge") AS "failedCharge"
+            FROM unnest(p_rows) GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11) s;
+END $$;
+
+-- Folds up to p_limit pending rows (oldest first) into the rollups; returns how many. Rows another
+-- folder holds are skipped (SKIP LOCKED), so instances folding at once split the work; the rollup
+-- rows are upserted in key order (tg_spend_rollup_add), the one order every folder locks them in.
+CREATE OR REPLACE FUNCTION tg_spend_rollup_fold(p_limit integer) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+  v_rows tg_spend_delta[];
+  v_taken integer;
+BEGIN
+  WITH taken AS (
+    DELETE FROM "SpendRollupPending" p
+     WHERE p.id IN (SELECT q.id FROM "SpendRollupPending" q ORDER BY q.id LIMIT p_limit FOR UPDATE SKIP LOCKED)
+    RETURNING p.deltas
+  )
+  SELECT count(*)::integer, (SELECT array_agg(d) FROM taken t2, unnest(t2.deltas) AS d) INTO v_taken, v_rows FROM taken;
+  PERFORM tg_spend_rollup_add(v_rows);
+  RETURN v_taken;
+END $$;
+
 -- One trigger per event (transition tables allow no more); UPDATE and DELETE are rare (receipts are
 -- history) but handled, so the rollups equal the rows whatever happens to them.
 CREATE OR REPLACE FUNCTION tg_spend_rollup_receipt() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -492,7 +533,7 @@ DECLARE
 BEGIN
   IF TG_OP IN ('UPDATE', 'DELETE') THEN SELECT array_agg(tg_receipt_spend_delta(o, -1)) INTO removed FROM old_rows o; END IF;
   IF TG_OP IN ('INSERT', 'UPDATE') THEN SELECT array_agg(tg_receipt_spend_delta(n, 1)) INTO added FROM new_rows n; END IF;
-  PERFORM tg_spend_rollup_add(removed || added);
+  PERFORM tg_spend_rollup_queue(removed || added);
   RETURN NULL;
 END $$;
 
@@ -508,7 +549,7 @@ BEGIN
   IF TG_OP IN ('INSERT', 'UPDATE') THEN
     SELECT array_agg(tg_failed_request_spend_delta(n, 1)) INTO added FROM new_rows n WHERE n."organizationId" IS NOT NULL;
   END IF;
-  PERFORM tg_spend_rollup_add(removed || added);
+  PERFORM tg_spend_rollup_queue(removed || added);
   RETURN NULL;
 END $$;
 

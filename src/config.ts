@@ -27,6 +27,8 @@ export interface Config {
   /** How long a hold lives before the sweeper releases it (a crashed process never locks budget forever). */
   holdTtlMs: number;
   sweepIntervalMs: number;
+  /** How often a gateway folds the queued spend sums into the rollups (reports read both: exact either way). */
+  rollupFoldMs: number;
   upstream: {
     connectTimeoutMs: number;
     firstByteTimeoutMs: number;
@@ -145,6 +147,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     // A hold must outlive the longest upstream call it covers.
     holdTtlMs: intFrom(env, "HOLD_TTL_MS", totalTimeoutMs + 60_000),
     sweepIntervalMs: intFrom(env, "HOLD_SWEEP_INTERVAL_MS", 15_000),
+    rollupFoldMs: Math.max(10, intFrom(env, "ROLLUP_FOLD_MS", 1_000)),
     upstream: {
       connectTimeoutMs: intFrom(env, "UPSTREAM_CONNECT_TIMEOUT_MS", 10_000),
       firstByteTimeoutMs: intFrom(env, "UPSTREAM_FIRST_BYTE_TIMEOUT_MS", 120_000),

@@ -1,6 +1,8 @@
 // Hourly spend rollups always equal the receipts and charged failed requests they summarize, after
 // random traffic written the ways the gateway writes (one row per statement, multi-row batches),
-// plus rare updates and deletes; and spendSeries answers from them exactly as a raw scan does.
+// plus rare updates and deletes; and spendSeries answers from them exactly as a raw scan does. A
+// write queues its sums (one "SpendRollupPending" row) and a fold moves them into the rollups: the
+// Live views (rollup + queue) equal the rows at every moment, and the rollups alone after a fold.
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import fc from "fast-check";
@@ -10,8 +12,10 @@ import { MIGRATIONS_DIR } from "../src/db/migrate.ts";
 import { rowArb as spendRowArb, scene as spendScene, write as writeRows, type Row, type Scene } from "./support/spend-rows.ts";
 import { spendSeries, spendSeriesFromRawRows, type SpendSeriesInput } from "../src/analytics/index.ts";
 import { SPEND_DIMENSIONS, spendReport, type SpendDimension, type SpendReportInput } from "../src/analytics/report.ts";
+import { foldSpendRollups } from "../src/analytics/rollups.ts";
 
 let database: TestDatabase;
+const pendingRows = async () => Number((await database.sql.query<{ n: string }>(`SELECT count(*)::text AS n FROM "SpendRollupPending"`))[0]!.n);
 beforeAll(async () => {
   database = await createTestDatabase();
 });
@@ -37,16 +41,25 @@ const GRAINS = [
   { table: "SpendRollupHourlyByModel", unit: "hour", dimensions: `"requestedModel", "upstreamModel", bucket, currency` },
 ] as const;
 
-/** Rollups of one grain as stored vs the same sums computed from the raw rows: must be identical. */
-async function compareWithRawRows(orgId: string, grain: (typeof GRAINS)[number] = GRAINS[0]) {
+/**
+ * One grain's sums as read (`live`: the rollup plus its queued sums, as reports read them; `folded`:
+ * the rollup table alone, which must then hold one row per group) vs the same sums computed from the
+ * raw rows: must be identical.
+ */
+async function compareWithRawRows(orgId: string, grain: (typeof GRAINS)[number] = GRAINS[0], read: "live" | "folded" = "live") {
   const GROUP_COLUMNS = `"organizationId", ${grain.unit} AS at, ${grain.dimensions}`;
   const groups = Array.from({ length: grain.dimensions.split(", ").length + 2 }, (_, i) => i + 1).join(", ");
   const SUMS = `spend, requests, "promptTokens", "completionTokens", "cachedPromptTokens", "failedRequests", "failedCharge"`;
   const rollups = await database.sql.query<Record<string, unknown>>(
-    `SELECT ${GROUP_COLUMNS}, ${SUMS.split(", ")
-      .map((c) => `${c}::text`)
-      .join(", ")}
-       FROM "${grain.table}" WHERE "organizationId" = $1 AND (requests <> 0 OR "failedRequests" <> 0) ORDER BY ${groups}`,
+    read === "live"
+      ? `SELECT ${GROUP_COLUMNS}, ${SUMS.split(", ")
+          .map((c) => `SUM(${c})::text AS ${c}`)
+          .join(", ")}
+           FROM "${grain.table}Live" WHERE "organizationId" = $1 GROUP BY ${groups} HAVING SUM(requests) <> 0 OR SUM("failedRequests") <> 0 ORDER BY ${groups}`
+      : `SELECT ${GROUP_COLUMNS}, ${SUMS.split(", ")
+          .map((c) => `${c}::text`)
+          .join(", ")}
+           FROM "${grain.table}" WHERE "organizationId" = $1 AND (requests <> 0 OR "failedRequests" <> 0) ORDER BY ${groups}`,
     [orgId],
   );
   // Every failed request is a failure; only a charged one (with a bucket) is spend, with its tokens.
@@ -104,13 +117,17 @@ describe("spend rollups", () => {
     let checkedReports = 0; // non-empty points read from the rollups
     await fc.assert(
       fc.asyncProperty(
-        fc.array(fc.record({ rows: fc.array(rowArb, { minLength: 1, maxLength: 25 }), batch: fc.boolean() }), { minLength: 1, maxLength: 4 }),
+        // After a write, sometimes a fold: reports then read rollups with and without queued sums.
+        fc.array(fc.record({ rows: fc.array(rowArb, { minLength: 1, maxLength: 25 }), batch: fc.boolean(), fold: fc.boolean() }), { minLength: 1, maxLength: 4 }),
         fc.array(seriesQuery, { minLength: 3, maxLength: 6 }),
         fc.array(reportQuery, { minLength: 2, maxLength: 5 }),
         async (writes, queries, reports) => {
-          for (const w of writes) await write(s, w.rows, w.batch);
+          for (const w of writes) {
+            await write(s, w.rows, w.batch);
+            if (w.fold) await foldSpendRollups();
+          }
           for (const grain of GRAINS) {
-            const { rollups, raw } = await compareWithRawRows(s.orgId, grain);
+            const { rollups, raw } = await compareWithRawRows(s.orgId, grain, "live");
             expect(rollups).toEqual(raw);
           }
           for (const q of queries) {
@@ -175,6 +192,13 @@ describe("spend rollups", () => {
             // Points with something in them, answered from the rollups.
             if (_read === "ROLLUPS") checkedReports += expected.series.flatMap((x) => x.points).filter((p) => p.sums.requests > 0n || p.sums.failedRequests > 0n).length;
           }
+          // A fold empties the queue and leaves each rollup, alone, equal to the rows.
+          await foldSpendRollups();
+          expect(await pendingRows()).toBe(0);
+          for (const grain of GRAINS) {
+            const { rollups, raw } = await compareWithRawRows(s.orgId, grain, "folded");
+            expect(rollups).toEqual(raw);
+          }
         },
       ),
       { seed: 20261123, numRuns: 15 },
@@ -188,11 +212,12 @@ describe("spend rollups", () => {
     const s = await scene();
     const rows = fc.sample(rowArb, { numRuns: 40, seed: 20261205 });
     await write(s, rows, true);
+    await foldSpendRollups(); // the previous release kept every sum in the rollups themselves
     const migration = await readFile(path.join(MIGRATIONS_DIR, "20261205090000_spend_rollups_narrow", "migration.sql"), "utf8");
     // As before the migration: the narrow rollups empty, then the migration's fill.
     await database.sql.exec(`TRUNCATE "SpendRollupDailyByKey", "SpendRollupHourlyByModel"; ${migration.slice(migration.indexOf("-- The fill:"))}`);
     for (const grain of GRAINS) {
-      const { rollups, raw } = await compareWithRawRows(s.orgId, grain);
+      const { rollups, raw } = await compareWithRawRows(s.orgId, grain, "folded");
       expect(raw.length).toBeGreaterThan(3);
       expect(rollups).toEqual(raw);
     }
@@ -223,10 +248,13 @@ describe("spend rollups", () => {
     await database.sql.query(`UPDATE "Receipt" SET charge = charge + 7, "createdAt" = "createdAt" + interval '5 hours' WHERE "organizationId" = $1 AND "promptTokens" < 60`, [s.orgId]);
     await database.sql.query(`UPDATE "FailedRequest" SET charge = 0 WHERE "organizationId" = $1 AND "promptTokens" = 30`, [s.orgId]);
     await database.sql.query(`DELETE FROM "Receipt" WHERE "organizationId" = $1 AND "promptTokens" > 90`, [s.orgId]);
-    for (const grain of GRAINS) {
-      const { rollups, raw } = await compareWithRawRows(s.orgId, grain);
-      expect(raw.length).toBeGreaterThan(3);
-      expect(rollups).toEqual(raw);
+    for (const read of ["live", "folded"] as const) {
+      if (read === "folded") await foldSpendRollups();
+      for (const grain of GRAINS) {
+        const { rollups, raw } = await compareWithRawRows(s.orgId, grain, read);
+        expect(raw.length).toBeGreaterThan(3);
+        expect(rollups).toEqual(raw);
+      }
     }
     const input: SpendSeriesInput = { organizationId: s.orgId, from: new Date(BASE), to: new Date(BASE + 86_400_000), interval: "HOUR", groupBy: "KEY" };
     expect(await spendSeries(input)).toEqual(await spendSeriesFromRawRows(input));
@@ -239,6 +267,7 @@ describe("spend rollups", () => {
       [{ failed: false, key: 0, route: 0, channel: 0, run: null, anonymous: false, bucket: "CREDIT", uncharged: "none", charge: 5_000, prompt: 1, completion: 1, cached: 0, latencyMs: 5, at: 90_000 }],
       false,
     );
+    await foldSpendRollups();
     const byDay: SpendSeriesInput = { organizationId: s.orgId, from: new Date(BASE), to: new Date(BASE + 86_400_000), interval: "DAY", groupBy: "BUCKET" };
     const byHour: SpendSeriesInput = { ...byDay, interval: "HOUR" };
     expect((await spendSeries(byDay)).map((p) => p.spend)).toEqual([5_000n]);
@@ -257,6 +286,7 @@ describe("spend rollups", () => {
       [{ failed: false, key: 0, route: 0, channel: 0, run: null, anonymous: false, bucket: "CREDIT", uncharged: "none", charge: 5_000, prompt: 1, completion: 1, cached: 0, latencyMs: 5, at: 90_000 }],
       false,
     );
+    await foldSpendRollups();
     // A marker per rollup, written only there: the report's spend says which one it read.
     const markers = { SpendRollupDaily: 1, SpendRollupHourly: 2, SpendRollupDailyByKey: 10, SpendRollupHourlyByModel: 100 };
     for (const [table, marker] of Object.entries(markers)) {
@@ -279,5 +309,54 @@ describe("spend rollups", () => {
     expect(await spend(["KEY", "MODEL"], "DAY")).toEqual({ source: "ROLLUPS", credit: 5_001n, points: 5_001n });
     expect(await spend(["MODEL"], "DAY", { routeIds: [s.routes[0]!.id] })).toEqual({ source: "ROLLUPS", credit: 5_001n, points: 5_001n });
     expect(await spend(["RUN_MODE"], "HOUR")).toEqual({ source: "ROLLUPS", credit: 5_001n, points: 5_002n });
+  });
+
+  it("cost a write one queued row per statement, whatever the batch holds; the rollups are untouched until a fold", async () => {
+    const s = await scene();
+    await foldSpendRollups();
+    const rows = fc.sample(rowArb, { numRuns: 25, seed: 20261206 });
+    const before = await pendingRows();
+    const tableRows = async () =>
+      Number(
+        (
+          await database.sql.query<{ n: string }>(
+            `SELECT (SELECT count(*) FROM "SpendRollupHourly" WHERE "organizationId" = $1) + (SELECT count(*) FROM "SpendRollupDailyByKey" WHERE "organizationId" = $1) AS n`,
+            [s.orgId],
+          )
+        )[0]!.n,
+      );
+    const rollupRows = await tableRows();
+    await write(s, rows, true); // one statement per table: the receipts, the failed requests
+    const queued = (await pendingRows()) - before;
+    expect(queued).toBeGreaterThanOrEqual(1);
+    expect(queued).toBeLessThanOrEqual(2);
+    expect(await tableRows()).toBe(rollupRows);
+    expect(await foldSpendRollups()).toBe(queued + before);
+    expect(await tableRows()).toBeGreaterThan(rollupRows);
+  });
+
+  it("lose and double nothing when two folders run while rows are written", async () => {
+    const s = await scene();
+    const batches = Array.from({ length: 12 }, (_, i) => fc.sample(rowArb, { numRuns: 8, seed: 20261207 + i }));
+    let writing = true;
+    const folder = async () => {
+      let folded = 0;
+      while (writing) folded += await foldSpendRollups();
+      return folded;
+    };
+    const folders = [folder(), folder()];
+    for (const [i, rows] of batches.entries()) await write(s, rows, i % 2 === 0);
+    writing = false;
+    await Promise.all(folders);
+    for (const grain of GRAINS) {
+      const { rollups, raw } = await compareWithRawRows(s.orgId, grain, "live");
+      expect(rollups).toEqual(raw);
+    }
+    await foldSpendRollups();
+    for (const grain of GRAINS) {
+      const { rollups, raw } = await compareWithRawRows(s.orgId, grain, "folded");
+      expect(raw.length).toBeGreaterThan(3);
+      expect(rollups).toEqual(raw);
+    }
   });
 });

@@ -1,10 +1,10 @@
 // Spend series for dashboards (API.md's spendSeries, UTC, one dimension; spendAnalytics in
 // ./report.ts is the chartable one): receipts plus charged failed requests, grouped in SQL.
 // Their charges are exactly the ledger's CHARGE entries (each links to one of them; tested).
-// Whole UTC days (for DAY and MONTH series) and whole hours are read from "SpendRollupDaily" and
-// "SpendRollupHourly" (sums kept by triggers in the same transaction as the rows:
-// prisma/migrations/20261123500000_spend_rollups); only the partial hours at the ends of a range
-// that does not start or end on the hour are read from the raw rows.
+// Whole UTC days (for DAY and MONTH series) and whole hours are read from "SpendRollupDailyLive" and
+// "SpendRollupHourlyLive" (each rollup plus the sums its triggers queued and no fold has moved into it
+// yet: prisma/functions.sql, "Spend rollups"); only the partial hours at the ends of a range that
+// does not start or end on the hour are read from the raw rows.
 import { db } from "../db/index.ts";
 import type { BalanceBucket } from "../generated/prisma/enums.ts";
 import { badInput } from "../errors.ts";
@@ -103,7 +103,7 @@ function spendSource(plan: ReturnType<typeof planRanges>, params: unknown[]): st
     if (!list.length) continue;
     parts.push(`SELECT "${column}" AS at, "keyId", "projectId", "routeId", "requestedModel", bucket, spend AS charge,
                        requests, "promptTokens", "completionTokens", ${CLASS_COLUMNS}
-                  FROM "${table}" WHERE "organizationId" = $1 AND (${ranges(`"${column}"`, list)})`);
+                  FROM "${table}Live" WHERE "organizationId" = $1 AND (${ranges(`"${column}"`, list)})`);
   }
   return parts.join(" UNION ALL ");
 }

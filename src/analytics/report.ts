@@ -3,8 +3,9 @@
 // month in an IANA time zone, every series zero-filled; the top N groups by spend and the rest as one
 // "other" series; totals; failures beside spend; latency percentiles; the previous period.
 //
-// Where the numbers come from: the spend rollups (by UTC hour and UTC day, kept by triggers in the
-// same transaction as the rows; the narrowest one that holds the report's groups and filters: by
+// Where the numbers come from: the spend rollups (by UTC hour and UTC day; read through their Live
+// views, each rollup plus the sums its triggers queued and no fold has moved in yet, so exact at
+// every moment: prisma/functions.sql, "Spend rollups"; the narrowest one that holds the report's groups and filters: by
 // model, by key and project, or every dimension) wherever they are exact for the request — every bucket boundary
 // inside the range on a UTC hour (whole-hour zones, HOUR and longer intervals) or, for the daily
 // rollup, on a UTC midnight — and the raw rows for the rest (MINUTE, half-hour zones, partial hours
@@ -280,8 +281,9 @@ function source(plan: Plan, rollups: RollupChoice, params: unknown[]): string {
     const rollup = ROLLUP_BY_TABLE.get(table)!;
     // Columns a narrow rollup does not keep are read as NULL: nothing groups or filters by them.
     const columns = DIMENSION_COLUMNS.map((c) => (rollup.columns.includes(c) ? `"${c}"` : `NULL::text AS "${c}"`)).join(", ");
+    // The Live view: the rollup plus what is pending for it (not folded yet), exact between folds.
     parts.push(`SELECT "${rollup.at}" AS at, ${columns}, bucket, ${SUM_COLUMNS.map((c) => `"${c}"`).join(", ")}
-                  FROM "${table}" WHERE "organizationId" = $1 AND (${ranges(`"${rollup.at}"`, list)})`);
+                  FROM "${table}Live" WHERE "organizationId" = $1 AND (${ranges(`"${rollup.at}"`, list)})`);
   }
   return parts.join(" UNION ALL ");
 }

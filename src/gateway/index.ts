@@ -62,6 +62,7 @@ import { UpstreamClient } from "./upstream.ts";
 import { RateLimiter, type RateLimiterStats } from "./rate-limit.ts";
 import { setRateUsageSource } from "../keys/plan.ts";
 import { componentLogger } from "../log.ts";
+import { startRollupFolder } from "../analytics/rollups.ts";
 import { observeRequest, type Observed } from "./observe.ts";
 
 export interface Gateway {
@@ -110,6 +111,8 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       })
     : null;
   const money: MoneyPath = leasePath ?? holdMoneyPath({ grouped });
+  // This instance's writes queue their spend sums; it folds them into the rollups (src/analytics/rollups.ts).
+  const stopRollupFolder = startRollupFolder(config.rollupFoldMs, (error) => log("warn", "spend rollup fold failed", { error: String(error) }));
   const deps: GatewayDeps = {
     config,
     health,
@@ -271,6 +274,7 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       await deps.upstream.close();
       await limiter.close();
       await money.close();
+      await stopRollupFolder();
     },
   };
 }
