@@ -34,6 +34,32 @@ BEGIN
   RAISE EXCEPTION 'TG_LEDGER_IMMUTABLE: ledger entries are append-only (% rejected)', TG_OP;
 END $$;
 
+-- History rows (receipts, failed requests, ledger entries) name their key, project, route, channel,
+-- run, price, bucket and organization without foreign keys: a key check per name cost every write
+-- ~10 index probes and row locks on the hottest rows (issue 16). Those rows are never deleted by
+-- tokengate (keys are revoked, channels disabled); a DELETE or TRUNCATE of one still named by
+-- history is refused here instead, where it is rare. TG_ARGV: (child table, column) pairs.
+CREATE OR REPLACE FUNCTION tg_refuse_referenced_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  i integer := 0;
+  v_named boolean;
+BEGIN
+  WHILE i < TG_NARGS LOOP
+    IF TG_OP = 'TRUNCATE' THEN
+      EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I)', TG_ARGV[i]) INTO v_named;
+    ELSE
+      EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE %I = $1)', TG_ARGV[i], TG_ARGV[i + 1]) INTO v_named USING OLD.id;
+    END IF;
+    IF v_named THEN
+      RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
+        MESSAGE = format('TG_REFERENCED: %s %s is named by %s.%s (history keeps it: revoke or disable it instead)',
+                         TG_TABLE_NAME, CASE WHEN TG_OP = 'TRUNCATE' THEN '(truncate)' ELSE OLD.id END, TG_ARGV[i], TG_ARGV[i + 1]);
+    END IF;
+    i := i + 2;
+  END LOOP;
+  RETURN CASE WHEN TG_OP = 'TRUNCATE' THEN NULL ELSE OLD END;
+END $$;
+
 -- Post a TOPUP / ADJUSTMENT / REFUND, idempotent by key: a replay returns the first entry
 -- (created = false); the same key with another bucket, kind or amount is a conflict.
 CREATE OR REPLACE FUNCTION tg_post_entry(p_bucket_id text, p_kind "LedgerKind", p_amount bigint, p_idempotency_key text,
