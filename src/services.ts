@@ -13,7 +13,7 @@ import { errorFields, logger } from "./log.ts";
 import { CredentialCipher } from "./secrets.ts";
 import { upgradeStoredCredentials } from "./routing/index.ts";
 import { startAlertWebhooks } from "./webhooks/index.ts";
-import { startHoldSweeper } from "./money/holds.ts";
+import { startHoldSweeper } from "./money/index.ts";
 
 export interface RunningServices extends Services {
   database: Database;

@@ -7,9 +7,8 @@ import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/inde
 import { writeAudit } from "../audit/index.ts";
 import { conflict, notFound, requiredText } from "../errors.ts";
 import { parseMoney } from "../money/amounts.ts";
-import { scopeSpend, type ScopeSpend } from "../money/ledger.ts";
+import { scopeSpend, type ScopeSpend, revokeLeases } from "../money/index.ts";
 import type { ZoneState } from "../money/windows.ts";
-import { revokeLeases } from "../money/leases.ts";
 
 type Tx = Prisma.TransactionClient;
 

@@ -14,10 +14,9 @@ import { assertCanWrite, resolveOrganizationId, type Viewer } from "../auth/inde
 import { writeAudit } from "../audit/index.ts";
 import { badInput } from "../errors.ts";
 import { parseMoney } from "../money/amounts.ts";
-import { walletBucket } from "../money/ledger.ts";
+import { walletBucket, onRequestRecorded, type ChargedBalance } from "../money/index.ts";
 import type { EventBus } from "../events/index.ts";
 import { services } from "../installed.ts";
-import { onRequestRecorded, type ChargedBalance } from "../money/writer.ts";
 
 type Tx = Prisma.TransactionClient;
 

@@ -47,7 +47,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
-import { extendHolds } from "../money/holds.ts";
+import { extendHolds, holdMoneyPath, leaseMoneyPath, type MoneyPath, type MoneyStats } from "../money/index.ts";
 import { directSql } from "../db/index.ts";
 import { recentlyValidKey } from "../keys/index.ts";
 import { services, type Services } from "../installed.ts";
@@ -55,7 +55,6 @@ import { parseBearer } from "../auth/index.ts";
 import { header } from "./http.ts";
 import { GatewayError, badKeysThrottled, internalError, methodNotAllowed, sendError, statefulUnsupported, unknownUrl } from "./errors.ts";
 import { Lookups } from "./lookups.ts";
-import { holdMoneyPath, leaseMoneyPath, type MoneyPath, type MoneyStats } from "../money/index.ts";
 import { findModel, listModels } from "./models.ts";
 import { RequestState, authenticate, proxy, recordAndAnswerFailure, type Endpoint, type GatewayDeps } from "./pipeline/index.ts";
 import { UpstreamClient } from "./upstream.ts";

@@ -5,7 +5,7 @@ import { db } from "../db/index.ts";
 import { SingleFlight } from "../single-flight.ts";
 import type { ApiKey } from "../generated/prisma/client.ts";
 import type { BalanceBucket } from "../generated/prisma/enums.ts";
-import { walletBucket } from "../money/ledger.ts";
+import { walletBucket } from "../money/index.ts";
 import { bucketOf, channelCredential, planRoute, pricedNowWhere, PRICE_ORDER, type PlannedChannel, type RoutePlan } from "../routing/index.ts";
 
 export class Lookups {

@@ -14,7 +14,7 @@
 // - Bad keys: a missing or unknown key writes no database row; it is counted per client address,
 //   and an address over BAD_KEY_LIMIT_PER_MINUTE gets 429 without any key lookup until its minute ends.
 import { Redis } from "ioredis";
-import { onRequestRecorded } from "../money/writer.ts";
+import { onRequestRecorded } from "../money/index.ts";
 import { gatewayBadKeyThrottled, gatewayBadKeys, gatewayRateLimited } from "../metrics.ts";
 
 export const WINDOW_MS = 60_000;

@@ -20,7 +20,7 @@ import { notFound } from "../errors.ts";
 import { RUN_WINDOW, windowFor } from "../money/windows.ts";
 import { organizationZone } from "../orgs/time-zone.ts";
 import { effectiveCap } from "../budgets/index.ts";
-import { holdable } from "../money/charges.ts";
+import { holdable } from "../money/index.ts";
 import { bucketOf, pricedNowWhere, PRICE_ORDER } from "../routing/index.ts";
 
 /** A money limit: a cap scope, or the bucket's available balance. */

@@ -42,6 +42,10 @@
 // - ledger.ts       top-ups / adjustments / refunds (postEntry), walletBucket, scopeSpend;
 // - sql.ts          SqlClient, Refusal, LeaseGoneError and the TG_* error translation;
 // - amounts.ts      micro-unit amounts (parseMoney / formatMoney), bucket currencies, token prices.
+//
+// Outside this folder, everything but two value modules is reached through this file (the exports
+// just below): amounts.ts (parsing and printing micro-units) and windows.ts (which day a cap counts
+// in) are plain values with no state or SQL, imported directly wherever amounts or dates are shown.
 import { randomUUID } from "node:crypto";
 import { currentDatabase, directSql } from "../db/index.ts";
 import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "./holds.ts";
@@ -64,6 +68,13 @@ import {
   type HoldRef,
   type ReceiptInput,
 } from "./writer.ts";
+
+// The door's other verbs: what the rest of tokengate may call of this folder.
+export { failedRequestCharge, holdable, holdCovers, usageCharge, worstCase } from "./charges.ts";
+export { postEntry, scopeSpend, walletBucket, type ScopeSpend } from "./ledger.ts";
+export { onRequestRecorded, type ChargedBalance, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "./writer.ts";
+export { revokeLeases } from "./leases.ts";
+export { extendHolds, startHoldSweeper, type ReserveInput, type ReserveResult } from "./holds.ts";
 
 // Tuning constants (the settings, LEASE_* and SEND_BEFORE_COMMIT_MS, are read in config.ts).
 /** A refusal asks other instances to give back a scope's headroom at most once per this, per scope. */

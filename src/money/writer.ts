@@ -6,6 +6,7 @@ import { randomUUID } from "node:crypto";
 import { directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope, ChannelRole, FailureCause } from "../generated/prisma/enums.ts";
 import { translateDbError } from "./sql.ts";
+import { capAtHold } from "./charges.ts";
 import { chargeBatchParams, RECORD_BATCH_SQL, type ChargeLease, type ChargeRow } from "./leases.ts";
 import { storable } from "../text.ts";
 import { storedPath, type AttemptStep } from "../requests/attempts.ts";
@@ -110,8 +111,8 @@ function announce(event: RecordedRequest): void {
   }
 }
 
-/** A charge is capped at its hold: what the hold did not reserve is never taken. */
-export const capToHold = (charge: bigint, hold: HoldRef | null): bigint => (hold ? (charge > hold.amount ? hold.amount : charge < 0n ? 0n : charge) : 0n);
+/** A charge is capped at its hold (capAtHold): what the hold did not reserve is never taken; no hold, no charge. */
+export const capToHold = (charge: bigint, hold: HoldRef | null): bigint => (hold ? capAtHold(charge, hold.amount) : 0n);
 
 // Each record is written together with the resolution of its hold in ONE statement: the row is
 // inserted by a data-modifying CTE and tg_resolve_hold (the SQL function settle() / release() call)

@@ -15,7 +15,7 @@ import type { ApiKey, PriceSnapshot, Quote } from "../generated/prisma/client.ts
 import { assertCanWrite, type Viewer } from "../auth/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { badInput } from "../errors.ts";
-import { worstCase } from "../money/charges.ts";
+import { worstCase } from "../money/index.ts";
 import { classCharge } from "../money/amounts.ts";
 import { bucketOf } from "../routing/index.ts";
 import { judgeAdmission, keyPlans, readableKey, type AdmissionVerdict, type KeyModelPlan, type PlanChannel } from "../keys/plan.ts";

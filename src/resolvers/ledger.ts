@@ -3,7 +3,7 @@ import { announceThresholdChanged, rearmLowBalance } from "../budgets/low-balanc
 import type { EventBus } from "../events/index.ts";
 import { db } from "../db/index.ts";
 import { isPlatform, resolveOrganizationId } from "../auth/index.ts";
-import { postEntry, walletBucket } from "../money/ledger.ts";
+import { postEntry, walletBucket } from "../money/index.ts";
 import { writeAudit } from "../audit/index.ts";
 import { badInput, forbidden } from "../errors.ts";
 import { parseMoney } from "../money/amounts.ts";

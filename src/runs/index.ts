@@ -1,6 +1,6 @@
 // Runs: an agent / research job with its own cap. Requests carrying its id count against the cap
 // and are refused once the run is cancelled. estimateRun is the pre-flight check users see first.
-import { revokeLeases } from "../money/leases.ts";
+import { revokeLeases, walletBucket } from "../money/index.ts";
 import { db } from "../db/index.ts";
 import type { Run } from "../generated/prisma/client.ts";
 import type { BalanceBucket, FailedChargePolicy, RunMode, Settlement } from "../generated/prisma/enums.ts";
@@ -12,7 +12,6 @@ import { primaryBucket } from "../keys/index.ts";
 import { planRoute, type PlannedChannel } from "../routing/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../money/amounts.ts";
 import { predictRun, type RunPrediction } from "./prediction.ts";
-import { walletBucket } from "../money/ledger.ts";
 import { organizationZone } from "../orgs/time-zone.ts";
 import { keyPlans, limitsFor, type PlanLimit } from "../keys/plan.ts";
 

@@ -4,7 +4,7 @@ import DataLoader from "dataloader";
 import { db } from "../db/index.ts";
 import type { ApiKey, BudgetCap, Channel, Project, Route, Run } from "../generated/prisma/client.ts";
 import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
-import type { ScopeSpend } from "../money/ledger.ts";
+import type { ScopeSpend } from "../money/index.ts";
 import { windowFor } from "../money/windows.ts";
 import { organizationZones } from "../orgs/time-zone.ts";
 import type { ZoneState } from "../money/windows.ts";

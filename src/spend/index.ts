@@ -6,7 +6,7 @@ import type { BalanceBucket, CapScope } from "../generated/prisma/enums.ts";
 import { windowFor, type ZoneState } from "../money/windows.ts";
 import { organizationZone } from "../orgs/time-zone.ts";
 import type { EventBus, RequestView, ScopeStanding, SpendEvent } from "../events/index.ts";
-import { onRequestRecorded, type CounterState } from "../money/writer.ts";
+import { onRequestRecorded, type CounterState } from "../money/index.ts";
 
 export const ALERT_THRESHOLDS = [50, 80, 100] as const;
 

@@ -4,7 +4,7 @@
 // 402 budget_exceeded naming the cap scope (KEY_PER_REQUEST for the key's per-request maximum),
 // 402 insufficient_balance, 402 run_paused / run_cancelled (not 409: SDKs retry 409).
 import type { ApiKey } from "../../generated/prisma/client.ts";
-import { holdable } from "../../money/charges.ts";
+import { holdable } from "../../money/index.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
 import { budgetExceeded, insufficientBalance, rateLimited, runCancelled, runPaused } from "../errors.ts";
 import type { RateAdmission, RateTicket } from "../rate-limit.ts";

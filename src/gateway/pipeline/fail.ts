@@ -4,13 +4,12 @@
 // shape, or mid-stream an SSE error event (OpenAI SDKs raise it), the charge, and no [DONE].
 // Failed attempts followed by a successful fallback are not charged: the receipt is the charge.
 import type { ServerResponse } from "node:http";
-import { failedRequestCharge } from "../../money/charges.ts";
+import { failedRequestCharge, type FailedRequestInput } from "../../money/index.ts";
 import { primaryBucket } from "../../keys/index.ts";
 import { markRunExhausted } from "../../runs/index.ts";
 import { BUCKET_CURRENCY, formatMoney } from "../../money/amounts.ts";
 import { sendError, type GatewayError } from "../errors.ts";
 import { clip } from "../../text.ts";
-import type { FailedRequestInput } from "../../money/writer.ts";
 import { announce } from "./settle.ts";
 import type { RequestView } from "../../events/index.ts";
 import type { ApiKey } from "../../generated/prisma/client.ts";

@@ -13,8 +13,7 @@
 // not attempts and leave no step.
 import type { ServerResponse } from "node:http";
 import type { ApiKey } from "../../generated/prisma/client.ts";
-import { holdCovers, worstCase } from "../../money/charges.ts";
-import { refusalSkipsChannel } from "../../money/index.ts";
+import { holdCovers, worstCase, refusalSkipsChannel } from "../../money/index.ts";
 import type { Admission, ChannelRef } from "../../health/index.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
 import { GatewayError, channelsDown, clientClosed, upstreamRejected, upstreamError, upstreamTimeout } from "../errors.ts";

@@ -2,8 +2,7 @@
 // price snapshot, capped at its hold: src/money/charges.ts), durable before the response's last
 // byte is sent; then its spend is announced from memory (never delaying or failing the request).
 import type { BalanceBucket } from "../../generated/prisma/enums.ts";
-import { usageCharge } from "../../money/charges.ts";
-import type { ReceiptInput } from "../../money/writer.ts";
+import { usageCharge, type ReceiptInput } from "../../money/index.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
 import { announceSpend } from "../../spend/index.ts";
 import type { RequestView } from "../../events/index.ts";
