@@ -16,7 +16,8 @@ import { applyMigrations, type SqlExecutor } from "./migrate.ts";
 
 /** PGlite's own start parameters, with a smaller buffer pool. */
 export const PGLITE_OPTIONS: PGliteOptions = {
-  startParams: [...PGlite.defaultStartParams, "-c", "shared_buffers=16MB"],
+  // work_mem: the planner's budget for a spend report's hash (SESSION_WORK_MEM in ./index.ts says why).
+  startParams: [...PGlite.defaultStartParams, "-c", "shared_buffers=16MB", "-c", "work_mem=16MB"],
 };
 
 export function pgliteSql(pglite: PGlite): SqlExecutor {
