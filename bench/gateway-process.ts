@@ -36,8 +36,7 @@ async function staleLeases(now: Date): Promise<number> {
   return Number(rows[0]!.n);
 }
 
-// BENCH_ADMISSION=holds measures the per-request Hold path; the default is the lease path.
-const config = loadConfig({ ...process.env, LOG_LEVEL: "warn", GATEWAY_ADMISSION: process.env.BENCH_ADMISSION || "leases" });
+const config = loadConfig({ ...process.env, LOG_LEVEL: "warn" });
 // The logger's level is set by whoever starts the process (main.ts does it for `serve`): without this, every request logs at info.
 logger.level = config.logLevel;
 const gateway = createGateway(config);

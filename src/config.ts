@@ -24,8 +24,7 @@ export interface Config {
   redisUrl: string | undefined;
   adminToken: string | undefined;
   secret: string | undefined;
-  /** How long a hold lives before the sweeper releases it (a crashed process never locks budget forever). */
-  holdTtlMs: number;
+  /** How often Hold rows past their expiry are released (rows of releases before the holds path was retired). */
   sweepIntervalMs: number;
   /** How often a gateway folds the queued spend sums into the rollups (reports read both: exact either way). */
   rollupFoldMs: number;
@@ -49,8 +48,6 @@ export interface Config {
   currencies: { CREDIT: string; ROUTED: string };
   /** Channel health (src/health): window, thresholds and the cool-down of a DOWN channel. */
   health: HealthConfig;
-  /** How the gateway admits requests against caps: in memory against budget leases (issue 9, the default), or a Hold row per request. */
-  admission: "holds" | "leases";
   leases: {
     /** A lease admits nothing new this long after its last renewal. */
     ttlMs: number;
@@ -132,6 +129,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     throw new Error("LOG_LEVEL must be one of debug, info, warn, error, silent");
   }
   const totalTimeoutMs = intFrom(env, "UPSTREAM_TOTAL_TIMEOUT_MS", 600_000);
+  checkAdmission(env.GATEWAY_ADMISSION);
   // The credential key is derived from it: a short secret is refused at start-up, not discovered later.
   if (env.TOKENGATE_SECRET && env.TOKENGATE_SECRET.length < 32) {
     throw new Error(`TOKENGATE_SECRET must be at least 32 characters (got ${env.TOKENGATE_SECRET.length}); generate one with: openssl rand -base64 32`);
@@ -144,8 +142,6 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     redisUrl: env.REDIS_URL || undefined,
     adminToken: env.TOKENGATE_ADMIN_TOKEN || undefined,
     secret: env.TOKENGATE_SECRET || undefined,
-    // A hold must outlive the longest upstream call it covers.
-    holdTtlMs: intFrom(env, "HOLD_TTL_MS", totalTimeoutMs + 60_000),
     sweepIntervalMs: intFrom(env, "HOLD_SWEEP_INTERVAL_MS", 15_000),
     rollupFoldMs: Math.max(10, intFrom(env, "ROLLUP_FOLD_MS", 1_000)),
     upstream: {
@@ -160,7 +156,6 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     logLevel,
     currencies: { CREDIT: env.TOKENGATE_CREDIT_CURRENCY || "USD", ROUTED: env.TOKENGATE_ROUTED_CURRENCY || "CNY" },
     health: healthFrom(env),
-    admission: admissionFrom(env.GATEWAY_ADMISSION),
     leases: {
       ttlMs: Math.max(100, intFrom(env, "LEASE_TTL_MS", 1_000)),
       reclaimGraceMs: Math.max(0, intFrom(env, "LEASE_RECLAIM_GRACE_MS", totalTimeoutMs + 60_000)),
@@ -186,8 +181,16 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
   };
 }
 
-function admissionFrom(raw: string | undefined): Config["admission"] {
-  if (raw === undefined || raw === "") return "leases";
-  if (raw !== "holds" && raw !== "leases") throw new Error(`GATEWAY_ADMISSION must be holds or leases, got ${JSON.stringify(raw)}`);
-  return raw;
+/**
+ * GATEWAY_ADMISSION chose between budget leases and a Hold row per request until the holds path was
+ * retired (issue 16). "leases" (or unset) still starts; anything else stops start-up rather than
+ * run a money path other than the one asked for.
+ */
+function checkAdmission(raw: string | undefined): void {
+  if (raw === undefined || raw === "" || raw === "leases") return;
+  throw new Error(
+    raw === "holds"
+      ? "GATEWAY_ADMISSION=holds was retired: admission is against budget leases only (unset GATEWAY_ADMISSION; README, How a cap is enforced)"
+      : `GATEWAY_ADMISSION can only be leases (or unset), got ${JSON.stringify(raw)}`,
+  );
 }

@@ -130,7 +130,7 @@ async function fromDatabase<Row>(sql: string): Promise<Row[] | null> {
 
 new Gauge({
   name: "tokengate_holds_outstanding",
-  help: "Hold rows (GATEWAY_ADMISSION=holds) not yet settled or released, all instances (from the database).",
+  help: "Hold rows not yet settled or released, all instances (from the database): an earlier release's holds path left them; the sweeper expires them.",
   registers: [registry],
   async collect() {
     const rows = await fromDatabase<{ n: string | number }>(`SELECT count(*) AS n FROM "Hold" WHERE status = 'ACTIVE'`);

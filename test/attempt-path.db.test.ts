@@ -7,7 +7,7 @@ import { APIError } from "openai";
 import OpenAI from "openai";
 import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 import { startFakeUpstream, type FakeUpstream } from "./support/fake-upstream.ts";
-import { admissionEnv, uid } from "./support/gateway.ts";
+import { uid } from "./support/gateway.ts";
 import { route, world } from "./support/fixtures.ts";
 import { gqlOk, token, wsClient } from "./support/graphql.ts";
 import { freePort } from "./support/net.ts";
@@ -39,7 +39,6 @@ beforeAll(async () => {
         UPSTREAM_IDLE_TIMEOUT_MS: String(IDLE_MS),
         UPSTREAM_TOTAL_TIMEOUT_MS: "20000",
         UPSTREAM_MAX_RESPONSE_BYTES: String(MAX_RESPONSE_BYTES),
-        ...admissionEnv(),
       }),
       port: 0,
       host: "127.0.0.1",

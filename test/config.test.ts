@@ -3,12 +3,12 @@ import { describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.ts";
 
 describe("GATEWAY_ADMISSION", () => {
-  it("defaults to leases; holds stays selectable; anything else stops start-up", () => {
-    expect(loadConfig({}).admission).toBe("leases");
-    expect(loadConfig({ GATEWAY_ADMISSION: "" }).admission).toBe("leases");
-    expect(loadConfig({ GATEWAY_ADMISSION: "holds" }).admission).toBe("holds");
-    expect(loadConfig({ GATEWAY_ADMISSION: "leases" }).admission).toBe("leases");
-    expect(() => loadConfig({ GATEWAY_ADMISSION: "hold" })).toThrow(/GATEWAY_ADMISSION must be holds or leases/);
+  it("the holds path is retired: leases or unset start, holds and anything else stop start-up", () => {
+    expect(() => loadConfig({})).not.toThrow();
+    expect(() => loadConfig({ GATEWAY_ADMISSION: "" })).not.toThrow();
+    expect(() => loadConfig({ GATEWAY_ADMISSION: "leases" })).not.toThrow();
+    expect(() => loadConfig({ GATEWAY_ADMISSION: "holds" })).toThrow(/GATEWAY_ADMISSION=holds was retired: admission is against budget leases only/);
+    expect(() => loadConfig({ GATEWAY_ADMISSION: "hold" })).toThrow(/GATEWAY_ADMISSION can only be leases \(or unset\), got "hold"/);
   });
 });
 

@@ -135,10 +135,6 @@ describe("point 7: absurd upstream usage is charged at the reservation and flagg
     const count = await countChatPrompt(body);
     const reservation = BigInt(reservedPromptTokens(count, [s.upstreamModel], null) + outputBound(body, 4096));
     expect(receipt.charge).toBe(reservation);
-    if (h.gw.config.admission === "holds") {
-      const holds = await h.database.prisma.hold.findMany({ where: { requestId } });
-      expect(holds.map((x) => [x.amount, x.charged])).toEqual([[reservation, reservation]]);
-    }
     expect(receipt.usageExceededReservation).toBe(true);
     expect(receipt.promptTokens).toBe(2_147_483_647); // stored clamped, never overflowing
     expect(receipt.ledgerEntry!.amount).toBe(-receipt.charge);

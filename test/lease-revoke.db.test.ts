@@ -36,7 +36,7 @@ function instance(): MoneyPath {
 }
 
 async function admit(money: MoneyPath, w: World, bucketId: string, amount: bigint) {
-  return money.reserve({ requestId: randomUUID(), bucketId, amount, keyId: w.key.id, projectId: w.project.id, ttlMs: 60_000 });
+  return money.reserve({ bucketId, amount, keyId: w.key.id, projectId: w.project.id });
 }
 
 async function keyDaily(w: World): Promise<{ spent: bigint; held: bigint; leases: bigint }> {

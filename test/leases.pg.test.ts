@@ -1,5 +1,5 @@
-// Budget leases across processes (issue 9), gateway processes started as `npm start` does, with
-// GATEWAY_ADMISSION=leases, on one real PostgreSQL:
+// Budget leases across processes (issue 9), gateway processes started as `npm start` does, on one
+// real PostgreSQL:
 // - 10,000 requests over two processes against one key cap and one project cap never overspend,
 //   and end with spent (counters and ledger) equal to the sum of receipts;
 // - an instance idle for the lease TTL gives its headroom back: a request that fits the rest of
@@ -32,7 +32,6 @@ async function startInstance(): Promise<{ child: ChildProcess; url: string; outp
       DATABASE_URL: database.url!,
       TOKENGATE_SECRET: "test-secret-not-for-production-0123456789",
       TOKENGATE_ADMIN_TOKEN: "tgadm_leases_test_token_000000000000000000000000",
-      GATEWAY_ADMISSION: "leases",
       LEASE_TTL_MS: String(LEASE_TTL_MS),
       LOG_LEVEL: "warn",
     },

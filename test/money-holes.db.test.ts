@@ -439,7 +439,7 @@ describe("issue 14 money holes", () => {
   it("point 7: with SEND_BEFORE_COMMIT_MS a write error is retried: the receipt of an answered request is never dropped", async () => {
     const database = await createTestDatabase();
     const fake = await startFakeUpstream();
-    const gw = await startGateway({ GATEWAY_ADMISSION: "leases", SEND_BEFORE_COMMIT_MS: "20" });
+    const gw = await startGateway({ SEND_BEFORE_COMMIT_MS: "20" });
     try {
       const w = await f.world({ credit: "10" });
       const model = uid("m");

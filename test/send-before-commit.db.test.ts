@@ -28,7 +28,7 @@ describe("send before commit", () => {
   it("answers first, then commits receipt and ledger entry with the charge of the header; the spend event follows the commit", async () => {
     const database = await createTestDatabase();
     const fake = await startFakeUpstream();
-    const gw = await startGateway({ GATEWAY_ADMISSION: "leases", SEND_BEFORE_COMMIT_MS: WINDOW_MS });
+    const gw = await startGateway({ SEND_BEFORE_COMMIT_MS: WINDOW_MS });
     const spends = events.subscribe("spend");
     try {
       const w = await world({ credit: "10" });
@@ -73,7 +73,7 @@ describe("send before commit", () => {
   it("closing the gateway writes every receipt already answered; a key cap still binds while receipts are pending", async () => {
     const database = await createTestDatabase();
     const fake = await startFakeUpstream();
-    const gw = await startGateway({ GATEWAY_ADMISSION: "leases", SEND_BEFORE_COMMIT_MS: "1000" });
+    const gw = await startGateway({ SEND_BEFORE_COMMIT_MS: "1000" });
     let closed = false;
     try {
       // A daily cap that fits a handful of worst cases (prompt + 20 tokens at these prices).

@@ -39,16 +39,13 @@
 //   completed anyway (non-stream once headers came; a stream past finish_reason, within 2 s) is a
 //   Receipt with status 499 at its real usage.
 // - Timeouts (config.upstream): connect, first byte, idle between chunks, total per attempt.
-// - Hot path: keys and route plans are cached ≤ 1 s. By default (GATEWAY_ADMISSION=leases)
-//   admission is in memory against this instance's budget leases and each request is written once
-//   (record + charge) by a batched writer; with GATEWAY_ADMISSION=holds, reservations (Hold rows)
-//   and receipts are group-committed (one statement and one WAL flush per batch). Both are sent
-//   straight to the driver (src/money/index.ts).
+// - Hot path: keys and route plans are cached ≤ 1 s. Admission is in memory against this
+//   instance's budget leases and each request is written once (record + charge) by a batched
+//   writer, sent straight to the driver (src/money/index.ts).
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomUUID } from "node:crypto";
 import type { Config } from "../config.ts";
-import { extendHolds, holdMoneyPath, leaseMoneyPath, type MoneyPath, type MoneyStats } from "../money/index.ts";
-import { directSql } from "../db/index.ts";
+import { leaseMoneyPath, type MoneyStats } from "../money/index.ts";
 import { recentlyValidKey } from "../keys/index.ts";
 import { services, type Services } from "../installed.ts";
 import { parseBearer } from "../auth/index.ts";
@@ -81,10 +78,6 @@ export type GatewayStats = MoneyStats & { limits: RateLimiterStats };
 export interface GatewayOptions {
   /** How long a route plan (channels, prices) may be served from memory. Default 1000 ms; 0 disables the cache. */
   routeCacheTtlMs?: number;
-  /** Group commit of reservations and receipts under load (default on; the hold path). */
-  groupCommit?: boolean;
-  /** Overrides config.admission (tests). */
-  admission?: "holds" | "leases";
   /** The bus and channel health it runs with; default: the installed services (src/installed.ts). */
   services?: Pick<Services, "events" | "health">;
 }
@@ -92,24 +85,19 @@ export interface GatewayOptions {
 export function createGateway(config: Config, options: GatewayOptions = {}): Gateway {
   const { events, health } = options.services ?? services();
   const logger = componentLogger("gateway", config.logLevel);
-  const grouped = options.groupCommit ?? true;
   const log: GatewayDeps["log"] = (level, message, extra) => logger[level](extra ?? {}, message);
   const limiter = RateLimiter.create({ redisUrl: config.redisUrl, badKeyLimitPerMinute: config.badKeyLimitPerMinute, log });
   // Key plans and quotes read where a key stands in its rate limits from this limiter.
   const forgetRateUsage = setRateUsageSource((keyId) => limiter.usage(keyId));
-  const leased = (options.admission ?? config.admission) === "leases";
-  const leasePath = leased
-    ? leaseMoneyPath({
-        ttlMs: config.leases.ttlMs,
-        reclaimGraceMs: config.leases.reclaimGraceMs,
-        chunkRequests: config.leases.chunkRequests,
-        sendBeforeCommitMs: config.leases.sendBeforeCommitMs,
-        capCacheTtlMs: config.keyCacheTtlMs,
-        onError: (message, error) => log("warn", message, { error: String(error) }),
-        events,
-      })
-    : null;
-  const money: MoneyPath = leasePath ?? holdMoneyPath({ grouped });
+  const money = leaseMoneyPath({
+    ttlMs: config.leases.ttlMs,
+    reclaimGraceMs: config.leases.reclaimGraceMs,
+    chunkRequests: config.leases.chunkRequests,
+    sendBeforeCommitMs: config.leases.sendBeforeCommitMs,
+    capCacheTtlMs: config.keyCacheTtlMs,
+    onError: (message, error) => log("warn", message, { error: String(error) }),
+    events,
+  });
   // This instance's writes queue their spend sums; it folds them into the rollups (src/analytics/rollups.ts).
   const stopRollupFolder = startRollupFolder(config.rollupFoldMs, (error) => log("warn", "spend rollup fold failed", { error: String(error) }));
   const deps: GatewayDeps = {
@@ -126,28 +114,6 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
     spendStates: (requestId) => money.spendStates(requestId),
     log,
   };
-
-  // Keep-alive of reservations: a request may outlive HOLD_TTL_MS (retries × timeouts, a long
-  // stream), and the sweeper must not free its budget while it runs. Every third of the TTL the
-  // holds of all requests in flight here are extended in one statement; a process that dies stops
-  // extending, so its holds still expire after the TTL.
-  const inFlight = new Set<RequestState>();
-  const keepAliveMs = Math.max(25, Math.floor(config.holdTtlMs / 3));
-  let extending = false;
-  const keepAlive = setInterval(() => {
-    // Lease holds live in memory: their leases are renewed by the lease heartbeat instead.
-    if (extending || leased) return;
-    const ids: string[] = [];
-    for (const state of inFlight) if (state.hold) ids.push(state.hold.id);
-    if (ids.length === 0) return;
-    extending = true;
-    extendHolds(ids, config.holdTtlMs, new Date(), directSql())
-      .catch((e: unknown) => deps.log("warn", "could not extend the holds of running requests", { holds: ids.length, error: String(e) }))
-      .finally(() => {
-        extending = false;
-      });
-  }, keepAliveMs);
-  keepAlive.unref();
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const requestId = randomUUID();
@@ -213,7 +179,6 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       if (!res.writableFinished) state.client.abort();
     };
     res.on("close", onClose);
-    inFlight.add(state);
     try {
       if (endpoint === "/v1/models") await models(state, req, res, modelId);
       else await proxy(deps, state, req, res);
@@ -223,14 +188,13 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
       if (!known) deps.log("error", "internal error in the passthrough", { requestId, error: error instanceof Error ? (error.stack ?? error.message) : String(error) });
       await recordAndAnswerFailure(deps, state, res, known ?? internalError()).catch((e) => deps.log("error", "could not answer a failed request", { requestId, error: String(e) }));
     } finally {
-      inFlight.delete(state);
       res.off("close", onClose);
       if (state.rateTicket) await limiter.finish(state.rateTicket);
       // Never leave budget locked: whatever happened, a hold still open is released uncharged.
       if (state.hold) {
         const hold = state.hold;
         state.hold = null;
-        await deps.release(hold).catch((e) => deps.log("error", "could not release a hold (the sweeper will expire it)", { requestId, holdId: hold.id, error: String(e) }));
+        await deps.release(hold).catch((e) => deps.log("error", "could not release a hold (its leases lapse after their TTL)", { requestId, holdId: hold.id, error: String(e) }));
       }
       if (!res.headersSent) sendError(res, requestId, internalError());
       else if (!res.writableEnded && !res.destroyed) res.end();
@@ -264,12 +228,9 @@ export function createGateway(config: Config, options: GatewayOptions = {}): Gat
   return {
     handle,
     stats: () => ({ ...money.stats(), limits: { ...limiter.stats, rateLimited: { ...limiter.stats.rateLimited } } }),
-    recallLeases: async () => {
-      if (leasePath) await leasePath.pool.returnAll();
-    },
+    recallLeases: () => money.pool.returnAll(),
     async close() {
       forgetRateUsage();
-      clearInterval(keepAlive);
       await deps.upstream.close();
       await limiter.close();
       await money.close();

@@ -1,7 +1,10 @@
-// The holds admission path (GATEWAY_ADMISSION=holds): a Hold row per request, reserved, settled,
-// released, extended and expired by one call of a SQL function each (prisma/functions.sql), so caps
-// hold across any number of gateway processes: the bucket row and every cap counter are locked in
-// one fixed order and checked in the same statement. The lease path (leases.ts) is the default.
+// Hold rows: a reservation per request, reserved, settled, released and expired by one call of a
+// SQL function each (prisma/functions.sql): the bucket row and every cap counter are locked in one
+// fixed order and checked in the same statement. Until issue 16 this was the gateway's second
+// admission path (GATEWAY_ADMISSION=holds); the gateway admits against budget leases only
+// (leases.ts) now. What stays: the tests that place and settle holds through these functions (the
+// accounting and concurrency suites), and the sweeper, which expires Hold rows an earlier release
+// left (services.ts starts it).
 import { db } from "../db/index.ts";
 import { MAX_AMOUNT_MICROS } from "./amounts.ts";
 import { translateDbError, type Refusal, type SqlClient } from "./sql.ts";
@@ -152,22 +155,6 @@ export function release(holdId: string, charge = 0n, links: { failedRequestId?: 
 /** Releases holds whose TTL passed: a crashed process never locks budget for longer than the TTL. */
 export async function expireHolds(now = new Date(), client: SqlClient = db): Promise<number> {
   const rows = await client.$queryRawUnsafe<{ n: number }[]>(`SELECT tg_expire_holds($1::timestamptz AT TIME ZONE 'UTC') AS n`, utc(now));
-  return Number(rows[0]!.n);
-}
-
-/**
- * Keep-alive of the holds of requests still running: their expiry moves to now + ttlMs (never
- * earlier), in one statement. Returns how many were still active.
- */
-export async function extendHolds(holdIds: readonly string[], ttlMs: number, now = new Date(), client: SqlClient = db): Promise<number> {
-  if (holdIds.length === 0) return 0;
-  const rows = await client.$queryRawUnsafe<{ n: number }[]>(
-    // JSON rather than an array parameter: the driver adapters send arrays differently.
-    `SELECT tg_extend_holds(ARRAY(SELECT jsonb_array_elements_text($1::jsonb)), $2::timestamptz AT TIME ZONE 'UTC', $3::int) AS n`,
-    JSON.stringify(holdIds),
-    utc(now),
-    ttlMs,
-  );
   return Number(rows[0]!.n);
 }
 

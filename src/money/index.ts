@@ -1,33 +1,33 @@
-// The money door: the one object the gateway holds per instance (MoneyPath), with its verbs admit
-// (`reserve`: hold a request's worst case), `settle` (receipt + charge), `release` (drop a hold
-// uncharged) and fail (`recordFailure`: failed request + its policy charge). Two implementations
-// behind one interface, chosen by GATEWAY_ADMISSION:
-// - "leases" (issue 9, the default): admission in memory against this instance's budget leases,
-//   and one batched write per request (record + charge, aggregated deltas) through recordBatch;
-// - "holds": a Hold row per request, reserved and resolved by SQL functions, group-committed.
+// The money door: the one object the gateway holds per instance (MoneyPath, built by
+// leaseMoneyPath), with its verbs admit (`reserve`: hold a request's worst case), `settle` (receipt
+// + charge), `release` (drop a hold uncharged) and fail (`recordFailure`: failed request + its
+// policy charge). Admission is in memory against this instance's budget leases (issue 9); each
+// request is written once (record + charge, aggregated deltas) through recordBatch. The Hold-row
+// path (a Hold row per request, GATEWAY_ADMISSION=holds) was retired in issue 16: its SQL
+// (holds.ts) stays for the tests that reserve and settle through it and for the sweeper that
+// expires Hold rows an earlier release left.
 //
 // Where each limit is enforced (one answer per limit; the SQL functions are in prisma/functions.sql):
 // - KEY_PER_REQUEST: LeasePool.admit (src/money/leases.ts; perRequestCap is read here and cached
-//   capCacheTtlMs); holds: tg_reserve (src/money/holds.ts).
+//   capCacheTtlMs).
 // - KEY_DAILY, PROJECT_DAILY, PROJECT_MONTHLY, ROUTE_DAILY, CHANNEL_DAILY, RUN_TOTAL: which scopes a
 //   request counts in is leaseScopes (src/money/leases.ts); the window each counts in is
 //   capWindow (src/money/windows.ts, the organization's zone); the cap is tg_effective_cap; the
 //   check is tg_lease_grant (src/money/grant-store.ts) when a lease falls short (else the lease's
-//   headroom, in memory: LeasePool.admit) and tg_reserve on holds. A CHANNEL_DAILY refusal skips to
+//   headroom, in memory: LeasePool.admit). A CHANNEL_DAILY refusal skips to
 //   the next channel (refusalSkipsChannel, below, asked by src/gateway/pipeline/forward.ts); a
 //   RUN_TOTAL refusal ends the run EXHAUSTED (markRunExhausted, src/runs, called by pipeline/fail.ts).
-// - Run paused / cancelled: tg_lease_grant and tg_reserve refuse RUN_TOTAL leases / holds of a run not ACTIVE.
-// - The balance (BALANCE): a lease of the bucket (tg_lease_grant), or the bucket row (tg_reserve).
+// - Run paused / cancelled: tg_lease_grant refuses RUN_TOTAL leases of a run not ACTIVE.
+// - The balance (BALANCE): a lease of the bucket (tg_lease_grant).
 // - A cap changed with requests in flight: revokeLeases (src/money/leases.ts) in the change's
 //   transaction (src/budgets, src/runs); the instances drain those leases (leasesRevoked, below, or
 //   the next renewal).
 // - The charge: src/money/charges.ts (never above the hold: usageCharge, capAtHold); written with
-//   its receipt and ledger entry by tg_record_batch (src/money/writer.ts: recordBatch, leases) or
-//   tg_resolve_hold (writer.ts: recordReceipt / recordFailure, holds).
+//   its receipt and ledger entry by tg_record_batch (src/money/writer.ts: recordBatch).
 // - Rate limits (rpm, tpm, concurrency): src/gateway/rate-limit.ts, before admission (not money).
 //
 // The folder (src/money/), which file does what:
-// - index.ts        this door: MoneyPath, leaseMoneyPath / holdMoneyPath, writeCharged (the one place
+// - index.ts        this door: MoneyPath, leaseMoneyPath, writeCharged (the one place
 //                   a request's spend becomes durable), the heartbeat and recall timers;
 // - charges.ts      every amount: worst case, whether a hold covers a fallback, the usage charge, a
 //                   failed request's charge;
@@ -36,9 +36,10 @@
 // - grant-store.ts  the three statements behind a LeasePool (tg_lease_grant / _return / _renew);
 // - windows.ts      the day / month / run window a cap counts in, in the organization's zone;
 // - writer.ts       receipts and failed requests with their charges: the batched writer (recordBatch)
-//                   and the holds path's writes; onRequestRecorded, told after each commit;
+//                   and the Hold-row writes (tests); onRequestRecorded, told after each commit;
 // - group-commit.ts batches calls that arrive while a statement is in flight;
-// - holds.ts        the holds admission path (reserve / settle / release / expire / extend, sweeper);
+// - holds.ts        Hold-row reservations (reserve / settle / release / expire / extend): no longer a
+//                   gateway path; the sweeper of expired rows still runs;
 // - ledger.ts       top-ups / adjustments / refunds (postEntry), walletBucket, scopeSpend;
 // - sql.ts          SqlClient, Refusal, LeaseGoneError and the TG_* error translation;
 // - amounts.ts      micro-unit amounts (parseMoney / formatMoney), bucket currencies, token prices.
@@ -48,33 +49,21 @@
 // in) are plain values with no state or SQL, imported directly wherever amounts or dates are shown.
 import { randomUUID } from "node:crypto";
 import { currentDatabase, directSql } from "../db/index.ts";
-import { release, reserve, reserveMany, type ReserveInput, type ReserveResult } from "./holds.ts";
-import { LeaseGoneError } from "./sql.ts";
+import { LeaseGoneError, type Refusal } from "./sql.ts";
+import type { ZoneState } from "./windows.ts";
 import { LeasePool, reclaimLeases, type LeaseHold } from "./leases.ts";
 import { GroupCommit } from "./group-commit.ts";
 import type { EventBus } from "../events/index.ts";
 import type { CapScope } from "../generated/prisma/enums.ts";
 
-import {
-  capToHold,
-  recordBatch,
-  recordFailure,
-  recordReceipt,
-  recordReceiptMany,
-  recordWritten,
-  type BatchItem,
-  type CounterState,
-  type FailedRequestInput,
-  type HoldRef,
-  type ReceiptInput,
-} from "./writer.ts";
+import { capToHold, recordBatch, recordWritten, type BatchItem, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "./writer.ts";
 
 // The door's other verbs: what the rest of tokengate may call of this folder.
 export { failedRequestCharge, holdable, holdCovers, usageCharge, worstCase } from "./charges.ts";
 export { postEntry, scopeSpend, walletBucket, type ScopeSpend } from "./ledger.ts";
 export { onRequestRecorded, type ChargedBalance, type CounterState, type FailedRequestInput, type HoldRef, type ReceiptInput } from "./writer.ts";
 export { revokeLeases } from "./leases.ts";
-export { extendHolds, startHoldSweeper, type ReserveInput, type ReserveResult } from "./holds.ts";
+export { startHoldSweeper } from "./holds.ts";
 
 // Tuning constants (the settings, LEASE_* and SEND_BEFORE_COMMIT_MS, are read in config.ts).
 /** A refusal asks other instances to give back a scope's headroom at most once per this, per scope. */
@@ -106,15 +95,30 @@ export interface Settlement {
 
 type BatchStats = GroupCommit<unknown, unknown>["stats"];
 
-/** Batching counters (for /metrics and tests); `settle` is the batched writer on the lease path. */
+/** Batching counters (for /metrics and tests): `settle` is the batched writer. */
 export interface MoneyStats {
-  reserve: BatchStats;
   settle: BatchStats;
-  leases?: LeasePool["stats"] & { held: number };
+  leases: LeasePool["stats"] & { held: number };
 }
 
+/** What admission needs of a request: its bucket, its worst case and the scopes it counts in. */
+export interface AdmissionRequest {
+  bucketId: string;
+  amount: bigint;
+  keyId: string;
+  projectId: string;
+  routeId?: string | null;
+  runId?: string | null;
+  /** The channel the request will be sent to: counts against its CHANNEL_DAILY cap. */
+  channelId?: string | null;
+  /** The organization's zone: the day and month windows the request counts in (default UTC). */
+  zone?: ZoneState;
+}
+
+export type AdmissionResult = { ok: true; holdId: string } | { ok: false; refusal: Refusal };
+
 export interface MoneyPath {
-  reserve(input: ReserveInput): Promise<ReserveResult>;
+  reserve(input: AdmissionRequest): Promise<AdmissionResult>;
   /**
    * Receipt + charge, durable when this resolves; or, with SEND_BEFORE_COMMIT_MS, queued when this
    * resolves and durable when `committed` does. `record.charge` is already capped at the hold.
@@ -128,29 +132,6 @@ export interface MoneyPath {
   /** The counters as the batch that recorded this request left them (once; null if unknown). */
   spendStates(requestId: string): CounterState[] | null;
   close(): Promise<void>;
-}
-
-/** Hold rows, reserved and settled through the SQL functions, group-committed. */
-export function holdMoneyPath(options: { grouped: boolean }): MoneyPath {
-  const reservations = new GroupCommit<ReserveInput, ReserveResult>(
-    (items) => reserveMany(items, directSql()),
-    (item) => reserve(item, directSql()),
-  );
-  const settlements = new GroupCommit<Settlement, { id: string }>(
-    (items) => recordReceiptMany(items),
-    (item) => recordReceipt(item.record, item.hold),
-  );
-  return {
-    reserve: options.grouped ? (input) => reservations.submit(input) : (input) => reserve(input, directSql()),
-    settle: options.grouped ? (item) => settlements.submit(item) : (item) => recordReceipt(item.record, item.hold),
-    release: async (hold) => {
-      await release(hold.id, 0n, {}, directSql());
-    },
-    recordFailure: (record, hold) => recordFailure(record, hold),
-    stats: () => ({ reserve: { ...reservations.stats }, settle: { ...settlements.stats } }),
-    spendStates: () => null,
-    close: async () => {},
-  };
 }
 
 /** What a committed batch answers per record. */
@@ -429,7 +410,7 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
       recent.delete(requestId);
       return counters;
     },
-    stats: () => ({ reserve: { batches: 0, batchedItems: 0, fallbacks: 0, lastError: null }, settle: { ...writer.stats }, leases: { ...pool.stats, held: pool.snapshot().length } }),
+    stats: () => ({ settle: { ...writer.stats }, leases: { ...pool.stats, held: pool.snapshot().length } }),
     async close() {
       closing = true;
       // Receipts sent before their commit are written before the leases go back.

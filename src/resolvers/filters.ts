@@ -74,7 +74,7 @@ export function ledgerWhere(viewer: Viewer, args: LedgerArgs) {
   if (viewer.role === "PROJECT_VIEWER") throw forbidden("project viewers cannot read the wallet ledger");
   const range = timeRange(args.from, args.to);
   // Charges belong to a key, project and route through their receipt or failed request (and, on the
-  // hold path, their hold); top-ups and adjustments to none.
+  // retired hold path, their hold); top-ups and adjustments to none.
   const owner = {
     ...(args.keyId ? { keyId: String(args.keyId) } : {}),
     ...(args.projectId ? { projectId: String(args.projectId) } : {}),

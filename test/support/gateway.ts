@@ -27,8 +27,6 @@ export async function startGateway(env: Record<string, string> = {}, options: Ga
     UPSTREAM_IDLE_TIMEOUT_MS: "15000",
     UPSTREAM_TOTAL_TIMEOUT_MS: "30000",
     MAX_BODY_BYTES: String(256 * 1024),
-    // TG_TEST_ADMISSION=holds runs a suite on the Hold-row path (leases is the default); a test's own env wins.
-    ...admissionEnv(),
     ...env,
   });
   const gateway = createGateway(config, options);
@@ -77,17 +75,11 @@ export function useGatewayHarness(env: Record<string, string> = {}, options?: Ga
   return harness;
 }
 
-/** GATEWAY_ADMISSION as TG_TEST_ADMISSION asks (both money paths stay tested), else nothing: the default. */
-export function admissionEnv(): Record<string, string> {
-  return process.env.TG_TEST_ADMISSION ? { GATEWAY_ADMISSION: process.env.TG_TEST_ADMISSION } : {};
-}
-
 /**
- * Waits until nothing is held for requests any more. On leases (the default) a bucket's and a
- * counter's `held` is this instance's leased headroom, which goes back once the instance is idle:
- * the gateway is asked to give it back now (recallLeases, what shutdown does), again while a
- * request's settlement is still finishing, until no lease holds anything. On holds `held` is
- * already 0 once every request answered, and this returns at once. Callers then assert `held`.
+ * Waits until nothing is held for requests any more. A bucket's and a counter's `held` is this
+ * instance's leased headroom, which goes back once the instance is idle: the gateway is asked to
+ * give it back now (recallLeases, what shutdown does), again while a request's settlement is still
+ * finishing, until no lease holds anything. Callers then assert `held`.
  */
 export async function leasesReturned(h: { gw: TestGateway; database: Pick<TestDatabase, "sql"> }, timeoutMs = 5_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

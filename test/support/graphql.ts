@@ -5,7 +5,6 @@ import WebSocket from "ws";
 import { createYogaApp, startServer, type RunningServer } from "../../src/server.ts";
 import { loadConfig } from "../../src/config.ts";
 import { servicesWith } from "../../src/installed.ts";
-import { admissionEnv } from "./gateway.ts";
 import { createAdminToken } from "../../src/auth/index.ts";
 import type { AdminRole } from "../../src/generated/prisma/enums.ts";
 import { listenerCount } from "./services.ts";
@@ -41,7 +40,7 @@ export async function token(role: AdminRole, organizationId?: string, projectId?
 }
 
 export async function startTestServer(): Promise<RunningServer> {
-  return startServer(servicesWith({ ...loadConfig(admissionEnv()), port: 0, host: "127.0.0.1" }), { quiet: true });
+  return startServer(servicesWith({ ...loadConfig({}), port: 0, host: "127.0.0.1" }), { quiet: true });
 }
 
 export function wsClient(server: RunningServer, authToken: string | null, onClose?: (code: number) => void): Client {

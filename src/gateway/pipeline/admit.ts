@@ -18,20 +18,11 @@ export function rateTicket(admitted: RateAdmission): RateTicket | null {
 }
 
 /** Holds `worst` for the request on `channel`, or throws the refusal. */
-export async function admit(
-  deps: Pick<GatewayDeps, "lookups" | "reserve" | "config">,
-  requestId: string,
-  key: ApiKey,
-  routeId: string,
-  runId: string | null,
-  channel: PlannedChannel,
-  worst: bigint,
-): Promise<Hold> {
+export async function admit(deps: Pick<GatewayDeps, "lookups" | "reserve">, key: ApiKey, routeId: string, runId: string | null, channel: PlannedChannel, worst: bigint): Promise<Hold> {
   if (!holdable(worst)) throw insufficientBalance(channel.bucket);
   const [bucketId, zone] = await Promise.all([deps.lookups.bucketId(key.organizationId, channel.bucket), organizationZone(key.organizationId)]);
   const result = await deps.reserve({
     zone,
-    requestId,
     bucketId,
     amount: worst,
     keyId: key.id,
@@ -39,7 +30,6 @@ export async function admit(
     routeId,
     runId,
     channelId: channel.channel.id,
-    ttlMs: deps.config.holdTtlMs,
   });
   if (result.ok) return { id: result.holdId, amount: worst, bucket: channel.bucket, bucketId, channelId: channel.channel.id };
   if (result.refusal === "INSUFFICIENT_BALANCE") throw insufficientBalance(channel.bucket);

@@ -101,7 +101,7 @@ async function tryChannel(
         await deps.release(old);
       }
       state.channel = channel;
-      state.hold = await admit(deps, state.requestId, key, plan.route.id, plan.runId, channel, worst);
+      state.hold = await admit(deps, key, plan.route.id, plan.runId, channel, worst);
     }
     if (state.client.signal.aborted) throw clientClosed();
     state.channel = channel;

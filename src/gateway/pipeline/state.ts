@@ -10,7 +10,7 @@ import type { HealthTracker } from "../../health/index.ts";
 import type { EventBus } from "../../events/index.ts";
 import type { ApiKey, Route } from "../../generated/prisma/client.ts";
 import type { BalanceBucket } from "../../generated/prisma/enums.ts";
-import type { CounterState, FailedRequestInput, HoldRef, ReceiptInput, ReserveInput, ReserveResult } from "../../money/index.ts";
+import type { AdmissionRequest, AdmissionResult, CounterState, FailedRequestInput, HoldRef, ReceiptInput } from "../../money/index.ts";
 import type { AttemptCause, AttemptStep } from "../../requests/attempts.ts";
 import type { PlannedChannel } from "../../routing/index.ts";
 import type { Lookups } from "../lookups.ts";
@@ -32,7 +32,7 @@ export interface GatewayDeps {
   upstream: UpstreamClient;
   log: (level: "debug" | "info" | "warn" | "error", message: string, extra?: Record<string, unknown>) => void;
   /** Admission: holds the worst case against every cap (see src/money/index.ts). */
-  reserve: (input: ReserveInput) => Promise<ReserveResult>;
+  reserve: (input: AdmissionRequest) => Promise<AdmissionResult>;
   /** Receipt + charge (batched). */
   settle: (item: { record: ReceiptInput; hold: HoldRef; bucketId: string }) => Promise<{ id: string; committed?: Promise<void> }>;
   /** Drops a hold uncharged. */
