@@ -1,9 +1,9 @@
 // Every session the gateway opens plans with at least SESSION_WORK_MEM (src/db/index.ts says why:
 // a spend report over a Live view otherwise sorts every rollup row), through the driver and through
-// Prisma, and a PostgreSQL server configured with more keeps its own value.
+// Prisma (a PostgreSQL server configured with more keeps its own value: session-settings.pg.test.ts).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { openDatabase, SESSION_WORK_MEM } from "../src/db/index.ts";
-import { createTestDatabase, testDatabaseKind, type TestDatabase } from "./support/db.ts";
+import { SESSION_WORK_MEM } from "../src/db/index.ts";
+import { createTestDatabase, type TestDatabase } from "./support/db.ts";
 
 let database: TestDatabase;
 beforeAll(async () => {
@@ -13,8 +13,6 @@ afterAll(async () => {
   await database.dispose();
 });
 
-const workMem = async (db: { sql: { query<Row>(text: string): Promise<Row[]> } }) => (await db.sql.query<{ work_mem: string }>("SHOW work_mem"))[0]!.work_mem;
-
 describe("session settings", () => {
   it(`plans with work_mem ${SESSION_WORK_MEM} on every connection, raw and through Prisma`, async () => {
     expect(SESSION_WORK_MEM).toBe("16MB");
@@ -23,23 +21,5 @@ describe("session settings", () => {
     expect(settings.map((rows) => rows[0]!.work_mem)).toEqual(["16MB", "16MB", "16MB"]);
     const viaPrisma = await database.prisma.$queryRawUnsafe<Array<{ work_mem: string }>>("SHOW work_mem");
     expect(viaPrisma[0]!.work_mem).toBe("16MB");
-  });
-
-  it.runIf(testDatabaseKind() === "postgres")("keeps a larger value the server gives the session", async () => {
-    const url = new URL(database.url!);
-    url.searchParams.set("options", "-c work_mem=64MB");
-    const larger = await openDatabase({ databaseUrl: url.toString(), migrate: false, poolSize: 1 });
-    try {
-      expect(await workMem(larger)).toBe("64MB");
-    } finally {
-      await larger.close();
-    }
-    url.searchParams.set("options", "-c work_mem=1MB");
-    const smaller = await openDatabase({ databaseUrl: url.toString(), migrate: false, poolSize: 1 });
-    try {
-      expect(await workMem(smaller)).toBe("16MB");
-    } finally {
-      await smaller.close();
-    }
   });
 });
