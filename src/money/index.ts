@@ -50,8 +50,7 @@
 import { randomUUID } from "node:crypto";
 import { currentDatabase, directSql } from "../db/index.ts";
 import { LeaseGoneError, type Refusal } from "./sql.ts";
-import type { ZoneState } from "./windows.ts";
-import { LeasePool, reclaimLeases, type LeaseHold } from "./leases.ts";
+import { LeasePool, reclaimLeases, type AdmitInput, type LeaseHold } from "./leases.ts";
 import { GroupCommit } from "./group-commit.ts";
 import type { EventBus } from "../events/index.ts";
 import type { CapScope } from "../generated/prisma/enums.ts";
@@ -101,19 +100,8 @@ export interface MoneyStats {
   leases: LeasePool["stats"] & { held: number };
 }
 
-/** What admission needs of a request: its bucket, its worst case and the scopes it counts in. */
-export interface AdmissionRequest {
-  bucketId: string;
-  amount: bigint;
-  keyId: string;
-  projectId: string;
-  routeId?: string | null;
-  runId?: string | null;
-  /** The channel the request will be sent to: counts against its CHANNEL_DAILY cap. */
-  channelId?: string | null;
-  /** The organization's zone: the day and month windows the request counts in (default UTC). */
-  zone?: ZoneState;
-}
+/** What admission needs of a request: its bucket, its worst case and the scopes it counts in (the per-request maximum is read here). */
+export type AdmissionRequest = Omit<AdmitInput, "perRequestCap" | "now">;
 
 export type AdmissionResult = { ok: true; holdId: string } | { ok: false; refusal: Refusal };
 
