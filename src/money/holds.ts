@@ -58,62 +58,6 @@ export async function reserve(input: ReserveInput, client: SqlClient = db): Prom
   return { ok: false, refusal: row.refusal as Refusal };
 }
 
-/**
- * Group commit: several reservations in ONE statement (one transaction, one WAL flush), each
- * exactly as reserve() would place it, in order: a later one sees the holds of the earlier ones,
- * so caps hold within the batch as across batches. Inputs are sorted by bucket (the first lock
- * tg_reserve takes, under which every counter lock of that bucket is taken) so concurrent batches
- * lock in one order. If the statement fails as a whole (a bad bucket id, a deadlock), the caller
- * should retry the inputs one by one with reserve().
- */
-export async function reserveMany(inputs: ReserveInput[], client: SqlClient = db, now = new Date()): Promise<ReserveResult[]> {
-  for (const input of inputs) {
-    if (input.amount < 0n || input.amount > MAX_AMOUNT_MICROS) throw new RangeError("reservation amount out of range");
-  }
-  const order = inputs.map((_, i) => i).sort((a, b) => (inputs[a]!.bucketId < inputs[b]!.bucketId ? -1 : inputs[a]!.bucketId > inputs[b]!.bucketId ? 1 : a - b));
-  const rows = await client
-    .$queryRawUnsafe<{ n: number; hold_id: string | null; refusal: string | null }[]>(
-      `SELECT x.n, r.hold_id, r.refusal
-         FROM jsonb_to_recordset($1::jsonb) AS x(pos int, n int, request_id text, bucket_id text, amount text, key_id text,
-                                                 project_id text, route_id text, run_id text, ttl_ms int, at text, channel_id text,
-                                                 day text, month text)
-         CROSS JOIN LATERAL tg_reserve(x.request_id, x.bucket_id, x.amount::bigint, x.key_id, x.project_id, x.route_id, x.run_id,
-                                       x.at::timestamptz AT TIME ZONE 'UTC', x.ttl_ms, x.channel_id,
-                                       x.day::timestamptz AT TIME ZONE 'UTC', x.month::timestamptz AT TIME ZONE 'UTC') r
-        ORDER BY x.pos`,
-      // JSON rather than array parameters (the driver adapters send arrays differently); amounts as strings (beyond 2^53).
-      JSON.stringify(
-        order.map((i, pos) => {
-          const input = inputs[i]!;
-          const [day, month] = holdWindows(input, input.now ?? now);
-          return {
-            pos,
-            n: i,
-            request_id: input.requestId,
-            bucket_id: input.bucketId,
-            amount: input.amount.toString(),
-            key_id: input.keyId,
-            project_id: input.projectId,
-            route_id: input.routeId ?? null,
-            run_id: input.runId ?? null,
-            channel_id: input.channelId ?? null,
-            ttl_ms: input.ttlMs,
-            at: utc(input.now ?? now),
-            day,
-            month,
-          };
-        }),
-      ),
-    )
-    .catch(translateDbError);
-  const results = new Array<ReserveResult>(inputs.length);
-  for (const row of rows) {
-    results[Number(row.n)] = row.hold_id ? { ok: true, holdId: row.hold_id } : { ok: false, refusal: row.refusal as Refusal };
-  }
-  for (let i = 0; i < inputs.length; i++) if (!results[i]) throw new Error("reserveMany: a reservation got no answer");
-  return results;
-}
-
 export interface Resolution {
   ledgerEntryId: string | null;
   charged: bigint;

@@ -1,7 +1,8 @@
-// The record every passthrough request ends with: a Receipt written in the same transaction as
-// the settlement of its hold, or a FailedRequest written in the same transaction as the release
-// of its hold (charged per the key's failed-request policy). Listeners hear about each record
-// after it committed (the server bridges them to GraphQL subscriptions).
+// The record every passthrough request ends with: a Receipt or a FailedRequest (charged per the
+// key's failed-request policy) written with its charge by the batched writer (recordBatch), and the
+// Hold-row variants (recordReceipt / recordFailure: a record in the transaction that resolves its
+// Hold row), which the tests still use. Listeners hear about each record after it committed (the
+// server bridges them to GraphQL subscriptions).
 import { randomUUID } from "node:crypto";
 import { directSql } from "../db/index.ts";
 import type { BalanceBucket, CapScope, ChannelRole, FailureCause } from "../generated/prisma/enums.ts";
@@ -244,53 +245,6 @@ export async function recordReceipt(record: ReceiptInput, hold: HoldRef, now = n
   const charged = settledCharge(row.charged, record.charge);
   announce({ kind: "receipt", id: row.id, record: { ...record, charge: charged }, at: now });
   return { id: row.id, ledgerEntryId: row.ledger_entry_id };
-}
-
-const RECEIPT_MANY_SQL = (() => {
-  // JSON carries bigints and enums as strings: they are declared text and cast on insert.
-  const plain = (type: string) => type === "text" || type === "int" || type === "boolean" || type === "jsonb";
-  const fields = RECEIPT_COLUMNS.map(([c, type]) => `"${c}" ${plain(type) ? type : "text"}`).join(", ");
-  const values = RECEIPT_COLUMNS.map(([c, type]) => (plain(type) ? `x."${c}"` : `x."${c}"::${type}`)).join(", ");
-  const names = RECEIPT_COLUMNS.map(([c]) => `"${c}"`).join(", ");
-  return `WITH x AS (
-  SELECT * FROM jsonb_to_recordset($1::jsonb) AS x(${fields}, hold_id text, pos int)
-), r AS (
-  INSERT INTO "Receipt" (${names}, "createdAt")
-  SELECT ${values}, $2::timestamptz AT TIME ZONE 'UTC' FROM x ORDER BY x.pos
-  RETURNING id, "requestId"
-)
-SELECT r."requestId" AS request_id, r.id, s.ledger_entry_id, s.charged::text AS charged
-  FROM r JOIN x ON x."requestId" = r."requestId",
-       LATERAL tg_resolve_hold(x.hold_id, x.charge::bigint, 'SETTLED'::"HoldStatus", r.id, NULL, $2::timestamptz AT TIME ZONE 'UTC') s`;
-})();
-
-/**
- * Group commit of receipts: many receipts and their settlements in ONE statement (one transaction,
- * one WAL flush). Each settles exactly as recordReceipt would; the batch is atomic. Holds are
- * settled in bucket order (as reserveMany locks) so concurrent batches lock in one order.
- */
-export async function recordReceiptMany(items: Array<{ record: ReceiptInput; hold: HoldRef; bucketId: string }>, now = new Date()): Promise<Array<{ id: string; ledgerEntryId: string | null }>> {
-  for (const { record, hold } of items) if (record.charge > hold.amount || record.charge < 0n) throw new RangeError("receipt charge outside its hold");
-  const order = items.map((_, i) => i).sort((a, b) => (items[a]!.bucketId < items[b]!.bucketId ? -1 : items[a]!.bucketId > items[b]!.bucketId ? 1 : a - b));
-  const payload = order.map((i, pos) => {
-    const { record, hold } = items[i]!;
-    const row: Record<string, unknown> = { hold_id: hold.id, pos };
-    for (const [c] of RECEIPT_COLUMNS) row[c] = receiptParam(record, c);
-    return row;
-  });
-  const rows = await (
-    directSql().$queryRawUnsafe(RECEIPT_MANY_SQL, JSON.stringify(payload), now.toISOString()) as Promise<Array<{ request_id: string; id: string; ledger_entry_id: string | null; charged: string }>>
-  ).catch(translateDbError);
-  const byRequest = new Map(rows.map((r) => [r.request_id, r]));
-  const results = items.map(({ record }) => {
-    const row = byRequest.get(record.requestId);
-    if (!row) throw new Error(`recordReceiptMany: no receipt for ${record.requestId}`);
-    return { id: row.id, ledgerEntryId: row.ledger_entry_id, charged: settledCharge(row.charged, record.charge) };
-  });
-  items.forEach(({ record }, i) => {
-    announce({ kind: "receipt", id: results[i]!.id, record: { ...record, charge: results[i]!.charged }, at: now });
-  });
-  return results;
 }
 
 /** The upstream messages of these failures as JSON for withUpstreamMessages (null: none has one). */
