@@ -38,7 +38,7 @@
 // - writer.ts       receipts and failed requests with their charges: the batched writer (recordBatch)
 //                   and the Hold-row writes (tests); onRequestRecorded, told after each commit;
 // - group-commit.ts batches calls that arrive while a statement is in flight;
-// - holds.ts        Hold-row reservations (reserve / settle / release / expire / extend): no longer a
+// - holds.ts        Hold-row reservations (reserve / settle / release / expire): no longer a
 //                   gateway path; the sweeper of expired rows still runs;
 // - ledger.ts       top-ups / adjustments / refunds (postEntry), walletBucket, scopeSpend;
 // - sql.ts          SqlClient, Refusal, LeaseGoneError and the TG_* error translation;
