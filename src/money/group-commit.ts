@@ -1,4 +1,4 @@
-// Group commit for the hot path's two writes (reserve; receipt + settle): calls that arrive while
+// Group commit for the hot path's durable write (receipt + charge): calls that arrive while
 // a batch of the same kind is in flight wait and go together in the next batch, one statement and
 // one WAL flush for all of them. A lone call goes at once (no added latency when idle). If a batch
 // statement fails as a whole, its items are retried one by one, so one bad item fails alone.
@@ -12,7 +12,7 @@ export class GroupCommit<I, O> {
   constructor(
     private readonly runBatch: (items: I[]) => Promise<O[]>,
     private readonly runOne: (item: I) => Promise<O>,
-    private readonly options: { maxBatch: number; maxInFlight: number; windowMs?: number } = { maxBatch: 64, maxInFlight: 2 },
+    private readonly options: { maxBatch: number; maxInFlight: number; windowMs?: number } = { maxBatch: 64, maxInFlight: 1 },
   ) {}
 
   submit(item: I): Promise<O> {

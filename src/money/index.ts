@@ -48,7 +48,7 @@
 // just below): amounts.ts (parsing and printing micro-units) and windows.ts (which day a cap counts
 // in) are plain values with no state or SQL, imported directly wherever amounts or dates are shown.
 import { randomUUID } from "node:crypto";
-import { currentDatabase, directSql } from "../db/index.ts";
+import { directSql } from "../db/index.ts";
 import { LeaseGoneError, type Refusal } from "./sql.ts";
 import { LeasePool, reclaimLeases, type AdmitInput, type LeaseHold } from "./leases.ts";
 import { GroupCommit } from "./group-commit.ts";
@@ -78,6 +78,8 @@ const RETRY_MAX_MS = 1_000;
 const REBACKS_PER_WRITE = 3;
 /** Records per statement of the batched writer. */
 const WRITER_MAX_BATCH = 256;
+/** Batches of the writer in flight at once (see the writer below). */
+const WRITER_IN_FLIGHT = 1;
 /** The heartbeat runs every TTL / 3, never more often than this. */
 const HEARTBEAT_MIN_MS = 50;
 /** Recorded requests whose batch's counters are kept until their event is announced (oldest dropped). */
@@ -261,9 +263,11 @@ export function leaseMoneyPath(options: LeaseMoneyOptions): MoneyPath & { pool: 
   const writer = new GroupCommit<BatchItem, { id: string; ledgerEntryId: string | null; counters: CounterState[] }>(
     (items) => recordBatch(items),
     async (item) => (await recordBatch([item]))[0]!,
-    // PostgreSQL: a second batch is sent while the first waits on its WAL flush. PGlite runs one
-    // statement at a time on this thread: a second in flight would only split batches in two.
-    { maxBatch: WRITER_MAX_BATCH, maxInFlight: currentDatabase()?.kind === "pglite" ? 1 : 2, windowMs: options.sendBeforeCommitMs },
+    // One batch in flight: what arrives meanwhile goes in the next, larger batch. A second batch in
+    // flight only waited on the first's bucket row lock until its commit (PostgreSQL, 16 connections:
+    // 5 requests a batch and 297 µs of database CPU a request with two, 230 µs and +10-20 % req/s with
+    // one); PGlite runs one statement at a time anyway.
+    { maxBatch: WRITER_MAX_BATCH, maxInFlight: WRITER_IN_FLIGHT, windowMs: options.sendBeforeCommitMs },
   );
 
   /** A write retried until it commits (see writeCharged); `tries` Infinity once its response went out. */
