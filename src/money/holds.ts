@@ -7,10 +7,8 @@
 // left (services.ts starts it).
 import { db } from "../db/index.ts";
 import { MAX_AMOUNT_MICROS } from "./amounts.ts";
-import { translateDbError, type Refusal, type SqlClient } from "./sql.ts";
+import { translateDbError, utc, type Refusal, type SqlClient } from "./sql.ts";
 import { capWindow, type ZoneState } from "./windows.ts";
-
-const utc = (d: Date) => d.toISOString();
 
 export interface ReserveInput {
   requestId: string;

@@ -14,7 +14,7 @@
 // (issue 14). A dead instance's leases are reclaimed a grace period after their TTL, the longest a
 // request admitted against them can run (tg_reclaim_leases); expiry runs on the database's clock.
 import { randomUUID } from "node:crypto";
-import type { SqlClient } from "./sql.ts";
+import type { Refusal, SqlClient } from "./sql.ts";
 import { LeaseGoneError, translateDbError } from "./sql.ts";
 import { sqlGrantStore, type GrantAsk, type GrantStore } from "./grant-store.ts";
 import { capWindow, RUN_WINDOW, type ZoneState } from "./windows.ts";
@@ -73,8 +73,7 @@ export interface LeaseHold {
   leases: Lease[];
 }
 
-export type LeaseRefusal = CapScope | "INSUFFICIENT_BALANCE" | "RUN_PAUSED" | "RUN_CANCELLED";
-export type AdmitResult = { ok: true; hold: LeaseHold } | { ok: false; refusal: LeaseRefusal };
+export type AdmitResult = { ok: true; hold: LeaseHold } | { ok: false; refusal: Refusal };
 
 export interface AdmitInput {
   bucketId: string;
@@ -118,7 +117,7 @@ export interface LeasePoolOptions {
 }
 
 const keyOf = (k: LeaseKey) => `${k.bucketId}|${k.scope}|${k.scopeId}|${k.windowStart.toISOString()}`;
-const scopeOfRefusal = (refusal: LeaseRefusal): LeaseScopeName => (refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal === "RUN_PAUSED" || refusal === "RUN_CANCELLED" ? "RUN_TOTAL" : refusal);
+const scopeOfRefusal = (refusal: Refusal): LeaseScopeName => (refusal === "INSUFFICIENT_BALANCE" ? "BALANCE" : refusal === "RUN_PAUSED" || refusal === "RUN_CANCELLED" ? "RUN_TOTAL" : refusal);
 
 /** The leases a request needs: the bucket's balance and every counter scope that applies to it. */
 export function leaseScopes(input: Pick<AdmitInput, "bucketId" | "keyId" | "projectId" | "routeId" | "runId" | "channelId" | "zone">, now: Date): LeaseKey[] {
@@ -150,7 +149,7 @@ export class LeasePool {
   /** Leases to give back whole (drained, or a whole return that failed): sent at the next heartbeat. */
   private closing: string[] = [];
   /** Grants refused in the last REFUSAL_MEMORY_MS, per scope: what was asked, and the refusal. */
-  private readonly refused = new Map<string, { until: number; amount: bigint; refusal: LeaseRefusal }>();
+  private readonly refused = new Map<string, { until: number; amount: bigint; refusal: Refusal }>();
   /** The grant statement in flight per bucket, if any. */
   private readonly granting = new Map<string, Promise<void>>();
   private readonly clock: () => number;
@@ -220,7 +219,7 @@ export class LeasePool {
         () => undefined,
       );
       this.granting.set(bucketId, done);
-      let refusal: LeaseRefusal | null;
+      let refusal: Refusal | null;
       try {
         refusal = await granted;
       } finally {
@@ -240,7 +239,7 @@ export class LeasePool {
     return this.refuse(scopes, scope === "BALANCE" ? "INSUFFICIENT_BALANCE" : scope);
   }
 
-  private recentRefusal(short: Array<{ key: LeaseKey }>, amount: bigint): LeaseRefusal | null {
+  private recentRefusal(short: Array<{ key: LeaseKey }>, amount: bigint): Refusal | null {
     const now = this.clock();
     for (const { key } of short) {
       const refused = this.refused.get(keyOf(key));
@@ -249,7 +248,7 @@ export class LeasePool {
     return null;
   }
 
-  private rememberRefusal(short: Array<{ key: LeaseKey }>, amount: bigint, refusal: LeaseRefusal): void {
+  private rememberRefusal(short: Array<{ key: LeaseKey }>, amount: bigint, refusal: Refusal): void {
     const scope = scopeOfRefusal(refusal);
     const key = short.find((s) => s.key.scope === scope)?.key;
     if (!key) return;
@@ -257,7 +256,7 @@ export class LeasePool {
     this.refused.set(keyOf(key), { until: this.clock() + REFUSAL_MEMORY_MS, amount, refusal });
   }
 
-  private refuse(scopes: LeaseKey[], refusal: LeaseRefusal): AdmitResult {
+  private refuse(scopes: LeaseKey[], refusal: Refusal): AdmitResult {
     this.stats.refusals++;
     const scope = scopeOfRefusal(refusal);
     const key = scopes.find((k) => k.scope === scope);
@@ -288,7 +287,7 @@ export class LeasePool {
   }
 
   /** One statement for all short scopes (all-or-nothing); returns the refusal if one cannot be covered. */
-  private async grant(short: Array<{ key: LeaseKey; need: bigint }>, amount: bigint): Promise<LeaseRefusal | null> {
+  private async grant(short: Array<{ key: LeaseKey; need: bigint }>, amount: bigint): Promise<Refusal | null> {
     const bucketId = short[0]!.key.bucketId;
     const sentAt = this.clock();
     const named = new Map<string, Lease>();
@@ -309,7 +308,7 @@ export class LeasePool {
     const rows = await this.store.grant(this.options.instanceId, bucketId, payload, this.dbNow(), this.options.ttlMs);
     if (rows.length === 1 && rows[0]!.refusal) {
       const refusal = rows[0]!.refusal;
-      return refusal === "BALANCE" ? "INSUFFICIENT_BALANCE" : (refusal as LeaseRefusal);
+      return refusal === "BALANCE" ? "INSUFFICIENT_BALANCE" : (refusal as Refusal);
     }
     const byScope = new Map(short.map((s) => [`${s.key.scope}|${s.key.scopeId}`, s.key]));
     // Expiry is reckoned from when the statement was sent: the database stamped it no earlier.

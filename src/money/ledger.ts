@@ -4,10 +4,8 @@ import { db, type PrismaClient } from "../db/index.ts";
 import { badInput, notFound } from "../errors.ts";
 import type { BalanceBucket, CapScope, LedgerKind } from "../generated/prisma/enums.ts";
 import type { LedgerEntry, WalletBucket } from "../generated/prisma/client.ts";
-import { translateDbError, type SqlClient } from "./sql.ts";
+import { translateDbError, utc, type SqlClient } from "./sql.ts";
 import { windowFor, type ZoneState } from "./windows.ts";
-
-const utc = (d: Date) => d.toISOString();
 
 export interface PostEntryInput {
   bucketId: string;

@@ -6,6 +6,9 @@ import type { CapScope } from "../generated/prisma/enums.ts";
 
 export type Refusal = CapScope | "INSUFFICIENT_BALANCE" | "RUN_CANCELLED" | "RUN_PAUSED";
 
+/** A timestamp parameter as the SQL functions take it (`$n::timestamptz AT TIME ZONE 'UTC'`). */
+export const utc = (d: Date): string => d.toISOString();
+
 /** Anything that can run raw SQL: the process client, a second client in tests, a transaction. */
 export type SqlClient = RawSqlClient;
 
