@@ -8,6 +8,7 @@ import { loadConfig, type Config } from "./config.ts";
 import { localEventBus, type EventBus } from "./events/index.ts";
 import { HealthTracker } from "./health/index.ts";
 import type { CredentialCipher } from "./secrets.ts";
+import { KeyCache } from "./keys/cache.ts";
 
 export interface Services {
   /** Every setting (src/config.ts). */
@@ -17,6 +18,8 @@ export interface Services {
   health: HealthTracker;
   /** Encrypts channel credentials and webhook secrets at rest; null: no TOKENGATE_SECRET (using it throws). */
   cipher: CredentialCipher | null;
+  /** The gateway's key lookups, kept fresh by this bus's keyChanged events. */
+  keys: KeyCache;
   /** Closes what start-up opened, in reverse order (src/services.ts). */
   close(): Promise<void>;
 }
@@ -28,7 +31,18 @@ export function services(): Services {
   if (!current) {
     const config = loadConfig({});
     const events = localEventBus();
-    current = { config, events, health: new HealthTracker(config.health, events), cipher: null, close: () => events.close() };
+    const keys = new KeyCache(events);
+    current = {
+      config,
+      events,
+      health: new HealthTracker(config.health, events),
+      cipher: null,
+      keys,
+      close: () => {
+        keys.close();
+        return events.close();
+      },
+    };
   }
   return current;
 }

@@ -1,5 +1,5 @@
 // Start-up: every service of one process (database, event bus, channel health, credential cipher,
-// alert webhooks, hold sweeper) built from one Config, installed (src/installed.ts), and closed
+// key cache, alert webhooks, hold sweeper) built from one Config, installed (src/installed.ts), and closed
 // through one path, in the reverse order of their start.
 import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
@@ -8,6 +8,7 @@ import type { Config } from "./config.ts";
 import { openConfiguredDatabase, useDatabase, type Database } from "./db/index.ts";
 import { createEventBus } from "./events/index.ts";
 import { HealthTracker } from "./health/index.ts";
+import { KeyCache } from "./keys/cache.ts";
 import { installServices, type Services } from "./installed.ts";
 import { errorFields, logger } from "./log.ts";
 import { CredentialCipher } from "./secrets.ts";
@@ -37,7 +38,7 @@ export async function credentialSecret(config: Config): Promise<string> {
 
 /**
  * Builds and installs the services of `config`; close() stops them in reverse order (hold sweeper,
- * webhooks, event transport, database). A start-up that fails half-way closes what it opened.
+ * webhooks, key cache, event transport, database). A start-up that fails half-way closes what it opened.
  * `options.database`: one the caller opened and migrated (a test's), used and closed as if opened here.
  */
 export async function startServices(config: Config, options: { database?: Database } = {}): Promise<RunningServices> {
@@ -57,7 +58,9 @@ export async function startServices(config: Config, options: { database?: Databa
     stops.push(() => events.close());
     if (config.redisUrl) logger.info({ events: "redis" }, "events: Redis pub/sub (REDIS_URL)");
     const cipher = new CredentialCipher(await credentialSecret(config));
-    const services = installServices({ config, events, health: new HealthTracker(config.health, events), cipher, close });
+    const keys = new KeyCache(events);
+    stops.push(() => keys.close());
+    const services = installServices({ config, events, health: new HealthTracker(config.health, events), cipher, keys, close });
     const upgraded = await upgradeStoredCredentials();
     if (upgraded) console.log(`re-encrypted ${upgraded} stored upstream credential(s) with the current scheme`);
     stops.push(startAlertWebhooks({ ...config.webhooks, events, onError: (message, e) => logger.error({ component: "webhooks", ...errorFields(e) }, message) }));

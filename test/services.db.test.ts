@@ -7,7 +7,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestDatabase, testDatabaseKind, type TestDatabase } from "./support/db.ts";
 import "./support/services.ts";
 import { loadConfig } from "../src/config.ts";
-import { useDatabase } from "../src/db/index.ts";
+import { db, useDatabase } from "../src/db/index.ts";
+import { localEventBus } from "../src/events/index.ts";
+import { KeyCache } from "../src/keys/cache.ts";
+import { world } from "./support/fixtures.ts";
 import { liveQueueLimit } from "../src/events/streams.ts";
 import { installServices, services } from "../src/installed.ts";
 import { BUCKET_CURRENCY } from "../src/money/amounts.ts";
@@ -56,6 +59,7 @@ describe("startServices", () => {
       expect(installed.events).toBe(running.events);
       expect(installed.health).toBe(running.health);
       expect(installed.cipher).toBe(running.cipher);
+      expect(installed.keys).toBe(running.keys);
       // What modules read at call time comes from that one Config.
       expect(running.health.config.cooldownMs).toBe(1234);
       expect(liveQueueLimit()).toBe(7);
@@ -81,5 +85,31 @@ describe("startServices", () => {
     expect(running.close()).toBe(running.close());
     if (pglite) expect(closed).toBe(1);
     else await expect(running.database.sql.query("SELECT 1")).rejects.toThrow();
+  });
+
+  it("the key cache listens to its bus: a keyChanged event drops a key at once, and close() stops listening", async () => {
+    useDatabase(database);
+    const w = await world();
+    const events = localEventBus();
+    const keys = new KeyCache(events);
+    try {
+      const idle = events.listenerCount();
+      expect((await keys.lookup(w.secret)).ok).toBe(true);
+      expect(events.listenerCount()).toBe(idle + 1);
+      // Paused behind the cache's back (no event): the cached entry still answers, for at most 1 s.
+      await db.apiKey.update({ where: { id: w.key.id }, data: { status: "PAUSED" } });
+      expect((await keys.lookup(w.secret)).ok).toBe(true);
+      // The event another instance publishes on a change: this cache reads the key again.
+      events.publish("keyChanged", { keyId: w.key.id, status: "PAUSED" });
+      expect(await keys.lookup(w.secret)).toMatchObject({ ok: false, reason: "KEY_PAUSED" });
+      keys.close();
+      expect(events.listenerCount()).toBe(idle);
+      // Closed: no listener comes back with the next lookup.
+      await keys.lookup(w.secret);
+      expect(events.listenerCount()).toBe(idle);
+    } finally {
+      keys.close();
+      await events.close();
+    }
   });
 });

@@ -1,7 +1,6 @@
 // API keys: creation (secret shown once, stored as SHA-256), caps, status, rotation, and the
 // hashed lookup the gateway runs on every request (cached ≤ KEY_CACHE_TTL_MS and cleared by key events).
 import { db } from "../db/index.ts";
-import { SingleFlight } from "../single-flight.ts";
 import type { ApiKey, Prisma } from "../generated/prisma/client.ts";
 import type { BalanceBucket, FailedChargePolicy, KeyStatus } from "../generated/prisma/enums.ts";
 import { assertCanWrite, type Viewer } from "../auth/index.ts";
@@ -10,6 +9,7 @@ import { capsOf, parseCapInput, setCap, type CapInput } from "../budgets/index.t
 import { badInput, conflict, notFound, requiredText } from "../errors.ts";
 import { displayParts, generateSecret, sha256 } from "../secrets.ts";
 import { services } from "../installed.ts";
+import type { KeyLookup } from "./cache.ts";
 
 export const API_KEY_PREFIX = "tg_";
 const DISPLAY_PREFIX_LENGTH = API_KEY_PREFIX.length + 6;
@@ -231,21 +231,9 @@ export async function rotateKey(viewer: Viewer, id: string, graceSeconds?: numbe
 }
 
 // ---------------------------------------------------------------------------
-// Gateway lookup
+// Gateway lookup: the process's KeyCache (src/keys/cache.ts, a service).
 
-export type KeyContext = ApiKey;
-
-interface CacheEntry {
-  key: KeyContext | null;
-  /** When the matched secret stops working (rotation grace), if ever. */
-  secretExpiresAt: Date | null;
-  cachedUntil: number;
-}
-
-const cache = new Map<string, CacheEntry>();
-/** One database read per secret at a time; a key change keeps reads in flight out of the cache. */
-const reads = new SingleFlight<string, CacheEntry>();
-let subscribed = false;
+export type { KeyContext, KeyLookup } from "./cache.ts";
 
 function announceKeyChange(key: ApiKey): void {
   forgetKey(key.id);
@@ -253,67 +241,15 @@ function announceKeyChange(key: ApiKey): void {
 }
 
 export function forgetKey(keyId: string): void {
-  reads.invalidate();
-  for (const [hash, entry] of cache) if (entry.key?.id === keyId) cache.delete(hash);
+  services().keys.forget(keyId);
 }
 
-function readEntry(hash: string, now: Date, cacheTtlMs: number): Promise<CacheEntry> {
-  return reads.run(
-    hash,
-    async () => {
-      const row = await db.apiKeySecret.findUnique({ where: { secretHash: hash }, include: { key: true } });
-      return { key: row?.key ?? null, secretExpiresAt: row?.expiresAt ?? null, cachedUntil: now.getTime() + cacheTtlMs };
-    },
-    (entry) => {
-      if (cache.size > 50_000) cache.clear();
-      cache.set(hash, entry);
-    },
-  );
-}
-
-function ensureSubscribed(): void {
-  if (subscribed) return;
-  subscribed = true;
-  // Another instance changed a key: drop it here too.
-  void (async () => {
-    for await (const event of services().events.subscribe("keyChanged")) forgetKey(event.keyId);
-  })();
-}
-
-export type KeyLookup = { ok: true; key: KeyContext } | { ok: false; reason: "KEY_INVALID" | "KEY_REVOKED" | "KEY_PAUSED" | "KEY_EXPIRED"; key: KeyContext | null };
-
-/** Resolves a bearer secret to its key and says whether it may be used now. */
-/**
- * Secrets (as hashes) this instance saw as usable keys in the last 10 minutes. Only the bad-key
- * throttle reads it, to let valid clients through a throttled address; their requests still go
- * through lookupKey (so a pause or revocation bites as usual).
- */
-const recentlyValid = new Map<string, number>();
-const RECENTLY_VALID_MS = 10 * 60_000;
-
+/** Whether this secret was a usable key on this instance in the last 10 minutes (the bad-key throttle's question). */
 export function recentlyValidKey(secret: string, now = Date.now()): boolean {
-  const until = recentlyValid.get(sha256(secret));
-  return until !== undefined && until > now;
-}
-
-function rememberValid(hash: string, now: number): void {
-  recentlyValid.delete(hash); // re-insert: the map stays in last-seen order for eviction
-  recentlyValid.set(hash, now + RECENTLY_VALID_MS);
-  if (recentlyValid.size > 100_000) recentlyValid.delete(recentlyValid.keys().next().value!);
+  return services().keys.recentlyValid(secret, now);
 }
 
 /** `cacheTtlMs`: KEY_CACHE_TTL_MS of the gateway asking, capped at 1 s (pause / revoke must bite within 1 s even without events). */
-export async function lookupKey(secret: string, now = new Date(), cacheTtlMs = 1_000): Promise<KeyLookup> {
-  ensureSubscribed();
-  const hash = sha256(secret);
-  let entry = cache.get(hash);
-  if (!entry || entry.cachedUntil < now.getTime()) entry = await readEntry(hash, now, Math.min(cacheTtlMs, 1_000));
-  const key = entry.key;
-  if (!key) return { ok: false, reason: "KEY_INVALID", key: null };
-  if (entry.secretExpiresAt && entry.secretExpiresAt <= now) return { ok: false, reason: "KEY_INVALID", key };
-  if (key.status === "REVOKED") return { ok: false, reason: "KEY_REVOKED", key };
-  if (key.status === "PAUSED") return { ok: false, reason: "KEY_PAUSED", key };
-  if (key.expiresAt && key.expiresAt <= now) return { ok: false, reason: "KEY_EXPIRED", key };
-  rememberValid(hash, now.getTime());
-  return { ok: true, key };
+export function lookupKey(secret: string, now = new Date(), cacheTtlMs = 1_000): Promise<KeyLookup> {
+  return services().keys.lookup(secret, now, cacheTtlMs);
 }
